@@ -1,0 +1,363 @@
+//! The decision for one request and how it goes back to Envoy.
+
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+    pb::{CheckResponse, HttpStatusCode},
+};
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use gatehouse_core::{jsonrpc_error, mcp};
+use serde_json::{Value, json};
+
+use super::{HttpRequestView, REQUEST_ID_HEADER};
+use crate::{AppState, identity::IdentityError};
+
+/// Why a request is refused, and what the client is told.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub http_status: u16,
+    pub jsonrpc_code: i64,
+    /// Safe to show the client.
+    pub message: String,
+    /// For the record and the log only.
+    pub reason: String,
+    /// Extra headers, such as `WWW-Authenticate`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A decided request: its record (to commit first) and its answer.
+#[derive(Debug)]
+pub struct Decision {
+    pub request_id: String,
+    pub record: Value,
+    pub jsonrpc_id: Option<Value>,
+    pub outcome: Result<String, Denial>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.record.get("subject").and_then(Value::as_str)
+    }
+
+    /// The answer when the request record could not be committed.
+    pub fn audit_unavailable(view: &HttpRequestView<'_>, request_id: String) -> Self {
+        let jsonrpc_id = first_message(view).and_then(|m| m.id);
+        Self {
+            request_id,
+            record: Value::Null,
+            jsonrpc_id,
+            outcome: Err(Denial {
+                http_status: 503,
+                jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
+                message: "The gateway cannot record this request in its audit trail, so it was not forwarded. Try again later.".into(),
+                reason: "audit store unavailable".into(),
+                headers: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn into_check_response(self, state: &AppState) -> CheckResponse {
+        match self.outcome {
+            Ok(subject) => {
+                let mut ok = OkHttpResponseBuilder::new();
+                // The client's credential is for the gateway only; it never goes upstream.
+                ok.remove_header("authorization");
+                let mut response = CheckResponse::with_status(tonic::Status::ok("allowed"));
+                response.set_http_response(ok);
+                response.set_dynamic_metadata(Some(metadata(&[
+                    ("request_id", &self.request_id),
+                    ("subject", &subject),
+                    ("decision", "allow"),
+                ])));
+                response
+            }
+            Err(denial) => {
+                let mut denied = DeniedHttpResponseBuilder::new();
+                denied.set_http_status(status_code(denial.http_status));
+                denied.add_header("content-type", "application/json", None, false);
+                denied.add_header(REQUEST_ID_HEADER, self.request_id.clone(), None, false);
+                for (k, v) in &denial.headers {
+                    denied.add_header(k.clone(), v.clone(), None, false);
+                }
+                let _ = state;
+                let body = jsonrpc_error::error_body(
+                    self.jsonrpc_id.as_ref(),
+                    denial.jsonrpc_code,
+                    &denial.message,
+                    Some(json!({"request_id": self.request_id})),
+                );
+                denied.set_body(String::from_utf8_lossy(&body).into_owned());
+                let grpc = if denial.http_status == 401 {
+                    tonic::Status::unauthenticated(denial.message)
+                } else {
+                    tonic::Status::permission_denied(denial.message)
+                };
+                let mut response = CheckResponse::with_status(grpc);
+                response.set_http_response(denied);
+                response
+            }
+        }
+    }
+}
+
+fn status_code(status: u16) -> HttpStatusCode {
+    match status {
+        400 => HttpStatusCode::BadRequest,
+        401 => HttpStatusCode::Unauthorized,
+        403 => HttpStatusCode::Forbidden,
+        404 => HttpStatusCode::NotFound,
+        413 => HttpStatusCode::PayloadTooLarge,
+        503 => HttpStatusCode::ServiceUnavailable,
+        _ => HttpStatusCode::InternalServerError,
+    }
+}
+
+fn metadata(pairs: &[(&str, &str)]) -> Struct {
+    Struct {
+        fields: pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    PbValue {
+                        kind: Some(Kind::StringValue((*v).to_owned())),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn first_message(view: &HttpRequestView<'_>) -> Option<mcp::Message> {
+    if view.body.is_empty() {
+        return None;
+    }
+    mcp::parse_body(view.body)
+        .ok()
+        .and_then(|e| e.messages.into_iter().next())
+}
+
+/// Decides on a request. Pure apart from token verification (which may fetch keys).
+pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
+    let request_id = view
+        .header(REQUEST_ID_HEADER)
+        .filter(|id| is_request_id(id))
+        .map(str::to_owned);
+    let envelope = if view.body.is_empty() {
+        None
+    } else {
+        Some(mcp::parse_body(view.body))
+    };
+    let first = envelope
+        .as_ref()
+        .and_then(|e| e.as_ref().ok())
+        .and_then(|e| e.first());
+    let jsonrpc_id = first.and_then(|m| m.id.clone());
+
+    let mut record = json!({
+        "subject": null,
+        "groups": [],
+        "upstream": view.upstream,
+        "http_method": view.method,
+        "path": view.path,
+        "session_id": view.header(mcp::SESSION_ID_HEADER),
+        "protocol_version": view.header(mcp::PROTOCOL_VERSION_HEADER),
+    });
+    if let (Some(Ok(env)), Some(obj)) = (&envelope, record.as_object_mut()) {
+        describe_messages(env, obj);
+    }
+
+    let deny = |record: Value, denial: Denial, request_id: String| {
+        let mut record = record;
+        if let Some(obj) = record.as_object_mut() {
+            obj.insert("decision".into(), json!("deny"));
+            obj.insert("reason".into(), json!(denial.reason));
+            obj.insert("status".into(), json!(denial.http_status));
+        }
+        Decision {
+            request_id,
+            record,
+            jsonrpc_id: jsonrpc_id.clone(),
+            outcome: Err(denial),
+        }
+    };
+
+    let Some(request_id) = request_id else {
+        tracing::error!(
+            "A request reached ext_authz without a Gatehouse request id: is the gatehouse filter first in the chain?"
+        );
+        return deny(
+            record,
+            internal("request arrived without the filter's request id"),
+            new_request_id(),
+        );
+    };
+    let Some(upstream) = view
+        .upstream
+        .and_then(|name| state.config.upstreams.iter().find(|u| u.name == name))
+    else {
+        tracing::error!(request_id, upstream = ?view.upstream, "The route names no known upstream; the rendered Envoy config is out of date.");
+        return deny(
+            record,
+            internal("route names no known upstream"),
+            request_id,
+        );
+    };
+    if let Some(Err(e)) = &envelope {
+        // The filter validates bodies first, so this means the filter is missing or outdated.
+        let denial = Denial {
+            http_status: 400,
+            jsonrpc_code: e.jsonrpc_code(),
+            message: e.to_string(),
+            reason: format!("malformed body at ext_authz: {e}"),
+            headers: Vec::new(),
+        };
+        return deny(record, denial, request_id);
+    }
+
+    let principal = match state
+        .identity
+        .verify_header(view.header("authorization"))
+        .await
+    {
+        Ok(p) => p,
+        Err(error) => {
+            if let Some(detail) = error.detail() {
+                tracing::info!(request_id, %error, detail, "Token refused.");
+            }
+            return deny(
+                record,
+                identity_denial(state, view.path, &error),
+                request_id,
+            );
+        }
+    };
+    if let Some(obj) = record.as_object_mut() {
+        obj.insert("subject".into(), json!(principal.subject));
+        obj.insert("groups".into(), json!(principal.groups));
+    }
+    if upstream.allow_groups.is_disjoint(&principal.groups) {
+        let denial = Denial {
+            http_status: 403,
+            jsonrpc_code: jsonrpc_error::FORBIDDEN,
+            message: "You are not allowed to use this MCP server.".into(),
+            reason: format!(
+                "no group of the caller may use upstream {:?}",
+                upstream.name
+            ),
+            headers: Vec::new(),
+        };
+        return deny(record, denial, request_id);
+    }
+    if let Some(obj) = record.as_object_mut() {
+        obj.insert("decision".into(), json!("allow"));
+        obj.insert(
+            "reason".into(),
+            json!("caller's group may use the upstream"),
+        );
+    }
+    Decision {
+        request_id,
+        record,
+        jsonrpc_id,
+        outcome: Ok(principal.subject),
+    }
+}
+
+fn describe_messages(env: &mcp::Envelope, obj: &mut serde_json::Map<String, Value>) {
+    let describe = |m: &mcp::Message| {
+        json!({
+            "kind": m.kind.as_str(),
+            "method": m.method,
+            "jsonrpc_id": m.id,
+            "tool": m.target_name(),
+            "arguments": m.arguments(),
+        })
+    };
+    if let Some(first) = env.first() {
+        obj.insert("mcp_method".into(), json!(first.method));
+        obj.insert("tool".into(), json!(first.target_name()));
+        obj.insert(
+            "arguments".into(),
+            first.arguments().cloned().unwrap_or(Value::Null),
+        );
+        obj.insert("jsonrpc_id".into(), first.id.clone().unwrap_or(Value::Null));
+        obj.insert("message_kind".into(), json!(first.kind.as_str()));
+    }
+    if env.batch {
+        obj.insert(
+            "batch".into(),
+            Value::Array(env.messages.iter().map(describe).collect()),
+        );
+    }
+}
+
+fn identity_denial(state: &AppState, path: &str, error: &IdentityError) -> Denial {
+    if let IdentityError::KeysUnavailable(_) = error {
+        return Denial {
+            http_status: 503,
+            jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
+            message: "The gateway cannot verify tokens right now. Try again later.".into(),
+            reason: error.to_string(),
+            headers: Vec::new(),
+        };
+    }
+    let metadata = resource_metadata_url(state, path);
+    let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
+    if !matches!(error, IdentityError::Missing) {
+        challenge.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{error}\""
+        ));
+    }
+    Denial {
+        http_status: 401,
+        jsonrpc_code: jsonrpc_error::UNAUTHORIZED,
+        message: error.to_string(),
+        reason: error.to_string(),
+        headers: vec![("www-authenticate".into(), challenge)],
+    }
+}
+
+/// RFC 9728: the metadata of resource `https://gw/mcp` is at
+/// `https://gw/.well-known/oauth-protected-resource/mcp`.
+pub fn resource_metadata_url(state: &AppState, path: &str) -> String {
+    let base = state
+        .config
+        .service
+        .public_url
+        .as_str()
+        .trim_end_matches('/');
+    let path = path
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    format!("{base}/.well-known/oauth-protected-resource{path}")
+}
+
+fn internal(reason: &str) -> Denial {
+    Denial {
+        http_status: 500,
+        jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
+        message: "The gateway is misconfigured; the request was not forwarded.".into(),
+        reason: reason.into(),
+        headers: Vec::new(),
+    }
+}
+
+fn is_request_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn new_request_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}

@@ -1,0 +1,128 @@
+//! Envoy ext_authz (v3, gRPC): the decision point for every MCP request.
+//!
+//! For each request: find the upstream (from the route's context extensions, so routing
+//! and decisions cannot disagree), verify the caller's token, check the upstream's groups,
+//! and commit the request record to the audit trail *before* answering OK. If the record
+//! cannot be committed the request is denied: no unaudited request reaches an upstream.
+//! The client's `Authorization` header is removed from what goes upstream.
+
+mod decision;
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+use gatehouse_core::audit::RecordKind;
+
+pub use decision::{Decision, Denial};
+
+use crate::{AppState, audit::AuditError};
+
+/// The header the filter puts on every request it lets through.
+pub const REQUEST_ID_HEADER: &str = "x-gatehouse-request-id";
+/// The context extension (set per route in the rendered Envoy config) naming the upstream.
+pub const UPSTREAM_EXTENSION: &str = "upstream";
+
+pub struct AuthzService {
+    state: Arc<AppState>,
+}
+
+impl AuthzService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// What Envoy told us about one HTTP request.
+#[derive(Debug, Default)]
+pub struct HttpRequestView<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: Option<&'a HashMap<String, String>>,
+    pub body: &'a [u8],
+    pub upstream: Option<&'a str>,
+}
+
+impl<'a> HttpRequestView<'a> {
+    pub fn from_check(req: &'a CheckRequest) -> Self {
+        let attrs = req.attributes.as_ref();
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let upstream = attrs
+            .and_then(|a| a.context_extensions.get(UPSTREAM_EXTENSION))
+            .map(String::as_str);
+        match http {
+            Some(h) => Self {
+                method: &h.method,
+                path: &h.path,
+                headers: Some(&h.headers),
+                // pack_as_bytes puts the body in raw_body; fall back to the UTF-8 `body`.
+                body: if h.raw_body.is_empty() {
+                    h.body.as_bytes()
+                } else {
+                    &h.raw_body
+                },
+                upstream,
+            },
+            None => Self {
+                upstream,
+                ..Self::default()
+            },
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.and_then(|h| h.get(name)).map(String::as_str)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let view = HttpRequestView::from_check(&req);
+        let state = &self.state;
+        let decided = decision::decide(state, &view).await;
+        let request_id = decided.request_id.clone();
+        let response = match state
+            .audit
+            .append_one(RecordKind::Request, &request_id, decided.record.clone())
+            .await
+        {
+            Ok(record) => {
+                tracing::info!(
+                    request_id = %request_id,
+                    seq = record.seq,
+                    subject = decided.subject().unwrap_or("-"),
+                    upstream = view.upstream.unwrap_or("-"),
+                    decision = if decided.allowed() { "allow" } else { "deny" },
+                    "Request decided."
+                );
+                if decided.allowed() {
+                    state.metrics.checks_allowed.inc();
+                } else {
+                    state.metrics.checks_denied.inc();
+                }
+                decided.into_check_response(state)
+            }
+            Err(error) => {
+                state.metrics.checks_failed.inc();
+                log_audit_failure(&request_id, &error);
+                Decision::audit_unavailable(&view, request_id).into_check_response(state)
+            }
+        };
+        state.metrics.check_latency.observe(started.elapsed());
+        Ok(tonic::Response::new(response))
+    }
+}
+
+fn log_audit_failure(request_id: &str, error: &AuditError) {
+    tracing::error!(request_id, %error, "Could not record the request; it is denied and not forwarded.");
+}
+
+#[cfg(test)]
+mod tests;

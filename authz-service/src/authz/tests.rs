@@ -1,0 +1,291 @@
+//! In-process tests of the Check: a real tonic client against the started service.
+
+use std::collections::{BTreeSet, HashMap};
+
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest,
+    attribute_context::{HttpRequest, Request},
+    authorization_client::AuthorizationClient,
+    check_response::HttpResponse,
+};
+use serde_json::{Value, json};
+
+use crate::{audit::RecordQuery, server::Server, test_support};
+
+const RID: &str = "0123456789abcdef0123456789abcdef";
+
+fn check(headers: &[(&str, &str)], body: &[u8], upstream: Option<&str>) -> CheckRequest {
+    let headers: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut extensions = HashMap::new();
+    if let Some(u) = upstream {
+        extensions.insert("upstream".to_owned(), u.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/mcp".into(),
+                    headers,
+                    raw_body: body.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: extensions,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn client(server: &Server) -> AuthorizationClient<tonic::transport::Channel> {
+    AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap()
+}
+
+fn token(server: &Server, sub: &str, groups: &[&str]) -> String {
+    let groups: BTreeSet<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    let t = server
+        .state
+        .dev_issuer
+        .as_ref()
+        .unwrap()
+        .mint(sub, &groups, "gatehouse", 60)
+        .unwrap();
+    format!("Bearer {t}")
+}
+
+const CALL: &[u8] = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
+
+async fn records(server: &Server, request_id: &str) -> Vec<gatehouse_core::audit::Record> {
+    let q = RecordQuery {
+        request_id: Some(request_id.into()),
+        ..Default::default()
+    };
+    server.state.audit.store().list(&q).await.unwrap()
+}
+
+fn denied(
+    resp: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
+) -> (u32, HashMap<String, String>, Value) {
+    let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response else {
+        panic!("expected a denial: {resp:?}")
+    };
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    (
+        d.status.as_ref().unwrap().code as u32,
+        headers,
+        serde_json::from_str(&d.body).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let auth = token(&server, "alice", &["eng"]);
+    let resp = client(&server)
+        .await
+        .check(check(
+            &[
+                ("authorization", &auth),
+                ("x-gatehouse-request-id", RID),
+                ("mcp-session-id", "s-1"),
+            ],
+            CALL,
+            Some("everything"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status.as_ref().unwrap().code, 0);
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(ok.headers_to_remove, ["authorization"]);
+
+    let recs = records(&server, RID).await;
+    assert_eq!(recs.len(), 1);
+    let d = &recs[0].data;
+    assert_eq!(
+        (
+            d["subject"].as_str(),
+            d["decision"].as_str(),
+            d["tool"].as_str()
+        ),
+        (Some("alice"), Some("allow"), Some("echo"))
+    );
+    assert_eq!(d["arguments"], json!({"message": "hi"}));
+    assert_eq!(d["jsonrpc_id"], 4);
+    assert_eq!(d["session_id"], "s-1");
+    assert_eq!(d["upstream"], "everything");
+    assert!(
+        !recs[0]
+            .data
+            .to_string()
+            .contains(auth.trim_start_matches("Bearer ")),
+        "the token must not be stored"
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn no_token_is_401_with_resource_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let resp = client(&server)
+        .await
+        .check(check(
+            &[("x-gatehouse-request-id", RID)],
+            CALL,
+            Some("everything"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, body) = denied(&resp);
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers["www-authenticate"],
+        r#"Bearer resource_metadata="https://gw.example/.well-known/oauth-protected-resource/mcp""#
+    );
+    assert_eq!(body["id"], 4);
+    assert_eq!(body["error"]["code"], -32001);
+    let recs = records(&server, RID).await;
+    assert_eq!(recs[0].data["decision"], "deny");
+    assert_eq!(recs[0].data["status"], 401);
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_caller_outside_the_upstreams_groups_is_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let auth = token(&server, "bob", &["approvers"]);
+    let resp = client(&server)
+        .await
+        .check(check(
+            &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
+            CALL,
+            Some("everything"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, body) = denied(&resp);
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], -32003);
+    assert_eq!(records(&server, RID).await[0].data["subject"], "bob");
+    server.stop();
+}
+
+#[tokio::test]
+async fn requests_that_bypassed_the_filter_or_name_no_upstream_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let auth = token(&server, "alice", &["eng"]);
+    let mut c = client(&server).await;
+    let no_id = c
+        .check(check(&[("authorization", &auth)], CALL, Some("everything")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&no_id).0, 500);
+    let spoofed_id = c
+        .check(check(
+            &[
+                ("authorization", &auth),
+                ("x-gatehouse-request-id", "../../etc"),
+            ],
+            CALL,
+            Some("everything"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&spoofed_id).0, 500);
+    let unknown = c
+        .check(check(
+            &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
+            CALL,
+            Some("nope"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&unknown).0, 500);
+    server.stop();
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_store_denies_the_call() {
+    use sqlx::{Connection, Executor};
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let auth = token(&server, "alice", &["eng"]);
+    // Another process holds SQLite's write lock: the service cannot commit.
+    let mut locker = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("audit.db").display()
+    ))
+    .await
+    .unwrap();
+    locker.execute("BEGIN EXCLUSIVE").await.unwrap();
+    let resp = client(&server)
+        .await
+        .check(check(
+            &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
+            CALL,
+            Some("everything"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, body) = denied(&resp);
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], -32603);
+    locker.execute("ROLLBACK").await.unwrap();
+    assert!(records(&server, RID).await.is_empty());
+    assert_eq!(server.state.metrics.checks_failed.get(), 1);
+    server.stop();
+}
+
+#[tokio::test]
+async fn concurrent_checks_share_commits_and_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let auth = token(&server, "alice", &["eng"]);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let mut c = client(&server).await;
+        let auth = auth.clone();
+        tasks.push(tokio::spawn(async move {
+            let rid = format!("{i:032x}");
+            c.check(check(
+                &[("authorization", &auth), ("x-gatehouse-request-id", &rid)],
+                CALL,
+                Some("everything"),
+            ))
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().into_inner().status.unwrap().code, 0);
+    }
+    let verified = crate::audit::verify::verify_store(server.state.audit.store())
+        .await
+        .unwrap();
+    assert_eq!(verified.writers, [("gh-test".to_owned(), 64)]);
+    assert!(server.state.metrics.audit_commits.get() <= 64);
+    server.stop();
+}

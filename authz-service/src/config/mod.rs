@@ -1,0 +1,155 @@
+//! `gatehouse.yaml`: the one file that drives the service and the rendered Envoy config.
+//!
+//! [`raw`] mirrors the file with `deny_unknown_fields`; [`Config::load`] turns it into the
+//! validated [`Config`], reporting every problem at once with the path of the bad field.
+
+mod raw;
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use url::Url;
+
+/// Every problem found in a config file, each with the path of its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// One problem at one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} problem(s) in the configuration:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file was read from; relative paths were resolved against its folder.
+    pub source: PathBuf,
+    pub service: Service,
+    pub identity: Identity,
+    pub audit: Audit,
+    pub upstreams: Vec<Upstream>,
+    pub envoy: Envoy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub rest_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    /// The gateway's public base URL, as clients reach it (for OAuth resource metadata).
+    pub public_url: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub issuer: String,
+    pub audience: String,
+    pub groups_claim: String,
+    pub leeway_seconds: u64,
+    /// Overrides discovery: where to fetch the issuer's keys.
+    pub jwks_url: Option<Url>,
+    pub dev_issuer: Option<DevIssuer>,
+}
+
+/// The built-in issuer for demos and tests. Never enable it in production.
+#[derive(Debug, Clone)]
+pub struct DevIssuer {
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// `sqlite://PATH` (the default store).
+    pub database: String,
+    pub writer_id: String,
+    pub auditor_group: String,
+    /// How many records one commit may group.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub url: Url,
+    /// The path on the gateway's listeners that routes to this upstream.
+    pub path: String,
+    pub allow_groups: BTreeSet<String>,
+}
+
+impl Upstream {
+    /// `host:port` of the upstream URL (the Host header it accepts).
+    pub fn authority(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Envoy {
+    pub admin_listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub https_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub wasm: PathBuf,
+    pub max_request_bytes: u64,
+    pub ext_authz_timeout_ms: u64,
+    /// How long an SSE stream may stay silent before Envoy closes it.
+    pub stream_idle_timeout_s: u64,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names the file and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigErrors> {
+        let raw: raw::Config = serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            ConfigErrors(vec![ConfigError {
+                path: "$".into(),
+                message: format!("{e}{at}"),
+            }])
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        raw.validate(path, &base)
+    }
+}
+
+#[cfg(test)]
+mod tests;

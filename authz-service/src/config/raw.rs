@@ -1,0 +1,373 @@
+//! The file as written: serde types with `deny_unknown_fields`, checked by `validate`.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{ConfigError, ConfigErrors};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub service: Service,
+    pub identity: Identity,
+    pub audit: Audit,
+    pub upstreams: Vec<Upstream>,
+    pub envoy: Envoy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub rest_listen: String,
+    pub grpc_listen: String,
+    pub public_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub dev_issuer: Option<DevIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuer {
+    #[serde(default)]
+    pub enabled: bool,
+    pub key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub database: String,
+    pub writer_id: String,
+    pub auditor_group: String,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envoy {
+    pub admin_listen: String,
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    #[serde(default)]
+    pub https_listen: Option<String>,
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    pub wasm: String,
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: u64,
+    #[serde(default = "default_ext_authz_timeout_ms")]
+    pub ext_authz_timeout_ms: u64,
+    #[serde(default = "default_stream_idle_timeout_s")]
+    pub stream_idle_timeout_s: u64,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_max_batch() -> usize {
+    256
+}
+fn default_max_request_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_ext_authz_timeout_ms() -> u64 {
+    2000
+}
+fn default_stream_idle_timeout_s() -> u64 {
+    300
+}
+
+/// Collects problems so that every one is reported, not just the first.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.add(path, format!("{value:?} is not an IP:port address"));
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, path: &str, value: &str, schemes: &[&str]) -> Option<Url> {
+        match Url::parse(value) {
+            Ok(url) if schemes.contains(&url.scheme()) && url.host_str().is_some() => Some(url),
+            Ok(_) => {
+                self.add(
+                    path,
+                    format!("{value:?} must be an absolute {} URL", schemes.join(" or ")),
+                );
+                None
+            }
+            Err(e) => {
+                self.add(path, format!("{value:?} is not a URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn non_empty(&mut self, path: &str, value: &str) {
+        if value.trim().is_empty() {
+            self.add(path, "must not be empty");
+        }
+    }
+}
+
+fn resolve(base: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl Config {
+    pub fn validate(self, source: &Path, base: &Path) -> Result<super::Config, ConfigErrors> {
+        let mut p = Problems::default();
+
+        let rest_listen = p.addr("service.rest_listen", &self.service.rest_listen);
+        let grpc_listen = p.addr("service.grpc_listen", &self.service.grpc_listen);
+        let public_url = p.url(
+            "service.public_url",
+            &self.service.public_url,
+            &["http", "https"],
+        );
+
+        p.non_empty("identity.issuer", &self.identity.issuer);
+        p.non_empty("identity.audience", &self.identity.audience);
+        p.non_empty("identity.groups_claim", &self.identity.groups_claim);
+        if self.identity.leeway_seconds > 300 {
+            p.add(
+                "identity.leeway_seconds",
+                "at most 300 seconds of clock leeway is accepted",
+            );
+        }
+        let jwks_url = self
+            .identity
+            .jwks_url
+            .as_deref()
+            .and_then(|u| p.url("identity.jwks_url", u, &["http", "https"]));
+        let dev_issuer = match self.identity.dev_issuer {
+            Some(d) if d.enabled => {
+                p.non_empty("identity.dev_issuer.key_file", &d.key_file);
+                Some(super::DevIssuer {
+                    key_file: resolve(base, &d.key_file),
+                })
+            }
+            _ => None,
+        };
+
+        if !self.audit.database.starts_with("sqlite:") {
+            p.add(
+                "audit.database",
+                "only sqlite:// databases are supported in this version",
+            );
+        }
+        p.non_empty("audit.writer_id", &self.audit.writer_id);
+        p.non_empty("audit.auditor_group", &self.audit.auditor_group);
+        if !(1..=10_000).contains(&self.audit.max_batch) {
+            p.add("audit.max_batch", "must be between 1 and 10000");
+        }
+        let database = match self.audit.database.strip_prefix("sqlite://") {
+            Some(file) if !file.is_empty() && !file.starts_with(':') => {
+                format!("sqlite://{}", resolve(base, file).display())
+            }
+            _ => self.audit.database.clone(),
+        };
+
+        if self.upstreams.is_empty() {
+            p.add("upstreams", "at least one upstream is required");
+        }
+        let mut names = BTreeSet::new();
+        let mut paths = BTreeSet::new();
+        let mut upstreams = Vec::new();
+        for (i, u) in self.upstreams.into_iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            let name_ok = !u.name.is_empty()
+                && u.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                p.add(
+                    format!("{at}.name"),
+                    "must be non-empty letters, digits, '-' or '_'",
+                );
+            } else if !names.insert(u.name.clone()) {
+                p.add(
+                    format!("{at}.name"),
+                    format!("{:?} is used by another upstream", u.name),
+                );
+            }
+            let url = p.url(&format!("{at}.url"), &u.url, &["http", "https"]);
+            let path = u.path.unwrap_or_else(|| format!("/mcp/{}", u.name));
+            if !path.starts_with('/')
+                || path.contains(['?', '#', ' '])
+                || (path.len() > 1 && path.ends_with('/'))
+            {
+                p.add(
+                    format!("{at}.path"),
+                    format!("{path:?} must start with '/', not end with '/', and hold no query"),
+                );
+            } else if path.starts_with("/.well-known") {
+                p.add(
+                    format!("{at}.path"),
+                    "paths under /.well-known are the gateway's own",
+                );
+            } else if !paths.insert(path.clone()) {
+                p.add(
+                    format!("{at}.path"),
+                    format!("{path:?} is used by another upstream"),
+                );
+            }
+            if u.allow_groups.is_empty() {
+                p.add(
+                    format!("{at}.allow_groups"),
+                    "no group may use this upstream; list at least one",
+                );
+            }
+            if let Some(url) = url {
+                upstreams.push(super::Upstream {
+                    name: u.name,
+                    url,
+                    path,
+                    allow_groups: u.allow_groups.into_iter().collect(),
+                });
+            }
+        }
+
+        let e = self.envoy;
+        let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
+        let http_listen = e
+            .http_listen
+            .as_deref()
+            .map(|a| p.addr("envoy.http_listen", a));
+        let https_listen = e
+            .https_listen
+            .as_deref()
+            .map(|a| p.addr("envoy.https_listen", a));
+        if http_listen.is_none() && https_listen.is_none() {
+            p.add(
+                "envoy",
+                "at least one of http_listen and https_listen is required",
+            );
+        }
+        if https_listen.is_some() {
+            if e.tls_cert.is_none() {
+                p.add("envoy.tls_cert", "required with https_listen");
+            }
+            if e.tls_key.is_none() {
+                p.add("envoy.tls_key", "required with https_listen");
+            }
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&e.max_request_bytes) {
+            p.add(
+                "envoy.max_request_bytes",
+                "must be between 1 KiB and 64 MiB",
+            );
+        }
+        if !(50..=600_000).contains(&e.ext_authz_timeout_ms) {
+            p.add(
+                "envoy.ext_authz_timeout_ms",
+                "must be between 50 and 600000",
+            );
+        }
+        if e.stream_idle_timeout_s == 0 {
+            p.add(
+                "envoy.stream_idle_timeout_s",
+                "must be at least 1 second (0 would let dead streams live forever)",
+            );
+        }
+
+        if !p.0.is_empty() {
+            return Err(ConfigErrors(p.0));
+        }
+        // Every Option below is Some: a None pushed a problem above.
+        let missing = || {
+            ConfigErrors(vec![ConfigError {
+                path: "$".into(),
+                message: "internal: incomplete validation".into(),
+            }])
+        };
+        Ok(super::Config {
+            source: source.to_path_buf(),
+            service: super::Service {
+                rest_listen: rest_listen.ok_or_else(missing)?,
+                grpc_listen: grpc_listen.ok_or_else(missing)?,
+                public_url: public_url.ok_or_else(missing)?,
+            },
+            identity: super::Identity {
+                issuer: self.identity.issuer.trim_end_matches('/').to_owned(),
+                audience: self.identity.audience,
+                groups_claim: self.identity.groups_claim,
+                leeway_seconds: self.identity.leeway_seconds,
+                jwks_url,
+                dev_issuer,
+            },
+            audit: super::Audit {
+                database,
+                writer_id: self.audit.writer_id,
+                auditor_group: self.audit.auditor_group,
+                max_batch: self.audit.max_batch,
+            },
+            upstreams,
+            envoy: super::Envoy {
+                admin_listen: admin_listen.ok_or_else(missing)?,
+                http_listen: http_listen.flatten(),
+                https_listen: https_listen.flatten(),
+                tls_cert: e.tls_cert.map(|c| resolve(base, &c)),
+                tls_key: e.tls_key.map(|k| resolve(base, &k)),
+                wasm: resolve(base, &e.wasm),
+                max_request_bytes: e.max_request_bytes,
+                ext_authz_timeout_ms: e.ext_authz_timeout_ms,
+                stream_idle_timeout_s: e.stream_idle_timeout_s,
+            },
+        })
+    }
+}

@@ -1,0 +1,90 @@
+use std::path::Path;
+
+use super::*;
+
+pub(crate) const GOOD: &str = r#"
+service:
+  rest_listen: 127.0.0.1:9090
+  grpc_listen: 127.0.0.1:9091
+  public_url: http://127.0.0.1:8080
+identity:
+  issuer: http://127.0.0.1:9090/dev
+  audience: gatehouse
+  dev_issuer: { enabled: true, key_file: state/dev.pem }
+audit:
+  database: sqlite://state/audit.db
+  writer_id: gh-1
+  auditor_group: auditors
+upstreams:
+  - name: everything
+    url: http://127.0.0.1:3001/mcp
+    path: /mcp
+    allow_groups: [eng]
+  - name: other
+    url: https://mcp.example.com/v1/mcp
+    allow_groups: [eng, ops]
+envoy:
+  admin_listen: 127.0.0.1:9901
+  http_listen: 127.0.0.1:8080
+  wasm: target/gatehouse_filter.wasm
+"#;
+
+#[test]
+fn a_good_file_validates_with_defaults_and_resolved_paths() {
+    let c = Config::parse(GOOD, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+    assert_eq!(c.identity.groups_claim, "groups");
+    assert_eq!(c.audit.database, "sqlite:///etc/gh/state/audit.db");
+    assert_eq!(
+        c.envoy.wasm,
+        Path::new("/etc/gh/target/gatehouse_filter.wasm")
+    );
+    assert_eq!(c.upstreams[1].path, "/mcp/other");
+    assert_eq!(c.upstreams[1].authority(), "mcp.example.com:443");
+    assert!(c.upstreams[1].is_tls());
+    assert_eq!(
+        c.identity.dev_issuer.unwrap().key_file,
+        Path::new("/etc/gh/state/dev.pem")
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let bad = GOOD
+        .replace("127.0.0.1:9091", "nowhere")
+        .replace("http://127.0.0.1:3001/mcp", "ftp://x")
+        .replace("allow_groups: [eng]\n", "allow_groups: []\n")
+        .replace("name: other", "name: everything");
+    let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
+    let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "service.grpc_listen",
+            "upstreams[0].url",
+            "upstreams[0].allow_groups",
+            "upstreams[1].name"
+        ],
+        "{errs}"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let bad = GOOD.replace(
+        "  audience: gatehouse",
+        "  audience: gatehouse\n  audiense: typo",
+    );
+    let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
+    assert!(errs.to_string().contains("audiense"), "{errs}");
+}
+
+#[test]
+fn https_needs_a_certificate() {
+    let bad = GOOD.replace(
+        "  http_listen: 127.0.0.1:8080",
+        "  https_listen: 127.0.0.1:8443",
+    );
+    let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
+    let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["envoy.tls_cert", "envoy.tls_key"]);
+}

@@ -1,0 +1,329 @@
+//! Renders the Envoy bootstrap from `gatehouse.yaml`, so Envoy's routes and the service's
+//! upstreams come from one file and cannot disagree.
+//!
+//! Each upstream gets an exact-path route whose ext_authz context extension names it; the
+//! wasm filter runs first (fail closed, `allow_on_headers_stop_iteration`), then ext_authz
+//! (fail closed, with the request body), then the router. Streams get `timeout: 0s` and an
+//! idle timeout instead, so long-lived SSE answers are not cut at 15 s.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Upstream};
+
+/// The Envoy cluster of the service's gRPC listener (ext_authz and audit ingest).
+pub const GRPC_CLUSTER: &str = "gatehouse_grpc";
+/// The Envoy cluster of the service's REST listener.
+pub const REST_CLUSTER: &str = "gatehouse_rest";
+const WASM_FILTER: &str = "envoy.filters.http.wasm";
+const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The bootstrap as YAML text.
+pub fn render(config: &Config) -> Result<String, serde_yaml::Error> {
+    let header = "# Rendered by `gatehouse envoy-config` from gatehouse.yaml: edit that file, not this one.\n";
+    Ok(format!(
+        "{header}{}",
+        serde_yaml::to_string(&bootstrap(config))?
+    ))
+}
+
+pub fn bootstrap(config: &Config) -> Value {
+    let e = &config.envoy;
+    let mut listeners = Vec::new();
+    if let Some(addr) = e.http_listen {
+        listeners.push(listener(config, "mcp_http", addr, None));
+    }
+    if let Some(addr) = e.https_listen {
+        let tls = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": path_text(e.tls_cert.as_deref())},
+                        "private_key": {"filename": path_text(e.tls_key.as_deref())},
+                    }],
+                },
+            },
+        });
+        listeners.push(listener(config, "mcp_https", addr, Some(tls)));
+    }
+    let mut clusters = vec![
+        static_cluster(GRPC_CLUSTER, config.service.grpc_listen, true),
+        static_cluster(REST_CLUSTER, config.service.rest_listen, false),
+    ];
+    clusters.extend(config.upstreams.iter().map(upstream_cluster));
+    json!({
+        "node": {"id": "gatehouse", "cluster": "gatehouse"},
+        "admin": {"address": socket(e.admin_listen)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+            // Envoy's default is unlimited downstream connections: bound them.
+            "overload": {"global_downstream_max_connections": 50000},
+        }}]},
+    })
+}
+
+fn path_text(p: Option<&std::path::Path>) -> String {
+    p.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn socket(addr: SocketAddr) -> Value {
+    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+}
+
+fn disabled_filters() -> Value {
+    json!({
+        WASM_FILTER: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true},
+        EXT_AUTHZ_FILTER: {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "disabled": true,
+        },
+    })
+}
+
+fn routes(config: &Config) -> Vec<Value> {
+    let idle = format!("{}s", config.envoy.stream_idle_timeout_s);
+    let mut routes = vec![json!({
+        "name": "oauth_protected_resource",
+        "match": {"prefix": "/.well-known/oauth-protected-resource"},
+        "route": {"cluster": REST_CLUSTER, "timeout": "5s"},
+        "typed_per_filter_config": disabled_filters(),
+    })];
+    for u in &config.upstreams {
+        routes.push(json!({
+            "name": format!("upstream_{}", u.name),
+            "match": {"path": u.path},
+            "route": {
+                "cluster": cluster_name(u),
+                // An exact path match: this rewrites the whole path to the upstream's.
+                "prefix_rewrite": upstream_path(u),
+                // MCP servers check Host against DNS rebinding: send the one they serve.
+                "host_rewrite_literal": u.authority(),
+                "timeout": "0s",
+                "idle_timeout": idle,
+            },
+            "typed_per_filter_config": {
+                EXT_AUTHZ_FILTER: {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                    "check_settings": {"context_extensions": {"upstream": u.name}},
+                },
+            },
+        }));
+    }
+    let not_found = gatehouse_core::jsonrpc_error::error_body(
+        None,
+        -32601,
+        "No MCP server is served at this path.",
+        None,
+    );
+    routes.push(json!({
+        "name": "not_found",
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": String::from_utf8_lossy(&not_found)}},
+        "typed_per_filter_config": disabled_filters(),
+    }));
+    routes
+}
+
+fn upstream_path(u: &Upstream) -> String {
+    let p = u.url.path();
+    if p.is_empty() {
+        "/".into()
+    } else {
+        p.to_owned()
+    }
+}
+
+fn filter_configuration(config: &Config) -> String {
+    json!({
+        "max_body_bytes": config.envoy.max_request_bytes,
+        "ingest_cluster": GRPC_CLUSTER,
+    })
+    .to_string()
+}
+
+fn listener(config: &Config, name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
+    let e = &config.envoy;
+    let unavailable = gatehouse_core::jsonrpc_error::error_body(
+        None,
+        gatehouse_core::jsonrpc_error::INTERNAL_ERROR,
+        "The gateway's authorization service is unavailable; the request was not forwarded.",
+        None,
+    );
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "stream_idle_timeout": format!("{}s", e.stream_idle_timeout_s),
+        "request_headers_timeout": "10s",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "access_log": [{
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"json_format": {
+                    "time": "%START_TIME%",
+                    "request_id": "%REQ(X-GATEHOUSE-REQUEST-ID)%",
+                    "method": "%REQ(:METHOD)%",
+                    "path": "%REQ(:PATH)%",
+                    "status": "%RESPONSE_CODE%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "flags": "%RESPONSE_FLAGS%",
+                    "duration_ms": "%DURATION%",
+                    "upstream": "%UPSTREAM_CLUSTER%",
+                }},
+            },
+        }],
+        // Only when ext_authz itself fails (service down or too slow): answer with a
+        // JSON-RPC error instead of an empty body. The service's own denials keep theirs.
+        "local_reply_config": {"mappers": [{
+            "filter": {"extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": "response.code_details == 'ext_authz_error'",
+                },
+            }},
+            "body": {"inline_string": String::from_utf8_lossy(&unavailable)},
+            "body_format_override": {
+                "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                "content_type": "application/json",
+            },
+        }]},
+        "route_config": {
+            "name": "gatehouse",
+            "virtual_hosts": [{"name": "gatehouse", "domains": ["*"], "routes": routes(config)}],
+        },
+        "http_filters": [
+            {
+                "name": WASM_FILTER,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "gatehouse",
+                        "root_id": "gatehouse",
+                        "vm_config": {
+                            "vm_id": "gatehouse",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": e.wasm.display().to_string()}},
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": filter_configuration(config),
+                        },
+                        "failure_policy": "FAIL_CLOSED",
+                        // Without it, pausing in the header callback stops all iteration and
+                        // body callbacks never arrive.
+                        "allow_on_headers_stop_iteration": true,
+                    },
+                },
+            },
+            {
+                "name": EXT_AUTHZ_FILTER,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    "transport_api_version": "V3",
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": GRPC_CLUSTER},
+                        "timeout": format!("{}s", e.ext_authz_timeout_ms as f64 / 1000.0),
+                    },
+                    "failure_mode_allow": false,
+                    "status_on_error": {"code": 503},
+                    "with_request_body": {
+                        "max_request_bytes": e.max_request_bytes,
+                        "allow_partial_message": false,
+                        "pack_as_bytes": true,
+                    },
+                    "include_peer_certificate": false,
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    });
+    let mut chain = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]});
+    if let (Some(tls), Some(obj)) = (tls, chain.as_object_mut()) {
+        obj.insert("transport_socket".into(), tls);
+    }
+    json!({
+        "name": name,
+        "address": socket(addr),
+        "per_connection_buffer_limit_bytes": 1024 * 1024,
+        "filter_chains": [chain],
+    })
+}
+
+fn http2_options() -> Value {
+    json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }})
+}
+
+fn static_cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(addr)}}]}]},
+    });
+    if http2 && let Some(obj) = c.as_object_mut() {
+        obj.insert("typed_extension_protocol_options".into(), http2_options());
+    }
+    c
+}
+
+pub fn cluster_name(u: &Upstream) -> String {
+    format!("upstream_{}", u.name)
+}
+
+fn upstream_cluster(u: &Upstream) -> Value {
+    let host = u
+        .url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = u.url.port_or_known_default().unwrap_or(80);
+    let is_ip = host.parse::<IpAddr>().is_ok();
+    let name = cluster_name(u);
+    let mut c = json!({
+        "name": name,
+        "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": host, "port_value": port}}}}]}]},
+    });
+    if u.is_tls()
+        && let Some(obj) = c.as_object_mut()
+    {
+        let mut validation = json!({"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}});
+        if !is_ip && let Some(v) = validation.as_object_mut() {
+            v.insert(
+                "match_typed_subject_alt_names".into(),
+                json!([{"san_type": "DNS", "matcher": {"exact": host}}]),
+            );
+        }
+        let mut tls = json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"validation_context": validation},
+        });
+        if !is_ip && let Some(t) = tls.as_object_mut() {
+            t.insert("sni".into(), json!(host));
+        }
+        obj.insert(
+            "transport_socket".into(),
+            json!({"name": "envoy.transport_sockets.tls", "typed_config": tls}),
+        );
+    }
+    c
+}

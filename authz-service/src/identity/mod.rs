@@ -1,0 +1,270 @@
+//! Who is calling: OIDC access tokens (JWT) verified against the issuer's published keys.
+//!
+//! Keys come from the issuer's JWKS (found through its discovery document unless
+//! `identity.jwks_url` is set), fetched on first use, cached, and refetched when a token
+//! names an unknown `kid` (at most once per [`REFRESH_COOLDOWN`]). Only RS256 and ES256
+//! are accepted, and the key's type must match the token's algorithm, so `alg: none` and
+//! HS256-signed-with-the-public-key tokens are refused.
+
+pub mod dev_issuer;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, JwkSet},
+};
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config;
+
+/// The shortest interval between two JWKS fetches triggered by unknown key ids.
+pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub groups: BTreeSet<String>,
+}
+
+/// Why a token was not accepted. The `Display` text is safe to show the client.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's signing algorithm is not accepted")]
+    UnsupportedAlgorithm,
+    #[error("the token was not signed by a key of the trusted issuer")]
+    UnknownKey,
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token is not valid for this gateway")]
+    Invalid(String),
+    #[error("the identity provider's keys cannot be fetched right now")]
+    KeysUnavailable(String),
+}
+
+impl IdentityError {
+    /// Internal detail for the log (never sent to the client).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Invalid(d) | Self::KeysUnavailable(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    fetched_at: Option<Instant>,
+}
+
+/// Verifies bearer tokens for one issuer and audience.
+pub struct Verifier {
+    cfg: config::Identity,
+    http: reqwest::Client,
+    cache: RwLock<KeyCache>,
+    refresh: Mutex<()>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl Verifier {
+    pub fn new(cfg: config::Identity) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Arc::new(Self {
+            cfg,
+            http,
+            cache: RwLock::default(),
+            refresh: Mutex::new(()),
+        })
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub async fn verify_header(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Principal, IdentityError> {
+        let token = bearer_token(authorization).ok_or(IdentityError::Missing)?;
+        self.verify(token).await
+    }
+
+    /// Verifies a compact JWT.
+    pub async fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(IdentityError::UnsupportedAlgorithm);
+        }
+        let kid = header.kid.unwrap_or_default();
+        let key = match self.cached_key(&kid).await {
+            Some(k) => k,
+            None => {
+                self.refresh_keys().await?;
+                self.cached_key(&kid)
+                    .await
+                    .ok_or(IdentityError::UnknownKey)?
+            }
+        };
+        let (key_alg, key) = key;
+        if key_alg != header.alg {
+            return Err(IdentityError::UnsupportedAlgorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.cfg.issuer]);
+        validation.set_audience(&[&self.cfg.audience]);
+        validation.leeway = self.cfg.leeway_seconds;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => IdentityError::Expired,
+                    _ => IdentityError::Invalid(e.to_string()),
+                }
+            })?;
+        let claims = data.claims;
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| IdentityError::Invalid("empty sub".into()))?
+            .to_owned();
+        let groups = groups_from_claim(claims.get(&self.cfg.groups_claim));
+        Ok(Principal { subject, groups })
+    }
+
+    async fn cached_key(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
+        self.cache.read().await.keys.get(kid).cloned()
+    }
+
+    async fn refresh_keys(&self) -> Result<(), IdentityError> {
+        let _one_at_a_time = self.refresh.lock().await;
+        if let Some(at) = self.cache.read().await.fetched_at
+            && at.elapsed() < REFRESH_COOLDOWN
+        {
+            // Either another task just refreshed, or a burst of unknown kids: don't hammer the IdP.
+            return Ok(());
+        }
+        let result = self.fetch_keys().await;
+        let mut cache = self.cache.write().await;
+        match result {
+            Ok(keys) => {
+                tracing::info!(issuer = %self.cfg.issuer, keys = keys.len(), "Fetched the issuer's signing keys.");
+                cache.keys = keys;
+                cache.fetched_at = Some(Instant::now());
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(issuer = %self.cfg.issuer, %error, "Could not fetch the issuer's signing keys.");
+                Err(IdentityError::KeysUnavailable(error))
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
+        let jwks_url = match &self.cfg.jwks_url {
+            Some(url) => url.to_string(),
+            None => {
+                let url = format!("{}/.well-known/openid-configuration", self.cfg.issuer);
+                let d: Discovery = self.get_json(&url).await?;
+                if d.issuer.trim_end_matches('/') != self.cfg.issuer {
+                    return Err(format!(
+                        "discovery names issuer {:?}, expected {:?}",
+                        d.issuer, self.cfg.issuer
+                    ));
+                }
+                d.jwks_uri
+            }
+        };
+        let set: JwkSet = self.get_json(&jwks_url).await?;
+        Ok(keys_from_jwks(&set))
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", resp.status()));
+        }
+        resp.json().await.map_err(|e| format!("GET {url}: {e}"))
+    }
+}
+
+/// Usable keys of a JWKS, by `kid`: RSA keys for RS256, P-256 keys for ES256. Keys meant
+/// for encryption or for another algorithm are skipped.
+fn keys_from_jwks(set: &JwkSet) -> HashMap<String, (Algorithm, DecodingKey)> {
+    use jsonwebtoken::jwk::{EllipticCurve, KeyAlgorithm, PublicKeyUse};
+    let mut out = HashMap::new();
+    for jwk in &set.keys {
+        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            continue;
+        }
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            _ => continue,
+        };
+        let declared_ok = match jwk.common.key_algorithm {
+            None => true,
+            Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+            Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+            Some(_) => false,
+        };
+        if !declared_ok {
+            continue;
+        }
+        if let Ok(key) = DecodingKey::from_jwk(jwk) {
+            out.insert(jwk.common.key_id.clone().unwrap_or_default(), (alg, key));
+        }
+    }
+    out
+}
+
+/// Groups from a claim that is a list of strings or one space-separated string.
+fn groups_from_claim(claim: Option<&Value>) -> BTreeSet<String> {
+    match claim {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header value (scheme is case-insensitive).
+pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests;

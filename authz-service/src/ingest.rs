@@ -1,0 +1,141 @@
+//! Audit ingest (gRPC): response and rejection records reported by the wasm filter.
+//!
+//! A batch is acknowledged only after its records are committed, so the filter keeps (and
+//! retries) anything the store did not take. A rejection's bearer token is verified to name
+//! the caller and then dropped: it is never stored or logged.
+
+use std::{collections::HashMap, sync::Arc};
+
+use gatehouse_core::audit::RecordKind;
+use gatehouse_proto::audit::v1::{
+    IngestAck, IngestBatch, RequestRejected, ResponseObserved, audit_ingest_server::AuditIngest,
+};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::{AppState, audit::NewRecord};
+
+pub struct IngestService {
+    state: Arc<AppState>,
+    /// The latest `dropped_total` each filter source reported.
+    dropped: Mutex<HashMap<String, u64>>,
+}
+
+impl IngestService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self {
+            state,
+            dropped: Mutex::default(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditIngest for IngestService {
+    async fn ingest(
+        &self,
+        request: tonic::Request<IngestBatch>,
+    ) -> Result<tonic::Response<IngestAck>, tonic::Status> {
+        let batch = request.into_inner();
+        let state = &self.state;
+        state.metrics.ingest_batches.inc();
+        self.note_dropped(&batch).await;
+
+        let mut records = Vec::with_capacity(batch.responses.len() + batch.rejections.len());
+        for r in &batch.responses {
+            records.push(NewRecord {
+                kind: RecordKind::Response,
+                request_id: r.request_id.clone(),
+                data: response_data(r, &batch.source),
+            });
+        }
+        for r in &batch.rejections {
+            let subject = match r.bearer_token.as_str() {
+                "" => None,
+                token => state.identity.verify(token).await.ok().map(|p| p.subject),
+            };
+            records.push(NewRecord {
+                kind: RecordKind::RequestRejected,
+                request_id: r.request_id.clone(),
+                data: rejection_data(r, subject, &batch.source),
+            });
+        }
+        let accepted = records.len() as u32;
+        state.metrics.ingest_records.add(u64::from(accepted));
+        if records.is_empty() {
+            return Ok(tonic::Response::new(IngestAck { accepted }));
+        }
+        match state.audit.append(records).await {
+            Ok(_) => Ok(tonic::Response::new(IngestAck { accepted })),
+            Err(error) => {
+                tracing::error!(%error, source = %batch.source, "Could not store ingested records; the filter will retry.");
+                Err(tonic::Status::unavailable("audit store unavailable"))
+            }
+        }
+    }
+}
+
+impl IngestService {
+    async fn note_dropped(&self, batch: &IngestBatch) {
+        let mut dropped = self.dropped.lock().await;
+        let previous = dropped
+            .insert(batch.source.clone(), batch.dropped_total)
+            .unwrap_or(0);
+        if batch.dropped_total > previous {
+            tracing::warn!(source = %batch.source, dropped_total = batch.dropped_total, "A filter dropped audit records because its buffer was full.");
+            self.state
+                .metrics
+                .filter_dropped_reported
+                .add(batch.dropped_total - previous);
+        }
+    }
+}
+
+/// The message as JSON when it parses, else as text (a truncated or non-JSON body).
+fn message_value(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn non_empty(s: &str) -> Value {
+    if s.is_empty() { Value::Null } else { json!(s) }
+}
+
+fn response_data(r: &ResponseObserved, source: &str) -> Value {
+    json!({
+        "part": r.part,
+        "final": r.r#final,
+        "http_status": r.http_status,
+        "content_type": non_empty(&r.content_type),
+        "message": message_value(&r.message),
+        "truncated": r.truncated,
+        "body_bytes": r.body_bytes,
+        "observed_at_unix_ms": r.observed_at_unix_ms,
+        "sse_event_id": non_empty(&r.sse_event_id),
+        "jsonrpc_id": non_empty(&r.jsonrpc_id),
+        "is_error": r.is_error,
+        "error_code": if r.is_error { json!(r.error_code) } else { Value::Null },
+        "end_reason": non_empty(&r.end_reason),
+        "source": source,
+    })
+}
+
+fn rejection_data(r: &RequestRejected, subject: Option<String>, source: &str) -> Value {
+    json!({
+        "subject": subject,
+        "http_status": r.http_status,
+        "jsonrpc_code": r.jsonrpc_code,
+        "reason": r.reason,
+        "http_method": r.http_method,
+        "path": r.path,
+        "session_id": non_empty(&r.session_id),
+        "protocol_version": non_empty(&r.protocol_version),
+        "mcp_method": non_empty(&r.jsonrpc_method),
+        "observed_at_unix_ms": r.observed_at_unix_ms,
+        "decision": "deny",
+        "source": source,
+    })
+}

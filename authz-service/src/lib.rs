@@ -1,0 +1,29 @@
+//! The Gatehouse service: everything behind the `gatehouse` binary.
+//!
+//! Reading order: [`config`] (the one file), [`server`] (what starts), [`authz`] (the
+//! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter),
+//! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
+
+pub mod audit;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod envoy_config;
+pub mod identity;
+pub mod ingest;
+pub mod metrics;
+pub mod rest;
+pub mod server;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+use std::sync::Arc;
+
+/// Shared state of a running service.
+pub struct AppState {
+    pub config: config::Config,
+    pub identity: Arc<identity::Verifier>,
+    pub audit: audit::AuditLog,
+    pub metrics: metrics::Metrics,
+    pub dev_issuer: Option<identity::dev_issuer::DevIssuer>,
+}

@@ -1,0 +1,217 @@
+//! REST for auditors and MCP clients (axum): audit search, OAuth protected-resource
+//! metadata, the dev issuer's discovery and keys, health and metrics.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use gatehouse_core::audit::Record;
+use serde_json::{Value, json};
+
+use crate::{AppState, audit::RecordQuery, identity::IdentityError};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(resource_metadata_root),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*path}",
+            get(resource_metadata),
+        )
+        .route("/v1/audit/records", get(list_records))
+        .route("/v1/audit/requests/{id}", get(get_request));
+    if state.dev_issuer.is_some() {
+        router = router
+            .route("/dev/.well-known/openid-configuration", get(dev_discovery))
+            .route("/dev/jwks.json", get(dev_jwks));
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+/// An error as the REST API shows it: a status and a short, safe message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    challenge: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            challenge: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(json!({"error": self.message}))).into_response();
+        if let Some(c) = self.challenge.and_then(|c| c.parse().ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
+        resp
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.audit.store().ping().await {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "Health check failed: the audit store does not answer.");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "audit store unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn resource_metadata_root(State(state): State<Arc<AppState>>) -> Json<Value> {
+    resource_metadata_for(&state, "")
+}
+
+async fn resource_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+) -> Json<Value> {
+    resource_metadata_for(&state, &path)
+}
+
+fn resource_metadata_for(state: &AppState, path: &str) -> Json<Value> {
+    let base = state
+        .config
+        .service
+        .public_url
+        .as_str()
+        .trim_end_matches('/');
+    let resource = if path.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}/{}", path.trim_start_matches('/'))
+    };
+    Json(json!({
+        "resource": resource,
+        "authorization_servers": [state.config.identity.issuer],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Gatehouse MCP gateway",
+    }))
+}
+
+async fn dev_discovery(State(state): State<Arc<AppState>>) -> Response {
+    match &state.dev_issuer {
+        Some(d) => Json(d.discovery()).into_response(),
+        None => not_found().await.into_response(),
+    }
+}
+
+async fn dev_jwks(State(state): State<Arc<AppState>>) -> Response {
+    match &state.dev_issuer {
+        Some(d) => Json(d.jwks()).into_response(),
+        None => not_found().await.into_response(),
+    }
+}
+
+/// Only members of the auditor group may read the trail.
+async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.identity.verify_header(auth).await {
+        Ok(p) if p.groups.contains(&state.config.audit.auditor_group) => Ok(p.subject),
+        Ok(p) => {
+            tracing::info!(subject = %p.subject, "Audit access refused: not in the auditor group.");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the audit trail is for the auditor group only",
+            ))
+        }
+        Err(IdentityError::KeysUnavailable(detail)) => {
+            tracing::warn!(detail, "Cannot verify an auditor's token.");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot verify tokens right now",
+            ))
+        }
+        Err(error) => {
+            let mut e = ApiError::new(StatusCode::UNAUTHORIZED, error.to_string());
+            e.challenge = Some("Bearer".into());
+            Err(e)
+        }
+    }
+}
+
+fn store_error(error: sqlx::Error) -> ApiError {
+    tracing::error!(%error, "Audit query failed.");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audit store is unavailable",
+    )
+}
+
+async fn list_records(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<RecordQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_auditor(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let records = state.audit.store().list(&q).await.map_err(store_error)?;
+    Ok(Json(json!({ "records": records })))
+}
+
+async fn get_request(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_auditor(&state, &headers).await?;
+    let q = RecordQuery {
+        request_id: Some(id.clone()),
+        limit: Some(1000),
+        ..RecordQuery::default()
+    };
+    let records = state.audit.store().list(&q).await.map_err(store_error)?;
+    if records.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no records for this request id",
+        ));
+    }
+    let (requests, responses): (Vec<Record>, Vec<Record>) =
+        records.into_iter().partition(|r| r.kind != "response");
+    let complete = responses
+        .iter()
+        .any(|r| r.data.get("final").and_then(Value::as_bool) == Some(true));
+    Ok(Json(json!({
+        "request_id": id,
+        "request": requests.first(),
+        "records": requests,
+        "responses": responses,
+        "complete": complete,
+    })))
+}

@@ -1,0 +1,161 @@
+//! Starts the service: the gRPC listener (ext_authz + audit ingest) and the REST listener.
+//! Tests start it in-process on port 0 through [`Server::start`].
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use gatehouse_proto::audit::v1::audit_ingest_server::AuditIngestServer;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    AppState,
+    audit::{AuditLog, Store},
+    authz::AuthzService,
+    config::Config,
+    identity::{Verifier, dev_issuer::DevIssuer},
+    ingest::IngestService,
+    metrics::Metrics,
+    rest,
+};
+
+/// A running service.
+pub struct Server {
+    pub rest_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// How long a write may wait for SQLite's lock before the request is refused. Well under
+/// Envoy's ext_authz timeout, so the client gets the service's clear error, not a timeout.
+const STORE_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Server {
+    /// Opens the store, binds both listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::default();
+        let store = Store::open(&config.audit.database, STORE_BUSY_TIMEOUT)
+            .await
+            .with_context(|| format!("cannot open the audit store {}", config.audit.database))?;
+        let audit = AuditLog::start(
+            store,
+            &config.audit.writer_id,
+            config.audit.max_batch,
+            metrics.clone(),
+        )
+        .await
+        .context("cannot read the audit chain head")?;
+        let dev_issuer = match &config.identity.dev_issuer {
+            Some(d) => Some(DevIssuer::load_or_create(
+                &d.key_file,
+                &config.identity.issuer,
+            )?),
+            None => None,
+        };
+        if dev_issuer.is_some() {
+            tracing::warn!(
+                "The dev issuer is enabled: anyone with its key file can mint tokens. Never enable it in production."
+            );
+        }
+        let identity = Verifier::new(config.identity.clone());
+        let rest_listener = TcpListener::bind(config.service.rest_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (service.rest_listen)",
+                    config.service.rest_listen
+                )
+            })?;
+        let grpc_listener = TcpListener::bind(config.service.grpc_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (service.grpc_listen)",
+                    config.service.grpc_listen
+                )
+            })?;
+        let (rest_addr, grpc_addr) = (rest_listener.local_addr()?, grpc_listener.local_addr()?);
+        let state = Arc::new(AppState {
+            config,
+            identity,
+            audit,
+            metrics,
+            dev_issuer,
+        });
+        let (shutdown, watch_rx) = watch::channel(false);
+
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(AuthorizationServer::new(AuthzService::new(state.clone())))
+            .add_service(AuditIngestServer::new(IngestService::new(state.clone())));
+        let mut rx = watch_rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("gRPC server failed")
+        });
+        let app = rest::router(state.clone());
+        let mut rx = watch_rx;
+        let rest_task = tokio::spawn(async move {
+            axum::serve(rest_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+                .context("REST server failed")
+        });
+        tracing::info!(%rest_addr, %grpc_addr, writer = %state.config.audit.writer_id, "Gatehouse service started.");
+        Ok(Self {
+            rest_addr,
+            grpc_addr,
+            state,
+            shutdown,
+            tasks: vec![grpc_task, rest_task],
+        })
+    }
+
+    /// Serves until one listener fails or `stop` resolves, then stops both.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let tasks = std::mem::take(&mut self.tasks);
+        let mut joined = Box::pin(futures_select(tasks));
+        tokio::select! {
+            result = &mut joined => result,
+            () = stop => {
+                tracing::info!("Shutting down.");
+                let _ = self.shutdown.send(true);
+                // Give in-flight requests a moment to finish; their records are already durable.
+                let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops serving (tests).
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn futures_select(tasks: Vec<JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(tasks.len().max(1));
+    for task in tasks {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("server task panicked: {e}")),
+            };
+            let _ = tx.send(result).await;
+        });
+    }
+    drop(tx);
+    rx.recv().await.unwrap_or(Ok(()))
+}

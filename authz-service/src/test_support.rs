@@ -1,0 +1,36 @@
+//! Helpers for in-process tests: a config on free loopback ports and a started service.
+
+use std::net::TcpListener;
+
+use crate::{config::Config, server::Server};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A config whose dev issuer is the service itself, in a fresh temp folder.
+pub fn config(dir: &std::path::Path) -> Config {
+    let (rest, grpc) = (free_port(), free_port());
+    let text = format!(
+        r#"
+service: {{ rest_listen: "127.0.0.1:{rest}", grpc_listen: "127.0.0.1:{grpc}", public_url: "https://gw.example" }}
+identity:
+  issuer: http://127.0.0.1:{rest}/dev
+  audience: gatehouse
+  leeway_seconds: 0
+  dev_issuer: {{ enabled: true, key_file: dev.pem }}
+audit: {{ database: "sqlite://audit.db", writer_id: gh-test, auditor_group: auditors }}
+upstreams:
+  - {{ name: everything, url: "http://127.0.0.1:1/mcp", path: /mcp, allow_groups: [eng] }}
+envoy: {{ admin_listen: "127.0.0.1:1", http_listen: "127.0.0.1:2", wasm: f.wasm }}
+"#
+    );
+    Config::parse(&text, &dir.join("gatehouse.yaml")).expect("test config is valid")
+}
+
+pub async fn start(dir: &std::path::Path) -> Server {
+    Server::start(config(dir)).await.expect("service starts")
+}

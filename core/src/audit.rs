@@ -1,0 +1,449 @@
+//! Audit records and the hash chain that makes the trail tamper-evident.
+//!
+//! Every record a writer appends holds the hash of the writer's previous record, and its
+//! own hash covers its sequence number, writer, kind, request id, time, the previous hash
+//! and its data, over a canonical JSON encoding. [`verify_chain`] recomputes all of it, so
+//! an edit, a deletion, an insertion or a reordering of stored rows is found and named.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The `prev_hash` of a writer's first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// The service decided on a request (allow or deny), before any upstream saw it.
+    Request,
+    /// The filter observed (part of) the answer the client received.
+    Response,
+    /// The filter refused a request as malformed before it reached the service.
+    RequestRejected,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Response => "response",
+            Self::RequestRejected => "request_rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "request" => Some(Self::Request),
+            "response" => Some(Self::Response),
+            "request_rejected" => Some(Self::RequestRejected),
+            _ => None,
+        }
+    }
+}
+
+/// One record as stored and as hashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the writer's chain, from 1, without gaps.
+    pub seq: u64,
+    /// Which service instance wrote the record; each writer has its own chain.
+    pub writer: String,
+    /// [`RecordKind`] as text, kept as stored so an unknown kind still verifies.
+    pub kind: String,
+    pub request_id: String,
+    /// RFC 3339, UTC, as stored.
+    pub recorded_at: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub data: Value,
+}
+
+impl Record {
+    /// The hash this record should carry, computed from everything but `hash`.
+    pub fn compute_hash(&self) -> String {
+        record_hash(
+            self.seq,
+            &self.writer,
+            &self.kind,
+            &self.request_id,
+            &self.recorded_at,
+            &self.prev_hash,
+            &self.data,
+        )
+    }
+}
+
+/// SHA-256, hex, over the canonical encoding of a record's fields.
+pub fn record_hash(
+    seq: u64,
+    writer: &str,
+    kind: &str,
+    request_id: &str,
+    recorded_at: &str,
+    prev_hash: &str,
+    data: &Value,
+) -> String {
+    let mut hasher = Sha256::new();
+    // A fixed-order object: the field set is part of the format, so a version tag leads it.
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"v\":1,\"seq\":");
+    buf.extend_from_slice(seq.to_string().as_bytes());
+    for (key, value) in [
+        ("writer", writer),
+        ("kind", kind),
+        ("request_id", request_id),
+        ("recorded_at", recorded_at),
+        ("prev_hash", prev_hash),
+    ] {
+        buf.extend_from_slice(b",\"");
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
+        write_canonical(&Value::String(value.to_owned()), &mut buf);
+    }
+    buf.extend_from_slice(b",\"data\":");
+    write_canonical(data, &mut buf);
+    buf.push(b'}');
+    hasher.update(&buf);
+    hex::encode(hasher.finalize())
+}
+
+/// Canonical JSON: object keys sorted by their UTF-8 bytes, no insignificant white space,
+/// strings and numbers as serde_json writes them. Independent of map ordering features.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(&Value::String(k.clone()), out);
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        // Scalars: serde_json's own compact writer is deterministic; it cannot fail on a Value.
+        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
+    }
+}
+
+/// The first place a writer's chain does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ChainBreak {
+    #[error("writer {writer}: record {seq} was edited (its hash does not match its contents)")]
+    Edited { writer: String, seq: u64 },
+    #[error("writer {writer}: record {expected} is missing (found {found} next)")]
+    Missing {
+        writer: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("writer {writer}: record {seq} appears more than once")]
+    Duplicate { writer: String, seq: u64 },
+    #[error(
+        "writer {writer}: record {seq} does not follow record {prev} (inserted, reordered or its predecessor was altered)"
+    )]
+    Unlinked { writer: String, seq: u64, prev: u64 },
+    #[error(
+        "writer {writer}: the chain ends at record {last} but a checkpoint vouches for record {checkpoint}"
+    )]
+    Truncated {
+        writer: String,
+        last: u64,
+        checkpoint: u64,
+    },
+}
+
+impl ChainBreak {
+    /// The sequence number of the first record found broken.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Edited { seq, .. } | Self::Duplicate { seq, .. } | Self::Unlinked { seq, .. } => {
+                *seq
+            }
+            Self::Missing { expected, .. } => *expected,
+            Self::Truncated { last, .. } => last + 1,
+        }
+    }
+}
+
+/// Incremental verifier for one writer's records, fed in ascending `seq` order.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    writer: String,
+    last_seq: u64,
+    last_hash: String,
+}
+
+impl ChainVerifier {
+    pub fn new(writer: impl Into<String>) -> Self {
+        Self {
+            writer: writer.into(),
+            last_seq: 0,
+            last_hash: GENESIS_HASH.to_owned(),
+        }
+    }
+
+    /// Checks the next record of the writer's chain.
+    pub fn push(&mut self, record: &Record) -> Result<(), ChainBreak> {
+        let writer = self.writer.clone();
+        if record.seq == self.last_seq && self.last_seq > 0 {
+            return Err(ChainBreak::Duplicate {
+                writer,
+                seq: record.seq,
+            });
+        }
+        if record.seq != self.last_seq + 1 {
+            return Err(ChainBreak::Missing {
+                writer,
+                expected: self.last_seq + 1,
+                found: record.seq,
+            });
+        }
+        if record.compute_hash() != record.hash {
+            return Err(ChainBreak::Edited {
+                writer,
+                seq: record.seq,
+            });
+        }
+        if record.prev_hash != self.last_hash {
+            return Err(ChainBreak::Unlinked {
+                writer,
+                seq: record.seq,
+                prev: self.last_seq,
+            });
+        }
+        self.last_seq = record.seq;
+        self.last_hash.clone_from(&record.hash);
+        Ok(())
+    }
+
+    /// The last verified record: its seq (0 if none) and hash.
+    pub fn head(&self) -> (u64, &str) {
+        (self.last_seq, &self.last_hash)
+    }
+}
+
+/// Verifies one writer's whole chain; returns how many records held.
+pub fn verify_chain<'a>(
+    writer: &str,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<u64, ChainBreak> {
+    let mut verifier = ChainVerifier::new(writer);
+    for record in records {
+        verifier.push(record)?;
+    }
+    Ok(verifier.head().0)
+}
+
+/// Builds the next record of a chain: the writer's side of [`ChainVerifier`].
+#[derive(Debug, Clone)]
+pub struct ChainHead {
+    pub writer: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl ChainHead {
+    /// A chain with no records yet.
+    pub fn genesis(writer: impl Into<String>) -> Self {
+        Self {
+            writer: writer.into(),
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
+    }
+
+    /// Appends a record and advances the head.
+    pub fn append(
+        &mut self,
+        kind: &str,
+        request_id: &str,
+        recorded_at: &str,
+        data: Value,
+    ) -> Record {
+        let seq = self.seq + 1;
+        let hash = record_hash(
+            seq,
+            &self.writer,
+            kind,
+            request_id,
+            recorded_at,
+            &self.hash,
+            &data,
+        );
+        let record = Record {
+            seq,
+            writer: self.writer.clone(),
+            kind: kind.to_owned(),
+            request_id: request_id.to_owned(),
+            recorded_at: recorded_at.to_owned(),
+            prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
+            hash,
+            data,
+        };
+        self.seq = seq;
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chain(n: u64) -> Vec<Record> {
+        let mut head = ChainHead::genesis("w1");
+        (0..n)
+            .map(|i| {
+                head.append(
+                    "request",
+                    &format!("r{i}"),
+                    "2026-01-01T00:00:00.000Z",
+                    json!({"i": i, "tool": "echo"}),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_drops_spaces() {
+        let v: Value =
+            serde_json::from_str(r#"{ "b": [1, {"z": null, "a": "x"}], "a": 1.5 }"#).unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            br#"{"a":1.5,"b":[1,{"a":"x","z":null}]}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn hash_is_stable_across_key_order() {
+        let a: Value = serde_json::from_str(r#"{"x":1,"y":2}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"y":2,"x":1}"#).unwrap();
+        assert_eq!(
+            record_hash(1, "w", "k", "r", "t", GENESIS_HASH, &a),
+            record_hash(1, "w", "k", "r", "t", GENESIS_HASH, &b)
+        );
+    }
+
+    #[test]
+    fn hash_is_pinned() {
+        // A change to the encoding breaks every stored trail: this value must never change.
+        let h = record_hash(
+            1,
+            "w",
+            "request",
+            "r1",
+            "2026-01-01T00:00:00.000Z",
+            GENESIS_HASH,
+            &json!({"a": 1}),
+        );
+        assert_eq!(h, PINNED_HASH);
+    }
+    const PINNED_HASH: &str = "432a2b7748aef55b26e35ef21d0d0538a1ec97ce683bf495d3b929b4c22b0a97";
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        assert_eq!(verify_chain("w1", &chain(5)), Ok(5));
+        assert_eq!(verify_chain("w1", &[]), Ok(0));
+    }
+
+    #[test]
+    fn an_edit_is_found() {
+        let mut c = chain(5);
+        c[2].data = json!({"i": 2, "tool": "rm_rf"});
+        assert_eq!(
+            verify_chain("w1", &c),
+            Err(ChainBreak::Edited {
+                writer: "w1".into(),
+                seq: 3
+            })
+        );
+    }
+
+    #[test]
+    fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
+        let mut c = chain(5);
+        c[2].data = json!({"i": 2, "tool": "rm_rf"});
+        c[2].hash = c[2].compute_hash();
+        assert_eq!(
+            verify_chain("w1", &c),
+            Err(ChainBreak::Unlinked {
+                writer: "w1".into(),
+                seq: 4,
+                prev: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_deletion_is_found() {
+        let mut c = chain(5);
+        c.remove(1);
+        assert_eq!(
+            verify_chain("w1", &c),
+            Err(ChainBreak::Missing {
+                writer: "w1".into(),
+                expected: 2,
+                found: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_deletion_with_renumbering_is_found() {
+        let mut c = chain(5);
+        c.remove(1);
+        for (i, r) in c.iter_mut().enumerate() {
+            r.seq = i as u64 + 1;
+        }
+        assert_eq!(verify_chain("w1", &c).unwrap_err().seq(), 2);
+    }
+
+    #[test]
+    fn an_insertion_is_found() {
+        let mut c = chain(5);
+        let mut forged = c[1].clone();
+        forged.data = json!({"forged": true});
+        c.insert(2, forged);
+        assert_eq!(
+            verify_chain("w1", &c),
+            Err(ChainBreak::Duplicate {
+                writer: "w1".into(),
+                seq: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_reordering_is_found() {
+        let mut c = chain(5);
+        c.swap(1, 3);
+        let (a, b) = (c[1].seq, c[3].seq);
+        c[1].seq = b;
+        c[3].seq = a;
+        assert_eq!(verify_chain("w1", &c).unwrap_err().seq(), 2);
+    }
+}

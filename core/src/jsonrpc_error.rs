@@ -1,0 +1,62 @@
+//! JSON-RPC 2.0 error bodies, the one shape in which the gateway refuses a request.
+//!
+//! Both the filter (malformed input) and the service (identity, policy, audit) answer
+//! with these, so an MCP client always gets an error it can show.
+
+use serde_json::{Value, json};
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid JSON-RPC request.
+pub const INVALID_REQUEST: i64 = -32600;
+/// Internal error: the gateway could not complete the request (e.g. the audit store is down).
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Implementation-defined server error range: the caller is not authenticated.
+pub const UNAUTHORIZED: i64 = -32001;
+/// Implementation-defined server error range: the caller may not do this.
+pub const FORBIDDEN: i64 = -32003;
+
+/// Serializes a JSON-RPC error response. `id` is `null` when the request's id is
+/// unknown (unparseable body, or no body at all).
+pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
+    let mut error = json!({ "code": code, "message": message });
+    if let (Some(data), Some(obj)) = (data, error.as_object_mut()) {
+        obj.insert("data".to_owned(), data);
+    }
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": error,
+    });
+    // Serializing a `Value` cannot fail: it has no non-string keys and no custom Serialize.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_null_id_when_unknown() {
+        let body: Value =
+            serde_json::from_slice(&error_body(None, PARSE_ERROR, "bad", None)).unwrap();
+        assert_eq!(
+            body,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "bad"}})
+        );
+    }
+
+    #[test]
+    fn error_body_keeps_id_and_data() {
+        let id = json!("abc");
+        let body: Value = serde_json::from_slice(&error_body(
+            Some(&id),
+            FORBIDDEN,
+            "no",
+            Some(json!({"k": 1})),
+        ))
+        .unwrap();
+        assert_eq!(body["id"], "abc");
+        assert_eq!(body["error"]["data"]["k"], 1);
+    }
+}

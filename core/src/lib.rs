@@ -1,0 +1,14 @@
+//! Gatehouse core: the pure logic of the gateway, with no I/O and no runtime.
+//!
+//! It builds for the host and for `wasm32-wasip1`, so the proxy-wasm filter and the
+//! service share one implementation of every parsing and hashing rule.
+//!
+//! - [`mcp`]: the MCP (JSON-RPC 2.0) message model and classification of a request.
+//! - [`sse`]: an incremental Server-Sent Events framer that never buffers a whole stream.
+//! - [`audit`]: audit records, their canonical encoding and the hash chain over them.
+//! - [`jsonrpc_error`]: JSON-RPC error bodies the gateway answers with.
+
+pub mod audit;
+pub mod jsonrpc_error;
+pub mod mcp;
+pub mod sse;

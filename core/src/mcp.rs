@@ -1,0 +1,473 @@
+//! The MCP message model: JSON-RPC 2.0 messages as MCP's Streamable HTTP transport
+//! carries them, and what the gateway needs to know about each one.
+//!
+//! [`parse_body`] validates a POST body (a single message, or a batch as revision
+//! 2025-03-26 allows) and classifies each message. [`check_routing_headers`] applies the
+//! 2026-07-28 rule that `Mcp-Method` / `Mcp-Name` headers must agree with the body.
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::jsonrpc_error;
+
+/// `Mcp-Session-Id` request/response header.
+pub const SESSION_ID_HEADER: &str = "mcp-session-id";
+/// `MCP-Protocol-Version` request header.
+pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+/// `Mcp-Method` request header (revision 2026-07-28).
+pub const METHOD_HEADER: &str = "mcp-method";
+/// `Mcp-Name` request header (revision 2026-07-28).
+pub const NAME_HEADER: &str = "mcp-name";
+/// The only revision that allows JSON-RPC batches.
+pub const BATCH_REVISION: &str = "2025-03-26";
+/// The revision that requires `Mcp-Method` / `Mcp-Name` headers.
+pub const ROUTING_HEADERS_REVISION: &str = "2026-07-28";
+
+/// Why a body is not acceptable MCP.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParseError {
+    /// Not JSON at all (or nested too deeply to parse safely).
+    #[error("parse error: {0}")]
+    InvalidJson(String),
+    /// JSON, but not a JSON-RPC 2.0 message or batch of them.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl ParseError {
+    /// The JSON-RPC error code a client should receive.
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            Self::InvalidJson(_) => jsonrpc_error::PARSE_ERROR,
+            Self::InvalidRequest(_) => jsonrpc_error::INVALID_REQUEST,
+        }
+    }
+}
+
+/// What a JSON-RPC message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Has a method and an id: expects a response.
+    Request,
+    /// Has a method and no id.
+    Notification,
+    /// Has an id and a result.
+    Response,
+    /// Has an id and an error.
+    Error,
+}
+
+impl MessageKind {
+    /// Lower-case name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Notification => "notification",
+            Self::Response => "response",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One validated JSON-RPC message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: MessageKind,
+    /// The JSON-RPC id (a string or a number); `None` for notifications.
+    pub id: Option<Value>,
+    /// The method, for requests and notifications.
+    pub method: Option<String>,
+    /// The params, for requests and notifications.
+    pub params: Option<Value>,
+    /// The error code, for error responses.
+    pub error_code: Option<i64>,
+}
+
+impl Message {
+    /// The name a request acts on: the tool of `tools/call`, the prompt of `prompts/get`,
+    /// the URI of `resources/read` and resource subscriptions.
+    pub fn target_name(&self) -> Option<&str> {
+        let key = match self.method.as_deref()? {
+            "tools/call" | "prompts/get" => "name",
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
+            _ => return None,
+        };
+        self.params.as_ref()?.get(key)?.as_str()
+    }
+
+    /// Whether this method names a target (so `Mcp-Name` is required with it).
+    pub fn has_target(&self) -> bool {
+        matches!(
+            self.method.as_deref(),
+            Some(
+                "tools/call"
+                    | "prompts/get"
+                    | "resources/read"
+                    | "resources/subscribe"
+                    | "resources/unsubscribe"
+            )
+        )
+    }
+
+    /// The arguments of a `tools/call` or `prompts/get`.
+    pub fn arguments(&self) -> Option<&Value> {
+        match self.method.as_deref()? {
+            "tools/call" | "prompts/get" => self.params.as_ref()?.get("arguments"),
+            _ => None,
+        }
+    }
+
+    /// The id as compact JSON text (`1`, `"abc"`), as records carry it.
+    pub fn id_text(&self) -> Option<String> {
+        self.id.as_ref().map(Value::to_string)
+    }
+}
+
+/// A parsed POST body: one message, or a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub batch: bool,
+    pub messages: Vec<Message>,
+}
+
+impl Envelope {
+    /// The first message (every envelope has at least one).
+    pub fn first(&self) -> Option<&Message> {
+        self.messages.first()
+    }
+}
+
+/// Parses and validates a body as MCP JSON-RPC.
+pub fn parse_body(body: &[u8]) -> Result<Envelope, ParseError> {
+    // serde_json refuses nesting deeper than 128 levels, so a deep body is an error, not a
+    // stack overflow.
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    parse_value(value)
+}
+
+/// Validates an already-parsed JSON value as MCP JSON-RPC.
+pub fn parse_value(value: Value) -> Result<Envelope, ParseError> {
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ParseError::InvalidRequest("empty batch".into()));
+            }
+            let messages = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    parse_message(item).map_err(|e| match e {
+                        ParseError::InvalidRequest(why) => {
+                            ParseError::InvalidRequest(format!("batch item {i}: {why}"))
+                        }
+                        other => other,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Envelope {
+                batch: true,
+                messages,
+            })
+        }
+        other => Ok(Envelope {
+            batch: false,
+            messages: vec![parse_message(other)?],
+        }),
+    }
+}
+
+fn parse_message(value: Value) -> Result<Message, ParseError> {
+    let invalid = |why: &str| ParseError::InvalidRequest(why.to_owned());
+    let Value::Object(mut obj) = value else {
+        return Err(invalid("a JSON-RPC message must be an object"));
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+    }
+    let id = match obj.remove("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id),
+        Some(_) => return Err(invalid("\"id\" must be a string or a number")),
+    };
+    match obj.remove("method") {
+        Some(Value::String(method)) => {
+            let params = match obj.remove("params") {
+                None => None,
+                Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
+                Some(_) => return Err(invalid("\"params\" must be an object or an array")),
+            };
+            let kind = if id.is_some() {
+                MessageKind::Request
+            } else {
+                MessageKind::Notification
+            };
+            Ok(Message {
+                kind,
+                id,
+                method: Some(method),
+                params,
+                error_code: None,
+            })
+        }
+        Some(_) => Err(invalid("\"method\" must be a string")),
+        None => parse_response(id, &obj),
+    }
+}
+
+fn parse_response(id: Option<Value>, obj: &Map<String, Value>) -> Result<Message, ParseError> {
+    let invalid = |why: &str| ParseError::InvalidRequest(why.to_owned());
+    let (result, error) = (obj.get("result"), obj.get("error"));
+    match (result, error) {
+        (Some(_), None) => {
+            let id = id.ok_or_else(|| invalid("a response needs an \"id\""))?;
+            Ok(Message {
+                kind: MessageKind::Response,
+                id: Some(id),
+                method: None,
+                params: None,
+                error_code: None,
+            })
+        }
+        (None, Some(error)) => {
+            let code = error
+                .get("code")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| invalid("\"error.code\" must be an integer"))?;
+            if !error.get("message").is_some_and(Value::is_string) {
+                return Err(invalid("\"error.message\" must be a string"));
+            }
+            // An error answering an unparseable request may carry a null id: keep it absent.
+            Ok(Message {
+                kind: MessageKind::Error,
+                id,
+                method: None,
+                params: None,
+                error_code: Some(code),
+            })
+        }
+        (Some(_), Some(_)) => Err(invalid(
+            "a response has either \"result\" or \"error\", not both",
+        )),
+        (None, None) => Err(invalid(
+            "neither a request (\"method\") nor a response (\"result\"/\"error\")",
+        )),
+    }
+}
+
+/// Why the 2026-07-28 routing headers do not fit the body.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HeaderMismatch {
+    #[error(
+        "the Mcp-Method header is required with MCP-Protocol-Version {ROUTING_HEADERS_REVISION}"
+    )]
+    MethodMissing,
+    #[error("the Mcp-Method header does not match the method in the body")]
+    MethodDiffers,
+    #[error(
+        "the Mcp-Name header is required for this method with MCP-Protocol-Version {ROUTING_HEADERS_REVISION}"
+    )]
+    NameMissing,
+    #[error("the Mcp-Name header does not match the name in the body")]
+    NameDiffers,
+    #[error("JSON-RPC batches are not allowed in MCP revision {0}")]
+    BatchNotAllowed(String),
+}
+
+/// Checks the request headers a revision requires against the parsed body.
+///
+/// Only messages with a method are checked (a POST that carries a client's response to a
+/// server request has no method to route on).
+pub fn check_routing_headers(
+    protocol_version: Option<&str>,
+    method_header: Option<&str>,
+    name_header: Option<&str>,
+    envelope: &Envelope,
+) -> Result<(), HeaderMismatch> {
+    if envelope.batch
+        && let Some(version) = protocol_version
+        && version != BATCH_REVISION
+    {
+        return Err(HeaderMismatch::BatchNotAllowed(version.to_owned()));
+    }
+    if protocol_version != Some(ROUTING_HEADERS_REVISION) {
+        return Ok(());
+    }
+    let Some(message) = envelope.first().filter(|m| m.method.is_some()) else {
+        return Ok(());
+    };
+    let method_header = method_header.ok_or(HeaderMismatch::MethodMissing)?;
+    if Some(method_header) != message.method.as_deref() {
+        return Err(HeaderMismatch::MethodDiffers);
+    }
+    if message.has_target() {
+        let name_header = name_header.ok_or(HeaderMismatch::NameMissing)?;
+        if Some(name_header) != message.target_name() {
+            return Err(HeaderMismatch::NameDiffers);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Envelope, ParseError> {
+        parse_body(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn classifies_a_tool_call() {
+        let env = parse(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "hi"}}}))
+        .unwrap();
+        assert!(!env.batch);
+        let m = env.first().unwrap();
+        assert_eq!(m.kind, MessageKind::Request);
+        assert_eq!(m.target_name(), Some("echo"));
+        assert_eq!(m.arguments(), Some(&json!({"message": "hi"})));
+        assert_eq!(m.id_text().as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn classifies_notifications_responses_and_errors() {
+        let n = parse(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).unwrap();
+        assert_eq!(n.messages[0].kind, MessageKind::Notification);
+        let r = parse(json!({"jsonrpc": "2.0", "id": "a", "result": {}})).unwrap();
+        assert_eq!(r.messages[0].kind, MessageKind::Response);
+        let e =
+            parse(json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "no"}}))
+                .unwrap();
+        assert_eq!(e.messages[0].kind, MessageKind::Error);
+        assert_eq!(e.messages[0].error_code, Some(-32601));
+    }
+
+    #[test]
+    fn resource_reads_are_named_by_uri() {
+        let env = parse(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
+            "params": {"uri": "file:///etc/hosts"}}),
+        )
+        .unwrap();
+        assert_eq!(env.messages[0].target_name(), Some("file:///etc/hosts"));
+        assert_eq!(env.messages[0].arguments(), None);
+    }
+
+    #[test]
+    fn batches_are_parsed_item_by_item() {
+        let env = parse(json!([
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        ]))
+        .unwrap();
+        assert!(env.batch);
+        assert_eq!(env.messages.len(), 2);
+        let err = parse(json!([{"jsonrpc": "2.0", "id": 1, "method": "x"}, 5])).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::InvalidRequest("batch item 1: a JSON-RPC message must be an object".into())
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_parse_error() {
+        for body in [&b"{"[..], b"", b"{\"jsonrpc\": \"2.0\",}", b"\xff\xfe"] {
+            let err = parse_body(body).unwrap_err();
+            assert_eq!(err.jsonrpc_code(), -32700, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(
+            parse_body(deep.as_bytes()).unwrap_err().jsonrpc_code(),
+            -32700
+        );
+    }
+
+    #[test]
+    fn json_that_is_not_jsonrpc_is_an_invalid_request() {
+        for v in [
+            json!(42),
+            json!([]),
+            json!({"hello": "world"}),
+            json!({"jsonrpc": "1.0", "id": 1, "method": "x"}),
+            json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "x"}),
+            json!({"jsonrpc": "2.0", "id": null, "method": "x"}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": 5}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": "s"}),
+            json!({"jsonrpc": "2.0", "id": 1}),
+            json!({"jsonrpc": "2.0", "result": {}}),
+            json!({"jsonrpc": "2.0", "id": 1, "result": {}, "error": {"code": 1, "message": "m"}}),
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": "x", "message": "m"}}),
+        ] {
+            assert_eq!(parse(v.clone()).unwrap_err().jsonrpc_code(), -32600, "{v}");
+        }
+    }
+
+    fn call(name: &str) -> Envelope {
+        parse(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn routing_headers_must_match_on_2026_07_28() {
+        let v = Some(ROUTING_HEADERS_REVISION);
+        let env = call("echo");
+        assert_eq!(
+            check_routing_headers(v, Some("tools/call"), Some("echo"), &env),
+            Ok(())
+        );
+        assert_eq!(
+            check_routing_headers(v, None, Some("echo"), &env),
+            Err(HeaderMismatch::MethodMissing)
+        );
+        assert_eq!(
+            check_routing_headers(v, Some("tools/list"), Some("echo"), &env),
+            Err(HeaderMismatch::MethodDiffers)
+        );
+        assert_eq!(
+            check_routing_headers(v, Some("tools/call"), None, &env),
+            Err(HeaderMismatch::NameMissing)
+        );
+        assert_eq!(
+            check_routing_headers(v, Some("tools/call"), Some("rm_rf"), &env),
+            Err(HeaderMismatch::NameDiffers)
+        );
+        let list = parse(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).unwrap();
+        assert_eq!(
+            check_routing_headers(v, Some("tools/list"), None, &list),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn routing_headers_are_not_required_on_older_revisions() {
+        let env = call("echo");
+        assert_eq!(
+            check_routing_headers(Some("2025-06-18"), None, None, &env),
+            Ok(())
+        );
+        assert_eq!(
+            check_routing_headers(None, Some("bogus"), None, &env),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn batches_only_on_2025_03_26() {
+        let batch = parse(json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}])).unwrap();
+        assert_eq!(
+            check_routing_headers(Some("2025-03-26"), None, None, &batch),
+            Ok(())
+        );
+        assert_eq!(check_routing_headers(None, None, None, &batch), Ok(()));
+        assert_eq!(
+            check_routing_headers(Some("2025-06-18"), None, None, &batch),
+            Err(HeaderMismatch::BatchNotAllowed("2025-06-18".into()))
+        );
+    }
+}

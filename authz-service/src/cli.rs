@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    audit::{Store, verify},
+    audit::{
+        Store,
+        checkpoint::{self, CheckpointSigner},
+        verify,
+    },
     config::Config,
     envoy_config,
     identity::dev_issuer::DevIssuer,
@@ -65,8 +69,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute every writer's hash chain; exits 1 and names the first broken record.
+    /// Recompute every writer's hash chain and check its signed checkpoints; exits 1 and
+    /// names the first broken record.
     Verify {
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
+        /// The checkpoint public key (PEM). Defaults to the key of audit.checkpoint.key_file.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Print the checkpoint public key (PEM) for auditors to keep apart from the store.
+    PublicKey {
         #[arg(long, default_value = "gatehouse.yaml")]
         config: PathBuf,
     },
@@ -122,28 +135,73 @@ impl Cli {
                 println!("{}", issuer.mint(&sub, &groups, &audience, ttl)?);
             }
             Command::Audit {
-                command: AuditCommand::Verify { config },
+                command: AuditCommand::Verify { config, public_key },
+            } => {
+                return audit_verify(&load(&config)?, public_key).await;
+            }
+            Command::Audit {
+                command: AuditCommand::PublicKey { config },
             } => {
                 let config = load(&config)?;
-                let store =
-                    Store::open(&config.audit.database, std::time::Duration::from_secs(5)).await?;
-                match verify::verify_store(&store).await {
-                    Ok(v) => {
-                        let total: u64 = v.writers.iter().map(|(_, n)| n).sum();
-                        println!("Audit trail verified: {total} records.");
-                        for (writer, n) in v.writers {
-                            println!("  writer {writer}: {n} records, chain intact");
-                        }
-                    }
-                    Err(verify::VerifyError::Broken(b)) => {
-                        println!("Audit trail BROKEN at record {}: {b}", b.seq());
-                        return Ok(ExitCode::from(1));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                let policy = config
+                    .audit
+                    .checkpoint
+                    .as_ref()
+                    .context("audit.checkpoint is not configured")?;
+                print!(
+                    "{}",
+                    CheckpointSigner::load_or_create(&policy.key_file)?.public_key_pem()?
+                );
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn audit_verify(config: &Config, public_key: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let key_path =
+        public_key.or_else(|| config.audit.checkpoint.as_ref().map(|c| c.key_file.clone()));
+    let key = match &key_path {
+        Some(path) => Some(checkpoint::load_public_key(path)?),
+        None => None,
+    };
+    let store = Store::open(&config.audit.database, std::time::Duration::from_secs(5)).await?;
+    match verify::verify_store(&store, key.as_ref()).await {
+        Ok(v) => {
+            let total: u64 = v.writers.iter().map(|w| w.records).sum();
+            println!("Audit trail verified: {total} records.");
+            for w in &v.writers {
+                println!(
+                    "  writer {}: {} records, chain intact, {} signed checkpoints, {} records after the newest",
+                    w.writer, w.records, w.checkpoints, w.unvouched
+                );
+            }
+            if key.is_none() {
+                println!(
+                    "  (no checkpoint key: a rewritten chain or a deleted tail would not be detected)"
+                );
+            }
+            // Checkpoints are signed at least every `every_records`: far more unvouched
+            // records than that means checkpoints were deleted.
+            if let Some(policy) = &config.audit.checkpoint
+                && let Some(w) = v
+                    .writers
+                    .iter()
+                    .find(|w| w.unvouched > 2 * policy.every_records + 1000)
+            {
+                println!(
+                    "Audit trail SUSPECT: writer {} has {} records after its newest checkpoint.",
+                    w.writer, w.unvouched
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(verify::VerifyError::Broken(b)) => {
+            println!("Audit trail BROKEN at record {}: {b}", b.seq());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

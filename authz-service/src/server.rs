@@ -11,7 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     AppState,
-    audit::{AuditLog, Store},
+    audit::{AuditLog, Checkpointer, Store, checkpoint::CheckpointSigner},
     authz::AuthzService,
     config::Config,
     identity::{Verifier, dev_issuer::DevIssuer},
@@ -40,10 +40,24 @@ impl Server {
         let store = Store::open(&config.audit.database, STORE_BUSY_TIMEOUT)
             .await
             .with_context(|| format!("cannot open the audit store {}", config.audit.database))?;
+        let checkpoints = match &config.audit.checkpoint {
+            Some(policy) => Some(Checkpointer {
+                signer: CheckpointSigner::load_or_create(&policy.key_file)?,
+                every_records: policy.every_records,
+                every: Duration::from_secs(policy.every_seconds),
+            }),
+            None => {
+                tracing::warn!(
+                    "audit.checkpoint is not configured: a rewrite of the whole chain or a deleted tail cannot be detected."
+                );
+                None
+            }
+        };
         let audit = AuditLog::start(
             store,
             &config.audit.writer_id,
             config.audit.max_batch,
+            checkpoints,
             metrics.clone(),
         )
         .await

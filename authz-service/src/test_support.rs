@@ -22,7 +22,7 @@ identity:
   audience: gatehouse
   leeway_seconds: 0
   dev_issuer: {{ enabled: true, key_file: dev.pem }}
-audit: {{ database: "sqlite://audit.db", writer_id: gh-test, auditor_group: auditors }}
+audit: {{ database: "sqlite://audit.db", writer_id: gh-test, auditor_group: auditors, checkpoint: {{ key_file: cp.pem, every_records: 5, every_seconds: 1 }} }}
 upstreams:
   - {{ name: everything, url: "http://127.0.0.1:1/mcp", path: /mcp, allow_groups: [eng] }}
 envoy: {{ admin_listen: "127.0.0.1:1", http_listen: "127.0.0.1:2", wasm: f.wasm }}

@@ -167,22 +167,30 @@ pub enum ChainBreak {
     )]
     Unlinked { writer: String, seq: u64, prev: u64 },
     #[error(
-        "writer {writer}: the chain ends at record {last} but a checkpoint vouches for record {checkpoint}"
+        "writer {writer}: the chain ends at record {last} but a signed checkpoint vouches for record {checkpoint} (records were deleted)"
     )]
     Truncated {
         writer: String,
         last: u64,
         checkpoint: u64,
     },
+    #[error(
+        "writer {writer}: record {seq} is not the record a signed checkpoint vouches for (the chain was rewritten)"
+    )]
+    Rewritten { writer: String, seq: u64 },
+    #[error("writer {writer}: the checkpoint at record {seq} has an invalid signature")]
+    BadCheckpoint { writer: String, seq: u64 },
 }
 
 impl ChainBreak {
     /// The sequence number of the first record found broken.
     pub fn seq(&self) -> u64 {
         match self {
-            Self::Edited { seq, .. } | Self::Duplicate { seq, .. } | Self::Unlinked { seq, .. } => {
-                *seq
-            }
+            Self::Edited { seq, .. }
+            | Self::Duplicate { seq, .. }
+            | Self::Unlinked { seq, .. }
+            | Self::Rewritten { seq, .. }
+            | Self::BadCheckpoint { seq, .. } => *seq,
             Self::Missing { expected, .. } => *expected,
             Self::Truncated { last, .. } => last + 1,
         }
@@ -195,6 +203,8 @@ pub struct ChainVerifier {
     writer: String,
     last_seq: u64,
     last_hash: String,
+    /// seq → hash vouched for by checkpoints whose signatures were already verified.
+    vouched: std::collections::BTreeMap<u64, String>,
 }
 
 impl ChainVerifier {
@@ -203,7 +213,18 @@ impl ChainVerifier {
             writer: writer.into(),
             last_seq: 0,
             last_hash: GENESIS_HASH.to_owned(),
+            vouched: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Also checks the chain against checkpoints (their signatures already verified): each
+    /// checkpointed record must carry the vouched-for hash, and the chain must reach the last.
+    pub fn with_checkpoints(mut self, checkpoints: &[Checkpoint]) -> Self {
+        self.vouched = checkpoints
+            .iter()
+            .map(|c| (c.seq, c.hash.clone()))
+            .collect();
+        self
     }
 
     /// Checks the next record of the writer's chain.
@@ -235,9 +256,31 @@ impl ChainVerifier {
                 prev: self.last_seq,
             });
         }
+        if self
+            .vouched
+            .get(&record.seq)
+            .is_some_and(|h| *h != record.hash)
+        {
+            return Err(ChainBreak::Rewritten {
+                writer,
+                seq: record.seq,
+            });
+        }
         self.last_seq = record.seq;
         self.last_hash.clone_from(&record.hash);
         Ok(())
+    }
+
+    /// Ends verification: the chain must reach every checkpoint. Returns the record count.
+    pub fn finish(&self) -> Result<u64, ChainBreak> {
+        match self.vouched.keys().next_back() {
+            Some(&top) if top > self.last_seq => Err(ChainBreak::Truncated {
+                writer: self.writer.clone(),
+                last: self.last_seq,
+                checkpoint: top,
+            }),
+            _ => Ok(self.last_seq),
+        }
     }
 
     /// The last verified record: its seq (0 if none) and hash.
@@ -251,11 +294,41 @@ pub fn verify_chain<'a>(
     writer: &str,
     records: impl IntoIterator<Item = &'a Record>,
 ) -> Result<u64, ChainBreak> {
-    let mut verifier = ChainVerifier::new(writer);
+    verify_chain_with(writer, records, &[])
+}
+
+/// Verifies one writer's whole chain against its (signature-checked) checkpoints.
+pub fn verify_chain_with<'a>(
+    writer: &str,
+    records: impl IntoIterator<Item = &'a Record>,
+    checkpoints: &[Checkpoint],
+) -> Result<u64, ChainBreak> {
+    let mut verifier = ChainVerifier::new(writer).with_checkpoints(checkpoints);
     for record in records {
         verifier.push(record)?;
     }
-    Ok(verifier.head().0)
+    verifier.finish()
+}
+
+/// A signed statement that a writer's chain had record `seq` with hash `hash`. With the
+/// signing key kept away from the store, it catches what a chain alone cannot: a rewrite of
+/// every hash after an edit, and the deletion of the newest records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub writer: String,
+    pub seq: u64,
+    pub hash: String,
+    pub signed_at: String,
+    /// Ed25519 signature (hex) over [`Checkpoint::signed_bytes`].
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The exact bytes that are signed.
+    pub fn signed_bytes(writer: &str, seq: u64, hash: &str, signed_at: &str) -> Vec<u8> {
+        let v = serde_json::json!({"v": 1, "writer": writer, "seq": seq, "hash": hash, "signed_at": signed_at});
+        canonical_json(&v)
+    }
 }
 
 /// Builds the next record of a chain: the writer's side of [`ChainVerifier`].
@@ -433,6 +506,58 @@ mod tests {
             Err(ChainBreak::Duplicate {
                 writer: "w1".into(),
                 seq: 2
+            })
+        );
+    }
+
+    fn checkpoint_at(c: &[Record], seq: u64) -> Checkpoint {
+        let r = &c[seq as usize - 1];
+        Checkpoint {
+            writer: "w1".into(),
+            seq,
+            hash: r.hash.clone(),
+            signed_at: "t".into(),
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn checkpoints_catch_a_rewritten_chain() {
+        let mut c = chain(5);
+        let cps = [checkpoint_at(&c, 4)];
+        assert_eq!(verify_chain_with("w1", &c, &cps), Ok(5));
+        // Edit record 2 and recompute every hash after it: the chain alone verifies again...
+        c[1].data = json!({"forged": true});
+        let mut head = ChainHead {
+            writer: "w1".into(),
+            seq: 1,
+            hash: c[0].hash.clone(),
+        };
+        for r in c.iter_mut().skip(1) {
+            let fresh = head.append(&r.kind, &r.request_id, &r.recorded_at, r.data.clone());
+            *r = fresh;
+        }
+        assert_eq!(verify_chain("w1", &c), Ok(5));
+        // ...but not against the checkpoint signed before the edit.
+        assert_eq!(
+            verify_chain_with("w1", &c, &cps),
+            Err(ChainBreak::Rewritten {
+                writer: "w1".into(),
+                seq: 4
+            })
+        );
+    }
+
+    #[test]
+    fn checkpoints_catch_a_deleted_tail() {
+        let c = chain(5);
+        let cps = [checkpoint_at(&c, 5)];
+        assert_eq!(
+            verify_chain_with("w1", &c[..3], &cps),
+            Err(ChainBreak::Truncated {
+                writer: "w1".into(),
+                last: 3,
+                checkpoint: 5
             })
         );
     }

@@ -6,6 +6,7 @@
 //! gets its record back only after the commit: the ext_authz Check allows a request only
 //! once its request record is durable.
 
+pub mod checkpoint;
 mod store;
 pub mod verify;
 
@@ -57,11 +58,19 @@ impl AuditLog {
         store: Store,
         writer_id: &str,
         max_batch: usize,
+        checkpoints: Option<Checkpointer>,
         metrics: Metrics,
     ) -> Result<Self, AuditError> {
         let head = store.head(writer_id).await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer_task(store.clone(), head, rx, max_batch, metrics));
+        let writer = Writer {
+            store: store.clone(),
+            head,
+            max_batch,
+            checkpoints,
+            metrics,
+        };
+        tokio::spawn(writer.run(rx));
         Ok(Self { tx, store })
     }
 
@@ -99,19 +108,71 @@ impl AuditLog {
     }
 }
 
-async fn writer_task(
+/// Signs a checkpoint after `every_records` records or `every` time, whichever is first.
+pub struct Checkpointer {
+    pub signer: checkpoint::CheckpointSigner,
+    pub every_records: u64,
+    pub every: Duration,
+}
+
+struct Writer {
     store: Store,
-    mut head: ChainHead,
-    mut rx: mpsc::Receiver<Append>,
+    head: ChainHead,
     max_batch: usize,
+    checkpoints: Option<Checkpointer>,
     metrics: Metrics,
-) {
-    let mut pending: Vec<Append> = Vec::new();
-    while let Some(first) = rx.recv().await {
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut tick = tokio::time::interval(
+            self.checkpoints
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |c| c.every),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checkpointed = self.head.seq;
+        loop {
+            tokio::select! {
+                next = rx.recv() => {
+                    let Some(first) = next else { break };
+                    self.commit(first, &mut rx).await;
+                    if let Some(c) = &self.checkpoints
+                        && self.head.seq >= checkpointed + c.every_records
+                    {
+                        checkpointed = self.checkpoint().await.unwrap_or(checkpointed);
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.checkpoints.is_some() && self.head.seq > checkpointed {
+                        checkpointed = self.checkpoint().await.unwrap_or(checkpointed);
+                    }
+                }
+            }
+        }
+        // Shutting down: vouch for everything written.
+        if self.checkpoints.is_some() && self.head.seq > checkpointed {
+            let _ = self.checkpoint().await;
+        }
+    }
+
+    async fn checkpoint(&self) -> Option<u64> {
+        let c = self.checkpoints.as_ref()?;
+        let checkpoint = c.signer.sign(&self.head, &now_rfc3339());
+        match self.store.insert_checkpoint(&checkpoint).await {
+            Ok(()) => Some(checkpoint.seq),
+            Err(error) => {
+                tracing::error!(%error, seq = checkpoint.seq, "Could not store an audit checkpoint; will try again.");
+                None
+            }
+        }
+    }
+
+    async fn commit(&mut self, first: Append, rx: &mut mpsc::Receiver<Append>) {
         let mut count = first.records.len();
-        pending.push(first);
+        let mut pending = vec![first];
         // Group whatever else is already waiting: concurrent requests share one commit.
-        while count < max_batch {
+        while count < self.max_batch {
             match rx.try_recv() {
                 Ok(next) => {
                     count += next.records.len();
@@ -122,7 +183,7 @@ async fn writer_task(
         }
         let started = std::time::Instant::now();
         let now = now_rfc3339();
-        let mut next_head = head.clone();
+        let mut next_head = self.head.clone();
         let built: Vec<Vec<Record>> = pending
             .iter()
             .map(|a| {
@@ -132,19 +193,19 @@ async fn writer_task(
                     .collect()
             })
             .collect();
-        let result = store.insert_all(built.iter().flatten()).await;
-        metrics.observe_commit(started.elapsed(), count);
+        let result = self.store.insert_all(built.iter().flatten()).await;
+        self.metrics.observe_commit(started.elapsed(), count);
         match result {
             Ok(()) => {
-                head = next_head;
-                for (append, records) in pending.drain(..).zip(built) {
+                self.head = next_head;
+                for (append, records) in pending.into_iter().zip(built) {
                     let _ = append.done.send(Ok(records));
                 }
             }
             Err(error) => {
-                metrics.audit_write_failures.inc();
+                self.metrics.audit_write_failures.inc();
                 tracing::error!(%error, records = count, "Could not commit audit records; the requests waiting on them are refused.");
-                for append in pending.drain(..) {
+                for append in pending {
                     let _ = append.done.send(Err(error.to_string()));
                 }
                 // The head did not move; back off briefly so a broken store is not hammered.
@@ -163,3 +224,6 @@ pub fn now_rfc3339() -> String {
         .format(&format)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

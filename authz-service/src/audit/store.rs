@@ -2,7 +2,7 @@
 
 use std::{str::FromStr, time::Duration};
 
-use gatehouse_core::audit::{ChainHead, Record};
+use gatehouse_core::audit::{ChainHead, Checkpoint, Record};
 use serde::Deserialize;
 use sqlx::{
     Row, SqlitePool,
@@ -29,6 +29,14 @@ CREATE TABLE IF NOT EXISTS audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_request ON audit_records (request_id);
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (recorded_at);
 CREATE INDEX IF NOT EXISTS audit_records_subject ON audit_records (subject, recorded_at);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    writer    TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    hash      TEXT    NOT NULL,
+    signed_at TEXT    NOT NULL,
+    signature TEXT    NOT NULL,
+    PRIMARY KEY (writer, seq)
+);
 ";
 
 /// Filters for listing records; all optional.
@@ -185,6 +193,37 @@ impl Store {
         .iter()
         .map(record_from_row)
         .collect()
+    }
+
+    pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT OR IGNORE INTO audit_checkpoints (writer, seq, hash, signed_at, signature) VALUES (?, ?, ?, ?, ?)")
+            .bind(&c.writer)
+            .bind(c.seq as i64)
+            .bind(&c.hash)
+            .bind(&c.signed_at)
+            .bind(&c.signature)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// A writer's checkpoints, oldest first.
+    pub async fn checkpoints(&self, writer: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
+        let rows = sqlx::query("SELECT writer, seq, hash, signed_at, signature FROM audit_checkpoints WHERE writer = ? ORDER BY seq")
+            .bind(writer)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    writer: r.try_get(0)?,
+                    seq: r.try_get::<i64, _>(1)? as u64,
+                    hash: r.try_get(2)?,
+                    signed_at: r.try_get(3)?,
+                    signature: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 
     /// Cheap liveness probe for /healthz.

@@ -1,14 +1,24 @@
-//! `gatehouse audit verify`: recompute every writer's chain from the store.
+//! `gatehouse audit verify`: recompute every writer's chain from the store, and check it
+//! against the writer's signed checkpoints.
 
+use ed25519_dalek::VerifyingKey;
 use gatehouse_core::audit::{ChainBreak, ChainVerifier};
 
-use super::Store;
+use super::{Store, checkpoint::signature_valid};
 
-/// What a verification found.
+/// What a verification found, per writer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WriterReport {
+    pub writer: String,
+    pub records: u64,
+    pub checkpoints: usize,
+    /// Records after the newest checkpoint (not yet vouched for).
+    pub unvouched: u64,
+}
+
 #[derive(Debug)]
 pub struct Verified {
-    /// Records verified per writer.
-    pub writers: Vec<(String, u64)>,
+    pub writers: Vec<WriterReport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -19,11 +29,32 @@ pub enum VerifyError {
     Store(#[from] sqlx::Error),
 }
 
-/// Walks every writer's chain in pages; stops at the first break.
-pub async fn verify_store(store: &Store) -> Result<Verified, VerifyError> {
+/// Walks every writer's chain in pages; stops at the first break. With `key`, checkpoints
+/// are checked too (a bad signature is a break).
+pub async fn verify_store(
+    store: &Store,
+    key: Option<&VerifyingKey>,
+) -> Result<Verified, VerifyError> {
     let mut writers = Vec::new();
     for writer in store.writers().await? {
-        let mut verifier = ChainVerifier::new(writer.clone());
+        let checkpoints = match key {
+            Some(key) => {
+                let cps = store.checkpoints(&writer).await?;
+                if let Some(bad) = cps
+                    .iter()
+                    .find(|c| c.writer != writer || !signature_valid(key, c))
+                {
+                    return Err(ChainBreak::BadCheckpoint {
+                        writer,
+                        seq: bad.seq,
+                    }
+                    .into());
+                }
+                cps
+            }
+            None => Vec::new(),
+        };
+        let mut verifier = ChainVerifier::new(writer.clone()).with_checkpoints(&checkpoints);
         let mut after = 0;
         loop {
             let page = store.chain_page(&writer, after, 1000).await?;
@@ -33,7 +64,14 @@ pub async fn verify_store(store: &Store) -> Result<Verified, VerifyError> {
                 verifier.push(record)?;
             }
         }
-        writers.push((writer, verifier.head().0));
+        let records = verifier.finish()?;
+        let newest = checkpoints.last().map_or(0, |c| c.seq);
+        writers.push(WriterReport {
+            writer,
+            records,
+            checkpoints: checkpoints.len(),
+            unvouched: records.saturating_sub(newest),
+        });
     }
     Ok(Verified { writers })
 }

@@ -82,6 +82,15 @@ pub struct Audit {
     pub auditor_group: String,
     /// How many records one commit may group.
     pub max_batch: usize,
+    pub checkpoint: Option<CheckpointPolicy>,
+}
+
+/// When the writer signs a checkpoint of its chain head.
+#[derive(Debug, Clone)]
+pub struct CheckpointPolicy {
+    pub key_file: PathBuf,
+    pub every_records: u64,
+    pub every_seconds: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,25 @@ pub struct Audit {
     pub auditor_group: String,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    #[serde(default)]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub key_file: String,
+    #[serde(default = "default_checkpoint_records")]
+    pub every_records: u64,
+    #[serde(default = "default_checkpoint_seconds")]
+    pub every_seconds: u64,
+}
+
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+fn default_checkpoint_seconds() -> u64 {
+    10
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +234,26 @@ impl Config {
         if !(1..=10_000).contains(&self.audit.max_batch) {
             p.add("audit.max_batch", "must be between 1 and 10000");
         }
+        let checkpoint = self.audit.checkpoint.map(|c| {
+            p.non_empty("audit.checkpoint.key_file", &c.key_file);
+            if !(1..=1_000_000).contains(&c.every_records) {
+                p.add(
+                    "audit.checkpoint.every_records",
+                    "must be between 1 and 1000000",
+                );
+            }
+            if !(1..=3600).contains(&c.every_seconds) {
+                p.add(
+                    "audit.checkpoint.every_seconds",
+                    "must be between 1 and 3600",
+                );
+            }
+            super::CheckpointPolicy {
+                key_file: resolve(base, &c.key_file),
+                every_records: c.every_records,
+                every_seconds: c.every_seconds,
+            }
+        });
         let database = match self.audit.database.strip_prefix("sqlite://") {
             Some(file) if !file.is_empty() && !file.starts_with(':') => {
                 format!("sqlite://{}", resolve(base, file).display())
@@ -355,6 +394,7 @@ impl Config {
                 writer_id: self.audit.writer_id,
                 auditor_group: self.audit.auditor_group,
                 max_batch: self.audit.max_batch,
+                checkpoint,
             },
             upstreams,
             envoy: super::Envoy {

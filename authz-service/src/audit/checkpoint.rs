@@ -1,0 +1,114 @@
+//! Signed checkpoints: every so often the writer signs (writer, seq, hash) of its chain head
+//! with an Ed25519 key that the audit store does not hold.
+//!
+//! Someone who can write to the store can rewrite every hash after an edit, or delete the
+//! newest records, and the chain alone still verifies; a checkpoint signed before that
+//! catches both. Auditors verify with the public key only (`gatehouse audit public-key`).
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use ed25519_dalek::{
+    Signature, Signer, SigningKey, Verifier, VerifyingKey,
+    pkcs8::{
+        DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey,
+        spki::der::pem::LineEnding,
+    },
+};
+use gatehouse_core::audit::{ChainHead, Checkpoint};
+
+/// Signs checkpoints for one writer.
+pub struct CheckpointSigner {
+    key: SigningKey,
+}
+
+impl CheckpointSigner {
+    /// Loads the key, or creates one (mode 0600) if the file does not exist.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(pem) => Ok(Self {
+                key: SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+                    anyhow::anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display())
+                })?,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut seed = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+                let key = SigningKey::from_bytes(&seed);
+                write_private(path, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+                tracing::warn!(key_file = %path.display(), "Created a new audit checkpoint key. Keep it away from the audit store, and give auditors its public key.");
+                Ok(Self { key })
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    pub fn sign(&self, head: &ChainHead, signed_at: &str) -> Checkpoint {
+        let bytes = Checkpoint::signed_bytes(&head.writer, head.seq, &head.hash, signed_at);
+        Checkpoint {
+            writer: head.writer.clone(),
+            seq: head.seq,
+            hash: head.hash.clone(),
+            signed_at: signed_at.to_owned(),
+            signature: hex::encode(self.key.sign(&bytes).to_bytes()),
+        }
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn public_key_pem(&self) -> anyhow::Result<String> {
+        Ok(self.public_key().to_public_key_pem(LineEnding::LF)?)
+    }
+}
+
+/// Reads a public key PEM (SPKI) or, for convenience, derives it from a private key file.
+pub fn load_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    if let Ok(key) = VerifyingKey::from_public_key_pem(&pem) {
+        return Ok(key);
+    }
+    SigningKey::from_pkcs8_pem(&pem)
+        .map(|k| k.verifying_key())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} holds no Ed25519 public or private key: {e}",
+                path.display()
+            )
+        })
+}
+
+/// Whether a checkpoint's signature is valid under `key`.
+pub fn signature_valid(key: &VerifyingKey, c: &Checkpoint) -> bool {
+    let Ok(bytes) = hex::decode(&c.signature) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(&bytes) else {
+        return false;
+    };
+    key.verify(
+        &Checkpoint::signed_bytes(&c.writer, c.seq, &c.hash, &c.signed_at),
+        &sig,
+    )
+    .is_ok()
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

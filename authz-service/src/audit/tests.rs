@@ -1,0 +1,105 @@
+use gatehouse_core::audit::{ChainBreak, RecordKind};
+use serde_json::json;
+use sqlx::{Connection, Executor};
+
+use super::{checkpoint, verify::verify_store};
+use crate::test_support;
+
+async fn append_n(server: &crate::server::Server, n: usize) {
+    for i in 0..n {
+        server
+            .state
+            .audit
+            .append_one(RecordKind::Request, &format!("{i:032x}"), json!({"i": i}))
+            .await
+            .unwrap();
+    }
+}
+
+async fn raw(dir: &std::path::Path) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.join("audit.db").display()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn checkpoints_are_signed_and_catch_a_deleted_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    append_n(&server, 12).await;
+    let key = checkpoint::load_public_key(&dir.path().join("cp.pem")).unwrap();
+    let store = server.state.audit.store();
+    // The writer checkpoints every 5 records.
+    let report = verify_store(store, Some(&key)).await.unwrap();
+    assert_eq!(report.writers[0].records, 12);
+    assert!(report.writers[0].checkpoints >= 2, "{report:?}");
+
+    // Deleting the newest records leaves a valid chain, but not the checkpoint at 10.
+    raw(dir.path())
+        .await
+        .execute("DELETE FROM audit_records WHERE seq > 7")
+        .await
+        .unwrap();
+    match verify_store(store, Some(&key)).await {
+        Err(super::verify::VerifyError::Broken(ChainBreak::Truncated {
+            last: 7,
+            checkpoint,
+            ..
+        })) => assert!(checkpoint >= 10),
+        other => panic!("expected a truncation, got {other:?}"),
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_forged_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    append_n(&server, 6).await;
+    let key = checkpoint::load_public_key(&dir.path().join("cp.pem")).unwrap();
+    raw(dir.path())
+        .await
+        .execute("UPDATE audit_checkpoints SET seq = seq + 100")
+        .await
+        .unwrap();
+    let err = verify_store(server.state.audit.store(), Some(&key))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            super::verify::VerifyError::Broken(ChainBreak::BadCheckpoint { .. })
+        ),
+        "{err:?}"
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_restarted_writer_continues_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_support::config(dir.path());
+    let first = crate::server::Server::start(config.clone()).await.unwrap();
+    append_n(&first, 3).await;
+    first.stop();
+    drop(first);
+    let second = crate::server::Server::start(test_support::config(dir.path()))
+        .await
+        .unwrap();
+    let r = second
+        .state
+        .audit
+        .append_one(RecordKind::Request, "r", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.seq, 4);
+    assert_eq!(
+        verify_store(second.state.audit.store(), None)
+            .await
+            .unwrap()
+            .writers[0]
+            .records,
+        4
+    );
+    second.stop();
+}

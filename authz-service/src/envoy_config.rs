@@ -255,7 +255,9 @@ fn listener(config: &Config, name: &str, addr: SocketAddr, tls: Option<Value>) -
     json!({
         "name": name,
         "address": socket(addr),
-        "per_connection_buffer_limit_bytes": 1024 * 1024,
+        // Above the filter's body limit, so an oversize body gets the filter's JSON-RPC 413
+        // (and its audit record) rather than Envoy's plain-text one.
+        "per_connection_buffer_limit_bytes": (e.max_request_bytes + 64 * 1024).max(1024 * 1024),
         "filter_chains": [chain],
     })
 }

@@ -1,0 +1,282 @@
+//! The plugin configuration: the JSON string in the Envoy wasm `PluginConfig`.
+//!
+//! Parsed once, in `on_configure`. Every field is optional; unknown fields are refused, and
+//! every problem is reported at once with the name of the bad field, because the only
+//! place an operator sees it is one line of the Envoy log.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Defaults, as documented in docs/CONTRACTS.md.
+pub mod defaults {
+    pub const MAX_BODY_BYTES: u64 = 1 << 20;
+    pub const INGEST_CLUSTER: &str = "gatehouse_grpc";
+    pub const INGEST_TIMEOUT_MS: u64 = 5_000;
+    pub const FLUSH_INTERVAL_MS: u64 = 100;
+    pub const BATCH_MAX_RECORDS: u64 = 256;
+    pub const QUEUE_MAX_RECORDS: u64 = 8_192;
+    pub const RECORD_MESSAGE_MAX_BYTES: u64 = 64 << 10;
+    /// Well under tonic's default 4 MiB limit on a decoded message.
+    pub const BATCH_MAX_BYTES: u64 = 1 << 20;
+    /// Wasm memory never shrinks, so the queue is bounded in bytes as well as records.
+    pub const QUEUE_MAX_BYTES: u64 = 16 << 20;
+}
+
+/// Limits that keep one value sane inside a wasm VM (linear memory is at most 4 GiB, and
+/// the host ABI takes milliseconds as `u32`).
+const MAX_BYTES_LIMIT: u64 = 256 << 20;
+const MAX_MS_LIMIT: u64 = u32::MAX as u64;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    max_body_bytes: Option<u64>,
+    ingest_cluster: Option<String>,
+    ingest_timeout_ms: Option<u64>,
+    flush_interval_ms: Option<u64>,
+    batch_max_records: Option<u64>,
+    queue_max_records: Option<u64>,
+    record_message_max_bytes: Option<u64>,
+    batch_max_bytes: Option<u64>,
+    queue_max_bytes: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest POST body accepted (413 above it). Also bounds one SSE event.
+    pub max_body_bytes: usize,
+    /// Envoy cluster (HTTP/2) of the service's audit ingest.
+    pub ingest_cluster: String,
+    pub ingest_timeout: Duration,
+    /// How often queued records are flushed (the root context's tick).
+    pub flush_interval: Duration,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    pub queue_max_records: usize,
+    pub queue_max_bytes: usize,
+    /// Largest message kept in one response record (`truncated` beyond it).
+    pub record_message_max_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        use defaults as d;
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Self {
+            max_body_bytes: to_usize(d::MAX_BODY_BYTES),
+            ingest_cluster: d::INGEST_CLUSTER.to_owned(),
+            ingest_timeout: Duration::from_millis(d::INGEST_TIMEOUT_MS),
+            flush_interval: Duration::from_millis(d::FLUSH_INTERVAL_MS),
+            batch_max_records: to_usize(d::BATCH_MAX_RECORDS),
+            batch_max_bytes: to_usize(d::BATCH_MAX_BYTES),
+            queue_max_records: to_usize(d::QUEUE_MAX_RECORDS),
+            queue_max_bytes: to_usize(d::QUEUE_MAX_BYTES),
+            record_message_max_bytes: to_usize(d::RECORD_MESSAGE_MAX_BYTES),
+        }
+    }
+}
+
+/// Why a configuration was refused: every problem found, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid gatehouse filter configuration: {}",
+            self.0.join("; ")
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses the plugin configuration. No configuration (or only whitespace) means defaults.
+pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Config::try_from(RawConfig::default());
+    }
+    let raw: RawConfig =
+        serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
+    Config::try_from(raw)
+}
+
+struct Checker(Vec<String>);
+
+impl Checker {
+    fn range(&mut self, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+        let value = value.unwrap_or(default);
+        if value < min || value > max {
+            self.0
+                .push(format!("{field}: {value} is outside {min}..={max}"));
+            return default;
+        }
+        value
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        use defaults as d;
+        let mut c = Checker(Vec::new());
+        let max_body_bytes = c.range(
+            "max_body_bytes",
+            raw.max_body_bytes,
+            d::MAX_BODY_BYTES,
+            1,
+            MAX_BYTES_LIMIT,
+        );
+        let ingest_timeout_ms = c.range(
+            "ingest_timeout_ms",
+            raw.ingest_timeout_ms,
+            d::INGEST_TIMEOUT_MS,
+            1,
+            MAX_MS_LIMIT,
+        );
+        let flush_interval_ms = c.range(
+            "flush_interval_ms",
+            raw.flush_interval_ms,
+            d::FLUSH_INTERVAL_MS,
+            1,
+            MAX_MS_LIMIT,
+        );
+        let batch_max_records = c.range(
+            "batch_max_records",
+            raw.batch_max_records,
+            d::BATCH_MAX_RECORDS,
+            1,
+            1 << 20,
+        );
+        let queue_max_records = c.range(
+            "queue_max_records",
+            raw.queue_max_records,
+            d::QUEUE_MAX_RECORDS,
+            1,
+            1 << 24,
+        );
+        let record_message_max_bytes = c.range(
+            "record_message_max_bytes",
+            raw.record_message_max_bytes,
+            d::RECORD_MESSAGE_MAX_BYTES,
+            0,
+            MAX_BYTES_LIMIT,
+        );
+        let batch_max_bytes = c.range(
+            "batch_max_bytes",
+            raw.batch_max_bytes,
+            d::BATCH_MAX_BYTES,
+            1,
+            MAX_BYTES_LIMIT,
+        );
+        let queue_max_bytes = c.range(
+            "queue_max_bytes",
+            raw.queue_max_bytes,
+            d::QUEUE_MAX_BYTES,
+            1,
+            MAX_BYTES_LIMIT,
+        );
+        let ingest_cluster = raw
+            .ingest_cluster
+            .unwrap_or_else(|| d::INGEST_CLUSTER.to_owned());
+        if ingest_cluster.trim().is_empty() {
+            c.0.push("ingest_cluster: must not be empty".to_owned());
+        }
+        if queue_max_bytes < record_message_max_bytes {
+            c.0.push(format!(
+                "queue_max_bytes: {queue_max_bytes} is smaller than record_message_max_bytes \
+                 ({record_message_max_bytes}), so a full-size record could never be queued"
+            ));
+        }
+        if !c.0.is_empty() {
+            return Err(ConfigError(c.0));
+        }
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Ok(Self {
+            max_body_bytes: to_usize(max_body_bytes),
+            ingest_cluster,
+            ingest_timeout: Duration::from_millis(ingest_timeout_ms),
+            flush_interval: Duration::from_millis(flush_interval_ms),
+            batch_max_records: to_usize(batch_max_records),
+            batch_max_bytes: to_usize(batch_max_bytes),
+            queue_max_records: to_usize(queue_max_records),
+            queue_max_bytes: to_usize(queue_max_bytes),
+            record_message_max_bytes: to_usize(record_message_max_bytes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_configuration_means_defaults() {
+        let c = parse(b"").unwrap();
+        assert_eq!(c, parse(b" {} ").unwrap());
+        assert_eq!(c, Config::try_from(RawConfig::default()).unwrap());
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.ingest_cluster, "gatehouse_grpc");
+        assert_eq!(c.ingest_timeout, Duration::from_secs(5));
+        assert_eq!(c.flush_interval, Duration::from_millis(100));
+        assert_eq!(c.batch_max_records, 256);
+        assert_eq!(c.queue_max_records, 8192);
+        assert_eq!(c.record_message_max_bytes, 65536);
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(
+            br#"{"max_body_bytes": 1048576, "ingest_cluster": "gatehouse_grpc", "ingest_timeout_ms": 5000,
+                 "flush_interval_ms": 100, "batch_max_records": 256, "queue_max_records": 8192,
+                 "record_message_max_bytes": 65536}"#,
+        )
+        .unwrap();
+        assert_eq!(c, Config::default());
+        let c = parse(br#"{"max_body_bytes": 10, "ingest_cluster": "audit"}"#).unwrap();
+        assert_eq!((c.max_body_bytes, c.ingest_cluster.as_str()), (10, "audit"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_refused() {
+        let e = parse(br#"{"max_body_byte": 1}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `max_body_byte`"),
+            "{e}"
+        );
+        assert!(parse(b"{").is_err());
+        assert!(parse(br#"{"max_body_bytes": -1}"#).is_err());
+        assert!(parse(br#"{"ingest_cluster": 5}"#).is_err());
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let e = parse(
+            br#"{"max_body_bytes": 0, "flush_interval_ms": 0, "ingest_cluster": " ",
+                 "ingest_timeout_ms": 99999999999, "batch_max_records": 0}"#,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = e.0.iter().filter_map(|p| p.split(':').next()).collect();
+        assert_eq!(
+            fields,
+            [
+                "max_body_bytes",
+                "ingest_timeout_ms",
+                "flush_interval_ms",
+                "batch_max_records",
+                "ingest_cluster"
+            ]
+        );
+    }
+
+    #[test]
+    fn queue_must_hold_a_full_size_record() {
+        let e = parse(br#"{"queue_max_bytes": 10, "record_message_max_bytes": 11}"#).unwrap_err();
+        assert!(e.0[0].starts_with("queue_max_bytes:"), "{e}");
+    }
+}

@@ -1,0 +1,650 @@
+//! The proxy-wasm shell: moves bytes from the host into the pure modules and decisions
+//! back out. Only built for `wasm32`.
+//!
+//! One root context per VM (one VM per Envoy worker) owns the record queue and the ingest
+//! call; each HTTP context shares the queue through an `Rc`. Host constraints that shape
+//! this code:
+//! - The request headers are paused while the body is read; the Envoy `PluginConfig`
+//!   must set `allow_on_headers_stop_iteration: true`, or body callbacks never arrive.
+//! - Headers are only changed in the header callbacks, where Envoy allows it.
+//! - A gRPC callout started from `on_vm_start`/`on_configure` never runs, so ingest
+//!   starts from `on_tick`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use gatehouse_proto::audit::v1::ResponseObserved;
+use log::{debug, error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::config::{self, Config};
+use crate::host::{self, buffer, map};
+use crate::ids;
+use crate::queue::{self, Limits, Outcome, Pushed, Record, Shipper};
+use crate::request::{self, HeadDecision, REQUEST_ID_HEADER, Rejection, RequestHead};
+use crate::response::{self, ResponseObserver};
+
+/// Log a full queue on the first drop and then once per this many.
+const DROP_LOG_EVERY: u64 = 1_000;
+/// Log a failing ingest on the first failure and then once per this many in a row.
+const FAILURE_LOG_EVERY: u32 = 20;
+/// Response code details of the filter's own answers (seen in Envoy access logs).
+const REJECTED_DETAILS: &str = "gatehouse_rejected";
+
+/// Called once when the host loads the module. Envoy refuses host calls here
+/// ("restricted_callback"), so the host's log level is only read in `on_configure`.
+pub fn start() {
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| Box::new(Root::new(context_id)));
+}
+
+/// Follows the host's log level for the `wasm` component (`--component-log-level`), so
+/// debug lines are not even formatted unless asked for.
+fn follow_host_log_level() {
+    let level = match host::log_level() {
+        Some(0) => LogLevel::Trace,
+        Some(1) => LogLevel::Debug,
+        Some(3) => LogLevel::Warn,
+        Some(4) => LogLevel::Error,
+        Some(5) => LogLevel::Critical,
+        _ => LogLevel::Info,
+    };
+    proxy_wasm::set_log_level(level);
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Metrics {
+    queued: Option<u32>,
+    sent: Option<u32>,
+    dropped: Option<u32>,
+    ingest_errors: Option<u32>,
+    rejected: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let counter = |name: &str| match host::define_counter(name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                warn!("Could not define metric {name}: host status {}", status.0);
+                None
+            }
+        };
+        Self {
+            queued: counter("gatehouse_records_queued"),
+            sent: counter("gatehouse_records_sent"),
+            dropped: counter("gatehouse_records_dropped"),
+            ingest_errors: counter("gatehouse_ingest_errors"),
+            rejected: counter("gatehouse_requests_rejected"),
+        }
+    }
+
+    fn add(metric: Option<u32>, by: u64) {
+        if let (Some(id), true) = (metric, by > 0) {
+            // A metric that cannot be counted is not worth failing a request for.
+            let _ = host::increment(id, by);
+        }
+    }
+}
+
+/// What the root context shares with its HTTP contexts.
+struct Shared {
+    shipper: RefCell<Shipper>,
+    metrics: Cell<Metrics>,
+    id_seed: u64,
+    id_counter: Cell<u64>,
+    random_failed: Cell<bool>,
+}
+
+impl Shared {
+    fn enqueue(&self, record: Record) {
+        let metrics = self.metrics.get();
+        let pushed = match self.shipper.try_borrow_mut() {
+            Ok(mut shipper) => shipper.push(record),
+            Err(_) => {
+                // Cannot happen (callbacks do not nest), and is not worth a panic if it does.
+                error!("Audit queue busy: dropped a record");
+                Metrics::add(metrics.dropped, 1);
+                return;
+            }
+        };
+        match pushed {
+            Pushed::Queued => Metrics::add(metrics.queued, 1),
+            Pushed::Dropped { dropped_total } => {
+                Metrics::add(metrics.dropped, 1);
+                if dropped_total == 1 || dropped_total % DROP_LOG_EVERY == 0 {
+                    warn!(
+                        "Audit queue full: dropped {dropped_total} record(s) so far (the audit \
+                         ingest is slow or down, or queue_max_records/queue_max_bytes is too small)"
+                    );
+                }
+            }
+        }
+    }
+
+    fn enqueue_response(&self, part: ResponseObserved) {
+        self.enqueue(Record::Response(part));
+    }
+
+    fn random_bytes(&self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        if getrandom::fill(&mut bytes).is_ok() {
+            return bytes;
+        }
+        if !self.random_failed.replace(true) {
+            warn!("The host gives no randomness; request ids fall back to time and a counter");
+        }
+        let counter = self.id_counter.get().wrapping_add(1);
+        self.id_counter.set(counter);
+        ids::fallback_bytes(self.id_seed, counter)
+    }
+
+    fn new_request_id(&self) -> String {
+        ids::format_request_id(&self.random_bytes())
+    }
+}
+
+struct Root {
+    context_id: u32,
+    shared: Rc<Shared>,
+    config: Option<Rc<Config>>,
+    source: String,
+}
+
+impl Root {
+    fn new(context_id: u32) -> Self {
+        let limits = limits(&Config::default());
+        Self {
+            context_id,
+            shared: Rc::new(Shared {
+                shipper: RefCell::new(Shipper::new(limits)),
+                metrics: Cell::new(Metrics::default()),
+                id_seed: host::now_nanos() ^ u64::from(context_id).rotate_left(48),
+                id_counter: Cell::new(0),
+                random_failed: Cell::new(false),
+            }),
+            config: None,
+            source: String::new(),
+        }
+    }
+
+    /// Sends the next batch if none is in flight and it is time.
+    fn flush(&mut self) {
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let metrics = self.shared.metrics.get();
+        let now = host::now_ms();
+        let batch = {
+            let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
+                return;
+            };
+            if let Some(outcome) = shipper.expire(now) {
+                warn!("Audit ingest call unanswered past its timeout; retrying its batch");
+                self.report(outcome, &metrics, &shipper);
+            }
+            shipper.begin(&self.source, now)
+        };
+        let Some(batch) = batch else { return };
+        let result = proxy_wasm::hostcalls::dispatch_grpc_call(
+            &config.ingest_cluster,
+            queue::INGEST_SERVICE,
+            queue::INGEST_METHOD,
+            Vec::new(),
+            Some(&batch),
+            config.ingest_timeout,
+        );
+        let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
+            return;
+        };
+        match result {
+            Ok(token) => shipper.dispatched(token),
+            Err(status) => {
+                let outcome = shipper.dispatch_failed(now);
+                if shipper.consecutive_failures() % FAILURE_LOG_EVERY == 1 {
+                    warn!(
+                        "Could not start the audit ingest call to cluster {:?}: host status {status:?} \
+                         (is the cluster defined, with HTTP/2?)",
+                        config.ingest_cluster
+                    );
+                }
+                self.report(outcome, &metrics, &shipper);
+            }
+        }
+    }
+
+    fn report(&self, outcome: Outcome, metrics: &Metrics, shipper: &Shipper) {
+        match outcome {
+            Outcome::Sent { records } => Metrics::add(metrics.sent, records as u64),
+            Outcome::Requeued { records, dropped } => {
+                Metrics::add(metrics.ingest_errors, 1);
+                Metrics::add(metrics.dropped, dropped);
+                debug!(
+                    "Audit ingest failed; {records} records back in the queue ({} queued, {} dropped in all)",
+                    shipper.len(),
+                    shipper.dropped_total()
+                );
+            }
+            Outcome::Discarded { records } => {
+                Metrics::add(metrics.ingest_errors, 1);
+                Metrics::add(metrics.dropped, records as u64);
+            }
+            Outcome::Unknown => {}
+        }
+    }
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        queue_max_records: config.queue_max_records,
+        queue_max_bytes: config.queue_max_bytes,
+        batch_max_records: config.batch_max_records,
+        batch_max_bytes: config.batch_max_bytes,
+        call_timeout_ms: u64::try_from(config.ingest_timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+        let metrics = self.shared.metrics.get();
+        let now = host::now_ms();
+        let (outcome, more) = {
+            let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
+                return;
+            };
+            let failures_before = shipper.consecutive_failures();
+            let outcome = shipper.finished(token_id, status_code, now);
+            match outcome {
+                Outcome::Sent { .. } if failures_before > 0 => {
+                    info!("Audit ingest recovered after {failures_before} failed calls");
+                }
+                Outcome::Requeued { .. }
+                    if shipper.consecutive_failures() % FAILURE_LOG_EVERY == 1 =>
+                {
+                    let message = host::grpc_status_message().unwrap_or_default();
+                    warn!(
+                        "Audit ingest failed with gRPC status {status_code} ({message}); retrying \
+                         with backoff, {} records queued",
+                        shipper.len()
+                    );
+                }
+                Outcome::Discarded { records } => {
+                    let message = host::grpc_status_message().unwrap_or_default();
+                    error!(
+                        "Audit ingest refused a batch as invalid ({message}); dropped its {records} records"
+                    );
+                }
+                _ => {}
+            }
+            self.report(outcome, &metrics, &shipper);
+            (outcome, !shipper.is_empty())
+        };
+        // Keep up under load: the next batch goes now, not at the next tick.
+        if matches!(outcome, Outcome::Sent { .. }) && more {
+            self.flush();
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        follow_host_log_level();
+        let bytes = match host::buffer(buffer::PLUGIN_CONFIGURATION, 0, usize::MAX) {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                error!(
+                    "Could not read the plugin configuration: host status {}",
+                    status.0
+                );
+                return false;
+            }
+        };
+        let config = match config::parse(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("{e}");
+                return false;
+            }
+        };
+        let tick_ms = u32::try_from(config.flush_interval.as_millis()).unwrap_or(u32::MAX);
+        if let Err(status) = host::set_tick_period_ms(tick_ms) {
+            error!("Could not set the flush tick: host status {}", status.0);
+            return false;
+        }
+        self.shared.metrics.set(Metrics::define());
+        let plugin = host::property(&["plugin_name"])
+            .ok()
+            .flatten()
+            .map(|name| String::from_utf8_lossy(&name).into_owned())
+            .unwrap_or_else(|| "gatehouse".to_owned());
+        // Every worker has its own VM and may number its root context the same, so a
+        // random tag tells the workers apart.
+        let tag = ids::format_request_id(&self.shared.random_bytes());
+        self.source = format!(
+            "{plugin}/{}/{}",
+            self.context_id,
+            tag.get(..8).unwrap_or_default()
+        );
+        if let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() {
+            let dropped = shipper.set_limits(limits(&config));
+            Metrics::add(self.shared.metrics.get().dropped, dropped);
+        }
+        info!(
+            "Gatehouse filter configured as {}: max body {} bytes, ingest to cluster {:?} every {} ms",
+            self.source, config.max_body_bytes, config.ingest_cluster, tick_ms
+        );
+        self.config = Some(Rc::new(config));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // The SDK panics on `None`, so an unconfigured root still gets contexts; they
+        // refuse every request (fail closed).
+        Some(Box::new(Http {
+            context_id,
+            config: self.config.clone(),
+            shared: Rc::clone(&self.shared),
+            phase: Phase::Start,
+            request_id: None,
+            head: None,
+            response: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    /// Headers held while the POST body is buffered.
+    ReadingBody,
+    /// Let through; the answer is recorded.
+    Forwarded,
+    /// Answered by the filter; recorded as a rejection.
+    Rejected,
+}
+
+struct Http {
+    context_id: u32,
+    config: Option<Rc<Config>>,
+    shared: Rc<Shared>,
+    phase: Phase,
+    request_id: Option<String>,
+    head: Option<RequestHead>,
+    response: Option<ResponseObserver>,
+}
+
+impl Http {
+    fn request_headers(&mut self, end_of_stream: bool) -> Action {
+        let request_id = self.shared.new_request_id();
+        self.request_id = Some(request_id.clone());
+        let Some(config) = self.config.clone() else {
+            return self.reject(Rejection::internal("the filter is not configured"));
+        };
+        let headers = match host::header_pairs(map::REQUEST_HEADERS) {
+            Ok(headers) => headers,
+            Err(status) => {
+                return self.reject(Rejection::internal(format!(
+                    "request headers unreadable: host status {}",
+                    status.0
+                )));
+            }
+        };
+        // A spoofed header that stayed could be trusted further along: if one cannot be
+        // removed, the request does not go on.
+        for name in request::spoofed_header_names(headers.iter().map(|(n, _)| n.as_str())) {
+            if let Err(status) = host::remove_header(map::REQUEST_HEADERS, &name) {
+                return self.reject(Rejection::internal(format!(
+                    "could not remove client-sent header {name}: host status {}",
+                    status.0
+                )));
+            }
+            debug!("Removed client-sent header {name} from request {request_id}");
+        }
+        if let Err(status) = host::set_header(map::REQUEST_HEADERS, REQUEST_ID_HEADER, &request_id)
+        {
+            return self.reject(Rejection::internal(format!(
+                "could not set {REQUEST_ID_HEADER}: host status {}",
+                status.0
+            )));
+        }
+        let head =
+            RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        let decision = request::check_head(&head, end_of_stream, config.max_body_bytes);
+        self.head = Some(head);
+        match decision {
+            HeadDecision::Forward => self.forward(None),
+            HeadDecision::ReadBody => {
+                self.phase = Phase::ReadingBody;
+                Action::Pause
+            }
+            HeadDecision::Checked(Ok(summary)) => self.forward(Some(summary)),
+            HeadDecision::Reject(rejection) | HeadDecision::Checked(Err(rejection)) => {
+                self.reject(rejection)
+            }
+        }
+    }
+
+    /// Checks the whole buffered body (`size` bytes, or as much as there is).
+    fn check_buffered_body(&mut self, size: usize) -> Action {
+        let body = match host::buffer(buffer::REQUEST_BODY, 0, size) {
+            Ok(body) => body,
+            Err(status) => {
+                return self.reject(Rejection::internal(format!(
+                    "request body unreadable: host status {}",
+                    status.0
+                )));
+            }
+        };
+        let max = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
+        if let Err(rejection) = request::check_body_size(body.len(), max) {
+            return self.reject(rejection);
+        }
+        let Some(head) = self.head.as_ref() else {
+            return self.reject(Rejection::internal("body before headers"));
+        };
+        match request::check_body(head, &body) {
+            Ok(summary) => self.forward(Some(summary)),
+            Err(rejection) => self.reject(rejection),
+        }
+    }
+
+    fn forward(&mut self, summary: Option<request::RequestSummary>) -> Action {
+        self.phase = Phase::Forwarded;
+        if let Some(head) = self.head.as_mut() {
+            // Only a rejection record needs the token; do not keep it longer.
+            head.bearer_token = None;
+        }
+        if let (Some(s), Some(id)) = (summary, self.request_id.as_deref()) {
+            debug!(
+                "Request {id} is MCP: method {:?}, target {:?}, id {:?}, {} message(s)",
+                s.method, s.target, s.jsonrpc_id, s.messages
+            );
+        }
+        Action::Continue
+    }
+
+    fn reject(&mut self, rejection: Rejection) -> Action {
+        self.phase = Phase::Rejected;
+        let request_id = self.request_id.clone().unwrap_or_default();
+        let body = rejection.body();
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("content-type", b"application/json"),
+            (REQUEST_ID_HEADER, request_id.as_bytes()),
+        ];
+        headers.extend(
+            rejection
+                .extra_headers()
+                .iter()
+                .map(|(n, v)| (*n, v.as_bytes())),
+        );
+        if let Err(status) =
+            host::send_local_response(rejection.status, REJECTED_DETAILS, &headers, &body)
+        {
+            error!(
+                "Could not answer rejected request {request_id} ({}): host status {}",
+                rejection.reason, status.0
+            );
+        }
+        let head = self.head.take().unwrap_or_default();
+        debug!(
+            "Rejected request {request_id} ({} {}) with {}: {}",
+            head.method, head.path, rejection.status, rejection.reason
+        );
+        Metrics::add(self.shared.metrics.get().rejected, 1);
+        let record = rejection.record(&head, &request_id, host::now_ms());
+        self.shared.enqueue(Record::Rejected(record));
+        Action::Pause
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Start {
+            return Action::Continue;
+        }
+        self.request_headers(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.phase {
+            Phase::ReadingBody => {}
+            Phase::Rejected => return Action::Pause,
+            Phase::Start | Phase::Forwarded => return Action::Continue,
+        }
+        let max = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
+        // Envoy passes the size of everything buffered so far, so this catches a chunked
+        // body as soon as it goes over, without reading it.
+        if let Err(rejection) = request::check_body_size(body_size, max) {
+            return self.reject(rejection);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.check_buffered_body(body_size)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.phase {
+            Phase::ReadingBody => {
+                let max = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
+                self.check_buffered_body(max.saturating_add(1))
+            }
+            Phase::Rejected => Action::Pause,
+            Phase::Start | Phase::Forwarded => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(request_id) = self.request_id.clone() else {
+            return Action::Continue;
+        };
+        if let Err(status) = host::set_header(map::RESPONSE_HEADERS, REQUEST_ID_HEADER, &request_id)
+        {
+            warn!(
+                "Could not set {REQUEST_ID_HEADER} on the answer to {request_id}: host status {}",
+                status.0
+            );
+        }
+        if self.phase != Phase::Forwarded {
+            return Action::Continue;
+        }
+        let Some(config) = self.config.clone() else {
+            return Action::Continue;
+        };
+        let status = host::header_text(map::RESPONSE_HEADERS, ":status")
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let content_type = host::header_text(map::RESPONSE_HEADERS, "content-type");
+        let mut observer = ResponseObserver::new(
+            &request_id,
+            status,
+            content_type.as_deref(),
+            config.record_message_max_bytes,
+            config.max_body_bytes,
+        );
+        if end_of_stream {
+            let shared = &self.shared;
+            observer.on_end(host::now_ms(), &mut |part| shared.enqueue_response(part));
+        }
+        self.response = Some(observer);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(observer) = self.response.as_mut() else {
+            return Action::Continue;
+        };
+        let shared = &self.shared;
+        let now = host::now_ms();
+        if observer.wants_bytes() && body_size > 0 {
+            // Returning Continue each time means the buffer holds only this chunk.
+            match host::buffer(buffer::RESPONSE_BODY, 0, body_size) {
+                Ok(chunk) => {
+                    observer.on_chunk(&chunk, now, &mut |part| shared.enqueue_response(part))
+                }
+                Err(status) => {
+                    warn!(
+                        "Could not read {body_size} response bytes of context {}: host status {}",
+                        self.context_id, status.0
+                    );
+                    observer.on_unread(body_size);
+                }
+            }
+        } else {
+            observer.on_unread(body_size);
+        }
+        if end_of_stream {
+            observer.on_end(now, &mut |part| shared.enqueue_response(part));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(observer) = self.response.as_mut() {
+            let shared = &self.shared;
+            observer.on_end(host::now_ms(), &mut |part| shared.enqueue_response(part));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.phase != Phase::Forwarded {
+            return;
+        }
+        let Some(request_id) = self.request_id.as_deref() else {
+            return;
+        };
+        if self
+            .response
+            .as_ref()
+            .is_some_and(ResponseObserver::is_finished)
+        {
+            return;
+        }
+        let details = host::property(&["response", "code_details"])
+            .ok()
+            .flatten()
+            .map(|d| String::from_utf8_lossy(&d).into_owned());
+        let reason = response::abort_reason(details.as_deref());
+        let now = host::now_ms();
+        debug!("Answer to request {request_id} ended early: {reason} ({details:?})");
+        let shared = &self.shared;
+        match self.response.as_mut() {
+            Some(observer) => {
+                observer.on_abort(reason, now, &mut |part| shared.enqueue_response(part))
+            }
+            None => shared.enqueue_response(response::unanswered(request_id, reason, now)),
+        }
+    }
+}

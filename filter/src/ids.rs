@@ -1,0 +1,64 @@
+//! Request ids: 32 lowercase hex characters from 16 random bytes.
+
+/// Formats 16 bytes as a request id.
+pub fn format_request_id(bytes: &[u8; 16]) -> String {
+    use std::fmt::Write;
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
+/// Bytes for an id when the host gives no randomness: unique per VM (the counter) and
+/// unlikely to repeat across VMs and restarts (the seed mixes in time and context).
+/// Not secret, which a request id does not need to be.
+pub fn fallback_bytes(seed: u64, counter: u64) -> [u8; 16] {
+    let a = splitmix64(seed ^ counter.rotate_left(32));
+    let b = splitmix64(a ^ counter);
+    let mut out = [0; 16];
+    let (hi, lo) = out.split_at_mut(8);
+    hi.copy_from_slice(&a.to_le_bytes());
+    lo.copy_from_slice(&b.to_le_bytes());
+    out
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Whether `s` looks like a request id.
+pub fn is_request_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_32_lowercase_hex() {
+        let id = format_request_id(&[0xab; 16]);
+        assert_eq!(id, "abababababababababababababababab");
+        assert!(is_request_id(&id));
+        assert!(is_request_id(&format_request_id(&[0; 16])));
+        assert!(!is_request_id("ABABABABABABABABABABABABABABABAB"));
+        assert!(!is_request_id("abc"));
+    }
+
+    #[test]
+    fn fallback_ids_differ_per_counter_and_seed() {
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..50 {
+            for counter in 0..50 {
+                assert!(seen.insert(fallback_bytes(seed, counter)));
+            }
+        }
+    }
+}

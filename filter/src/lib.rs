@@ -1,0 +1,51 @@
+//! The Gatehouse proxy-wasm HTTP filter for Envoy.
+//!
+//! It runs first on the MCP route. On the way in it removes every client-sent
+//! `x-gatehouse-*` header, gives the request a random `x-gatehouse-request-id`, and
+//! refuses what is not MCP (wrong method, not JSON, too large, not JSON-RPC, 2026-07-28
+//! routing headers that disagree with the body) with a JSON-RPC error before anything
+//! reaches ext_authz or an upstream. On the way out it passes the answer through
+//! unchanged while recording it — a JSON answer whole, an SSE stream event by event — and
+//! ships those records, and its own rejections, to the service's audit ingest over gRPC
+//! from a bounded queue.
+//!
+//! Reading order: [`config`], [`request`] (decisions on the way in), [`response`]
+//! (records on the way out), [`queue`] (batching and retries); then the proxy-wasm shell,
+//! `glue` and `host`, which only exist on `wasm32`. Everything except the shell is pure
+//! and tested natively with `cargo test -p gatehouse-filter`.
+//!
+//! The filter never panics: a panic kills the VM for every request on its worker. The
+//! crate denies `unwrap`, `expect`, `panic!` and indexing, and `host` replaces the SDK
+//! calls that would panic on an unexpected host status.
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )
+)]
+
+pub mod abi;
+pub mod config;
+pub mod ids;
+pub mod queue;
+pub mod request;
+pub mod response;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+// The SDK's entry point: `_initialize`, run by the host when it loads the module. The
+// macro expands to `#[no_mangle]` and an `unsafe` call to `__wasm_call_ctors`.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod entry {
+    proxy_wasm::main! {{
+        crate::glue::start();
+    }}
+}

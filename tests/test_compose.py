@@ -43,8 +43,11 @@ def test_envoy_image_matches_the_local_envoy() -> None:
 def test_demo_server_matches_the_tested_version() -> None:
     package = json.loads((ROOT / "tests" / "package.json").read_text())
     version = package["dependencies"]["@modelcontextprotocol/server-everything"]
-    command = compose()["services"]["demo-mcp"]["command"]
+    command = " ".join(compose()["services"]["demo-mcp"]["command"])
     assert f"@modelcontextprotocol/server-everything@{version}" in command
+    # Host networking: the demo server must be bound to loopback, not every interface.
+    assert "--import /opt/loopback-listen.mjs" in command
+    assert compose()["services"]["demo-mcp"]["environment"]["HOST"] == "127.0.0.1"
     assert compose()["services"]["demo-mcp"]["image"].startswith("node:22")
 
 

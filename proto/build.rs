@@ -15,9 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let messages = out.join("messages");
     fs::create_dir_all(&messages)?;
-    prost_build::Config::new()
-        .out_dir(&messages)
-        .compile_fds(fds.clone())?;
+    prost_build::Config::new().out_dir(&messages).compile_fds(fds.clone())?;
 
     let grpc = out.join("grpc");
     fs::create_dir_all(&grpc)?;

@@ -18,11 +18,7 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(
-    name = "gatehouse",
-    version,
-    about = "Identity-aware audit gateway for MCP servers"
-)]
+#[command(name = "gatehouse", version, about = "Identity-aware audit gateway for MCP servers")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,6 +73,9 @@ enum AuditCommand {
         /// The checkpoint public key (PEM). Defaults to the key of audit.checkpoint.key_file.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// A checkpoint log kept outside the store. Defaults to audit.checkpoint.log_file.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
     },
     /// Print the checkpoint public key (PEM) for auditors to keep apart from the store.
     PublicKey {
@@ -85,7 +84,7 @@ enum AuditCommand {
     },
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Config> {
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -106,8 +105,9 @@ impl Cli {
             Command::EnvoyConfig { config, out } => {
                 let yaml = envoy_config::render(&load(&config)?)?;
                 match out {
-                    Some(path) => std::fs::write(&path, yaml)
-                        .with_context(|| format!("cannot write {}", path.display()))?,
+                    Some(path) => {
+                        std::fs::write(&path, yaml).with_context(|| format!("cannot write {}", path.display()))?
+                    }
                     None => print!("{yaml}"),
                 }
             }
@@ -135,9 +135,14 @@ impl Cli {
                 println!("{}", issuer.mint(&sub, &groups, &audience, ttl)?);
             }
             Command::Audit {
-                command: AuditCommand::Verify { config, public_key },
+                command:
+                    AuditCommand::Verify {
+                        config,
+                        public_key,
+                        checkpoints,
+                    },
             } => {
-                return audit_verify(&load(&config)?, public_key).await;
+                return audit_verify(&load(&config)?, public_key, checkpoints).await;
             }
             Command::Audit {
                 command: AuditCommand::PublicKey { config },
@@ -158,15 +163,30 @@ impl Cli {
     }
 }
 
-async fn audit_verify(config: &Config, public_key: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let key_path =
-        public_key.or_else(|| config.audit.checkpoint.as_ref().map(|c| c.key_file.clone()));
+async fn audit_verify(
+    config: &Config,
+    public_key: Option<PathBuf>,
+    checkpoint_log: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let key_path = public_key.or_else(|| config.audit.checkpoint.as_ref().map(|c| c.key_file.clone()));
     let key = match &key_path {
         Some(path) => Some(checkpoint::load_public_key(path)?),
         None => None,
     };
     let store = Store::open(&config.audit.database, std::time::Duration::from_secs(5)).await?;
-    match verify::verify_store(&store, key.as_ref()).await {
+    let log = checkpoint_log.or_else(|| config.audit.checkpoint.as_ref().and_then(|c| c.log_file.clone()));
+    let external = match &log {
+        Some(path) if path.exists() => checkpoint::read_log(path)?,
+        Some(path) => {
+            println!(
+                "Checkpoint log {} does not exist: checking the store's checkpoints only.",
+                path.display()
+            );
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    match verify::verify_store_with(&store, key.as_ref(), &external).await {
         Ok(v) => {
             let total: u64 = v.writers.iter().map(|w| w.records).sum();
             println!("Audit trail verified: {total} records.");
@@ -177,17 +197,16 @@ async fn audit_verify(config: &Config, public_key: Option<PathBuf>) -> anyhow::R
                 );
             }
             if key.is_none() {
-                println!(
-                    "  (no checkpoint key: a rewritten chain or a deleted tail would not be detected)"
-                );
+                println!("  (no checkpoint key: a rewritten chain or a deleted tail would not be detected)");
             }
-            // Checkpoints are signed at least every `every_records`: far more unvouched
-            // records than that means checkpoints were deleted.
+            // The writer signs a checkpoint at least every `every_records` (plus one commit
+            // batch, and on shutdown): more unvouched records than that means checkpoints
+            // were deleted, or the writer crashed before its next one.
             if let Some(policy) = &config.audit.checkpoint
                 && let Some(w) = v
                     .writers
                     .iter()
-                    .find(|w| w.unvouched > 2 * policy.every_records + 1000)
+                    .find(|w| w.unvouched > policy.every_records + config.audit.max_batch as u64)
             {
                 println!(
                     "Audit trail SUSPECT: writer {} has {} records after its newest checkpoint.",

@@ -23,10 +23,7 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The bootstrap as YAML text.
 pub fn render(config: &Config) -> Result<String, serde_yaml::Error> {
     let header = "# Rendered by `gatehouse envoy-config` from gatehouse.yaml: edit that file, not this one.\n";
-    Ok(format!(
-        "{header}{}",
-        serde_yaml::to_string(&bootstrap(config))?
-    ))
+    Ok(format!("{header}{}", serde_yaml::to_string(&bootstrap(config))?))
 }
 
 pub fn bootstrap(config: &Config) -> Value {
@@ -61,10 +58,14 @@ pub fn bootstrap(config: &Config) -> Value {
         "node": {"id": "gatehouse", "cluster": "gatehouse"},
         "admin": {"address": socket(e.admin_listen)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
-            // Envoy's default is unlimited downstream connections: bound them.
-            "overload": {"global_downstream_max_connections": 50000},
-        }}]},
+        // Envoy's default is unlimited downstream connections: bound them.
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000,
+            },
+        }]},
     })
 }
 
@@ -115,12 +116,8 @@ fn routes(config: &Config) -> Vec<Value> {
             },
         }));
     }
-    let not_found = gatehouse_core::jsonrpc_error::error_body(
-        None,
-        -32601,
-        "No MCP server is served at this path.",
-        None,
-    );
+    let not_found =
+        gatehouse_core::jsonrpc_error::error_body(None, -32601, "No MCP server is served at this path.", None);
     routes.push(json!({
         "name": "not_found",
         "match": {"prefix": "/"},
@@ -132,11 +129,7 @@ fn routes(config: &Config) -> Vec<Value> {
 
 fn upstream_path(u: &Upstream) -> String {
     let p = u.url.path();
-    if p.is_empty() {
-        "/".into()
-    } else {
-        p.to_owned()
-    }
+    if p.is_empty() { "/".into() } else { p.to_owned() }
 }
 
 fn filter_configuration(config: &Config) -> String {
@@ -248,7 +241,8 @@ fn listener(config: &Config, name: &str, addr: SocketAddr, tls: Option<Value>) -
             },
         ],
     });
-    let mut chain = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]});
+    let mut chain =
+        json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]});
     if let (Some(tls), Some(obj)) = (tls, chain.as_object_mut()) {
         obj.insert("transport_socket".into(), tls);
     }
@@ -308,13 +302,12 @@ fn upstream_cluster(u: &Upstream) -> Value {
     if u.is_tls()
         && let Some(obj) = c.as_object_mut()
     {
-        let mut validation = json!({"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}});
-        if !is_ip && let Some(v) = validation.as_object_mut() {
-            v.insert(
-                "match_typed_subject_alt_names".into(),
-                json!([{"san_type": "DNS", "matcher": {"exact": host}}]),
-            );
-        }
+        // The certificate must name the upstream, as a DNS name or as the IP it was given as.
+        let san_type = if is_ip { "IP_ADDRESS" } else { "DNS" };
+        let validation = json!({
+            "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
+        });
         let mut tls = json!({
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "common_tls_context": {"validation_context": validation},
@@ -328,4 +321,87 @@ fn upstream_cluster(u: &Upstream) -> Value {
         );
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    fn rendered() -> Value {
+        let text = crate::config::tests::GOOD.replace(
+            "  http_listen: 127.0.0.1:8080",
+            "  http_listen: 127.0.0.1:8080\n  https_listen: 127.0.0.1:8443\n  tls_cert: c.pem\n  tls_key: k.pem",
+        );
+        bootstrap(&Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap())
+    }
+
+    fn hcm(b: &Value) -> &Value {
+        &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    #[test]
+    fn filters_run_in_order_and_fail_closed() {
+        let b = rendered();
+        let filters = hcm(&b)["http_filters"].as_array().unwrap();
+        let names: Vec<_> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names, [WASM_FILTER, EXT_AUTHZ_FILTER, "envoy.filters.http.router"]);
+        let wasm = &filters[0]["typed_config"]["config"];
+        assert_eq!(wasm["failure_policy"], "FAIL_CLOSED");
+        assert_eq!(wasm["allow_on_headers_stop_iteration"], true);
+        let authz = &filters[1]["typed_config"];
+        assert_eq!(authz["failure_mode_allow"], false);
+        assert_eq!(authz["with_request_body"]["allow_partial_message"], false);
+        assert_eq!(authz["with_request_body"]["pack_as_bytes"], true);
+    }
+
+    #[test]
+    fn each_upstream_route_names_its_upstream_and_keeps_streams_open() {
+        let b = rendered();
+        let routes = hcm(&b)["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        let mcp = routes.iter().find(|r| r["match"]["path"] == "/mcp").unwrap();
+        assert_eq!(
+            mcp["typed_per_filter_config"][EXT_AUTHZ_FILTER]["check_settings"]["context_extensions"]["upstream"],
+            "everything"
+        );
+        assert_eq!(mcp["route"]["timeout"], "0s");
+        assert_eq!(mcp["route"]["host_rewrite_literal"], "127.0.0.1:3001");
+        let other = routes.iter().find(|r| r["match"]["path"] == "/mcp/other").unwrap();
+        assert_eq!(other["route"]["prefix_rewrite"], "/v1/mcp");
+        // Everything else is a 404 that neither filter sees.
+        let last = routes.last().unwrap();
+        assert_eq!(last["direct_response"]["status"], 404);
+    }
+
+    #[test]
+    fn tls_upstreams_are_verified_by_name() {
+        let b = rendered();
+        let cluster = b["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "upstream_other")
+            .unwrap();
+        let tls = &cluster["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "mcp.example.com");
+        let san = &tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(
+            (san["san_type"].as_str(), san["matcher"]["exact"].as_str()),
+            (Some("DNS"), Some("mcp.example.com"))
+        );
+    }
+
+    #[test]
+    fn https_listener_has_the_configured_certificate() {
+        let b = rendered();
+        let https = &b["static_resources"]["listeners"][1];
+        let cert =
+            &https["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0];
+        assert_eq!(cert["certificate_chain"]["filename"], "/etc/gh/c.pem");
+    }
 }

@@ -32,10 +32,7 @@ impl IngestService {
 
 #[tonic::async_trait]
 impl AuditIngest for IngestService {
-    async fn ingest(
-        &self,
-        request: tonic::Request<IngestBatch>,
-    ) -> Result<tonic::Response<IngestAck>, tonic::Status> {
+    async fn ingest(&self, request: tonic::Request<IngestBatch>) -> Result<tonic::Response<IngestAck>, tonic::Status> {
         let batch = request.into_inner();
         let state = &self.state;
         state.metrics.ingest_batches.inc();
@@ -78,9 +75,7 @@ impl AuditIngest for IngestService {
 impl IngestService {
     async fn note_dropped(&self, batch: &IngestBatch) {
         let mut dropped = self.dropped.lock().await;
-        let previous = dropped
-            .insert(batch.source.clone(), batch.dropped_total)
-            .unwrap_or(0);
+        let previous = dropped.insert(batch.source.clone(), batch.dropped_total).unwrap_or(0);
         if batch.dropped_total > previous {
             tracing::warn!(source = %batch.source, dropped_total = batch.dropped_total, "A filter dropped audit records because its buffer was full.");
             self.state
@@ -96,8 +91,7 @@ fn message_value(bytes: &[u8]) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 fn non_empty(s: &str) -> Value {

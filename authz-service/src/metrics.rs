@@ -43,8 +43,7 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -162,11 +161,7 @@ impl Metrics {
             }
             let count = h.count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-            let _ = writeln!(
-                out,
-                "{name}_sum {}",
-                h.sum_us.load(Ordering::Relaxed) as f64 / 1000.0
-            );
+            let _ = writeln!(out, "{name}_sum {}", h.sum_us.load(Ordering::Relaxed) as f64 / 1000.0);
             let _ = writeln!(out, "{name}_count {count}");
         }
         out

@@ -45,6 +45,7 @@ impl Server {
                 signer: CheckpointSigner::load_or_create(&policy.key_file)?,
                 every_records: policy.every_records,
                 every: Duration::from_secs(policy.every_seconds),
+                log_file: policy.log_file.clone(),
             }),
             None => {
                 tracing::warn!(
@@ -63,10 +64,7 @@ impl Server {
         .await
         .context("cannot read the audit chain head")?;
         let dev_issuer = match &config.identity.dev_issuer {
-            Some(d) => Some(DevIssuer::load_or_create(
-                &d.key_file,
-                &config.identity.issuer,
-            )?),
+            Some(d) => Some(DevIssuer::load_or_create(&d.key_file, &config.identity.issuer)?),
             None => None,
         };
         if dev_issuer.is_some() {
@@ -77,20 +75,10 @@ impl Server {
         let identity = Verifier::new(config.identity.clone());
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (service.rest_listen)",
-                    config.service.rest_listen
-                )
-            })?;
+            .with_context(|| format!("cannot listen on {} (service.rest_listen)", config.service.rest_listen))?;
         let grpc_listener = TcpListener::bind(config.service.grpc_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (service.grpc_listen)",
-                    config.service.grpc_listen
-                )
-            })?;
+            .with_context(|| format!("cannot listen on {} (service.grpc_listen)", config.service.grpc_listen))?;
         let (rest_addr, grpc_addr) = (rest_listener.local_addr()?, grpc_listener.local_addr()?);
         let state = Arc::new(AppState {
             config,
@@ -101,9 +89,13 @@ impl Server {
         });
         let (shutdown, watch_rx) = watch::channel(false);
 
+        let max_check_bytes = state.config.envoy.max_request_bytes as usize + 256 * 1024;
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(AuthorizationServer::new(AuthzService::new(state.clone())))
+            // A Check carries the whole request body: allow the configured body size.
+            .add_service(
+                AuthorizationServer::new(AuthzService::new(state.clone())).max_decoding_message_size(max_check_bytes),
+            )
             .add_service(AuditIngestServer::new(IngestService::new(state.clone())));
         let mut rx = watch_rx.clone();
         let grpc_task = tokio::spawn(async move {
@@ -123,6 +115,9 @@ impl Server {
                 .await
                 .context("REST server failed")
         });
+        // Listening already, so a dev issuer served by this very service answers.
+        let identity = state.identity.clone();
+        tokio::spawn(async move { identity.prefetch().await });
         tracing::info!(%rest_addr, %grpc_addr, writer = %state.config.audit.writer_id, "Gatehouse service started.");
         Ok(Self {
             rest_addr,
@@ -134,10 +129,7 @@ impl Server {
     }
 
     /// Serves until one listener fails or `stop` resolves, then stops both.
-    pub async fn run_until(
-        mut self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let tasks = std::mem::take(&mut self.tasks);
         let mut joined = Box::pin(futures_select(tasks));
         tokio::select! {
@@ -147,6 +139,8 @@ impl Server {
                 let _ = self.shutdown.send(true);
                 // Give in-flight requests a moment to finish; their records are already durable.
                 let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+                // Vouch for the last records before the process ends.
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.state.audit.checkpoint_now()).await;
                 Ok(())
             }
         }

@@ -59,10 +59,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Upstream {
-            listen,
-            answer_bytes,
-        } => upstream(listen, answer_bytes).await,
+        Command::Upstream { listen, answer_bytes } => upstream(listen, answer_bytes).await,
         Command::Load {
             url,
             rate,

@@ -155,11 +155,7 @@ pub enum ChainBreak {
     #[error("writer {writer}: record {seq} was edited (its hash does not match its contents)")]
     Edited { writer: String, seq: u64 },
     #[error("writer {writer}: record {expected} is missing (found {found} next)")]
-    Missing {
-        writer: String,
-        expected: u64,
-        found: u64,
-    },
+    Missing { writer: String, expected: u64, found: u64 },
     #[error("writer {writer}: record {seq} appears more than once")]
     Duplicate { writer: String, seq: u64 },
     #[error(
@@ -169,11 +165,7 @@ pub enum ChainBreak {
     #[error(
         "writer {writer}: the chain ends at record {last} but a signed checkpoint vouches for record {checkpoint} (records were deleted)"
     )]
-    Truncated {
-        writer: String,
-        last: u64,
-        checkpoint: u64,
-    },
+    Truncated { writer: String, last: u64, checkpoint: u64 },
     #[error(
         "writer {writer}: record {seq} is not the record a signed checkpoint vouches for (the chain was rewritten)"
     )]
@@ -220,10 +212,7 @@ impl ChainVerifier {
     /// Also checks the chain against checkpoints (their signatures already verified): each
     /// checkpointed record must carry the vouched-for hash, and the chain must reach the last.
     pub fn with_checkpoints(mut self, checkpoints: &[Checkpoint]) -> Self {
-        self.vouched = checkpoints
-            .iter()
-            .map(|c| (c.seq, c.hash.clone()))
-            .collect();
+        self.vouched = checkpoints.iter().map(|c| (c.seq, c.hash.clone())).collect();
         self
     }
 
@@ -256,11 +245,7 @@ impl ChainVerifier {
                 prev: self.last_seq,
             });
         }
-        if self
-            .vouched
-            .get(&record.seq)
-            .is_some_and(|h| *h != record.hash)
-        {
+        if self.vouched.get(&record.seq).is_some_and(|h| *h != record.hash) {
             return Err(ChainBreak::Rewritten {
                 writer,
                 seq: record.seq,
@@ -290,10 +275,7 @@ impl ChainVerifier {
 }
 
 /// Verifies one writer's whole chain; returns how many records held.
-pub fn verify_chain<'a>(
-    writer: &str,
-    records: impl IntoIterator<Item = &'a Record>,
-) -> Result<u64, ChainBreak> {
+pub fn verify_chain<'a>(writer: &str, records: impl IntoIterator<Item = &'a Record>) -> Result<u64, ChainBreak> {
     verify_chain_with(writer, records, &[])
 }
 
@@ -350,23 +332,9 @@ impl ChainHead {
     }
 
     /// Appends a record and advances the head.
-    pub fn append(
-        &mut self,
-        kind: &str,
-        request_id: &str,
-        recorded_at: &str,
-        data: Value,
-    ) -> Record {
+    pub fn append(&mut self, kind: &str, request_id: &str, recorded_at: &str, data: Value) -> Record {
         let seq = self.seq + 1;
-        let hash = record_hash(
-            seq,
-            &self.writer,
-            kind,
-            request_id,
-            recorded_at,
-            &self.hash,
-            &data,
-        );
+        let hash = record_hash(seq, &self.writer, kind, request_id, recorded_at, &self.hash, &data);
         let record = Record {
             seq,
             writer: self.writer.clone(),
@@ -403,12 +371,21 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_drops_spaces() {
-        let v: Value =
-            serde_json::from_str(r#"{ "b": [1, {"z": null, "a": "x"}], "a": 1.5 }"#).unwrap();
-        assert_eq!(
-            canonical_json(&v),
-            br#"{"a":1.5,"b":[1,{"a":"x","z":null}]}"#.to_vec()
-        );
+        let v: Value = serde_json::from_str(r#"{ "b": [1, {"z": null, "a": "x"}], "a": 1.5 }"#).unwrap();
+        assert_eq!(canonical_json(&v), br#"{"a":1.5,"b":[1,{"a":"x","z":null}]}"#.to_vec());
+    }
+
+    #[test]
+    fn stored_data_rehashes_to_the_same_value() {
+        // Records are hashed in memory, stored as text and re-hashed from the parsed text
+        // by `verify`: every number must survive that round trip exactly.
+        let text = r#"{"a":109.176039145055071,"b":1e300,"c":-0.0,"d":123456789012345678901234567890,"e":0.1,"f":18446744073709551615,"g":-9223372036854775808}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        let stored = serde_json::to_string(&v).unwrap();
+        let back: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(canonical_json(&v), canonical_json(&back));
+        let h = |d: &Value| record_hash(1, "w", "k", "r", "t", GENESIS_HASH, d);
+        assert_eq!(h(&v), h(&back));
     }
 
     #[test]

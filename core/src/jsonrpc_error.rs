@@ -38,8 +38,7 @@ mod tests {
 
     #[test]
     fn error_body_has_null_id_when_unknown() {
-        let body: Value =
-            serde_json::from_slice(&error_body(None, PARSE_ERROR, "bad", None)).unwrap();
+        let body: Value = serde_json::from_slice(&error_body(None, PARSE_ERROR, "bad", None)).unwrap();
         assert_eq!(
             body,
             json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "bad"}})
@@ -49,13 +48,8 @@ mod tests {
     #[test]
     fn error_body_keeps_id_and_data() {
         let id = json!("abc");
-        let body: Value = serde_json::from_slice(&error_body(
-            Some(&id),
-            FORBIDDEN,
-            "no",
-            Some(json!({"k": 1})),
-        ))
-        .unwrap();
+        let body: Value =
+            serde_json::from_slice(&error_body(Some(&id), FORBIDDEN, "no", Some(json!({"k": 1})))).unwrap();
         assert_eq!(body["id"], "abc");
         assert_eq!(body["error"]["data"]["k"], 1);
     }

@@ -99,13 +99,7 @@ impl Message {
     pub fn has_target(&self) -> bool {
         matches!(
             self.method.as_deref(),
-            Some(
-                "tools/call"
-                    | "prompts/get"
-                    | "resources/read"
-                    | "resources/subscribe"
-                    | "resources/unsubscribe"
-            )
+            Some("tools/call" | "prompts/get" | "resources/read" | "resources/subscribe" | "resources/unsubscribe")
         )
     }
 
@@ -141,8 +135,7 @@ impl Envelope {
 pub fn parse_body(body: &[u8]) -> Result<Envelope, ParseError> {
     // serde_json refuses nesting deeper than 128 levels, so a deep body is an error, not a
     // stack overflow.
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
     parse_value(value)
 }
 
@@ -158,17 +151,12 @@ pub fn parse_value(value: Value) -> Result<Envelope, ParseError> {
                 .enumerate()
                 .map(|(i, item)| {
                     parse_message(item).map_err(|e| match e {
-                        ParseError::InvalidRequest(why) => {
-                            ParseError::InvalidRequest(format!("batch item {i}: {why}"))
-                        }
+                        ParseError::InvalidRequest(why) => ParseError::InvalidRequest(format!("batch item {i}: {why}")),
                         other => other,
                     })
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(Envelope {
-                batch: true,
-                messages,
-            })
+            Ok(Envelope { batch: true, messages })
         }
         other => Ok(Envelope {
             batch: false,
@@ -246,9 +234,7 @@ fn parse_response(id: Option<Value>, obj: &Map<String, Value>) -> Result<Message
                 error_code: Some(code),
             })
         }
-        (Some(_), Some(_)) => Err(invalid(
-            "a response has either \"result\" or \"error\", not both",
-        )),
+        (Some(_), Some(_)) => Err(invalid("a response has either \"result\" or \"error\", not both")),
         (None, None) => Err(invalid(
             "neither a request (\"method\") nor a response (\"result\"/\"error\")",
         )),
@@ -258,15 +244,11 @@ fn parse_response(id: Option<Value>, obj: &Map<String, Value>) -> Result<Message
 /// Why the 2026-07-28 routing headers do not fit the body.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HeaderMismatch {
-    #[error(
-        "the Mcp-Method header is required with MCP-Protocol-Version {ROUTING_HEADERS_REVISION}"
-    )]
+    #[error("the Mcp-Method header is required with MCP-Protocol-Version {ROUTING_HEADERS_REVISION}")]
     MethodMissing,
     #[error("the Mcp-Method header does not match the method in the body")]
     MethodDiffers,
-    #[error(
-        "the Mcp-Name header is required for this method with MCP-Protocol-Version {ROUTING_HEADERS_REVISION}"
-    )]
+    #[error("the Mcp-Name header is required for this method with MCP-Protocol-Version {ROUTING_HEADERS_REVISION}")]
     NameMissing,
     #[error("the Mcp-Name header does not match the name in the body")]
     NameDiffers,
@@ -337,19 +319,15 @@ mod tests {
         assert_eq!(n.messages[0].kind, MessageKind::Notification);
         let r = parse(json!({"jsonrpc": "2.0", "id": "a", "result": {}})).unwrap();
         assert_eq!(r.messages[0].kind, MessageKind::Response);
-        let e =
-            parse(json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "no"}}))
-                .unwrap();
+        let e = parse(json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "no"}})).unwrap();
         assert_eq!(e.messages[0].kind, MessageKind::Error);
         assert_eq!(e.messages[0].error_code, Some(-32601));
     }
 
     #[test]
     fn resource_reads_are_named_by_uri() {
-        let env = parse(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
-            "params": {"uri": "file:///etc/hosts"}}),
-        )
+        let env = parse(json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
+            "params": {"uri": "file:///etc/hosts"}}))
         .unwrap();
         assert_eq!(env.messages[0].target_name(), Some("file:///etc/hosts"));
         assert_eq!(env.messages[0].arguments(), None);
@@ -382,10 +360,7 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
-        assert_eq!(
-            parse_body(deep.as_bytes()).unwrap_err().jsonrpc_code(),
-            -32700
-        );
+        assert_eq!(parse_body(deep.as_bytes()).unwrap_err().jsonrpc_code(), -32700);
     }
 
     #[test]
@@ -409,18 +384,14 @@ mod tests {
     }
 
     fn call(name: &str) -> Envelope {
-        parse(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}))
-            .unwrap()
+        parse(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}})).unwrap()
     }
 
     #[test]
     fn routing_headers_must_match_on_2026_07_28() {
         let v = Some(ROUTING_HEADERS_REVISION);
         let env = call("echo");
-        assert_eq!(
-            check_routing_headers(v, Some("tools/call"), Some("echo"), &env),
-            Ok(())
-        );
+        assert_eq!(check_routing_headers(v, Some("tools/call"), Some("echo"), &env), Ok(()));
         assert_eq!(
             check_routing_headers(v, None, Some("echo"), &env),
             Err(HeaderMismatch::MethodMissing)
@@ -438,32 +409,20 @@ mod tests {
             Err(HeaderMismatch::NameDiffers)
         );
         let list = parse(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).unwrap();
-        assert_eq!(
-            check_routing_headers(v, Some("tools/list"), None, &list),
-            Ok(())
-        );
+        assert_eq!(check_routing_headers(v, Some("tools/list"), None, &list), Ok(()));
     }
 
     #[test]
     fn routing_headers_are_not_required_on_older_revisions() {
         let env = call("echo");
-        assert_eq!(
-            check_routing_headers(Some("2025-06-18"), None, None, &env),
-            Ok(())
-        );
-        assert_eq!(
-            check_routing_headers(None, Some("bogus"), None, &env),
-            Ok(())
-        );
+        assert_eq!(check_routing_headers(Some("2025-06-18"), None, None, &env), Ok(()));
+        assert_eq!(check_routing_headers(None, Some("bogus"), None, &env), Ok(()));
     }
 
     #[test]
     fn batches_only_on_2025_03_26() {
         let batch = parse(json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}])).unwrap();
-        assert_eq!(
-            check_routing_headers(Some("2025-03-26"), None, None, &batch),
-            Ok(())
-        );
+        assert_eq!(check_routing_headers(Some("2025-03-26"), None, None, &batch), Ok(()));
         assert_eq!(check_routing_headers(None, None, None, &batch), Ok(()));
         assert_eq!(
             check_routing_headers(Some("2025-06-18"), None, None, &batch),

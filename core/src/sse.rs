@@ -274,9 +274,7 @@ fn append_raw(event: &mut SseEvent, bytes: &[u8], max: usize) {
     }
     let room = max.saturating_sub(event.raw.len());
     if bytes.len() > room {
-        event
-            .raw
-            .extend_from_slice(bytes.get(..room).unwrap_or_default());
+        event.raw.extend_from_slice(bytes.get(..room).unwrap_or_default());
         event.truncated = true;
     } else {
         event.raw.extend_from_slice(bytes);
@@ -320,10 +318,7 @@ mod tests {
         assert_eq!(e.id.as_deref(), Some("7"));
         assert_eq!(e.retry, Some(1500));
         assert_eq!(e.data, data("{\"a\":\n1}"));
-        assert_eq!(
-            e.raw,
-            b"event: message\nid: 7\nretry: 1500\ndata: {\"a\":\ndata:1}\n\n"
-        );
+        assert_eq!(e.raw, b"event: message\nid: 7\nretry: 1500\ndata: {\"a\":\ndata:1}\n\n");
         assert_eq!(e.len, e.raw.len() as u64);
         assert!(!e.truncated);
         assert_eq!(f.last_event_id(), Some("7"));
@@ -333,8 +328,7 @@ mod tests {
     #[test]
     fn follows_the_whatwg_field_rules() {
         let mut f = SseFramer::default();
-        let events = f
-            .push(b": comment\ndata\ndata:  two spaces\nfoo: bar\nid: a\0b\nretry: 12x\nevent\n\n");
+        let events = f.push(b": comment\ndata\ndata:  two spaces\nfoo: bar\nid: a\0b\nretry: 12x\nevent\n\n");
         let e = &events[0];
         // `data` alone is an empty data line; only one leading space is removed.
         assert_eq!(e.data, data("\n two spaces"));
@@ -348,10 +342,7 @@ mod tests {
         let mut f = SseFramer::default();
         let events = f.push(b": keep-alive\n\nid: 9\n\n\ndata:\n\n");
         let raws: Vec<&[u8]> = events.iter().map(|e| e.raw.as_slice()).collect();
-        assert_eq!(
-            raws,
-            [&b": keep-alive\n\n"[..], b"id: 9\n\n", b"\n", b"data:\n\n"]
-        );
+        assert_eq!(raws, [&b": keep-alive\n\n"[..], b"id: 9\n\n", b"\n", b"data:\n\n"]);
         let dispatchable: Vec<_> = events.iter().map(SseEvent::is_dispatchable).collect();
         assert_eq!(dispatchable, [false, false, false, true]);
         assert_eq!(events[3].data, data(""));
@@ -387,11 +378,7 @@ mod tests {
         let events = f.push(b"data: y\r\r");
         assert_eq!(events[0].raw, b"data: x\r\r");
         let end = f.finish();
-        assert_eq!(
-            end.events.len(),
-            1,
-            "the held event is complete at end of stream"
-        );
+        assert_eq!(end.events.len(), 1, "the held event is complete at end of stream");
         assert_eq!(end.events[0].data, data("y"));
         assert_eq!(end.incomplete, None);
     }
@@ -452,11 +439,7 @@ mod tests {
         assert!(e.truncated);
         assert_eq!(e.raw.len(), max);
         assert_eq!(e.len, (6 + 11 + 50 * big.len() + 1) as u64);
-        assert_eq!(
-            e.data,
-            data("kept"),
-            "lines within the limit are still parsed"
-        );
+        assert_eq!(e.data, data("kept"), "lines within the limit are still parsed");
         assert_eq!(e.id.as_deref(), Some("1"));
         assert_eq!(events[1].data, data("next"));
         assert!(!events[1].truncated);
@@ -481,12 +464,7 @@ mod tests {
         assert!(whole_tail.is_some());
         // Lossless: the raw bytes of all events and the tail are the stream.
         let mut rebuilt: Vec<u8> = whole.iter().flat_map(|e| e.raw.clone()).collect();
-        rebuilt.extend(
-            whole_tail
-                .as_ref()
-                .map(|t| t.raw.clone())
-                .unwrap_or_default(),
-        );
+        rebuilt.extend(whole_tail.as_ref().map(|t| t.raw.clone()).unwrap_or_default());
         assert_eq!(rebuilt, STREAM);
         assert!(
             whole[1]
@@ -513,10 +491,7 @@ mod tests {
             }
         }
         let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
-        assert_eq!(
-            run(STREAM, &bytes, DEFAULT_MAX_EVENT_BYTES),
-            (whole, whole_tail)
-        );
+        assert_eq!(run(STREAM, &bytes, DEFAULT_MAX_EVENT_BYTES), (whole, whole_tail));
     }
 
     #[test]
@@ -526,11 +501,7 @@ mod tests {
             assert!(whole.0.iter().any(|e| e.truncated), "limit {max}");
             for i in 0..=STREAM.len() {
                 let (a, b) = STREAM.split_at(i);
-                assert_eq!(
-                    run(STREAM, &[a, b], max),
-                    whole,
-                    "limit {max}, split at {i}"
-                );
+                assert_eq!(run(STREAM, &[a, b], max), whole, "limit {max}, split at {i}");
             }
             let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
             assert_eq!(run(STREAM, &bytes, max), whole, "limit {max}, byte by byte");

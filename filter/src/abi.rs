@@ -7,10 +7,7 @@
 
 /// Serializes header pairs for the host.
 pub fn serialize_map(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 10)
-        .sum::<usize>();
+    let size = 4 + pairs.iter().map(|(n, v)| n.len() + v.len() + 10).sum::<usize>();
     let mut bytes = Vec::with_capacity(size);
     bytes.extend_from_slice(&len_u32(pairs.len()).to_le_bytes());
     for (name, value) in pairs {
@@ -66,13 +63,9 @@ mod tests {
 
     #[test]
     fn maps_round_trip() {
-        let pairs: [(&str, &[u8]); 3] =
-            [(":status", b"200"), ("x-a", b"\xff\x00b"), ("empty", b"")];
+        let pairs: [(&str, &[u8]); 3] = [(":status", b"200"), ("x-a", b"\xff\x00b"), ("empty", b"")];
         let back = deserialize_map(&serialize_map(&pairs)).unwrap();
-        let expected: Vec<(String, Vec<u8>)> = pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect();
+        let expected: Vec<(String, Vec<u8>)> = pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         assert_eq!(back, expected);
         assert_eq!(deserialize_map(&[]), Some(vec![]));
         assert_eq!(deserialize_map(&serialize_map(&[])), Some(vec![]));
@@ -97,10 +90,7 @@ mod tests {
 
     #[test]
     fn paths_are_nul_separated() {
-        assert_eq!(
-            serialize_path(&["response", "code_details"]),
-            b"response\0code_details"
-        );
+        assert_eq!(serialize_path(&["response", "code_details"]), b"response\0code_details");
         assert_eq!(serialize_path(&[]), b"");
     }
 }

@@ -85,11 +85,7 @@ pub struct ConfigError(pub Vec<String>);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid gatehouse filter configuration: {}",
-            self.0.join("; ")
-        )
+        write!(f, "invalid gatehouse filter configuration: {}", self.0.join("; "))
     }
 }
 
@@ -100,8 +96,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Config::try_from(RawConfig::default());
     }
-    let raw: RawConfig =
-        serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
+    let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
     Config::try_from(raw)
 }
 
@@ -111,8 +106,7 @@ impl Checker {
     fn range(&mut self, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
         let value = value.unwrap_or(default);
         if value < min || value > max {
-            self.0
-                .push(format!("{field}: {value} is outside {min}..={max}"));
+            self.0.push(format!("{field}: {value} is outside {min}..={max}"));
             return default;
         }
         value
@@ -181,9 +175,7 @@ impl TryFrom<RawConfig> for Config {
             1,
             MAX_BYTES_LIMIT,
         );
-        let ingest_cluster = raw
-            .ingest_cluster
-            .unwrap_or_else(|| d::INGEST_CLUSTER.to_owned());
+        let ingest_cluster = raw.ingest_cluster.unwrap_or_else(|| d::INGEST_CLUSTER.to_owned());
         if ingest_cluster.trim().is_empty() {
             c.0.push("ingest_cluster: must not be empty".to_owned());
         }
@@ -245,10 +237,7 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_json_are_refused() {
         let e = parse(br#"{"max_body_byte": 1}"#).unwrap_err();
-        assert!(
-            e.to_string().contains("unknown field `max_body_byte`"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("unknown field `max_body_byte`"), "{e}");
         assert!(parse(b"{").is_err());
         assert!(parse(br#"{"max_body_bytes": -1}"#).is_err());
         assert!(parse(br#"{"ingest_cluster": 5}"#).is_err());

@@ -259,9 +259,7 @@ impl Context for Root {
                 Outcome::Sent { .. } if failures_before > 0 => {
                     info!("Audit ingest recovered after {failures_before} failed calls");
                 }
-                Outcome::Requeued { .. }
-                    if shipper.consecutive_failures() % FAILURE_LOG_EVERY == 1 =>
-                {
+                Outcome::Requeued { .. } if shipper.consecutive_failures() % FAILURE_LOG_EVERY == 1 => {
                     let message = host::grpc_status_message().unwrap_or_default();
                     warn!(
                         "Audit ingest failed with gRPC status {status_code} ({message}); retrying \
@@ -271,9 +269,7 @@ impl Context for Root {
                 }
                 Outcome::Discarded { records } => {
                     let message = host::grpc_status_message().unwrap_or_default();
-                    error!(
-                        "Audit ingest refused a batch as invalid ({message}); dropped its {records} records"
-                    );
+                    error!("Audit ingest refused a batch as invalid ({message}); dropped its {records} records");
                 }
                 _ => {}
             }
@@ -293,10 +289,7 @@ impl RootContext for Root {
         let bytes = match host::buffer(buffer::PLUGIN_CONFIGURATION, 0, usize::MAX) {
             Ok(bytes) => bytes,
             Err(status) => {
-                error!(
-                    "Could not read the plugin configuration: host status {}",
-                    status.0
-                );
+                error!("Could not read the plugin configuration: host status {}", status.0);
                 return false;
             }
         };
@@ -321,11 +314,7 @@ impl RootContext for Root {
         // Every worker has its own VM and may number its root context the same, so a
         // random tag tells the workers apart.
         let tag = ids::format_request_id(&self.shared.random_bytes());
-        self.source = format!(
-            "{plugin}/{}/{}",
-            self.context_id,
-            tag.get(..8).unwrap_or_default()
-        );
+        self.source = format!("{plugin}/{}/{}", self.context_id, tag.get(..8).unwrap_or_default());
         if let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() {
             let dropped = shipper.set_limits(limits(&config));
             Metrics::add(self.shared.metrics.get().dropped, dropped);
@@ -409,15 +398,13 @@ impl Http {
             }
             debug!("Removed client-sent header {name} from request {request_id}");
         }
-        if let Err(status) = host::set_header(map::REQUEST_HEADERS, REQUEST_ID_HEADER, &request_id)
-        {
+        if let Err(status) = host::set_header(map::REQUEST_HEADERS, REQUEST_ID_HEADER, &request_id) {
             return self.reject(Rejection::internal(format!(
                 "could not set {REQUEST_ID_HEADER}: host status {}",
                 status.0
             )));
         }
-        let head =
-            RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         let decision = request::check_head(&head, end_of_stream, config.max_body_bytes);
         self.head = Some(head);
         match decision {
@@ -427,9 +414,7 @@ impl Http {
                 Action::Pause
             }
             HeadDecision::Checked(Ok(summary)) => self.forward(Some(summary)),
-            HeadDecision::Reject(rejection) | HeadDecision::Checked(Err(rejection)) => {
-                self.reject(rejection)
-            }
+            HeadDecision::Reject(rejection) | HeadDecision::Checked(Err(rejection)) => self.reject(rejection),
         }
     }
 
@@ -480,15 +465,8 @@ impl Http {
             ("content-type", b"application/json"),
             (REQUEST_ID_HEADER, request_id.as_bytes()),
         ];
-        headers.extend(
-            rejection
-                .extra_headers()
-                .iter()
-                .map(|(n, v)| (*n, v.as_bytes())),
-        );
-        if let Err(status) =
-            host::send_local_response(rejection.status, REJECTED_DETAILS, &headers, &body)
-        {
+        headers.extend(rejection.extra_headers().iter().map(|(n, v)| (*n, v.as_bytes())));
+        if let Err(status) = host::send_local_response(rejection.status, REJECTED_DETAILS, &headers, &body) {
             error!(
                 "Could not answer rejected request {request_id} ({}): host status {}",
                 rejection.reason, status.0
@@ -549,8 +527,7 @@ impl HttpContext for Http {
         let Some(request_id) = self.request_id.clone() else {
             return Action::Continue;
         };
-        if let Err(status) = host::set_header(map::RESPONSE_HEADERS, REQUEST_ID_HEADER, &request_id)
-        {
+        if let Err(status) = host::set_header(map::RESPONSE_HEADERS, REQUEST_ID_HEADER, &request_id) {
             warn!(
                 "Could not set {REQUEST_ID_HEADER} on the answer to {request_id}: host status {}",
                 status.0
@@ -590,9 +567,7 @@ impl HttpContext for Http {
         if observer.wants_bytes() && body_size > 0 {
             // Returning Continue each time means the buffer holds only this chunk.
             match host::buffer(buffer::RESPONSE_BODY, 0, body_size) {
-                Ok(chunk) => {
-                    observer.on_chunk(&chunk, now, &mut |part| shared.enqueue_response(part))
-                }
+                Ok(chunk) => observer.on_chunk(&chunk, now, &mut |part| shared.enqueue_response(part)),
                 Err(status) => {
                     warn!(
                         "Could not read {body_size} response bytes of context {}: host status {}",
@@ -625,11 +600,7 @@ impl HttpContext for Http {
         let Some(request_id) = self.request_id.as_deref() else {
             return;
         };
-        if self
-            .response
-            .as_ref()
-            .is_some_and(ResponseObserver::is_finished)
-        {
+        if self.response.as_ref().is_some_and(ResponseObserver::is_finished) {
             return;
         }
         let details = host::property(&["response", "code_details"])
@@ -641,9 +612,7 @@ impl HttpContext for Http {
         debug!("Answer to request {request_id} ended early: {reason} ({details:?})");
         let shared = &self.shared;
         match self.response.as_mut() {
-            Some(observer) => {
-                observer.on_abort(reason, now, &mut |part| shared.enqueue_response(part))
-            }
+            Some(observer) => observer.on_abort(reason, now, &mut |part| shared.enqueue_response(part)),
             None => shared.enqueue_response(response::unanswered(request_id, reason, now)),
         }
     }

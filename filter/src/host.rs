@@ -81,27 +81,14 @@ unsafe extern "C" {
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-    fn proxy_define_metric(
-        metric_type: u32,
-        name_data: *const u8,
-        name_size: usize,
-        id: *mut u32,
-    ) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_get_log_level(level: *mut u32) -> u32;
-    fn proxy_get_status(
-        code: *mut u32,
-        message_data: *mut *mut u8,
-        message_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_status(code: *mut u32, message_data: *mut *mut u8, message_size: *mut usize) -> u32;
 }
 
 fn check(status: u32) -> Result<(), Status> {
-    if status == OK {
-        Ok(())
-    } else {
-        Err(Status(status))
-    }
+    if status == OK { Ok(()) } else { Err(Status(status)) }
 }
 
 /// Takes ownership of memory the host filled. The host allocates it through the SDK's
@@ -128,9 +115,7 @@ pub fn header_pairs(map_type: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
 pub fn header(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: `name` is valid for reads of its length; out-pointers valid for writes.
-    let status = unsafe {
-        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size)
-    };
+    let status = unsafe { proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size) };
     match status {
         OK => Ok(Some(take_host_bytes(data, size).unwrap_or_default())),
         NOT_FOUND => Ok(None),
@@ -149,15 +134,7 @@ pub fn header_text(map_type: u32, name: &str) -> Option<String> {
 /// Sets a header, replacing any value it had.
 pub fn set_header(map_type: u32, name: &str, value: &str) -> Result<(), Status> {
     // SAFETY: both slices are valid for reads of their lengths during the call.
-    check(unsafe {
-        proxy_replace_header_map_value(
-            map_type,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
+    check(unsafe { proxy_replace_header_map_value(map_type, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Removes a header (every value of it).
@@ -170,8 +147,7 @@ pub fn remove_header(map_type: u32, name: &str) -> Result<(), Status> {
 pub fn buffer(buffer_type: u32, start: usize, max_size: usize) -> Result<Vec<u8>, Status> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: out-pointers are valid for writes for the duration of the call.
-    let status =
-        unsafe { proxy_get_buffer_bytes(buffer_type, start, max_size, &mut data, &mut size) };
+    let status = unsafe { proxy_get_buffer_bytes(buffer_type, start, max_size, &mut data, &mut size) };
     match status {
         OK => Ok(take_host_bytes(data, size).unwrap_or_default()),
         NOT_FOUND => Ok(Vec::new()),
@@ -194,11 +170,7 @@ pub fn send_local_response(
             status_code,
             details.as_ptr(),
             details.len(),
-            if body.is_empty() {
-                null()
-            } else {
-                body.as_ptr()
-            },
+            if body.is_empty() { null() } else { body.as_ptr() },
             body.len(),
             headers.as_ptr(),
             headers.len(),
@@ -257,9 +229,7 @@ pub fn increment(metric_id: u32, by: u64) -> Result<(), Status> {
 pub fn log_level() -> Option<u32> {
     let mut level = 0;
     // SAFETY: the out-pointer is valid for writes for the duration of the call.
-    check(unsafe { proxy_get_log_level(&mut level) })
-        .ok()
-        .map(|()| level)
+    check(unsafe { proxy_get_log_level(&mut level) }).ok().map(|()| level)
 }
 
 /// The status message of the gRPC call being answered (inside its callback).

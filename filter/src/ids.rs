@@ -33,9 +33,7 @@ fn splitmix64(x: u64) -> u64 {
 
 /// Whether `s` looks like a request id.
 pub fn is_request_id(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -20,12 +20,7 @@
 
 #![cfg_attr(
     test,
-    allow(
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )
+    allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
 pub mod abi;

@@ -256,9 +256,7 @@ impl Shipper {
         let dropped = self.enforce_bounds();
         self.failures = self.failures.saturating_add(1);
         let shift = self.failures.saturating_sub(1).min(16);
-        let backoff = BACKOFF_BASE_MS
-            .saturating_mul(1 << shift)
-            .min(BACKOFF_MAX_MS);
+        let backoff = BACKOFF_BASE_MS.saturating_mul(1 << shift).min(BACKOFF_MAX_MS);
         self.next_attempt_ms = now_ms.saturating_add(backoff);
         Outcome::Requeued { records, dropped }
     }
@@ -266,9 +264,7 @@ impl Shipper {
     /// Drops the newest records until the queue is within its bounds.
     fn enforce_bounds(&mut self) -> u64 {
         let mut dropped = 0;
-        while self.queue.len() > self.limits.queue_max_records
-            || self.queued_bytes > self.limits.queue_max_bytes
-        {
+        while self.queue.len() > self.limits.queue_max_records || self.queued_bytes > self.limits.queue_max_bytes {
             let Some((size, _)) = self.queue.pop_back() else {
                 break;
             };
@@ -396,34 +392,18 @@ mod tests {
         s.dispatched(1);
         assert_eq!(s.push(response("e")), Pushed::Queued);
         // gRPC UNAVAILABLE: back to the front; the queue stays within its 4 records.
-        assert_eq!(
-            s.finished(1, 14, 1000),
-            Outcome::Requeued {
-                records: 3,
-                dropped: 1
-            }
-        );
+        assert_eq!(s.finished(1, 14, 1000), Outcome::Requeued { records: 3, dropped: 1 });
         assert_eq!(s.len(), 4);
         assert_eq!(s.dropped_total(), 1);
         assert_eq!(s.begin("src", 1100), None, "backing off");
         assert_eq!(ids(&s.begin("src", 1250).unwrap()), ["a", "b", "c"]);
-        assert_eq!(
-            s.dispatch_failed(1250),
-            Outcome::Requeued {
-                records: 3,
-                dropped: 0
-            }
-        );
+        assert_eq!(s.dispatch_failed(1250), Outcome::Requeued { records: 3, dropped: 0 });
         assert_eq!(s.begin("src", 1600), None, "the backoff doubles");
         let again = s.begin("src", 1750).unwrap();
         s.dispatched(2);
         assert_eq!(ids(&again), ["a", "b", "c"]);
         assert_eq!(s.finished(2, 0, 1800), Outcome::Sent { records: 3 });
-        assert_eq!(
-            ids(&s.begin("src", 1800).unwrap()),
-            ["r"],
-            "success resets the backoff"
-        );
+        assert_eq!(ids(&s.begin("src", 1800).unwrap()), ["r"], "success resets the backoff");
     }
 
     #[test]
@@ -444,18 +424,8 @@ mod tests {
         s.begin("src", 0).unwrap();
         s.dispatched(4);
         assert_eq!(s.expire(11_000), None);
-        assert_eq!(
-            s.expire(11_001),
-            Some(Outcome::Requeued {
-                records: 1,
-                dropped: 0
-            })
-        );
-        assert_eq!(
-            s.finished(4, 0, 11_002),
-            Outcome::Unknown,
-            "its late answer is ignored"
-        );
+        assert_eq!(s.expire(11_001), Some(Outcome::Requeued { records: 1, dropped: 0 }));
+        assert_eq!(s.finished(4, 0, 11_002), Outcome::Unknown, "its late answer is ignored");
         assert_eq!(s.len(), 1);
     }
 

@@ -446,7 +446,8 @@ mod tests {
         assert_eq!(s.method.as_deref(), Some("tools/call"));
         assert_eq!(s.target.as_deref(), Some("echo"));
         assert_eq!(s.jsonrpc_id.as_deref(), Some("\"a1\""));
-        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
+        let batch =
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
         let s = check_body(&post(&[("mcp-protocol-version", "2025-03-26")]), batch).unwrap();
         assert!(s.batch);
         assert_eq!(s.messages, 2);
@@ -459,18 +460,12 @@ mod tests {
         let ok = post(&[v, ("mcp-method", "tools/call"), ("mcp-name", "echo")]);
         assert!(check_body(&ok, call).is_ok());
         for (extra, says) in [
-            (
-                vec![v, ("mcp-name", "echo")],
-                "Mcp-Method header is required",
-            ),
+            (vec![v, ("mcp-name", "echo")], "Mcp-Method header is required"),
             (
                 vec![v, ("mcp-method", "tools/list"), ("mcp-name", "echo")],
                 "Mcp-Method header does not match",
             ),
-            (
-                vec![v, ("mcp-method", "tools/call")],
-                "Mcp-Name header is required",
-            ),
+            (vec![v, ("mcp-method", "tools/call")], "Mcp-Name header is required"),
             (
                 vec![v, ("mcp-method", "tools/call"), ("mcp-name", "rm")],
                 "Mcp-Name header does not match",

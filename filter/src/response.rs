@@ -105,8 +105,7 @@ impl ResponseObserver {
             BodyKind::Json => {
                 let room = self.record_max.saturating_sub(self.json.len());
                 if chunk.len() > room {
-                    self.json
-                        .extend_from_slice(chunk.get(..room).unwrap_or_default());
+                    self.json.extend_from_slice(chunk.get(..room).unwrap_or_default());
                     self.json_truncated = true;
                 } else {
                     self.json.extend_from_slice(chunk);
@@ -141,12 +140,7 @@ impl ResponseObserver {
     }
 
     /// The stream ended before its end (client gone, reset): the final part says why.
-    pub fn on_abort(
-        &mut self,
-        end_reason: &str,
-        now_ms: u64,
-        out: &mut impl FnMut(ResponseObserved),
-    ) {
+    pub fn on_abort(&mut self, end_reason: &str, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
         self.close(end_reason, now_ms, out);
     }
 
@@ -180,13 +174,7 @@ impl ResponseObserver {
         out(last);
     }
 
-    fn event_part(
-        &mut self,
-        event: &SseEvent,
-        incomplete: bool,
-        now_ms: u64,
-        out: &mut impl FnMut(ResponseObserved),
-    ) {
+    fn event_part(&mut self, event: &SseEvent, incomplete: bool, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
         let Some(data) = event.data.as_deref() else {
             return;
         };
@@ -245,10 +233,7 @@ fn summarize_into(message: &[u8], part: &mut ResponseObserved) {
         part.error_code = error.error_code.unwrap_or_default();
     }
     if !envelope.batch {
-        part.jsonrpc_id = envelope
-            .first()
-            .and_then(|m| m.id_text())
-            .unwrap_or_default();
+        part.jsonrpc_id = envelope.first().and_then(|m| m.id_text()).unwrap_or_default();
     }
 }
 
@@ -264,14 +249,8 @@ mod tests {
 
     #[test]
     fn body_kinds_follow_the_media_type() {
-        assert_eq!(
-            BodyKind::of(Some("application/json; charset=utf-8")),
-            BodyKind::Json
-        );
-        assert_eq!(
-            BodyKind::of(Some("Text/Event-Stream")),
-            BodyKind::EventStream
-        );
+        assert_eq!(BodyKind::of(Some("application/json; charset=utf-8")), BodyKind::Json);
+        assert_eq!(BodyKind::of(Some("Text/Event-Stream")), BodyKind::EventStream);
         assert_eq!(BodyKind::of(Some("text/html")), BodyKind::Other);
         assert_eq!(BodyKind::of(None), BodyKind::Other);
     }
@@ -354,10 +333,7 @@ mod tests {
         assert_eq!(parts[0].message, b"1");
         assert_eq!(parts[1].message, b"{\"half");
         assert!(parts[1].truncated);
-        assert_eq!(
-            (parts[2].r#final, parts[2].end_reason.as_str()),
-            (true, "client_gone")
-        );
+        assert_eq!((parts[2].r#final, parts[2].end_reason.as_str()), (true, "client_gone"));
         assert!(o.is_finished());
     }
 
@@ -391,10 +367,7 @@ mod tests {
             abort_reason(Some("upstream_reset_after_response_started{remote_reset}")),
             "upstream_reset"
         );
-        assert_eq!(
-            abort_reason(Some("downstream_remote_disconnect")),
-            "client_gone"
-        );
+        assert_eq!(abort_reason(Some("downstream_remote_disconnect")), "client_gone");
         assert_eq!(abort_reason(None), "client_gone");
     }
 }

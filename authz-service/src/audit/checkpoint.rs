@@ -12,10 +12,7 @@ use std::{
 
 use ed25519_dalek::{
     Signature, Signer, SigningKey, Verifier, VerifyingKey,
-    pkcs8::{
-        DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey,
-        spki::der::pem::LineEnding,
-    },
+    pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding},
 };
 use gatehouse_core::audit::{ChainHead, Checkpoint};
 
@@ -29,9 +26,8 @@ impl CheckpointSigner {
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
             Ok(pem) => Ok(Self {
-                key: SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-                    anyhow::anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display())
-                })?,
+                key: SigningKey::from_pkcs8_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display()))?,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut seed = [0u8; 32];
@@ -67,19 +63,13 @@ impl CheckpointSigner {
 
 /// Reads a public key PEM (SPKI) or, for convenience, derives it from a private key file.
 pub fn load_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
-    let pem = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let pem = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     if let Ok(key) = VerifyingKey::from_public_key_pem(&pem) {
         return Ok(key);
     }
     SigningKey::from_pkcs8_pem(&pem)
         .map(|k| k.verifying_key())
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{} holds no Ed25519 public or private key: {e}",
-                path.display()
-            )
-        })
+        .map_err(|e| anyhow::anyhow!("{} holds no Ed25519 public or private key: {e}", path.display()))
 }
 
 /// Whether a checkpoint's signature is valid under `key`.
@@ -90,11 +80,34 @@ pub fn signature_valid(key: &VerifyingKey, c: &Checkpoint) -> bool {
     let Ok(sig) = Signature::from_slice(&bytes) else {
         return false;
     };
-    key.verify(
-        &Checkpoint::signed_bytes(&c.writer, c.seq, &c.hash, &c.signed_at),
-        &sig,
-    )
-    .is_ok()
+    key.verify(&Checkpoint::signed_bytes(&c.writer, c.seq, &c.hash, &c.signed_at), &sig)
+        .is_ok()
+}
+
+/// Appends a checkpoint as one JSON line and syncs it.
+pub fn append_to_log(path: &Path, c: &Checkpoint) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut line = serde_json::to_vec(c)?;
+    line.push(b'\n');
+    file.write_all(&line)?;
+    file.sync_data()?;
+    Ok(())
+}
+
+/// Reads a checkpoint log (JSON lines). A line that does not parse is an error: the log is
+/// evidence, and a damaged one must be looked at.
+pub fn read_log(path: &Path) -> anyhow::Result<Vec<Checkpoint>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: not a checkpoint: {e}", path.display(), i + 1))
+        })
+        .collect()
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -90,13 +90,24 @@ impl AuditLog {
             .map_err(AuditError::Invalid)
     }
 
+    /// Signs a checkpoint of everything written so far (on shutdown).
+    pub async fn checkpoint_now(&self) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .tx
+            .send(Append {
+                records: Vec::new(),
+                done,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
     /// Appends one record and returns it once durable.
-    pub async fn append_one(
-        &self,
-        kind: RecordKind,
-        request_id: &str,
-        data: Value,
-    ) -> Result<Record, AuditError> {
+    pub async fn append_one(&self, kind: RecordKind, request_id: &str, data: Value) -> Result<Record, AuditError> {
         let mut out = self
             .append(vec![NewRecord {
                 kind,
@@ -113,6 +124,9 @@ pub struct Checkpointer {
     pub signer: checkpoint::CheckpointSigner,
     pub every_records: u64,
     pub every: Duration,
+    /// Also append each checkpoint here: a copy outside the audit store, so deleting the
+    /// newest records *and* their checkpoints from the store is still caught.
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 struct Writer {
@@ -125,17 +139,21 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
-        let mut tick = tokio::time::interval(
-            self.checkpoints
-                .as_ref()
-                .map_or(Duration::from_secs(3600), |c| c.every),
-        );
+        let mut tick = tokio::time::interval(self.checkpoints.as_ref().map_or(Duration::from_secs(3600), |c| c.every));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checkpointed = self.head.seq;
         loop {
             tokio::select! {
                 next = rx.recv() => {
                     let Some(first) = next else { break };
+                    if first.records.is_empty() {
+                        // A flush request: vouch for everything written so far.
+                        if self.checkpoints.is_some() && self.head.seq > checkpointed {
+                            checkpointed = self.checkpoint().await.unwrap_or(checkpointed);
+                        }
+                        let _ = first.done.send(Ok(Vec::new()));
+                        continue;
+                    }
                     self.commit(first, &mut rx).await;
                     if let Some(c) = &self.checkpoints
                         && self.head.seq >= checkpointed + c.every_records
@@ -159,6 +177,11 @@ impl Writer {
     async fn checkpoint(&self) -> Option<u64> {
         let c = self.checkpoints.as_ref()?;
         let checkpoint = c.signer.sign(&self.head, &now_rfc3339());
+        if let Some(path) = &c.log_file
+            && let Err(error) = checkpoint::append_to_log(path, &checkpoint)
+        {
+            tracing::error!(%error, log_file = %path.display(), "Could not append a checkpoint to the checkpoint log.");
+        }
         match self.store.insert_checkpoint(&checkpoint).await {
             Ok(()) => Some(checkpoint.seq),
             Err(error) => {
@@ -208,7 +231,20 @@ impl Writer {
                 for append in pending {
                     let _ = append.done.send(Err(error.to_string()));
                 }
-                // The head did not move; back off briefly so a broken store is not hammered.
+                // The commit may still have landed (an error after COMMIT reached disk), or
+                // another process wrote with this writer id: trust the store, not memory.
+                match self.store.head(&self.head.writer).await {
+                    Ok(stored) if stored.seq != self.head.seq || stored.hash != self.head.hash => {
+                        tracing::error!(
+                            expected_seq = self.head.seq,
+                            stored_seq = stored.seq,
+                            "The audit store's chain head is not the one this writer holds; continuing from the store's. Is another service using this writer id?"
+                        );
+                        self.head = stored;
+                    }
+                    _ => {}
+                }
+                // Back off briefly so a broken store is not hammered.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -217,12 +253,21 @@ impl Writer {
 
 /// Record time: RFC 3339 in UTC with milliseconds, a fixed width so text order is time order.
 pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+/// The record time format: UTC, milliseconds, fixed width.
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_default()
+}
+
+/// Parses any RFC 3339 time into the record time format, so text comparison is time order.
+pub fn normalize_time(s: &str) -> Option<String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(format_time)
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@ use gatehouse_core::audit::{ChainHead, Checkpoint, Record};
 use serde::Deserialize;
 use sqlx::{
     Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
 };
 
 const SCHEMA: &str = "
@@ -21,14 +19,13 @@ CREATE TABLE IF NOT EXISTS audit_records (
     prev_hash   TEXT    NOT NULL,
     hash        TEXT    NOT NULL,
     data        TEXT    NOT NULL,
-    subject     TEXT,
-    upstream    TEXT,
-    tool        TEXT,
     PRIMARY KEY (writer, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_records_request ON audit_records (request_id);
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (recorded_at);
-CREATE INDEX IF NOT EXISTS audit_records_subject ON audit_records (subject, recorded_at);
+-- Searches read the hashed `data` itself (no copies in other columns that verify would
+-- not cover): index the fields they filter on.
+CREATE INDEX IF NOT EXISTS audit_records_subject ON audit_records (json_extract(data, '$.subject'), recorded_at);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     writer    TEXT    NOT NULL,
     seq       INTEGER NOT NULL,
@@ -86,12 +83,10 @@ impl Store {
 
     /// The writer's last record, or the genesis head.
     pub async fn head(&self, writer: &str) -> Result<ChainHead, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT seq, hash FROM audit_records WHERE writer = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(writer)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT seq, hash FROM audit_records WHERE writer = ? ORDER BY seq DESC LIMIT 1")
+            .bind(writer)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
             Some(row) => ChainHead {
                 writer: writer.to_owned(),
@@ -103,16 +98,12 @@ impl Store {
     }
 
     /// Inserts records in one transaction.
-    pub async fn insert_all<'a>(
-        &self,
-        records: impl Iterator<Item = &'a Record>,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn insert_all<'a>(&self, records: impl Iterator<Item = &'a Record>) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         for r in records {
-            let text = |key: &str| r.data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
             sqlx::query(
-                "INSERT INTO audit_records (writer, seq, kind, request_id, recorded_at, prev_hash, hash, data, subject, upstream, tool)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit_records (writer, seq, kind, request_id, recorded_at, prev_hash, hash, data)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&r.writer)
             .bind(r.seq as i64)
@@ -122,9 +113,6 @@ impl Store {
             .bind(&r.prev_hash)
             .bind(&r.hash)
             .bind(serde_json::to_string(&r.data).unwrap_or_default())
-            .bind(text("subject"))
-            .bind(text("upstream"))
-            .bind(text("tool"))
             .execute(&mut *tx)
             .await?;
         }
@@ -138,9 +126,9 @@ impl Store {
         );
         let mut args: Vec<&str> = Vec::new();
         for (column, op, value) in [
-            ("subject", "=", &q.user),
-            ("upstream", "=", &q.upstream),
-            ("tool", "=", &q.tool),
+            ("json_extract(data, '$.subject')", "=", &q.user),
+            ("json_extract(data, '$.upstream')", "=", &q.upstream),
+            ("json_extract(data, '$.tool')", "=", &q.tool),
             ("kind", "=", &q.kind),
             ("request_id", "=", &q.request_id),
             ("recorded_at", ">=", &q.since),
@@ -167,6 +155,33 @@ impl Store {
             .collect()
     }
 
+    /// All records of one request (request, rejections, response parts) in chain order, at
+    /// most `limit`.
+    pub async fn request_records(&self, request_id: &str, limit: u32) -> Result<Vec<Record>, sqlx::Error> {
+        sqlx::query(
+            "SELECT writer, seq, kind, request_id, recorded_at, prev_hash, hash, data FROM audit_records
+             WHERE request_id = ? ORDER BY writer, seq LIMIT ?",
+        )
+        .bind(request_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(record_from_row)
+        .collect()
+    }
+
+    /// Whether the final part of a request's response was recorded.
+    pub async fn has_final_response(&self, request_id: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_records WHERE request_id = ? AND kind = 'response'
+             AND json_extract(data, '$.final') = 1)",
+        )
+        .bind(request_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// Every writer with records.
     pub async fn writers(&self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT DISTINCT writer FROM audit_records ORDER BY writer")
@@ -175,12 +190,7 @@ impl Store {
     }
 
     /// A writer's records in chain order, `page` at a time after `after_seq`.
-    pub async fn chain_page(
-        &self,
-        writer: &str,
-        after_seq: u64,
-        page: u32,
-    ) -> Result<Vec<Record>, sqlx::Error> {
+    pub async fn chain_page(&self, writer: &str, after_seq: u64, page: u32) -> Result<Vec<Record>, sqlx::Error> {
         sqlx::query(
             "SELECT writer, seq, kind, request_id, recorded_at, prev_hash, hash, data FROM audit_records
              WHERE writer = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -196,23 +206,27 @@ impl Store {
     }
 
     pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT OR IGNORE INTO audit_checkpoints (writer, seq, hash, signed_at, signature) VALUES (?, ?, ?, ?, ?)")
-            .bind(&c.writer)
-            .bind(c.seq as i64)
-            .bind(&c.hash)
-            .bind(&c.signed_at)
-            .bind(&c.signature)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query(
+            "INSERT OR IGNORE INTO audit_checkpoints (writer, seq, hash, signed_at, signature) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&c.writer)
+        .bind(c.seq as i64)
+        .bind(&c.hash)
+        .bind(&c.signed_at)
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
     }
 
     /// A writer's checkpoints, oldest first.
     pub async fn checkpoints(&self, writer: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
-        let rows = sqlx::query("SELECT writer, seq, hash, signed_at, signature FROM audit_checkpoints WHERE writer = ? ORDER BY seq")
-            .bind(writer)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT writer, seq, hash, signed_at, signature FROM audit_checkpoints WHERE writer = ? ORDER BY seq",
+        )
+        .bind(writer)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(Checkpoint {
@@ -228,10 +242,7 @@ impl Store {
 
     /// Cheap liveness probe for /healthz.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 }
 

@@ -42,9 +42,7 @@ async fn checkpoints_are_signed_and_catch_a_deleted_tail() {
         .unwrap();
     match verify_store(store, Some(&key)).await {
         Err(super::verify::VerifyError::Broken(ChainBreak::Truncated {
-            last: 7,
-            checkpoint,
-            ..
+            last: 7, checkpoint, ..
         })) => assert!(checkpoint >= 10),
         other => panic!("expected a truncation, got {other:?}"),
     }
@@ -62,9 +60,7 @@ async fn a_forged_checkpoint_is_refused() {
         .execute("UPDATE audit_checkpoints SET seq = seq + 100")
         .await
         .unwrap();
-    let err = verify_store(server.state.audit.store(), Some(&key))
-        .await
-        .unwrap_err();
+    let err = verify_store(server.state.audit.store(), Some(&key)).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -94,11 +90,7 @@ async fn a_restarted_writer_continues_its_chain() {
         .unwrap();
     assert_eq!(r.seq, 4);
     assert_eq!(
-        verify_store(second.state.audit.store(), None)
-            .await
-            .unwrap()
-            .writers[0]
-            .records,
+        verify_store(second.state.audit.store(), None).await.unwrap().writers[0].records,
         4
     );
     second.stop();

@@ -1,8 +1,9 @@
 //! `gatehouse audit verify`: recompute every writer's chain from the store, and check it
-//! against the writer's signed checkpoints.
+//! against the writer's signed checkpoints (from the store and from a checkpoint log kept
+//! elsewhere).
 
 use ed25519_dalek::VerifyingKey;
-use gatehouse_core::audit::{ChainBreak, ChainVerifier};
+use gatehouse_core::audit::{ChainBreak, ChainVerifier, Checkpoint};
 
 use super::{Store, checkpoint::signature_valid};
 
@@ -31,24 +32,34 @@ pub enum VerifyError {
 
 /// Walks every writer's chain in pages; stops at the first break. With `key`, checkpoints
 /// are checked too (a bad signature is a break).
-pub async fn verify_store(
+pub async fn verify_store(store: &Store, key: Option<&VerifyingKey>) -> Result<Verified, VerifyError> {
+    verify_store_with(store, key, &[]).await
+}
+
+/// As [`verify_store`], also using checkpoints kept outside the store (`external`), which
+/// are signature-checked like the stored ones.
+pub async fn verify_store_with(
     store: &Store,
     key: Option<&VerifyingKey>,
+    external: &[Checkpoint],
 ) -> Result<Verified, VerifyError> {
-    let mut writers = Vec::new();
-    for writer in store.writers().await? {
+    let mut writers = store.writers().await?;
+    // A writer known only from external checkpoints had every record deleted.
+    for c in external {
+        if !writers.contains(&c.writer) {
+            writers.push(c.writer.clone());
+        }
+    }
+    let mut reports = Vec::new();
+    for writer in writers {
         let checkpoints = match key {
             Some(key) => {
-                let cps = store.checkpoints(&writer).await?;
-                if let Some(bad) = cps
-                    .iter()
-                    .find(|c| c.writer != writer || !signature_valid(key, c))
-                {
-                    return Err(ChainBreak::BadCheckpoint {
-                        writer,
-                        seq: bad.seq,
-                    }
-                    .into());
+                let mut cps = store.checkpoints(&writer).await?;
+                cps.extend(external.iter().filter(|c| c.writer == writer).cloned());
+                cps.sort_by(|a, b| (a.seq, &a.signature).cmp(&(b.seq, &b.signature)));
+                cps.dedup();
+                if let Some(bad) = cps.iter().find(|c| c.writer != writer || !signature_valid(key, c)) {
+                    return Err(ChainBreak::BadCheckpoint { writer, seq: bad.seq }.into());
                 }
                 cps
             }
@@ -65,13 +76,13 @@ pub async fn verify_store(
             }
         }
         let records = verifier.finish()?;
-        let newest = checkpoints.last().map_or(0, |c| c.seq);
-        writers.push(WriterReport {
+        let newest = checkpoints.iter().map(|c| c.seq).max().unwrap_or(0);
+        reports.push(WriterReport {
             writer,
             records,
             checkpoints: checkpoints.len(),
             unvouched: records.saturating_sub(newest),
         });
     }
-    Ok(Verified { writers })
+    Ok(Verified { writers: reports })
 }

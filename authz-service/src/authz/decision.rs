@@ -151,10 +151,7 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
     } else {
         Some(mcp::parse_body(view.body))
     };
-    let first = envelope
-        .as_ref()
-        .and_then(|e| e.as_ref().ok())
-        .and_then(|e| e.first());
+    let first = envelope.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.first());
     let jsonrpc_id = first.and_then(|m| m.id.clone());
 
     let mut record = json!({
@@ -162,7 +159,8 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         "groups": [],
         "upstream": view.upstream,
         "http_method": view.method,
-        "path": view.path,
+        // Without the query string: it may carry secrets.
+        "path": view.path.split('?').next().unwrap_or_default(),
         "session_id": view.header(mcp::SESSION_ID_HEADER),
         "protocol_version": view.header(mcp::PROTOCOL_VERSION_HEADER),
     });
@@ -200,11 +198,7 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         .and_then(|name| state.config.upstreams.iter().find(|u| u.name == name))
     else {
         tracing::error!(request_id, upstream = ?view.upstream, "The route names no known upstream; the rendered Envoy config is out of date.");
-        return deny(
-            record,
-            internal("route names no known upstream"),
-            request_id,
-        );
+        return deny(record, internal("route names no known upstream"), request_id);
     };
     if let Some(Err(e)) = &envelope {
         // The filter validates bodies first, so this means the filter is missing or outdated.
@@ -218,21 +212,13 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         return deny(record, denial, request_id);
     }
 
-    let principal = match state
-        .identity
-        .verify_header(view.header("authorization"))
-        .await
-    {
+    let principal = match state.identity.verify_header(view.header("authorization")).await {
         Ok(p) => p,
         Err(error) => {
             if let Some(detail) = error.detail() {
                 tracing::info!(request_id, %error, detail, "Token refused.");
             }
-            return deny(
-                record,
-                identity_denial(state, view.path, &error),
-                request_id,
-            );
+            return deny(record, identity_denial(state, view.path, &error), request_id);
         }
     };
     if let Some(obj) = record.as_object_mut() {
@@ -244,20 +230,14 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
             http_status: 403,
             jsonrpc_code: jsonrpc_error::FORBIDDEN,
             message: "You are not allowed to use this MCP server.".into(),
-            reason: format!(
-                "no group of the caller may use upstream {:?}",
-                upstream.name
-            ),
+            reason: format!("no group of the caller may use upstream {:?}", upstream.name),
             headers: Vec::new(),
         };
         return deny(record, denial, request_id);
     }
     if let Some(obj) = record.as_object_mut() {
         obj.insert("decision".into(), json!("allow"));
-        obj.insert(
-            "reason".into(),
-            json!("caller's group may use the upstream"),
-        );
+        obj.insert("reason".into(), json!("caller's group may use the upstream"));
     }
     Decision {
         request_id,
@@ -280,10 +260,7 @@ fn describe_messages(env: &mcp::Envelope, obj: &mut serde_json::Map<String, Valu
     if let Some(first) = env.first() {
         obj.insert("mcp_method".into(), json!(first.method));
         obj.insert("tool".into(), json!(first.target_name()));
-        obj.insert(
-            "arguments".into(),
-            first.arguments().cloned().unwrap_or(Value::Null),
-        );
+        obj.insert("arguments".into(), first.arguments().cloned().unwrap_or(Value::Null));
         obj.insert("jsonrpc_id".into(), first.id.clone().unwrap_or(Value::Null));
         obj.insert("message_kind".into(), json!(first.kind.as_str()));
     }
@@ -308,9 +285,7 @@ fn identity_denial(state: &AppState, path: &str, error: &IdentityError) -> Denia
     let metadata = resource_metadata_url(state, path);
     let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
     if !matches!(error, IdentityError::Missing) {
-        challenge.push_str(&format!(
-            ", error=\"invalid_token\", error_description=\"{error}\""
-        ));
+        challenge.push_str(&format!(", error=\"invalid_token\", error_description=\"{error}\""));
     }
     Denial {
         http_status: 401,
@@ -324,17 +299,8 @@ fn identity_denial(state: &AppState, path: &str, error: &IdentityError) -> Denia
 /// RFC 9728: the metadata of resource `https://gw/mcp` is at
 /// `https://gw/.well-known/oauth-protected-resource/mcp`.
 pub fn resource_metadata_url(state: &AppState, path: &str) -> String {
-    let base = state
-        .config
-        .service
-        .public_url
-        .as_str()
-        .trim_end_matches('/');
-    let path = path
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('/');
+    let base = state.config.service.public_url.as_str().trim_end_matches('/');
+    let path = path.split('?').next().unwrap_or_default().trim_end_matches('/');
     format!("{base}/.well-known/oauth-protected-resource{path}")
 }
 
@@ -349,10 +315,7 @@ fn internal(reason: &str) -> Denial {
 }
 
 fn is_request_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn new_request_id() -> String {

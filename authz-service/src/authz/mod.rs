@@ -45,9 +45,7 @@ pub struct HttpRequestView<'a> {
 impl<'a> HttpRequestView<'a> {
     pub fn from_check(req: &'a CheckRequest) -> Self {
         let attrs = req.attributes.as_ref();
-        let http = attrs
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
+        let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
         let upstream = attrs
             .and_then(|a| a.context_extensions.get(UPSTREAM_EXTENSION))
             .map(String::as_str);

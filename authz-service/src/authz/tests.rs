@@ -59,7 +59,8 @@ fn token(server: &Server, sub: &str, groups: &[&str]) -> String {
     format!("Bearer {t}")
 }
 
-const CALL: &[u8] = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
+const CALL: &[u8] =
+    br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
 
 async fn records(server: &Server, request_id: &str) -> Vec<gatehouse_core::audit::Record> {
     let q = RecordQuery {
@@ -69,9 +70,7 @@ async fn records(server: &Server, request_id: &str) -> Vec<gatehouse_core::audit
     server.state.audit.store().list(&q).await.unwrap()
 }
 
-fn denied(
-    resp: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
-) -> (u32, HashMap<String, String>, Value) {
+fn denied(resp: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> (u32, HashMap<String, String>, Value) {
     let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response else {
         panic!("expected a denial: {resp:?}")
     };
@@ -117,11 +116,7 @@ async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
     assert_eq!(recs.len(), 1);
     let d = &recs[0].data;
     assert_eq!(
-        (
-            d["subject"].as_str(),
-            d["decision"].as_str(),
-            d["tool"].as_str()
-        ),
+        (d["subject"].as_str(), d["decision"].as_str(), d["tool"].as_str()),
         (Some("alice"), Some("allow"), Some("echo"))
     );
     assert_eq!(d["arguments"], json!({"message": "hi"}));
@@ -129,10 +124,7 @@ async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
     assert_eq!(d["session_id"], "s-1");
     assert_eq!(d["upstream"], "everything");
     assert!(
-        !recs[0]
-            .data
-            .to_string()
-            .contains(auth.trim_start_matches("Bearer ")),
+        !recs[0].data.to_string().contains(auth.trim_start_matches("Bearer ")),
         "the token must not be stored"
     );
     server.stop();
@@ -144,11 +136,7 @@ async fn no_token_is_401_with_resource_metadata() {
     let server = test_support::start(dir.path()).await;
     let resp = client(&server)
         .await
-        .check(check(
-            &[("x-gatehouse-request-id", RID)],
-            CALL,
-            Some("everything"),
-        ))
+        .check(check(&[("x-gatehouse-request-id", RID)], CALL, Some("everything")))
         .await
         .unwrap()
         .into_inner();
@@ -202,10 +190,7 @@ async fn requests_that_bypassed_the_filter_or_name_no_upstream_are_refused() {
     assert_eq!(denied(&no_id).0, 500);
     let spoofed_id = c
         .check(check(
-            &[
-                ("authorization", &auth),
-                ("x-gatehouse-request-id", "../../etc"),
-            ],
+            &[("authorization", &auth), ("x-gatehouse-request-id", "../../etc")],
             CALL,
             Some("everything"),
         ))
@@ -233,12 +218,9 @@ async fn an_unwritable_audit_store_denies_the_call() {
     let server = test_support::start(dir.path()).await;
     let auth = token(&server, "alice", &["eng"]);
     // Another process holds SQLite's write lock: the service cannot commit.
-    let mut locker = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("audit.db").display()
-    ))
-    .await
-    .unwrap();
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("audit.db").display()))
+        .await
+        .unwrap();
     locker.execute("BEGIN EXCLUSIVE").await.unwrap();
     let resp = client(&server)
         .await

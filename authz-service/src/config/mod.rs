@@ -91,6 +91,8 @@ pub struct CheckpointPolicy {
     pub key_file: PathBuf,
     pub every_records: u64,
     pub every_seconds: u64,
+    /// A copy of every checkpoint, one JSON line each, outside the audit store.
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,4 +163,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -72,6 +72,8 @@ pub struct Checkpoint {
     pub every_records: u64,
     #[serde(default = "default_checkpoint_seconds")]
     pub every_seconds: u64,
+    #[serde(default)]
+    pub log_file: Option<String>,
 }
 
 fn default_checkpoint_records() -> u64 {
@@ -180,11 +182,7 @@ impl Problems {
 
 fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }
 
 impl Config {
@@ -193,11 +191,7 @@ impl Config {
 
         let rest_listen = p.addr("service.rest_listen", &self.service.rest_listen);
         let grpc_listen = p.addr("service.grpc_listen", &self.service.grpc_listen);
-        let public_url = p.url(
-            "service.public_url",
-            &self.service.public_url,
-            &["http", "https"],
-        );
+        let public_url = p.url("service.public_url", &self.service.public_url, &["http", "https"]);
 
         p.non_empty("identity.issuer", &self.identity.issuer);
         p.non_empty("identity.audience", &self.identity.audience);
@@ -237,21 +231,16 @@ impl Config {
         let checkpoint = self.audit.checkpoint.map(|c| {
             p.non_empty("audit.checkpoint.key_file", &c.key_file);
             if !(1..=1_000_000).contains(&c.every_records) {
-                p.add(
-                    "audit.checkpoint.every_records",
-                    "must be between 1 and 1000000",
-                );
+                p.add("audit.checkpoint.every_records", "must be between 1 and 1000000");
             }
             if !(1..=3600).contains(&c.every_seconds) {
-                p.add(
-                    "audit.checkpoint.every_seconds",
-                    "must be between 1 and 3600",
-                );
+                p.add("audit.checkpoint.every_seconds", "must be between 1 and 3600");
             }
             super::CheckpointPolicy {
                 key_file: resolve(base, &c.key_file),
                 every_records: c.every_records,
                 every_seconds: c.every_seconds,
+                log_file: c.log_file.as_deref().map(|f| resolve(base, f)),
             }
         });
         let database = match self.audit.database.strip_prefix("sqlite://") {
@@ -274,10 +263,7 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !name_ok {
-                p.add(
-                    format!("{at}.name"),
-                    "must be non-empty letters, digits, '-' or '_'",
-                );
+                p.add(format!("{at}.name"), "must be non-empty letters, digits, '-' or '_'");
             } else if !names.insert(u.name.clone()) {
                 p.add(
                     format!("{at}.name"),
@@ -286,24 +272,15 @@ impl Config {
             }
             let url = p.url(&format!("{at}.url"), &u.url, &["http", "https"]);
             let path = u.path.unwrap_or_else(|| format!("/mcp/{}", u.name));
-            if !path.starts_with('/')
-                || path.contains(['?', '#', ' '])
-                || (path.len() > 1 && path.ends_with('/'))
-            {
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) || (path.len() > 1 && path.ends_with('/')) {
                 p.add(
                     format!("{at}.path"),
                     format!("{path:?} must start with '/', not end with '/', and hold no query"),
                 );
             } else if path.starts_with("/.well-known") {
-                p.add(
-                    format!("{at}.path"),
-                    "paths under /.well-known are the gateway's own",
-                );
+                p.add(format!("{at}.path"), "paths under /.well-known are the gateway's own");
             } else if !paths.insert(path.clone()) {
-                p.add(
-                    format!("{at}.path"),
-                    format!("{path:?} is used by another upstream"),
-                );
+                p.add(format!("{at}.path"), format!("{path:?} is used by another upstream"));
             }
             if u.allow_groups.is_empty() {
                 p.add(
@@ -323,19 +300,10 @@ impl Config {
 
         let e = self.envoy;
         let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
-        let http_listen = e
-            .http_listen
-            .as_deref()
-            .map(|a| p.addr("envoy.http_listen", a));
-        let https_listen = e
-            .https_listen
-            .as_deref()
-            .map(|a| p.addr("envoy.https_listen", a));
+        let http_listen = e.http_listen.as_deref().map(|a| p.addr("envoy.http_listen", a));
+        let https_listen = e.https_listen.as_deref().map(|a| p.addr("envoy.https_listen", a));
         if http_listen.is_none() && https_listen.is_none() {
-            p.add(
-                "envoy",
-                "at least one of http_listen and https_listen is required",
-            );
+            p.add("envoy", "at least one of http_listen and https_listen is required");
         }
         if https_listen.is_some() {
             if e.tls_cert.is_none() {
@@ -346,16 +314,10 @@ impl Config {
             }
         }
         if !(1024..=64 * 1024 * 1024).contains(&e.max_request_bytes) {
-            p.add(
-                "envoy.max_request_bytes",
-                "must be between 1 KiB and 64 MiB",
-            );
+            p.add("envoy.max_request_bytes", "must be between 1 KiB and 64 MiB");
         }
         if !(50..=600_000).contains(&e.ext_authz_timeout_ms) {
-            p.add(
-                "envoy.ext_authz_timeout_ms",
-                "must be between 50 and 600000",
-            );
+            p.add("envoy.ext_authz_timeout_ms", "must be between 50 and 600000");
         }
         if e.stream_idle_timeout_s == 0 {
             p.add(
@@ -382,7 +344,7 @@ impl Config {
                 public_url: public_url.ok_or_else(missing)?,
             },
             identity: super::Identity {
-                issuer: self.identity.issuer.trim_end_matches('/').to_owned(),
+                issuer: self.identity.issuer,
                 audience: self.identity.audience,
                 groups_claim: self.identity.groups_claim,
                 leeway_seconds: self.identity.leeway_seconds,

@@ -34,10 +34,7 @@ fn a_good_file_validates_with_defaults_and_resolved_paths() {
     let c = Config::parse(GOOD, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
     assert_eq!(c.identity.groups_claim, "groups");
     assert_eq!(c.audit.database, "sqlite:///etc/gh/state/audit.db");
-    assert_eq!(
-        c.envoy.wasm,
-        Path::new("/etc/gh/target/gatehouse_filter.wasm")
-    );
+    assert_eq!(c.envoy.wasm, Path::new("/etc/gh/target/gatehouse_filter.wasm"));
     assert_eq!(c.upstreams[1].path, "/mcp/other");
     assert_eq!(c.upstreams[1].authority(), "mcp.example.com:443");
     assert!(c.upstreams[1].is_tls());
@@ -70,20 +67,14 @@ fn every_problem_is_reported_with_its_path() {
 
 #[test]
 fn unknown_fields_are_refused() {
-    let bad = GOOD.replace(
-        "  audience: gatehouse",
-        "  audience: gatehouse\n  audiense: typo",
-    );
+    let bad = GOOD.replace("  audience: gatehouse", "  audience: gatehouse\n  audiense: typo");
     let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
     assert!(errs.to_string().contains("audiense"), "{errs}");
 }
 
 #[test]
 fn https_needs_a_certificate() {
-    let bad = GOOD.replace(
-        "  http_listen: 127.0.0.1:8080",
-        "  https_listen: 127.0.0.1:8443",
-    );
+    let bad = GOOD.replace("  http_listen: 127.0.0.1:8080", "  https_listen: 127.0.0.1:8443");
     let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
     let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["envoy.tls_cert", "envoy.tls_key"]);

@@ -35,9 +35,8 @@ impl DevIssuer {
     /// Loads the key from `key_file`, creating a new one (mode 0600) if the file is missing.
     pub fn load_or_create(key_file: &Path, issuer: &str) -> anyhow::Result<Self> {
         let signing = match std::fs::read_to_string(key_file) {
-            Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-                anyhow::anyhow!("{} is not a PKCS#8 P-256 key: {e}", key_file.display())
-            })?,
+            Ok(pem) => SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{} is not a PKCS#8 P-256 key: {e}", key_file.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(key_file)?,
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", key_file.display())),
         };
@@ -49,9 +48,7 @@ impl DevIssuer {
         };
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
         // RFC 7638 thumbprint: a kid that changes whenever the key does.
-        let thumb = Sha256::digest(format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#
-        ));
+        let thumb = Sha256::digest(format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#));
         let kid = URL_SAFE_NO_PAD.encode(thumb);
         Ok(Self {
             issuer: issuer.to_owned(),

@@ -1,8 +1,11 @@
 //! Who is calling: OIDC access tokens (JWT) verified against the issuer's published keys.
 //!
 //! Keys come from the issuer's JWKS (found through its discovery document unless
-//! `identity.jwks_url` is set), fetched on first use, cached, and refetched when a token
-//! names an unknown `kid` (at most once per [`REFRESH_COOLDOWN`]). Only RS256 and ES256
+//! `identity.jwks_url` is set), fetched at start-up, cached, refetched when a token names
+//! an unknown `kid` or the cache is older than [`MAX_KEY_AGE`] — never more than once per
+//! [`REFRESH_COOLDOWN`], failures included, so a flood of made-up `kid`s cannot hammer the
+//! IdP. Fetches time out well inside Envoy's ext_authz timeout. The issuer is compared
+//! exactly as configured (OIDC Discovery §4.3), trailing slash included. Only RS256 and ES256
 //! are accepted, and the key's type must match the token's algorithm, so `alg: none` and
 //! HS256-signed-with-the-public-key tokens are refused.
 
@@ -25,8 +28,12 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::config;
 
-/// The shortest interval between two JWKS fetches triggered by unknown key ids.
+/// The shortest interval between two JWKS fetch attempts.
 pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(10);
+/// Keys older than this are refetched (a key the IdP revoked stops being trusted).
+pub const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
+/// Each HTTP fetch from the IdP; two in a row must fit inside the ext_authz timeout.
+const FETCH_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +74,12 @@ impl IdentityError {
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
+    /// When keys were last fetched successfully.
     fetched_at: Option<Instant>,
+    /// When a fetch was last attempted, successful or not.
+    attempted_at: Option<Instant>,
+    /// The JWKS URL found through discovery.
+    jwks_uri: Option<String>,
 }
 
 /// Verifies bearer tokens for one issuer and audience.
@@ -87,7 +99,7 @@ struct Discovery {
 impl Verifier {
     pub fn new(cfg: config::Identity) -> Arc<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(FETCH_TIMEOUT)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Arc::new(Self {
@@ -99,10 +111,7 @@ impl Verifier {
     }
 
     /// Verifies the value of an `Authorization` header.
-    pub async fn verify_header(
-        &self,
-        authorization: Option<&str>,
-    ) -> Result<Principal, IdentityError> {
+    pub async fn verify_header(&self, authorization: Option<&str>) -> Result<Principal, IdentityError> {
         let token = bearer_token(authorization).ok_or(IdentityError::Missing)?;
         self.verify(token).await
     }
@@ -115,11 +124,24 @@ impl Verifier {
         }
         let kid = header.kid.unwrap_or_default();
         let key = match self.cached_key(&kid).await {
-            Some(k) => k,
+            Some((key, true)) => key,
+            Some((stale, false)) => {
+                // Past MAX_KEY_AGE: try to refresh, but keep the old keys if the IdP is down.
+                match self.refresh_keys().await {
+                    // Fresh keys: a kid the IdP no longer publishes is no longer trusted.
+                    Ok(()) => self
+                        .cached_key(&kid)
+                        .await
+                        .map(|(k, _)| k)
+                        .ok_or(IdentityError::UnknownKey)?,
+                    Err(_) => stale,
+                }
+            }
             None => {
                 self.refresh_keys().await?;
                 self.cached_key(&kid)
                     .await
+                    .map(|(k, _)| k)
                     .ok_or(IdentityError::UnknownKey)?
             }
         };
@@ -133,14 +155,13 @@ impl Verifier {
         validation.leeway = self.cfg.leeway_seconds;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => IdentityError::Expired,
-                    _ => IdentityError::Invalid(e.to_string()),
-                }
-            })?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => IdentityError::Expired,
+                _ => IdentityError::Invalid(e.to_string()),
+            }
+        })?;
         let claims = data.claims;
         let subject = claims
             .get("sub")
@@ -152,24 +173,46 @@ impl Verifier {
         Ok(Principal { subject, groups })
     }
 
-    async fn cached_key(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
-        self.cache.read().await.keys.get(kid).cloned()
+    /// The key for `kid` and whether the cache is still fresh.
+    async fn cached_key(&self, kid: &str) -> Option<((Algorithm, DecodingKey), bool)> {
+        let cache = self.cache.read().await;
+        let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < MAX_KEY_AGE);
+        cache.keys.get(kid).cloned().map(|k| (k, fresh))
+    }
+
+    /// Fetches the keys once at start-up so the first request does not pay for it.
+    pub async fn prefetch(&self) {
+        if let Err(error) = self.refresh_keys().await {
+            tracing::warn!(%error, "The issuer's keys are not available yet; requests are refused until they are.");
+        }
     }
 
     async fn refresh_keys(&self) -> Result<(), IdentityError> {
         let _one_at_a_time = self.refresh.lock().await;
-        if let Some(at) = self.cache.read().await.fetched_at
+        let (attempted_at, jwks_uri) = {
+            let cache = self.cache.read().await;
+            (cache.attempted_at, cache.jwks_uri.clone())
+        };
+        if let Some(at) = attempted_at
             && at.elapsed() < REFRESH_COOLDOWN
         {
-            // Either another task just refreshed, or a burst of unknown kids: don't hammer the IdP.
-            return Ok(());
+            // Another task just tried, or a burst of unknown kids: don't hammer the IdP.
+            return if self.cache.read().await.fetched_at.is_some() {
+                Ok(())
+            } else {
+                Err(IdentityError::KeysUnavailable(
+                    "the last fetch failed; waiting before the next".into(),
+                ))
+            };
         }
-        let result = self.fetch_keys().await;
+        self.cache.write().await.attempted_at = Some(Instant::now());
+        let result = self.fetch_keys(jwks_uri).await;
         let mut cache = self.cache.write().await;
         match result {
-            Ok(keys) => {
+            Ok((jwks_uri, keys)) => {
                 tracing::info!(issuer = %self.cfg.issuer, keys = keys.len(), "Fetched the issuer's signing keys.");
                 cache.keys = keys;
+                cache.jwks_uri = Some(jwks_uri);
                 cache.fetched_at = Some(Instant::now());
                 Ok(())
             }
@@ -180,15 +223,22 @@ impl Verifier {
         }
     }
 
-    async fn fetch_keys(&self) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
-        let jwks_url = match &self.cfg.jwks_url {
-            Some(url) => url.to_string(),
-            None => {
-                let url = format!("{}/.well-known/openid-configuration", self.cfg.issuer);
+    async fn fetch_keys(
+        &self,
+        known_jwks_uri: Option<String>,
+    ) -> Result<(String, HashMap<String, (Algorithm, DecodingKey)>), String> {
+        let jwks_url = match (&self.cfg.jwks_url, known_jwks_uri) {
+            (Some(url), _) => url.to_string(),
+            (None, Some(known)) => known,
+            (None, None) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.cfg.issuer.trim_end_matches('/')
+                );
                 let d: Discovery = self.get_json(&url).await?;
-                if d.issuer.trim_end_matches('/') != self.cfg.issuer {
+                if d.issuer != self.cfg.issuer {
                     return Err(format!(
-                        "discovery names issuer {:?}, expected {:?}",
+                        "discovery names issuer {:?}, expected exactly {:?}",
                         d.issuer, self.cfg.issuer
                     ));
                 }
@@ -196,16 +246,11 @@ impl Verifier {
             }
         };
         let set: JwkSet = self.get_json(&jwks_url).await?;
-        Ok(keys_from_jwks(&set))
+        Ok((jwks_url, keys_from_jwks(&set)))
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+        let resp = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", resp.status()));
         }
@@ -224,9 +269,7 @@ fn keys_from_jwks(set: &JwkSet) -> HashMap<String, (Algorithm, DecodingKey)> {
         }
         let alg = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
-                Algorithm::ES256
-            }
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
             _ => continue,
         };
         let declared_ok = match jwk.common.key_algorithm {
@@ -248,11 +291,7 @@ fn keys_from_jwks(set: &JwkSet) -> HashMap<String, (Algorithm, DecodingKey)> {
 /// Groups from a claim that is a list of strings or one space-separated string.
 fn groups_from_claim(claim: Option<&Value>) -> BTreeSet<String> {
     match claim {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => BTreeSet::new(),
     }

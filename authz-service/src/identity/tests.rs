@@ -24,10 +24,7 @@ async fn verifies_dev_tokens_and_refuses_forgeries() {
 
     let groups: BTreeSet<String> = ["eng".to_owned(), "ops".to_owned()].into();
     let good = dev.mint("alice", &groups, "gatehouse", 60).unwrap();
-    let p = v
-        .verify_header(Some(&format!("Bearer {good}")))
-        .await
-        .unwrap();
+    let p = v.verify_header(Some(&format!("Bearer {good}"))).await.unwrap();
     assert_eq!(
         p,
         Principal {
@@ -52,8 +49,7 @@ async fn verifies_dev_tokens_and_refuses_forgeries() {
         Err(IdentityError::Invalid(_))
     ));
     assert!(matches!(
-        v.verify(&claims(json!({"iss": "https://evil.example"})))
-            .await,
+        v.verify(&claims(json!({"iss": "https://evil.example"}))).await,
         Err(IdentityError::Invalid(_))
     ));
     assert!(matches!(
@@ -84,36 +80,24 @@ async fn verifies_dev_tokens_and_refuses_forgeries() {
         &jsonwebtoken::EncodingKey::from_secret(&secret),
     )
     .unwrap();
-    assert!(matches!(
-        v.verify(&hs).await,
-        Err(IdentityError::UnsupportedAlgorithm)
-    ));
+    assert!(matches!(v.verify(&hs).await, Err(IdentityError::UnsupportedAlgorithm)));
 
     // A tampered payload.
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
     parts[1] = URL_SAFE_NO_PAD.encode(
-        serde_json::to_vec(
-            &json!({"iss": issuer, "sub": "root", "aud": "gatehouse", "exp": now() + 60}),
-        )
-        .unwrap(),
+        serde_json::to_vec(&json!({"iss": issuer, "sub": "root", "aud": "gatehouse", "exp": now() + 60})).unwrap(),
     );
     assert!(matches!(
         v.verify(&parts.join(".")).await,
         Err(IdentityError::Invalid(_))
     ));
 
-    assert!(matches!(
-        v.verify_header(None).await,
-        Err(IdentityError::Missing)
-    ));
+    assert!(matches!(v.verify_header(None).await, Err(IdentityError::Missing)));
     assert!(matches!(
         v.verify_header(Some("Basic YWxpY2U6eA==")).await,
         Err(IdentityError::Missing)
     ));
-    assert!(matches!(
-        v.verify("not-a-jwt").await,
-        Err(IdentityError::Malformed)
-    ));
+    assert!(matches!(v.verify("not-a-jwt").await, Err(IdentityError::Malformed)));
     server.stop();
 }
 
@@ -128,16 +112,10 @@ async fn an_unreachable_issuer_is_reported_as_unavailable() {
         dev_issuer: None,
     };
     let dir = tempfile::tempdir().unwrap();
-    let dev =
-        dev_issuer::DevIssuer::load_or_create(&dir.path().join("k.pem"), &cfg.issuer).unwrap();
-    let token = dev
-        .mint("alice", &BTreeSet::new(), "gatehouse", 60)
-        .unwrap();
+    let dev = dev_issuer::DevIssuer::load_or_create(&dir.path().join("k.pem"), &cfg.issuer).unwrap();
+    let token = dev.mint("alice", &BTreeSet::new(), "gatehouse", 60).unwrap();
     let v = Verifier::new(cfg);
-    assert!(matches!(
-        v.verify(&token).await,
-        Err(IdentityError::KeysUnavailable(_))
-    ));
+    assert!(matches!(v.verify(&token).await, Err(IdentityError::KeysUnavailable(_))));
 }
 
 #[test]

@@ -10,23 +10,21 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use gatehouse_core::audit::Record;
+use gatehouse_core::audit::{Record, RecordKind};
 use serde_json::{Value, json};
 
-use crate::{AppState, audit::RecordQuery, identity::IdentityError};
+use crate::{
+    AppState,
+    audit::{RecordQuery, normalize_time},
+    identity::IdentityError,
+};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route(
-            "/.well-known/oauth-protected-resource",
-            get(resource_metadata_root),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/{*path}",
-            get(resource_metadata),
-        )
+        .route("/.well-known/oauth-protected-resource", get(resource_metadata_root))
+        .route("/.well-known/oauth-protected-resource/{*path}", get(resource_metadata))
         .route("/v1/audit/records", get(list_records))
         .route("/v1/audit/requests/{id}", get(get_request));
     if state.dev_issuer.is_some() {
@@ -95,20 +93,12 @@ async fn resource_metadata_root(State(state): State<Arc<AppState>>) -> Json<Valu
     resource_metadata_for(&state, "")
 }
 
-async fn resource_metadata(
-    State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
-) -> Json<Value> {
+async fn resource_metadata(State(state): State<Arc<AppState>>, Path(path): Path<String>) -> Json<Value> {
     resource_metadata_for(&state, &path)
 }
 
 fn resource_metadata_for(state: &AppState, path: &str) -> Json<Value> {
-    let base = state
-        .config
-        .service
-        .public_url
-        .as_str()
-        .trim_end_matches('/');
+    let base = state.config.service.public_url.as_str().trim_end_matches('/');
     let resource = if path.is_empty() {
         base.to_owned()
     } else {
@@ -138,9 +128,7 @@ async fn dev_jwks(State(state): State<Arc<AppState>>) -> Response {
 
 /// Only members of the auditor group may read the trail.
 async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match state.identity.verify_header(auth).await {
         Ok(p) if p.groups.contains(&state.config.audit.auditor_group) => Ok(p.subject),
         Ok(p) => {
@@ -167,10 +155,27 @@ async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String
 
 fn store_error(error: sqlx::Error) -> ApiError {
     tracing::error!(%error, "Audit query failed.");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the audit store is unavailable",
-    )
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the audit store is unavailable")
+}
+
+/// Validates a query: a known kind, and times in any RFC 3339 form (normalized to the
+/// stored form so the comparison is in time order).
+fn normalize(mut q: RecordQuery) -> Result<RecordQuery, ApiError> {
+    if let Some(kind) = &q.kind
+        && RecordKind::parse(kind).is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "kind must be request, response or request_rejected",
+        ));
+    }
+    for (name, value) in [("since", &mut q.since), ("until", &mut q.until)] {
+        if let Some(v) = value {
+            *v = normalize_time(v)
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("{name} must be an RFC 3339 time")))?;
+        }
+    }
+    Ok(q)
 }
 
 async fn list_records(
@@ -180,9 +185,12 @@ async fn list_records(
 ) -> Result<Json<Value>, ApiError> {
     require_auditor(&state, &headers).await?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let records = state.audit.store().list(&q).await.map_err(store_error)?;
+    let records = state.audit.store().list(&normalize(q)?).await.map_err(store_error)?;
     Ok(Json(json!({ "records": records })))
 }
+
+/// The most records one request's answer lists (a long SSE stream can have more).
+const REQUEST_RECORDS_LIMIT: u32 = 10_000;
 
 async fn get_request(
     State(state): State<Arc<AppState>>,
@@ -190,28 +198,24 @@ async fn get_request(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_auditor(&state, &headers).await?;
-    let q = RecordQuery {
-        request_id: Some(id.clone()),
-        limit: Some(1000),
-        ..RecordQuery::default()
-    };
-    let records = state.audit.store().list(&q).await.map_err(store_error)?;
+    let store = state.audit.store();
+    let records = store
+        .request_records(&id, REQUEST_RECORDS_LIMIT)
+        .await
+        .map_err(store_error)?;
     if records.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no records for this request id",
-        ));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no records for this request id"));
     }
-    let (requests, responses): (Vec<Record>, Vec<Record>) =
-        records.into_iter().partition(|r| r.kind != "response");
-    let complete = responses
-        .iter()
-        .any(|r| r.data.get("final").and_then(Value::as_bool) == Some(true));
+    let complete = store.has_final_response(&id).await.map_err(store_error)?;
+    let truncated = records.len() as u32 == REQUEST_RECORDS_LIMIT;
+    let (responses, others): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| r.kind == "response");
+    let request = others.iter().find(|r| r.kind == RecordKind::Request.as_str());
     Ok(Json(json!({
         "request_id": id,
-        "request": requests.first(),
-        "records": requests,
+        "request": request,
+        "records": others,
         "responses": responses,
         "complete": complete,
+        "truncated": truncated,
     })))
 }

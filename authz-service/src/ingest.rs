@@ -15,6 +15,9 @@ use tokio::sync::Mutex;
 
 use crate::{AppState, audit::NewRecord};
 
+/// The most filter sources whose drop counters are tracked at once.
+const MAX_SOURCES: usize = 4096;
+
 pub struct IngestService {
     state: Arc<AppState>,
     /// The latest `dropped_total` each filter source reported.
@@ -38,15 +41,38 @@ impl AuditIngest for IngestService {
         state.metrics.ingest_batches.inc();
         self.note_dropped(&batch).await;
 
+        // A batch whose answer was lost (timeout after the commit) comes again: keep each
+        // response part and each rejection once.
+        let ids: Vec<&str> = batch
+            .responses
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .chain(batch.rejections.iter().map(|r| r.request_id.as_str()))
+            .collect();
+        let seen = match state.audit.store().already_ingested(&ids).await {
+            Ok(seen) => seen,
+            Err(error) => {
+                tracing::error!(%error, "Could not read the audit store; the filter will retry.");
+                return Err(tonic::Status::unavailable("audit store unavailable"));
+            }
+        };
         let mut records = Vec::with_capacity(batch.responses.len() + batch.rejections.len());
-        for r in &batch.responses {
+        for r in batch
+            .responses
+            .iter()
+            .filter(|r| !seen.contains(&(r.request_id.clone(), Some(u64::from(r.part)))))
+        {
             records.push(NewRecord {
                 kind: RecordKind::Response,
                 request_id: r.request_id.clone(),
                 data: response_data(r, &batch.source),
             });
         }
-        for r in &batch.rejections {
+        for r in batch
+            .rejections
+            .iter()
+            .filter(|r| !seen.contains(&(r.request_id.clone(), None)))
+        {
             let subject = match r.bearer_token.as_str() {
                 "" => None,
                 token => state.identity.verify(token).await.ok().map(|p| p.subject),
@@ -75,6 +101,10 @@ impl AuditIngest for IngestService {
 impl IngestService {
     async fn note_dropped(&self, batch: &IngestBatch) {
         let mut dropped = self.dropped.lock().await;
+        // Sources are chosen by the sender: bound the map (a restart of Envoy makes new ones).
+        if dropped.len() >= MAX_SOURCES && !dropped.contains_key(&batch.source) {
+            dropped.clear();
+        }
         let previous = dropped.insert(batch.source.clone(), batch.dropped_total).unwrap_or(0);
         if batch.dropped_total > previous {
             tracing::warn!(source = %batch.source, dropped_total = batch.dropped_total, "A filter dropped audit records because its buffer was full.");
@@ -132,4 +162,89 @@ fn rejection_data(r: &RequestRejected, subject: Option<String>, source: &str) ->
         "decision": "deny",
         "source": source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use gatehouse_proto::audit::v1::audit_ingest_client::AuditIngestClient;
+
+    use super::*;
+    use crate::{audit::RecordQuery, test_support};
+
+    fn batch(token: &str) -> IngestBatch {
+        IngestBatch {
+            source: "gatehouse/test/1".into(),
+            responses: vec![ResponseObserved {
+                request_id: "a".repeat(32),
+                part: 0,
+                r#final: true,
+                http_status: 200,
+                content_type: "application/json".into(),
+                message: br#"{"jsonrpc":"2.0","id":1,"result":{"x":0.1}}"#.to_vec(),
+                jsonrpc_id: "1".into(),
+                end_reason: "complete".into(),
+                ..Default::default()
+            }],
+            rejections: vec![RequestRejected {
+                request_id: "b".repeat(32),
+                http_status: 400,
+                jsonrpc_code: -32700,
+                reason: "invalid JSON".into(),
+                http_method: "POST".into(),
+                path: "/mcp".into(),
+                bearer_token: token.into(),
+                ..Default::default()
+            }],
+            dropped_total: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_batch_is_stored_once_and_rejections_name_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let token = server
+            .state
+            .dev_issuer
+            .as_ref()
+            .unwrap()
+            .mint("alice", &BTreeSet::new(), "gatehouse", 60)
+            .unwrap();
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
+        let mut client = AuditIngestClient::new(channel.connect().await.unwrap());
+        assert_eq!(client.ingest(batch(&token)).await.unwrap().into_inner().accepted, 2);
+        // The same batch again, as after a lost answer: nothing new.
+        assert_eq!(client.ingest(batch(&token)).await.unwrap().into_inner().accepted, 0);
+
+        let all = server.state.audit.store().list(&RecordQuery::default()).await.unwrap();
+        assert_eq!(all.len(), 2);
+        let rejection = all.iter().find(|r| r.kind == "request_rejected").unwrap();
+        assert_eq!(rejection.data["subject"], "alice");
+        let stored = serde_json::to_string(&all).unwrap();
+        assert!(!stored.contains(&token), "the bearer token must never be stored");
+        let response = all.iter().find(|r| r.kind == "response").unwrap();
+        assert_eq!(response.data["message"]["result"]["x"], 0.1);
+        server.stop();
+    }
+
+    #[tokio::test]
+    async fn a_rejection_with_a_forged_token_has_no_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
+        let mut client = AuditIngestClient::new(channel.connect().await.unwrap());
+        client
+            .ingest(batch("eyJhbGciOiJub25lIn0.eyJzdWIiOiJyb290In0."))
+            .await
+            .unwrap();
+        let q = RecordQuery {
+            kind: Some("request_rejected".into()),
+            ..Default::default()
+        };
+        let recs = server.state.audit.store().list(&q).await.unwrap();
+        assert_eq!(recs[0].data["subject"], Value::Null);
+        server.stop();
+    }
 }

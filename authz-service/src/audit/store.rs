@@ -1,6 +1,6 @@
 //! The SQLite store: one table of chained records, written in grouped transactions.
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::HashSet, str::FromStr, time::Duration};
 
 use gatehouse_core::audit::{ChainHead, Checkpoint, Record};
 use serde::Deserialize;
@@ -180,6 +180,37 @@ impl Store {
         .bind(request_id)
         .fetch_one(&self.pool)
         .await
+    }
+
+    /// Which of these requests already have records from the filter: `(id, Some(part))` for
+    /// each response part, `(id, None)` for a rejection.
+    pub async fn already_ingested(&self, request_ids: &[&str]) -> Result<HashSet<(String, Option<u64>)>, sqlx::Error> {
+        let mut seen = HashSet::new();
+        let mut unique: Vec<&str> = request_ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        for chunk in unique.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            // Only placeholders are spliced in; every id is bound.
+            let sql = format!(
+                "SELECT request_id, kind, json_extract(data, '$.part') FROM audit_records
+                 WHERE kind IN ('response', 'request_rejected') AND request_id IN ({marks})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let kind: String = row.try_get(1)?;
+                let part = if kind == "response" {
+                    row.try_get::<Option<i64>, _>(2)?.map(|p| p as u64)
+                } else {
+                    None
+                };
+                seen.insert((row.try_get(0)?, part));
+            }
+        }
+        Ok(seen)
     }
 
     /// Every writer with records.

@@ -1,0 +1,51 @@
+# Gatehouse developer entry points. Everything project-local lives in .tools/ (installed by
+# `make setup`), runtime state in .gatehouse/. See docs/TESTING.md.
+
+CONFIG ?= gatehouse.yaml
+VENV := .tools/venv
+PYTEST_ARGS ?=
+WASM_TARGET := wasm32-wasip1
+
+.PHONY: all setup build build-service build-filter demo test test-rust test-e2e fmt-check clippy lint lint-py bench clean-state
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build: build-service build-filter
+
+build-service:
+	cargo build -p gatehouse-service
+
+build-filter:
+	cargo build -p gatehouse-filter --target $(WASM_TARGET) --release
+
+demo:
+	CONFIG=$(CONFIG) bash scripts/demo.sh
+
+test: setup build test-rust lint test-e2e
+
+test-rust:
+	cargo test --workspace
+
+fmt-check:
+	cargo fmt --all --check
+
+clippy:
+	cargo clippy --workspace -- -D warnings
+	cargo clippy -p gatehouse-filter --target $(WASM_TARGET) -- -D warnings
+
+lint: fmt-check clippy lint-py
+
+lint-py:
+	cd tests && ../$(VENV)/bin/ruff check . && ../$(VENV)/bin/ruff format --check .
+
+test-e2e:
+	$(VENV)/bin/python -m pytest tests/ $(PYTEST_ARGS)
+
+bench:
+	@if [ -x scripts/bench.sh ]; then bash scripts/bench.sh; else echo "No scripts/bench.sh yet"; fi
+
+clean-state:
+	rm -rf .gatehouse

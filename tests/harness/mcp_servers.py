@@ -1,0 +1,183 @@
+"""MCP peers for the tests: the real server-everything, and a small echo upstream.
+
+The echo upstream is an in-process HTTP server that answers JSON-RPC requests like an
+MCP server would (JSON answers only) and records every request it receives, headers
+included, so tests can check exactly what the gateway forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import paths
+from .procs import Proc, ProcessSet, free_port
+
+
+def start_server_everything(
+    procs: ProcessSet, port: int | None = None, name: str = "server-everything"
+) -> tuple[Proc, int]:
+    """`mcp-server-everything streamableHttp` on 127.0.0.1:port (endpoint /mcp).
+
+    It calls `app.listen(PORT)` without a host; the loopback preload pins it to
+    127.0.0.1. It has no Host-header (DNS-rebinding) check of its own.
+    """
+    port = port or free_port()
+    proc = procs.start(
+        name,
+        [
+            paths.node22_bin(),
+            "--import",
+            paths.loopback_preload(),
+            paths.server_everything_js(),
+            "streamableHttp",
+        ],
+        env={"PORT": str(port), "HOST": "127.0.0.1"},
+    )
+    proc.wait_tcp(port)
+    return proc, port
+
+
+def start_json_server(procs: ProcessSet, port: int | None = None, name: str = "json-mcp-server") -> tuple[Proc, int]:
+    """tests/servers/json_mcp_server.py: Python SDK server, JSON answers, Host must be 127.0.0.1:port."""
+    port = port or free_port()
+    script = paths.REPO / "tests" / "servers" / "json_mcp_server.py"
+    proc = procs.start(name, [sys.executable, script, "--port", str(port)])
+    proc.wait_tcp(port)
+    return proc, port
+
+
+def start_conformance_server(
+    procs: ProcessSet, port: int | None = None, name: str = "conformance-server"
+) -> tuple[Proc, int]:
+    """tests/servers/conformance-server.mjs: passes every server scenario of the conformance suite."""
+    port = port or free_port()
+    script = paths.REPO / "tests" / "servers" / "conformance-server.mjs"
+    proc = procs.start(name, [paths.node22_bin(), script], env={"PORT": str(port)})
+    proc.wait_tcp(port)
+    return proc, port
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header_names(self) -> set[str]:
+        return {name.lower() for name in self.headers}
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+@dataclass
+class EchoUpstream:
+    """A minimal MCP-over-HTTP upstream that records what reaches it."""
+
+    port: int = 0
+    requests: list[RecordedRequest] = field(default_factory=list)
+    # Called with each request before it is answered (e.g. to look at the audit store at
+    # that moment); what it returns is kept in `hook_results`, exceptions too.
+    on_request: Callable[[RecordedRequest], object] | None = None
+    hook_results: list[object] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="echo-upstream", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def received(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self.requests)
+
+    def _record(self, req: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(req)
+        if self.on_request:
+            try:
+                result = self.on_request(req)
+            except Exception as exc:  # noqa: BLE001 - reported to the test through hook_results
+                result = exc
+            with self._lock:
+                self.hook_results.append(result)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+            def _capture(self) -> bytes:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers: dict[str, list[str]] = {}
+                for name, value in self.headers.items():
+                    headers.setdefault(name.lower(), []).append(value)
+                upstream._record(RecordedRequest(self.command, self.path, headers, body))
+                return body
+
+            def _send(self, status: int, payload: object | None, extra: dict[str, str] | None = None) -> None:
+                data = b"" if payload is None else json.dumps(payload).encode()
+                self.send_response(status)
+                if payload is not None:
+                    self.send_header("content-type", "application/json")
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self._capture()
+                try:
+                    msg = json.loads(body)
+                except ValueError:
+                    self._send(400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}})
+                    return
+                if not isinstance(msg, dict) or "id" not in msg:
+                    self._send(202, None)
+                    return
+                extra = {}
+                if msg.get("method") == "initialize":
+                    extra["mcp-session-id"] = uuid.uuid4().hex
+                    result: object = {
+                        "protocolVersion": (msg.get("params") or {}).get("protocolVersion", "2025-06-18"),
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "echo-upstream", "version": "0"},
+                    }
+                elif msg.get("method") == "tools/list":
+                    result = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+                else:
+                    result = {"content": [{"type": "text", "text": json.dumps(msg.get("params"))}]}
+                self._send(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result}, extra)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._capture()
+                self._send(405, None)
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._capture()
+                self._send(200, None)
+
+        return Handler

@@ -1,0 +1,402 @@
+"""The whole Gatehouse stack on free ports: upstream MCP server, `gatehouse serve`, Envoy.
+
+Layout of a stack's directory (a pytest tmp dir):
+    gatehouse.yaml      written per docs/CONTRACTS.md, every port free, paths relative
+    tls/                CA + server certificate (scripts/gen-tls.sh)
+    audit/audit.db      the SQLite audit store
+    envoy.yaml          from `gatehouse envoy-config`
+    logs/               one log per process (tails are shown when a test fails)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from . import paths
+from .envoy import EnvoyAdmin, start_envoy
+from .issuer import TestIssuer
+from .mcp_servers import EchoUpstream, start_conformance_server, start_server_everything
+from .procs import Proc, ProcessSet, free_port
+
+LATEST_PROTOCOL = "2025-11-25"
+REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def gatehouse(*args: str | Path, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the `gatehouse` CLI; on failure the error shows its stderr."""
+    argv = [str(paths.gatehouse_bin()), *map(str, args)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def gen_tls(out_dir: Path) -> None:
+    subprocess.run(["bash", str(paths.gen_tls_script()), str(out_dir)], check=True, capture_output=True)
+
+
+class AuditClient:
+    """The service's audit REST API, as a member of the auditor group."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+
+    def records(self, **params: Any) -> list[dict[str, Any]]:
+        resp = self.http.get("/v1/audit/records", params={k: v for k, v in params.items() if v is not None})
+        assert resp.status_code == 200, f"GET /v1/audit/records: {resp.status_code} {resp.text}"
+        return resp.json()["records"]
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        """The request's records; a request id with no record at all answers 404 (read as empty)."""
+        resp = self.http.get(f"/v1/audit/requests/{request_id}")
+        if resp.status_code == 404:
+            return {"request": None, "responses": [], "complete": False}
+        assert resp.status_code == 200, f"GET /v1/audit/requests/{request_id}: {resp.status_code} {resp.text}"
+        return resp.json()
+
+    def wait_complete(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The request's records once its final response record is in (records are teed asynchronously)."""
+        return self.wait_for(request_id, lambda r: bool(r.get("complete")), "a final response record", timeout)
+
+    def wait_for(
+        self, request_id: str, pred: Callable[[dict[str, Any]], bool], what: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.request(request_id)
+            if pred(got):
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Request {request_id}: no {what} after {timeout}s: {json.dumps(got, indent=1)}")
+            time.sleep(0.1)
+
+    def wait_records(
+        self, pred: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = 10.0, **params: Any
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            recs = self.records(**params)
+            if pred(recs):
+                return recs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"No {what} after {timeout}s ({params}): {json.dumps(recs, indent=1)[:4000]}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@dataclass
+class Stack:
+    dir: Path
+    config_path: Path
+    procs: ProcessSet
+    http_port: int
+    https_port: int
+    admin_port: int
+    rest_port: int
+    grpc_port: int
+    upstream_port: int
+    upstream_name: str
+    mcp_path: str
+    issuer: TestIssuer | None = None
+    echo: EchoUpstream | None = None
+    service: Proc | None = None
+    envoy: Proc | None = None
+    _audit: AuditClient | None = field(default=None, repr=False)
+
+    # --- addresses ---------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The MCP endpoint on the gateway (plain HTTP listener)."""
+        return f"http://127.0.0.1:{self.http_port}{self.mcp_path}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}{self.mcp_path}"
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "tls" / "ca.crt"
+
+    @property
+    def db_path(self) -> Path:
+        return self.dir / "audit" / "audit.db"
+
+    @property
+    def admin(self) -> EnvoyAdmin:
+        return EnvoyAdmin(self.admin_port)
+
+    # --- identity ----------------------------------------------------------------
+    def token(
+        self, sub: str = "alice", groups: Sequence[str] = ("eng",), ttl: int | None = None, aud: str | None = None
+    ) -> str:
+        if self.issuer:
+            extra: dict[str, Any] = {}
+            if ttl is not None:
+                extra["exp"] = int(time.time()) + ttl
+            if aud is not None:
+                extra["aud"] = aud
+            return self.issuer.token(sub, list(groups), **extra)
+        args: list[str | Path] = ["dev-token", "--config", self.config_path, "--sub", sub, "--groups", ",".join(groups)]
+        if ttl is not None:
+            args += ["--ttl", str(ttl)]
+        if aud is not None:
+            args += ["--aud", aud]
+        return gatehouse(*args).stdout.strip()
+
+    def auth(self, sub: str = "alice", groups: Sequence[str] = ("eng",)) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token(sub, groups)}"}
+
+    @property
+    def audit(self) -> AuditClient:
+        if self._audit is None:
+            self._audit = AuditClient(self.rest_url, self.token("auditor", ["auditors"]))
+        return self._audit
+
+    # --- raw MCP over HTTP ---------------------------------------------------------
+    def post(
+        self,
+        message: Any,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        url: str | None = None,
+        timeout: float = 30,
+    ) -> httpx.Response:
+        """One POST to the gateway. `message` is JSON-encoded unless raw `content` is given."""
+        h = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            "mcp-protocol-version": LATEST_PROTOCOL,
+        }
+        if token:
+            h["authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        body = content if content is not None else json.dumps(message).encode()
+        return httpx.post(url or self.url, content=body, headers=h, timeout=timeout)
+
+    def initialize(self, token: str) -> str:
+        """initialize + notifications/initialized; returns the Mcp-Session-Id."""
+        resp = self.post(initialize_request(), token=token)
+        assert resp.status_code == 200, f"initialize: {resp.status_code} {resp.text}"
+        session = resp.headers.get("mcp-session-id")
+        assert session, f"initialize answered without Mcp-Session-Id: {dict(resp.headers)}"
+        note = self.post(
+            {"jsonrpc": "2.0", "method": "notifications/initialized"}, token=token, headers={"mcp-session-id": session}
+        )
+        assert note.status_code == 202, f"notifications/initialized: {note.status_code} {note.text}"
+        return session
+
+    def upstream_requests(self) -> int:
+        """Requests Envoy has sent to the upstream so far (Envoy admin stats)."""
+        return self.admin.upstream_rq_total(self.upstream_port)
+
+    # --- processes ---------------------------------------------------------------
+    def start_service(self) -> Proc:
+        self.service = self.procs.start(
+            "gatehouse-serve",
+            [paths.gatehouse_bin(), "serve", "--config", self.config_path],
+            env={"RUST_LOG": "info", "RUST_BACKTRACE": "1"},
+        )
+        self.service.wait_http(f"{self.rest_url}/healthz", ok=lambda r: r.status_code == 200)
+        self.service.wait_tcp(self.grpc_port)
+        return self.service
+
+    def restart_service(self) -> Proc:
+        if self.service:
+            self.service.stop()
+        return self.start_service()
+
+    def verify(self) -> subprocess.CompletedProcess[str]:
+        return gatehouse("audit", "verify", "--config", self.config_path, check=False)
+
+    def log_sections(self) -> list[tuple[str, str]]:
+        return self.procs.log_sections()
+
+    def close(self) -> None:
+        if self._audit:
+            self._audit.close()
+        self.procs.stop_all()
+        if self.echo:
+            self.echo.close()
+
+
+def initialize_request(request_id: int | str = 1, protocol: str = LATEST_PROTOCOL) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": protocol,
+            "capabilities": {},
+            "clientInfo": {"name": "gatehouse-e2e", "version": "0"},
+        },
+    }
+
+
+def tools_call(
+    name: str, arguments: dict[str, Any], request_id: int | str | None = None, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": arguments}
+    if meta:
+        params["_meta"] = meta
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id if request_id is not None else uuid.uuid4().hex[:8],
+        "method": "tools/call",
+        "params": params,
+    }
+
+
+def write_config(
+    stack_dir: Path,
+    *,
+    http_port: int,
+    https_port: int,
+    admin_port: int,
+    rest_port: int,
+    grpc_port: int,
+    upstream_url: str,
+    upstream_name: str = "everything",
+    mcp_path: str = "/mcp",
+    allow_groups: Sequence[str] = ("eng", "approvers"),
+    issuer: TestIssuer | None = None,
+    max_request_bytes: int = 1048576,
+) -> Path:
+    identity: dict[str, Any] = {
+        "issuer": issuer.issuer if issuer else f"http://127.0.0.1:{rest_port}/dev",
+        "audience": issuer.audience if issuer else "gatehouse",
+        "groups_claim": "groups",
+        "leeway_seconds": 30,
+        "dev_issuer": {"enabled": issuer is None, "key_file": "dev-issuer-key.pem"},
+    }
+    config = {
+        "service": {
+            "rest_listen": f"127.0.0.1:{rest_port}",
+            "grpc_listen": f"127.0.0.1:{grpc_port}",
+            "public_url": f"http://127.0.0.1:{http_port}",
+        },
+        "identity": identity,
+        "audit": {
+            "database": "sqlite://audit/audit.db",
+            "writer_id": "gatehouse-test",
+            "auditor_group": "auditors",
+        },
+        "upstreams": [
+            {"name": upstream_name, "url": upstream_url, "path": mcp_path, "allow_groups": list(allow_groups)}
+        ],
+        "envoy": {
+            "admin_listen": f"127.0.0.1:{admin_port}",
+            "http_listen": f"127.0.0.1:{http_port}",
+            "https_listen": f"127.0.0.1:{https_port}",
+            "tls_cert": "tls/server.crt",
+            "tls_key": "tls/server.key",
+            "wasm": str(paths.gatehouse_wasm()),
+            "max_request_bytes": max_request_bytes,
+            "ext_authz_timeout_ms": 2000,
+        },
+    }
+    (stack_dir / "audit").mkdir(parents=True, exist_ok=True)
+    path = stack_dir / "gatehouse.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_stack(
+    stack_dir: Path,
+    *,
+    upstream: str = "everything",
+    issuer: TestIssuer | None = None,
+    allow_groups: Sequence[str] = ("eng", "approvers"),
+    max_request_bytes: int = 1048576,
+) -> Stack:
+    """Start upstream, service and Envoy; the caller must `close()` the stack.
+
+    `upstream`: "everything" (the real server-everything), "conformance" (the conformance
+    suite's model server, tests/servers/conformance-server.mjs) or "echo" (records headers).
+    `issuer`: identity comes from this test issuer instead of the service's dev issuer.
+    """
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    procs = ProcessSet(stack_dir / "logs")
+    echo: EchoUpstream | None = None
+    stack: Stack | None = None
+    try:
+        gen_tls(stack_dir / "tls")
+        if upstream == "echo":
+            echo = EchoUpstream()
+            upstream_port = echo.port
+        elif upstream == "conformance":
+            _, upstream_port = start_conformance_server(procs)
+        elif upstream == "everything":
+            _, upstream_port = start_server_everything(procs)
+        else:
+            raise ValueError(f"unknown upstream {upstream!r}")
+        ports = {k: free_port() for k in ("http_port", "https_port", "admin_port", "rest_port", "grpc_port")}
+        config_path = write_config(
+            stack_dir,
+            upstream_url=f"http://127.0.0.1:{upstream_port}/mcp",
+            allow_groups=allow_groups,
+            issuer=issuer,
+            max_request_bytes=max_request_bytes,
+            **ports,
+        )
+        stack = Stack(
+            dir=stack_dir,
+            config_path=config_path,
+            procs=procs,
+            upstream_port=upstream_port,
+            upstream_name="everything",
+            mcp_path="/mcp",
+            issuer=issuer,
+            echo=echo,
+            **ports,
+        )
+
+        gatehouse("check-config", config_path)
+        envoy_yaml = stack_dir / "envoy.yaml"
+        gatehouse("envoy-config", "--config", config_path, "--out", envoy_yaml)
+
+        stack.start_service()
+        stack.envoy = start_envoy(procs, "envoy-gateway", envoy_yaml, stack.admin_port)
+        stack.envoy.wait_tcp(stack.http_port)
+        stack.envoy.wait_tcp(stack.https_port)
+        return stack
+    except BaseException:
+        if stack:
+            stack.close()
+        else:
+            procs.stop_all()
+            if echo:
+                echo.close()
+        raise
+
+
+def gatehouse_missing_reason() -> str | None:
+    missing = [p for p in (paths.gatehouse_bin(), paths.gatehouse_wasm()) if not p.exists()]
+    if missing:
+        return "Gatehouse not built yet: missing " + ", ".join(str(p) for p in missing) + " (make build)"
+    return None

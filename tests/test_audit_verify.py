@@ -2,8 +2,10 @@
 deletion, insertion or reordering made directly in SQLite (guarantee 3).
 
 Table layout of the SQLite store (authz-service/src/audit/store.rs):
-    audit_records(writer, seq, kind, request_id, recorded_at, prev_hash, hash, data,
-                  subject, upstream, tool), PRIMARY KEY (writer, seq): seq counts per writer.
+    audit_records(writer, seq, kind, request_id, recorded_at, prev_hash, hash, data),
+    PRIMARY KEY (writer, seq): seq counts per writer.
+    audit_checkpoints(writer, seq, hash, signed_at, signature)
+The stack signs checkpoints (audit.checkpoint) and keeps a copy in a log outside the store.
 """
 
 from __future__ import annotations
@@ -88,6 +90,14 @@ def content_columns(conn: sqlite3.Connection) -> list[str]:
     return [r[1] for r in conn.execute("PRAGMA table_info(audit_records)") if r[1] not in ("writer", "seq")]
 
 
+def delete_last_and_its_checkpoints(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> set[int]:
+    """Someone with write access to the store also drops the checkpoints kept there: the
+    checkpoint log outside the store still has the head."""
+    delete_last(conn, chain)
+    conn.execute("DELETE FROM audit_checkpoints WHERE writer = ?", (chain[-1]["writer"],))
+    return {chain[-1]["seq"], chain[-2]["seq"]}
+
+
 def reorder(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> set[int]:
     """Two neighbouring records swap places (each keeps its own hashes)."""
     a, b = chain[2], chain[3]
@@ -120,16 +130,10 @@ def test_verify_passes_on_untouched_store(audited_stack):
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
-TAIL_TRUNCATION = pytest.param(
-    delete_last,
-    marks=pytest.mark.xfail(
-        strict=True, reason="needs signed checkpoints of each writer's head (DESIGN: Guarantees 3); not there yet"
-    ),
-)
-
-
 @pytest.mark.parametrize(
-    "tamper", [edit, edit_kind, delete, reorder, insert, TAIL_TRUNCATION], ids=lambda f: getattr(f, "__name__", "")
+    "tamper",
+    [edit, edit_kind, delete, reorder, insert, delete_last, delete_last_and_its_checkpoints],
+    ids=lambda f: f.__name__,
 )
 def test_verify_fails_and_names_the_record(audited_stack, tamper: Callable[..., set[int]]):
     assert audited_stack.verify().returncode == 0

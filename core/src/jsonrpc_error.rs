@@ -11,6 +11,8 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 /// Internal error: the gateway could not complete the request (e.g. the audit store is down).
 pub const INTERNAL_ERROR: i64 = -32603;
+/// MCP 2026-07-28: HTTP headers do not match the request body, or required ones are missing.
+pub const HEADER_MISMATCH: i64 = -32020;
 /// Implementation-defined server error range: the caller is not authenticated.
 pub const UNAUTHORIZED: i64 = -32001;
 /// Implementation-defined server error range: the caller may not do this.

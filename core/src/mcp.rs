@@ -256,6 +256,17 @@ pub enum HeaderMismatch {
     BatchNotAllowed(String),
 }
 
+impl HeaderMismatch {
+    /// The JSON-RPC error code a client should receive: MCP's `HEADER_MISMATCH` for the
+    /// routing headers, Invalid Request for a batch on a revision without batches.
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            Self::BatchNotAllowed(_) => jsonrpc_error::INVALID_REQUEST,
+            _ => jsonrpc_error::HEADER_MISMATCH,
+        }
+    }
+}
+
 /// Checks the request headers a revision requires against the parsed body.
 ///
 /// Only messages with a method are checked (a POST that carries a client's response to a

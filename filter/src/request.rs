@@ -259,7 +259,7 @@ pub fn check_body(head: &RequestHead, body: &[u8]) -> Result<RequestSummary, Rej
     ) {
         let mut rejection = Rejection::new(
             400,
-            INVALID_REQUEST,
+            mismatch.jsonrpc_code(),
             format!("Invalid Request: {mismatch}"),
             format!("routing headers disagree with the body: {mismatch}"),
         );
@@ -472,7 +472,7 @@ mod tests {
             ),
         ] {
             let r = check_body(&post(&extra), call).unwrap_err();
-            assert_eq!((r.status, r.jsonrpc_code), (400, -32600));
+            assert_eq!((r.status, r.jsonrpc_code), (400, -32020));
             assert!(r.message.contains(says), "{} / {says}", r.message);
             let body = error_of(&r);
             assert_eq!(body["id"], json!(7), "the error answers the request's id");

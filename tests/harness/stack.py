@@ -305,6 +305,8 @@ def write_config(
             "database": "sqlite://audit/audit.db",
             "writer_id": "gatehouse-test",
             "auditor_group": "auditors",
+            # Signed checkpoints, kept outside the store's folder too: they catch tail truncation.
+            "checkpoint": {"key_file": "checkpoint-key.pem", "log_file": "checkpoints.log"},
         },
         "upstreams": [
             {"name": upstream_name, "url": upstream_url, "path": mcp_path, "allow_groups": list(allow_groups)}

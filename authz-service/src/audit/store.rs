@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 );
 ";
 
+/// A query for whole records: the columns `record_from_row` reads, then `$rest`.
+macro_rules! select_records {
+    ($rest:literal) => {
+        concat!(
+            "SELECT writer, seq, kind, request_id, recorded_at, prev_hash, hash, data FROM audit_records ",
+            $rest
+        )
+    };
+}
+
 /// Filters for listing records; all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,9 +131,7 @@ impl Store {
 
     /// Records matching a query, oldest first.
     pub async fn list(&self, q: &RecordQuery) -> Result<Vec<Record>, sqlx::Error> {
-        let mut sql = String::from(
-            "SELECT writer, seq, kind, request_id, recorded_at, prev_hash, hash, data FROM audit_records WHERE 1=1",
-        );
+        let mut sql = String::from(select_records!("WHERE 1=1"));
         let mut args: Vec<&str> = Vec::new();
         for (column, op, value) in [
             ("json_extract(data, '$.subject')", "=", &q.user),
@@ -158,17 +166,14 @@ impl Store {
     /// All records of one request (request, rejections, response parts) in chain order, at
     /// most `limit`.
     pub async fn request_records(&self, request_id: &str, limit: u32) -> Result<Vec<Record>, sqlx::Error> {
-        sqlx::query(
-            "SELECT writer, seq, kind, request_id, recorded_at, prev_hash, hash, data FROM audit_records
-             WHERE request_id = ? ORDER BY writer, seq LIMIT ?",
-        )
-        .bind(request_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(record_from_row)
-        .collect()
+        sqlx::query(select_records!("WHERE request_id = ? ORDER BY writer, seq LIMIT ?"))
+            .bind(request_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
     }
 
     /// Whether the final part of a request's response was recorded.
@@ -222,18 +227,15 @@ impl Store {
 
     /// A writer's records in chain order, `page` at a time after `after_seq`.
     pub async fn chain_page(&self, writer: &str, after_seq: u64, page: u32) -> Result<Vec<Record>, sqlx::Error> {
-        sqlx::query(
-            "SELECT writer, seq, kind, request_id, recorded_at, prev_hash, hash, data FROM audit_records
-             WHERE writer = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(writer)
-        .bind(after_seq as i64)
-        .bind(page as i64)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(record_from_row)
-        .collect()
+        sqlx::query(select_records!("WHERE writer = ? AND seq > ? ORDER BY seq LIMIT ?"))
+            .bind(writer)
+            .bind(after_seq as i64)
+            .bind(page as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
     }
 
     pub async fn insert_checkpoint(&self, c: &Checkpoint) -> Result<(), sqlx::Error> {

@@ -35,6 +35,11 @@ def test_service_down_denies_with_503(echo_stack):
 
     assert resp.status_code == 503, f"{resp.status_code} {resp.text}"
     assert forwarded(echo_stack) == before, "forwarded without the service's decision (fail open)"
+    # Envoy's own ext_authz failure is rewritten into a JSON-RPC error an MCP client can show.
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert body["jsonrpc"] == "2.0" and body["error"]["code"] == -32603
+    assert "not forwarded" in body["error"]["message"]
 
 
 @contextmanager

@@ -7,7 +7,6 @@ use anyhow::Context;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use gatehouse_proto::audit::v1::audit_ingest_server::AuditIngestServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     AppState,
@@ -99,7 +98,9 @@ impl Server {
             .add_service(AuditIngestServer::new(IngestService::new(state.clone())));
         let mut rx = watch_rx.clone();
         let grpc_task = tokio::spawn(async move {
-            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            // TCP_NODELAY: without it small Check answers wait on delayed ACKs (~40 ms).
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            grpc.serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             })
             .await

@@ -23,6 +23,7 @@ use jsonwebtoken::{
 };
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::{Mutex, RwLock};
 
@@ -88,6 +89,52 @@ pub struct Verifier {
     http: reqwest::Client,
     cache: RwLock<KeyCache>,
     refresh: Mutex<()>,
+    /// Tokens already verified, by SHA-256, until they expire: an agent sends the same
+    /// token on every call, and a signature check costs more than the rest of the decision.
+    verified: std::sync::Mutex<VerifiedTokens>,
+}
+
+/// A bounded map of verified token digests to their principal and expiry.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: HashMap<[u8; 32], (Principal, u64)>,
+}
+
+impl VerifiedTokens {
+    const MAX: usize = 10_000;
+
+    fn get(&mut self, digest: &[u8; 32]) -> Option<Principal> {
+        let (principal, exp) = self.entries.get(digest)?;
+        // No leeway here: a cached token ends exactly at its `exp`.
+        if *exp > unix_now() {
+            Some(principal.clone())
+        } else {
+            self.entries.remove(digest);
+            None
+        }
+    }
+
+    fn put(&mut self, digest: [u8; 32], principal: Principal, exp: u64) {
+        if self.entries.len() >= Self::MAX {
+            let now = unix_now();
+            self.entries.retain(|_, (_, e)| *e > now);
+            if self.entries.len() >= Self::MAX {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(digest, (principal, exp));
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX)
 }
 
 #[derive(Deserialize)]
@@ -107,6 +154,7 @@ impl Verifier {
             http,
             cache: RwLock::default(),
             refresh: Mutex::new(()),
+            verified: std::sync::Mutex::default(),
         })
     }
 
@@ -118,6 +166,18 @@ impl Verifier {
 
     /// Verifies a compact JWT.
     pub async fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = self.verified.lock().ok().and_then(|mut c| c.get(&digest)) {
+            return Ok(p);
+        }
+        let (principal, exp) = self.verify_signature(token).await?;
+        if let Ok(mut c) = self.verified.lock() {
+            c.put(digest, principal.clone(), exp);
+        }
+        Ok(principal)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<(Principal, u64), IdentityError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(IdentityError::UnsupportedAlgorithm);
@@ -170,7 +230,8 @@ impl Verifier {
             .ok_or_else(|| IdentityError::Invalid("empty sub".into()))?
             .to_owned();
         let groups = groups_from_claim(claims.get(&self.cfg.groups_claim));
-        Ok(Principal { subject, groups })
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Ok((Principal { subject, groups }, exp))
     }
 
     /// The key for `kid` and whether the cache is still fresh.
@@ -212,6 +273,10 @@ impl Verifier {
             Ok((jwks_uri, keys)) => {
                 tracing::info!(issuer = %self.cfg.issuer, keys = keys.len(), "Fetched the issuer's signing keys.");
                 cache.keys = keys;
+                // Tokens verified with keys the IdP may no longer publish are checked again.
+                if let Ok(mut v) = self.verified.lock() {
+                    v.clear();
+                }
                 cache.jwks_uri = Some(jwks_uri);
                 cache.fetched_at = Some(Instant::now());
                 Ok(())

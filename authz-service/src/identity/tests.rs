@@ -139,3 +139,20 @@ fn groups_claim_accepts_lists_and_strings() {
     );
     assert!(groups_from_claim(Some(&json!({"a": 1}))).is_empty());
 }
+
+#[tokio::test]
+async fn a_cached_token_still_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let state = server.state.clone();
+    let dev = state.dev_issuer.as_ref().unwrap();
+    let token = dev.mint("alice", &BTreeSet::new(), "gatehouse", 1).unwrap();
+    assert!(state.identity.verify(&token).await.is_ok());
+    assert!(state.identity.verify(&token).await.is_ok(), "served from the cache");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(matches!(
+        state.identity.verify(&token).await,
+        Err(IdentityError::Expired)
+    ));
+    server.stop();
+}

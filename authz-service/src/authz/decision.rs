@@ -38,10 +38,6 @@ impl Decision {
         self.outcome.is_ok()
     }
 
-    pub fn subject(&self) -> Option<&str> {
-        self.record.get("subject").and_then(Value::as_str)
-    }
-
     /// The answer when the request record could not be committed.
     pub fn audit_unavailable(view: &HttpRequestView<'_>, request_id: String) -> Self {
         let jsonrpc_id = first_message(view).and_then(|m| m.id);
@@ -59,7 +55,7 @@ impl Decision {
         }
     }
 
-    pub fn into_check_response(self, state: &AppState) -> CheckResponse {
+    pub fn into_check_response(self) -> CheckResponse {
         match self.outcome {
             Ok(subject) => {
                 let mut ok = OkHttpResponseBuilder::new();
@@ -82,7 +78,6 @@ impl Decision {
                 for (k, v) in &denial.headers {
                     denied.add_header(k.clone(), v.clone(), None, false);
                 }
-                let _ = state;
                 let body = jsonrpc_error::error_body(
                     self.jsonrpc_id.as_ref(),
                     denial.jsonrpc_code,

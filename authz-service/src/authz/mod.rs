@@ -84,18 +84,18 @@ impl Authorization for AuthzService {
         let req = request.into_inner();
         let view = HttpRequestView::from_check(&req);
         let state = &self.state;
-        let decided = decision::decide(state, &view).await;
+        let mut decided = decision::decide(state, &view).await;
         let request_id = decided.request_id.clone();
         let response = match state
             .audit
-            .append_one(RecordKind::Request, &request_id, decided.record.clone())
+            .append_one(RecordKind::Request, &request_id, std::mem::take(&mut decided.record))
             .await
         {
             Ok(record) => {
                 tracing::info!(
                     request_id = %request_id,
                     seq = record.seq,
-                    subject = decided.subject().unwrap_or("-"),
+                    subject = record.data.get("subject").and_then(serde_json::Value::as_str).unwrap_or("-"),
                     upstream = view.upstream.unwrap_or("-"),
                     decision = if decided.allowed() { "allow" } else { "deny" },
                     "Request decided."
@@ -105,12 +105,12 @@ impl Authorization for AuthzService {
                 } else {
                     state.metrics.checks_denied.inc();
                 }
-                decided.into_check_response(state)
+                decided.into_check_response()
             }
             Err(error) => {
                 state.metrics.checks_failed.inc();
                 log_audit_failure(&request_id, &error);
-                Decision::audit_unavailable(&view, request_id).into_check_response(state)
+                Decision::audit_unavailable(&view, request_id).into_check_response()
             }
         };
         state.metrics.check_latency.observe(started.elapsed());

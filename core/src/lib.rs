@@ -6,9 +6,11 @@
 //! - [`mcp`]: the MCP (JSON-RPC 2.0) message model and classification of a request.
 //! - [`sse`]: an incremental Server-Sent Events framer that never buffers a whole stream.
 //! - [`audit`]: audit records, their canonical encoding and the hash chain over them.
+//! - [`mask`]: the masking engine for secrets and personal data, text, JSON and SSE.
 //! - [`jsonrpc_error`]: JSON-RPC error bodies the gateway answers with.
 
 pub mod audit;
 pub mod jsonrpc_error;
+pub mod mask;
 pub mod mcp;
 pub mod sse;

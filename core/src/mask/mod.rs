@@ -1,0 +1,24 @@
+//! The masking engine: finds secrets and personal data in text and in MCP (JSON-RPC)
+//! messages and replaces them before they leave the gateway.
+//!
+//! One engine serves the wasm filter (answers to the client, response records) and the
+//! service (request records, the `gatehouse mask` CLI), so both mask alike.
+//!
+//! - [`MaskConfig`]: the rules (serde; the service builds it from `gatehouse.yaml` and
+//!   hands it to the filter inside the plugin configuration).
+//! - [`Masker`]: the compiled rules. Text, JSON values, JSON bodies.
+//! - [`SseMasker`]: masks a Server-Sent Events stream event by event, fed chunks split at
+//!   any byte, never holding more than one unfinished event.
+//! - [`Reveal`]: the kinds one caller may see in clear (decided by the service per
+//!   upstream, tool and group); everything else is masked.
+//! - [`MaskCounts`]: how many values of each kind were masked — never the values.
+
+mod config;
+mod counts;
+mod engine;
+mod sse;
+
+pub use config::{CustomRule, MaskConfig, MaskConfigError, Style};
+pub use counts::{MaskCounts, Reveal};
+pub use engine::{JsonMasked, Masker};
+pub use sse::{MaskedEvent, SseMasker};

@@ -61,6 +61,16 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Mask secrets and personal data with the gateway's engine: reads JSON lines
+    /// `{"id", "format": "text"|"mcp_json", "input"}` on stdin, writes `{"id", "output"}`.
+    Mask {
+        /// Read JSON lines (the only mode).
+        #[arg(long, required = true)]
+        jsonl: bool,
+        /// Use this file's `masking:` rules instead of the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +105,18 @@ impl Cli {
                 let server = Server::start(load(&config)?).await?;
                 server.run_until(shutdown_signal()).await?;
             }
+            Command::Mask { jsonl: _, config } => {
+                let masker = match config {
+                    Some(path) => load(&path)?.masking.masker()?,
+                    None => gatehouse_core::mask::Masker::default(),
+                };
+                let summary = crate::masking::mask_jsonl(&masker, std::io::stdin().lock(), std::io::stdout().lock())
+                    .context("cannot read standard input or write standard output")?;
+                if summary.errors > 0 {
+                    eprintln!("{} of {} lines could not be read", summary.errors, summary.lines);
+                    return Ok(ExitCode::from(1));
+                }
+            }
             Command::CheckConfig { file } => match Config::load(&file) {
                 Ok(_) => println!("{}: OK", file.display()),
                 Err(errors) => {
@@ -105,9 +127,7 @@ impl Cli {
             Command::EnvoyConfig { config, out } => {
                 let yaml = envoy_config::render(&load(&config)?)?;
                 match out {
-                    Some(path) => {
-                        std::fs::write(&path, yaml).with_context(|| format!("cannot write {}", path.display()))?
-                    }
+                    Some(path) => write_private(&path, yaml.as_bytes())?,
                     None => print!("{yaml}"),
                 }
             }
@@ -240,4 +260,19 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// Writes a file only its owner can read (a rendered Envoy config holds the masking token
+/// key).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use gatehouse_core::mask::MaskConfig;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Upstream};
@@ -20,17 +21,20 @@ const WASM_FILTER: &str = "envoy.filters.http.wasm";
 const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The bootstrap as YAML text.
-pub fn render(config: &Config) -> Result<String, serde_yaml::Error> {
+/// The bootstrap as YAML text. It holds the masking token key (read, or created, from
+/// `masking.token_key_file`), so the file is as secret as that key.
+pub fn render(config: &Config) -> anyhow::Result<String> {
+    let rules = config.masking.rules_with_key()?;
     let header = "# Rendered by `gatehouse envoy-config` from gatehouse.yaml: edit that file, not this one.\n";
-    Ok(format!("{header}{}", serde_yaml::to_string(&bootstrap(config))?))
+    Ok(format!("{header}{}", serde_yaml::to_string(&bootstrap(config, &rules))?))
 }
 
-pub fn bootstrap(config: &Config) -> Value {
+/// The bootstrap; `masking` is the filter's rule set (with its token key, if any).
+pub fn bootstrap(config: &Config, masking: &MaskConfig) -> Value {
     let e = &config.envoy;
     let mut listeners = Vec::new();
     if let Some(addr) = e.http_listen {
-        listeners.push(listener(config, "mcp_http", addr, None));
+        listeners.push(listener(config, masking, "mcp_http", addr, None));
     }
     if let Some(addr) = e.https_listen {
         let tls = json!({
@@ -47,7 +51,7 @@ pub fn bootstrap(config: &Config) -> Value {
                 },
             },
         });
-        listeners.push(listener(config, "mcp_https", addr, Some(tls)));
+        listeners.push(listener(config, masking, "mcp_https", addr, Some(tls)));
     }
     let mut clusters = vec![
         static_cluster(GRPC_CLUSTER, config.service.grpc_listen, true),
@@ -132,15 +136,17 @@ fn upstream_path(u: &Upstream) -> String {
     if p.is_empty() { "/".into() } else { p.to_owned() }
 }
 
-fn filter_configuration(config: &Config) -> String {
+fn filter_configuration(config: &Config, masking: &MaskConfig) -> String {
     json!({
         "max_body_bytes": config.envoy.max_request_bytes,
+        "max_response_bytes": config.envoy.max_response_bytes,
         "ingest_cluster": GRPC_CLUSTER,
+        "masking": masking,
     })
     .to_string()
 }
 
-fn listener(config: &Config, name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
+fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
     let e = &config.envoy;
     let unavailable = gatehouse_core::jsonrpc_error::error_body(
         None,
@@ -207,7 +213,7 @@ fn listener(config: &Config, name: &str, addr: SocketAddr, tls: Option<Value>) -
                         },
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": filter_configuration(config),
+                            "value": filter_configuration(config, masking),
                         },
                         "failure_policy": "FAIL_CLOSED",
                         // Without it, pausing in the header callback stops all iteration and
@@ -249,11 +255,16 @@ fn listener(config: &Config, name: &str, addr: SocketAddr, tls: Option<Value>) -
     json!({
         "name": name,
         "address": socket(addr),
-        // Above the filter's body limit, so an oversize body gets the filter's JSON-RPC 413
-        // (and its audit record) rather than Envoy's plain-text one.
-        "per_connection_buffer_limit_bytes": (e.max_request_bytes + 64 * 1024).max(1024 * 1024),
+        // Above the filter's body limits, so an oversize body gets the filter's JSON-RPC 413
+        // (and its audit record) rather than Envoy's plain-text one, and a JSON answer up to
+        // max_response_bytes can be held whole to be masked.
+        "per_connection_buffer_limit_bytes": buffer_limit(e),
         "filter_chains": [chain],
     })
+}
+
+fn buffer_limit(e: &crate::config::Envoy) -> u64 {
+    (e.max_request_bytes.max(e.max_response_bytes) + 64 * 1024).max(1024 * 1024)
 }
 
 fn http2_options() -> Value {
@@ -336,7 +347,8 @@ mod tests {
             "  http_listen: 127.0.0.1:8080",
             "  http_listen: 127.0.0.1:8080\n  https_listen: 127.0.0.1:8443\n  tls_cert: c.pem\n  tls_key: k.pem",
         );
-        bootstrap(&Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap())
+        let config = Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+        bootstrap(&config, &config.masking.rules)
     }
 
     fn hcm(b: &Value) -> &Value {

@@ -4,9 +4,10 @@
 //! retries) anything the store did not take. A rejection's bearer token is verified to name
 //! the caller and then dropped: it is never stored or logged.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use gatehouse_core::audit::RecordKind;
+use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
 use gatehouse_proto::audit::v1::{
     IngestAck, IngestBatch, RequestRejected, ResponseObserved, audit_ingest_server::AuditIngest,
 };
@@ -65,7 +66,7 @@ impl AuditIngest for IngestService {
             records.push(NewRecord {
                 kind: RecordKind::Response,
                 request_id: r.request_id.clone(),
-                data: response_data(r, &batch.source),
+                data: response_data(r, &batch.source, &state.masker),
             });
         }
         for r in batch
@@ -128,13 +129,38 @@ fn non_empty(s: &str) -> Value {
     if s.is_empty() { Value::Null } else { json!(s) }
 }
 
-fn response_data(r: &ResponseObserved, source: &str) -> Value {
+/// The record of one response part. The filter masked the message already; it is masked
+/// again here (nothing revealed) so that a misconfigured or outdated filter cannot put a
+/// clear value into the trail. What this second pass finds is counted and logged (kinds
+/// only).
+fn response_data(r: &ResponseObserved, source: &str, masker: &Masker) -> Value {
+    let mut message = message_value(&r.message);
+    let mut found = MaskCounts::default();
+    match &mut message {
+        Value::String(text) => {
+            if let Cow::Owned(masked) = masker.mask_text(text, &Reveal::none(), &mut found) {
+                *text = masked;
+            }
+        }
+        Value::Null => {}
+        other => {
+            masker.mask_message(other, &Reveal::none(), &mut found);
+        }
+    }
+    let mut masked = MaskCounts(r.masked.clone().into_iter().collect());
+    if !found.is_empty() {
+        tracing::warn!(source, request_id = %r.request_id, kinds = ?found.0.keys().collect::<Vec<_>>(), "A response record from the filter held values the service had to mask; is the filter's masking configuration current?");
+        masked.merge(&found);
+    }
     json!({
         "part": r.part,
         "final": r.r#final,
         "http_status": r.http_status,
         "content_type": non_empty(&r.content_type),
-        "message": message_value(&r.message),
+        "message": message,
+        "masked": masked,
+        "revealed": r.revealed,
+        "withheld": non_empty(&r.withheld),
         "truncated": r.truncated,
         "body_bytes": r.body_bytes,
         "observed_at_unix_ms": r.observed_at_unix_ms,

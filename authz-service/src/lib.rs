@@ -1,7 +1,7 @@
 //! The Gatehouse service: everything behind the `gatehouse` binary.
 //!
 //! Reading order: [`config`] (the one file), [`server`] (what starts), [`authz`] (the
-//! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter),
+//! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter), [`masking`],
 //! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
 
 pub mod audit;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod envoy_config;
 pub mod identity;
 pub mod ingest;
+pub mod masking;
 pub mod metrics;
 pub mod rest;
 pub mod server;
@@ -26,4 +27,6 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     pub metrics: metrics::Metrics,
     pub dev_issuer: Option<identity::dev_issuer::DevIssuer>,
+    /// The masking engine with the configured rules (records are masked with it).
+    pub masker: gatehouse_core::mask::Masker,
 }

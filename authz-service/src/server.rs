@@ -72,6 +72,7 @@ impl Server {
             );
         }
         let identity = Verifier::new(config.identity.clone());
+        let masker = config.masking.masker()?;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (service.rest_listen)", config.service.rest_listen))?;
@@ -85,6 +86,7 @@ impl Server {
             audit,
             metrics,
             dev_issuer,
+            masker,
         });
         let (shutdown, watch_rx) = watch::channel(false);
 

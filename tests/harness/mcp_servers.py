@@ -1,4 +1,4 @@
-"""MCP peers for the tests: the real server-everything, and a small echo upstream.
+"""MCP peers for the tests: the real server-everything, the demo SQLite server, and a small echo upstream.
 
 The echo upstream is an in-process HTTP server that answers JSON-RPC requests like an
 MCP server would (JSON answers only) and records every request it receives, headers
@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from . import paths
 from .procs import Proc, ProcessSet, free_port
@@ -48,6 +49,22 @@ def start_json_server(procs: ProcessSet, port: int | None = None, name: str = "j
     port = port or free_port()
     script = paths.REPO / "tests" / "servers" / "json_mcp_server.py"
     proc = procs.start(name, [sys.executable, script, "--port", str(port)])
+    proc.wait_tcp(port)
+    return proc, port
+
+
+def start_demo_server(
+    procs: ProcessSet, db: Path, *, json_response: bool = False, port: int | None = None, name: str = "demo-mcp-server"
+) -> tuple[Proc, int]:
+    """demo/mcp_server.py: the SQLite demo server full of fake secrets (SSE answers, or JSON).
+
+    `db` is created and seeded on first start. Host must be 127.0.0.1:port.
+    """
+    port = port or free_port()
+    argv = [sys.executable, paths.demo_server_py(), "--port", str(port), "--db", str(db)]
+    if json_response:
+        argv.append("--json")
+    proc = procs.start(name, argv)
     proc.wait_tcp(port)
     return proc, port
 

@@ -44,6 +44,10 @@ def gatehouse_wasm() -> Path:
     )
 
 
+def demo_server_py() -> Path:
+    return REPO / "demo" / "mcp_server.py"
+
+
 def gen_tls_script() -> Path:
     return SCRIPTS / "gen-tls.sh"
 

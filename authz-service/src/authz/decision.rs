@@ -4,12 +4,14 @@ use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
     pb::{CheckResponse, HttpStatusCode},
 };
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
 use gatehouse_core::{jsonrpc_error, mcp};
 use serde_json::{Value, json};
 
 use super::{HttpRequestView, REQUEST_ID_HEADER};
-use crate::{AppState, identity::IdentityError};
+use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
 
 /// Why a request is refused, and what the client is told.
 #[derive(Debug, Clone)]
@@ -30,7 +32,15 @@ pub struct Decision {
     pub request_id: String,
     pub record: Value,
     pub jsonrpc_id: Option<Value>,
-    pub outcome: Result<String, Denial>,
+    pub outcome: Result<Allowed, Denial>,
+}
+
+/// What an allowed request carries back to Envoy.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub subject: String,
+    /// Kinds the filter may leave in clear in the answer to this caller.
+    pub reveal: Reveal,
 }
 
 impl Decision {
@@ -57,10 +67,17 @@ impl Decision {
 
     pub fn into_check_response(self) -> CheckResponse {
         match self.outcome {
-            Ok(subject) => {
+            Ok(Allowed { subject, reveal }) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 // The client's credential is for the gateway only; it never goes upstream.
                 ok.remove_header("authorization");
+                // For the filter, which removes it. Overwrites whatever the upstream sent.
+                ok.add_response_header(
+                    REVEAL_HEADER,
+                    reveal.to_header(),
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    true,
+                );
                 let mut response = CheckResponse::with_status(tonic::Status::ok("allowed"));
                 response.set_http_response(ok);
                 response.set_dynamic_metadata(Some(metadata(&[
@@ -161,6 +178,7 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
     });
     if let (Some(Ok(env)), Some(obj)) = (&envelope, record.as_object_mut()) {
         describe_messages(env, obj);
+        mask_arguments(&state.masker, obj);
     }
 
     let deny = |record: Value, denial: Denial, request_id: String| {
@@ -234,11 +252,19 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         obj.insert("decision".into(), json!("allow"));
         obj.insert("reason".into(), json!("caller's group may use the upstream"));
     }
+    let tool = first.filter(|m| m.method.as_deref() == Some("tools/call")).and_then(|m| m.target_name());
+    let reveal = state.config.masking.reveal_for(&principal.groups, &upstream.name, tool);
+    if let (false, Some(obj)) = (reveal.is_empty(), record.as_object_mut()) {
+        obj.insert("revealed".into(), json!(reveal.0));
+    }
     Decision {
         request_id,
         record,
         jsonrpc_id,
-        outcome: Ok(principal.subject),
+        outcome: Ok(Allowed {
+            subject: principal.subject,
+            reveal,
+        }),
     }
 }
 
@@ -264,6 +290,26 @@ fn describe_messages(env: &mcp::Envelope, obj: &mut serde_json::Map<String, Valu
             "batch".into(),
             Value::Array(env.messages.iter().map(describe).collect()),
         );
+    }
+}
+
+/// Masks the arguments in a request record (nothing revealed: records never hold a clear
+/// value) and notes what was masked.
+fn mask_arguments(masker: &Masker, obj: &mut serde_json::Map<String, Value>) {
+    let mut counts = MaskCounts::default();
+    let none = Reveal::none();
+    if let Some(arguments) = obj.get_mut("arguments") {
+        masker.mask_value(arguments, &none, &mut counts);
+    }
+    if let Some(Value::Array(batch)) = obj.get_mut("batch") {
+        for message in batch {
+            if let Some(arguments) = message.get_mut("arguments") {
+                masker.mask_value(arguments, &none, &mut counts);
+            }
+        }
+    }
+    if !counts.is_empty() {
+        obj.insert("masked".into(), json!(counts));
     }
 }
 

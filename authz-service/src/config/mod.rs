@@ -47,6 +47,7 @@ pub struct Config {
     pub audit: Audit,
     pub upstreams: Vec<Upstream>,
     pub envoy: Envoy,
+    pub masking: crate::masking::MaskingPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +132,8 @@ pub struct Envoy {
     pub ext_authz_timeout_ms: u64,
     /// How long an SSE stream may stay silent before Envoy closes it.
     pub stream_idle_timeout_s: u64,
+    /// The largest JSON answer the filter buffers to mask (larger ones are refused).
+    pub max_response_bytes: u64,
 }
 
 impl Config {

@@ -1,11 +1,12 @@
 //! The file as written: serde types with `deny_unknown_fields`, checked by `validate`.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
 
+use gatehouse_core::mask::{CustomRule, MaskConfig, Masker, Style};
 use serde::Deserialize;
 use url::Url;
 
@@ -19,6 +20,40 @@ pub struct Config {
     pub audit: Audit,
     pub upstreams: Vec<Upstream>,
     pub envoy: Envoy,
+    #[serde(default)]
+    pub masking: Masking,
+}
+
+/// `masking:`: the engine's rules (see `gatehouse_core::mask::MaskConfig`) plus where the
+/// token key lives and who may see which kinds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masking {
+    #[serde(default)]
+    pub token_key_file: Option<String>,
+    #[serde(default)]
+    pub default_style: Style,
+    #[serde(default)]
+    pub styles: BTreeMap<String, Style>,
+    #[serde(default)]
+    pub disabled: Vec<String>,
+    #[serde(default)]
+    pub sensitive_keys: Vec<String>,
+    #[serde(default)]
+    pub custom: Vec<CustomRule>,
+    #[serde(default)]
+    pub reveal: Vec<RevealRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevealRule {
+    pub kinds: Vec<String>,
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub upstreams: Option<Vec<String>>,
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +148,8 @@ pub struct Envoy {
     pub ext_authz_timeout_ms: u64,
     #[serde(default = "default_stream_idle_timeout_s")]
     pub stream_idle_timeout_s: u64,
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
 }
 
 fn default_groups_claim() -> String {
@@ -132,6 +169,9 @@ fn default_ext_authz_timeout_ms() -> u64 {
 }
 fn default_stream_idle_timeout_s() -> u64 {
     300
+}
+fn default_max_response_bytes() -> u64 {
+    8 * 1024 * 1024
 }
 
 /// Collects problems so that every one is reported, not just the first.
@@ -298,6 +338,8 @@ impl Config {
             }
         }
 
+        let masking = validate_masking(self.masking, &upstreams, base, &mut p);
+
         let e = self.envoy;
         let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
         let http_listen = e.http_listen.as_deref().map(|a| p.addr("envoy.http_listen", a));
@@ -318,6 +360,9 @@ impl Config {
         }
         if !(50..=600_000).contains(&e.ext_authz_timeout_ms) {
             p.add("envoy.ext_authz_timeout_ms", "must be between 50 and 600000");
+        }
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&e.max_response_bytes) {
+            p.add("envoy.max_response_bytes", "must be between 64 KiB and 256 MiB");
         }
         if e.stream_idle_timeout_s == 0 {
             p.add(
@@ -369,7 +414,76 @@ impl Config {
                 max_request_bytes: e.max_request_bytes,
                 ext_authz_timeout_ms: e.ext_authz_timeout_ms,
                 stream_idle_timeout_s: e.stream_idle_timeout_s,
+                max_response_bytes: e.max_response_bytes,
             },
+            masking,
         })
+    }
+}
+
+/// A key for compiling the rules at validation time; the real key is read when serving.
+const PLACEHOLDER_TOKEN_KEY: &str = "00000000000000000000000000000000";
+
+fn validate_masking(
+    m: Masking,
+    upstreams: &[super::Upstream],
+    base: &Path,
+    p: &mut Problems,
+) -> crate::masking::MaskingPolicy {
+    let rules = MaskConfig {
+        disabled: m.disabled,
+        sensitive_keys: m.sensitive_keys,
+        custom: m.custom,
+        styles: m.styles,
+        default_style: m.default_style,
+        token_key: None,
+    };
+    let uses_token = rules.default_style == Style::Token || rules.styles.values().any(|s| *s == Style::Token);
+    if uses_token && m.token_key_file.is_none() {
+        p.add("masking.token_key_file", "required when a kind uses the token style");
+    }
+    let mut kinds = BTreeSet::new();
+    let check = MaskConfig {
+        token_key: uses_token.then(|| PLACEHOLDER_TOKEN_KEY.to_owned()),
+        ..rules.clone()
+    };
+    match Masker::new(&check) {
+        Ok(masker) => kinds.extend(masker.kinds()),
+        Err(e) => {
+            for problem in e.problems {
+                p.add("masking", problem);
+            }
+        }
+    }
+    let mut reveal = Vec::new();
+    for (i, r) in m.reveal.into_iter().enumerate() {
+        let at = format!("masking.reveal[{i}]");
+        if r.kinds.is_empty() {
+            p.add(format!("{at}.kinds"), "list at least one kind");
+        }
+        for kind in &r.kinds {
+            if !kinds.is_empty() && !kinds.contains(kind) {
+                p.add(format!("{at}.kinds"), format!("{kind:?} is not a known kind"));
+            }
+        }
+        if r.groups.is_empty() {
+            p.add(format!("{at}.groups"), "list at least one group");
+        }
+        for name in r.upstreams.iter().flatten() {
+            if !upstreams.iter().any(|u| &u.name == name) {
+                p.add(format!("{at}.upstreams"), format!("{name:?} is not an upstream"));
+            }
+        }
+        reveal.push(crate::masking::RevealRule {
+            kinds: r.kinds.into_iter().collect(),
+            groups: r.groups.into_iter().collect(),
+            upstreams: r.upstreams.map(|u| u.into_iter().collect()),
+            tools: r.tools,
+        });
+    }
+    crate::masking::MaskingPolicy {
+        rules,
+        token_key_file: m.token_key_file.map(|f| resolve(base, &f)),
+        reveal,
     }
 }

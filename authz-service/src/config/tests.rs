@@ -79,3 +79,38 @@ fn https_needs_a_certificate() {
     let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["envoy.tls_cert", "envoy.tls_key"]);
 }
+
+#[test]
+fn masking_rules_and_reveal_are_validated_together() {
+    let good = format!(
+        "{GOOD}masking:\n  token_key_file: state/mask.key\n  styles: {{email: token, credit_card: last4}}\n  custom: [{{name: employee_id, pattern: 'EMP-[0-9]{{6}}'}}]\n  reveal:\n    - {{kinds: [email], groups: [support], upstreams: [everything], tools: ['find_*']}}\n"
+    );
+    let c = Config::parse(&good, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+    assert_eq!(c.masking.token_key_file.as_deref(), Some(Path::new("/etc/gh/state/mask.key")));
+    assert_eq!(c.masking.reveal.len(), 1);
+    assert_eq!(c.masking.rules.custom[0].name, "employee_id");
+
+    let bad = format!(
+        "{GOOD}masking:\n  default_style: token\n  custom: [{{name: bad, pattern: '(unclosed'}}]\n  reveal:\n    - {{kinds: [email], groups: [], upstreams: [nowhere]}}\n    - {{kinds: [no_such_kind], groups: [g]}}\n"
+    );
+    let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
+    let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "masking.token_key_file",
+            "masking",
+            "masking.reveal[0].groups",
+            "masking.reveal[0].upstreams",
+            "masking.reveal[1].kinds",
+        ],
+        "{errs}"
+    );
+}
+
+#[test]
+fn max_response_bytes_is_bounded() {
+    let bad = GOOD.replace("  wasm:", "  max_response_bytes: 10\n  wasm:");
+    let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
+    assert_eq!(errs.0[0].path, "envoy.max_response_bytes");
+}

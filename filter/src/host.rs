@@ -34,6 +34,10 @@ pub mod buffer {
     pub const PLUGIN_CONFIGURATION: u32 = 7;
 }
 
+pub mod stream {
+    pub const HTTP_RESPONSE: u32 = 1;
+}
+
 pub mod metric {
     pub const COUNTER: u32 = 0;
 }
@@ -41,13 +45,6 @@ pub mod metric {
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *mut *mut u8,
-        value_size: *mut usize,
-    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -63,6 +60,8 @@ unsafe extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
+    fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         details_data: *const u8,
@@ -111,26 +110,6 @@ pub fn header_pairs(map_type: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
     abi::deserialize_map(&bytes).ok_or(Status(u32::MAX))
 }
 
-/// One header value (`Ok(None)` if absent).
-pub fn header(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
-    let (mut data, mut size) = (null_mut(), 0);
-    // SAFETY: `name` is valid for reads of its length; out-pointers valid for writes.
-    let status = unsafe { proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size) };
-    match status {
-        OK => Ok(Some(take_host_bytes(data, size).unwrap_or_default())),
-        NOT_FOUND => Ok(None),
-        other => Err(Status(other)),
-    }
-}
-
-/// One header value as text (lossy), `None` if absent or unreadable.
-pub fn header_text(map_type: u32, name: &str) -> Option<String> {
-    header(map_type, name)
-        .ok()
-        .flatten()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-}
-
 /// Sets a header, replacing any value it had.
 pub fn set_header(map_type: u32, name: &str, value: &str) -> Result<(), Status> {
     // SAFETY: both slices are valid for reads of their lengths during the call.
@@ -153,6 +132,20 @@ pub fn buffer(buffer_type: u32, start: usize, max_size: usize) -> Result<Vec<u8>
         NOT_FOUND => Ok(Vec::new()),
         other => Err(Status(other)),
     }
+}
+
+/// Replaces bytes `start..start + size` of a buffer with `data` (`start` 0 and `size` the
+/// whole buffer replace all of it).
+pub fn set_buffer(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+    // SAFETY: `data` is valid for reads of its length during the call.
+    check(unsafe { proxy_set_buffer_bytes(buffer_type, start, size, data.as_ptr(), data.len()) })
+}
+
+/// Resets a stream (Envoy: the response is reset, the client sees the stream end with an
+/// error): the last resort when an answer must not go on and cannot be replaced.
+pub fn close_stream(stream_type: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_close_stream(stream_type) })
 }
 
 /// Answers the request locally (Envoy's local reply); `details` shows up as the

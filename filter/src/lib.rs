@@ -4,15 +4,18 @@
 //! `x-gatehouse-*` header, gives the request a random `x-gatehouse-request-id`, and
 //! refuses what is not MCP (wrong method, not JSON, too large, not JSON-RPC, 2026-07-28
 //! routing headers that disagree with the body) with a JSON-RPC error before anything
-//! reaches ext_authz or an upstream. On the way out it passes the answer through
-//! unchanged while recording it — a JSON answer whole, an SSE stream event by event — and
-//! ships those records, and its own rejections, to the service's audit ingest over gRPC
+//! reaches ext_authz or an upstream, and asks the upstream for an uncompressed answer. On
+//! the way out it masks secrets and personal data in the answer — a JSON answer whole, an
+//! SSE stream event by event — showing the client only the kinds the service revealed to
+//! it (`x-gatehouse-reveal`, which it removes), refuses what it cannot mask (a compressed
+//! or over-large answer) with a 502, and records the answer masked with nothing revealed.
+//! It ships those records, and its own rejections, to the service's audit ingest over gRPC
 //! from a bounded queue.
 //!
 //! Reading order: [`config`], [`request`] (decisions on the way in), [`response`]
-//! (records on the way out), [`queue`] (batching and retries); then the proxy-wasm shell,
-//! `glue` and `host`, which only exist on `wasm32`. Everything except the shell is pure
-//! and tested natively with `cargo test -p gatehouse-filter`.
+//! (masking and records on the way out), [`queue`] (batching and retries); then the
+//! proxy-wasm shell, `glue` and `host`, which only exist on `wasm32`. Everything except the
+//! shell is pure and tested natively with `cargo test -p gatehouse-filter`.
 //!
 //! The filter never panics: a panic kills the VM for every request on its worker. The
 //! crate denies `unwrap`, `expect`, `panic!` and indexing, and `host` replaces the SDK

@@ -272,6 +272,17 @@ pub fn check_body(head: &RequestHead, body: &[u8]) -> Result<RequestSummary, Rej
     Ok(summarize(&envelope))
 }
 
+impl RequestSummary {
+    /// The id to answer this request with (a single message's id), for an error the
+    /// gateway sends in place of the upstream's answer.
+    pub fn reply_id(&self) -> Option<Value> {
+        if self.batch {
+            return None;
+        }
+        self.jsonrpc_id.as_deref().and_then(|id| serde_json::from_str(id).ok())
+    }
+}
+
 fn summarize(envelope: &Envelope) -> RequestSummary {
     let first = envelope.first();
     RequestSummary {
@@ -501,5 +512,15 @@ mod tests {
         assert_eq!(rec.session_id, "s");
         assert_eq!(rec.protocol_version, "2025-06-18");
         assert_eq!(rec.observed_at_unix_ms, 42);
+    }
+
+    #[test]
+    fn a_withheld_answer_replies_with_the_requests_id() {
+        let h = post(&[]);
+        let id = |body: &[u8]| check_body(&h, body).unwrap().reply_id();
+        assert_eq!(id(br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#), Some(json!("a")));
+        assert_eq!(id(br#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#), Some(json!(7)));
+        assert_eq!(id(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), None);
+        assert_eq!(id(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#), None, "a batch");
     }
 }

@@ -1,15 +1,34 @@
-//! Turning an upstream answer into `ResponseObserved` records, chunk by chunk.
+//! The upstream's answer on its way out: masked for the client, recorded masked with
+//! nothing revealed.
 //!
-//! The bytes themselves pass through unchanged (the glue always continues); this only
-//! watches them. A JSON answer becomes one final part; an SSE answer one part per event
-//! plus a final part when the stream ends; anything else one final part without a
-//! message. Nothing is ever held beyond one record's worth of JSON or one SSE event.
+//! [`ResponseMasker`] is the whole pipeline for one answer, free of host calls: the glue
+//! feeds it the response head and the body callbacks, and does what it says ([`Plan`],
+//! [`Step`]). By content type:
+//! - `application/json` and other text: the headers are held and the body buffered (up to
+//!   `max_response_bytes`), then masked whole. The client gets it masked with the kinds
+//!   the service revealed to it; the record holds it masked with nothing revealed.
+//! - `text/event-stream`: never buffered. Each chunk goes through [`SseMasker`], which
+//!   carries at most one unfinished event, and is replaced by the masked bytes; each event
+//!   becomes one record.
+//! - Clearly binary types (`image/*`, `audio/*`, `video/*`, `application/octet-stream`)
+//!   pass unchanged.
+//! - A compressed body (`content-encoding` other than `identity`) cannot be masked, and
+//!   an over-large one cannot be buffered: the client gets a 502 JSON-RPC error instead,
+//!   and the record says why (`withheld`). Nothing unmasked is ever passed.
 
+use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR};
+use gatehouse_core::mask::{JsonMasked, MaskCounts, MaskedEvent, Masker, Reveal, SseMasker};
 use gatehouse_core::mcp;
-use gatehouse_core::sse::{SseEvent, SseFramer};
 use gatehouse_proto::audit::v1::ResponseObserved;
+use serde_json::Value;
 
 use crate::request::media_type;
+
+/// The kinds the service lets this caller see in clear, added by ext_authz to the answer
+/// (kind names separated by commas, `-` for none). The filter always removes it.
+pub const REVEAL_HEADER: &str = "x-gatehouse-reveal";
+/// What the client gets instead of an answer the filter withholds.
+pub const WITHHELD_STATUS: u32 = 502;
 
 /// `end_reason` of a response that ended normally.
 pub const END_COMPLETE: &str = "complete";
@@ -18,66 +37,180 @@ pub const END_CLIENT_GONE: &str = "client_gone";
 /// `end_reason` when the upstream reset the stream before the end.
 pub const END_UPSTREAM_RESET: &str = "upstream_reset";
 
-/// How the body of an answer is looked at.
+/// Values of a record's `withheld`: why the client did not get (part of) the answer.
+pub mod withheld {
+    /// A compressed body, which cannot be masked.
+    pub const ENCODED: &str = "encoded";
+    /// A body over `max_response_bytes` (or Envoy's own buffer limit).
+    pub const TOO_LARGE: &str = "too_large";
+    /// One SSE event over the event bound: replaced by a comment, the stream goes on.
+    pub const EVENT_TOO_LARGE: &str = "event_too_large";
+    /// The host would not give or take the body, so it could not be masked.
+    pub const UNREADABLE: &str = "unreadable";
+}
+
+/// How the body of an answer is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
+    /// Masked whole as JSON-RPC (as text if it is not JSON).
     Json,
+    /// Masked event by event.
     EventStream,
+    /// Passed unchanged: masking bytes as text would corrupt it, and it carries no text.
+    Binary,
+    /// Masked whole as text.
     Other,
 }
 
 impl BodyKind {
     pub fn of(content_type: Option<&str>) -> Self {
-        let media = content_type.map(media_type).unwrap_or_default();
-        if media.eq_ignore_ascii_case("application/json") {
-            Self::Json
-        } else if media.eq_ignore_ascii_case("text/event-stream") {
-            Self::EventStream
-        } else {
-            Self::Other
+        let media = content_type.map(media_type).unwrap_or_default().to_ascii_lowercase();
+        match media.as_str() {
+            "application/json" => Self::Json,
+            "text/event-stream" => Self::EventStream,
+            "application/octet-stream" => Self::Binary,
+            m if m.starts_with("image/") || m.starts_with("audio/") || m.starts_with("video/") => Self::Binary,
+            _ => Self::Other,
         }
     }
 }
 
-/// Watches one answer. Feed it the body chunks; it hands out records to queue.
-#[derive(Debug)]
-pub struct ResponseObserver {
-    request_id: String,
-    http_status: u32,
-    content_type: String,
-    kind: BodyKind,
-    record_max: usize,
-    next_part: u32,
-    body_bytes: u64,
-    /// JSON body kept for the record, at most `record_max` bytes.
-    json: Vec<u8>,
-    json_truncated: bool,
-    framer: Option<SseFramer>,
-    finished: bool,
+/// The response headers the filter reads, taken once from the header map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u32,
+    pub content_type: Option<String>,
+    /// The codings of `content-encoding` other than `identity`, comma-separated; `None`
+    /// when the body is not encoded.
+    pub content_encoding: Option<String>,
+    /// `None` if absent or not a number.
+    pub content_length: Option<u64>,
+    /// From `x-gatehouse-reveal`; nothing when the header is absent. Several values are
+    /// intersected, so a second one (an upstream's) can only narrow the service's.
+    pub reveal: Reveal,
+    /// `x-gatehouse-reveal` is present and must be removed.
+    pub has_reveal_header: bool,
 }
 
-impl ResponseObserver {
-    /// `record_max` bounds the message kept per record; `max_event_bytes` one SSE event.
-    pub fn new(
-        request_id: &str,
-        http_status: u32,
-        content_type: Option<&str>,
-        record_max: usize,
-        max_event_bytes: usize,
-    ) -> Self {
-        let kind = BodyKind::of(content_type);
+impl ResponseHead {
+    /// Reads the head from header pairs (names in lower case, as Envoy gives them).
+    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut head = Self::default();
+        let mut codings: Vec<String> = Vec::new();
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value);
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                ":status" => head.status = value.parse().unwrap_or(0),
+                "content-type" => head.content_type = Some(value.to_owned()),
+                "content-length" => head.content_length = value.parse().ok(),
+                "content-encoding" => codings.extend(
+                    value
+                        .split(',')
+                        .map(|c| c.trim().to_ascii_lowercase())
+                        .filter(|c| !c.is_empty() && c != "identity"),
+                ),
+                REVEAL_HEADER => {
+                    let reveal = Reveal::from_header(value);
+                    if head.has_reveal_header {
+                        head.reveal.0.retain(|kind| reveal.contains(kind));
+                    } else {
+                        head.reveal = reveal;
+                    }
+                    head.has_reveal_header = true;
+                }
+                _ => {}
+            }
+        }
+        head.content_encoding = (!codings.is_empty()).then(|| codings.join(", "));
+        head
+    }
+}
+
+/// The bounds, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message kept in one record.
+    pub record_max: usize,
+    /// Largest SSE event masked; a larger one is withheld from the client.
+    pub max_event_bytes: usize,
+    /// Largest non-SSE body buffered to be masked.
+    pub max_response_bytes: usize,
+}
+
+/// What to do with the response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Let them go on; the body (if any) passes unchanged.
+    Pass,
+    /// Remove `content-length` and let them go on; each body chunk is replaced by its
+    /// masked form.
+    Stream,
+    /// Remove `content-length` and hold them; the body is buffered and masked whole.
+    Buffer,
+    /// The answer must not reach the client: answer with [`ResponseMasker::local_reply`].
+    Withhold,
+}
+
+/// What to do with a body callback.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// Let the body go on as the host holds it.
+    Continue,
+    /// Keep buffering (the headers stay held). Also what follows a withheld answer.
+    Pause,
+    /// Replace the first `len` bytes of the host's body buffer with `bytes`, then go on.
+    Replace { len: usize, bytes: &'a [u8] },
+    /// The answer must not reach the client: answer with
+    /// [`ResponseMasker::local_reply`] if the headers are still held, else reset the stream.
+    Withhold { headers_held: bool },
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Body bytes are counted, not read.
+    Pass,
+    Stream(Box<SseMasker>),
+    Buffer,
+    /// The final part has been recorded.
+    Done,
+}
+
+/// One answer, from its headers to its final record.
+#[derive(Debug)]
+pub struct ResponseMasker {
+    request_id: String,
+    head: ResponseHead,
+    kind: BodyKind,
+    limits: Limits,
+    /// The JSON-RPC id of the request, for a local reply.
+    reply_id: Option<Value>,
+    mode: Mode,
+    next_part: u32,
+    /// Body bytes from the upstream so far.
+    body_bytes: u64,
+    /// What was masked for the client since [`take_client_counts`](Self::take_client_counts).
+    client_counts: MaskCounts,
+    /// Bytes for the client, reused from chunk to chunk.
+    out: Vec<u8>,
+    withheld: Option<&'static str>,
+}
+
+impl ResponseMasker {
+    /// `reply_id`: the JSON-RPC id of the request (single message), for a local reply.
+    pub fn new(request_id: &str, head: ResponseHead, reply_id: Option<Value>, limits: Limits) -> Self {
         Self {
             request_id: request_id.to_owned(),
-            http_status,
-            content_type: content_type.unwrap_or_default().to_owned(),
-            kind,
-            record_max,
+            kind: BodyKind::of(head.content_type.as_deref()),
+            head,
+            limits,
+            reply_id,
+            mode: Mode::Pass,
             next_part: 0,
             body_bytes: 0,
-            json: Vec::new(),
-            json_truncated: false,
-            framer: (kind == BodyKind::EventStream).then(|| SseFramer::new(max_event_bytes)),
-            finished: false,
+            client_counts: MaskCounts::default(),
+            out: Vec::new(),
+            withheld: None,
         }
     }
 
@@ -85,107 +218,355 @@ impl ResponseObserver {
         self.kind
     }
 
+    pub fn reveal(&self) -> &Reveal {
+        &self.head.reveal
+    }
+
     /// Whether the final part has been produced.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        matches!(self.mode, Mode::Done)
     }
 
-    /// Whether the glue must read the body bytes (or may just report their count).
-    pub fn wants_bytes(&self) -> bool {
-        !self.finished && self.kind != BodyKind::Other
+    /// Why the answer was withheld, if it was.
+    pub fn withheld(&self) -> Option<&'static str> {
+        self.withheld
     }
 
-    /// One body chunk as the client receives it.
-    pub fn on_chunk(&mut self, chunk: &[u8], now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
-        if self.finished {
-            return;
+    /// What was masked for the client since the last call (for metrics).
+    pub fn take_client_counts(&mut self) -> MaskCounts {
+        std::mem::take(&mut self.client_counts)
+    }
+
+    /// The response headers are in.
+    pub fn on_headers(&mut self, end_of_stream: bool, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) -> Plan {
+        if end_of_stream {
+            self.close(END_COMPLETE, now_ms, out);
+            return Plan::Pass;
         }
-        self.body_bytes += chunk.len() as u64;
-        match self.kind {
-            BodyKind::Json => {
-                let room = self.record_max.saturating_sub(self.json.len());
-                if chunk.len() > room {
-                    self.json.extend_from_slice(chunk.get(..room).unwrap_or_default());
-                    self.json_truncated = true;
+        if self.kind == BodyKind::Binary {
+            self.mode = Mode::Pass;
+            return Plan::Pass;
+        }
+        if self.head.content_encoding.is_some() {
+            self.withhold(withheld::ENCODED, now_ms, out);
+            return Plan::Withhold;
+        }
+        if self.kind == BodyKind::EventStream {
+            self.mode = Mode::Stream(Box::new(SseMasker::new(self.limits.max_event_bytes)));
+            return Plan::Stream;
+        }
+        if self
+            .head
+            .content_length
+            .is_some_and(|len| len > self.limits.max_response_bytes as u64)
+        {
+            self.withhold(withheld::TOO_LARGE, now_ms, out);
+            return Plan::Withhold;
+        }
+        self.mode = Mode::Buffer;
+        Plan::Buffer
+    }
+
+    /// A body callback. `body_size` is what the host holds: everything buffered so far
+    /// while buffering, else this chunk. `read(n)` reads the first `n` bytes of it
+    /// (`None` if the host would not).
+    pub fn on_body(
+        &mut self,
+        masker: &Masker,
+        body_size: usize,
+        end_of_stream: bool,
+        read: impl FnOnce(usize) -> Option<Vec<u8>>,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) -> Step<'_> {
+        match &self.mode {
+            Mode::Done if self.withheld.is_some() => Step::Pause,
+            Mode::Done => Step::Continue,
+            Mode::Pass => {
+                self.body_bytes += body_size as u64;
+                if end_of_stream {
+                    self.close(END_COMPLETE, now_ms, out);
+                }
+                Step::Continue
+            }
+            Mode::Buffer => {
+                if body_size > self.limits.max_response_bytes {
+                    self.withhold(withheld::TOO_LARGE, now_ms, out);
+                    return Step::Withhold { headers_held: true };
+                }
+                if !end_of_stream {
+                    return Step::Pause;
+                }
+                let body = if body_size == 0 {
+                    Some(Vec::new())
                 } else {
-                    self.json.extend_from_slice(chunk);
+                    read(body_size)
+                };
+                self.finish_buffered(masker, body, body_size, now_ms, out)
+            }
+            Mode::Stream(_) => {
+                let chunk = if body_size == 0 {
+                    Some(Vec::new())
+                } else {
+                    read(body_size)
+                };
+                let Some(chunk) = chunk else {
+                    // The headers went on: only a reset keeps the chunk from the client.
+                    self.abort_stream(masker, END_COMPLETE, Some(withheld::UNREADABLE), now_ms, out);
+                    return Step::Withhold { headers_held: false };
+                };
+                self.body_bytes += chunk.len() as u64;
+                self.out.clear();
+                self.stream_chunk(masker, &chunk, end_of_stream, now_ms, out);
+                if self.out == chunk {
+                    Step::Continue
+                } else {
+                    Step::Replace {
+                        len: body_size,
+                        bytes: &self.out,
+                    }
                 }
             }
-            BodyKind::EventStream => {
-                let Some(mut framer) = self.framer.take() else {
-                    return;
-                };
-                framer.push_with(chunk, |event| self.event_part(&event, false, now_ms, out));
-                self.framer = Some(framer);
+        }
+    }
+
+    /// The answer ended with trailers. `read(n)` reads up to `n` bytes of the body the
+    /// host holds (all of it, when buffering).
+    pub fn on_trailers(
+        &mut self,
+        masker: &Masker,
+        read: impl FnOnce(usize) -> Option<Vec<u8>>,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) -> Step<'_> {
+        match &self.mode {
+            Mode::Done if self.withheld.is_some() => Step::Pause,
+            Mode::Done => Step::Continue,
+            Mode::Pass => {
+                self.close(END_COMPLETE, now_ms, out);
+                Step::Continue
             }
-            BodyKind::Other => {}
+            Mode::Buffer => {
+                let body = read(self.limits.max_response_bytes.saturating_add(1));
+                let len = body.as_ref().map_or(0, Vec::len);
+                if len > self.limits.max_response_bytes {
+                    self.withhold(withheld::TOO_LARGE, now_ms, out);
+                    return Step::Withhold { headers_held: true };
+                }
+                self.finish_buffered(masker, body, len, now_ms, out)
+            }
+            Mode::Stream(_) => {
+                // Trailers cannot carry body bytes: what the stream still held (an
+                // unfinished event, or one waiting for the LF of its last CRLF) is recorded
+                // but not sent, as a client would not have dispatched an unfinished event.
+                self.out.clear();
+                self.stream_chunk(masker, &[], true, now_ms, out);
+                Step::Continue
+            }
         }
     }
 
-    /// Body bytes that were not read (an `Other` answer, or bytes the host would not
-    /// give): counted, and a JSON record is then marked truncated.
-    pub fn on_unread(&mut self, len: usize) {
-        if self.finished {
+    /// The stream ended before its end (client gone, reset, or Envoy's own limit): the
+    /// final part says why. Nothing more goes to the client.
+    pub fn on_abort(
+        &mut self,
+        masker: &Masker,
+        end_reason: &str,
+        withheld: Option<&'static str>,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) {
+        self.abort_stream(masker, end_reason, withheld, now_ms, out);
+    }
+
+    /// The glue could not do what was asked (a header or the body could not be changed):
+    /// the answer is withheld for `reason`. Records the final part unless it has been.
+    pub fn refuse(
+        &mut self,
+        masker: &Masker,
+        reason: &'static str,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) {
+        self.abort_stream(masker, END_COMPLETE, Some(reason), now_ms, out);
+    }
+
+    /// The local reply that replaces a withheld answer: status and JSON-RPC error body.
+    pub fn local_reply(&self) -> (u32, Vec<u8>) {
+        let why = match self.withheld {
+            Some(withheld::ENCODED) => format!(
+                " (content-encoding {})",
+                self.head.content_encoding.as_deref().unwrap_or("unknown")
+            ),
+            Some(withheld::TOO_LARGE) => format!(
+                " (answer too large to inspect: over {} bytes)",
+                self.limits.max_response_bytes
+            ),
+            _ => String::new(),
+        };
+        let message = format!("Gatehouse could not inspect the upstream's answer{why}");
+        let body = jsonrpc_error::error_body(self.reply_id.as_ref(), INTERNAL_ERROR, &message, None);
+        (WITHHELD_STATUS, body)
+    }
+
+    /// Masks the whole buffered body; `body_size` is what the host holds.
+    fn finish_buffered(
+        &mut self,
+        masker: &Masker,
+        body: Option<Vec<u8>>,
+        body_size: usize,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) -> Step<'_> {
+        let Some(body) = body else {
+            self.withhold(withheld::UNREADABLE, now_ms, out);
+            return Step::Withhold { headers_held: true };
+        };
+        if body.len() > self.limits.max_response_bytes {
+            self.withhold(withheld::TOO_LARGE, now_ms, out);
+            return Step::Withhold { headers_held: true };
+        }
+        self.body_bytes = body.len() as u64;
+        let reveal = self.head.reveal.clone();
+        let mut client_counts = MaskCounts::default();
+        let client = mask_body(masker, self.kind, &body, &reveal, &mut client_counts);
+        // The record is masked with nothing revealed: a second pass only when the client
+        // was shown something.
+        let mut record_counts = MaskCounts::default();
+        let record_masked = if reveal.is_empty() {
+            record_counts = client_counts.clone();
+            None
+        } else {
+            mask_body(masker, self.kind, &body, &Reveal::none(), &mut record_counts)
+        };
+        let record: &[u8] = match (&record_masked, &client, reveal.is_empty()) {
+            (Some(masked), _, _) | (None, Some(masked), true) => masked,
+            _ => &body,
+        };
+        let mut last = self.part(now_ms);
+        if self.kind == BodyKind::Json {
+            last.truncated = record.len() > self.limits.record_max;
+            if !last.truncated {
+                summarize_into(record, &mut last);
+            }
+            last.message = record.get(..self.limits.record_max).unwrap_or(record).to_vec();
+        }
+        last.masked = masked_map(&record_counts);
+        last.r#final = true;
+        last.end_reason = END_COMPLETE.to_owned();
+        self.mode = Mode::Done;
+        out(last);
+        self.client_counts.merge(&client_counts);
+        match client {
+            Some(client) => {
+                self.out = client;
+                Step::Replace {
+                    len: body_size,
+                    bytes: &self.out,
+                }
+            }
+            None => Step::Continue,
+        }
+    }
+
+    /// Feeds one SSE chunk (and ends the stream if `end`), appending the client's bytes
+    /// to `self.out` and recording each event.
+    fn stream_chunk(
+        &mut self,
+        masker: &Masker,
+        chunk: &[u8],
+        end: bool,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) {
+        let Mode::Stream(sse) = &mut self.mode else {
             return;
+        };
+        let mut events = Vec::new();
+        let reveal = &self.head.reveal;
+        sse.push(masker, reveal, chunk, &mut self.out, &mut self.client_counts, |e| {
+            events.push(e)
+        });
+        if end {
+            sse.finish(masker, reveal, &mut self.out, &mut self.client_counts, |e| {
+                events.push(e)
+            });
         }
-        self.body_bytes += len as u64;
-        if self.kind == BodyKind::Json && len > 0 {
-            self.json_truncated = true;
+        for event in events {
+            self.event_part(event, now_ms, out);
+        }
+        if end {
+            self.close(END_COMPLETE, now_ms, out);
         }
     }
 
-    /// The answer ended normally (end of stream, or trailers).
-    pub fn on_end(&mut self, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
-        self.close(END_COMPLETE, now_ms, out);
-    }
-
-    /// The stream ended before its end (client gone, reset): the final part says why.
-    pub fn on_abort(&mut self, end_reason: &str, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
+    /// Ends an answer early: an SSE stream's held events are recorded (not sent).
+    fn abort_stream(
+        &mut self,
+        masker: &Masker,
+        end_reason: &str,
+        withheld: Option<&'static str>,
+        now_ms: u64,
+        out: &mut impl FnMut(ResponseObserved),
+    ) {
+        if withheld.is_some() {
+            self.withheld = withheld;
+        }
+        if let Mode::Stream(sse) = &mut self.mode {
+            let mut events = Vec::new();
+            // The client is not sent these bytes; only the events are wanted.
+            let mut discard = Vec::new();
+            sse.finish(masker, &Reveal::none(), &mut discard, &mut MaskCounts::default(), |e| {
+                events.push(e)
+            });
+            for event in events {
+                self.event_part(event, now_ms, out);
+            }
+        }
         self.close(end_reason, now_ms, out);
     }
 
+    fn withhold(&mut self, reason: &'static str, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
+        self.withheld = Some(reason);
+        self.out = Vec::new();
+        self.close(END_COMPLETE, now_ms, out);
+    }
+
+    /// Records the final part (without a message) unless it has been.
     fn close(&mut self, end_reason: &str, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
-        if self.finished {
+        if matches!(self.mode, Mode::Done) {
             return;
         }
-        if let Some(mut framer) = self.framer.take() {
-            let end = framer.finish();
-            for event in &end.events {
-                self.event_part(event, false, now_ms, out);
-            }
-            // An event that never got its blank line was not delivered as an event; it
-            // is recorded, flagged, so the trail shows what the client got.
-            if let Some(tail) = end.incomplete.filter(SseEvent::is_dispatchable) {
-                self.event_part(&tail, true, now_ms, out);
-            }
-        }
+        self.mode = Mode::Done;
         let mut last = self.part(now_ms);
-        if self.kind == BodyKind::Json {
-            let message = std::mem::take(&mut self.json);
-            last.truncated = self.json_truncated || end_reason != END_COMPLETE;
-            if !last.truncated {
-                summarize_into(&message, &mut last);
-            }
-            last.message = message;
-        }
         last.r#final = true;
         last.end_reason = end_reason.to_owned();
-        self.finished = true;
+        // A message that never arrived whole is not recorded, so it is marked cut.
+        last.truncated = end_reason != END_COMPLETE && self.kind == BodyKind::Json;
         out(last);
     }
 
-    fn event_part(&mut self, event: &SseEvent, incomplete: bool, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
-        let Some(data) = event.data.as_deref() else {
+    fn event_part(&mut self, event: MaskedEvent, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) {
+        // Blocks without data (comments, keep-alives) are not recorded; a withheld event
+        // is, even when none of its data could be parsed within the bound.
+        if event.data.is_none() && !event.truncated {
             return;
-        };
-        let mut part = self.part(now_ms);
-        let data = data.as_bytes();
-        part.truncated = incomplete || event.truncated || data.len() > self.record_max;
-        if !part.truncated {
-            summarize_into(data, &mut part);
         }
-        part.message = data.get(..self.record_max).unwrap_or(data).to_vec();
-        part.sse_event_id = event.id.clone().unwrap_or_default();
+        let mut part = self.part(now_ms);
+        let data = event.data.unwrap_or_default().into_bytes();
+        part.truncated = event.incomplete || event.truncated || data.len() > self.limits.record_max;
+        if !part.truncated {
+            summarize_into(&data, &mut part);
+        }
+        if event.truncated {
+            part.withheld = withheld::EVENT_TOO_LARGE.to_owned();
+        }
+        part.message = match data.get(..self.limits.record_max) {
+            Some(cut) => cut.to_vec(),
+            None => data,
+        };
+        part.sse_event_id = event.id.unwrap_or_default();
+        part.masked = masked_map(&event.masked);
         out(part);
     }
 
@@ -195,13 +576,37 @@ impl ResponseObserver {
         ResponseObserved {
             request_id: self.request_id.clone(),
             part,
-            http_status: self.http_status,
-            content_type: self.content_type.clone(),
+            http_status: self.head.status,
+            content_type: self.head.content_type.clone().unwrap_or_default(),
             body_bytes: self.body_bytes,
             observed_at_unix_ms: now_ms,
+            withheld: self.withheld.unwrap_or_default().to_owned(),
+            revealed: self.head.reveal.0.iter().cloned().collect(),
             ..Default::default()
         }
     }
+}
+
+fn masked_map(counts: &MaskCounts) -> std::collections::HashMap<String, u64> {
+    counts.0.iter().map(|(kind, n)| (kind.clone(), *n)).collect()
+}
+
+/// Masks a whole body for one audience; `None` when it is unchanged.
+fn mask_body(
+    masker: &Masker,
+    kind: BodyKind,
+    body: &[u8],
+    reveal: &Reveal,
+    counts: &mut MaskCounts,
+) -> Option<Vec<u8>> {
+    if kind == BodyKind::Json {
+        match masker.mask_json(body, reveal, counts) {
+            JsonMasked::Unchanged => return None,
+            JsonMasked::Changed(masked) => return Some(masked),
+            JsonMasked::NotJson => {}
+        }
+    }
+    masker.mask_bytes_as_text(body, reveal, counts)
 }
 
 /// The final part of a request whose answer never started (no response headers).
@@ -223,6 +628,14 @@ pub fn abort_reason(code_details: Option<&str>) -> &'static str {
     }
 }
 
+/// Whether Envoy itself withheld the answer: over its buffer limit it answers 500
+/// (`response_payload_too_large`) while the filter holds the body.
+pub fn withheld_by_envoy(code_details: Option<&str>) -> Option<&'static str> {
+    code_details
+        .filter(|d| d.contains("response_payload_too_large"))
+        .map(|_| withheld::TOO_LARGE)
+}
+
 /// Fills the JSON-RPC id and error fields from a complete message (or batch).
 fn summarize_into(message: &[u8], part: &mut ResponseObserved) {
     let Ok(envelope) = mcp::parse_body(message) else {
@@ -240,11 +653,120 @@ fn summarize_into(message: &[u8], part: &mut ResponseObserved) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn collect(f: impl FnOnce(&mut dyn FnMut(ResponseObserved))) -> Vec<ResponseObserved> {
-        let mut parts = Vec::new();
-        f(&mut |p| parts.push(p));
-        parts
+    const LIMITS: Limits = Limits {
+        record_max: 1 << 16,
+        max_event_bytes: 1 << 16,
+        max_response_bytes: 1 << 20,
+    };
+
+    fn head(content_type: &str, extra: &[(&str, &str)]) -> ResponseHead {
+        let mut pairs = vec![(":status", "200"), ("content-type", content_type)];
+        pairs.extend_from_slice(extra);
+        ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())))
+    }
+
+    /// What the client got and what the trail got.
+    #[derive(Debug, Default, PartialEq)]
+    struct Run {
+        plan: Option<Plan>,
+        client: Vec<u8>,
+        records: Vec<ResponseObserved>,
+        /// The local reply, when the answer was withheld while its headers were held.
+        reply: Option<(u32, Value)>,
+        reset: bool,
+        client_counts: MaskCounts,
+    }
+
+    /// Plays the host: `chunks` arrive one per body callback, the last with end of stream
+    /// (or followed by trailers). While the filter pauses, the host keeps buffering.
+    fn run_with(masker: &Masker, head: ResponseHead, limits: Limits, chunks: &[&[u8]], trailers: bool) -> Run {
+        let mut run = Run::default();
+        let mut r = ResponseMasker::new("r1", head, Some(json!(7)), limits);
+        let mut records = Vec::new();
+        let plan = r.on_headers(chunks.is_empty() && !trailers, 1, &mut |p| records.push(p));
+        run.plan = Some(plan);
+        let mut held = Vec::new();
+        let mut withheld = None;
+        if plan == Plan::Withhold {
+            withheld = Some(true);
+        } else {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let end = i + 1 == chunks.len() && !trailers;
+                held.extend_from_slice(chunk);
+                let size = held.len();
+                let read = |n: usize| Some(held[..n.min(held.len())].to_vec());
+                let step = r.on_body(masker, size, end, read, 2, &mut |p| records.push(p));
+                match step {
+                    Step::Continue => run.client.append(&mut held),
+                    Step::Replace { len, bytes } => {
+                        held.splice(..len, bytes.iter().copied());
+                        run.client.append(&mut held);
+                    }
+                    Step::Pause => {}
+                    Step::Withhold { headers_held } => {
+                        withheld = Some(headers_held);
+                        break;
+                    }
+                }
+            }
+            if trailers && withheld.is_none() {
+                let read = |n: usize| Some(held[..n.min(held.len())].to_vec());
+                match r.on_trailers(masker, read, 3, &mut |p| records.push(p)) {
+                    Step::Continue => run.client.append(&mut held),
+                    Step::Replace { len, bytes } => {
+                        held.splice(..len, bytes.iter().copied());
+                        run.client.append(&mut held);
+                    }
+                    Step::Pause => {}
+                    Step::Withhold { headers_held } => withheld = Some(headers_held),
+                }
+            }
+        }
+        match withheld {
+            Some(true) => {
+                let (status, body) = r.local_reply();
+                run.reply = Some((status, serde_json::from_slice(&body).unwrap()));
+            }
+            Some(false) => run.reset = true,
+            None => {}
+        }
+        assert!(r.is_finished(), "every answer ends with a final part");
+        run.client_counts = r.take_client_counts();
+        run.records = records;
+        run
+    }
+
+    fn run(masker: &Masker, head: ResponseHead, chunks: &[&[u8]]) -> Run {
+        run_with(masker, head, LIMITS, chunks, false)
+    }
+
+    fn revealing(content_type: &str, kinds: &str) -> ResponseHead {
+        head(content_type, &[(REVEAL_HEADER, kinds)])
+    }
+
+    fn masked_json(masker: &Masker, body: &[u8], reveal: &Reveal) -> Vec<u8> {
+        match masker.mask_json(body, reveal, &mut MaskCounts::default()) {
+            JsonMasked::Changed(b) => b,
+            JsonMasked::Unchanged => body.to_vec(),
+            JsonMasked::NotJson => panic!("not JSON"),
+        }
+    }
+
+    const EMAIL: &str = "alice.smith@corp-mail.com";
+    const CARD: &str = "4111 1111 1111 1111";
+
+    fn tool_result() -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "jsonrpc": "2.0", "id": 7,
+            "result": {"content": [{"type": "text", "text": format!("Mail {EMAIL}, card {CARD}")}]}
+        }))
+        .unwrap()
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
     }
 
     #[test]
@@ -252,110 +774,389 @@ mod tests {
         assert_eq!(BodyKind::of(Some("application/json; charset=utf-8")), BodyKind::Json);
         assert_eq!(BodyKind::of(Some("Text/Event-Stream")), BodyKind::EventStream);
         assert_eq!(BodyKind::of(Some("text/html")), BodyKind::Other);
+        assert_eq!(BodyKind::of(Some("application/jsonx")), BodyKind::Other);
         assert_eq!(BodyKind::of(None), BodyKind::Other);
+        for binary in ["image/png", "Audio/ogg", "video/mp4", "application/octet-stream; x=1"] {
+            assert_eq!(BodyKind::of(Some(binary)), BodyKind::Binary, "{binary}");
+        }
     }
 
     #[test]
-    fn a_json_answer_is_one_final_part() {
-        let mut o = ResponseObserver::new("r1", 200, Some("application/json"), 1024, 1024);
-        let body = br#"{"jsonrpc":"2.0","id":"x","error":{"code":-32601,"message":"no"}}"#;
-        let (a, b) = body.split_at(10);
-        let parts = collect(|out| {
-            o.on_chunk(a, 1, &mut |p| out(p));
-            o.on_chunk(b, 2, &mut |p| out(p));
-            o.on_end(3, &mut |p| out(p));
-            o.on_end(4, &mut |p| out(p));
-            o.on_abort(END_CLIENT_GONE, 5, &mut |p| out(p));
-        });
-        assert_eq!(parts.len(), 1);
-        let p = &parts[0];
-        assert!(p.r#final);
+    fn the_head_is_read_and_reveal_values_are_intersected() {
+        let h = ResponseHead::from_headers([
+            (":status", &b"201"[..]),
+            ("content-length", b"12"),
+            ("content-encoding", b"identity"),
+            ("x-gatehouse-reveal", b"email, phone"),
+        ]);
         assert_eq!(
-            (p.part, p.http_status, p.content_type.as_str()),
-            (0, 200, "application/json")
+            (h.status, h.content_length, h.content_encoding.as_deref()),
+            (201, Some(12), None)
         );
-        assert_eq!(p.message, body);
+        assert!(h.has_reveal_header);
+        assert_eq!(h.reveal, Reveal::from_header("email,phone"));
+        // A second value (an upstream's) can only narrow the service's.
+        let h = ResponseHead::from_headers([
+            ("x-gatehouse-reveal", &b"email"[..]),
+            ("x-gatehouse-reveal", b"email,credit_card"),
+            ("content-encoding", b"GZIP"),
+            ("content-encoding", b"identity, br"),
+        ]);
+        assert_eq!(h.reveal, Reveal::from_header("email"));
+        assert_eq!(h.content_encoding.as_deref(), Some("gzip, br"));
+        let h = ResponseHead::from_headers([("x-gatehouse-reveal", &b"-"[..])]);
+        assert!(h.has_reveal_header && h.reveal.is_empty());
+        let h = ResponseHead::from_headers([("content-type", &b"text/plain"[..])]);
+        assert!(!h.has_reveal_header && h.reveal.is_empty());
+    }
+
+    #[test]
+    fn a_json_answer_is_masked_for_the_client_with_its_reveal_and_recorded_with_none() {
+        let masker = Masker::default();
+        let body = tool_result();
+        let (a, b) = body.split_at(10);
+        let r = run(&masker, revealing("application/json", "email"), &[a, b]);
+        assert_eq!(r.plan, Some(Plan::Buffer));
+        let reveal = Reveal::from_header("email");
+        assert_eq!(r.client, masked_json(&masker, &body, &reveal));
+        assert_eq!(r.records.len(), 1);
+        let p = &r.records[0];
+        assert!(p.r#final && !p.truncated);
+        assert_eq!(p.message, masked_json(&masker, &body, &Reveal::none()));
+        assert_eq!((p.jsonrpc_id.as_str(), p.end_reason.as_str()), ("7", "complete"));
         assert_eq!(p.body_bytes, body.len() as u64);
-        assert_eq!(p.jsonrpc_id, "\"x\"");
-        assert!(p.is_error);
-        assert_eq!(p.error_code, -32601);
-        assert_eq!(p.end_reason, "complete");
-        assert_eq!(p.observed_at_unix_ms, 3);
-        assert!(!p.truncated);
+        assert_eq!(p.withheld, "");
+        let mut record_counts = MaskCounts::default();
+        masker.mask_json(&body, &Reveal::none(), &mut record_counts);
+        assert_eq!(p.masked, record_counts.0.clone().into_iter().collect());
+        let mut client_counts = MaskCounts::default();
+        masker.mask_json(&body, &reveal, &mut client_counts);
+        assert_eq!(r.client_counts, client_counts);
     }
 
     #[test]
-    fn a_json_answer_over_the_record_limit_is_truncated() {
-        let mut o = ResponseObserver::new("r1", 200, Some("application/json"), 8, 1024);
+    fn the_client_sees_revealed_kinds_but_the_record_never_does() {
+        let masker = Masker::default();
+        let body = tool_result();
+        let r = run(&masker, revealing("application/json", "email"), &[&body]);
+        assert!(contains(&r.client, EMAIL), "revealed to the client");
+        assert!(!contains(&r.client, CARD), "not revealed");
+        let p = &r.records[0];
+        assert!(!contains(&p.message, EMAIL) && !contains(&p.message, CARD));
+        assert_eq!(p.masked.get("email"), Some(&1));
+        assert_eq!(p.masked.get("credit_card"), Some(&1));
+        assert_eq!(p.revealed, ["email"]);
+        assert_eq!(r.client_counts.0.get("email"), None, "nothing masked for the client");
+        assert_eq!(r.client_counts.0.get("credit_card"), Some(&1));
+
+        // Nothing revealed: one pass serves both.
+        let r = run(&masker, head("application/json", &[]), &[&body]);
+        assert!(!contains(&r.client, EMAIL));
+        assert_eq!(r.client, r.records[0].message);
+        assert!(r.records[0].revealed.is_empty());
+        let r = run(&masker, revealing("application/json", "-"), &[&body]);
+        assert!(r.records[0].revealed.is_empty());
+        assert_eq!(r.client_counts.0.get("email"), Some(&1));
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_masked_as_text() {
+        let masker = Masker::default();
+        let body = format!("oops {EMAIL}");
+        let r = run(&masker, head("application/json", &[]), &[body.as_bytes()]);
+        let expected = masker
+            .mask_bytes_as_text(body.as_bytes(), &Reveal::none(), &mut MaskCounts::default())
+            .unwrap_or_else(|| body.clone().into_bytes());
+        assert_eq!(r.client, expected);
+        assert_eq!(r.records[0].message, expected);
+        assert!(!contains(&r.client, EMAIL));
+
+        // Other text types: masked, recorded without a message.
+        let r = run(&masker, head("text/plain", &[]), &[body.as_bytes()]);
+        assert_eq!(r.client, expected);
+        assert!(r.records[0].message.is_empty());
+    }
+
+    #[test]
+    fn binary_answers_pass_unchanged() {
+        let masker = Masker::default();
+        let body = format!("\u{89}PNG {EMAIL}");
+        let r = run(&masker, revealing("image/png", "-"), &[body.as_bytes(), b"\xff\x00"]);
+        assert_eq!(r.plan, Some(Plan::Pass));
+        assert_eq!(r.client, [body.as_bytes(), b"\xff\x00"].concat());
+        assert_eq!(r.records.len(), 1);
+        assert!(r.records[0].message.is_empty() && r.records[0].r#final);
+        assert_eq!(r.records[0].body_bytes, body.len() as u64 + 2);
+        // Binary is not looked at, so its encoding does not matter.
+        let r = run(
+            &masker,
+            head("application/octet-stream", &[("content-encoding", "gzip")]),
+            &[b"x"],
+        );
+        assert_eq!((r.plan, r.client.as_slice()), (Some(Plan::Pass), &b"x"[..]));
+    }
+
+    #[test]
+    fn an_encoded_answer_is_replaced_by_a_502_json_rpc_error() {
+        let masker = Masker::default();
+        for ct in ["application/json", "text/event-stream", "text/html"] {
+            let r = run(&masker, head(ct, &[("content-encoding", "gzip")]), &[b"\x1f\x8b..."]);
+            assert_eq!(r.plan, Some(Plan::Withhold), "{ct}");
+            assert!(r.client.is_empty());
+            let (status, body) = r.reply.unwrap();
+            assert_eq!(status, 502);
+            assert_eq!(body["id"], 7);
+            assert_eq!(body["error"]["code"], -32603);
+            assert_eq!(
+                body["error"]["message"],
+                "Gatehouse could not inspect the upstream's answer (content-encoding gzip)"
+            );
+            assert_eq!(r.records.len(), 1);
+            let p = &r.records[0];
+            assert!(p.r#final && p.message.is_empty());
+            assert_eq!((p.withheld.as_str(), p.http_status), ("encoded", 200));
+        }
+        // `identity` is no encoding.
+        let r = run(
+            &masker,
+            head("application/json", &[("content-encoding", "identity")]),
+            &[b"{}"],
+        );
+        assert_eq!(r.plan, Some(Plan::Buffer));
+    }
+
+    #[test]
+    fn an_answer_over_the_bound_is_refused_whether_announced_or_not() {
+        let masker = Masker::default();
+        let limits = Limits {
+            max_response_bytes: 10,
+            ..LIMITS
+        };
+        let r = run_with(
+            &masker,
+            head("application/json", &[("content-length", "11")]),
+            limits,
+            &[b"x"],
+            false,
+        );
+        assert_eq!(r.plan, Some(Plan::Withhold));
+        assert_eq!(r.records[0].withheld, "too_large");
+        let r = run_with(
+            &masker,
+            head("application/json", &[]),
+            limits,
+            &[b"123456", b"78901", b"2"],
+            false,
+        );
+        assert_eq!(r.plan, Some(Plan::Buffer));
+        assert!(r.client.is_empty(), "nothing passed");
+        let (status, body) = r.reply.unwrap();
+        assert_eq!(status, 502);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("too large to inspect")
+        );
+        assert_eq!(r.records.len(), 1);
+        assert_eq!(r.records[0].withheld, "too_large");
+        // Exactly at the bound is fine; trailers end a buffered answer too.
+        let r = run_with(&masker, head("text/plain", &[]), limits, &[b"12345", b"67890"], true);
+        assert_eq!((r.client.as_slice(), r.reply.is_none()), (&b"1234567890"[..], true));
+        let r = run_with(&masker, head("text/plain", &[]), limits, &[b"12345", b"678901"], true);
+        assert_eq!(r.records[0].withheld, "too_large");
+        assert!(r.client.is_empty() && r.reply.is_some());
+    }
+
+    #[test]
+    fn empty_answers_are_one_final_part() {
+        let masker = Masker::default();
+        for ct in ["application/json", "text/event-stream", "image/png"] {
+            let r = run(&masker, head(ct, &[("content-encoding", "gzip")]), &[]);
+            assert_eq!(r.plan, Some(Plan::Pass), "{ct}: no body, nothing to refuse");
+            assert_eq!(r.records.len(), 1);
+            assert!(r.records[0].r#final && r.records[0].withheld.is_empty());
+        }
+        // Headers without end of stream, then an empty last chunk.
+        let r = run(&masker, head("application/json", &[]), &[b""]);
+        assert_eq!((r.plan, r.client.len(), r.records.len()), (Some(Plan::Buffer), 0, 1));
+    }
+
+    #[test]
+    fn records_are_bounded() {
+        let masker = Masker::default();
+        let limits = Limits {
+            record_max: 8,
+            ..LIMITS
+        };
         let body = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
-        let parts = collect(|out| {
-            o.on_chunk(body, 1, &mut |p| out(p));
-            o.on_end(2, &mut |p| out(p));
-        });
-        assert_eq!(parts[0].message, &body[..8]);
-        assert!(parts[0].truncated);
-        assert_eq!(parts[0].body_bytes, body.len() as u64);
-        assert_eq!(parts[0].jsonrpc_id, "", "a cut message is not parsed");
+        let r = run_with(&masker, head("application/json", &[]), limits, &[body], false);
+        assert_eq!(r.client, body);
+        assert_eq!(r.records[0].message, &body[..8]);
+        assert!(r.records[0].truncated);
+        assert_eq!(r.records[0].jsonrpc_id, "", "a cut message is not parsed");
+        let r = run_with(
+            &masker,
+            head("text/event-stream", &[]),
+            limits,
+            &[b"data: 123456789\n\n"],
+            false,
+        );
+        assert_eq!(r.records[0].message, b"12345678");
+        assert!(r.records[0].truncated);
+    }
+
+    const STREAM: &[u8] = b": hello\r\n\r\nid: e1\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"data\":\"from alice.smith@corp-mail.com\"}}\r\n\r\nid: e2\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\ndata: \"result\":{\"content\":[{\"type\":\"text\",\"text\":\"card 4111 1111 1111 1111 of alice.smith@corp-mail.com\"}]}}\n\n: ping\n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"x\"}\r\r";
+
+    /// Records without what depends on where chunks were split.
+    fn comparable(records: &[ResponseObserved]) -> Vec<ResponseObserved> {
+        records
+            .iter()
+            .map(|p| ResponseObserved {
+                body_bytes: 0,
+                observed_at_unix_ms: 0,
+                ..p.clone()
+            })
+            .collect()
     }
 
     #[test]
-    fn an_sse_answer_is_one_part_per_event_then_a_final_part() {
-        let mut o = ResponseObserver::new("r2", 200, Some("text/event-stream"), 1024, 1024);
-        let stream = b": ping\n\nid: e1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nid: e2\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{}}\r\n\r\n";
-        let parts = collect(|out| {
-            for chunk in stream.chunks(7) {
-                o.on_chunk(chunk, 1, &mut |p| out(p));
+    fn an_sse_answer_is_masked_event_by_event_the_same_at_every_split() {
+        let masker = Masker::default();
+        let h = || revealing("text/event-stream; charset=utf-8", "email");
+        let whole = run(&masker, h(), &[STREAM]);
+        assert_eq!(whole.plan, Some(Plan::Stream));
+        let records = comparable(&whole.records);
+        for i in 0..=STREAM.len() {
+            let (a, b) = STREAM.split_at(i);
+            let r = run(&masker, h(), &[a, b]);
+            assert_eq!(r.client, whole.client, "split at {i}");
+            assert_eq!(comparable(&r.records), records, "split at {i}");
+            assert_eq!(r.client_counts, whole.client_counts, "split at {i}");
+        }
+        for i in (0..=STREAM.len()).step_by(7) {
+            for j in (i..=STREAM.len()).step_by(5) {
+                let r = run(&masker, h(), &[&STREAM[..i], &STREAM[i..j], &STREAM[j..]]);
+                assert_eq!(r.client, whole.client, "split at {i} and {j}");
+                assert_eq!(comparable(&r.records), records, "split at {i} and {j}");
             }
-            o.on_end(9, &mut |p| out(p));
-        });
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts[0].sse_event_id, "e1");
-        assert_eq!(parts[0].jsonrpc_id, "");
-        assert_eq!(parts[1].sse_event_id, "e2");
-        assert_eq!(parts[1].jsonrpc_id, "5");
-        assert_eq!(parts[1].message, br#"{"jsonrpc":"2.0","id":5,"result":{}}"#);
-        assert!(!parts[0].r#final && !parts[1].r#final);
-        let last = &parts[2];
-        assert!(last.r#final);
-        assert_eq!((last.part, last.end_reason.as_str()), (2, "complete"));
-        assert!(last.message.is_empty());
-        assert_eq!(last.body_bytes, stream.len() as u64);
+        }
+        let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
+        let r = run(&masker, h(), &bytes);
+        assert_eq!(r.client, whole.client, "byte by byte");
+        assert_eq!(comparable(&r.records), records, "byte by byte");
+        let last = whole.records.last().unwrap();
+        assert!(last.r#final && last.message.is_empty());
+        assert_eq!(last.body_bytes, STREAM.len() as u64);
     }
 
     #[test]
-    fn an_sse_stream_cut_short_records_client_gone_and_flags_the_partial_event() {
-        let mut o = ResponseObserver::new("r3", 200, Some("text/event-stream"), 1024, 1024);
-        let parts = collect(|out| {
-            o.on_chunk(b"data: 1\n\ndata: {\"half\n", 1, &mut |p| out(p));
-            o.on_abort(END_CLIENT_GONE, 2, &mut |p| out(p));
-        });
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts[0].message, b"1");
-        assert_eq!(parts[1].message, b"{\"half");
-        assert!(parts[1].truncated);
-        assert_eq!((parts[2].r#final, parts[2].end_reason.as_str()), (true, "client_gone"));
-        assert!(o.is_finished());
+    fn sse_events_are_recorded_masked_with_nothing_revealed() {
+        let masker = Masker::default();
+        let r = run(&masker, revealing("text/event-stream", "email"), &[STREAM]);
+        assert!(contains(&r.client, EMAIL), "email revealed to the client");
+        assert!(!contains(&r.client, CARD));
+        let events: Vec<&ResponseObserved> = r.records.iter().filter(|p| !p.r#final).collect();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0].sse_event_id, "e1");
+        assert_eq!(events[1].sse_event_id, "e2");
+        assert_eq!(events[1].jsonrpc_id, "7");
+        for e in &events {
+            assert!(!contains(&e.message, EMAIL) && !contains(&e.message, CARD), "{e:?}");
+        }
+        assert_eq!(events[0].masked.get("email"), Some(&1));
+        assert_eq!(events[1].masked.get("credit_card"), Some(&1));
+        assert!(events[2].masked.is_empty());
+        assert!(r.records.iter().all(|p| p.revealed == ["email"]), "on every part");
+        assert_eq!(r.client_counts.0.get("credit_card"), Some(&1));
+        assert_eq!(r.client_counts.0.get("email"), None);
     }
 
     #[test]
-    fn other_answers_are_one_final_part_without_message() {
-        let mut o = ResponseObserver::new("r4", 202, None, 1024, 1024);
-        assert!(!o.wants_bytes());
-        let parts = collect(|out| {
-            o.on_unread(5);
-            o.on_end(1, &mut |p| out(p));
-        });
-        assert_eq!(parts.len(), 1);
-        assert_eq!((parts[0].http_status, parts[0].body_bytes), (202, 5));
-        assert!(parts[0].message.is_empty() && parts[0].r#final);
+    fn an_oversize_sse_event_is_withheld_and_the_stream_goes_on() {
+        let masker = Masker::default();
+        let limits = Limits {
+            max_event_bytes: 48,
+            ..LIMITS
+        };
+        let big = format!(
+            "data: {}\n\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"x\"}}\n\n",
+            "x".repeat(100)
+        );
+        let r = run_with(
+            &masker,
+            head("text/event-stream", &[]),
+            limits,
+            &[big.as_bytes()],
+            false,
+        );
+        assert!(!contains(&r.client, &"x".repeat(100)));
+        assert!(contains(&r.client, r#"{"jsonrpc":"2.0","method":"x"}"#));
+        assert_eq!(r.records[0].withheld, "event_too_large");
+        assert!(r.records[0].truncated);
+        assert_eq!(r.records[1].withheld, "");
     }
 
     #[test]
-    fn sse_events_over_the_record_limit_are_cut() {
-        let mut o = ResponseObserver::new("r5", 200, Some("text/event-stream"), 4, 1024);
-        let parts = collect(|out| o.on_chunk(b"data: 123456\n\n", 1, &mut |p| out(p)));
-        assert_eq!(parts[0].message, b"1234");
-        assert!(parts[0].truncated);
+    fn an_sse_answer_cut_short_records_what_was_held() {
+        let masker = Masker::default();
+        let mut r = ResponseMasker::new("r3", head("text/event-stream", &[]), None, LIMITS);
+        let mut records = Vec::new();
+        assert_eq!(r.on_headers(false, 1, &mut |p| records.push(p)), Plan::Stream);
+        let chunk = b"data: 1\n\ndata: {\"half\n";
+        let _ = r.on_body(&masker, chunk.len(), false, |_| Some(chunk.to_vec()), 1, &mut |p| {
+            records.push(p)
+        });
+        r.on_abort(&masker, END_CLIENT_GONE, None, 2, &mut |p| records.push(p));
+        r.on_abort(&masker, END_CLIENT_GONE, None, 3, &mut |p| records.push(p));
+        assert!(r.is_finished());
+        let last = records.last().unwrap();
+        assert_eq!((last.r#final, last.end_reason.as_str()), (true, "client_gone"));
+        assert_eq!(records.iter().filter(|p| p.r#final).count(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_chunk_resets_a_stream_and_a_buffered_answer_is_replaced() {
+        let masker = Masker::default();
+        let mut records = Vec::new();
+        let mut r = ResponseMasker::new("r", head("text/event-stream", &[]), None, LIMITS);
+        r.on_headers(false, 1, &mut |p| records.push(p));
+        let step = r.on_body(&masker, 5, false, |_| None, 1, &mut |p| records.push(p));
+        assert_eq!(step, Step::Withhold { headers_held: false });
+        assert_eq!(records.last().unwrap().withheld, "unreadable");
+        assert_eq!(
+            r.on_body(&masker, 5, false, |_| None, 1, &mut |p| records.push(p)),
+            Step::Pause,
+            "nothing goes on after"
+        );
+
+        let mut r = ResponseMasker::new("r", head("application/json", &[]), None, LIMITS);
+        r.on_headers(false, 1, &mut |p| records.push(p));
+        let step = r.on_body(&masker, 5, true, |_| None, 1, &mut |p| records.push(p));
+        assert_eq!(step, Step::Withhold { headers_held: true });
+        let (status, body) = r.local_reply();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((status, body["id"].clone()), (502, Value::Null));
+        assert_eq!(
+            body["error"]["message"],
+            "Gatehouse could not inspect the upstream's answer"
+        );
+    }
+
+    #[test]
+    fn a_buffered_answer_cut_short_is_recorded_truncated() {
+        let masker = Masker::default();
+        let mut r = ResponseMasker::new("r", head("application/json", &[]), None, LIMITS);
+        let mut records = Vec::new();
+        r.on_headers(false, 1, &mut |p| records.push(p));
+        assert_eq!(
+            r.on_body(&masker, 3, false, |_| None, 1, &mut |p| records.push(p)),
+            Step::Pause
+        );
+        r.on_abort(&masker, END_UPSTREAM_RESET, None, 2, &mut |p| records.push(p));
+        assert_eq!(records.len(), 1);
+        assert!(records[0].truncated && records[0].message.is_empty());
+        assert_eq!(records[0].end_reason, "upstream_reset");
     }
 
     #[test]
@@ -369,5 +1170,7 @@ mod tests {
         );
         assert_eq!(abort_reason(Some("downstream_remote_disconnect")), "client_gone");
         assert_eq!(abort_reason(None), "client_gone");
+        assert_eq!(withheld_by_envoy(Some("response_payload_too_large")), Some("too_large"));
+        assert_eq!(withheld_by_envoy(Some("via_upstream")), None);
     }
 }

@@ -26,7 +26,10 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub fn render(config: &Config) -> anyhow::Result<String> {
     let rules = config.masking.rules_with_key()?;
     let header = "# Rendered by `gatehouse envoy-config` from gatehouse.yaml: edit that file, not this one.\n";
-    Ok(format!("{header}{}", serde_yaml::to_string(&bootstrap(config, &rules))?))
+    Ok(format!(
+        "{header}{}",
+        serde_yaml::to_string(&bootstrap(config, &rules))?
+    ))
 }
 
 /// The bootstrap; `masking` is the filter's rule set (with its token key, if any).

@@ -233,7 +233,10 @@ mod tests {
             .map(|l| serde_json::from_slice(l).unwrap())
             .collect();
         assert_eq!(lines[0], json!({"id": "a", "output": "plain words"}));
-        assert_eq!(lines[1], json!({"id": 2, "output": "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}"}));
+        assert_eq!(
+            lines[1],
+            json!({"id": 2, "output": "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}"})
+        );
         assert_eq!(lines[2]["id"], "c");
         assert!(lines[2]["error"].as_str().unwrap().starts_with("line 4:"));
         assert_eq!(lines[3], json!({"id": null, "error": lines[3]["error"]}));
@@ -273,7 +276,10 @@ mod tests {
             ..Default::default()
         };
         let support = set(&["support"]);
-        assert_eq!(policy.reveal_for(&support, "crm", Some("find_x")).0, set(&["email", "phone"]));
+        assert_eq!(
+            policy.reveal_for(&support, "crm", Some("find_x")).0,
+            set(&["email", "phone"])
+        );
         assert_eq!(policy.reveal_for(&support, "crm", Some("drop_x")).0, set(&["email"]));
         assert_eq!(policy.reveal_for(&support, "other", Some("find_x")).0, set(&["email"]));
         assert_eq!(policy.reveal_for(&support, "crm", None).0, set(&["email"]));

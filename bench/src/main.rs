@@ -169,8 +169,10 @@ async fn fetch(url: &str, tool: &str, count: u32, headers: &[(String, String)]) 
     }
     let ms = median(times);
     let bytes = median(sizes);
-    Ok(json!({"tool": tool, "count": count, "errors": errors, "median_ms": ms, "median_bytes": bytes,
-        "mb_per_s": bytes / 1e6 / (ms / 1000.0)}))
+    Ok(
+        json!({"tool": tool, "count": count, "errors": errors, "median_ms": ms, "median_bytes": bytes,
+        "mb_per_s": bytes / 1e6 / (ms / 1000.0)}),
+    )
 }
 
 /// Median MB/s over `runs` of `f` on `len` bytes.

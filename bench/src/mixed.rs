@@ -27,7 +27,10 @@ impl Rng {
     }
 
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items.get(self.below(items.len() as u64) as usize).copied().unwrap_or_default()
+        items
+            .get(self.below(items.len() as u64) as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn chars(&mut self, alphabet: &[u8], n: usize) -> String {
@@ -45,9 +48,41 @@ const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 const HEX: &[u8] = b"0123456789abcdef";
 const WORDS: &[&str] = &[
-    "the", "deployment", "of", "service", "finished", "after", "retrying", "cache", "warm", "request", "handler",
-    "returned", "rows", "from", "replica", "customer", "invoice", "was", "updated", "by", "scheduler", "queue", "depth",
-    "is", "normal", "and", "latency", "stayed", "under", "budget", "for", "region", "eu-west-1", "shard", "index",
+    "the",
+    "deployment",
+    "of",
+    "service",
+    "finished",
+    "after",
+    "retrying",
+    "cache",
+    "warm",
+    "request",
+    "handler",
+    "returned",
+    "rows",
+    "from",
+    "replica",
+    "customer",
+    "invoice",
+    "was",
+    "updated",
+    "by",
+    "scheduler",
+    "queue",
+    "depth",
+    "is",
+    "normal",
+    "and",
+    "latency",
+    "stayed",
+    "under",
+    "budget",
+    "for",
+    "region",
+    "eu-west-1",
+    "shard",
+    "index",
 ];
 
 fn luhn_complete(prefix: &str) -> String {
@@ -73,7 +108,9 @@ fn iban_de(rng: &mut Rng) -> String {
     let bban = rng.digits(18);
     // ISO 7064 mod 97-10: BBAN + "DE00" with letters as numbers (D=13, E=14).
     let digits = format!("{bban}131400");
-    let rem = digits.bytes().fold(0u64, |acc, b| (acc * 10 + u64::from(b - b'0')) % 97);
+    let rem = digits
+        .bytes()
+        .fold(0u64, |acc, b| (acc * 10 + u64::from(b - b'0')) % 97);
     format!("DE{:02}{bban}", 98 - rem)
 }
 
@@ -81,9 +118,18 @@ fn iban_de(rng: &mut Rng) -> String {
 pub fn secret(rng: &mut Rng) -> String {
     match rng.below(9) {
         0 => format!("AKIA{}", rng.chars(BASE32, 16)),
-        1 => format!("{}.{}@example.com", rng.pick(WORDS), rng.chars(b"abcdefghijklmnopqrstuvwxyz", 6)),
+        1 => format!(
+            "{}.{}@example.com",
+            rng.pick(WORDS),
+            rng.chars(b"abcdefghijklmnopqrstuvwxyz", 6)
+        ),
         2 => luhn_complete(&format!("4{}", rng.digits(14))),
-        3 => format!("{}-{}-{}", 100 + rng.below(565), 10 + rng.below(89), 1000 + rng.below(8999)),
+        3 => format!(
+            "{}-{}-{}",
+            100 + rng.below(565),
+            10 + rng.below(89),
+            1000 + rng.below(8999)
+        ),
         4 => iban_de(rng),
         5 => format!("ghp_{}", rng.chars(ALNUM, 36)),
         6 => format!(
@@ -197,9 +243,17 @@ mod tests {
         let moved = format!("{}{}", &iban[4..], &iban[..4]);
         let numeric: String = moved
             .chars()
-            .map(|c| if c.is_ascii_digit() { c.to_string() } else { (c as u32 - 55).to_string() })
+            .map(|c| {
+                if c.is_ascii_digit() {
+                    c.to_string()
+                } else {
+                    (c as u32 - 55).to_string()
+                }
+            })
             .collect();
-        let rem = numeric.bytes().fold(0u64, |acc, b| (acc * 10 + u64::from(b - b'0')) % 97);
+        let rem = numeric
+            .bytes()
+            .fold(0u64, |acc, b| (acc * 10 + u64::from(b - b'0')) % 97);
         assert_eq!(rem, 1, "{iban}");
     }
 

@@ -252,7 +252,9 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         obj.insert("decision".into(), json!("allow"));
         obj.insert("reason".into(), json!("caller's group may use the upstream"));
     }
-    let tool = first.filter(|m| m.method.as_deref() == Some("tools/call")).and_then(|m| m.target_name());
+    let tool = first
+        .filter(|m| m.method.as_deref() == Some("tools/call"))
+        .and_then(|m| m.target_name());
     let reveal = state.config.masking.reveal_for(&principal.groups, &upstream.name, tool);
     if let (false, Some(obj)) = (reveal.is_empty(), record.as_object_mut()) {
         obj.insert("revealed".into(), json!(reveal.0));

@@ -86,7 +86,10 @@ fn masking_rules_and_reveal_are_validated_together() {
         "{GOOD}masking:\n  token_key_file: state/mask.key\n  styles: {{email: token, credit_card: last4}}\n  custom: [{{name: employee_id, pattern: 'EMP-[0-9]{{6}}'}}]\n  reveal:\n    - {{kinds: [email], groups: [support], upstreams: [everything], tools: ['find_*']}}\n"
     );
     let c = Config::parse(&good, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
-    assert_eq!(c.masking.token_key_file.as_deref(), Some(Path::new("/etc/gh/state/mask.key")));
+    assert_eq!(
+        c.masking.token_key_file.as_deref(),
+        Some(Path::new("/etc/gh/state/mask.key"))
+    );
     assert_eq!(c.masking.reveal.len(), 1);
     assert_eq!(c.masking.rules.custom[0].name, "employee_id");
 

@@ -1,12 +1,24 @@
 //! The compiled rules and the walks over text and JSON.
 //!
-//! STUB: the signatures are the contract; the detectors are being written.
+//! Text goes through [`Detectors::scan`] (one pass for every built-in kind, see
+//! `detect.rs`) and then each custom regex; overlaps between the two are resolved
+//! earliest-first, longest on a tie. JSON is walked value by value: field rules by key,
+//! the text detectors on every string, JSON inside a string parsed and walked in turn,
+//! base64 blobs skipped.
 
 use std::borrow::Cow;
+use std::fmt;
 
-use serde_json::Value;
+use hmac::{Hmac, Mac};
+use regex::{Regex, RegexBuilder};
+use serde_json::{Map, Number, Value};
+use sha2::Sha256;
 
-use super::{MaskConfig, MaskConfigError, MaskCounts, Reveal};
+use super::detect::{Detectors, Found};
+use super::keys::{SensitiveKeys, normalize_config_key};
+use super::kinds::{BUILTIN_COUNT, BUILTIN_KINDS, CREDIT_CARD, Kind, builtin_kind};
+use super::validate;
+use super::{MaskConfig, MaskConfigError, MaskCounts, Reveal, Style};
 
 /// What [`Masker::mask_json`] made of a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,61 +31,514 @@ pub enum JsonMasked {
     NotJson,
 }
 
+/// The names of the built-in kinds, in a stable order.
+pub fn builtin_kinds() -> &'static [&'static str] {
+    &BUILTIN_KINDS
+}
+
+/// Bounds on a custom rule's compiled size, so that a pattern like `(a{1000}){1000}` is
+/// refused at configuration time instead of costing memory in every worker.
+const CUSTOM_REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// How deep JSON inside a string inside JSON is parsed; deeper text is masked as text.
+/// Each level needs its quotes escaped again, so real payloads stop at two or three.
+const MAX_NESTED_JSON: u8 = 4;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Clone)]
+struct CustomRule {
+    name: String,
+    regex: Regex,
+}
+
 /// The compiled masking rules. Cheap to share; every method takes `&self`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Masker {
-    _config: MaskConfig,
+    detectors: Detectors,
+    custom: Vec<CustomRule>,
+    /// The style of each kind, indexed by kind.
+    styles: Vec<Style>,
+    /// The keyed hash of the `token` style, `None` without a `token_key`.
+    token: Option<HmacSha256>,
+}
+
+impl fmt::Debug for Masker {
+    // Hand-written so that the token key can never end up in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Masker")
+            .field("kinds", &self.kinds())
+            .field("styles", &self.styles)
+            .field("token_key", &self.token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Masker {
     /// The built-in rules (no token key: the `token` style is not available).
     fn default() -> Self {
         Self {
-            _config: MaskConfig::default(),
+            detectors: Detectors {
+                enabled: [true; BUILTIN_COUNT],
+                keys: SensitiveKeys::default(),
+            },
+            custom: Vec::new(),
+            styles: vec![Style::Redact; BUILTIN_COUNT],
+            token: None,
         }
     }
+}
+
+/// `text[start..end]`. Match offsets are on char boundaries (they sit on ASCII bytes or
+/// at the ends of the text, or come from a `str` regex); the lossy fallback only makes
+/// that a non-panicking fact.
+fn slice(text: &str, start: usize, end: usize) -> Cow<'_, str> {
+    match text.get(start..end) {
+        Some(s) => Cow::Borrowed(s),
+        None => String::from_utf8_lossy(text.as_bytes().get(start..end).unwrap_or_default()),
+    }
+}
+
+/// Whether `value` is one of our placeholders, which is never masked again.
+fn is_placeholder(value: &str) -> bool {
+    value.starts_with("[MASKED:") && value.ends_with(']')
+}
+
+/// Custom kind names appear in placeholders, counts and headers: keep them plain.
+fn valid_custom_name(name: &str) -> bool {
+    name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl Masker {
     /// Compiles the rules; every problem (bad regex, unknown kind, missing token key) is
     /// listed at once.
     pub fn new(config: &MaskConfig) -> Result<Self, MaskConfigError> {
+        let mut problems = Vec::new();
+
+        let mut enabled = [true; BUILTIN_COUNT];
+        for (n, name) in config.disabled.iter().enumerate() {
+            match builtin_kind(name).and_then(|k| enabled.get_mut(k)) {
+                Some(on) => *on = false,
+                None => problems.push(format!("disabled[{n}]: {name:?} is not a built-in kind")),
+            }
+        }
+
+        let mut extra_keys = Vec::new();
+        for (n, key) in config.sensitive_keys.iter().enumerate() {
+            match normalize_config_key(key) {
+                Ok(k) => extra_keys.push(k),
+                Err(why) => problems.push(format!("sensitive_keys[{n}]: {key:?} {why}")),
+            }
+        }
+
+        let mut custom: Vec<CustomRule> = Vec::new();
+        for (n, rule) in config.custom.iter().enumerate() {
+            let name = rule.name.as_str();
+            let name_ok = if name.is_empty() {
+                problems.push(format!("custom[{n}].name: is empty"));
+                false
+            } else if !valid_custom_name(name) {
+                problems.push(format!(
+                    "custom[{n}].name: {name:?} must be at most 64 of A-Z, a-z, 0-9, `_`, `-`, `.`"
+                ));
+                false
+            } else if builtin_kind(name).is_some() {
+                problems.push(format!("custom[{n}].name: {name:?} is a built-in kind"));
+                false
+            } else if config.custom.iter().take(n).any(|r| r.name == name) {
+                problems.push(format!("custom[{n}].name: {name:?} is used by an earlier rule"));
+                false
+            } else {
+                true
+            };
+            let regex = if rule.pattern.is_empty() {
+                problems.push(format!("custom[{n}].pattern: is empty"));
+                None
+            } else {
+                match RegexBuilder::new(&rule.pattern)
+                    .size_limit(CUSTOM_REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(CUSTOM_REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    Ok(regex) => Some(regex),
+                    Err(e) => {
+                        let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                        problems.push(format!("custom[{n}].pattern: {why}"));
+                        None
+                    }
+                }
+            };
+            if let (true, Some(regex)) = (name_ok, regex) {
+                custom.push(CustomRule {
+                    name: name.to_owned(),
+                    regex,
+                });
+            }
+        }
+
+        let known = |kind: &str| builtin_kind(kind).is_some() || config.custom.iter().any(|r| r.name == kind);
+        for kind in config.styles.keys() {
+            if !known(kind) {
+                problems.push(format!("styles.{kind}: unknown kind"));
+            }
+        }
+
+        let wants_token = config.default_style == Style::Token || config.styles.values().any(|s| *s == Style::Token);
+        let token = match config.token_key.as_deref().map(|k| hex::decode(k.trim())) {
+            None if wants_token => {
+                problems.push("token_key: the `token` style needs a token_key (hex, at least 16 bytes)".to_owned());
+                None
+            }
+            None => None,
+            Some(Err(_)) => {
+                problems.push("token_key: is not hex".to_owned());
+                None
+            }
+            Some(Ok(key)) if key.len() < 16 => {
+                problems.push(format!("token_key: is {} bytes, at least 16 are needed", key.len()));
+                None
+            }
+            Some(Ok(key)) => match HmacSha256::new_from_slice(&key) {
+                Ok(mac) => Some(mac),
+                Err(_) => {
+                    problems.push("token_key: cannot be used as an HMAC key".to_owned());
+                    None
+                }
+            },
+        };
+
+        if !problems.is_empty() {
+            return Err(MaskConfigError { problems });
+        }
+        let style_of = |name: &str| config.styles.get(name).copied().unwrap_or(config.default_style);
+        let styles = BUILTIN_KINDS
+            .iter()
+            .copied()
+            .chain(custom.iter().map(|r| r.name.as_str()))
+            .map(style_of)
+            .collect();
         Ok(Self {
-            _config: config.clone(),
+            detectors: Detectors {
+                enabled,
+                keys: SensitiveKeys::with_extra(extra_keys),
+            },
+            custom,
+            styles,
+            token,
         })
     }
 
     /// Every kind this masker can report: the built-in ones plus the custom rules'.
+    /// Disabled built-in kinds are left out.
     pub fn kinds(&self) -> Vec<String> {
-        Vec::new()
+        BUILTIN_KINDS
+            .iter()
+            .zip(self.detectors.enabled)
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| (*k).to_owned())
+            .chain(self.custom.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    fn kind_name(&self, kind: Kind) -> &str {
+        match BUILTIN_KINDS.get(kind) {
+            Some(name) => name,
+            None => self
+                .custom
+                .get(kind - BUILTIN_COUNT)
+                .map_or("masked", |r| r.name.as_str()),
+        }
+    }
+
+    fn enabled(&self, kind: Kind) -> bool {
+        self.detectors.enabled.get(kind).copied().unwrap_or(true)
+    }
+
+    /// Every match in `text`, sorted and not overlapping.
+    fn find(&self, text: &str, out: &mut Vec<Found>) {
+        self.detectors.scan(text.as_bytes(), out);
+        let before = out.len();
+        for (n, rule) in self.custom.iter().enumerate() {
+            out.extend(
+                rule.regex
+                    .find_iter(text)
+                    .filter(|m| m.start() < m.end())
+                    .map(|m| Found {
+                        start: m.start(),
+                        end: m.end(),
+                        kind: BUILTIN_COUNT + n,
+                    }),
+            );
+        }
+        if out.len() > before {
+            // Earliest first; on the same start the longest; then drop what overlaps a
+            // match kept before it.
+            out.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.kind.cmp(&b.kind)));
+            let mut kept_end = 0;
+            out.retain(|f| {
+                let keep = f.start >= kept_end;
+                if keep {
+                    kept_end = f.end;
+                }
+                keep
+            });
+        }
+    }
+
+    /// Writes the placeholder for `value` of `kind`. It never contains `"`, `\` or a
+    /// control character, so it can go into JSON strings and SSE lines as is.
+    fn write_replacement(&self, kind: Kind, value: &str, out: &mut String) {
+        let name = self.kind_name(kind);
+        out.push_str("[MASKED:");
+        out.push_str(name);
+        match self.styles.get(kind).copied().unwrap_or_default() {
+            Style::Redact => {}
+            Style::Last4 => {
+                let mut tail: Vec<char> = value.chars().rev().take(4).collect();
+                tail.reverse();
+                let long_enough = value.chars().nth(7).is_some();
+                let safe = tail.iter().all(|c| !matches!(c, '"' | '\\' | ']') && !c.is_control());
+                if long_enough && safe {
+                    out.push_str(":\u{2026}");
+                    out.extend(tail);
+                }
+            }
+            Style::Token => {
+                if let Some(mac) = &self.token {
+                    let mut mac = mac.clone();
+                    mac.update(name.as_bytes());
+                    mac.update(b":");
+                    mac.update(value.as_bytes());
+                    let tag = mac.finalize().into_bytes();
+                    out.push_str(":tok_");
+                    out.push_str(&hex::encode(tag.get(..10).unwrap_or_default()));
+                }
+            }
+        }
+        out.push(']');
+    }
+
+    fn replacement(&self, kind: Kind, value: &str) -> String {
+        let mut out = String::with_capacity(32);
+        self.write_replacement(kind, value, &mut out);
+        out
     }
 
     /// Masks free text. Returns the input borrowed when nothing was found.
-    pub fn mask_text<'a>(&self, text: &'a str, _reveal: &Reveal, _counts: &mut MaskCounts) -> Cow<'a, str> {
-        Cow::Borrowed(text)
+    pub fn mask_text<'a>(&self, text: &'a str, reveal: &Reveal, counts: &mut MaskCounts) -> Cow<'a, str> {
+        let mut found = Vec::new();
+        self.find(text, &mut found);
+        if found.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut pos = 0;
+        let mut changed = false;
+        for f in found {
+            let name = self.kind_name(f.kind);
+            if reveal.contains(name) {
+                continue;
+            }
+            let value = slice(text, f.start, f.end);
+            if is_placeholder(&value) {
+                continue; // Masked before (a record masked again, a URL's password).
+            }
+            out.push_str(&slice(text, pos, f.start));
+            self.write_replacement(f.kind, &value, &mut out);
+            counts.add(name, 1);
+            pos = f.end;
+            changed = true;
+        }
+        if !changed {
+            return Cow::Borrowed(text);
+        }
+        out.push_str(&slice(text, pos, text.len()));
+        Cow::Owned(out)
     }
 
     /// Masks any JSON value in place: every string (text that is itself JSON is masked
     /// inside and re-serialized), values under sensitive keys whatever they are, and not
     /// base64 blobs. Returns whether anything changed.
-    pub fn mask_value(&self, _value: &mut Value, _reveal: &Reveal, _counts: &mut MaskCounts) -> bool {
-        false
+    pub fn mask_value(&self, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts) -> bool {
+        self.walk(value, reveal, counts, 0)
     }
 
-    /// Masks one JSON-RPC message (or a batch) in place: `params`, `result` and `error`;
-    /// `jsonrpc`, `id` and `method` are left alone. Returns whether anything changed.
-    pub fn mask_message(&self, _message: &mut Value, _reveal: &Reveal, _counts: &mut MaskCounts) -> bool {
-        false
+    fn walk(&self, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+        match value {
+            Value::String(s) => self.mask_string(s, reveal, counts, nest),
+            Value::Number(n) => match self.mask_card_number(n, reveal, counts) {
+                Some(masked) => {
+                    *value = Value::String(masked);
+                    true
+                }
+                None => false,
+            },
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.walk(item, reveal, counts, nest);
+                }
+                changed
+            }
+            Value::Object(map) => self.walk_object(map, reveal, counts, nest),
+            Value::Bool(_) | Value::Null => false,
+        }
+    }
+
+    fn walk_object(&self, map: &mut Map<String, Value>, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+        // Base64 payloads: image and audio content, resource blobs. Scanning them as text
+        // only finds noise, and masking would corrupt them.
+        let media = matches!(map.get("type").and_then(Value::as_str), Some("image" | "audio"));
+        let resource = map.contains_key("uri");
+        let mut changed = false;
+        for (key, value) in map.iter_mut() {
+            let blob = (media && key == "data") || (resource && key == "blob");
+            if blob && value.is_string() {
+                continue;
+            }
+            changed |= self.walk_entry(key, value, reveal, counts, nest);
+        }
+        changed
+    }
+
+    /// One object member: the field rule if the key is sensitive, else the walk.
+    fn walk_entry(&self, key: &str, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+        match self.detectors.keys.classify(key.as_bytes()) {
+            Some(kind) if self.enabled(kind) && !reveal.contains(self.kind_name(kind)) => {
+                self.mask_all(value, kind, counts)
+            }
+            _ => self.walk(value, reveal, counts, nest),
+        }
+    }
+
+    /// The field rule: every string and number under a sensitive key, however deep.
+    fn mask_all(&self, value: &mut Value, kind: Kind, counts: &mut MaskCounts) -> bool {
+        let masked = match value {
+            Value::String(s) if s.is_empty() || is_placeholder(s) => return false,
+            Value::String(s) => self.replacement(kind, s),
+            Value::Number(n) => self.replacement(kind, &n.to_string()),
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.mask_all(item, kind, counts);
+                }
+                return changed;
+            }
+            Value::Object(map) => {
+                let mut changed = false;
+                for item in map.values_mut() {
+                    changed |= self.mask_all(item, kind, counts);
+                }
+                return changed;
+            }
+            Value::Bool(_) | Value::Null => return false,
+        };
+        counts.add(self.kind_name(kind), 1);
+        *value = Value::String(masked);
+        true
+    }
+
+    /// A card number written as a JSON number (database rows do that).
+    fn mask_card_number(&self, n: &Number, reveal: &Reveal, counts: &mut MaskCounts) -> Option<String> {
+        let v = n.as_u64().filter(|v| *v >= 1_000_000_000_000)?;
+        let name = self.kind_name(CREDIT_CARD);
+        if !self.enabled(CREDIT_CARD) || reveal.contains(name) {
+            return None;
+        }
+        let digits = v.to_string();
+        if !validate::is_card(digits.as_bytes()) {
+            return None;
+        }
+        counts.add(name, 1);
+        Some(self.replacement(CREDIT_CARD, &digits))
+    }
+
+    fn mask_string(&self, s: &mut String, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+        let trimmed = s.trim_start();
+        if nest < MAX_NESTED_JSON
+            && (trimmed.starts_with('{') || trimmed.starts_with('['))
+            && let Ok(mut inner) = serde_json::from_str::<Value>(s)
+        {
+            let mut inner_counts = MaskCounts::default();
+            if !self.walk(&mut inner, reveal, &mut inner_counts, nest + 1) {
+                return false;
+            }
+            if let Ok(text) = serde_json::to_string(&inner) {
+                counts.merge(&inner_counts);
+                *s = text;
+                return true;
+            }
+        }
+        match self.mask_text(s, reveal, counts) {
+            Cow::Owned(masked) => {
+                *s = masked;
+                true
+            }
+            Cow::Borrowed(_) => false,
+        }
+    }
+
+    /// Masks one JSON-RPC message (or a batch) in place: everything but `jsonrpc`, `id`
+    /// and `method`, so `params`, `result` and `error` (and any non-standard member).
+    /// Returns whether anything changed.
+    pub fn mask_message(&self, message: &mut Value, reveal: &Reveal, counts: &mut MaskCounts) -> bool {
+        match message {
+            Value::Object(map) => {
+                let mut changed = false;
+                for (key, value) in map.iter_mut() {
+                    if !matches!(key.as_str(), "jsonrpc" | "id" | "method") {
+                        changed |= self.walk_entry(key, value, reveal, counts, 0);
+                    }
+                }
+                changed
+            }
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.mask_message(item, reveal, counts);
+                }
+                changed
+            }
+            other => self.walk(other, reveal, counts, 0),
+        }
     }
 
     /// Masks a body that should be a JSON-RPC message (or batch).
-    pub fn mask_json(&self, _body: &[u8], _reveal: &Reveal, _counts: &mut MaskCounts) -> JsonMasked {
-        JsonMasked::Unchanged
+    pub fn mask_json(&self, body: &[u8], reveal: &Reveal, counts: &mut MaskCounts) -> JsonMasked {
+        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+            return JsonMasked::NotJson;
+        };
+        let is_message = |v: &Value| v.as_object().is_some_and(|m| m.contains_key("jsonrpc"));
+        let message = match &value {
+            Value::Array(items) => !items.is_empty() && items.iter().all(is_message),
+            other => is_message(other),
+        };
+        let changed = if message {
+            self.mask_message(&mut value, reveal, counts)
+        } else {
+            self.mask_value(&mut value, reveal, counts)
+        };
+        if !changed {
+            return JsonMasked::Unchanged;
+        }
+        let mut bytes = Vec::with_capacity(body.len() + body.len() / 8);
+        match serde_json::to_writer(&mut bytes, &value) {
+            Ok(()) => JsonMasked::Changed(bytes),
+            Err(_) => JsonMasked::NotJson,
+        }
     }
 
     /// Masks bytes as text; invalid UTF-8 is replaced with U+FFFD (never passed through).
     /// `None` when the bytes are valid UTF-8 and nothing was found.
-    pub fn mask_bytes_as_text(&self, _body: &[u8], _reveal: &Reveal, _counts: &mut MaskCounts) -> Option<Vec<u8>> {
-        None
+    pub fn mask_bytes_as_text(&self, body: &[u8], reveal: &Reveal, counts: &mut MaskCounts) -> Option<Vec<u8>> {
+        match String::from_utf8_lossy(body) {
+            Cow::Borrowed(text) => match self.mask_text(text, reveal, counts) {
+                Cow::Owned(masked) => Some(masked.into_bytes()),
+                Cow::Borrowed(_) => None,
+            },
+            Cow::Owned(text) => Some(self.mask_text(&text, reveal, counts).into_owned().into_bytes()),
+        }
     }
 }

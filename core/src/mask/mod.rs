@@ -12,13 +12,22 @@
 //! - [`Reveal`]: the kinds one caller may see in clear (decided by the service per
 //!   upstream, tool and group); everything else is masked.
 //! - [`MaskCounts`]: how many values of each kind were masked — never the values.
+//!
+//! Inside: `detect` is the one-pass scanner behind every built-in kind, `validate` the
+//! checksums that tell real numbers from look-alikes, `keys` the field rules.
 
 mod config;
 mod counts;
+mod detect;
 mod engine;
+mod keys;
+mod kinds;
 mod sse;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 pub use config::{CustomRule, MaskConfig, MaskConfigError, Style};
 pub use counts::{MaskCounts, Reveal};
-pub use engine::{JsonMasked, Masker};
+pub use engine::{JsonMasked, Masker, builtin_kinds};
 pub use sse::{MaskedEvent, SseMasker};

@@ -1,10 +1,22 @@
 //! Masking a Server-Sent Events stream event by event.
 //!
-//! STUB: the signatures are the contract.
+//! [`SseFramer`] cuts the stream into events whatever the chunking; each event's data is
+//! masked as JSON when it parses (`mask_json` semantics) and as text otherwise. An event
+//! with nothing masked for the client goes out as its raw bytes, byte for byte; one that
+//! changed is rebuilt with its `event`, `id` and `retry` fields, `data:` lines and LF line
+//! endings. Since the output of an event depends only on that event, it is the same for
+//! every split of the input into chunks.
+//!
+//! Whatever the client gets is valid UTF-8: an event whose raw bytes are not is rebuilt
+//! (or, without data, passed with U+FFFD in place of the bad bytes).
+//!
+//! An event over the size bound cannot be masked whole (only its first bytes are kept),
+//! so it is withheld: the client gets an SSE comment in its place, which `EventSource`
+//! ignores.
 
-use crate::sse::SseFramer;
+use crate::sse::{SseEvent, SseFramer};
 
-use super::{MaskCounts, Masker, Reveal};
+use super::{JsonMasked, MaskCounts, Masker, Reveal};
 
 /// One event as it goes to the audit trail: masked with nothing revealed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -27,7 +39,17 @@ pub struct MaskedEvent {
 /// event is also handed out, masked with nothing revealed, for the record.
 #[derive(Debug, Clone)]
 pub struct SseMasker {
-    _framer: SseFramer,
+    framer: SseFramer,
+}
+
+/// What one call of `push` or `finish` writes to and reports.
+struct Sink<'a, F: FnMut(MaskedEvent)> {
+    masker: &'a Masker,
+    reveal: &'a Reveal,
+    max_event_bytes: usize,
+    out: &'a mut Vec<u8>,
+    counts: &'a mut MaskCounts,
+    on_event: F,
 }
 
 impl SseMasker {
@@ -35,13 +57,13 @@ impl SseMasker {
     /// comment) because it cannot be masked whole.
     pub fn new(max_event_bytes: usize) -> Self {
         Self {
-            _framer: SseFramer::new(max_event_bytes),
+            framer: SseFramer::new(max_event_bytes),
         }
     }
 
     /// Bytes held for an unfinished event.
     pub fn buffered_bytes(&self) -> usize {
-        0
+        self.framer.buffered_bytes()
     }
 
     /// Feeds one chunk: appends the bytes for the client (masked with `reveal`) to `out`,
@@ -49,24 +71,187 @@ impl SseMasker {
     /// `on_event`.
     pub fn push(
         &mut self,
-        _masker: &Masker,
-        _reveal: &Reveal,
+        masker: &Masker,
+        reveal: &Reveal,
         chunk: &[u8],
         out: &mut Vec<u8>,
-        _counts: &mut MaskCounts,
-        _on_event: impl FnMut(MaskedEvent),
+        counts: &mut MaskCounts,
+        on_event: impl FnMut(MaskedEvent),
     ) {
-        out.extend_from_slice(chunk);
+        let mut sink = Sink {
+            masker,
+            reveal,
+            max_event_bytes: self.framer.max_event_bytes(),
+            out,
+            counts,
+            on_event,
+        };
+        self.framer.push_with(chunk, |event| sink.event(event));
     }
 
     /// The stream ended: flushes what is held (an incomplete last event is masked as text).
     pub fn finish(
         &mut self,
-        _masker: &Masker,
-        _reveal: &Reveal,
-        _out: &mut Vec<u8>,
-        _counts: &mut MaskCounts,
-        _on_event: impl FnMut(MaskedEvent),
+        masker: &Masker,
+        reveal: &Reveal,
+        out: &mut Vec<u8>,
+        counts: &mut MaskCounts,
+        on_event: impl FnMut(MaskedEvent),
     ) {
+        let mut sink = Sink {
+            masker,
+            reveal,
+            max_event_bytes: self.framer.max_event_bytes(),
+            out,
+            counts,
+            on_event,
+        };
+        let end = self.framer.finish();
+        for event in end.events {
+            sink.event(event);
+        }
+        if let Some(tail) = end.incomplete {
+            sink.incomplete(tail);
+        }
     }
+}
+
+impl<F: FnMut(MaskedEvent)> Sink<'_, F> {
+    /// Masks one event's data as JSON if it parses, else as text. `None`: nothing masked.
+    fn mask_data(&self, data: &str, reveal: &Reveal, counts: &mut MaskCounts) -> Option<String> {
+        match self.masker.mask_json(data.as_bytes(), reveal, counts) {
+            JsonMasked::Unchanged => None,
+            JsonMasked::Changed(bytes) => {
+                Some(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+            }
+            JsonMasked::NotJson => match self.masker.mask_text(data, reveal, counts) {
+                std::borrow::Cow::Owned(masked) => Some(masked),
+                std::borrow::Cow::Borrowed(_) => None,
+            },
+        }
+    }
+
+    /// `data` masked with nothing revealed, for the record.
+    fn record_fresh(&self, data: &str) -> (String, MaskCounts) {
+        let mut counts = MaskCounts::default();
+        let masked = self.mask_data(data, &Reveal::none(), &mut counts);
+        (masked.unwrap_or_else(|| data.to_owned()), counts)
+    }
+
+    /// The record's copy of `data`: the client's when the client saw nothing in clear
+    /// either, else masked again.
+    fn record_data(&self, data: &str, client: Option<String>, client_counts: MaskCounts) -> (String, MaskCounts) {
+        if self.reveal.is_empty() {
+            (client.unwrap_or_else(|| data.to_owned()), client_counts)
+        } else {
+            self.record_fresh(data)
+        }
+    }
+
+    fn withhold(&mut self) {
+        let note = format!(": gatehouse withheld an event over {} bytes\n\n", self.max_event_bytes);
+        self.out.extend_from_slice(note.as_bytes());
+    }
+
+    fn event(&mut self, event: SseEvent) {
+        let mut record = MaskedEvent {
+            data: None,
+            id: event.id.clone(),
+            len: event.len,
+            truncated: event.truncated,
+            incomplete: false,
+            masked: MaskCounts::default(),
+        };
+        if event.truncated {
+            self.withhold();
+            if let Some(data) = event.data.as_deref() {
+                let (masked, counts) = self.record_fresh(data);
+                record.data = Some(masked);
+                record.masked = counts;
+            }
+            (self.on_event)(record);
+            return;
+        }
+        let Some(data) = event.data.as_deref() else {
+            // Comments, keep-alives, a lone `id:`: nothing to mask. Invalid UTF-8 is
+            // replaced here too, so the client always gets UTF-8.
+            self.out
+                .extend_from_slice(String::from_utf8_lossy(&event.raw).as_bytes());
+            (self.on_event)(record);
+            return;
+        };
+        let mut client_counts = MaskCounts::default();
+        let client = self.mask_data(data, self.reveal, &mut client_counts);
+        // Invalid UTF-8 in the raw bytes was replaced in `data`: rebuild, so that it never
+        // reaches the client.
+        if client.is_none() && std::str::from_utf8(&event.raw).is_ok() {
+            self.out.extend_from_slice(&event.raw);
+        } else {
+            write_event(self.out, &event, client.as_deref().unwrap_or(data));
+        }
+        self.counts.merge(&client_counts);
+        let (data, masked) = self.record_data(data, client, client_counts);
+        record.data = Some(data);
+        record.masked = masked;
+        (self.on_event)(record);
+    }
+
+    /// The stream ended inside an event: its raw bytes are masked as text.
+    fn incomplete(&mut self, tail: SseEvent) {
+        let mut record = MaskedEvent {
+            data: None,
+            id: tail.id.clone(),
+            len: tail.len,
+            truncated: tail.truncated,
+            incomplete: true,
+            masked: MaskCounts::default(),
+        };
+        let data = tail.data.as_deref().map(|data| self.record_fresh(data));
+        if tail.truncated {
+            self.withhold();
+            record.masked = data.as_ref().map(|(_, counts)| counts.clone()).unwrap_or_default();
+        } else {
+            let mut client_counts = MaskCounts::default();
+            match self
+                .masker
+                .mask_bytes_as_text(&tail.raw, self.reveal, &mut client_counts)
+            {
+                Some(masked) => self.out.extend_from_slice(&masked),
+                None => self.out.extend_from_slice(&tail.raw),
+            }
+            self.counts.merge(&client_counts);
+            record.masked = if self.reveal.is_empty() {
+                client_counts
+            } else {
+                let mut counts = MaskCounts::default();
+                self.masker.mask_bytes_as_text(&tail.raw, &Reveal::none(), &mut counts);
+                counts
+            };
+        }
+        record.data = data.map(|(data, _)| data);
+        (self.on_event)(record);
+    }
+}
+
+/// Rebuilds an event around new data, with LF line endings.
+fn write_event(out: &mut Vec<u8>, event: &SseEvent, data: &str) {
+    if let Some(name) = &event.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = &event.id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(retry) = event.retry {
+        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
 }

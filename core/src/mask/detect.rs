@@ -1,0 +1,779 @@
+//! The built-in text detectors, run in one forward pass over the bytes.
+//!
+//! Nothing here is a regex: every built-in kind starts at a byte that is cheap to spot,
+//! so the scanner walks the text once and only looks closer there.
+//!
+//! - At the start of a word (`[A-Za-z0-9_]` after anything else), the first byte picks
+//!   the candidates: `A` an AWS key id or a Google API key, `A`–`Z` an IBAN, `g` a GitHub
+//!   token, `x` a Slack token, `s`/`r`/`p` a Stripe key, `e` a JWT, a digit an SSN, a card
+//!   number or a North American phone number. A word that starts nothing is skipped whole,
+//!   so ordinary prose costs one table lookup per byte.
+//! - `@`: an e-mail address, read backwards for the local part.
+//! - `=` and `:`: `key=value` / `key: value` with a sensitive key (field rule in text), an
+//!   AWS secret key after its key; `://` a URL with a password or a Slack webhook.
+//! - `-`: a PEM private key block, through its END line (or to the end of the text).
+//! - `+` and `(`: phone numbers.
+//!
+//! Each candidate is then validated (Luhn, IBAN mod 97, SSN ranges, the JWT header) and
+//! checked for word boundaries, so look-alikes (order numbers, hashes, UUIDs, instance
+//! ids) and tokens glued inside longer runs stay. Matches come out sorted and never
+//! overlapping: nothing starts before the end of the previous match (`floor`), and the
+//! scan resumes after each match, so a PEM block hides what is inside it. Every step
+//! looks a bounded distance ahead or behind except the scans that end a match, so the
+//! pass is linear in the text.
+
+use memchr::memmem;
+
+use super::keys::{NormalizedKey, SensitiveKeys};
+use super::kinds::{
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUILTIN_COUNT, CREDIT_CARD, EMAIL, GITHUB_TOKEN, GOOGLE_API_KEY, IBAN,
+    JWT, Kind, PASSWORD_IN_URL, PHONE, PRIVATE_KEY, SLACK_TOKEN, STRIPE_KEY, US_SSN,
+};
+use super::validate;
+
+/// One match: a byte range of the text (on char boundaries: it starts and ends at ASCII
+/// bytes or at the ends of the text) and its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) kind: Kind,
+}
+
+/// The built-in detectors as configured: which are on, and the sensitive keys.
+#[derive(Debug, Clone)]
+pub(crate) struct Detectors {
+    pub(crate) enabled: [bool; BUILTIN_COUNT],
+    pub(crate) keys: SensitiveKeys,
+}
+
+const WORD: u8 = 1;
+const PUNCT: u8 = 2;
+
+/// Byte classes: word bytes start candidates; the punctuation bytes that trigger a
+/// detector; everything else (0) is skipped.
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            table[b] = WORD;
+        }
+        if matches!(c, b'@' | b'=' | b':' | b'-' | b'+' | b'(') {
+            table[b] = PUNCT;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// The byte at `i`, or NUL past the end (NUL is in no class, so it ends every run).
+#[inline]
+fn at(t: &[u8], i: usize) -> u8 {
+    t.get(i).copied().unwrap_or(0)
+}
+
+#[inline]
+fn is_word(b: u8) -> bool {
+    CLASS[usize::from(b)] == WORD
+}
+
+#[inline]
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// The index of the first byte at or after `from` that is not `pred`.
+#[inline]
+fn run(t: &[u8], from: usize, pred: impl Fn(u8) -> bool) -> usize {
+    let rest = t.get(from..).unwrap_or_default();
+    from + rest.iter().position(|&b| !pred(b)).unwrap_or(rest.len())
+}
+
+/// Exactly `n` digits at `i`, as a number.
+fn digits_at(t: &[u8], i: usize, n: usize) -> Option<u32> {
+    let d = t.get(i..i + n)?;
+    d.iter().try_fold(0u32, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
+    })
+}
+
+/// A number may end at `end`: not glued to a following word, decimal part or further
+/// dash/dot group (`4111…1111.5`, `123-45-6789-0`).
+fn number_ends(t: &[u8], end: usize) -> bool {
+    let next = at(t, end);
+    !(is_word(next) || (matches!(next, b'-' | b'.') && at(t, end + 1).is_ascii_alphanumeric()))
+}
+
+/// What the scanner does at a position.
+enum Step {
+    Found(Found),
+    /// Nothing here; resume at this index (always past the current one).
+    Skip(usize),
+}
+
+impl Detectors {
+    fn on(&self, kind: Kind) -> bool {
+        self.enabled.get(kind).copied().unwrap_or(false)
+    }
+
+    /// Appends the matches in `t`, sorted and not overlapping.
+    pub(crate) fn scan(&self, t: &[u8], out: &mut Vec<Found>) {
+        let mut i = 0;
+        let mut floor = 0;
+        while let Some(&b) = t.get(i) {
+            let step = match CLASS[usize::from(b)] {
+                WORD => {
+                    let word_end = run(t, i, is_word);
+                    match self.word(t, i, word_end) {
+                        Step::Skip(next) => {
+                            // `\n`, `\t` and `\r` escapes glue a letter to the next word in
+                            // text that carries JSON-escaped content: look behind the escape.
+                            if matches!(b, b'n' | b't' | b'r') && i > floor && at(t, i - 1) == b'\\' && i + 1 < word_end
+                            {
+                                match self.word(t, i + 1, word_end) {
+                                    Step::Found(f) => Step::Found(f),
+                                    Step::Skip(other) => Step::Skip(next.max(other)),
+                                }
+                            } else {
+                                Step::Skip(next)
+                            }
+                        }
+                        found => found,
+                    }
+                }
+                PUNCT => self.punct(t, i, b, floor),
+                _ => Step::Skip(i + 1),
+            };
+            match step {
+                Step::Found(f) => {
+                    out.push(f);
+                    floor = f.end;
+                    i = f.end.max(i + 1);
+                }
+                Step::Skip(next) => i = next.max(i + 1),
+            }
+        }
+    }
+
+    /// Candidates at the start of a word `t[i..word_end]`.
+    fn word(&self, t: &[u8], i: usize, word_end: usize) -> Step {
+        let hit = |kind: Kind, end: Option<usize>| -> Option<Found> {
+            if self.on(kind) {
+                end.map(|end| Found { start: i, end, kind })
+            } else {
+                None
+            }
+        };
+        let found = match at(t, i) {
+            b'A' => hit(AWS_ACCESS_KEY_ID, aws_key_id(t, i))
+                .or_else(|| hit(GOOGLE_API_KEY, google_api_key(t, i)))
+                .or_else(|| hit(IBAN, iban(t, i))),
+            b'B'..=b'Z' => hit(IBAN, iban(t, i)),
+            b'g' => hit(GITHUB_TOKEN, github_token(t, i)),
+            b'x' if self.on(SLACK_TOKEN) => match slack_token(t, i) {
+                Ok(end) => hit(SLACK_TOKEN, Some(end)),
+                Err(skip) => return Step::Skip(word_end.max(skip)),
+            },
+            b's' | b'r' | b'p' => hit(STRIPE_KEY, stripe_key(t, i)),
+            b'e' if self.on(JWT) => match jwt(t, i) {
+                Ok(end) => hit(JWT, Some(end)),
+                Err(skip) => return Step::Skip(word_end.max(skip)),
+            },
+            b'0'..=b'9' => return self.numeric(t, i, word_end),
+            _ => None,
+        };
+        found.map_or(Step::Skip(word_end), Step::Found)
+    }
+
+    /// SSN, card number or North American phone number at a digit that starts a word.
+    fn numeric(&self, t: &[u8], i: usize, word_end: usize) -> Step {
+        // Glued to an identifier (`ORDER-1234…`, `i-0abc…`, `v2.2.65`) or the tail of a
+        // number with thousands separators: part of something else.
+        let prev = i.checked_sub(1).map(|j| at(t, j));
+        let before = i.checked_sub(2).map(|j| at(t, j));
+        let glued = match (prev, before) {
+            (Some(b'-' | b'.'), Some(c)) => c.is_ascii_alphanumeric(),
+            (Some(b','), Some(c)) => c.is_ascii_digit(),
+            _ => false,
+        };
+        if glued {
+            return Step::Skip(word_end);
+        }
+        let found = |end: usize, kind: Kind| Step::Found(Found { start: i, end, kind });
+        if self.on(US_SSN)
+            && let Some(end) = us_ssn(t, i)
+        {
+            return found(end, US_SSN);
+        }
+        let mut skip = word_end;
+        if self.on(CREDIT_CARD) {
+            match credit_card(t, i) {
+                Ok(end) => return found(end, CREDIT_CARD),
+                Err(examined) => skip = skip.max(examined),
+            }
+        }
+        if self.on(PHONE)
+            && let Some(end) = na_phone(t, i)
+        {
+            return found(end, PHONE);
+        }
+        Step::Skip(skip)
+    }
+
+    /// Candidates at a punctuation byte.
+    fn punct(&self, t: &[u8], i: usize, b: u8, floor: usize) -> Step {
+        let found = match b {
+            b'@' if self.on(EMAIL) => email(t, i, floor),
+            b':' if at(t, i + 1) == b'/' && at(t, i + 2) == b'/' => self.url(t, i, floor),
+            b'=' | b':' => self.key_value(t, i, floor),
+            b'-' if at(t, i + 1) == b'-' && self.on(PRIVATE_KEY) => private_key(t, i).map(|end| Found {
+                start: i,
+                end,
+                kind: PRIVATE_KEY,
+            }),
+            b'+' if self.on(PHONE) => intl_phone(t, i).map(|end| Found {
+                start: i,
+                end,
+                kind: PHONE,
+            }),
+            b'(' if self.on(PHONE) => paren_phone(t, i).map(|end| Found {
+                start: i,
+                end,
+                kind: PHONE,
+            }),
+            _ => None,
+        };
+        found.map_or(Step::Skip(i + 1), Step::Found)
+    }
+
+    /// `scheme://user:password@host…`: the password; `https://hooks.slack.com/services/…`:
+    /// the whole webhook URL. `i` is the `:` of `://`.
+    fn url(&self, t: &[u8], i: usize, floor: usize) -> Option<Found> {
+        let mut scheme = i;
+        while scheme > floor
+            && i - scheme < 32
+            && matches!(at(t, scheme - 1), b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'+' | b'.' | b'-')
+        {
+            scheme -= 1;
+        }
+        if scheme == i || !at(t, scheme).is_ascii_alphabetic() {
+            return None;
+        }
+        let host = i + 3;
+        let authority_end = host
+            + t.get(host..)?
+                .iter()
+                .take(512)
+                .position(|&b| {
+                    matches!(b, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'\\' | b'`')
+                        || b.is_ascii_whitespace()
+                })
+                .unwrap_or_else(|| t.len().saturating_sub(host).min(512));
+        let authority = t.get(host..authority_end)?;
+        if self.on(SLACK_TOKEN)
+            && authority.eq_ignore_ascii_case(b"hooks.slack.com")
+            && t.get(authority_end..).is_some_and(|r| r.starts_with(b"/services/"))
+        {
+            let end = run(t, authority_end, |b| is_b64url(b) || b == b'/');
+            return Some(Found {
+                start: scheme,
+                end,
+                kind: SLACK_TOKEN,
+            });
+        }
+        if !self.on(PASSWORD_IN_URL) {
+            return None;
+        }
+        // The last `@` ends the user info: a password may hold an unencoded `@`.
+        let at_sign = memchr::memrchr(b'@', authority)?;
+        let userinfo = authority.get(..at_sign)?;
+        let colon = memchr::memchr(b':', userinfo)?;
+        let (start, end) = (host + colon + 1, host + at_sign);
+        (start < end).then_some(Found {
+            start,
+            end,
+            kind: PASSWORD_IN_URL,
+        })
+    }
+
+    /// `key=value`, `key: value`, `"key": "value"` (also with JSON-escaped quotes) where
+    /// the key is sensitive. `i` is the `=` or `:`.
+    fn key_value(&self, t: &[u8], i: usize, floor: usize) -> Option<Found> {
+        if at(t, i) == b'=' && (matches!(at(t, i.wrapping_sub(1)), b'=' | b'!' | b'<' | b'>') || at(t, i + 1) == b'=') {
+            return None; // A comparison, not an assignment.
+        }
+        // The key, backwards: spaces, an optional (escaped) closing quote, the name.
+        let mut key_end = i;
+        while key_end > floor && i - key_end < 8 && matches!(at(t, key_end - 1), b' ' | b'\t') {
+            key_end -= 1;
+        }
+        if key_end > floor && matches!(at(t, key_end - 1), b'"' | b'\'') {
+            key_end -= 1;
+            if key_end > floor && at(t, key_end - 1) == b'\\' {
+                key_end -= 1;
+            }
+        }
+        let is_key_byte = |b: u8| is_word(b) || matches!(b, b'-' | b'.');
+        // Most `:` and `=` in text follow no sensitive key: rule them out on the key's
+        // last letter before reading it whole.
+        let last = t
+            .get(floor..key_end)
+            .and_then(|k| k.iter().rev().find(|&&b| !matches!(b, b'_' | b'-' | b'.')))
+            .copied()
+            .unwrap_or(0);
+        if !is_word(last) || !self.keys.may_end_with(last) {
+            return None;
+        }
+        let mut key_start = key_end;
+        while key_start > floor && key_end - key_start < 64 && is_key_byte(at(t, key_start - 1)) {
+            key_start -= 1;
+        }
+        if key_start == key_end || (key_start > floor && is_key_byte(at(t, key_start - 1))) {
+            return None;
+        }
+        // Our own placeholders (`[MASKED:access_token:tok_…]`) look like `key:value`.
+        if t.get(..key_start).is_some_and(|before| before.ends_with(b"[MASKED:")) {
+            return None;
+        }
+        let name = NormalizedKey::new(t.get(key_start..key_end)?);
+        let kind = self.keys.classify_normalized(&name)?;
+
+        // The value: spaces, then quoted (up to its closing quote) or bare.
+        let mut v = i + 1;
+        while v - i <= 8 && matches!(at(t, v), b' ' | b'\t') {
+            v += 1;
+        }
+        let line_valued = name.matches(b"authorization") || name.matches(b"cookie");
+        // Rule values out on their first bytes before reading them: a rejected value must
+        // not be read whole, or `token={token={…` would be read once per `=`.
+        let quote = match (at(t, v), at(t, v + 1)) {
+            (b'\\', b'"') => 2,
+            (b'"' | b'\'', _) => 1,
+            _ => 0,
+        };
+        let head = t.get(v + quote..).unwrap_or_default();
+        if head.starts_with(b"[MASKED:")
+            || head.starts_with(b"-----BEGIN")
+            || (quote == 0 && matches!(head.first(), Some(b'{' | b'[')))
+        {
+            return None;
+        }
+        // An AWS secret key is 40 characters: read no further than that.
+        let limit = if kind == AWS_SECRET_ACCESS_KEY { 41 } else { usize::MAX };
+        let (start, end, quoted) = match (at(t, v), at(t, v + 1)) {
+            (b'\\', b'"') => {
+                let start = v + 2;
+                let close = memchr::memchr(b'"', t.get(start..)?).map_or(t.len(), |p| start + p);
+                let end = if close > start && at(t, close - 1) == b'\\' {
+                    close - 1
+                } else {
+                    close
+                };
+                (start, end, true)
+            }
+            (q @ (b'"' | b'\''), _) => {
+                let start = v + 1;
+                let mut end = start;
+                loop {
+                    match memchr::memchr(q, t.get(end..)?) {
+                        Some(p) if p > 0 && at(t, end + p - 1) == b'\\' => end += p + 1,
+                        Some(p) => break (start, end + p, true),
+                        None => break (start, t.len(), true),
+                    }
+                }
+            }
+            _ if line_valued => (v, run(t, v, |b| !matches!(b, b'\r' | b'\n' | b'"' | b'\\' | 0)), false),
+            _ => {
+                let rest = t.get(v..).unwrap_or_default();
+                let len = rest
+                    .iter()
+                    .take(limit)
+                    .position(|&b| {
+                        b.is_ascii_whitespace()
+                            || matches!(
+                                b,
+                                b';' | b'&' | b',' | b'"' | b'\'' | b'<' | b'>' | b'`' | b')' | b']' | b'}' | b'\\' | 0
+                            )
+                    })
+                    .unwrap_or(rest.len().min(limit));
+                (v, v + len, false)
+            }
+        };
+        let value = t.get(start..end)?;
+        if value.is_empty() || (!quoted && matches!(value, b"null" | b"true" | b"false")) {
+            return None;
+        }
+        let kind = if kind == AWS_SECRET_ACCESS_KEY {
+            let shaped = value.len() == 40
+                && value
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
+            if !shaped {
+                return None;
+            }
+            AWS_SECRET_ACCESS_KEY
+        } else if matches!(name.as_bytes(), b"password" | b"pwd" | b"passwd")
+            && (matches!(at(t, key_start.wrapping_sub(1)), b';' | b'?' | b'&') || matches!(at(t, end), b';' | b'&'))
+            && self.on(PASSWORD_IN_URL)
+        {
+            // A connection string (`Server=…;Password=…;`) or a URL query.
+            PASSWORD_IN_URL
+        } else {
+            kind
+        };
+        self.on(kind).then_some(Found { start, end, kind })
+    }
+}
+
+/// `AKIA…` and the other AWS key id prefixes, then 16 base32 characters.
+fn aws_key_id(t: &[u8], i: usize) -> Option<usize> {
+    let prefix = t.get(i..i + 4)?;
+    if !matches!(
+        prefix,
+        b"AKIA" | b"ASIA" | b"AGPA" | b"AIDA" | b"AROA" | b"ANPA" | b"ANVA" | b"AIPA"
+    ) {
+        return None;
+    }
+    let end = i + 20;
+    let ok = t
+        .get(i + 4..end)?
+        .iter()
+        .all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7'));
+    (ok && !is_word(at(t, end))).then_some(end)
+}
+
+/// `AIza` and 35 characters of `[0-9A-Za-z_-]`.
+fn google_api_key(t: &[u8], i: usize) -> Option<usize> {
+    if !t.get(i..)?.starts_with(b"AIza") {
+        return None;
+    }
+    let end = i + 39;
+    let ok = t.get(i + 4..end)?.iter().all(|&b| is_b64url(b));
+    (ok && !is_b64url(at(t, end))).then_some(end)
+}
+
+/// `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 (or more) alphanumerics, or a fine-grained
+/// `github_pat_…`.
+fn github_token(t: &[u8], i: usize) -> Option<usize> {
+    let rest = t.get(i..)?;
+    let (body, min, pred): (usize, usize, fn(u8) -> bool) = if rest.starts_with(b"github_pat_") {
+        (i + 11, 22, is_word)
+    } else if rest.starts_with(b"gh")
+        && matches!(at(t, i + 2), b'p' | b'o' | b'u' | b's' | b'r')
+        && at(t, i + 3) == b'_'
+    {
+        (i + 4, 36, |b: u8| b.is_ascii_alphanumeric())
+    } else {
+        return None;
+    };
+    let end = run(t, body, pred);
+    ((min..=255).contains(&(end - body)) && !is_word(at(t, end))).then_some(end)
+}
+
+/// `xoxb-…` and the other Slack token prefixes. `Err` says where to resume: after the
+/// last dash read, so that a long dashed run is not read again from each of its words.
+fn slack_token(t: &[u8], i: usize) -> Result<usize, usize> {
+    let prefixed = t.get(i..).is_some_and(|r| r.starts_with(b"xox"))
+        && matches!(at(t, i + 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r')
+        && at(t, i + 4) == b'-';
+    if !prefixed {
+        return Err(i + 1);
+    }
+    let body = i + 5;
+    let mut end = run(t, body, |b| b.is_ascii_alphanumeric() || b == b'-');
+    let resume = after_last_dash(t, body, end);
+    while end > body && at(t, end - 1) == b'-' {
+        end -= 1;
+    }
+    if end - body >= 10 && !is_word(at(t, end)) {
+        Ok(end)
+    } else {
+        Err(resume)
+    }
+}
+
+/// Just after the last `-` in `t[from..to]` (or `from`).
+fn after_last_dash(t: &[u8], from: usize, to: usize) -> usize {
+    t.get(from..to)
+        .and_then(|r| memchr::memrchr(b'-', r))
+        .map_or(from, |p| from + p + 1)
+}
+
+/// `sk_live_…`, `rk_live_…`, `pk_live_…` and their `_test_` forms, 16+ alphanumerics.
+fn stripe_key(t: &[u8], i: usize) -> Option<usize> {
+    let rest = t.get(i..)?;
+    let head = rest.get(..8)?;
+    if !matches!(
+        head,
+        b"sk_live_" | b"rk_live_" | b"pk_live_" | b"sk_test_" | b"rk_test_" | b"pk_test_"
+    ) {
+        return None;
+    }
+    let body = i + 8;
+    let end = run(t, body, |b| b.is_ascii_alphanumeric());
+    ((16..=255).contains(&(end - body)) && !is_word(at(t, end))).then_some(end)
+}
+
+/// Three (up to five) base64url segments, the first starting `eyJ` and decoding to a JSON
+/// header with `alg`. `Err` says where to resume (see [`slack_token`]).
+fn jwt(t: &[u8], i: usize) -> Result<usize, usize> {
+    if !t.get(i..).is_some_and(|r| r.starts_with(b"eyJ")) {
+        return Err(i + 1);
+    }
+    let header_end = run(t, i, is_b64url);
+    let resume = after_last_dash(t, i, header_end);
+    if at(t, header_end) != b'.' {
+        return Err(resume);
+    }
+    let payload_end = run(t, header_end + 1, is_b64url);
+    if payload_end == header_end + 1 || at(t, payload_end) != b'.' {
+        return Err(resume);
+    }
+    // The signature may be empty (`alg: none`).
+    let mut end = run(t, payload_end + 1, is_b64url);
+    let mut segments = 3;
+    while segments < 5 && at(t, end) == b'.' && is_b64url(at(t, end + 1)) {
+        end = run(t, end + 1, is_b64url);
+        segments += 1;
+    }
+    let header_ok = t.get(i..header_end).is_some_and(validate::jwt_header_ok);
+    if header_ok && !is_b64url(at(t, end)) {
+        Ok(end)
+    } else {
+        Err(resume)
+    }
+}
+
+/// A country code, two check digits and the country's number of `[A-Z0-9]`, compact or
+/// in groups of four separated by single spaces; mod 97 must be 1.
+fn iban(t: &[u8], i: usize) -> Option<usize> {
+    let country = [at(t, i), at(t, i + 1)];
+    if !country[1].is_ascii_uppercase() || !at(t, i + 2).is_ascii_digit() || !at(t, i + 3).is_ascii_digit() {
+        return None;
+    }
+    let len = validate::iban_length(country)?;
+    let mut chars = [0u8; 34];
+    let is_char = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+    let mut n = 0;
+    let mut j = i;
+    let grouped = at(t, i + 4) == b' ';
+    while n < len {
+        if grouped && n > 0 && n % 4 == 0 {
+            if at(t, j) != b' ' {
+                return None;
+            }
+            j += 1;
+        }
+        let b = at(t, j);
+        if !is_char(b) {
+            return None;
+        }
+        *chars.get_mut(n)? = b;
+        n += 1;
+        j += 1;
+    }
+    (!is_word(at(t, j)) && validate::iban_checksum_ok(chars.get(..len)?)).then_some(j)
+}
+
+/// `AAA-GG-SSSS` with valid area, group and serial.
+fn us_ssn(t: &[u8], i: usize) -> Option<usize> {
+    let area = digits_at(t, i, 3)?;
+    let group = digits_at(t, i + 4, 2)?;
+    let serial = digits_at(t, i + 7, 4)?;
+    let end = i + 11;
+    (at(t, i + 3) == b'-' && at(t, i + 6) == b'-' && number_ends(t, end) && validate::ssn_ok(area, group, serial))
+        .then_some(end)
+}
+
+/// 13–19 digits, bare or in groups (the first of four digits, the others of three to six)
+/// separated by one space or one dash each, that pass [`validate::is_card`]. `Err` holds
+/// how far the digits were read, so that a rejected number is not re-read from its
+/// middle groups.
+fn credit_card(t: &[u8], i: usize) -> Result<usize, usize> {
+    let first = run(t, i, |b| b.is_ascii_digit());
+    let n = first - i;
+    if n >= 13 {
+        let digits = t.get(i..first).unwrap_or_default();
+        return if number_ends(t, first) && validate::is_card(digits) {
+            Ok(first)
+        } else {
+            Err(first)
+        };
+    }
+    let sep = at(t, first);
+    if n != 4 || !matches!(sep, b' ' | b'-') {
+        return Err(first);
+    }
+    let mut digits = [0u8; 19];
+    digits
+        .get_mut(..4)
+        .zip(t.get(i..first))
+        .map(|(d, s)| d.copy_from_slice(s))
+        .ok_or(first)?;
+    let mut total = 4;
+    // The end and digit count after each group, to try the longest valid prefix first.
+    let mut ends = [(0usize, 0usize); 6];
+    let mut groups = 0;
+    let mut j = first;
+    while groups < ends.len() && at(t, j) == sep && at(t, j + 1).is_ascii_digit() {
+        let g_end = run(t, j + 1, |b| b.is_ascii_digit());
+        let g = g_end - (j + 1);
+        if !(3..=6).contains(&g) || total + g > 19 {
+            break;
+        }
+        let (Some(dst), Some(src)) = (digits.get_mut(total..total + g), t.get(j + 1..g_end)) else {
+            break;
+        };
+        dst.copy_from_slice(src);
+        total += g;
+        j = g_end;
+        if let Some(slot) = ends.get_mut(groups) {
+            *slot = (j, total);
+        }
+        groups += 1;
+    }
+    for &(end, count) in ends.iter().take(groups).rev() {
+        if count >= 13 && number_ends(t, end) && digits.get(..count).is_some_and(validate::is_card) {
+            return Ok(end);
+        }
+    }
+    Err(j)
+}
+
+/// `555-123-4567` or `555.123.4567`, optionally after `1-`/`1.`/`1 `.
+fn na_phone(t: &[u8], i: usize) -> Option<usize> {
+    let start = if at(t, i) == b'1' && matches!(at(t, i + 1), b'-' | b'.' | b' ') {
+        i + 2
+    } else {
+        i
+    };
+    let sep = at(t, start + 3);
+    if !matches!(sep, b'-' | b'.') || at(t, start + 7) != sep || !matches!(at(t, start), b'2'..=b'9') {
+        return None;
+    }
+    digits_at(t, start, 3)?;
+    digits_at(t, start + 4, 3)?;
+    digits_at(t, start + 8, 4)?;
+    let end = start + 12;
+    number_ends(t, end).then_some(end)
+}
+
+/// `(555) 123-4567`, `(555)123-4567`, `(555) 123.4567`, `(555) 123 4567`.
+fn paren_phone(t: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && is_word(at(t, i - 1)) {
+        return None;
+    }
+    if !matches!(at(t, i + 1), b'2'..=b'9') || at(t, i + 4) != b')' {
+        return None;
+    }
+    digits_at(t, i + 1, 3)?;
+    let mut j = i + 5;
+    if at(t, j) == b' ' {
+        j += 1;
+    }
+    digits_at(t, j, 3)?;
+    if !matches!(at(t, j + 3), b'-' | b'.' | b' ') {
+        return None;
+    }
+    digits_at(t, j + 4, 4)?;
+    let end = j + 8;
+    number_ends(t, end).then_some(end)
+}
+
+/// `+` and 8–15 digits with single spaces, dashes, dots or parentheses between groups.
+fn intl_phone(t: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && (is_word(at(t, i - 1)) || at(t, i - 1) == b'+') {
+        return None;
+    }
+    if !at(t, i + 1).is_ascii_digit() {
+        return None;
+    }
+    let mut digits = 0;
+    let mut seps = 0;
+    let mut j = i + 1;
+    let mut end = j;
+    while j - i < 40 {
+        let b = at(t, j);
+        if b.is_ascii_digit() {
+            digits += 1;
+            seps = 0;
+            j += 1;
+            end = j;
+        } else if matches!(b, b' ' | b'-' | b'.' | b'(' | b')') && seps < 2 {
+            seps += 1;
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    ((8..=15).contains(&digits) && number_ends(t, end)).then_some(end)
+}
+
+/// An e-mail address around the `@` at `i`; the local part may not reach back before
+/// `floor`.
+fn email(t: &[u8], i: usize, floor: usize) -> Option<Found> {
+    let is_local = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
+    let mut start = i;
+    while start > floor && is_local(at(t, start - 1)) {
+        if i - start >= 64 {
+            return None; // Longer than a local part may be.
+        }
+        start -= 1;
+    }
+    while at(t, start) == b'.' && start < i {
+        start += 1;
+    }
+    if start == i || at(t, i - 1) == b'.' {
+        return None;
+    }
+    // The domain: labels of `[A-Za-z0-9-]` joined by dots, the last one letters only.
+    let mut end = i + 1;
+    let mut labels = 0;
+    let mut last_label = (0, 0);
+    loop {
+        let label_end = run(t, end, |b| b.is_ascii_alphanumeric() || b == b'-');
+        if label_end == end || label_end - end > 63 || end - i > 253 {
+            break;
+        }
+        labels += 1;
+        last_label = (end, label_end);
+        if at(t, label_end) == b'.' && at(t, label_end + 1).is_ascii_alphanumeric() {
+            end = label_end + 1;
+        } else {
+            end = label_end;
+            break;
+        }
+    }
+    let tld = t.get(last_label.0..last_label.1)?;
+    let ok = labels >= 2 && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic) && !is_word(at(t, end));
+    ok.then_some(Found {
+        start,
+        end,
+        kind: EMAIL,
+    })
+}
+
+/// `-----BEGIN … PRIVATE KEY-----` through the matching END line, or to the end of the
+/// text when it is missing (the key is cut, but what is there is still secret).
+fn private_key(t: &[u8], i: usize) -> Option<usize> {
+    let rest = t.get(i..)?;
+    if !rest.starts_with(b"-----BEGIN ") {
+        return None;
+    }
+    let label_start = i + 11;
+    let label_end = run(t, label_start, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' '
+    });
+    let label = t.get(label_start..label_end)?;
+    if label.len() > 64 || memmem::find(label, b"PRIVATE KEY").is_none() || !t.get(label_end..)?.starts_with(b"-----") {
+        return None;
+    }
+    let body = label_end + 5;
+    let mut marker = Vec::with_capacity(label.len() + 14);
+    marker.extend_from_slice(b"-----END ");
+    marker.extend_from_slice(label);
+    marker.extend_from_slice(b"-----");
+    Some(memmem::find(t.get(body..)?, &marker).map_or(t.len(), |p| body + p + marker.len()))
+}

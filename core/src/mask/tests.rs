@@ -1,0 +1,783 @@
+//! Behaviour of the engine through its public API: each detector with its look-alikes,
+//! styles, reveal and counts, field rules, JSON walks and the SSE masker.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn masker() -> Masker {
+    Masker::default()
+}
+
+/// The masked text and the counts, nothing revealed.
+fn run(text: &str) -> (String, MaskCounts) {
+    let mut counts = MaskCounts::default();
+    let out = masker().mask_text(text, &Reveal::none(), &mut counts).into_owned();
+    (out, counts)
+}
+
+fn masked(text: &str) -> String {
+    run(text).0
+}
+
+/// Asserts that `secret` inside `text` is masked as `kind` (and nothing else is masked).
+#[track_caller]
+fn caught(kind: &str, text: &str, secret: &str) {
+    let (out, counts) = run(text);
+    assert!(!out.contains(secret), "{kind}: {secret:?} survived in {out:?}");
+    assert!(
+        out.contains(&format!("[MASKED:{kind}]")),
+        "{kind}: wrong kind in {out:?}"
+    );
+    assert_eq!(counts.total(), 1, "{kind}: {counts:?} for {text:?}");
+}
+
+/// Asserts that nothing in `text` is masked.
+#[track_caller]
+fn kept(text: &str) {
+    let (out, counts) = run(text);
+    assert_eq!(out, text, "masked: {counts:?}");
+    assert!(counts.is_empty());
+}
+
+#[test]
+fn aws_access_key_id() {
+    for key in ["AKIAIOSFODNN7EXAMPLE", "ASIAINU76VHIIQOFDLHO", "AROA2345672345672345"] {
+        caught("aws_access_key_id", &format!("key {key} here"), key);
+    }
+    caught(
+        "aws_access_key_id",
+        "AWS_ACCESS=AKIAIKKNRVQXVVHSP7IG",
+        "AKIAIKKNRVQXVVHSP7IG",
+    );
+    caught("aws_access_key_id", "\"AKIAIKKNRVQXVVHSP7IG\"", "AKIAIKKNRVQXVVHSP7IG");
+    kept("xAKIAIOSFODNN7EXAMPLE");
+    kept("AKIAIOSFODNN7EXAMPLEX");
+    kept("AKIAIOSFODNN7EXAMPL1"); // 1 is not base32
+    kept("QTJEGERXBYKTZVRXWGFJ and AKIA");
+}
+
+#[test]
+fn aws_secret_access_key_needs_its_key() {
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for text in [
+        format!("aws_secret_access_key = {secret}"),
+        format!("AWS_SECRET_ACCESS_KEY={secret}"),
+        format!("\"SecretAccessKey\": \"{secret}\""),
+        format!("secret_access_key: {secret}"),
+    ] {
+        caught("aws_secret_access_key", &text, secret);
+    }
+    kept(&format!("value {secret}"));
+    kept("aws_secret_access_key = short");
+}
+
+#[test]
+fn tokens() {
+    let ghp = "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
+    caught("github_token", &format!("token {ghp}."), ghp);
+    caught("github_token", &format!("contact={ghp}"), ghp);
+    let pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz";
+    caught("github_token", &format!("use {pat}"), pat);
+    kept("ghp_short and ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789_x");
+
+    let slack = "xoxb-48244757710-46563414839-B0bobzjcU9kCTGRBI1oOZSHC";
+    caught("slack_token", &format!("{slack} -- end"), slack);
+    let hook = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX";
+    caught("slack_token", &format!("post to {hook} now"), "T00000000/B00000000");
+    kept("xoxb- and xoxz-1234567890123");
+
+    for key in [
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "rk_live_8FJowoRoWD8s7bA16J7PglOU",
+        "pk_test_TYooMQauvdEDq54NiTphI7jx",
+    ] {
+        caught("stripe_key", &format!("key: {key}"), key);
+    }
+    kept("sk_live_short and mask_live_4eC39HqLyjWDarjtT1zdp7dc");
+
+    let google = "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY";
+    caught("google_api_key", &format!("({google})"), google);
+    kept("AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWYZ");
+}
+
+#[test]
+fn jwt() {
+    let jwt =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    caught("jwt", &format!("Bearer {jwt}"), jwt);
+    caught("jwt", &format!("{jwt}."), jwt);
+    let unsigned = "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.";
+    caught("jwt", &format!("t={unsigned} x"), "eyJzdWIiOiIxIn0");
+    // No `alg` in the header, or not three segments.
+    kept("eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiIxIn0.abc");
+    kept("eyJhbGciOiJIUzI1NiJ9.only-two");
+}
+
+#[test]
+fn private_keys() {
+    let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nuser@example.com\n-----END RSA PRIVATE KEY-----";
+    let (out, counts) = run(&format!("key:\n{pem}\nafter"));
+    assert_eq!(out, "key:\n[MASKED:private_key]\nafter");
+    assert_eq!(
+        counts.0.get("private_key"),
+        Some(&1),
+        "nothing inside counts: {counts:?}"
+    );
+
+    let cut = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA";
+    assert_eq!(masked(&format!("x {cut}")), "x [MASKED:private_key]");
+    let escaped = r"-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY----- tail";
+    assert_eq!(masked(escaped), "[MASKED:private_key] tail");
+    assert_eq!(
+        masked(&format!("private_key={pem}")),
+        "private_key=[MASKED:private_key]"
+    );
+    kept("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
+    kept("---------- ----- -----BEGIN");
+}
+
+#[test]
+fn passwords_in_urls_and_connection_strings() {
+    assert_eq!(
+        masked("postgres://app:s3cr3t@db.internal:5432/app"),
+        "postgres://app:[MASKED:password_in_url]@db.internal:5432/app"
+    );
+    assert_eq!(
+        masked("redis://:p@ss@cache:6379"),
+        "redis://:[MASKED:password_in_url]@cache:6379"
+    );
+    assert_eq!(
+        masked("Server=db;Database=app;User Id=sa;Password=Hunter2!;"),
+        "Server=db;Database=app;User Id=sa;[MASKED:password_in_url];".replace("[MASKED", "Password=[MASKED")
+    );
+    assert_eq!(masked("uid=sa;pwd=abc"), "uid=sa;pwd=[MASKED:password_in_url]");
+    kept("https://example.com/path?q=1 and ftp://user@host/");
+}
+
+#[test]
+fn emails() {
+    caught(
+        "email",
+        "mail jane.doe+tag@mail.example.co.uk now",
+        "jane.doe+tag@mail.example.co.uk",
+    );
+    caught("email", "qpfqlgnz.ighye@corp.internal.", "qpfqlgnz.ighye@corp.internal");
+    caught("email", "mailto:a@b.io", "a@b.io");
+    kept("@decorator user@localhost a@b.c 1@2.3 @@ x@ @y.com");
+}
+
+#[test]
+fn credit_cards() {
+    for card in [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+        "3782 822463 10005",
+    ] {
+        caught("credit_card", &format!("card {card}, exp 12/29"), card);
+    }
+    caught("credit_card", "name,4111111111111111,12/29", "4111111111111111");
+    kept("4111111111111112"); // Luhn
+    kept("ORDER-4111111111111111 i-4111111111111111 x4111111111111111");
+    kept("0.4111111111111111 and 1,4111111111111111 and 4111111111111111.5");
+    kept("41111111111111111111"); // 20 digits
+    kept("1111111111111117 9111111111111112");
+    kept("4275 2051 9331 7390 5105 5346 5253 3920");
+    // A longer group run: the longest valid prefix is the card.
+    caught("credit_card", "4111 1111 1111 1111 2024", "4111 1111 1111 1111");
+}
+
+#[test]
+fn us_ssns() {
+    caught("us_ssn", "ssn 123-45-6789.", "123-45-6789");
+    caught("us_ssn", "contact=798-70-7683", "798-70-7683");
+    for bad in [
+        "000-12-3456",
+        "666-12-3456",
+        "900-12-3456",
+        "123-00-4567",
+        "123-45-0000",
+    ] {
+        kept(bad);
+    }
+    kept("x-123-45-6789 123-45-67890 2023-45-6789");
+}
+
+#[test]
+fn ibans() {
+    for iban in [
+        "DE89370400440532013000",
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "FR1420041010050500013M02606",
+    ] {
+        caught("iban", &format!("iban {iban}."), iban);
+    }
+    kept("DE89370400440532013001"); // checksum
+    kept("DE8937040044053201300"); // length
+    kept("US89370400440532013000"); // no IBAN in the US
+    kept("XDE89370400440532013000");
+}
+
+#[test]
+fn phones() {
+    for phone in [
+        "+1 415 555 0123",
+        "+44 20 7946 0958",
+        "+49-30-1234567",
+        "+33 (0)1 23 45 67 89",
+        "(555) 123-4567",
+        "555-123-4567",
+        "555.123.4567",
+    ] {
+        caught("phone", &format!("call {phone} now"), phone);
+    }
+    // Bare digit runs, account ids, dates and versions are not phone numbers.
+    kept("156244203504 and 5551234567 and 2026-11-23 and v2.2.65 and 1234-567-8901");
+    kept("a+14155550123 and +1234 and 155-123-4567");
+}
+
+#[test]
+fn look_alikes_survive() {
+    kept(
+        "f06c144a-e198-6196-afbd-f81337730edf 2b97b2a82ec6cc5a9a6f5d50a029fe9aec209164 \
+         1734f2097516d556ff6670d07ba12ebfb4e565aa38498aed926bc541ebfbf0ca 156244203504 \
+         i-0240102efcbd06504 arn:aws:s3:::bloplalgwz v2.2.65 QTJEGERXBYKTZVRXWGFJ \
+         ORDER-1535184184396778 DE57964023592563416858 666-20-9011 4695604230411441 \
+         372172321668480 2026-11-23T10:45:12Z request_id=9f2c max_tokens=100 token_type: bearer",
+    );
+}
+
+#[test]
+fn text_field_rule() {
+    assert_eq!(
+        masked("password=hunter2 next"),
+        "password=[MASKED:sensitive_field] next"
+    );
+    assert_eq!(masked("db_password: 'x y'"), "db_password: '[MASKED:sensitive_field]'");
+    assert_eq!(
+        masked(r#"{"api_key": "abc\"def", "n": 1}"#),
+        r#"{"api_key": "[MASKED:sensitive_field]", "n": 1}"#
+    );
+    assert_eq!(
+        masked(r#"{\"token\": \"abc\"}"#),
+        r#"{\"token\": \"[MASKED:sensitive_field]\"}"#
+    );
+    assert_eq!(
+        masked("Authorization: Bearer abc.def\nnext"),
+        "Authorization: [MASKED:sensitive_field]\nnext"
+    );
+    assert_eq!(
+        masked("X-Api-Key: k1 --secret=s2"),
+        "X-Api-Key: [MASKED:sensitive_field] --secret=[MASKED:sensitive_field]"
+    );
+    kept("max_tokens=100 token_count: 5 password_hint=cat password: null token={}");
+    kept("if a == b and password == x");
+}
+
+#[test]
+fn escaped_newlines_do_not_glue_words() {
+    assert_eq!(
+        masked(r"line\nAKIAIOSFODNN7EXAMPLE"),
+        r"line\n[MASKED:aws_access_key_id]"
+    );
+}
+
+#[test]
+fn utf8_around_matches() {
+    let (out, _) = run("é jane@example.com ü 123-45-6789 ✓");
+    assert_eq!(out, "é [MASKED:email] ü [MASKED:us_ssn] ✓");
+    kept("héllo wörld ✓ 😀");
+}
+
+#[test]
+fn counts_and_reveal() {
+    let m = masker();
+    let text = "a@example.com b@example.com 123-45-6789";
+    let mut counts = MaskCounts::default();
+    let out = m.mask_text(text, &Reveal::from_header("email"), &mut counts);
+    assert_eq!(out, "a@example.com b@example.com [MASKED:us_ssn]");
+    assert_eq!(counts.0.get("us_ssn"), Some(&1));
+    assert_eq!(counts.0.get("email"), None, "revealed kinds are not counted");
+
+    let mut counts = MaskCounts::default();
+    m.mask_text(text, &Reveal::none(), &mut counts);
+    assert_eq!(counts.0.get("email"), Some(&2));
+    assert_eq!(counts.total(), 3);
+
+    let mut counts = MaskCounts::default();
+    let all = Reveal::from_header("email,us_ssn");
+    assert!(matches!(
+        m.mask_text(text, &all, &mut counts),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert!(counts.is_empty());
+}
+
+fn with(config: MaskConfig) -> Masker {
+    Masker::new(&config).expect("valid config")
+}
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+#[test]
+fn styles() {
+    let m = with(MaskConfig {
+        styles: [
+            ("credit_card".to_owned(), Style::Last4),
+            ("email".to_owned(), Style::Token),
+            ("sensitive_field".to_owned(), Style::Last4),
+        ]
+        .into(),
+        token_key: Some(KEY.to_owned()),
+        ..MaskConfig::default()
+    });
+    let mut c = MaskCounts::default();
+    let none = Reveal::none();
+    assert_eq!(
+        m.mask_text("4111 1111 1111 1111", &none, &mut c),
+        "[MASKED:credit_card:\u{2026}1111]"
+    );
+    assert_eq!(
+        m.mask_text("pwd=short", &none, &mut c),
+        "pwd=[MASKED:sensitive_field]",
+        "under 8 chars"
+    );
+    assert_eq!(
+        m.mask_text(r#"pwd="ab\"cdefgh\"""#, &none, &mut c),
+        r#"pwd="[MASKED:sensitive_field]""#
+    );
+    let a = m.mask_text("a@example.com", &none, &mut c).into_owned();
+    let b = m.mask_text("b@example.com", &none, &mut c).into_owned();
+    assert!(
+        a.starts_with("[MASKED:email:tok_") && a.len() == "[MASKED:email:tok_]".len() + 20,
+        "{a}"
+    );
+    assert_ne!(a, b);
+    assert_eq!(a, m.mask_text("a@example.com", &none, &mut c), "deterministic");
+    let other = with(MaskConfig {
+        default_style: Style::Token,
+        token_key: Some("ff".repeat(16)),
+        ..MaskConfig::default()
+    });
+    assert_ne!(a, other.mask_text("a@example.com", &none, &mut c), "depends on the key");
+    // The style is applied to field rules in JSON too.
+    let mut v = json!({"password": "correct horse battery"});
+    m.mask_value(&mut v, &none, &mut c);
+    assert_eq!(v, json!({"password": "[MASKED:sensitive_field:\u{2026}tery]"}));
+}
+
+#[test]
+fn config_problems_are_all_listed() {
+    let config: MaskConfig = serde_json::from_value(json!({
+        "disabled": ["email", "emial"],
+        "sensitive_keys": ["pin", "--"],
+        "custom": [
+            {"name": "", "pattern": "x"},
+            {"name": "email", "pattern": "y"},
+            {"name": "ticket", "pattern": "TICKET-("},
+            {"name": "ok", "pattern": "OK-[0-9]+"},
+            {"name": "ok", "pattern": "z"},
+            {"name": "bad name", "pattern": "w"},
+            {"name": "huge", "pattern": "(a{1000}){1000}"}
+        ],
+        "styles": {"nope": "redact", "ok": "token"},
+    }))
+    .unwrap();
+    let problems = Masker::new(&config).unwrap_err().problems;
+    let expect = [
+        "disabled[1]",
+        "sensitive_keys[1]",
+        "custom[0].name",
+        "custom[1].name",
+        "custom[2].pattern",
+        "custom[4].name",
+        "custom[5].name",
+        "custom[6].pattern",
+        "styles.nope",
+        "token_key",
+    ];
+    for e in expect {
+        assert!(
+            problems.iter().any(|p| p.starts_with(e)),
+            "missing {e} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+
+    for (key, why) in [("zz", "not hex"), ("00ff", "at least 16")] {
+        let err = Masker::new(&MaskConfig {
+            token_key: Some(key.to_owned()),
+            ..MaskConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+}
+
+#[test]
+fn custom_rules_and_disabled_kinds() {
+    let m = with(MaskConfig {
+        disabled: vec!["email".to_owned()],
+        custom: vec![CustomRule {
+            name: "ticket".to_owned(),
+            pattern: r"TICKET-\d{4}".to_owned(),
+        }],
+        sensitive_keys: vec!["pin".to_owned()],
+        ..MaskConfig::default()
+    });
+    let mut c = MaskCounts::default();
+    let out = m.mask_text("TICKET-1234 a@example.com 123-45-6789 pin=42", &Reveal::none(), &mut c);
+    assert_eq!(
+        out,
+        "[MASKED:ticket] a@example.com [MASKED:us_ssn] pin=[MASKED:sensitive_field]"
+    );
+    assert!(m.kinds().contains(&"ticket".to_owned()));
+    assert!(!m.kinds().contains(&"email".to_owned()));
+    assert_eq!(builtin_kinds().len(), 15);
+    assert_eq!(masker().kinds().len(), 15);
+
+    // Overlaps between custom and built-in matches: earliest wins, then longest.
+    let m = with(MaskConfig {
+        custom: vec![CustomRule {
+            name: "host".to_owned(),
+            pattern: r"example\.com/\w+".to_owned(),
+        }],
+        ..MaskConfig::default()
+    });
+    let out = m.mask_text("jane@example.com/path example.com/x", &Reveal::none(), &mut c);
+    assert_eq!(out, "[MASKED:email]/path [MASKED:host]");
+}
+
+fn mask_value(v: &mut Value) -> MaskCounts {
+    let mut counts = MaskCounts::default();
+    masker().mask_value(v, &Reveal::none(), &mut counts);
+    counts
+}
+
+#[test]
+fn json_field_rules() {
+    let mut v = json!({
+        "user": "jane",
+        "password": "hunter2",
+        "db_password": 12345,
+        "client_secret": {"a": "x", "b": [1, true, null, "y"]},
+        "apiKey": "",
+        "access_token": false,
+        "max_tokens": 100,
+        "token_type": "bearer",
+        "password_hint": "cat",
+        "nested": [{"Authorization": "Basic abc"}],
+        "aws_secret_access_key": "anything",
+    });
+    let counts = mask_value(&mut v);
+    assert_eq!(
+        v,
+        json!({
+            "user": "jane",
+            "password": "[MASKED:sensitive_field]",
+            "db_password": "[MASKED:sensitive_field]",
+            "client_secret": {"a": "[MASKED:sensitive_field]", "b": ["[MASKED:sensitive_field]", true, null, "[MASKED:sensitive_field]"]},
+            "apiKey": "",
+            "access_token": false,
+            "max_tokens": 100,
+            "token_type": "bearer",
+            "password_hint": "cat",
+            "nested": [{"Authorization": "[MASKED:sensitive_field]"}],
+            "aws_secret_access_key": "[MASKED:aws_secret_access_key]",
+        })
+    );
+    assert_eq!(counts.0.get("sensitive_field"), Some(&6));
+    assert_eq!(counts.0.get("aws_secret_access_key"), Some(&1));
+
+    // Revealed: the value is walked like any other.
+    let mut v = json!({"password": "a@example.com"});
+    let mut counts = MaskCounts::default();
+    masker().mask_value(&mut v, &Reveal::from_header("sensitive_field"), &mut counts);
+    assert_eq!(v, json!({"password": "[MASKED:email]"}));
+}
+
+#[test]
+fn json_strings_numbers_and_keys() {
+    let mut v = json!({"jane@example.com": "call 555-123-4567", "card": 4111111111111111u64, "n": 4111111111111112u64, "f": 1.5});
+    let counts = mask_value(&mut v);
+    assert_eq!(
+        v,
+        json!({"jane@example.com": "call [MASKED:phone]", "card": "[MASKED:credit_card]", "n": 4111111111111112u64, "f": 1.5})
+    );
+    assert_eq!(counts.total(), 2);
+}
+
+#[test]
+fn json_inside_strings() {
+    let inner = r#"{"row0": "DE89370400440532013000", "ref": "v9.1.7", "password": "x"}"#;
+    let mut v = json!({"content": [{"type": "text", "text": inner}]});
+    let counts = mask_value(&mut v);
+    let text = v["content"][0]["text"].as_str().unwrap();
+    // Re-serialized compact; serde_json (without `preserve_order`) sorts the keys.
+    assert_eq!(
+        text,
+        r#"{"password":"[MASKED:sensitive_field]","ref":"v9.1.7","row0":"[MASKED:iban]"}"#
+    );
+    assert_eq!(counts.total(), 2);
+
+    // Unchanged inside: the original text stays as it was (not re-serialized).
+    let mut v = json!({"text": " [1, 2,   3] "});
+    assert!(!masker().mask_value(&mut v, &Reveal::none(), &mut MaskCounts::default()));
+    assert_eq!(v["text"], " [1, 2,   3] ");
+
+    // Not JSON after all: masked as text.
+    let mut v = json!({"text": "[INFO] jane@example.com"});
+    mask_value(&mut v);
+    assert_eq!(v["text"], "[INFO] [MASKED:email]");
+}
+
+#[test]
+fn blobs_are_not_scanned() {
+    let blob = "AKIAIOSFODNN7EXAMPLE+jane@example.com";
+    let mut v = json!({"content": [
+        {"type": "image", "data": blob, "mimeType": "image/png"},
+        {"type": "audio", "data": blob},
+        {"type": "resource", "resource": {"uri": "file:///a", "blob": blob}},
+        {"type": "resource", "resource": {"uri": "file:///b", "text": blob}},
+        {"type": "text", "data": blob},
+    ]});
+    mask_value(&mut v);
+    assert_eq!(v["content"][0]["data"], blob);
+    assert_eq!(v["content"][1]["data"], blob);
+    assert_eq!(v["content"][2]["resource"]["blob"], blob);
+    assert_ne!(v["content"][3]["resource"]["text"], blob);
+    assert_ne!(v["content"][4]["data"], blob);
+}
+
+#[test]
+fn messages_and_bodies() {
+    let m = masker();
+    let none = Reveal::none();
+    let mut c = MaskCounts::default();
+    let body = json!({"jsonrpc": "2.0", "id": "jane@example.com", "method": "tools/call",
+        "params": {"name": "login", "arguments": {"password": "x", "note": "123-45-6789"}}});
+    let JsonMasked::Changed(out) = m.mask_json(body.to_string().as_bytes(), &none, &mut c) else {
+        panic!("changed");
+    };
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out["id"], "jane@example.com", "ids are left alone");
+    assert_eq!(out["params"]["arguments"]["password"], "[MASKED:sensitive_field]");
+    assert_eq!(out["params"]["arguments"]["note"], "[MASKED:us_ssn]");
+
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "a@example.com"}]}},
+        {"jsonrpc": "2.0", "id": 2, "error": {"code": -1, "message": "bad 123-45-6789", "data": {"token": "t"}}},
+    ]);
+    let JsonMasked::Changed(out) = m.mask_json(batch.to_string().as_bytes(), &none, &mut c) else {
+        panic!("changed");
+    };
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out[0]["result"]["content"][0]["text"], "[MASKED:email]");
+    assert_eq!(out[1]["error"]["message"], "bad [MASKED:us_ssn]");
+    assert_eq!(out[1]["error"]["data"]["token"], "[MASKED:sensitive_field]");
+
+    // A non-message JSON body has every string walked, `id` and `method` included.
+    let JsonMasked::Changed(out) = m.mask_json(br#"{"id": "a@example.com"}"#, &none, &mut c) else {
+        panic!("changed");
+    };
+    assert_eq!(out, br#"{"id":"[MASKED:email]"}"#);
+
+    assert_eq!(
+        m.mask_json(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, &none, &mut c),
+        JsonMasked::Unchanged
+    );
+    assert_eq!(m.mask_json(b"not json", &none, &mut c), JsonMasked::NotJson);
+    assert_eq!(m.mask_json(b"\"\xFF\"", &none, &mut c), JsonMasked::NotJson);
+    assert_eq!(m.mask_json(b"", &none, &mut c), JsonMasked::NotJson);
+}
+
+#[test]
+fn bytes_as_text() {
+    let m = masker();
+    let none = Reveal::none();
+    let mut c = MaskCounts::default();
+    assert_eq!(m.mask_bytes_as_text(b"plain", &none, &mut c), None);
+    assert_eq!(
+        m.mask_bytes_as_text(b"bad \xFF byte", &none, &mut c),
+        Some("bad \u{FFFD} byte".as_bytes().to_vec())
+    );
+    assert_eq!(
+        m.mask_bytes_as_text(b"\xC3 a@example.com", &none, &mut c),
+        Some("\u{FFFD} [MASKED:email]".as_bytes().to_vec())
+    );
+}
+
+#[test]
+fn deep_json_in_strings_is_bounded() {
+    // Each level of JSON inside a string doubles the escapes; past the bound the text is
+    // masked as text, so it is still masked.
+    let mut s = json!({"email": "a@example.com"}).to_string();
+    for _ in 0..8 {
+        s = json!([s]).to_string();
+    }
+    let mut v = Value::String(s);
+    let counts = mask_value(&mut v);
+    assert_eq!(counts.total(), 1);
+    assert!(!v.as_str().unwrap().contains("a@example.com"));
+}
+
+// ---- SSE ----
+
+/// The client bytes and the records for `input` fed in `chunks`.
+fn sse_run(m: &Masker, reveal: &Reveal, chunks: &[&[u8]], max: usize) -> (Vec<u8>, Vec<MaskedEvent>, MaskCounts) {
+    let mut s = SseMasker::new(max);
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let mut counts = MaskCounts::default();
+    for chunk in chunks {
+        s.push(m, reveal, chunk, &mut out, &mut counts, |e| events.push(e));
+        assert!(s.buffered_bytes() <= 2 * max);
+    }
+    s.finish(m, reveal, &mut out, &mut counts, |e| events.push(e));
+    (out, events, counts)
+}
+
+#[test]
+fn sse_passes_clean_events_through_byte_for_byte() {
+    let input = b": ping\r\n\r\nevent: message\r\nid: 1\r\ndata: {\"jsonrpc\": \"2.0\",  \"id\": 1}\r\n\r\ndata: hi\rdata: there\r\r";
+    let (out, events, counts) = sse_run(&masker(), &Reveal::none(), &[input], 1 << 20);
+    assert_eq!(out, input);
+    assert!(counts.is_empty());
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0].data, None);
+    assert_eq!(events[1].data.as_deref(), Some("{\"jsonrpc\": \"2.0\",  \"id\": 1}"));
+    assert_eq!(events[1].id.as_deref(), Some("1"));
+    assert_eq!(events[2].data.as_deref(), Some("hi\nthere"));
+}
+
+#[test]
+fn sse_rebuilds_masked_events() {
+    let input = b"event: message\r\nid: 7\r\nretry: 100\r\ndata: mail a@example.com\r\ndata: ssn 123-45-6789\r\n\r\n\
+data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"t\":\"a@example.com\"}}\n\n";
+    let (out, events, counts) = sse_run(&masker(), &Reveal::from_header("us_ssn"), &[input], 1 << 20);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "event: message\nid: 7\nretry: 100\ndata: mail [MASKED:email]\ndata: ssn 123-45-6789\n\n\
+data: {\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"t\":\"[MASKED:email]\"}}\n\n"
+    );
+    assert_eq!(counts.0.get("email"), Some(&2));
+    assert_eq!(counts.0.get("us_ssn"), None);
+    // The record reveals nothing.
+    assert_eq!(
+        events[0].data.as_deref(),
+        Some("mail [MASKED:email]\nssn [MASKED:us_ssn]")
+    );
+    assert_eq!(events[0].masked.total(), 2);
+    assert_eq!(events[1].masked.total(), 1);
+}
+
+#[test]
+fn sse_withholds_oversize_events_and_masks_the_tail() {
+    let big = format!(
+        "data: a@example.com {}\n\ndata: ok\n\ndata: tail b@example.com",
+        "x".repeat(200)
+    );
+    let (out, events, counts) = sse_run(&masker(), &Reveal::none(), &[big.as_bytes()], 64);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        ": gatehouse withheld an event over 64 bytes\n\ndata: ok\n\ndata: tail [MASKED:email]"
+    );
+    assert!(events[0].truncated);
+    assert_eq!(events[0].data, None, "no data line fit within the bound");
+    assert!(events[2].incomplete);
+    assert_eq!(counts.0.get("email"), Some(&1));
+    assert_eq!(events[2].masked.0.get("email"), Some(&1));
+
+    let partial = "data: a@example.com\ndata: b@example.com and more and more\n\n";
+    let (_, events, _) = sse_run(&masker(), &Reveal::none(), &[partial.as_bytes()], 30);
+    assert!(events[0].truncated);
+    assert_eq!(events[0].data.as_deref(), Some("[MASKED:email]"));
+}
+
+#[test]
+fn sse_invalid_utf8_never_passes_through() {
+    let (out, _, _) = sse_run(&masker(), &Reveal::none(), &[b"data: \xFF ok\n\n"], 1 << 20);
+    assert_eq!(out, "data: \u{FFFD} ok\n\n".as_bytes());
+    // Found by `cargo fuzz run sse_masker`: a comment with invalid UTF-8.
+    let input = b"event: message\r\ndata: x\r\n\r\n: p\x84ng\n\ndata: tail";
+    let (out, _, _) = sse_run(&masker(), &Reveal::none(), &[input], 1 << 20);
+    assert_eq!(
+        out,
+        "event: message\r\ndata: x\r\n\r\n: p\u{FFFD}ng\n\ndata: tail".as_bytes()
+    );
+}
+
+const STREAM: &[u8] = b"\xEF\xBB\xBF: hello\r\n\r\nevent: message\r\nid: 1\r\ndata: {\"jsonrpc\":\"2.0\",\r\n\
+data: \"id\":1,\"result\":{\"t\":\"h\xC3\xA9llo \xE2\x82\xAC a@example.com \xF0\x9F\x98\x80\"}}\r\n\r\n\
+retry: 10\rdata: cr only 123-45-6789\r\rdata: lf\nid: 2\n\n: ping\n\ndata: clean \xC3\xA9\r\n\n\
+data: card 4111 1111 1111 1111\r\n\r\ndata: tail +44 20 7946 0958";
+
+#[test]
+fn sse_output_is_the_same_for_every_split() {
+    let m = masker();
+    let reveal = Reveal::from_header("phone");
+    for max in [1 << 20, 40] {
+        let whole = sse_run(&m, &reveal, &[STREAM], max);
+        if max > 1000 {
+            let text = String::from_utf8(whole.0.clone()).unwrap();
+            assert!(
+                text.contains("[MASKED:email]") && text.contains("[MASKED:us_ssn]"),
+                "{text}"
+            );
+            assert!(
+                text.contains("data: clean \u{e9}\r\n\n"),
+                "clean events pass as they are: {text}"
+            );
+            assert!(text.ends_with("data: tail +44 20 7946 0958"), "revealed: {text}");
+        }
+        for i in 0..=STREAM.len() {
+            let (a, b) = STREAM.split_at(i);
+            assert_eq!(sse_run(&m, &reveal, &[a, b], max), whole, "split at {i}");
+            for j in (i..=STREAM.len()).step_by(7) {
+                let (b, c) = STREAM[i..].split_at(j - i);
+                assert_eq!(sse_run(&m, &reveal, &[a, b, c], max), whole, "split at {i} and {j}");
+            }
+        }
+        let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
+        assert_eq!(sse_run(&m, &reveal, &bytes, max), whole);
+    }
+}
+
+#[test]
+fn adversarial_inputs_stay_linear() {
+    // Each would take minutes if some detector re-read the rest of the text from every
+    // repetition; linear, they take milliseconds even in a debug build.
+    let patterns = [
+        "xoxb-",
+        "eyJ-",
+        "eyJa.",
+        "token={",
+        "aws_secret_access_key=",
+        "password:",
+        "password=\"\\\"",
+        "a@",
+        "@a.",
+        "-----BEGIN ",
+        "-----BEGIN A PRIVATE KEY-----",
+        "1234 ",
+        "1-",
+        "+1 ",
+        "DE89 ",
+        "://a:",
+        "(555) ",
+        "x@a.a",
+        "github_pat_",
+        "AKIA",
+        "\\n",
+    ];
+    let start = std::time::Instant::now();
+    for p in patterns {
+        let text = p.repeat(100_000 / p.len()) + "_";
+        let mut counts = MaskCounts::default();
+        masker().mask_text(&text, &Reveal::none(), &mut counts);
+    }
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+}

@@ -442,16 +442,21 @@ fn validate_masking(
     if uses_token && m.token_key_file.is_none() {
         p.add("masking.token_key_file", "required when a kind uses the token style");
     }
-    let mut kinds = BTreeSet::new();
+    let kinds: BTreeSet<String> = gatehouse_core::mask::builtin_kinds()
+        .iter()
+        .map(|k| (*k).to_owned())
+        .chain(rules.custom.iter().map(|c| c.name.clone()))
+        .collect();
     let check = MaskConfig {
         token_key: uses_token.then(|| PLACEHOLDER_TOKEN_KEY.to_owned()),
         ..rules.clone()
     };
-    match Masker::new(&check) {
-        Ok(masker) => kinds.extend(masker.kinds()),
-        Err(e) => {
-            for problem in e.problems {
-                p.add("masking", problem);
+    if let Err(e) = Masker::new(&check) {
+        for problem in e.problems {
+            // The engine names the rule field (`custom[0].pattern: …`) when it can.
+            match problem.split_once(": ") {
+                Some((field, message)) if !field.contains(' ') => p.add(format!("masking.{field}"), message),
+                _ => p.add("masking", problem),
             }
         }
     }
@@ -462,7 +467,7 @@ fn validate_masking(
             p.add(format!("{at}.kinds"), "list at least one kind");
         }
         for kind in &r.kinds {
-            if !kinds.is_empty() && !kinds.contains(kind) {
+            if !kinds.contains(kind) {
                 p.add(format!("{at}.kinds"), format!("{kind:?} is not a known kind"));
             }
         }

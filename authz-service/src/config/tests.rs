@@ -102,7 +102,7 @@ fn masking_rules_and_reveal_are_validated_together() {
         paths,
         [
             "masking.token_key_file",
-            "masking",
+            "masking.custom[0].pattern",
             "masking.reveal[0].groups",
             "masking.reveal[0].upstreams",
             "masking.reveal[1].kinds",

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole Gatehouse stack on this machine, loopback only, until Ctrl-C:
-#   server-everything (demo MCP server) ← Envoy + gatehouse.wasm ← you
-#                                           ↕ ext_authz / audit ingest
-#                                        gatehouse serve (SQLite audit store)
+#   server-everything (demo MCP server)   ← Envoy + gatehouse.wasm ← you
+#   demo/mcp_server.py (fake customer DB)         ↕ ext_authz / audit ingest
+#                                          gatehouse serve (SQLite audit store)
 #
 #   scripts/demo.sh                  (CONFIG=path/to/gatehouse.yaml to use another config)
 #
-# Logs and state go to .gatehouse/ (logs/, envoy.yaml, audit.db, tls/, dev issuer key).
+# Logs and state go to .gatehouse/ (logs/, envoy.yaml, audit.db, demo.db, tls/, dev issuer key).
+# The upstream named "demo" in the config, if any, is demo/mcp_server.py: answers full of
+# fake secrets and personal data, to watch masking at work.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,6 +56,10 @@ out = {
     "UP_NAME": up["name"], "UP_HOST": u.hostname, "UP_PORT": str(u.port or 80),
     "MCP_PATH": up.get("path") or u.path,
 }
+demo = next((x for x in c["upstreams"] if x["name"] == "demo"), None)
+if demo:
+    d = urllib.parse.urlsplit(demo["url"])
+    out |= {"DEMO_HOST": d.hostname, "DEMO_PORT": str(d.port or 80), "DEMO_PATH": demo.get("path") or d.path}
 for k, v in out.items():
     print(f"{k}={shlex.quote(v)}")
 EOF
@@ -120,6 +126,18 @@ else
     wait_until server-everything "${PIDS[-1]}" 30 listening "127.0.0.1:$UP_PORT"
 fi
 
+if [ -n "${DEMO_PORT:-}" ]; then
+    if listening "$DEMO_HOST:$DEMO_PORT"; then
+        say "Demo database server $DEMO_HOST:$DEMO_PORT already answers; using it"
+    else
+        case "$DEMO_HOST" in 127.0.0.1 | localhost) ;; *) die "demo upstream $DEMO_HOST:$DEMO_PORT is not up" ;; esac
+        say "Starting the demo database server on 127.0.0.1:$DEMO_PORT (fake data in $STATE/demo.db)"
+        start demo-mcp-server "$LOGS/demo-mcp-server.log" "$PY" "$ROOT/demo/mcp_server.py" \
+            --port "$DEMO_PORT" --db "$STATE/demo.db"
+        wait_until demo-mcp-server "${PIDS[-1]}" 30 listening "127.0.0.1:$DEMO_PORT"
+    fi
+fi
+
 "$GATEHOUSE" envoy-config --config "$CONFIG" --out "$STATE/envoy.yaml"
 
 say "Starting gatehouse serve"
@@ -134,6 +152,7 @@ token() { "$GATEHOUSE" dev-token --config "$CONFIG" --sub "$1" --groups "$2"; }
 ALICE="$(token alice eng)"
 BOB="$(token bob approvers)"
 AUDITOR="$(token ines auditors)"
+CAROL="$(token carol support)"
 
 cat <<EOF
 
@@ -145,15 +164,19 @@ EOF
   MCP over TLS     https://$HTTPS$MCP_PATH
   CA certificate   $CA
 EOF
+[ -n "${DEMO_PORT:-}" ] && cat <<EOF
+  Demo database    $PUBLIC_URL$DEMO_PATH   (upstream "demo" → http://$DEMO_HOST:$DEMO_PORT/mcp; fake PII, masked)
+EOF
 cat <<EOF
   Service (REST)   http://$REST   (healthz, metrics, /v1/audit/...)
   Envoy admin      http://$ADMIN
-  Logs             $LOGS/{envoy,gatehouse,server-everything}.log
+  Logs             $LOGS/{envoy,gatehouse,server-everything,demo-mcp-server}.log
 
   Dev tokens (1 h, dev issuer — not for production):
     alice (eng):        $ALICE
     bob (approvers):    $BOB
     ines (auditors):    $AUDITOR
+    carol (support):    $CAROL   (sees e-mails in clear where masking.reveal says so)
 
   Try:
     curl -s http://$HTTP$MCP_PATH -H "authorization: Bearer \$ALICE" \\
@@ -166,6 +189,7 @@ EOF
     echo "export ALICE='$ALICE'"
     echo "export BOB='$BOB'"
     echo "export AUDITOR='$AUDITOR'"
+    echo "export CAROL='$CAROL'"
 } >"$STATE/demo-tokens.sh"
 say "Tokens also in $STATE/demo-tokens.sh (source it)"
 

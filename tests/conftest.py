@@ -186,7 +186,8 @@ class _Stacks:
 
 @pytest.fixture
 def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
-    """Factory: make_stack(upstream="everything"|"echo", issuer=None, allow_groups=..., max_request_bytes=...)."""
+    """Factory: make_stack(upstream="everything"|"conformance"|"echo"|"demo"|"raw", issuer=None,
+    allow_groups=..., max_request_bytes=..., max_response_bytes=..., masking=..., demo_json=False)."""
     stacks = _Stacks(tmp_path)
     _diagnostics(request).append(stacks)
     yield stacks

@@ -76,6 +76,10 @@ class RawUpstream:
         async def stop() -> None:
             if self._server:
                 self._server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
             self._loop.stop()
 
         with contextlib.suppress(RuntimeError):
@@ -91,6 +95,7 @@ class RawUpstream:
         finally:
             started.set()
         self._loop.run_forever()
+        self._loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -156,7 +161,8 @@ async def _write_reply(writer: asyncio.StreamWriter, reply: Reply) -> None:
     if reply.framing == "chunked":
         head.append("transfer-encoding: chunked")
     elif reply.framing == "length":
-        head.append(f"content-length: {sum(map(len, reply.chunks))}")
+        # Cut short: announce a byte more than will come.
+        head.append(f"content-length: {sum(map(len, reply.chunks)) + reply.abort}")
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
     await writer.drain()
     for i, chunk in enumerate(reply.chunks):

@@ -6,6 +6,7 @@ Layout of a stack's directory (a pytest tmp dir):
     audit/audit.db      the SQLite audit store
     envoy.yaml          from `gatehouse envoy-config`
     logs/               one log per process (tails are shown when a test fails)
+    demo.db             the demo server's SQLite file (upstream "demo" only)
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import yaml
 from . import paths
 from .envoy import EnvoyAdmin, start_envoy
 from .issuer import TestIssuer
-from .mcp_servers import EchoUpstream, start_conformance_server, start_server_everything
+from .mcp_servers import EchoUpstream, start_conformance_server, start_demo_server, start_server_everything
 from .procs import Proc, ProcessSet, free_port
+from .raw_upstream import RawUpstream
 
 LATEST_PROTOCOL = "2025-11-25"
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -115,6 +117,8 @@ class Stack:
     mcp_path: str
     issuer: TestIssuer | None = None
     echo: EchoUpstream | None = None
+    raw: RawUpstream | None = None
+    demo_db: Path | None = None
     service: Proc | None = None
     envoy: Proc | None = None
     _audit: AuditClient | None = field(default=None, repr=False)
@@ -188,16 +192,28 @@ class Stack:
         timeout: float = 30,
     ) -> httpx.Response:
         """One POST to the gateway. `message` is JSON-encoded unless raw `content` is given."""
-        h = {
-            "accept": "application/json, text/event-stream",
-            "content-type": "application/json",
-            "mcp-protocol-version": LATEST_PROTOCOL,
-        }
-        if token:
-            h["authorization"] = f"Bearer {token}"
-        h.update(headers or {})
         body = content if content is not None else json.dumps(message).encode()
-        return httpx.post(url or self.url, content=body, headers=h, timeout=timeout)
+        return httpx.post(url or self.url, content=body, headers=_post_headers(token, headers), timeout=timeout)
+
+    def post_collect(
+        self, message: Any, *, token: str | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+    ) -> Collected:
+        """One POST whose answer may break off: every byte that arrived, undecoded, and how it ended."""
+        got = Collected()
+        try:
+            with httpx.stream(
+                "POST",
+                self.url,
+                content=json.dumps(message).encode(),
+                headers=_post_headers(token, headers),
+                timeout=timeout,
+            ) as resp:
+                got.status, got.headers = resp.status_code, dict(resp.headers)
+                for chunk in resp.iter_raw():
+                    got.body += chunk
+        except httpx.HTTPError as exc:
+            got.error = repr(exc)
+        return got
 
     def initialize(self, token: str) -> str:
         """initialize + notifications/initialized; returns the Mcp-Session-Id."""
@@ -237,12 +253,49 @@ class Stack:
     def log_sections(self) -> list[tuple[str, str]]:
         return self.procs.log_sections()
 
+    # --- what the gateway wrote ----------------------------------------------------------
+    def trail_files(self) -> dict[str, bytes]:
+        """The audit store as it is on disk now: the SQLite file, its -wal and -shm, the checkpoint log."""
+        files = [self.db_path, *(self.db_path.with_name(self.db_path.name + s) for s in ("-wal", "-shm"))]
+        files.append(self.dir / "checkpoints.log")
+        return {p.name: p.read_bytes() for p in files if p.exists()}
+
+    def gateway_logs(self) -> dict[str, bytes]:
+        """The service's and Envoy's logs (not the upstream's)."""
+        return {
+            p.name: p.log_path.read_bytes()
+            for p in self.procs.procs
+            if p.name.startswith(("gatehouse", "envoy")) and p.log_path.exists()
+        }
+
     def close(self) -> None:
         if self._audit:
             self._audit.close()
         self.procs.stop_all()
         if self.echo:
             self.echo.close()
+        if self.raw:
+            self.raw.close()
+
+
+@dataclass
+class Collected:
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error: str | None = None  # the client-side error that ended the answer, if one did
+
+
+def _post_headers(token: str | None, headers: dict[str, str] | None) -> dict[str, str]:
+    h = {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": LATEST_PROTOCOL,
+    }
+    if token:
+        h["authorization"] = f"Bearer {token}"
+    h.update(headers or {})
+    return h
 
 
 def initialize_request(request_id: int | str = 1, protocol: str = LATEST_PROTOCOL) -> dict[str, Any]:
@@ -286,7 +339,12 @@ def write_config(
     allow_groups: Sequence[str] = ("eng", "approvers"),
     issuer: TestIssuer | None = None,
     max_request_bytes: int = 1048576,
+    max_response_bytes: int | None = None,
+    masking: dict[str, Any] | None = None,
+    extra_upstreams: Sequence[dict[str, Any]] = (),
 ) -> Path:
+    """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
+    `extra_upstreams`: more `upstreams:` entries, after the main one."""
     identity: dict[str, Any] = {
         "issuer": issuer.issuer if issuer else f"http://127.0.0.1:{rest_port}/dev",
         "audience": issuer.audience if issuer else "gatehouse",
@@ -309,7 +367,8 @@ def write_config(
             "checkpoint": {"key_file": "checkpoint-key.pem", "log_file": "checkpoints.log"},
         },
         "upstreams": [
-            {"name": upstream_name, "url": upstream_url, "path": mcp_path, "allow_groups": list(allow_groups)}
+            {"name": upstream_name, "url": upstream_url, "path": mcp_path, "allow_groups": list(allow_groups)},
+            *extra_upstreams,
         ],
         "envoy": {
             "admin_listen": f"127.0.0.1:{admin_port}",
@@ -322,6 +381,10 @@ def write_config(
             "ext_authz_timeout_ms": 2000,
         },
     }
+    if max_response_bytes is not None:
+        config["envoy"]["max_response_bytes"] = max_response_bytes
+    if masking is not None:
+        config["masking"] = masking
     (stack_dir / "audit").mkdir(parents=True, exist_ok=True)
     path = stack_dir / "gatehouse.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -333,24 +396,42 @@ def start_stack(
     *,
     upstream: str = "everything",
     issuer: TestIssuer | None = None,
-    allow_groups: Sequence[str] = ("eng", "approvers"),
+    allow_groups: Sequence[str] | None = None,
     max_request_bytes: int = 1048576,
+    max_response_bytes: int | None = None,
+    masking: dict[str, Any] | None = None,
+    demo_json: bool = False,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
     `upstream`: "everything" (the real server-everything), "conformance" (the conformance
-    suite's model server, tests/servers/conformance-server.mjs) or "echo" (records headers).
+    suite's model server, tests/servers/conformance-server.mjs), "echo" (records headers),
+    "demo" (demo/mcp_server.py on a fresh SQLite file, SSE answers or JSON with `demo_json`;
+    upstream name "demo" at /demo, groups eng, approvers, support) or "raw" (a
+    `RawUpstream` the test scripts byte by byte, `stack.raw`).
     `issuer`: identity comes from this test issuer instead of the service's dev issuer.
+    `masking`, `max_response_bytes`: the config's `masking:` section and `envoy.max_response_bytes`.
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
     echo: EchoUpstream | None = None
+    raw: RawUpstream | None = None
+    demo_db: Path | None = None
+    upstream_name, mcp_path = "everything", "/mcp"
     stack: Stack | None = None
     try:
         gen_tls(stack_dir / "tls")
         if upstream == "echo":
             echo = EchoUpstream()
             upstream_port = echo.port
+        elif upstream == "raw":
+            raw = RawUpstream()
+            upstream_port = raw.port
+        elif upstream == "demo":
+            demo_db = stack_dir / "demo.db"
+            _, upstream_port = start_demo_server(procs, demo_db, json_response=demo_json)
+            upstream_name, mcp_path = "demo", "/demo"
+            allow_groups = allow_groups or ("eng", "approvers", "support")
         elif upstream == "conformance":
             _, upstream_port = start_conformance_server(procs)
         elif upstream == "everything":
@@ -361,9 +442,13 @@ def start_stack(
         config_path = write_config(
             stack_dir,
             upstream_url=f"http://127.0.0.1:{upstream_port}/mcp",
-            allow_groups=allow_groups,
+            upstream_name=upstream_name,
+            mcp_path=mcp_path,
+            allow_groups=allow_groups or ("eng", "approvers"),
             issuer=issuer,
             max_request_bytes=max_request_bytes,
+            max_response_bytes=max_response_bytes,
+            masking=masking,
             **ports,
         )
         stack = Stack(
@@ -371,10 +456,12 @@ def start_stack(
             config_path=config_path,
             procs=procs,
             upstream_port=upstream_port,
-            upstream_name="everything",
-            mcp_path="/mcp",
+            upstream_name=upstream_name,
+            mcp_path=mcp_path,
             issuer=issuer,
             echo=echo,
+            raw=raw,
+            demo_db=demo_db,
             **ports,
         )
 
@@ -394,6 +481,8 @@ def start_stack(
             procs.stop_all()
             if echo:
                 echo.close()
+            if raw:
+                raw.close()
         raise
 
 

@@ -561,6 +561,22 @@ def test_json_answer_over_max_response_bytes_is_refused(make_stack, framing):
     assert record.get("withheld") == "too_large", record
 
 
+def test_json_answer_larger_than_the_request_limit_is_masked_whole(make_stack):
+    """ext_authz sets the stream's buffer limit from its request-body setting, and Envoy applies
+    it to the answer too: a JSON answer over max_request_bytes (1 MiB) but under
+    max_response_bytes must still be held whole and masked, not refused by Envoy with a 500."""
+    stack = make_stack(upstream="raw")
+    answer = big_answer(27, 3 * 1024 * 1024)
+    stack.raw.reply = lambda req: Reply(chunks=split_at(answer, list(range(16384, len(answer), 16384))))
+
+    resp = stack.post(tools_call("find", {}, request_id=27), token=stack.token(), timeout=60)
+
+    assert resp.status_code == 200, resp.text[:300]
+    assert len(resp.content) > 2 * 1024 * 1024
+    assert_no_leak(resp.content, "a 3 MiB answer", RAW_SECRETS)
+    assert len(resp.json()["result"]["structuredContent"]["rows"]) > 1000
+
+
 def test_sse_event_too_large_to_mask_is_withheld(make_stack):
     """One SSE event is bounded by max_request_bytes: a larger one is withheld, the stream goes on."""
     stack = make_stack(upstream="raw", max_request_bytes=MAX_EVENT_BYTES)

@@ -237,7 +237,11 @@ fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr,
                     "failure_mode_allow": false,
                     "status_on_error": {"code": 503},
                     "with_request_body": {
-                        "max_request_bytes": e.max_request_bytes,
+                        // ext_authz sets the stream's buffer limit to this, and Envoy uses
+                        // that one limit for the answer too: it must hold a whole JSON answer
+                        // for the filter to mask. Requests stay bounded by max_request_bytes,
+                        // which the filter (first in the chain) enforces with a 413.
+                        "max_request_bytes": e.max_request_bytes.max(e.max_response_bytes),
                         "allow_partial_message": false,
                         "pack_as_bytes": true,
                     },

@@ -346,11 +346,10 @@ def masking_report(m: dict) -> list[str]:
 def latency_report(results: dict, rss: dict[str, list[int]]) -> list[str]:  # noqa: PLR0915
     d, e, g = results["direct"], results["envoy"], results["gateway"]
     lines = [
-        "- Load: open-loop `gatehouse-bench load` (latency from each request's scheduled start), tools/call with a",
-        "  ~1 KB JSON answer from `gatehouse-bench upstream`. Load generator, upstream, Envoy and the service share",
-        f"  the 2 cores. Each figure is the median of {RUNS} runs of {SECONDS} s.",
-        "",
         "## Latency at fixed rates",
+        "",
+        "Open-loop `gatehouse-bench load` (latency from each request's scheduled start), tools/call with a ~1 KB",
+        f"JSON answer from `gatehouse-bench upstream`. Each figure is the median of {RUNS} runs of {SECONDS} s.",
         "",
         "| path | rate | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|",

@@ -287,6 +287,17 @@ impl Masker {
         }
     }
 
+    /// The kind of the one match that spans all of `value` (surrounding white space aside).
+    fn whole_value_kind(&self, value: &str) -> Option<Kind> {
+        let trimmed = value.trim();
+        let mut found = Vec::new();
+        self.find(trimmed, &mut found);
+        match found.as_slice() {
+            [only] if only.start == 0 && only.end == trimmed.len() => Some(only.kind),
+            _ => None,
+        }
+    }
+
     /// Writes the placeholder for `value` of `kind`. It never contains `"`, `\` or a
     /// control character, so it can go into JSON strings and SSE lines as is.
     fn write_replacement(&self, kind: Kind, value: &str, out: &mut String) {
@@ -417,7 +428,14 @@ impl Masker {
     fn mask_all(&self, value: &mut Value, kind: Kind, counts: &mut MaskCounts) -> bool {
         let masked = match value {
             Value::String(s) if s.is_empty() || is_placeholder(s) => return false,
-            Value::String(s) => self.replacement(kind, s),
+            Value::String(s) => {
+                // Named by what it is when a detector recognizes the whole value (a GitHub
+                // token under `github_token`), so the record says more than "a secret".
+                let kind = self.whole_value_kind(s).unwrap_or(kind);
+                counts.add(self.kind_name(kind), 1);
+                *value = Value::String(self.replacement(kind, s));
+                return true;
+            }
             Value::Number(n) => self.replacement(kind, &n.to_string()),
             Value::Array(items) => {
                 let mut changed = false;

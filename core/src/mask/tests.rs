@@ -781,3 +781,24 @@ fn adversarial_inputs_stay_linear() {
     }
     assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
 }
+
+#[test]
+fn a_recognized_value_under_a_sensitive_key_keeps_its_own_kind() {
+    let mut v = json!({
+        "github_token": "ghp_KlGOfWlnolt5ZgdYu4Uje1CjocVs9wdLfCmY",
+        "password": "hunter2",
+        "api_key": "prefix AKIAIOSFODNN7EXAMPLE",
+    });
+    let mut counts = MaskCounts::default();
+    assert!(masker().mask_value(&mut v, &Reveal::none(), &mut counts));
+    assert_eq!(
+        v,
+        json!({
+            "github_token": "[MASKED:github_token]",
+            "password": "[MASKED:sensitive_field]",
+            "api_key": "[MASKED:sensitive_field]",
+        })
+    );
+    assert_eq!(counts.0.get("github_token"), Some(&1));
+    assert_eq!(counts.0.get("sensitive_field"), Some(&2));
+}

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ingest;
 pub mod masking;
 pub mod metrics;
+pub mod policy;
 pub mod rest;
 pub mod server;
 #[cfg(test)]

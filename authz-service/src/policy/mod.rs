@@ -1,0 +1,393 @@
+//! Policy: per-tool, argument-aware rules deciding allow, deny or "needs approval".
+//!
+//! Rules are checked in order; the first whose every condition holds decides, and its id
+//! is recorded with the decision. No rule matching means deny. A rule's conditions:
+//! caller groups or subjects, upstream, MCP method, tool name (glob) and tool arguments
+//! (JSON pointer with equals / one-of / regex / numeric comparison). Everything is compiled
+//! once ([`Policy::compile`]) so that evaluation is a scan over prepared rules.
+//!
+//! This module is pure: [`Policy::evaluate`] takes the request's facts and returns the
+//! decision; the Check wires it in.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::masking::glob_match;
+
+/// What a rule decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    RequireApproval(ApprovalSpec),
+}
+
+/// How an approval works for a rule that requires one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSpec {
+    /// Members of this group may approve (never the caller themself).
+    pub approver_group: String,
+    /// How long the Check waits for a decision before answering with the approval id.
+    pub hold_seconds: u64,
+    /// How long an approval stays pending before it expires.
+    pub expires_seconds: u64,
+    /// How long a granted approval lets the same call through.
+    pub grant_seconds: u64,
+    /// The grant is used up by the first call it lets through.
+    pub single_use: bool,
+}
+
+/// The facts of one request that rules look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub subject: &'a str,
+    pub groups: &'a BTreeSet<String>,
+    pub upstream: &'a str,
+    pub method: Option<&'a str>,
+    /// The tool name of a `tools/call` (`None` for every other method).
+    pub tool: Option<&'a str>,
+    pub arguments: Option<&'a Value>,
+}
+
+/// The decision and the rule that made it (`None`: no rule matched, default deny).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<'p> {
+    pub rule_id: Option<&'p str>,
+    pub outcome: &'p Outcome,
+}
+
+/// The compiled rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    id: String,
+    groups: Option<BTreeSet<String>>,
+    subjects: Option<BTreeSet<String>>,
+    upstreams: Option<BTreeSet<String>>,
+    methods: Option<Vec<String>>,
+    tools: Option<Vec<String>>,
+    arguments: Vec<ArgumentCondition>,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+struct ArgumentCondition {
+    pointer: String,
+    test: ArgumentTest,
+}
+
+#[derive(Debug, Clone)]
+enum ArgumentTest {
+    Equals(Value),
+    OneOf(Vec<Value>),
+    Regex(regex::Regex),
+    Compare { op: CompareOp, value: f64 },
+    Present(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CompareOp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+static DENY: Outcome = Outcome::Deny;
+
+impl Policy {
+    /// No rules: everything is denied.
+    pub fn deny_all() -> Self {
+        Self { rules: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Compiles `policy.rules`; every problem is listed with its path.
+    pub fn compile(raw: &[RawRule]) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let mut ids = BTreeSet::new();
+        let mut rules = Vec::with_capacity(raw.len());
+        for (i, r) in raw.iter().enumerate() {
+            let at = format!("policy.rules[{i}]");
+            let problem = |problems: &mut Vec<(String, String)>, field: &str, message: String| {
+                problems.push((format!("{at}{field}"), message));
+            };
+            if r.id.trim().is_empty() {
+                problem(&mut problems, ".id", "must not be empty".into());
+            } else if !ids.insert(r.id.clone()) {
+                problem(&mut problems, ".id", format!("{:?} is used by an earlier rule", r.id));
+            }
+            let outcome = match (r.outcome, &r.approval) {
+                (RawOutcome::Allow, None) => Outcome::Allow,
+                (RawOutcome::Deny, None) => Outcome::Deny,
+                (RawOutcome::Allow | RawOutcome::Deny, Some(_)) => {
+                    problem(
+                        &mut problems,
+                        ".approval",
+                        "only a rule with outcome `approve` takes an approval".into(),
+                    );
+                    Outcome::Deny
+                }
+                (RawOutcome::Approve, None) => {
+                    problem(&mut problems, ".approval", "required with outcome `approve`".into());
+                    Outcome::Deny
+                }
+                (RawOutcome::Approve, Some(a)) => {
+                    if a.approver_group.trim().is_empty() {
+                        problem(&mut problems, ".approval.approver_group", "must not be empty".into());
+                    }
+                    if a.hold_seconds > 300 {
+                        problem(
+                            &mut problems,
+                            ".approval.hold_seconds",
+                            "at most 300 (a Check cannot wait longer)".into(),
+                        );
+                    }
+                    if !(1..=7 * 24 * 3600).contains(&a.expires_seconds) {
+                        problem(
+                            &mut problems,
+                            ".approval.expires_seconds",
+                            "must be between 1 and 604800".into(),
+                        );
+                    }
+                    if !(1..=30 * 24 * 3600).contains(&a.grant_seconds) {
+                        problem(
+                            &mut problems,
+                            ".approval.grant_seconds",
+                            "must be between 1 and 2592000".into(),
+                        );
+                    }
+                    Outcome::RequireApproval(ApprovalSpec {
+                        approver_group: a.approver_group.clone(),
+                        hold_seconds: a.hold_seconds,
+                        expires_seconds: a.expires_seconds,
+                        grant_seconds: a.grant_seconds,
+                        single_use: a.single_use,
+                    })
+                }
+            };
+            let mut arguments = Vec::new();
+            for (j, c) in r.arguments.iter().enumerate() {
+                let field = format!(".arguments[{j}]");
+                if !(c.pointer.is_empty() || c.pointer.starts_with('/')) {
+                    problem(
+                        &mut problems,
+                        &field,
+                        format!("pointer {:?} must be empty or start with '/'", c.pointer),
+                    );
+                }
+                let tests = [
+                    c.equals.clone().map(ArgumentTest::Equals),
+                    c.one_of.clone().map(ArgumentTest::OneOf),
+                    c.regex
+                        .as_deref()
+                        .map(|re| match regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
+                            Ok(re) => ArgumentTest::Regex(re),
+                            Err(e) => {
+                                problem(&mut problems, &format!("{field}.regex"), e.to_string());
+                                ArgumentTest::Present(false)
+                            }
+                        }),
+                    c.gt.map(|value| ArgumentTest::Compare {
+                        op: CompareOp::Gt,
+                        value,
+                    }),
+                    c.gte.map(|value| ArgumentTest::Compare {
+                        op: CompareOp::Gte,
+                        value,
+                    }),
+                    c.lt.map(|value| ArgumentTest::Compare {
+                        op: CompareOp::Lt,
+                        value,
+                    }),
+                    c.lte.map(|value| ArgumentTest::Compare {
+                        op: CompareOp::Lte,
+                        value,
+                    }),
+                    c.present.map(ArgumentTest::Present),
+                ];
+                let mut given: Vec<ArgumentTest> = tests.into_iter().flatten().collect();
+                if given.len() != 1 {
+                    let message = "give exactly one of equals, one_of, regex, gt, gte, lt, lte, present";
+                    problem(&mut problems, &field, message.into());
+                }
+                if let Some(test) = given.pop() {
+                    arguments.push(ArgumentCondition {
+                        pointer: c.pointer.clone(),
+                        test,
+                    });
+                }
+            }
+            let set = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().cloned().collect::<BTreeSet<_>>());
+            rules.push(Rule {
+                id: r.id.clone(),
+                groups: set(&r.groups),
+                subjects: set(&r.subjects),
+                upstreams: set(&r.upstreams),
+                methods: r.methods.clone(),
+                tools: r.tools.clone(),
+                arguments,
+                outcome,
+            });
+        }
+        if problems.is_empty() {
+            Ok(Self { rules })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The first rule whose every condition holds decides; none → deny.
+    pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict<'_> {
+        self.rules.iter().find(|r| r.matches(facts)).map_or(
+            Verdict {
+                rule_id: None,
+                outcome: &DENY,
+            },
+            |r| Verdict {
+                rule_id: Some(&r.id),
+                outcome: &r.outcome,
+            },
+        )
+    }
+}
+
+impl Rule {
+    fn matches(&self, f: &Facts<'_>) -> bool {
+        let in_set = |set: &Option<BTreeSet<String>>, value: &str| set.as_ref().is_none_or(|s| s.contains(value));
+        let globs = |globs: &Option<Vec<String>>, value: Option<&str>| match globs {
+            None => true,
+            Some(globs) => value.is_some_and(|v| globs.iter().any(|g| glob_match(g, v))),
+        };
+        self.groups.as_ref().is_none_or(|g| !g.is_disjoint(f.groups))
+            && in_set(&self.subjects, f.subject)
+            && in_set(&self.upstreams, f.upstream)
+            && globs(&self.methods, f.method)
+            && globs(&self.tools, f.tool)
+            && self.arguments.iter().all(|c| c.holds(f.arguments))
+    }
+}
+
+impl ArgumentCondition {
+    fn holds(&self, arguments: Option<&Value>) -> bool {
+        let value = arguments.and_then(|a| a.pointer(&self.pointer));
+        match (&self.test, value) {
+            (ArgumentTest::Present(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (ArgumentTest::Equals(want), Some(v)) => v == want,
+            (ArgumentTest::OneOf(options), Some(v)) => options.contains(v),
+            (ArgumentTest::Regex(re), Some(Value::String(s))) => re.is_match(s),
+            (ArgumentTest::Regex(_), Some(_)) => false,
+            (ArgumentTest::Compare { op, value: bound }, Some(v)) => {
+                let Some(n) = v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())) else {
+                    return false;
+                };
+                match op {
+                    CompareOp::Gt => n > *bound,
+                    CompareOp::Gte => n >= *bound,
+                    CompareOp::Lt => n < *bound,
+                    CompareOp::Lte => n <= *bound,
+                }
+            }
+        }
+    }
+}
+
+/// One rule as written in `gatehouse.yaml` (`policy.rules[]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: String,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub subjects: Option<Vec<String>>,
+    #[serde(default)]
+    pub upstreams: Option<Vec<String>>,
+    /// MCP methods (globs), e.g. `tools/call`.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Tool names (globs); a rule with `tools` only matches `tools/call`.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub arguments: Vec<RawArgumentCondition>,
+    pub outcome: RawOutcome,
+    #[serde(default)]
+    pub approval: Option<RawApproval>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOutcome {
+    Allow,
+    Deny,
+    Approve,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    pub approver_group: String,
+    #[serde(default = "default_hold_seconds")]
+    pub hold_seconds: u64,
+    #[serde(default = "default_expires_seconds")]
+    pub expires_seconds: u64,
+    #[serde(default = "default_grant_seconds")]
+    pub grant_seconds: u64,
+    #[serde(default = "default_single_use")]
+    pub single_use: bool,
+}
+
+fn default_hold_seconds() -> u64 {
+    30
+}
+fn default_expires_seconds() -> u64 {
+    3600
+}
+fn default_grant_seconds() -> u64 {
+    600
+}
+fn default_single_use() -> bool {
+    true
+}
+
+/// One condition on the tool arguments: the value at `pointer` (RFC 6901) and exactly one
+/// test.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArgumentCondition {
+    pub pointer: String,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    #[serde(default)]
+    pub one_of: Option<Vec<Value>>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub gt: Option<f64>,
+    #[serde(default)]
+    pub gte: Option<f64>,
+    #[serde(default)]
+    pub lt: Option<f64>,
+    #[serde(default)]
+    pub lte: Option<f64>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests;

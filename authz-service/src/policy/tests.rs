@@ -1,0 +1,193 @@
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::*;
+
+fn compile(yaml: &str) -> Policy {
+    let raw: Vec<RawRule> = serde_yaml::from_str(yaml).unwrap();
+    Policy::compile(&raw).unwrap()
+}
+
+fn groups(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn facts<'a>(groups: &'a BTreeSet<String>, tool: Option<&'a str>, arguments: Option<&'a Value>) -> Facts<'a> {
+    Facts {
+        subject: "alice",
+        groups,
+        upstream: "db",
+        method: Some(if tool.is_some() { "tools/call" } else { "tools/list" }),
+        tool,
+        arguments,
+    }
+}
+
+const RULES: &str = r#"
+- id: prod-writes-need-approval
+  groups: [eng]
+  tools: ["run_*"]
+  arguments:
+    - {pointer: /env, equals: prod}
+    - {pointer: /sql, regex: "(?i)^\\s*(delete|drop|update)"}
+  outcome: approve
+  approval: {approver_group: approvers, hold_seconds: 10}
+- id: big-refunds-denied
+  tools: [refund]
+  arguments: [{pointer: /amount, gt: 1000}]
+  outcome: deny
+- id: eng-may-use-db
+  groups: [eng]
+  upstreams: [db]
+  outcome: allow
+"#;
+
+#[test]
+fn the_first_matching_rule_decides_and_is_named() {
+    let policy = compile(RULES);
+    let eng = groups(&["eng"]);
+    let drop = json!({"env": "prod", "sql": "  DROP TABLE users"});
+    let v = policy.evaluate(&facts(&eng, Some("run_sql"), Some(&drop)));
+    assert_eq!(v.rule_id, Some("prod-writes-need-approval"));
+    let Outcome::RequireApproval(spec) = v.outcome else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        (spec.approver_group.as_str(), spec.hold_seconds, spec.single_use),
+        ("approvers", 10, true)
+    );
+
+    let select = json!({"env": "prod", "sql": "select 1"});
+    let v = policy.evaluate(&facts(&eng, Some("run_sql"), Some(&select)));
+    assert_eq!((v.rule_id, v.outcome), (Some("eng-may-use-db"), &Outcome::Allow));
+
+    let staging = json!({"env": "staging", "sql": "drop table t"});
+    assert_eq!(
+        policy.evaluate(&facts(&eng, Some("run_sql"), Some(&staging))).rule_id,
+        Some("eng-may-use-db")
+    );
+
+    let refund = json!({"amount": 5000});
+    let v = policy.evaluate(&facts(&eng, Some("refund"), Some(&refund)));
+    assert_eq!((v.rule_id, v.outcome), (Some("big-refunds-denied"), &Outcome::Deny));
+    let small = json!({"amount": "20"});
+    assert_eq!(
+        policy.evaluate(&facts(&eng, Some("refund"), Some(&small))).rule_id,
+        Some("eng-may-use-db")
+    );
+}
+
+#[test]
+fn nothing_matching_is_denied_by_default() {
+    let policy = compile(RULES);
+    let ops = groups(&["ops"]);
+    let v = policy.evaluate(&facts(&ops, Some("run_sql"), None));
+    assert_eq!((v.rule_id, v.outcome), (None, &Outcome::Deny));
+    assert_eq!(
+        Policy::deny_all().evaluate(&facts(&ops, None, None)).outcome,
+        &Outcome::Deny
+    );
+}
+
+#[test]
+fn argument_tests() {
+    let policy = compile(
+        r#"
+- {id: one-of, arguments: [{pointer: /region, one_of: [eu-west-1, eu-central-1]}], outcome: allow}
+- {id: absent, arguments: [{pointer: /force, present: false}], tools: [safe], outcome: allow}
+- {id: lte, arguments: [{pointer: /limits/rows, lte: 100}], outcome: allow}
+"#,
+    );
+    let any = groups(&[]);
+    let eu = json!({"region": "eu-central-1"});
+    assert_eq!(
+        policy.evaluate(&facts(&any, Some("x"), Some(&eu))).rule_id,
+        Some("one-of")
+    );
+    let forced = json!({"force": true});
+    assert_eq!(policy.evaluate(&facts(&any, Some("safe"), Some(&forced))).rule_id, None);
+    assert_eq!(
+        policy.evaluate(&facts(&any, Some("safe"), Some(&json!({})))).rule_id,
+        Some("absent")
+    );
+    let rows = json!({"limits": {"rows": 100}});
+    assert_eq!(
+        policy.evaluate(&facts(&any, Some("x"), Some(&rows))).rule_id,
+        Some("lte")
+    );
+    let many = json!({"limits": {"rows": 101}});
+    assert_eq!(policy.evaluate(&facts(&any, Some("x"), Some(&many))).rule_id, None);
+    let not_a_number = json!({"limits": {"rows": "lots"}});
+    assert_eq!(
+        policy.evaluate(&facts(&any, Some("x"), Some(&not_a_number))).rule_id,
+        None
+    );
+}
+
+#[test]
+fn a_tools_rule_never_matches_other_methods() {
+    let policy = compile("- {id: t, tools: ['*'], outcome: allow}");
+    let any = groups(&[]);
+    assert_eq!(policy.evaluate(&facts(&any, None, None)).rule_id, None);
+    assert_eq!(policy.evaluate(&facts(&any, Some("x"), None)).rule_id, Some("t"));
+}
+
+#[test]
+fn every_problem_is_listed_with_its_path() {
+    let raw: Vec<RawRule> = serde_yaml::from_str(
+        r#"
+- {id: a, outcome: approve}
+- {id: a, outcome: allow, approval: {approver_group: x}}
+- {id: c, outcome: deny, arguments: [{pointer: x, equals: 1, gt: 2}, {pointer: /y, regex: "("}]}
+- {id: "", outcome: approve, approval: {approver_group: "", hold_seconds: 900, grant_seconds: 0}}
+"#,
+    )
+    .unwrap();
+    let problems = Policy::compile(&raw).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "policy.rules[0].approval",
+            "policy.rules[1].id",
+            "policy.rules[1].approval",
+            "policy.rules[2].arguments[0]",
+            "policy.rules[2].arguments[0]",
+            "policy.rules[2].arguments[1].regex",
+            "policy.rules[3].id",
+            "policy.rules[3].approval.approver_group",
+            "policy.rules[3].approval.hold_seconds",
+            "policy.rules[3].approval.grant_seconds",
+        ],
+        "{problems:?}"
+    );
+}
+
+/// Not a benchmark (`make bench` measures it); a guard that 1,000 rules stay cheap.
+#[test]
+fn a_thousand_rules_are_evaluated_quickly() {
+    let mut yaml = String::new();
+    for n in 0..1000 {
+        yaml.push_str(&format!(
+            "- {{id: r{n}, groups: [g{n}], tools: ['tool_{n}_*'], arguments: [{{pointer: /n, gt: {n}}}], outcome: allow}}\n"
+        ));
+    }
+    let policy = compile(&yaml);
+    assert_eq!(policy.len(), 1000);
+    let g = groups(&["g999"]);
+    let args = json!({"n": 5000});
+    let start = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(
+            policy.evaluate(&facts(&g, Some("tool_999_x"), Some(&args))).rule_id,
+            Some("r999")
+        );
+    }
+    assert!(
+        start.elapsed().as_millis() < 1000,
+        "{:?} for 100 evaluations",
+        start.elapsed()
+    );
+}

@@ -13,6 +13,11 @@ pub fn free_port() -> u16 {
 
 /// A config whose dev issuer is the service itself, in a fresh temp folder.
 pub fn config(dir: &std::path::Path) -> Config {
+    config_with(dir, "")
+}
+
+/// [`config`] with more top-level YAML appended (e.g. a `policy:` section).
+pub fn config_with(dir: &std::path::Path, extra: &str) -> Config {
     let (rest, grpc) = (free_port(), free_port());
     let text = format!(
         r#"
@@ -26,7 +31,7 @@ audit: {{ database: "sqlite://audit.db", writer_id: gh-test, auditor_group: audi
 upstreams:
   - {{ name: everything, url: "http://127.0.0.1:1/mcp", path: /mcp, allow_groups: [eng] }}
 envoy: {{ admin_listen: "127.0.0.1:1", http_listen: "127.0.0.1:2", wasm: f.wasm }}
-"#
+{extra}"#
     );
     Config::parse(&text, &dir.join("gatehouse.yaml")).expect("test config is valid")
 }

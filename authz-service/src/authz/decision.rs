@@ -11,6 +11,8 @@ use gatehouse_core::{jsonrpc_error, mcp};
 use serde_json::{Value, json};
 
 use super::{HttpRequestView, REQUEST_ID_HEADER};
+use crate::identity::Principal;
+use crate::policy::{Facts, Outcome, Policy, Verdict};
 use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
 
 /// Why a request is refused, and what the client is told.
@@ -248,9 +250,47 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         };
         return deny(record, denial, request_id);
     }
+    let mut reason = "caller's group may use the upstream".to_owned();
+    if let (Some(policy), Some(Ok(env))) = (&state.config.policy, &envelope) {
+        let verdict = policy_verdict(policy, &principal, &upstream.name, env);
+        if let Some(obj) = record.as_object_mut() {
+            obj.insert("policy_rule".into(), json!(verdict.rule_id));
+        }
+        let rule = verdict
+            .rule_id
+            .map_or("no rule matched (default deny)".to_owned(), |id| format!("rule {id:?}"));
+        match verdict.outcome {
+            Outcome::Allow if verdict.rule_id.is_some() => reason = format!("allowed by {rule}"),
+            Outcome::Allow => reason = "not a call (no method): the caller's group may use the upstream".into(),
+            Outcome::Deny => {
+                let denial = Denial {
+                    http_status: 403,
+                    jsonrpc_code: jsonrpc_error::FORBIDDEN,
+                    // The same words whether or not the tool exists.
+                    message: "You are not allowed to make this call.".into(),
+                    reason: format!("denied by {rule}"),
+                    headers: Vec::new(),
+                };
+                return deny(record, denial, request_id);
+            }
+            Outcome::RequireApproval(spec) => {
+                let denial = Denial {
+                    http_status: 403,
+                    jsonrpc_code: jsonrpc_error::FORBIDDEN,
+                    message: "This call needs an approval, and approvals are not enabled on this gateway yet.".into(),
+                    reason: format!(
+                        "{rule} requires approval by {:?}; approvals are not available",
+                        spec.approver_group
+                    ),
+                    headers: Vec::new(),
+                };
+                return deny(record, denial, request_id);
+            }
+        }
+    }
     if let Some(obj) = record.as_object_mut() {
         obj.insert("decision".into(), json!("allow"));
-        obj.insert("reason".into(), json!("caller's group may use the upstream"));
+        obj.insert("reason".into(), json!(reason));
     }
     let tool = first
         .filter(|m| m.method.as_deref() == Some("tools/call"))
@@ -293,6 +333,35 @@ fn describe_messages(env: &mcp::Envelope, obj: &mut serde_json::Map<String, Valu
             Value::Array(env.messages.iter().map(describe).collect()),
         );
     }
+}
+
+/// The policy's verdict on a request: every JSON-RPC request and notification in it must be
+/// allowed (the first one that is not decides). Responses to the server's own requests, and
+/// bodiless requests (GET streams, DELETE), are not calls: the upstream's groups govern them.
+fn policy_verdict<'p>(policy: &'p Policy, principal: &Principal, upstream: &str, env: &mcp::Envelope) -> Verdict<'p> {
+    let mut first_allow = None;
+    for m in env.messages.iter().filter(|m| m.method.is_some()) {
+        let tool = (m.method.as_deref() == Some("tools/call"))
+            .then(|| m.target_name())
+            .flatten();
+        let facts = Facts {
+            subject: &principal.subject,
+            groups: &principal.groups,
+            upstream,
+            method: m.method.as_deref(),
+            tool,
+            arguments: m.arguments(),
+        };
+        let verdict = policy.evaluate(&facts);
+        if verdict.outcome != &Outcome::Allow {
+            return verdict;
+        }
+        first_allow.get_or_insert(verdict);
+    }
+    first_allow.unwrap_or(Verdict {
+        rule_id: None,
+        outcome: &Outcome::Allow,
+    })
 }
 
 /// Masks the arguments in a request record (nothing revealed: records never hold a clear

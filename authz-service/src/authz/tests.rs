@@ -271,3 +271,76 @@ async fn concurrent_checks_share_commits_and_keep_one_chain() {
     assert!(server.state.metrics.audit_commits.get() <= 64);
     server.stop();
 }
+
+const POLICY: &str = r#"
+policy:
+  rules:
+    - {id: no-drop, tools: [echo], arguments: [{pointer: /message, equals: drop}], outcome: deny}
+    - {id: add-needs-approval, tools: [add], outcome: approve, approval: {approver_group: approvers}}
+    - {id: eng-may-call, groups: [eng], methods: ["tools/*", initialize, "notifications/*"], outcome: allow}
+"#;
+
+fn call(tool: &str, arguments: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+        .to_string()
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn the_policy_decides_calls_and_its_rule_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(test_support::config_with(dir.path(), POLICY))
+        .await
+        .unwrap();
+    let auth = token(&server, "alice", &["eng"]);
+    let mut client = client(&server).await;
+    let cases = [
+        (
+            "00000000000000000000000000000001",
+            call("echo", json!({"message": "hi"})),
+            Some("eng-may-call"),
+            0,
+        ),
+        (
+            "00000000000000000000000000000002",
+            call("echo", json!({"message": "drop"})),
+            Some("no-drop"),
+            403,
+        ),
+        (
+            "00000000000000000000000000000003",
+            call("add", json!({"a": 1, "b": 2})),
+            Some("add-needs-approval"),
+            403,
+        ),
+        (
+            "00000000000000000000000000000004",
+            br#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"x"}}"#.to_vec(),
+            None,
+            403,
+        ),
+    ];
+    for (rid, body, rule, status) in cases {
+        let resp = client
+            .check(check(
+                &[("authorization", &auth), ("x-gatehouse-request-id", rid)],
+                &body,
+                Some("everything"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let recs = records(&server, rid).await;
+        assert_eq!(recs[0].data["policy_rule"].as_str(), rule, "{rid}: {}", recs[0].data);
+        if status == 0 {
+            assert_eq!(resp.status.as_ref().unwrap().code, 0, "{rid}");
+            assert_eq!(recs[0].data["decision"], "allow");
+        } else {
+            let (got, _, body) = denied(&resp);
+            assert_eq!(got, status, "{rid}");
+            assert_eq!(body["error"]["code"], -32003);
+            assert_eq!(recs[0].data["decision"], "deny");
+        }
+    }
+    server.stop();
+}

@@ -48,6 +48,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub envoy: Envoy,
     pub masking: crate::masking::MaskingPolicy,
+    /// `None`: no `policy:` section; the upstreams' `allow_groups` alone decide.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 #[derive(Debug, Clone)]

@@ -22,6 +22,15 @@ pub struct Config {
     pub envoy: Envoy,
     #[serde(default)]
     pub masking: Masking,
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+/// `policy:`: ordered rules over identity, upstream, method, tool and arguments.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub rules: Vec<crate::policy::RawRule>,
 }
 
 /// `masking:`: the engine's rules (see `gatehouse_core::mask::MaskConfig`) plus where the
@@ -339,6 +348,27 @@ impl Config {
         }
 
         let masking = validate_masking(self.masking, &upstreams, base, &mut p);
+        let policy = self.policy.and_then(|policy| {
+            for (i, rule) in policy.rules.iter().enumerate() {
+                for name in rule.upstreams.iter().flatten() {
+                    if !upstreams.iter().any(|u| &u.name == name) {
+                        p.add(
+                            format!("policy.rules[{i}].upstreams"),
+                            format!("{name:?} is not an upstream"),
+                        );
+                    }
+                }
+            }
+            match crate::policy::Policy::compile(&policy.rules) {
+                Ok(compiled) => Some(compiled),
+                Err(problems) => {
+                    for (path, message) in problems {
+                        p.add(path, message);
+                    }
+                    None
+                }
+            }
+        });
 
         let e = self.envoy;
         let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
@@ -417,6 +447,7 @@ impl Config {
                 max_response_bytes: e.max_response_bytes,
             },
             masking,
+            policy,
         })
     }
 }

@@ -30,4 +30,23 @@ pub struct AppState {
     pub dev_issuer: Option<identity::dev_issuer::DevIssuer>,
     /// The masking engine with the configured rules (records are masked with it).
     pub masker: gatehouse_core::mask::Masker,
+    /// The policy in force (`None`: no `policy` section); replaced when the file changes.
+    pub policy: std::sync::RwLock<Option<Arc<policy::Policy>>>,
+}
+
+impl AppState {
+    /// The policy in force now. A Check holds this reference for its whole decision.
+    pub fn policy(&self) -> Option<Arc<policy::Policy>> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_policy(&self, policy: Option<Arc<policy::Policy>>) {
+        match self.policy.write() {
+            Ok(mut p) => *p = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+    }
 }

@@ -64,6 +64,8 @@ pub struct Inner {
     pub ingest_batches: Counter,
     pub ingest_records: Counter,
     pub filter_dropped_reported: Counter,
+    pub policy_reloads: Counter,
+    pub policy_reload_errors: Counter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -128,6 +130,16 @@ impl Metrics {
                 "gatehouse_filter_dropped_records",
                 "Records filters reported dropped (sum of the latest totals).",
                 &self.filter_dropped_reported,
+            ),
+            (
+                "gatehouse_policy_reloads_total{result=\"ok\"}",
+                "Changed configuration files read for the policy.",
+                &self.policy_reloads,
+            ),
+            (
+                "gatehouse_policy_reloads_total{result=\"refused\"}",
+                "Changed configuration files read for the policy.",
+                &self.policy_reload_errors,
             ),
         ];
         let mut last_name = "";

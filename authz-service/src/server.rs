@@ -73,6 +73,7 @@ impl Server {
         }
         let identity = Verifier::new(config.identity.clone());
         let masker = config.masking.masker()?;
+        let config_policy = config.policy.clone().map(Arc::new);
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (service.rest_listen)", config.service.rest_listen))?;
@@ -87,6 +88,7 @@ impl Server {
             metrics,
             dev_issuer,
             masker,
+            policy: std::sync::RwLock::new(config_policy),
         });
         let (shutdown, watch_rx) = watch::channel(false);
 
@@ -118,6 +120,12 @@ impl Server {
                 .await
                 .context("REST server failed")
         });
+        // Ends with the shutdown signal; a failure here must not stop serving.
+        tokio::spawn(crate::policy::reload::watch(
+            state.clone(),
+            state.config.source.clone(),
+            shutdown.subscribe(),
+        ));
         // Listening already, so a dev issuer served by this very service answers.
         let identity = state.identity.clone();
         tokio::spawn(async move { identity.prefetch().await });

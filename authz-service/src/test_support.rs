@@ -18,8 +18,13 @@ pub fn config(dir: &std::path::Path) -> Config {
 
 /// [`config`] with more top-level YAML appended (e.g. a `policy:` section).
 pub fn config_with(dir: &std::path::Path, extra: &str) -> Config {
+    Config::parse(&config_text(extra), &dir.join("gatehouse.yaml")).expect("test config is valid")
+}
+
+/// The text of [`config_with`], on fresh ports.
+pub fn config_text(extra: &str) -> String {
     let (rest, grpc) = (free_port(), free_port());
-    let text = format!(
+    format!(
         r#"
 service: {{ rest_listen: "127.0.0.1:{rest}", grpc_listen: "127.0.0.1:{grpc}", public_url: "https://gw.example" }}
 identity:
@@ -32,8 +37,7 @@ upstreams:
   - {{ name: everything, url: "http://127.0.0.1:1/mcp", path: /mcp, allow_groups: [eng] }}
 envoy: {{ admin_listen: "127.0.0.1:1", http_listen: "127.0.0.1:2", wasm: f.wasm }}
 {extra}"#
-    );
-    Config::parse(&text, &dir.join("gatehouse.yaml")).expect("test config is valid")
+    )
 }
 
 pub async fn start(dir: &std::path::Path) -> Server {

@@ -251,7 +251,8 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         return deny(record, denial, request_id);
     }
     let mut reason = "caller's group may use the upstream".to_owned();
-    if let (Some(policy), Some(Ok(env))) = (&state.config.policy, &envelope) {
+    let policy = state.policy();
+    if let (Some(policy), Some(Ok(env))) = (&policy, &envelope) {
         let verdict = policy_verdict(policy, &principal, &upstream.name, env);
         if let Some(obj) = record.as_object_mut() {
             obj.insert("policy_rule".into(), json!(verdict.rule_id));

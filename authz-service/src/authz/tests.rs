@@ -344,3 +344,57 @@ async fn the_policy_decides_calls_and_its_rule_is_recorded() {
     }
     server.stop();
 }
+
+#[tokio::test]
+async fn a_changed_policy_is_reloaded_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    let base = test_support::config_text("");
+    let with = |rules: &str| format!("{base}policy:\n  rules:\n{rules}");
+    std::fs::write(&path, with("    - {id: allow-all, outcome: allow}\n")).unwrap();
+    let server = Server::start(crate::config::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let auth = token(&server, "alice", &["eng"]);
+    let mut client = client(&server).await;
+    let body = call("echo", json!({"message": "hi"}));
+    let mut n = 0u32;
+    let mut rule_now = async |client: &mut AuthorizationClient<tonic::transport::Channel>| {
+        n += 1;
+        let rid = format!("{n:032x}");
+        client
+            .check(check(
+                &[("authorization", &auth), ("x-gatehouse-request-id", &rid)],
+                &body,
+                Some("everything"),
+            ))
+            .await
+            .unwrap();
+        records(&server, &rid).await[0].data["policy_rule"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(rule_now(&mut client).await.as_deref(), Some("allow-all"));
+
+    std::fs::write(&path, with("    - {id: echo-off, tools: [echo], outcome: deny}\n")).unwrap();
+    let mut reloaded = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if rule_now(&mut client).await.as_deref() == Some("echo-off") {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "the new policy was not picked up");
+
+    // A broken file is refused: the policy in force stays.
+    std::fs::write(
+        &path,
+        with("    - {id: bad, outcome: allow, arguments: [{pointer: /x, regex: '('}]}\n"),
+    )
+    .unwrap();
+    tokio::time::sleep(crate::policy::reload::POLL * 3).await;
+    assert_eq!(rule_now(&mut client).await.as_deref(), Some("echo-off"));
+    assert!(server.state.metrics.policy_reload_errors.get() >= 1);
+    server.stop();
+}

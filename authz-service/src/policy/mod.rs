@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use crate::masking::glob_match;
 
+pub mod reload;
+
 /// What a rule decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

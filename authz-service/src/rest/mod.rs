@@ -206,9 +206,20 @@ async fn get_request(
     if records.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no records for this request id"));
     }
-    let complete = store.has_final_response(&id).await.map_err(store_error)?;
     let truncated = records.len() as u32 == REQUEST_RECORDS_LIMIT;
     let (responses, others): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| r.kind == "response");
+    // From the records returned, so `complete` never claims a final part the answer lacks
+    // (a second query could see a record committed after the first one ran).
+    let complete = if responses
+        .iter()
+        .any(|r| r.data.get("final") == Some(&Value::Bool(true)))
+    {
+        true
+    } else if truncated {
+        store.has_final_response(&id).await.map_err(store_error)?
+    } else {
+        false
+    };
     let request = others.iter().find(|r| r.kind == RecordKind::Request.as_str());
     Ok(Json(json!({
         "request_id": id,

@@ -127,7 +127,8 @@ impl Cli {
             Command::EnvoyConfig { config, out } => {
                 let yaml = envoy_config::render(&load(&config)?)?;
                 match out {
-                    Some(path) => write_private(&path, yaml.as_bytes())?,
+                    Some(path) => crate::private_file::write_private(&path, yaml.as_bytes())
+                        .with_context(|| format!("cannot write {}", path.display()))?,
                     None => print!("{yaml}"),
                 }
             }
@@ -260,22 +261,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
-}
-
-/// Writes a file only its owner can read (a rendered Envoy config holds the masking token
-/// key).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
+pub mod private_file;
 pub mod rest;
 pub mod server;
 #[cfg(test)]

@@ -5,10 +5,7 @@
 //! newest records, and the chain alone still verifies; a checkpoint signed before that
 //! catches both. Auditors verify with the public key only (`gatehouse audit public-key`).
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{io::Write, path::Path};
 
 use ed25519_dalek::{
     Signature, Signer, SigningKey, Verifier, VerifyingKey,
@@ -33,7 +30,7 @@ impl CheckpointSigner {
                 let mut seed = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
                 let key = SigningKey::from_bytes(&seed);
-                write_private(path, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+                crate::private_file::write_private(path, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
                 tracing::warn!(key_file = %path.display(), "Created a new audit checkpoint key. Keep it away from the audit store, and give auditors its public key.");
                 Ok(Self { key })
             }
@@ -108,20 +105,4 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<Checkpoint>> {
             serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: not a checkpoint: {e}", path.display(), i + 1))
         })
         .collect()
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }

@@ -6,8 +6,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -111,30 +110,7 @@ impl DevIssuer {
 fn create_key(path: &Path) -> anyhow::Result<SigningKey> {
     let key = SigningKey::random(&mut rand::rngs::OsRng);
     let pem = key.to_pkcs8_pem(LineEnding::LF)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut file = open_private(&tmp)?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    crate::private_file::write_private(path, pem.as_bytes())?;
     tracing::warn!(key_file = %path.display(), "Created a new dev issuer key. Dev tokens are for demos and tests only.");
     Ok(key)
-}
-
-#[cfg(unix)]
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::create(path)
 }

@@ -279,6 +279,8 @@ impl ResponseMasker {
         now_ms: u64,
         out: &mut impl FnMut(ResponseObserved),
     ) -> Step<'_> {
+        // The host has nothing to hand over for an empty body.
+        let read = move |n: usize| if n == 0 { Some(Vec::new()) } else { read(n) };
         match &self.mode {
             Mode::Done if self.withheld.is_some() => Step::Pause,
             Mode::Done => Step::Continue,
@@ -297,19 +299,11 @@ impl ResponseMasker {
                 if !end_of_stream {
                     return Step::Pause;
                 }
-                let body = if body_size == 0 {
-                    Some(Vec::new())
-                } else {
-                    read(body_size)
-                };
+                let body = read(body_size);
                 self.finish_buffered(masker, body, body_size, now_ms, out)
             }
             Mode::Stream(_) => {
-                let chunk = if body_size == 0 {
-                    Some(Vec::new())
-                } else {
-                    read(body_size)
-                };
+                let chunk = read(body_size);
                 let Some(chunk) = chunk else {
                     // The headers went on: only a reset keeps the chunk from the client.
                     self.abort_stream(masker, END_COMPLETE, Some(withheld::UNREADABLE), now_ms, out);

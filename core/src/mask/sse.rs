@@ -78,14 +78,7 @@ impl SseMasker {
         counts: &mut MaskCounts,
         on_event: impl FnMut(MaskedEvent),
     ) {
-        let mut sink = Sink {
-            masker,
-            reveal,
-            max_event_bytes: self.framer.max_event_bytes(),
-            out,
-            counts,
-            on_event,
-        };
+        let mut sink = self.sink(masker, reveal, out, counts, on_event);
         self.framer.push_with(chunk, |event| sink.event(event));
     }
 
@@ -98,20 +91,31 @@ impl SseMasker {
         counts: &mut MaskCounts,
         on_event: impl FnMut(MaskedEvent),
     ) {
-        let mut sink = Sink {
-            masker,
-            reveal,
-            max_event_bytes: self.framer.max_event_bytes(),
-            out,
-            counts,
-            on_event,
-        };
+        let mut sink = self.sink(masker, reveal, out, counts, on_event);
         let end = self.framer.finish();
         for event in end.events {
             sink.event(event);
         }
         if let Some(tail) = end.incomplete {
             sink.incomplete(tail);
+        }
+    }
+
+    fn sink<'a, F: FnMut(MaskedEvent)>(
+        &self,
+        masker: &'a Masker,
+        reveal: &'a Reveal,
+        out: &'a mut Vec<u8>,
+        counts: &'a mut MaskCounts,
+        on_event: F,
+    ) -> Sink<'a, F> {
+        Sink {
+            masker,
+            reveal,
+            max_event_bytes: self.framer.max_event_bytes(),
+            out,
+            counts,
+            on_event,
         }
     }
 }

@@ -189,7 +189,7 @@ fn rate(len: usize, runs: u32, mut f: impl FnMut() -> u64) -> (f64, u64) {
 }
 
 fn mask_throughput(bytes: usize, runs: u32) -> Value {
-    use gatehouse_core::mask::{JsonMasked, MaskCounts, Masker, Reveal, SseMasker};
+    use gatehouse_core::mask::{CustomRule, JsonMasked, MaskConfig, MaskCounts, Masker, Reveal, SseMasker};
     let masker = Masker::default();
     let none = Reveal::none();
     let text = mixed::text(bytes, 7);
@@ -218,6 +218,42 @@ fn mask_throughput(bytes: usize, runs: u32) -> Value {
         m.finish(&masker, &none, &mut out, &mut c, |_| {});
         c.total()
     });
+    // Adversarial inputs: long digit runs (card, SSN, phone and IBAN candidates everywhere)
+    // and `@` everywhere (e-mail candidates read backwards); and one custom regex rule.
+    let digits: String = {
+        let mut rng = mixed::Rng::new(3);
+        (0..bytes)
+            .map(|i| match i % 17 {
+                16 => ' ',
+                _ if i % 5 == 4 => '-',
+                _ => char::from(b'0' + rng.below(10) as u8),
+            })
+            .collect()
+    };
+    let ats = "a@b.".repeat(bytes / 4);
+    let (digits_rate, _) = rate(digits.len(), runs, || {
+        let mut c = MaskCounts::default();
+        std::hint::black_box(masker.mask_text(&digits, &none, &mut c));
+        c.total()
+    });
+    let (ats_rate, _) = rate(ats.len(), runs, || {
+        let mut c = MaskCounts::default();
+        std::hint::black_box(masker.mask_text(&ats, &none, &mut c));
+        c.total()
+    });
+    let custom = Masker::new(&MaskConfig {
+        custom: vec![CustomRule {
+            name: "ticket".into(),
+            pattern: r"(?i)\bticket-\d{4,}\b".into(),
+        }],
+        ..MaskConfig::default()
+    })
+    .expect("a valid rule");
+    let (custom_rate, _) = rate(text.len(), runs, || {
+        let mut c = MaskCounts::default();
+        std::hint::black_box(custom.mask_text(&text, &none, &mut c));
+        c.total()
+    });
     let small_runs = 2000;
     let start = Instant::now();
     for _ in 0..small_runs {
@@ -230,6 +266,7 @@ fn mask_throughput(bytes: usize, runs: u32) -> Value {
         "text_mb_per_s": text_rate, "text_masked": text_found,
         "json_mb_per_s": json_rate, "json_masked": json_found,
         "sse_mb_per_s": sse_rate, "sse_masked": sse_found,
+        "digits_mb_per_s": digits_rate, "at_sign_mb_per_s": ats_rate, "text_custom_rule_mb_per_s": custom_rate,
         "answer_1kb_us": small_us,
     })
 }

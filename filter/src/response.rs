@@ -306,7 +306,7 @@ impl ResponseMasker {
                 let chunk = read(body_size);
                 let Some(chunk) = chunk else {
                     // The headers went on: only a reset keeps the chunk from the client.
-                    self.abort_stream(masker, END_COMPLETE, Some(withheld::UNREADABLE), now_ms, out);
+                    self.on_abort(masker, END_COMPLETE, Some(withheld::UNREADABLE), now_ms, out);
                     return Step::Withhold { headers_held: false };
                 };
                 self.body_bytes += chunk.len() as u64;
@@ -360,19 +360,6 @@ impl ResponseMasker {
         }
     }
 
-    /// The stream ended before its end (client gone, reset, or Envoy's own limit): the
-    /// final part says why. Nothing more goes to the client.
-    pub fn on_abort(
-        &mut self,
-        masker: &Masker,
-        end_reason: &str,
-        withheld: Option<&'static str>,
-        now_ms: u64,
-        out: &mut impl FnMut(ResponseObserved),
-    ) {
-        self.abort_stream(masker, end_reason, withheld, now_ms, out);
-    }
-
     /// The glue could not do what was asked (a header or the body could not be changed):
     /// the answer is withheld for `reason`. Records the final part unless it has been.
     pub fn refuse(
@@ -382,7 +369,7 @@ impl ResponseMasker {
         now_ms: u64,
         out: &mut impl FnMut(ResponseObserved),
     ) {
-        self.abort_stream(masker, END_COMPLETE, Some(reason), now_ms, out);
+        self.on_abort(masker, END_COMPLETE, Some(reason), now_ms, out);
     }
 
     /// The local reply that replaces a withheld answer: status and JSON-RPC error body.
@@ -494,8 +481,10 @@ impl ResponseMasker {
         }
     }
 
-    /// Ends an answer early: an SSE stream's held events are recorded (not sent).
-    fn abort_stream(
+    /// The answer ended before its end (client gone, reset, Envoy's own limit, or a body
+    /// the host would not hand over): the final part says why, an SSE stream's held events
+    /// are recorded, and nothing more goes to the client.
+    pub fn on_abort(
         &mut self,
         masker: &Masker,
         end_reason: &str,

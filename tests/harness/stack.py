@@ -342,9 +342,13 @@ def write_config(
     max_response_bytes: int | None = None,
     masking: dict[str, Any] | None = None,
     extra_upstreams: Sequence[dict[str, Any]] = (),
+    policy: Sequence[dict[str, Any]] | None = None,
+    approvals: dict[str, Any] | None = None,
+    ext_authz_timeout_ms: int = 2000,
 ) -> Path:
     """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
-    `extra_upstreams`: more `upstreams:` entries, after the main one."""
+    `extra_upstreams`: more `upstreams:` entries, after the main one.
+    `policy`: the rules of `policy:` (absent when None); `approvals`: the `approvals:` section."""
     identity: dict[str, Any] = {
         "issuer": issuer.issuer if issuer else f"http://127.0.0.1:{rest_port}/dev",
         "audience": issuer.audience if issuer else "gatehouse",
@@ -378,9 +382,13 @@ def write_config(
             "tls_key": "tls/server.key",
             "wasm": str(paths.gatehouse_wasm()),
             "max_request_bytes": max_request_bytes,
-            "ext_authz_timeout_ms": 2000,
+            "ext_authz_timeout_ms": ext_authz_timeout_ms,
         },
     }
+    if policy is not None:
+        config["policy"] = {"rules": list(policy)}
+    if approvals is not None:
+        config["approvals"] = approvals
     if max_response_bytes is not None:
         config["envoy"]["max_response_bytes"] = max_response_bytes
     if masking is not None:
@@ -401,6 +409,9 @@ def start_stack(
     max_response_bytes: int | None = None,
     masking: dict[str, Any] | None = None,
     demo_json: bool = False,
+    policy: Sequence[dict[str, Any]] | None = None,
+    approvals: dict[str, Any] | None = None,
+    ext_authz_timeout_ms: int = 2000,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -411,6 +422,8 @@ def start_stack(
     `RawUpstream` the test scripts byte by byte, `stack.raw`).
     `issuer`: identity comes from this test issuer instead of the service's dev issuer.
     `masking`, `max_response_bytes`: the config's `masking:` section and `envoy.max_response_bytes`.
+    `policy`, `approvals`, `ext_authz_timeout_ms`: `policy.rules`, `approvals:` and the Check's
+    timeout (a held call waits inside the Check, so it must outlast the longest hold).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -449,6 +462,9 @@ def start_stack(
             max_request_bytes=max_request_bytes,
             max_response_bytes=max_response_bytes,
             masking=masking,
+            policy=policy,
+            approvals=approvals,
+            ext_authz_timeout_ms=ext_authz_timeout_ms,
             **ports,
         )
         stack = Stack(

@@ -13,6 +13,8 @@ use axum::{
 use gatehouse_core::audit::{Record, RecordKind};
 use serde_json::{Value, json};
 
+mod ui;
+
 use crate::{
     AppState,
     audit::{RecordQuery, normalize_time},
@@ -32,7 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/dev/.well-known/openid-configuration", get(dev_discovery))
             .route("/dev/jwks.json", get(dev_jwks));
     }
-    router.fallback(not_found).with_state(state)
+    router.merge(ui::routes()).fallback(not_found).with_state(state)
 }
 
 /// An error as the REST API shows it: a status and a short, safe message.

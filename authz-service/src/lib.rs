@@ -4,6 +4,7 @@
 //! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter), [`masking`],
 //! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
 
+pub mod approvals;
 pub mod audit;
 pub mod authz;
 pub mod cli;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub masker: gatehouse_core::mask::Masker,
     /// The policy in force (`None`: no `policy` section); replaced when the file changes.
     pub policy: std::sync::RwLock<Option<Arc<policy::Policy>>>,
+    pub approvals: approvals::Approvals,
 }
 
 impl AppState {

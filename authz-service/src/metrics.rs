@@ -66,6 +66,13 @@ pub struct Inner {
     pub filter_dropped_reported: Counter,
     pub policy_reloads: Counter,
     pub policy_reload_errors: Counter,
+    pub approvals_requested: Counter,
+    pub approvals_approved: Counter,
+    pub approvals_denied: Counter,
+    pub approvals_expired: Counter,
+    pub approvals_used: Counter,
+    pub approval_notifications: Counter,
+    pub approval_notification_failures: Counter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -140,6 +147,41 @@ impl Metrics {
                 "gatehouse_policy_reloads_total{result=\"refused\"}",
                 "Changed configuration files read for the policy.",
                 &self.policy_reload_errors,
+            ),
+            (
+                "gatehouse_approvals_total{event=\"requested\"}",
+                "Approval steps.",
+                &self.approvals_requested,
+            ),
+            (
+                "gatehouse_approvals_total{event=\"approved\"}",
+                "Approval steps.",
+                &self.approvals_approved,
+            ),
+            (
+                "gatehouse_approvals_total{event=\"denied\"}",
+                "Approval steps.",
+                &self.approvals_denied,
+            ),
+            (
+                "gatehouse_approvals_total{event=\"expired\"}",
+                "Approval steps.",
+                &self.approvals_expired,
+            ),
+            (
+                "gatehouse_approvals_total{event=\"used\"}",
+                "Approval steps.",
+                &self.approvals_used,
+            ),
+            (
+                "gatehouse_approval_notifications_total{result=\"ok\"}",
+                "Webhook notifications of new approvals.",
+                &self.approval_notifications,
+            ),
+            (
+                "gatehouse_approval_notifications_total{result=\"failed\"}",
+                "Webhook notifications of new approvals.",
+                &self.approval_notification_failures,
             ),
         ];
         let mut last_name = "";

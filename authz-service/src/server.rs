@@ -10,6 +10,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     AppState,
+    approvals::Approvals,
     audit::{AuditLog, Checkpointer, Store, checkpoint::CheckpointSigner},
     authz::AuthzService,
     config::Config,
@@ -73,6 +74,11 @@ impl Server {
         }
         let identity = Verifier::new(config.identity.clone());
         let masker = config.masking.masker()?;
+        // Approval keys are keyed hashes under the masking token key when there is one.
+        let approval_key = config.masking.rules_with_key()?.token_key.map(String::into_bytes);
+        let approvals = Approvals::open(audit.store().pool().clone(), approval_key)
+            .await
+            .context("cannot open the approvals table")?;
         let config_policy = config.policy.clone().map(Arc::new);
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
@@ -89,6 +95,7 @@ impl Server {
             dev_issuer,
             masker,
             policy: std::sync::RwLock::new(config_policy),
+            approvals,
         });
         let (shutdown, watch_rx) = watch::channel(false);
 
@@ -126,6 +133,7 @@ impl Server {
             state.config.source.clone(),
             shutdown.subscribe(),
         ));
+        tokio::spawn(crate::approvals::sweep(state.clone(), shutdown.subscribe()));
         // Listening already, so a dev issuer served by this very service answers.
         let identity = state.identity.clone();
         tokio::spawn(async move { identity.prefetch().await });

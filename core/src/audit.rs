@@ -23,6 +23,8 @@ pub enum RecordKind {
     Response,
     /// The filter refused a request as malformed before it reached the service.
     RequestRejected,
+    /// A step of an approval: requested, notified, approved, denied, expired, used.
+    Approval,
 }
 
 impl RecordKind {
@@ -31,6 +33,7 @@ impl RecordKind {
             Self::Request => "request",
             Self::Response => "response",
             Self::RequestRejected => "request_rejected",
+            Self::Approval => "approval",
         }
     }
 
@@ -39,6 +42,7 @@ impl RecordKind {
             "request" => Some(Self::Request),
             "response" => Some(Self::Response),
             "request_rejected" => Some(Self::RequestRejected),
+            "approval" => Some(Self::Approval),
             _ => None,
         }
     }

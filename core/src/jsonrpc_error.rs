@@ -17,6 +17,10 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const UNAUTHORIZED: i64 = -32001;
 /// Implementation-defined server error range: the caller may not do this.
 pub const FORBIDDEN: i64 = -32003;
+/// Implementation-defined server error range: the call waits for a human approval; `data`
+/// holds the approval's id, status and where approvers decide. Send the same call again
+/// once it is approved.
+pub const APPROVAL_REQUIRED: i64 = -32030;
 
 /// Serializes a JSON-RPC error response. `id` is `null` when the request's id is
 /// unknown (unparseable body, or no body at all).

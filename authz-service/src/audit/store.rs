@@ -91,6 +91,11 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// The connection pool, for state kept next to the trail (approvals).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// The writer's last record, or the genesis head.
     pub async fn head(&self, writer: &str) -> Result<ChainHead, sqlx::Error> {
         let row = sqlx::query("SELECT seq, hash FROM audit_records WHERE writer = ? ORDER BY seq DESC LIMIT 1")

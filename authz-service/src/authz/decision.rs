@@ -10,7 +10,12 @@ use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
 use gatehouse_core::{jsonrpc_error, mcp};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::{HttpRequestView, REQUEST_ID_HEADER};
+use crate::approvals::{Approval, Call, Gate, notify::approver_url};
+use crate::audit::NewRecord;
 use crate::identity::Principal;
 use crate::policy::{Facts, Outcome, Policy, Verdict};
 use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
@@ -26,6 +31,8 @@ pub struct Denial {
     pub reason: String,
     /// Extra headers, such as `WWW-Authenticate`.
     pub headers: Vec<(String, String)>,
+    /// More for the JSON-RPC error's `data` (next to `request_id`).
+    pub data: Option<Value>,
 }
 
 /// A decided request: its record (to commit first) and its answer.
@@ -33,6 +40,10 @@ pub struct Denial {
 pub struct Decision {
     pub request_id: String,
     pub record: Value,
+    /// Records committed with the request record (an approval's `used`).
+    pub extra: Vec<NewRecord>,
+    /// The approval whose grant this call uses: given back if the records cannot be committed.
+    pub grant: Option<String>,
     pub jsonrpc_id: Option<Value>,
     pub outcome: Result<Allowed, Denial>,
 }
@@ -56,6 +67,8 @@ impl Decision {
         Self {
             request_id,
             record: Value::Null,
+            extra: Vec::new(),
+            grant: None,
             jsonrpc_id,
             outcome: Err(Denial {
                 http_status: 503,
@@ -63,6 +76,7 @@ impl Decision {
                 message: "The gateway cannot record this request in its audit trail, so it was not forwarded. Try again later.".into(),
                 reason: "audit store unavailable".into(),
                 headers: Vec::new(),
+                data: None,
             }),
         }
     }
@@ -97,11 +111,15 @@ impl Decision {
                 for (k, v) in &denial.headers {
                     denied.add_header(k.clone(), v.clone(), None, false);
                 }
+                let mut data = json!({"request_id": self.request_id});
+                if let (Some(Value::Object(more)), Some(obj)) = (denial.data, data.as_object_mut()) {
+                    obj.extend(more);
+                }
                 let body = jsonrpc_error::error_body(
                     self.jsonrpc_id.as_ref(),
                     denial.jsonrpc_code,
                     &denial.message,
-                    Some(json!({"request_id": self.request_id})),
+                    Some(data),
                 );
                 denied.set_body(String::from_utf8_lossy(&body).into_owned());
                 let grpc = if denial.http_status == 401 {
@@ -119,6 +137,7 @@ impl Decision {
 
 fn status_code(status: u16) -> HttpStatusCode {
     match status {
+        200 => HttpStatusCode::Ok,
         400 => HttpStatusCode::BadRequest,
         401 => HttpStatusCode::Unauthorized,
         403 => HttpStatusCode::Forbidden,
@@ -155,7 +174,7 @@ fn first_message(view: &HttpRequestView<'_>) -> Option<mcp::Message> {
 }
 
 /// Decides on a request. Pure apart from token verification (which may fetch keys).
-pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
+pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decision {
     let request_id = view
         .header(REQUEST_ID_HEADER)
         .filter(|id| is_request_id(id))
@@ -193,6 +212,8 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         Decision {
             request_id,
             record,
+            extra: Vec::new(),
+            grant: None,
             jsonrpc_id: jsonrpc_id.clone(),
             outcome: Err(denial),
         }
@@ -223,6 +244,7 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
             message: e.to_string(),
             reason: format!("malformed body at ext_authz: {e}"),
             headers: Vec::new(),
+            data: None,
         };
         return deny(record, denial, request_id);
     }
@@ -247,10 +269,12 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
             message: "You are not allowed to use this MCP server.".into(),
             reason: format!("no group of the caller may use upstream {:?}", upstream.name),
             headers: Vec::new(),
+            data: None,
         };
         return deny(record, denial, request_id);
     }
     let mut reason = "caller's group may use the upstream".to_owned();
+    let (mut extra, mut grant) = (Vec::new(), None);
     let policy = state.policy();
     if let (Some(policy), Some(Ok(env))) = (&policy, &envelope) {
         let verdict = policy_verdict(policy, &principal, &upstream.name, env);
@@ -271,21 +295,78 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
                     message: "You are not allowed to make this call.".into(),
                     reason: format!("denied by {rule}"),
                     headers: Vec::new(),
+                    data: None,
                 };
                 return deny(record, denial, request_id);
             }
             Outcome::RequireApproval(spec) => {
-                let denial = Denial {
-                    http_status: 403,
-                    jsonrpc_code: jsonrpc_error::FORBIDDEN,
-                    message: "This call needs an approval, and approvals are not enabled on this gateway yet.".into(),
-                    reason: format!(
-                        "{rule} requires approval by {:?}; approvals are not available",
-                        spec.approver_group
-                    ),
-                    headers: Vec::new(),
+                let Some(rule_id) = verdict.rule_id else {
+                    return deny(record, internal("an approval outcome without a rule"), request_id);
                 };
-                return deny(record, denial, request_id);
+                let single = env.messages.len() == 1 && first.is_some_and(|m| m.id.is_some());
+                let Some(message) = first.filter(|_| single) else {
+                    let denial = Denial {
+                        http_status: 403,
+                        jsonrpc_code: jsonrpc_error::FORBIDDEN,
+                        message: "This call needs an approval: send it alone, as a request (not in a batch or as a notification).".into(),
+                        reason: format!("{rule} requires approval; not a single request"),
+                        headers: Vec::new(),
+                        data: None,
+                    };
+                    return deny(record, denial, request_id);
+                };
+                let masked = record.get("arguments").cloned().unwrap_or(Value::Null);
+                let call = Call {
+                    subject: &principal.subject,
+                    upstream: &upstream.name,
+                    method: message.method.as_deref().unwrap_or_default(),
+                    tool: (message.method.as_deref() == Some("tools/call"))
+                        .then(|| message.target_name())
+                        .flatten(),
+                    arguments: message.arguments(),
+                    masked_arguments: &masked,
+                    rule: rule_id,
+                    spec,
+                    request_id: &request_id,
+                };
+                // The hold is spent inside Envoy's ext_authz call: answer a second before it gives up.
+                let hold_ms =
+                    (spec.hold_seconds * 1000).min(state.config.envoy.ext_authz_timeout_ms.saturating_sub(1000));
+                match state.approvals.gate(state, &call, Duration::from_millis(hold_ms)).await {
+                    Ok(Gate::Granted { approval, used }) => {
+                        if let Some(obj) = record.as_object_mut() {
+                            obj.insert("approval".into(), approval_summary(&approval, "used"));
+                        }
+                        reason = format!(
+                            "allowed by {rule}: approval {} by {}",
+                            approval.id,
+                            approval.decided_by.as_deref().unwrap_or("-")
+                        );
+                        extra.push(used);
+                        grant = Some(approval.id);
+                    }
+                    Ok(gate) => {
+                        let denial = approval_denial(state, &gate, &rule);
+                        if let (Some(obj), Gate::Pending(a) | Gate::Denied(a) | Gate::Expired(a)) =
+                            (record.as_object_mut(), &gate)
+                        {
+                            obj.insert("approval".into(), approval_summary(a, a.status.as_str()));
+                        }
+                        return deny(record, denial, request_id);
+                    }
+                    Err(error) => {
+                        tracing::error!(request_id, %error, "Could not record an approval step; the call is refused.");
+                        let denial = Denial {
+                            http_status: 503,
+                            jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
+                            message: "This call needs an approval, and the gateway cannot record one right now. Try again later.".into(),
+                            reason: format!("{rule} requires approval; approvals store unavailable"),
+                            headers: Vec::new(),
+                            data: None,
+                        };
+                        return deny(record, denial, request_id);
+                    }
+                }
             }
         }
     }
@@ -303,11 +384,73 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
     Decision {
         request_id,
         record,
+        extra,
+        grant,
         jsonrpc_id,
         outcome: Ok(Allowed {
             subject: principal.subject,
             reveal,
         }),
+    }
+}
+
+/// What a request record says about the approval it waited for or used.
+fn approval_summary(a: &Approval, status: &str) -> Value {
+    json!({"id": a.id, "status": status, "rule": a.rule})
+}
+
+/// The answer to a call still waiting for (or refused by) an approval.
+fn approval_denial(state: &AppState, gate: &Gate, rule: &str) -> Denial {
+    let (approval, http_status, code, message) = match gate {
+        Gate::Pending(a) => (
+            a,
+            200,
+            jsonrpc_error::APPROVAL_REQUIRED,
+            format!(
+                "This call needs approval by a member of {:?}. It is waiting as approval {}; send the same call again once it is approved.",
+                a.approver_group, a.id
+            ),
+        ),
+        Gate::Expired(a) => (
+            a,
+            200,
+            jsonrpc_error::APPROVAL_REQUIRED,
+            format!(
+                "Approval {} expired before anyone decided. Send the call again to ask anew.",
+                a.id
+            ),
+        ),
+        Gate::Denied(a) => (
+            a,
+            403,
+            jsonrpc_error::FORBIDDEN,
+            format!(
+                "An approver denied this call (approval {}): {}",
+                a.id,
+                a.reason.as_deref().unwrap_or("no reason given")
+            ),
+        ),
+        Gate::Granted { approval, .. } => (approval, 500, jsonrpc_error::INTERNAL_ERROR, String::new()),
+    };
+    Denial {
+        http_status,
+        jsonrpc_code: code,
+        message,
+        reason: format!(
+            "{rule} requires approval: approval {} is {}",
+            approval.id,
+            approval.status.as_str()
+        ),
+        headers: Vec::new(),
+        data: Some(json!({"approval": {
+            "id": approval.id,
+            "status": approval.status,
+            "approver_group": approval.approver_group,
+            "approver_url": approver_url(state, &approval.id),
+            "expires_at": approval.to_json()["expires_at"],
+            "decided_by": approval.decided_by,
+            "reason": approval.reason,
+        }})),
     }
 }
 
@@ -393,6 +536,7 @@ fn identity_denial(state: &AppState, path: &str, error: &IdentityError) -> Denia
             message: "The gateway cannot verify tokens right now. Try again later.".into(),
             reason: error.to_string(),
             headers: Vec::new(),
+            data: None,
         };
     }
     let metadata = resource_metadata_url(state, path);
@@ -406,6 +550,7 @@ fn identity_denial(state: &AppState, path: &str, error: &IdentityError) -> Denia
         message: error.to_string(),
         reason: error.to_string(),
         headers: vec![("www-authenticate".into(), challenge)],
+        data: None,
     }
 }
 
@@ -424,6 +569,7 @@ fn internal(reason: &str) -> Denial {
         message: "The gateway is misconfigured; the request was not forwarded.".into(),
         reason: reason.into(),
         headers: Vec::new(),
+        data: None,
     }
 }
 

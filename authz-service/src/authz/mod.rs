@@ -15,7 +15,10 @@ use gatehouse_core::audit::RecordKind;
 
 pub use decision::{Decision, Denial};
 
-use crate::{AppState, audit::AuditError};
+use crate::{
+    AppState,
+    audit::{AuditError, NewRecord},
+};
 
 /// The header the filter puts on every request it lets through.
 pub const REQUEST_ID_HEADER: &str = "x-gatehouse-request-id";
@@ -86,11 +89,13 @@ impl Authorization for AuthzService {
         let state = &self.state;
         let mut decided = decision::decide(state, &view).await;
         let request_id = decided.request_id.clone();
-        let response = match state
-            .audit
-            .append_one(RecordKind::Request, &request_id, std::mem::take(&mut decided.record))
-            .await
-        {
+        let mut records = vec![NewRecord {
+            kind: RecordKind::Request,
+            request_id: request_id.clone(),
+            data: std::mem::take(&mut decided.record),
+        }];
+        records.append(&mut decided.extra);
+        let response = match state.audit.append(records).await.map(|mut r| r.swap_remove(0)) {
             Ok(record) => {
                 tracing::info!(
                     request_id = %request_id,
@@ -105,10 +110,16 @@ impl Authorization for AuthzService {
                 } else {
                     state.metrics.checks_denied.inc();
                 }
+                if decided.grant.is_some() {
+                    state.metrics.approvals_used.inc();
+                }
                 decided.into_check_response()
             }
             Err(error) => {
                 state.metrics.checks_failed.inc();
+                if let Some(approval_id) = &decided.grant {
+                    state.approvals.restore(approval_id).await;
+                }
                 log_audit_failure(&request_id, &error);
                 Decision::audit_unavailable(&view, request_id).into_check_response()
             }

@@ -276,7 +276,7 @@ const POLICY: &str = r#"
 policy:
   rules:
     - {id: no-drop, tools: [echo], arguments: [{pointer: /message, equals: drop}], outcome: deny}
-    - {id: add-needs-approval, tools: [add], outcome: approve, approval: {approver_group: approvers}}
+    - {id: add-needs-approval, tools: [add], outcome: approve, approval: {approver_group: approvers, hold_seconds: 0}}
     - {id: eng-may-call, groups: [eng], methods: ["tools/*", initialize, "notifications/*"], outcome: allow}
 "#;
 
@@ -311,7 +311,8 @@ async fn the_policy_decides_calls_and_its_rule_is_recorded() {
             "00000000000000000000000000000003",
             call("add", json!({"a": 1, "b": 2})),
             Some("add-needs-approval"),
-            403,
+            // Answered with the approval to wait for (a JSON-RPC error), not forwarded.
+            200,
         ),
         (
             "00000000000000000000000000000004",
@@ -330,7 +331,12 @@ async fn the_policy_decides_calls_and_its_rule_is_recorded() {
             .await
             .unwrap()
             .into_inner();
-        let recs = records(&server, rid).await;
+        // An approval's own records share the request id: pick the request record.
+        let recs: Vec<_> = records(&server, rid)
+            .await
+            .into_iter()
+            .filter(|r| r.kind == "request")
+            .collect();
         assert_eq!(recs[0].data["policy_rule"].as_str(), rule, "{rid}: {}", recs[0].data);
         if status == 0 {
             assert_eq!(resp.status.as_ref().unwrap().code, 0, "{rid}");
@@ -338,7 +344,8 @@ async fn the_policy_decides_calls_and_its_rule_is_recorded() {
         } else {
             let (got, _, body) = denied(&resp);
             assert_eq!(got, status, "{rid}");
-            assert_eq!(body["error"]["code"], -32003);
+            let code = if status == 200 { -32030 } else { -32003 };
+            assert_eq!(body["error"]["code"], code, "{rid}");
             assert_eq!(recs[0].data["decision"], "deny");
         }
     }

@@ -50,6 +50,33 @@ pub struct Config {
     pub masking: crate::masking::MaskingPolicy,
     /// `None`: no `policy:` section; the upstreams' `allow_groups` alone decide.
     pub policy: Option<crate::policy::Policy>,
+    pub approvals: Approvals,
+}
+
+/// Where approvers decide and whom to tell about a new approval.
+#[derive(Debug, Clone)]
+pub struct Approvals {
+    /// The approvers' page (in JSON-RPC errors and notifications).
+    pub ui_url: Url,
+    pub webhook: Option<Webhook>,
+}
+
+/// A Slack-compatible incoming webhook. Its URL is a secret: never log it.
+#[derive(Clone)]
+pub struct Webhook {
+    pub url: Url,
+    pub attempts: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &"<secret>")
+            .field("attempts", &self.attempts)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

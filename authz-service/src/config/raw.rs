@@ -24,6 +24,42 @@ pub struct Config {
     pub masking: Masking,
     #[serde(default)]
     pub policy: Option<Policy>,
+    #[serde(default)]
+    pub approvals: Approvals,
+}
+
+/// `approvals:`: where approvers decide and whom to notify.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// The approvers' page as they reach it (default: `http://{service.rest_listen}/ui`).
+    #[serde(default)]
+    pub ui_url: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+}
+
+/// A Slack-compatible incoming webhook (`{"text": ...}`), told of every new approval.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The URL, or `url_env`: the name of an environment variable holding it (webhook URLs
+    /// are secrets: whoever has one can post to the channel).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: u32,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_attempts() -> u32 {
+    4
+}
+fn default_webhook_timeout_ms() -> u64 {
+    5000
 }
 
 /// `policy:`: ordered rules over identity, upstream, method, tool and arguments.
@@ -371,6 +407,21 @@ impl Config {
         });
 
         let e = self.envoy;
+        if let Some(policy) = &policy {
+            for (id, hold) in policy.holds() {
+                // The Check waits inside Envoy's ext_authz call: it must answer before that times out.
+                if hold * 1000 + 1000 > e.ext_authz_timeout_ms {
+                    p.add(
+                        "envoy.ext_authz_timeout_ms",
+                        format!(
+                            "rule {id:?} holds calls for {hold} s: raise this to at least {} or lower its hold_seconds",
+                            hold * 1000 + 1000
+                        ),
+                    );
+                }
+            }
+        }
+        let approvals = validate_approvals(self.approvals, rest_listen, &mut p);
         let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
         let http_listen = e.http_listen.as_deref().map(|a| p.addr("envoy.http_listen", a));
         let https_listen = e.https_listen.as_deref().map(|a| p.addr("envoy.https_listen", a));
@@ -448,8 +499,58 @@ impl Config {
             },
             masking,
             policy,
+            approvals: approvals.ok_or_else(missing)?,
         })
     }
+}
+
+fn validate_approvals(a: Approvals, rest_listen: Option<SocketAddr>, p: &mut Problems) -> Option<super::Approvals> {
+    let ui_url = match a.ui_url {
+        Some(u) => p.url("approvals.ui_url", &u, &["http", "https"]),
+        None => rest_listen.and_then(|r| Url::parse(&format!("http://{r}/ui")).ok()),
+    };
+    let webhook = a.webhook.and_then(|w| {
+        let url = match (w.url, w.url_env) {
+            (Some(url), None) => Some(url),
+            (None, Some(var)) => match std::env::var(&var) {
+                Ok(url) => Some(url),
+                Err(_) => {
+                    p.add(
+                        "approvals.webhook.url_env",
+                        format!("the environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                p.add("approvals.webhook", "give exactly one of url and url_env");
+                None
+            }
+        };
+        // The URL itself is never echoed: it is a secret.
+        let url = url.and_then(|u| match Url::parse(&u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                p.add("approvals.webhook", "the URL must be an http or https URL");
+                None
+            }
+        });
+        if !(1..=10).contains(&w.attempts) {
+            p.add("approvals.webhook.attempts", "must be between 1 and 10");
+        }
+        if !(100..=60_000).contains(&w.timeout_ms) {
+            p.add("approvals.webhook.timeout_ms", "must be between 100 and 60000");
+        }
+        url.map(|url| super::Webhook {
+            url,
+            attempts: w.attempts,
+            timeout: std::time::Duration::from_millis(w.timeout_ms),
+        })
+    });
+    Some(super::Approvals {
+        ui_url: ui_url?,
+        webhook,
+    })
 }
 
 /// A key for compiling the rules at validation time; the real key is read when serving.

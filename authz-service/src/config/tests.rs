@@ -117,3 +117,39 @@ fn max_response_bytes_is_bounded() {
     let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();
     assert_eq!(errs.0[0].path, "envoy.max_response_bytes");
 }
+
+#[test]
+fn approvals_default_to_the_rest_listener_page_and_check_their_webhook() {
+    let c = Config::parse(GOOD, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+    assert_eq!(c.approvals.ui_url.as_str(), "http://127.0.0.1:9090/ui");
+    assert!(c.approvals.webhook.is_none());
+
+    let bad = format!("{GOOD}approvals:\n  webhook: {{ url: \"ftp://hooks.example/secret-part\", attempts: 0 }}\n");
+    let errors = Config::parse(&bad, Path::new("/g.yaml")).unwrap_err();
+    let text = errors.to_string();
+    assert!(
+        text.contains("approvals.webhook: the URL must be an http or https URL"),
+        "{text}"
+    );
+    assert!(text.contains("approvals.webhook.attempts"), "{text}");
+    assert!(!text.contains("secret-part"), "a webhook URL is a secret: {text}");
+
+    let good = format!("{GOOD}approvals:\n  webhook: {{ url: \"https://hooks.example/secret-part\" }}\n");
+    let c = Config::parse(&good, Path::new("/g.yaml")).unwrap();
+    assert!(!format!("{:?}", c.approvals).contains("secret-part"));
+}
+
+#[test]
+fn a_hold_longer_than_the_check_timeout_is_refused() {
+    let rule = "policy:\n  rules:\n    - { id: slow, tools: [x], outcome: approve, approval: { approver_group: ops, hold_seconds: 30 } }\n";
+    let errors = Config::parse(&format!("{GOOD}{rule}"), Path::new("/g.yaml")).unwrap_err();
+    assert!(
+        errors
+            .0
+            .iter()
+            .any(|e| e.path == "envoy.ext_authz_timeout_ms" && e.message.contains("31000")),
+        "{errors}"
+    );
+    let raised = GOOD.replace("  wasm: target", "  ext_authz_timeout_ms: 31000\n  wasm: target");
+    assert!(Config::parse(&format!("{raised}{rule}"), Path::new("/g.yaml")).is_ok());
+}

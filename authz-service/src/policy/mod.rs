@@ -252,6 +252,14 @@ impl Policy {
         }
     }
 
+    /// Each approval rule's id and hold time.
+    pub fn holds(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.rules.iter().filter_map(|r| match &r.outcome {
+            Outcome::RequireApproval(spec) => Some((r.id.as_str(), spec.hold_seconds)),
+            _ => None,
+        })
+    }
+
     /// The first rule whose every condition holds decides; none → deny.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict<'_> {
         self.rules.iter().find(|r| r.matches(facts)).map_or(

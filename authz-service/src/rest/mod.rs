@@ -13,12 +13,13 @@ use axum::{
 use gatehouse_core::audit::{Record, RecordKind};
 use serde_json::{Value, json};
 
+mod approvals;
 mod ui;
 
 use crate::{
     AppState,
     audit::{RecordQuery, normalize_time},
-    identity::IdentityError,
+    identity::{IdentityError, Principal},
 };
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -34,7 +35,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/dev/.well-known/openid-configuration", get(dev_discovery))
             .route("/dev/jwks.json", get(dev_jwks));
     }
-    router.merge(ui::routes()).fallback(not_found).with_state(state)
+    router
+        .merge(approvals::routes())
+        .merge(ui::routes())
+        .fallback(not_found)
+        .with_state(state)
 }
 
 /// An error as the REST API shows it: a status and a short, safe message.
@@ -43,6 +48,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     challenge: Option<String>,
+    /// More fields next to `error`.
+    body: Option<Value>,
 }
 
 impl ApiError {
@@ -51,13 +58,18 @@ impl ApiError {
             status,
             message: message.into(),
             challenge: None,
+            body: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(json!({"error": self.message}))).into_response();
+        let mut body = json!({"error": self.message});
+        if let (Some(Value::Object(more)), Some(obj)) = (self.body, body.as_object_mut()) {
+            obj.extend(more);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
         if let Some(c) = self.challenge.and_then(|c| c.parse().ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
         }
@@ -128,20 +140,13 @@ async fn dev_jwks(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Only members of the auditor group may read the trail.
-async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// The caller, from their bearer token.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match state.identity.verify_header(auth).await {
-        Ok(p) if p.groups.contains(&state.config.audit.auditor_group) => Ok(p.subject),
-        Ok(p) => {
-            tracing::info!(subject = %p.subject, "Audit access refused: not in the auditor group.");
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "the audit trail is for the auditor group only",
-            ))
-        }
+        Ok(p) => Ok(p),
         Err(IdentityError::KeysUnavailable(detail)) => {
-            tracing::warn!(detail, "Cannot verify an auditor's token.");
+            tracing::warn!(detail, "Cannot verify a REST caller's token.");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot verify tokens right now",
@@ -153,6 +158,19 @@ async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String
             Err(e)
         }
     }
+}
+
+/// Only members of the auditor group may read the trail.
+async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let p = authenticate(state, headers).await?;
+    if p.groups.contains(&state.config.audit.auditor_group) {
+        return Ok(p.subject);
+    }
+    tracing::info!(subject = %p.subject, "Audit access refused: not in the auditor group.");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "the audit trail is for the auditor group only",
+    ))
 }
 
 fn store_error(error: sqlx::Error) -> ApiError {
@@ -168,7 +186,7 @@ fn normalize(mut q: RecordQuery) -> Result<RecordQuery, ApiError> {
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "kind must be request, response or request_rejected",
+            "kind must be request, response, request_rejected or approval",
         ));
     }
     for (name, value) in [("since", &mut q.since), ("until", &mut q.until)] {

@@ -1,0 +1,472 @@
+//! Just-in-time approvals: a call a rule marks `approve` waits for a human decision.
+//!
+//! A call that needs approval creates an approval, or joins the pending one of an identical
+//! call (same caller, upstream, method, tool and canonical arguments: the approval's key).
+//! The Check then holds the call up to the rule's hold time; approved in time, it goes
+//! through. Otherwise the client gets a JSON-RPC error with the approval's id, status and
+//! the approvers' page, and the same call sent again once approved is let through (once,
+//! or for the grant's lifetime). A denial stands for the grant's lifetime too.
+//!
+//! Approvers decide with their own token over REST (`rest/approvals.rs`) or the page; they
+//! must be in the rule's approver group and may not decide on their own calls. Every step
+//! (requested, notified, approved, denied, expired, used) is an `approval` record in the
+//! audit trail. The state lives in the `approvals` table next to the trail, so pending
+//! approvals survive a restart.
+//!
+//! Transitions (create, decide, expire) are serialized in-process and write their record
+//! before the state changes, so exactly one decision wins and the trail never lacks a step
+//! that the state shows. One service owns a store: two services must not share one.
+
+pub mod notify;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_core::audit::{RecordKind, canonical_json};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use thiserror::Error;
+use tokio::sync::{Mutex, watch};
+
+use crate::AppState;
+use crate::audit::{AuditError, NewRecord, format_time};
+use crate::policy::ApprovalSpec;
+
+pub use store::ApprovalStore;
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// A single-use grant that let its call through.
+    Used,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::Used => "used",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Approved, Self::Denied, Self::Expired, Self::Used]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+}
+
+/// One approval. Arguments are masked: the table, like the trail, never holds a clear value.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub id: String,
+    pub status: Status,
+    pub subject: String,
+    pub upstream: String,
+    pub method: String,
+    pub tool: Option<String>,
+    pub arguments: Value,
+    pub rule: String,
+    pub approver_group: String,
+    pub single_use: bool,
+    pub grant_ms: i64,
+    /// The request that asked first.
+    pub request_id: String,
+    pub requested_ms: i64,
+    pub expires_ms: i64,
+    pub decided_ms: Option<i64>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub grant_expires_ms: Option<i64>,
+    pub uses: i64,
+}
+
+impl Approval {
+    /// The approval as the REST API and the page show it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "status": self.status,
+            "subject": self.subject,
+            "upstream": self.upstream,
+            "method": self.method,
+            "tool": self.tool,
+            "arguments": self.arguments,
+            "rule": self.rule,
+            "approver_group": self.approver_group,
+            "requested_at": time_of(self.requested_ms),
+            "expires_at": time_of(self.expires_ms),
+            "decided_at": self.decided_ms.map(time_of),
+            "decided_by": self.decided_by,
+            "reason": self.reason,
+            "grant_expires_at": self.grant_expires_ms.map(time_of),
+            "single_use": self.single_use,
+            "uses": self.uses,
+            "request_id": self.request_id,
+        })
+    }
+
+    /// The data of this approval's `event` record.
+    fn record(&self, event: &str) -> Value {
+        json!({
+            "event": event,
+            "approval_id": self.id,
+            "subject": self.subject,
+            "upstream": self.upstream,
+            "mcp_method": self.method,
+            "tool": self.tool,
+            "rule": self.rule,
+            "approver_group": self.approver_group,
+        })
+    }
+}
+
+fn time_of(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(format_time)
+        .unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// One call that a rule says needs approval.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub subject: &'a str,
+    pub upstream: &'a str,
+    pub method: &'a str,
+    pub tool: Option<&'a str>,
+    /// As sent: they make the key. Never stored.
+    pub arguments: Option<&'a Value>,
+    /// As recorded and shown to approvers.
+    pub masked_arguments: &'a Value,
+    pub rule: &'a str,
+    pub spec: &'a ApprovalSpec,
+    pub request_id: &'a str,
+}
+
+/// What the approval gate says about a call.
+#[derive(Debug)]
+pub enum Gate {
+    /// A grant lets the call through; `used` is its record, to commit with the request's.
+    Granted {
+        approval: Approval,
+        used: NewRecord,
+    },
+    /// Waiting for a decision (newly asked, joined, or the hold ran out).
+    Pending(Approval),
+    Denied(Approval),
+    /// The approval expired while the call was held.
+    Expired(Approval),
+}
+
+#[derive(Debug, Error)]
+pub enum ApprovalError {
+    #[error("approvals store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Why a decision was refused; the text is safe to show the approver.
+#[derive(Debug, Error)]
+pub enum DecideError {
+    #[error("no such approval")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the approval is already {}", .0.status.as_str())]
+    Conflict(Box<Approval>),
+    #[error(transparent)]
+    Unavailable(#[from] ApprovalError),
+}
+
+/// The approvals of one service.
+pub struct Approvals {
+    store: ApprovalStore,
+    /// Keys the approval key (the masking token key, so a low-entropy argument cannot be
+    /// guessed from a key); without one, a plain hash.
+    key: Option<Vec<u8>>,
+    /// Serializes create, decide and expire (each writes its record, then changes state).
+    transitions: Mutex<()>,
+    /// Bumped on every decision and expiry: held Checks wake and look again.
+    changed: watch::Sender<u64>,
+}
+
+/// How often a held Check looks at its approval even without a wake-up.
+const HOLD_POLL: Duration = Duration::from_secs(1);
+/// How often pending approvals are checked for expiry.
+pub const SWEEP: Duration = Duration::from_secs(1);
+
+impl Approvals {
+    pub async fn open(pool: sqlx::SqlitePool, key: Option<Vec<u8>>) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            store: ApprovalStore::open(pool).await?,
+            key,
+            transitions: Mutex::new(()),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    pub fn store(&self) -> &ApprovalStore {
+        &self.store
+    }
+
+    /// The key of a call: identical calls share it.
+    fn key_of(&self, call: &Call<'_>) -> String {
+        let canonical = canonical_json(&json!({
+            "subject": call.subject,
+            "upstream": call.upstream,
+            "method": call.method,
+            "tool": call.tool,
+            "arguments": call.arguments.cloned().unwrap_or(Value::Null),
+        }));
+        match &self.key {
+            Some(key) => match Hmac::<Sha256>::new_from_slice(key) {
+                Ok(mut mac) => {
+                    mac.update(&canonical);
+                    hex::encode(mac.finalize().into_bytes())
+                }
+                Err(_) => hex::encode(<Sha256 as sha2::Digest>::digest(&canonical)),
+            },
+            None => hex::encode(<Sha256 as sha2::Digest>::digest(&canonical)),
+        }
+    }
+
+    /// Decides what happens to a call that needs approval, holding it up to `hold`.
+    pub async fn gate(&self, state: &Arc<AppState>, call: &Call<'_>, hold: Duration) -> Result<Gate, ApprovalError> {
+        let key = self.key_of(call);
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut wake = self.changed.subscribe();
+        let mut asked: Option<String> = None;
+        loop {
+            self.expire_due(state).await?;
+            // The approval this call waits on ended without a grant for it.
+            if let Some(id) = &asked {
+                match self.store.get(id).await? {
+                    Some(a) if a.status == Status::Expired => return Ok(Gate::Expired(a)),
+                    Some(a) if a.status == Status::Denied => return Ok(Gate::Denied(a)),
+                    _ => {}
+                }
+            }
+            if let Some(approval) = self.store.use_grant(&key, now_ms()).await? {
+                let mut data = approval.record("used");
+                if let Some(obj) = data.as_object_mut() {
+                    obj.insert("uses".into(), json!(approval.uses));
+                    obj.insert("single_use".into(), json!(approval.single_use));
+                    obj.insert("approval_request_id".into(), json!(approval.request_id));
+                }
+                let used = NewRecord {
+                    kind: RecordKind::Approval,
+                    request_id: call.request_id.to_owned(),
+                    data,
+                };
+                return Ok(Gate::Granted { approval, used });
+            }
+            if let Some(denial) = self.store.standing_denial(&key, now_ms()).await? {
+                return Ok(Gate::Denied(denial));
+            }
+            // Joins the pending one, or asks anew (also when a twin call used up the grant).
+            let approval = self.join_or_ask(state, call, &key).await?;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Gate::Pending(approval));
+            }
+            asked = Some(approval.id);
+            // Wait for a change (or the next poll).
+            let _ = tokio::time::timeout(HOLD_POLL.min(deadline - now), wake.changed()).await;
+        }
+    }
+
+    /// Gives back a grant's use when the call it let through could not be recorded.
+    pub async fn restore(&self, approval_id: &str) {
+        if let Err(error) = self.store.restore_use(approval_id).await {
+            tracing::error!(approval_id, %error, "Could not give back an approval's use.");
+        }
+    }
+
+    /// The pending approval of this call, or a new one (recorded, then announced).
+    async fn join_or_ask(&self, state: &Arc<AppState>, call: &Call<'_>, key: &str) -> Result<Approval, ApprovalError> {
+        let _turn = self.transitions.lock().await;
+        if let Some(pending) = self.store.pending_for(key).await? {
+            return Ok(pending);
+        }
+        let now = now_ms();
+        let approval = Approval {
+            id: new_approval_id(),
+            status: Status::Pending,
+            subject: call.subject.to_owned(),
+            upstream: call.upstream.to_owned(),
+            method: call.method.to_owned(),
+            tool: call.tool.map(str::to_owned),
+            arguments: call.masked_arguments.clone(),
+            rule: call.rule.to_owned(),
+            approver_group: call.spec.approver_group.clone(),
+            single_use: call.spec.single_use,
+            grant_ms: (call.spec.grant_seconds * 1000) as i64,
+            request_id: call.request_id.to_owned(),
+            requested_ms: now,
+            expires_ms: now + (call.spec.expires_seconds * 1000) as i64,
+            decided_ms: None,
+            decided_by: None,
+            reason: None,
+            grant_expires_ms: None,
+            uses: 0,
+        };
+        self.store.insert(&approval, key).await?;
+        let mut data = approval.record("requested");
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("arguments".into(), approval.arguments.clone());
+            obj.insert("expires_at".into(), json!(time_of(approval.expires_ms)));
+            obj.insert("single_use".into(), json!(approval.single_use));
+            obj.insert("grant_seconds".into(), json!(call.spec.grant_seconds));
+        }
+        if let Err(error) = state
+            .audit
+            .append_one(RecordKind::Approval, &approval.request_id, data)
+            .await
+        {
+            self.store.delete_pending(&approval.id).await?;
+            return Err(error.into());
+        }
+        state.metrics.approvals_requested.inc();
+        tracing::info!(approval_id = %approval.id, subject = %approval.subject, rule = %approval.rule, "Approval requested.");
+        notify::announce(state, &approval);
+        Ok(approval)
+    }
+
+    /// An approver's decision. The first decision on a pending approval wins; every other
+    /// one gets [`DecideError::Conflict`] with the approval as it stands.
+    pub async fn decide(
+        &self,
+        state: &AppState,
+        id: &str,
+        approver: &crate::identity::Principal,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<Approval, DecideError> {
+        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        if !approve && reason.is_none() {
+            return Err(DecideError::Invalid("a denial needs a reason".into()));
+        }
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
+            return Err(DecideError::Invalid("the reason is longer than 1000 characters".into()));
+        }
+        self.expire_due(state).await?;
+        let _turn = self.transitions.lock().await;
+        let mut approval = self
+            .store
+            .get(id)
+            .await
+            .map_err(ApprovalError::from)?
+            .ok_or(DecideError::NotFound)?;
+        if !approver.groups.contains(&approval.approver_group) {
+            return Err(DecideError::Forbidden(format!(
+                "only members of {:?} may decide on this approval",
+                approval.approver_group
+            )));
+        }
+        if approver.subject == approval.subject {
+            return Err(DecideError::Forbidden("you cannot decide on your own request".into()));
+        }
+        let now = now_ms();
+        if approval.status != Status::Pending || approval.expires_ms <= now {
+            return Err(DecideError::Conflict(Box::new(approval)));
+        }
+        approval.status = if approve { Status::Approved } else { Status::Denied };
+        approval.decided_ms = Some(now);
+        approval.decided_by = Some(approver.subject.clone());
+        approval.reason = reason;
+        approval.grant_expires_ms = approve.then_some(now + approval.grant_ms);
+        let mut data = approval.record(approval.status.as_str());
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("approver".into(), json!(approver.subject));
+            obj.insert("approver_groups".into(), json!(approver.groups));
+            obj.insert("reason".into(), json!(approval.reason));
+            if let Some(until) = approval.grant_expires_ms {
+                obj.insert("grant_expires_at".into(), json!(time_of(until)));
+            }
+        }
+        state
+            .audit
+            .append_one(RecordKind::Approval, &approval.request_id, data)
+            .await
+            .map_err(ApprovalError::from)?;
+        if !self.store.decide(&approval).await.map_err(ApprovalError::from)? {
+            // Cannot happen while transitions are serialized; say so loudly if it does.
+            tracing::error!(approval_id = %approval.id, "A recorded decision found the approval no longer pending.");
+        }
+        if approve {
+            state.metrics.approvals_approved.inc();
+        } else {
+            state.metrics.approvals_denied.inc();
+        }
+        tracing::info!(approval_id = %approval.id, approver = %approver.subject, decision = approval.status.as_str(), "Approval decided.");
+        self.changed.send_modify(|n| *n += 1);
+        Ok(approval)
+    }
+
+    /// Expires pending approvals whose time is up (each recorded first).
+    pub async fn expire_due(&self, state: &AppState) -> Result<(), ApprovalError> {
+        let now = now_ms();
+        if self.store.due(now).await?.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.transitions.lock().await;
+        let due = self.store.due(now).await?;
+        let records = due
+            .iter()
+            .map(|a| NewRecord {
+                kind: RecordKind::Approval,
+                request_id: a.request_id.clone(),
+                data: a.record("expired"),
+            })
+            .collect();
+        state.audit.append(records).await?;
+        for a in &due {
+            self.store.expire(&a.id).await?;
+            tracing::info!(approval_id = %a.id, "Approval expired.");
+        }
+        state.metrics.approvals_expired.add(due.len() as u64);
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
+
+/// Expires approvals every [`SWEEP`] until `stop`.
+pub async fn sweep(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(error) = state.approvals.expire_due(&state).await {
+            tracing::warn!(%error, "Could not expire approvals; will try again.");
+        }
+    }
+}
+
+fn new_approval_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("apr_{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+//! Tells approvers about a new approval: a Slack-compatible webhook (`{"text": ...}`),
+//! retried with backoff. The outcome is an approval record (`notified` or
+//! `notify_failed`). The webhook URL is a secret and never appears in a log or record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_core::audit::RecordKind;
+use serde_json::json;
+
+use super::{Approval, time_of};
+use crate::AppState;
+use crate::config::Webhook;
+
+/// The first retry waits this long; each next one twice as long.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Sends the notification in the background (the Check does not wait for it).
+pub fn announce(state: &Arc<AppState>, approval: &Approval) {
+    let Some(webhook) = state.config.approvals.webhook.clone() else {
+        return;
+    };
+    let state = state.clone();
+    let approval = approval.clone();
+    tokio::spawn(async move {
+        let outcome = deliver(&webhook, &message(&state, &approval)).await;
+        let mut data = approval.record(if outcome.is_ok() { "notified" } else { "notify_failed" });
+        if let Some(obj) = data.as_object_mut() {
+            match &outcome {
+                Ok(attempts) => {
+                    obj.insert("attempts".into(), json!(attempts));
+                }
+                Err((attempts, error)) => {
+                    obj.insert("attempts".into(), json!(attempts));
+                    obj.insert("error".into(), json!(error));
+                }
+            }
+        }
+        match &outcome {
+            Ok(_) => state.metrics.approval_notifications.inc(),
+            Err((_, error)) => {
+                state.metrics.approval_notification_failures.inc();
+                tracing::warn!(approval_id = %approval.id, error, "Could not notify approvers.");
+            }
+        }
+        if let Err(error) = state
+            .audit
+            .append_one(RecordKind::Approval, &approval.request_id, data)
+            .await
+        {
+            tracing::error!(approval_id = %approval.id, %error, "Could not record the notification.");
+        }
+    });
+}
+
+/// The Slack-compatible body.
+fn message(state: &AppState, a: &Approval) -> serde_json::Value {
+    let what = a
+        .tool
+        .as_deref()
+        .map_or(a.method.clone(), |t| format!("the tool `{t}`"));
+    json!({
+        "text": format!(
+            "Gatehouse: {} asks to call {what} on `{}` (rule `{}`). Members of `{}` can approve or deny until {}: {}",
+            a.subject,
+            a.upstream,
+            a.rule,
+            a.approver_group,
+            time_of(a.expires_ms),
+            approver_url(state, &a.id),
+        ),
+    })
+}
+
+/// Where an approver decides on this approval.
+pub fn approver_url(state: &AppState, id: &str) -> String {
+    let mut url = state.config.approvals.ui_url.clone();
+    url.query_pairs_mut().append_pair("approval", id);
+    url.to_string()
+}
+
+/// Posts until a 2xx answer or `attempts` tries; Ok(tries) or Err((tries, why)).
+async fn deliver(webhook: &Webhook, body: &serde_json::Value) -> Result<u32, (u32, String)> {
+    let client = match reqwest::Client::builder()
+        .timeout(webhook.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return Err((0, format!("cannot build an HTTP client: {}", e.without_url()))),
+    };
+    let mut backoff = FIRST_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=webhook.attempts {
+        match client.post(webhook.url.clone()).json(body).send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(attempt),
+            Ok(resp) => last = format!("the webhook answered {}", resp.status()),
+            Err(e) => last = format!("the webhook could not be reached: {}", e.without_url()),
+        }
+        if attempt < webhook.attempts {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    Err((webhook.attempts, last))
+}

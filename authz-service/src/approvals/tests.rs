@@ -1,0 +1,63 @@
+use serde_json::json;
+
+use super::*;
+use crate::policy::ApprovalSpec;
+
+fn spec() -> ApprovalSpec {
+    ApprovalSpec {
+        approver_group: "ops".into(),
+        hold_seconds: 0,
+        expires_seconds: 60,
+        grant_seconds: 60,
+        single_use: true,
+    }
+}
+
+async fn approvals(key: Option<&[u8]>) -> Approvals {
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    Approvals::open(pool, key.map(<[u8]>::to_vec)).await.unwrap()
+}
+
+#[tokio::test]
+async fn identical_calls_share_a_key_and_any_difference_changes_it() {
+    let a = approvals(Some(b"k1")).await;
+    let spec = spec();
+    let masked = json!(null);
+    let args = json!({"sql": "drop table t", "n": 1});
+    let reordered: Value = serde_json::from_str(r#"{"n": 1, "sql": "drop table t"}"#).unwrap();
+    let call = |subject, tool, arguments| Call {
+        subject,
+        upstream: "db",
+        method: "tools/call",
+        tool: Some(tool),
+        arguments: Some(arguments),
+        masked_arguments: &masked,
+        rule: "r",
+        spec: &spec,
+        request_id: "0",
+    };
+    let base = a.key_of(&call("alice", "run", &args));
+    assert_eq!(base, a.key_of(&call("alice", "run", &reordered)));
+    assert_ne!(base, a.key_of(&call("bob", "run", &args)));
+    assert_ne!(base, a.key_of(&call("alice", "run2", &args)));
+    let other = json!({"sql": "drop table u", "n": 1});
+    assert_ne!(base, a.key_of(&call("alice", "run", &other)));
+    // Keyed: without the key, the arguments cannot be guessed from the stored key.
+    assert_ne!(base, approvals(Some(b"k2")).await.key_of(&call("alice", "run", &args)));
+    assert_ne!(base, approvals(None).await.key_of(&call("alice", "run", &args)));
+}
+
+#[test]
+fn statuses_round_trip() {
+    for s in [
+        Status::Pending,
+        Status::Approved,
+        Status::Denied,
+        Status::Expired,
+        Status::Used,
+    ] {
+        assert_eq!(Status::parse(s.as_str()), Some(s));
+        assert_eq!(json!(s), json!(s.as_str()));
+    }
+    assert_eq!(Status::parse("maybe"), None);
+}

@@ -1,0 +1,172 @@
+//! REST for approvers: list and read approvals, approve or deny with a reason.
+//!
+//! Every call is made with the approver's own token. A caller sees the approvals their
+//! groups may decide on and their own requests (auditors see all); only a member of the
+//! rule's approver group who is not the requester may decide.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, authenticate};
+use crate::{
+    AppState,
+    approvals::{Approval, DecideError, Status},
+    identity::Principal,
+};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/approvals", get(list))
+        .route("/v1/approvals/{id}", get(one))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/deny", post(deny))
+}
+
+/// The most approvals one list answers with.
+const LIST_LIMIT: u32 = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    reason: Option<String>,
+}
+
+fn may_see(state: &AppState, caller: &Principal, a: &Approval) -> bool {
+    caller.groups.contains(&a.approver_group)
+        || caller.subject == a.subject
+        || caller.groups.contains(&state.config.audit.auditor_group)
+}
+
+fn may_decide(caller: &Principal, a: &Approval) -> bool {
+    a.status == Status::Pending && caller.groups.contains(&a.approver_group) && caller.subject != a.subject
+}
+
+/// The approval as this caller sees it.
+fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
+    let mut v = a.to_json();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("can_decide".into(), json!(may_decide(caller, a)));
+        obj.insert(
+            "approver_url".into(),
+            json!(crate::approvals::notify::approver_url(state, &a.id)),
+        );
+    }
+    v
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "Approvals store failed.");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the approvals store is unavailable")
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "status must be pending, approved, denied, expired or used",
+            )
+        })?),
+    };
+    // Expiry is swept each second; do it now so a list never shows an expired one as pending.
+    state.approvals.expire_due(&state).await.map_err(unavailable)?;
+    let approvals = state
+        .approvals
+        .store()
+        .list(status, LIST_LIMIT)
+        .await
+        .map_err(unavailable)?;
+    let visible: Vec<Value> = approvals
+        .iter()
+        .filter(|a| may_see(&state, &caller, a))
+        .map(|a| view(&state, &caller, a))
+        .collect();
+    Ok(Json(json!({ "approvals": visible })))
+}
+
+async fn one(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    state.approvals.expire_due(&state).await.map_err(unavailable)?;
+    match state.approvals.store().get(&id).await.map_err(unavailable)? {
+        // Someone else's approval is "not found" too: ids are not to be probed.
+        Some(a) if may_see(&state, &caller, &a) => Ok(Json(view(&state, &caller, &a))),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such approval")),
+    }
+}
+
+async fn approve(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, headers, id, body, true).await
+}
+
+async fn deny(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, headers, id, body, false).await
+}
+
+async fn decide(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let body = match body {
+        Ok(Json(b)) => b,
+        // An approval may come without a body at all.
+        Err(JsonRejection::MissingJsonContentType(_)) if approve => DecisionBody::default(),
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.body_text())),
+    };
+    match state.approvals.decide(&state, &id, &caller, approve, body.reason).await {
+        Ok(a) => Ok(Json(view(&state, &caller, &a))),
+        Err(DecideError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such approval")),
+        Err(e @ DecideError::Forbidden(_)) => {
+            tracing::info!(approval_id = %id, approver = %caller.subject, error = %e, "Approval decision refused.");
+            Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
+        }
+        Err(e @ DecideError::Invalid(_)) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(DecideError::Conflict(a)) => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the approval is already {}", a.status.as_str()),
+            );
+            e.body = Some(json!({"approval": view(&state, &caller, &a)}));
+            Err(e)
+        }
+        Err(DecideError::Unavailable(error)) => Err(unavailable(error)),
+    }
+}

@@ -1,0 +1,136 @@
+"""Approvals from the outside: the approvers' REST API as one user, and calls that wait on it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .stack import Stack, tools_call
+
+APPROVAL_REQUIRED = -32030
+
+SESSION_RULE = {
+    "id": "session",
+    "methods": ["initialize", "notifications/*", "tools/list", "ping"],
+    "outcome": "allow",
+}
+
+
+def approval_rule(rule_id: str = "echo-needs-approval", tools: tuple[str, ...] = ("echo",), **approval: Any) -> dict:
+    """A rule: calls of `tools` need approval by `approvers` (more `approval:` fields as keywords)."""
+    return {
+        "id": rule_id,
+        "tools": list(tools),
+        "outcome": "approve",
+        "approval": {"approver_group": "approvers", **approval},
+    }
+
+
+class Approver:
+    """The approvals REST API with one user's token."""
+
+    def __init__(self, stack: Stack, sub: str, groups: tuple[str, ...] = ("approvers",)) -> None:
+        self.sub = sub
+        self.http = httpx.Client(
+            base_url=stack.rest_url, headers={"authorization": f"Bearer {stack.token(sub, groups)}"}, timeout=10
+        )
+
+    def list(self, status: str | None = None) -> list[dict[str, Any]]:
+        resp = self.http.get("/v1/approvals", params={"status": status} if status else {})
+        assert resp.status_code == 200, f"GET /v1/approvals: {resp.status_code} {resp.text}"
+        return resp.json()["approvals"]
+
+    def get(self, approval_id: str) -> httpx.Response:
+        return self.http.get(f"/v1/approvals/{approval_id}")
+
+    def approve(self, approval_id: str, reason: str | None = "looks fine") -> httpx.Response:
+        return self.http.post(f"/v1/approvals/{approval_id}/approve", json={"reason": reason} if reason else {})
+
+    def deny(self, approval_id: str, reason: str | None) -> httpx.Response:
+        return self.http.post(f"/v1/approvals/{approval_id}/deny", json={"reason": reason} if reason else {})
+
+    def wait_pending(self, pred: Callable[[dict[str, Any]], bool] = lambda _a: True, timeout: float = 15) -> dict:
+        """The first pending approval this user sees that satisfies `pred`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for a in self.list("pending"):
+                if pred(a):
+                    return a
+            time.sleep(0.1)
+        raise AssertionError(f"no pending approval appeared for {self.sub} within {timeout} s")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class Caller:
+    """One MCP session as one user, making tool calls that may wait for approval."""
+
+    def __init__(self, stack: Stack, sub: str, groups: tuple[str, ...] = ("eng",)) -> None:
+        self.stack = stack
+        self.token = stack.token(sub, groups)
+        self.session = stack.initialize(self.token)
+
+    def call(self, tool: str, arguments: dict[str, Any], timeout: float = 40) -> httpx.Response:
+        return self.stack.post(
+            tools_call(tool, arguments, request_id=7),
+            token=self.token,
+            headers={"mcp-session-id": self.session},
+            timeout=timeout,
+        )
+
+    def call_in_background(self, tool: str, arguments: dict[str, Any]) -> Callable[[float], httpx.Response]:
+        """Starts a call in a thread; the returned function waits for its answer."""
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                out["resp"] = self.call(tool, arguments)
+            except Exception as exc:  # noqa: BLE001 -- handed to the waiting test
+                out["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def wait(timeout: float) -> httpx.Response:
+            thread.join(timeout)
+            assert not thread.is_alive(), f"the held call did not finish within {timeout} s"
+            if "error" in out:
+                raise out["error"]
+            return out["resp"]
+
+        return wait
+
+
+def messages(resp: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an answer (JSON or SSE)."""
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        out = []
+        for block in resp.text.replace("\r\n", "\n").split("\n\n"):
+            data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+            if data.strip():
+                out.append(json.loads(data))
+        return out
+    return [resp.json()]
+
+
+def answer(resp: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC answer to the call (id 7)."""
+    (found,) = [m for m in messages(resp) if m.get("id") == 7]
+    return found
+
+
+def pending_error(resp: httpx.Response) -> dict[str, Any]:
+    """The approval in a 'waiting for approval' answer, checked for shape."""
+    assert resp.status_code == 200, f"{resp.status_code} {resp.text}"
+    error = answer(resp)["error"]
+    assert error["code"] == APPROVAL_REQUIRED, error
+    approval = error["data"]["approval"]
+    assert approval["id"].startswith("apr_")
+    assert approval["approver_url"].endswith(f"approval={approval['id']}")
+    return approval

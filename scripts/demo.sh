@@ -168,7 +168,8 @@ EOF
   Demo database    $PUBLIC_URL$DEMO_PATH   (upstream "demo" → http://$DEMO_HOST:$DEMO_PORT/mcp; fake PII, masked)
 EOF
 cat <<EOF
-  Service (REST)   http://$REST   (healthz, metrics, /v1/audit/...)
+  Service (REST)   http://$REST   (healthz, metrics, /v1/audit/..., /v1/approvals/...)
+  Approvals page   http://$REST/ui#token=$BOB   (bob approves; opens signed in)
   Envoy admin      http://$ADMIN
   Logs             $LOGS/{envoy,gatehouse,server-everything,demo-mcp-server}.log
 

@@ -8,9 +8,12 @@
 //! - [`audit`]: audit records, their canonical encoding and the hash chain over them.
 //! - [`mask`]: the masking engine for secrets and personal data, text, JSON and SSE.
 //! - [`jsonrpc_error`]: JSON-RPC error bodies the gateway answers with.
+//! - [`tools`]: which tools a caller may see in a `tools/list` answer, and the glob that
+//!   matches tool names.
 
 pub mod audit;
 pub mod jsonrpc_error;
 pub mod mask;
 pub mod mcp;
 pub mod sse;
+pub mod tools;

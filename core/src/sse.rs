@@ -281,6 +281,29 @@ fn append_raw(event: &mut SseEvent, bytes: &[u8], max: usize) {
     }
 }
 
+/// Rebuilds an event around new data, with LF line endings.
+pub fn write_event(out: &mut Vec<u8>, event: &SseEvent, data: &str) {
+    if let Some(name) = &event.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = &event.id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(retry) = event.retry {
+        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,14 +13,15 @@
 //!   held while its body is buffered, so a refused answer can still be replaced by a local
 //!   reply; once the headers have gone on (SSE), a stream that cannot be masked is reset.
 //! - ext_authz runs after this filter on the way in, so on the way out its
-//!   `x-gatehouse-reveal` response header is already there when the headers reach this
-//!   filter, which reads and removes it.
+//!   `x-gatehouse-reveal` and `x-gatehouse-tools` response headers are already there when
+//!   the headers reach this filter, which reads and removes them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use gatehouse_core::mask::MaskCounts;
+use gatehouse_core::tools::TOOLS_HEADER;
 use gatehouse_proto::audit::v1::ResponseObserved;
 use log::{debug, error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -77,6 +78,8 @@ struct Metrics {
     /// answers it was spent on: the benchmark's in-Envoy cost per answer.
     body_ns: Option<u32>,
     answers: Option<u32>,
+    /// Tools dropped from `tools/list` answers: the caller may not call them.
+    tools_hidden: Option<u32>,
 }
 
 impl Metrics {
@@ -97,6 +100,7 @@ impl Metrics {
             withheld: counter("gatehouse_responses_withheld"),
             body_ns: counter("gatehouse_response_body_ns_total"),
             answers: counter("gatehouse_response_bodies_total"),
+            tools_hidden: counter("gatehouse_tools_hidden"),
         }
     }
 
@@ -417,6 +421,7 @@ impl RootContext for Root {
             request_id: None,
             head: None,
             reply_id: None,
+            lists_tools: false,
             response: None,
         }))
     }
@@ -446,6 +451,8 @@ struct Http {
     head: Option<RequestHead>,
     /// The request's JSON-RPC id, for an error sent in place of the answer.
     reply_id: Option<serde_json::Value>,
+    /// The request holds a `tools/list`: its answer shows only the caller's tools.
+    lists_tools: bool,
     response: Option<ResponseMasker>,
 }
 
@@ -535,6 +542,7 @@ impl Http {
             head.bearer_token = None;
         }
         self.reply_id = summary.as_ref().and_then(request::RequestSummary::reply_id);
+        self.lists_tools = summary.as_ref().is_some_and(|s| s.lists_tools);
         if let (Some(s), Some(id)) = (summary, self.request_id.as_deref()) {
             debug!(
                 "Request {id} is MCP: method {:?}, target {:?}, id {:?}, {} message(s)",
@@ -603,6 +611,11 @@ impl Http {
         if let Some(response) = self.response.as_mut() {
             let counts = response.take_client_counts();
             self.shared.count_masked(&request_id, &counts);
+            let hidden = response.take_tools_hidden();
+            if hidden > 0 {
+                debug!("Kept {hidden} tool(s) the caller may not call from the answer to request {request_id}");
+                Metrics::add(self.shared.metrics.get().tools_hidden, hidden);
+            }
         }
         action
     }
@@ -703,16 +716,25 @@ impl HttpContext for Http {
                 None
             }
         };
-        // The client never sees the reveal decision.
-        let mut reveal_stuck = false;
-        if head.as_ref().is_some_and(|h| h.has_reveal_header)
-            && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, REVEAL_HEADER)
-        {
-            error!(
-                "Could not remove {REVEAL_HEADER} from the answer to {request_id}: host status {}",
-                status.0
-            );
-            reveal_stuck = true;
+        // The client never sees the service's decisions: an answer that would carry one
+        // is refused.
+        let mut header_stuck = false;
+        if let Some(head) = head.as_ref() {
+            for (name, present) in [
+                (REVEAL_HEADER, head.has_reveal_header),
+                (TOOLS_HEADER, head.tools.is_some()),
+            ] {
+                if present && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, name) {
+                    error!(
+                        "Could not remove {name} from the answer to {request_id}: host status {}",
+                        status.0
+                    );
+                    header_stuck = true;
+                }
+            }
+            if let Some(Err(e)) = &head.tools {
+                error!("Unreadable {TOOLS_HEADER} on the answer to {request_id} ({e}): every tool is hidden");
+            }
         }
         // Only one answer per request is masked and recorded (a local reply that replaces a
         // withheld answer goes straight to the client, but if it came through, it is ours).
@@ -727,8 +749,11 @@ impl HttpContext for Http {
             max_event_bytes: config.max_body_bytes,
             max_response_bytes: config.max_response_bytes,
         };
-        let readable = head.is_some() && !reveal_stuck;
+        let readable = head.is_some() && !header_stuck;
         let mut response = ResponseMasker::new(&request_id, head.unwrap_or_default(), self.reply_id.take(), limits);
+        if self.lists_tools {
+            response.filter_tools();
+        }
         let shared = &self.shared;
         let now = host::now_ms();
         let masker = &config.masking.masker;

@@ -14,6 +14,8 @@ use serde_json::Value;
 pub const GATEHOUSE_HEADER_PREFIX: &str = "x-gatehouse-";
 /// The random id the filter gives every request it lets through.
 pub const REQUEST_ID_HEADER: &str = "x-gatehouse-request-id";
+/// The MCP method whose answer lists the upstream's tools.
+pub const TOOLS_LIST: &str = "tools/list";
 /// The methods MCP's Streamable HTTP transport uses.
 pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 
@@ -232,6 +234,9 @@ pub struct RequestSummary {
     pub method: Option<String>,
     pub target: Option<String>,
     pub jsonrpc_id: Option<String>,
+    /// A message of the body (any, in a batch) is a `tools/list` request, whose answer
+    /// shows only the tools the service lets this caller see.
+    pub lists_tools: bool,
 }
 
 /// Checks a complete POST body: JSON-RPC, and on 2026-07-28 the routing headers.
@@ -291,6 +296,10 @@ fn summarize(envelope: &Envelope) -> RequestSummary {
         method: first.and_then(|m| m.method.clone()),
         target: first.and_then(|m| m.target_name()).map(str::to_owned),
         jsonrpc_id: first.and_then(|m| m.id_text()),
+        lists_tools: envelope
+            .messages
+            .iter()
+            .any(|m| m.method.as_deref() == Some(TOOLS_LIST)),
     }
 }
 
@@ -462,6 +471,19 @@ mod tests {
         let s = check_body(&post(&[("mcp-protocol-version", "2025-03-26")]), batch).unwrap();
         assert!(s.batch);
         assert_eq!(s.messages, 2);
+        assert!(!s.lists_tools);
+    }
+
+    #[test]
+    fn a_tools_list_is_noticed_anywhere_in_a_batch() {
+        let h = post(&[("mcp-protocol-version", "2025-03-26")]);
+        let list = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        assert!(check_body(&h, list).unwrap().lists_tools);
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/list"}]"#;
+        let s = check_body(&h, batch).unwrap();
+        assert_eq!((s.method.as_deref(), s.lists_tools), (Some("ping"), true));
+        let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
+        assert!(!check_body(&h, answer).unwrap().lists_tools);
     }
 
     #[test]

@@ -15,10 +15,16 @@
 //! - A compressed body (`content-encoding` other than `identity`) cannot be masked, and
 //!   an over-large one cannot be buffered: the client gets a 502 JSON-RPC error instead,
 //!   and the record says why (`withheld`). Nothing unmasked is ever passed.
+//!
+//! The answer to a `tools/list` first loses the tools the caller may not see
+//! (`x-gatehouse-tools`, [`ResponseMasker::filter_tools`]): a JSON body before it is
+//! masked, an SSE stream event by event before the masker sees it. So the client and the
+//! record both get the filtered list.
 
 use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR};
 use gatehouse_core::mask::{JsonMasked, MaskCounts, MaskedEvent, Masker, Reveal, SseMasker};
 use gatehouse_core::mcp;
+use gatehouse_core::tools::{SseToolFilter, TOOLS_HEADER, ToolEvent, ToolVisibility, ToolsHeaderError};
 use gatehouse_proto::audit::v1::ResponseObserved;
 use serde_json::Value;
 
@@ -90,6 +96,9 @@ pub struct ResponseHead {
     pub reveal: Reveal,
     /// `x-gatehouse-reveal` is present and must be removed.
     pub has_reveal_header: bool,
+    /// From `x-gatehouse-tools` (present: it must be removed); `None` when absent. A value
+    /// that cannot be read, or a second value, is an error: every tool is then hidden.
+    pub tools: Option<Result<ToolVisibility, ToolsHeaderError>>,
 }
 
 impl ResponseHead {
@@ -118,6 +127,12 @@ impl ResponseHead {
                         head.reveal = reveal;
                     }
                     head.has_reveal_header = true;
+                }
+                TOOLS_HEADER => {
+                    head.tools = Some(match head.tools {
+                        None => ToolVisibility::from_header(value),
+                        Some(_) => Err(ToolsHeaderError::Repeated),
+                    });
                 }
                 _ => {}
             }
@@ -194,6 +209,12 @@ pub struct ResponseMasker {
     /// Bytes for the client, reused from chunk to chunk.
     out: Vec<u8>,
     withheld: Option<&'static str>,
+    /// The tools this answer may show, when it lists tools and the service said which.
+    tools: Option<ToolVisibility>,
+    /// Drops hidden tools from SSE events before they are masked.
+    tool_filter: Option<SseToolFilter>,
+    /// Tools dropped since [`take_tools_hidden`](Self::take_tools_hidden).
+    tools_hidden: u64,
 }
 
 impl ResponseMasker {
@@ -211,7 +232,32 @@ impl ResponseMasker {
             client_counts: MaskCounts::default(),
             out: Vec::new(),
             withheld: None,
+            tools: None,
+            tool_filter: None,
+            tools_hidden: 0,
         }
+    }
+
+    /// The request lists tools: its answer shows only those the service lets the caller
+    /// see (`x-gatehouse-tools`), none if that could not be read, all if the service said
+    /// nothing (no policy). Call before [`on_headers`](Self::on_headers).
+    pub fn filter_tools(&mut self) {
+        self.tools = match &self.head.tools {
+            None => None,
+            Some(Ok(visibility)) if visibility.shows_all() => None,
+            Some(Ok(visibility)) => Some(visibility.clone()),
+            Some(Err(_)) => Some(ToolVisibility::none()),
+        };
+        // Whatever its type says, an answer that lists tools is read: passing it unread
+        // would show every tool.
+        if self.tools.is_some() && self.kind == BodyKind::Binary {
+            self.kind = BodyKind::Other;
+        }
+    }
+
+    /// How many tools were kept from the client since the last call (for metrics).
+    pub fn take_tools_hidden(&mut self) -> u64 {
+        std::mem::take(&mut self.tools_hidden)
     }
 
     pub fn kind(&self) -> BodyKind {
@@ -253,6 +299,10 @@ impl ResponseMasker {
         }
         if self.kind == BodyKind::EventStream {
             self.mode = Mode::Stream(Box::new(SseMasker::new(self.limits.max_event_bytes)));
+            self.tool_filter = self
+                .tools
+                .clone()
+                .map(|tools| SseToolFilter::new(tools, self.limits.max_event_bytes));
             return Plan::Stream;
         }
         if self
@@ -408,6 +458,10 @@ impl ResponseMasker {
             return Step::Withhold { headers_held: true };
         }
         self.body_bytes = body.len() as u64;
+        let (body, filtered) = match self.hide_tools(&body) {
+            Some(filtered) => (filtered, true),
+            None => (body, false),
+        };
         let reveal = self.head.reveal.clone();
         let mut client_counts = MaskCounts::default();
         let client = mask_body(masker, self.kind, &body, &reveal, &mut client_counts);
@@ -439,15 +493,21 @@ impl ResponseMasker {
         out(last);
         self.client_counts.merge(&client_counts);
         match client {
-            Some(client) => {
-                self.out = client;
-                Step::Replace {
-                    len: body_size,
-                    bytes: &self.out,
-                }
-            }
-            None => Step::Continue,
+            Some(client) => self.out = client,
+            None if filtered => self.out = body,
+            None => return Step::Continue,
         }
+        Step::Replace {
+            len: body_size,
+            bytes: &self.out,
+        }
+    }
+
+    /// The body without the tools the caller may not see; `None` when nothing was dropped.
+    fn hide_tools(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let (filtered, hidden) = self.tools.as_ref()?.filter_message(body)?;
+        self.tools_hidden += hidden as u64;
+        Some(filtered)
     }
 
     /// Feeds one SSE chunk (and ends the stream if `end`), appending the client's bytes
@@ -464,15 +524,20 @@ impl ResponseMasker {
             return;
         };
         let mut events = Vec::new();
-        let reveal = &self.head.reveal;
-        sse.push(masker, reveal, chunk, &mut self.out, &mut self.client_counts, |e| {
-            events.push(e)
-        });
-        if end {
-            sse.finish(masker, reveal, &mut self.out, &mut self.client_counts, |e| {
-                events.push(e)
-            });
-        }
+        let stages = Stages {
+            tools: self.tool_filter.as_mut(),
+            masker,
+            sse,
+        };
+        let hidden = stages.feed(
+            &self.head.reveal,
+            chunk,
+            end,
+            &mut self.out,
+            &mut self.client_counts,
+            &mut events,
+        );
+        self.tools_hidden += hidden as u64;
         for event in events {
             self.event_part(event, now_ms, out);
         }
@@ -497,11 +562,21 @@ impl ResponseMasker {
         }
         if let Mode::Stream(sse) = &mut self.mode {
             let mut events = Vec::new();
+            let stages = Stages {
+                tools: self.tool_filter.as_mut(),
+                masker,
+                sse,
+            };
             // The client is not sent these bytes; only the events are wanted.
             let mut discard = Vec::new();
-            sse.finish(masker, &Reveal::none(), &mut discard, &mut MaskCounts::default(), |e| {
-                events.push(e)
-            });
+            stages.feed(
+                &Reveal::none(),
+                &[],
+                true,
+                &mut discard,
+                &mut MaskCounts::default(),
+                &mut events,
+            );
             for event in events {
                 self.event_part(event, now_ms, out);
             }
@@ -567,6 +642,57 @@ impl ResponseMasker {
             revealed: self.head.reveal.0.iter().cloned().collect(),
             ..Default::default()
         }
+    }
+}
+
+/// The SSE pipeline of one answer: the tool filter (for a `tools/list`), then the masker.
+struct Stages<'a> {
+    tools: Option<&'a mut SseToolFilter>,
+    masker: &'a Masker,
+    sse: &'a mut SseMasker,
+}
+
+impl Stages<'_> {
+    /// Feeds one chunk (`end`: and flushes both stages): appends the client's bytes to
+    /// `out`, what was masked for the client to `counts`, and each event to `events`.
+    /// Returns how many tools were dropped.
+    fn feed(
+        self,
+        reveal: &Reveal,
+        chunk: &[u8],
+        end: bool,
+        out: &mut Vec<u8>,
+        counts: &mut MaskCounts,
+        events: &mut Vec<MaskedEvent>,
+    ) -> usize {
+        let Self { tools, masker, sse } = self;
+        let mut hidden = 0;
+        match tools {
+            None => sse.push(masker, reveal, chunk, out, counts, |e| events.push(e)),
+            Some(tools) => {
+                let mut mask = |event: ToolEvent| match event {
+                    ToolEvent::Pass(bytes) => sse.push(masker, reveal, &bytes, out, counts, |e| events.push(e)),
+                    ToolEvent::Withheld { note, id, len } => {
+                        // Through the masker, so that an event it still holds goes first.
+                        sse.push(masker, reveal, &note, out, counts, |e| events.push(e));
+                        events.push(MaskedEvent {
+                            id,
+                            len,
+                            truncated: true,
+                            ..MaskedEvent::default()
+                        });
+                    }
+                };
+                hidden += tools.push(chunk, &mut mask);
+                if end {
+                    hidden += tools.finish(&mut mask);
+                }
+            }
+        }
+        if end {
+            sse.finish(masker, reveal, out, counts, |e| events.push(e));
+        }
+        hidden
     }
 }
 
@@ -660,13 +786,22 @@ mod tests {
         reply: Option<(u32, Value)>,
         reset: bool,
         client_counts: MaskCounts,
+        tools_hidden: u64,
     }
 
     /// Plays the host: `chunks` arrive one per body callback, the last with end of stream
     /// (or followed by trailers). While the filter pauses, the host keeps buffering.
     fn run_with(masker: &Masker, head: ResponseHead, limits: Limits, chunks: &[&[u8]], trailers: bool) -> Run {
+        play(
+            masker,
+            ResponseMasker::new("r1", head, Some(json!(7)), limits),
+            chunks,
+            trailers,
+        )
+    }
+
+    fn play(masker: &Masker, mut r: ResponseMasker, chunks: &[&[u8]], trailers: bool) -> Run {
         let mut run = Run::default();
-        let mut r = ResponseMasker::new("r1", head, Some(json!(7)), limits);
         let mut records = Vec::new();
         let plan = r.on_headers(chunks.is_empty() && !trailers, 1, &mut |p| records.push(p));
         run.plan = Some(plan);
@@ -717,6 +852,7 @@ mod tests {
         }
         assert!(r.is_finished(), "every answer ends with a final part");
         run.client_counts = r.take_client_counts();
+        run.tools_hidden = r.take_tools_hidden();
         run.records = records;
         run
     }
@@ -1155,5 +1291,220 @@ mod tests {
         assert_eq!(abort_reason(None), "client_gone");
         assert_eq!(withheld_by_envoy(Some("response_payload_too_large")), Some("too_large"));
         assert_eq!(withheld_by_envoy(Some("via_upstream")), None);
+    }
+
+    // --- tools/list answers -------------------------------------------------------------
+
+    /// The answer to a `tools/list`, as the filter reads it when the request listed tools.
+    fn run_listing(masker: &Masker, head: ResponseHead, chunks: &[&[u8]]) -> Run {
+        let mut r = ResponseMasker::new("r1", head, Some(json!(7)), LIMITS);
+        r.filter_tools();
+        play(masker, r, chunks, false)
+    }
+
+    /// Only `find_*` and `echo` may be seen.
+    const VISIBLE: &str = r#"[["-","find_secret"],["+","find_*"],["+","echo"]]"#;
+
+    fn listing(content_type: &str, tools: &str) -> ResponseHead {
+        head(content_type, &[(TOOLS_HEADER, tools)])
+    }
+
+    fn tools_list(names: &[&str]) -> Value {
+        let tools: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "description": format!("{n}: ask {EMAIL}"), "inputSchema": {"type": "object"}}))
+            .collect();
+        json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": tools}})
+    }
+
+    const ALL_TOOLS: [&str; 5] = ["echo", "run_query", "find_customer", "find_secret", "drop_db"];
+
+    fn tool_names(message: &[u8]) -> Vec<String> {
+        let message: Value = serde_json::from_slice(message).unwrap();
+        message["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_tools_header_is_read_once() {
+        let h = listing("application/json", VISIBLE);
+        let tools = h.tools.unwrap().unwrap();
+        assert!(tools.is_visible("find_x") && !tools.is_visible("find_secret"));
+        let h = ResponseHead::from_headers([(TOOLS_HEADER, &b"[[\"+\",\"*\"]]"[..]), (TOOLS_HEADER, b"[]")]);
+        assert_eq!(h.tools, Some(Err(ToolsHeaderError::Repeated)));
+        let h = listing("application/json", "find_*");
+        assert!(matches!(h.tools, Some(Err(ToolsHeaderError::Malformed(_)))));
+        assert_eq!(head("application/json", &[]).tools, None);
+    }
+
+    #[test]
+    fn a_json_tools_list_shows_only_visible_tools_to_the_client_and_the_record() {
+        let masker = Masker::default();
+        let body = serde_json::to_vec(&tools_list(&ALL_TOOLS)).unwrap();
+        let (a, b) = body.split_at(17);
+        let r = run_listing(&masker, listing("application/json", VISIBLE), &[a, b]);
+        assert_eq!(tool_names(&r.client), ["echo", "find_customer"]);
+        assert!(!contains(&r.client, EMAIL), "still masked");
+        assert_eq!(r.tools_hidden, 3);
+        let p = &r.records[0];
+        assert_eq!(p.message, r.client, "the record shows what the client saw");
+        assert_eq!(p.body_bytes, body.len() as u64, "the upstream's size");
+        assert_eq!(p.masked.get("email"), Some(&2));
+
+        // Dropping tools alone changes the body: it is replaced even with nothing masked.
+        let plain = serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": [{"name": "echo"}, {"name": "x"}]}}),
+        )
+        .unwrap();
+        let r = run_listing(&masker, listing("application/json", VISIBLE), &[&plain]);
+        assert_eq!(tool_names(&r.client), ["echo"]);
+        assert_eq!(
+            (r.tools_hidden, r.records[0].message.as_slice()),
+            (1, r.client.as_slice())
+        );
+
+        // Revealed kinds stay in clear for the client, and the record still masks them.
+        let r = run_listing(
+            &masker,
+            head("application/json", &[(TOOLS_HEADER, VISIBLE), (REVEAL_HEADER, "email")]),
+            &[&body],
+        );
+        assert_eq!(tool_names(&r.client), ["echo", "find_customer"]);
+        assert!(contains(&r.client, EMAIL));
+        assert_eq!(tool_names(&r.records[0].message), ["echo", "find_customer"]);
+        assert!(!contains(&r.records[0].message, EMAIL));
+    }
+
+    #[test]
+    fn tools_are_filtered_only_in_the_answer_to_a_tools_list_with_a_readable_header() {
+        let masker = Masker::default();
+        let body = serde_json::to_vec(&tools_list(&ALL_TOOLS)).unwrap();
+        // Not a tools/list: nothing is dropped, whatever the header.
+        let r = run(&masker, listing("application/json", VISIBLE), &[&body]);
+        assert_eq!(tool_names(&r.client), ALL_TOOLS);
+        // No header: no policy, every tool shows.
+        let r = run_listing(&masker, head("application/json", &[]), &[&body]);
+        assert_eq!(
+            (tool_names(&r.client), r.tools_hidden),
+            (ALL_TOOLS.map(String::from).to_vec(), 0)
+        );
+        // A header that cannot be read, or two of them: no tool shows.
+        for bad in [
+            listing("application/json", "find_*"),
+            head(
+                "application/json",
+                &[(TOOLS_HEADER, "[]"), (TOOLS_HEADER, r#"[["+","*"]]"#)],
+            ),
+        ] {
+            let r = run_listing(&masker, bad, &[&body]);
+            assert!(tool_names(&r.client).is_empty());
+            assert_eq!(r.tools_hidden, 5);
+        }
+        // An answer that claims to be binary is read all the same.
+        let r = run_listing(&masker, listing("application/octet-stream", VISIBLE), &[&body]);
+        assert_eq!(tool_names(&r.client), ["echo", "find_customer"]);
+    }
+
+    fn tools_stream() -> Vec<u8> {
+        let list = serde_json::to_string(&tools_list(&ALL_TOOLS)).unwrap();
+        format!(
+            ": hello\r\n\r\nid: e1\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"data\":\"{EMAIL}\"}}}}\r\n\r\nevent: message\nid: e2\ndata: {list}\n\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"x\"}}\r\r"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_sse_tools_list_loses_hidden_tools_the_same_at_every_split() {
+        let masker = Masker::default();
+        let stream = tools_stream();
+        let h = || listing("text/event-stream", VISIBLE);
+        let whole = run_listing(&masker, h(), &[&stream]);
+        assert_eq!(whole.plan, Some(Plan::Stream));
+        assert_eq!(whole.tools_hidden, 3);
+        for name in ["run_query", "find_secret", "drop_db", EMAIL] {
+            assert!(!contains(&whole.client, name), "{name}");
+        }
+        assert!(contains(&whole.client, "find_customer"));
+        let events: Vec<&ResponseObserved> = whole.records.iter().filter(|p| !p.r#final).collect();
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            (events[1].sse_event_id.as_str(), events[1].jsonrpc_id.as_str()),
+            ("e2", "7")
+        );
+        assert_eq!(tool_names(&events[1].message), ["echo", "find_customer"]);
+        assert_eq!(events[0].masked.get("email"), Some(&1));
+        assert_eq!(whole.records.last().unwrap().body_bytes, stream.len() as u64);
+
+        let records = comparable(&whole.records);
+        for i in 0..=stream.len() {
+            let (a, b) = stream.split_at(i);
+            let r = run_listing(&masker, h(), &[a, b]);
+            assert_eq!(r.client, whole.client, "split at {i}");
+            assert_eq!(comparable(&r.records), records, "split at {i}");
+            assert_eq!(r.tools_hidden, 3, "split at {i}");
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let r = run_listing(&masker, h(), &bytes);
+        assert_eq!(r.client, whole.client, "byte by byte");
+        assert_eq!(comparable(&r.records), records, "byte by byte");
+
+        // Not a tools/list: the stream is only masked.
+        let r = run(&masker, h(), &[&stream]);
+        assert!(contains(&r.client, "find_secret") && !contains(&r.client, EMAIL));
+    }
+
+    #[test]
+    fn an_sse_tools_list_too_large_to_filter_is_withheld_and_recorded_without_it() {
+        let masker = Masker::default();
+        let limits = Limits {
+            max_event_bytes: 256,
+            ..LIMITS
+        };
+        let list = serde_json::to_string(&tools_list(&ALL_TOOLS)).unwrap();
+        assert!(list.len() > 256);
+        let stream = format!("data: 1\r\rid: big\ndata: {list}\n\ndata: 2\n\n");
+        let mut r = ResponseMasker::new("r1", listing("text/event-stream", VISIBLE), None, limits);
+        r.filter_tools();
+        let r = play(&masker, r, &[stream.as_bytes()], false);
+        assert!(!contains(&r.client, "find_secret") && !contains(&r.client, "echo"));
+        assert!(contains(&r.client, ": gatehouse withheld an event over 256 bytes"));
+        let events: Vec<&ResponseObserved> = r.records.iter().filter(|p| !p.r#final).collect();
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(
+            (events[0].message.as_slice(), events[2].message.as_slice()),
+            (&b"1"[..], &b"2"[..]),
+            "in order"
+        );
+        assert_eq!(
+            (events[1].withheld.as_str(), events[1].sse_event_id.as_str()),
+            ("event_too_large", "big")
+        );
+        assert!(events[1].message.is_empty() && events[1].truncated);
+    }
+
+    #[test]
+    fn an_sse_tools_list_cut_short_keeps_its_unfinished_event_from_the_client() {
+        let masker = Masker::default();
+        let list = serde_json::to_string(&tools_list(&ALL_TOOLS)).unwrap();
+        let stream = format!("data: 1\n\ndata: {list}");
+        let r = run_listing(&masker, listing("text/event-stream", VISIBLE), &[stream.as_bytes()]);
+        assert_eq!(r.client, b"data: 1\n\n");
+        // The same when the answer is aborted: its held events are still recorded.
+        let mut r = ResponseMasker::new("r1", listing("text/event-stream", VISIBLE), None, LIMITS);
+        r.filter_tools();
+        let mut records = Vec::new();
+        r.on_headers(false, 1, &mut |p| records.push(p));
+        let chunk = b"data: 1\r\r";
+        let _ = r.on_body(&masker, chunk.len(), false, |_| Some(chunk.to_vec()), 1, &mut |p| {
+            records.push(p)
+        });
+        r.on_abort(&masker, END_CLIENT_GONE, None, 2, &mut |p| records.push(p));
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].message, b"1");
+        assert!(records[1].r#final);
     }
 }

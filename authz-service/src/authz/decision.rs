@@ -7,6 +7,7 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
+use gatehouse_core::tools::{TOOLS_HEADER, ToolVisibility};
 use gatehouse_core::{jsonrpc_error, mcp};
 use serde_json::{Value, json};
 
@@ -54,6 +55,9 @@ pub struct Allowed {
     pub subject: String,
     /// Kinds the filter may leave in clear in the answer to this caller.
     pub reveal: Reveal,
+    /// The tools this caller could call here (`None`: no policy, every tool): the filter
+    /// drops the others from `tools/list` answers.
+    pub tools: Option<ToolVisibility>,
 }
 
 impl Decision {
@@ -83,7 +87,7 @@ impl Decision {
 
     pub fn into_check_response(self) -> CheckResponse {
         match self.outcome {
-            Ok(Allowed { subject, reveal }) => {
+            Ok(Allowed { subject, reveal, tools }) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 // The client's credential is for the gateway only; it never goes upstream.
                 ok.remove_header("authorization");
@@ -94,6 +98,14 @@ impl Decision {
                     Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                     true,
                 );
+                if let Some(tools) = &tools {
+                    ok.add_response_header(
+                        TOOLS_HEADER,
+                        tools.to_header(),
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        true,
+                    );
+                }
                 let mut response = CheckResponse::with_status(tonic::Status::ok("allowed"));
                 response.set_http_response(ok);
                 response.set_dynamic_metadata(Some(metadata(&[
@@ -388,6 +400,9 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         grant,
         jsonrpc_id,
         outcome: Ok(Allowed {
+            tools: policy
+                .as_ref()
+                .map(|p| p.tool_visibility(&principal.subject, &principal.groups, &upstream.name)),
             subject: principal.subject,
             reveal,
         }),

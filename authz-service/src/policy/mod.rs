@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::masking::glob_match;
 
 pub mod reload;
+pub mod visibility;
 
 /// What a rule decides.
 #[derive(Debug, Clone, PartialEq, Eq)]

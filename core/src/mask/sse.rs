@@ -14,7 +14,7 @@
 //! so it is withheld: the client gets an SSE comment in its place, which `EventSource`
 //! ignores.
 
-use crate::sse::{SseEvent, SseFramer};
+use crate::sse::{SseEvent, SseFramer, write_event};
 
 use super::{JsonMasked, MaskCounts, Masker, Reveal};
 
@@ -235,27 +235,4 @@ impl<F: FnMut(MaskedEvent)> Sink<'_, F> {
         record.data = data.map(|(data, _)| data);
         (self.on_event)(record);
     }
-}
-
-/// Rebuilds an event around new data, with LF line endings.
-fn write_event(out: &mut Vec<u8>, event: &SseEvent, data: &str) {
-    if let Some(name) = &event.event {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'\n');
-    }
-    if let Some(id) = &event.id {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(id.as_bytes());
-        out.push(b'\n');
-    }
-    if let Some(retry) = event.retry {
-        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
-    }
-    for line in data.split('\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
 }

@@ -4,10 +4,14 @@
 #
 #   .tools/venv      Python venv from tests/requirements.txt (Envoy binary, mcp SDK, pytest, ...)
 #   .tools/npm       npm packages from tests/package.json + package-lock.json (npm ci):
-#                    server-everything, the MCP conformance suite, Node 22
+#                    server-everything, the MCP conformance suite, Node 22, playwright-core
+#   chromium         Debian's package (apt-get, as root): the approvals page test drives it
+#                    headless through playwright-core (Playwright's own browser download is
+#                    not used)
 #   .tools/bin       envoy, node (22), mcp-server-everything, conformance
 #
-# Env: PYTHON (default python3), ENVOY_BIN (use this Envoy instead of the venv's).
+# Env: PYTHON (default python3), ENVOY_BIN (use this Envoy instead of the venv's),
+#      CHROMIUM_BIN (use this Chromium instead of Debian's `chromium`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +38,12 @@ apt_install() {
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || apt_install "$tool"
 done
+if [ -n "${CHROMIUM_BIN:-}" ]; then
+    [ -x "$CHROMIUM_BIN" ] || { echo "error: CHROMIUM_BIN=$CHROMIUM_BIN is not executable" >&2; exit 1; }
+else
+    command -v chromium >/dev/null || apt_install chromium
+fi
+CHROMIUM="${CHROMIUM_BIN:-$(command -v chromium)}"
 
 # --- Rust wasm target ---------------------------------------------------------
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
@@ -100,7 +110,8 @@ cat <<EOF
   envoy         $ENVOY ($("$ENVOY" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*/[A-Za-z]*' | head -n1))${ENVOY_BIN:+  (from ENVOY_BIN)}
   python venv   $VENV ($("$VENV/bin/python" --version); mcp $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))'), pytest $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("pytest"))'))
   node 22       $TOOLS/bin/node ($("$TOOLS/bin/node" --version))
-  npm packages  $NPM_DIR/node_modules (server-everything $(node -p "require('$NPM_DIR/node_modules/@modelcontextprotocol/server-everything/package.json').version"), conformance $(node -p "require('$NPM_DIR/node_modules/@modelcontextprotocol/conformance/package.json').version"))
+  npm packages  $NPM_DIR/node_modules (server-everything $(node -p "require('$NPM_DIR/node_modules/@modelcontextprotocol/server-everything/package.json').version"), conformance $(node -p "require('$NPM_DIR/node_modules/@modelcontextprotocol/conformance/package.json').version"), playwright-core $(node -p "require('$NPM_DIR/node_modules/playwright-core/package.json').version"))
+  chromium      $CHROMIUM ($("$CHROMIUM" --version 2>/dev/null | head -n1))${CHROMIUM_BIN:+  (from CHROMIUM_BIN)}
   wrappers      $TOOLS/bin/{envoy,node,mcp-server-everything,conformance}
   wasm target   wasm32-wasip1 ($(rustc --version))
 EOF

@@ -206,23 +206,24 @@ fn push_ascii_json_string(out: &mut String, text: &str) {
 
 /// `*` matches any run of characters (also none); everything else matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
+    let Some((first, after_first)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
+    // No allocation: the policy runs this for every rule of every call.
+    let mut parts = after_first.split('*');
+    let mut part = parts.next().unwrap_or_default();
+    for next in parts {
         // The leftmost match leaves the most room for the parts after it.
         let Some((_, after)) = rest.split_once(part) else {
             return false;
         };
         rest = after;
+        part = next;
     }
-    rest.ends_with(last)
+    rest.ends_with(part)
 }
 
 /// What [`SseToolFilter`] hands on, event by event, in stream order.

@@ -9,7 +9,7 @@
 //! This module is pure: [`Policy::evaluate`] takes the request's facts and returns the
 //! decision; the Check wires it in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -65,6 +65,10 @@ pub struct Verdict<'p> {
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Positions of the rules naming each upstream, ascending.
+    by_upstream: HashMap<String, Vec<usize>>,
+    /// Positions of the rules for any upstream, ascending.
+    any_upstream: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +85,8 @@ struct Rule {
 
 #[derive(Debug, Clone)]
 struct ArgumentCondition {
-    pointer: String,
+    /// The pointer's reference tokens, unescaped once at compile time.
+    tokens: Vec<String>,
     test: ArgumentTest,
 }
 
@@ -107,7 +112,7 @@ static DENY: Outcome = Outcome::Deny;
 impl Policy {
     /// No rules: everything is denied.
     pub fn deny_all() -> Self {
-        Self { rules: Vec::new() }
+        Self::indexed(Vec::new())
     }
 
     pub fn len(&self) -> usize {
@@ -229,7 +234,7 @@ impl Policy {
                 }
                 if let Some(test) = given.pop() {
                     arguments.push(ArgumentCondition {
-                        pointer: c.pointer.clone(),
+                        tokens: pointer_tokens(&c.pointer),
                         test,
                     });
                 }
@@ -247,9 +252,29 @@ impl Policy {
             });
         }
         if problems.is_empty() {
-            Ok(Self { rules })
+            Ok(Self::indexed(rules))
         } else {
             Err(problems)
+        }
+    }
+
+    /// Indexes the rules by upstream: a call only looks at the rules for its upstream and
+    /// those for any, which keeps a scan of many per-upstream rules short.
+    fn indexed(rules: Vec<Rule>) -> Self {
+        let mut by_upstream: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_upstream = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match &rule.upstreams {
+                Some(names) => names
+                    .iter()
+                    .for_each(|name| by_upstream.entry(name.clone()).or_default().push(i)),
+                None => any_upstream.push(i),
+            }
+        }
+        Self {
+            rules,
+            by_upstream,
+            any_upstream,
         }
     }
 
@@ -263,16 +288,27 @@ impl Policy {
 
     /// The first rule whose every condition holds decides; none → deny.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict<'_> {
-        self.rules.iter().find(|r| r.matches(facts)).map_or(
-            Verdict {
-                rule_id: None,
-                outcome: &DENY,
-            },
-            |r| Verdict {
-                rule_id: Some(&r.id),
-                outcome: &r.outcome,
-            },
-        )
+        let named = self.by_upstream.get(facts.upstream).map_or(&[][..], Vec::as_slice);
+        let (mut a, mut b) = (named.iter().peekable(), self.any_upstream.iter().peekable());
+        // The two ascending lists, merged: the rules in file order.
+        while let Some(&i) = match (a.peek(), b.peek()) {
+            (Some(&&x), Some(&&y)) if x < y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => None,
+        } {
+            let rule = &self.rules[i];
+            if rule.matches(facts) {
+                return Verdict {
+                    rule_id: Some(&rule.id),
+                    outcome: &rule.outcome,
+                };
+            }
+        }
+        Verdict {
+            rule_id: None,
+            outcome: &DENY,
+        }
     }
 }
 
@@ -283,18 +319,19 @@ impl Rule {
             None => true,
             Some(globs) => value.is_some_and(|v| globs.iter().any(|g| glob_match(g, v))),
         };
-        self.groups.as_ref().is_none_or(|g| !g.is_disjoint(f.groups))
-            && in_set(&self.subjects, f.subject)
-            && in_set(&self.upstreams, f.upstream)
-            && globs(&self.methods, f.method)
+        // Cheapest and most selective first: a full scan of 1,000 rules is the worst case.
+        in_set(&self.upstreams, f.upstream)
             && globs(&self.tools, f.tool)
+            && globs(&self.methods, f.method)
+            && in_set(&self.subjects, f.subject)
+            && self.groups.as_ref().is_none_or(|g| !g.is_disjoint(f.groups))
             && self.arguments.iter().all(|c| c.holds(f.arguments))
     }
 }
 
 impl ArgumentCondition {
     fn holds(&self, arguments: Option<&Value>) -> bool {
-        let value = arguments.and_then(|a| a.pointer(&self.pointer));
+        let value = arguments.and_then(|a| lookup(a, &self.tokens));
         match (&self.test, value) {
             (ArgumentTest::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
@@ -315,6 +352,30 @@ impl ArgumentCondition {
             }
         }
     }
+}
+
+/// RFC 6901: "" is the whole value; "/a~1b/0" is ["a/b", "0"].
+fn pointer_tokens(pointer: &str) -> Vec<String> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+/// `Value::pointer` over tokens split once (it would unescape them on every call).
+fn lookup<'v>(value: &'v Value, tokens: &[String]) -> Option<&'v Value> {
+    tokens.iter().try_fold(value, |v, token| match v {
+        Value::Object(map) => map.get(token),
+        Value::Array(items) => {
+            // As RFC 6901 (and serde_json): no sign, no leading zero.
+            if token.starts_with('+') || (token.len() > 1 && token.starts_with('0')) {
+                return None;
+            }
+            token.parse::<usize>().ok().and_then(|i| items.get(i))
+        }
+        _ => None,
+    })
 }
 
 /// One rule as written in `gatehouse.yaml` (`policy.rules[]`).

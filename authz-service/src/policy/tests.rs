@@ -191,3 +191,61 @@ fn a_thousand_rules_are_evaluated_quickly() {
         start.elapsed()
     );
 }
+
+#[test]
+fn pointers_split_once_find_what_serde_json_finds() {
+    let value = serde_json::json!({"a/b": {"m~n": [10, {"x": true}]}, "": 1, "list": [0, 1], "0": "zero"});
+    for pointer in [
+        "",
+        "/a~1b",
+        "/a~1b/m~0n",
+        "/a~1b/m~0n/1/x",
+        "/a~1b/m~0n/2",
+        "/",
+        "/list/01",
+        "/list/+1",
+        "/list/1",
+        "/0",
+        "/missing/x",
+        "/list/x",
+    ] {
+        assert_eq!(
+            super::lookup(&value, &super::pointer_tokens(pointer)),
+            value.pointer(pointer),
+            "{pointer:?}"
+        );
+    }
+}
+
+#[test]
+fn the_upstream_index_keeps_file_order() {
+    // Rules for one upstream, for two, and for any, interleaved: the index must find the
+    // same first match as a scan in file order.
+    let policy = compile(
+        "
+- {id: a-deny-x, upstreams: [a], tools: [x], outcome: deny}
+- {id: any-allow-x, tools: [x], outcome: allow}
+- {id: ab-deny-y, upstreams: [a, b], tools: [y], outcome: deny}
+- {id: b-allow-y, upstreams: [b], tools: [y], outcome: allow}
+- {id: any-deny-z, tools: [z], outcome: deny}
+- {id: a-allow-z, upstreams: [a], tools: [z], outcome: allow}
+- {id: b-allow-all, upstreams: [b], outcome: allow}
+",
+    );
+    let g = groups(&["eng"]);
+    for upstream in ["a", "b", "c"] {
+        for tool in ["x", "y", "z", "w"] {
+            let f = Facts {
+                upstream,
+                ..facts(&g, Some(tool), None)
+            };
+            let scan = policy.rules.iter().find(|r| r.matches(&f)).map(|r| r.id.as_str());
+            assert_eq!(policy.evaluate(&f).rule_id, scan, "{upstream} {tool}");
+        }
+    }
+    let f = Facts {
+        upstream: "b",
+        ..facts(&g, Some("x"), None)
+    };
+    assert_eq!(policy.evaluate(&f).rule_id, Some("any-allow-x"));
+}

@@ -9,11 +9,14 @@
 //! - `fetch`: sequential calls of one tool, for throughput of large answers.
 //! - `mask`: the masking engine's native throughput on the same mixed text the upstream
 //!   serves (see [`mixed`]).
+//! - `policy`: the policy engine's decision cost with 1,000 rules (see [`policy`]).
 
 mod mixed;
+mod policy;
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -81,6 +84,15 @@ enum Command {
         #[arg(long, default_value_t = 15)]
         runs: u32,
     },
+    /// Policy decision cost: `Policy::evaluate` times with 1,000 generated rules, as JSON.
+    Policy {
+        /// Timed evaluations per request (each timed alone, after a tenth as many unmeasured).
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
+        /// Also write the rules and the caller they are measured for (JSON), for a gateway.
+        #[arg(long)]
+        rules_out: Option<PathBuf>,
+    },
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -126,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", mask_throughput(bytes, runs));
             Ok(())
         }
+        Command::Policy { iterations, rules_out } => {
+            println!("{}", policy::run(iterations, rules_out.as_deref())?);
+            Ok(())
+        }
     }
 }
 
@@ -134,6 +150,13 @@ fn call_body(tool: &str) -> Bytes {
         json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"message": "benchmark"}}})
             .to_string(),
     )
+}
+
+/// The `p` quantile (0 to 1) of sorted durations, nearest rank; `None` when empty.
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let last = sorted.len().checked_sub(1)?;
+    let idx = (last as f64 * p).round() as usize;
+    sorted.get(idx.min(last)).copied()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -413,13 +436,7 @@ async fn load(
         }
     }
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[idx.min(latencies.len() - 1)].as_secs_f64() * 1000.0
-    };
+    let pct = |p: f64| percentile(&latencies, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
     let measured = (start.elapsed().as_secs_f64() - f64::from(warmup_seconds)).max(0.001);
     Ok(json!({
         "offered_rate": rate,

@@ -26,7 +26,7 @@ impl Rng {
         self.next() % n.max(1)
     }
 
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items
             .get(self.below(items.len() as u64) as usize)
             .copied()

@@ -161,10 +161,12 @@ pub struct Call<'a> {
 /// What the approval gate says about a call.
 #[derive(Debug)]
 pub enum Gate {
-    /// A grant lets the call through; `used` is its record, to commit with the request's.
+    /// A grant lets the call through; `used` is its record, to commit with the request's,
+    /// and `hold` gives the use back unless kept.
     Granted {
         approval: Approval,
         used: NewRecord,
+        hold: GrantUse,
     },
     /// Waiting for a decision (newly asked, joined, or the hold ran out).
     Pending(Approval),
@@ -194,6 +196,48 @@ pub enum DecideError {
     Conflict(Box<Approval>),
     #[error(transparent)]
     Unavailable(#[from] ApprovalError),
+}
+
+/// One use of a grant, given back when dropped unless [`GrantUse::keep`] was called: the
+/// call it was taken for was not let through (its records could not be committed, or Envoy
+/// gave up on the Check).
+pub struct GrantUse {
+    store: ApprovalStore,
+    approval_id: String,
+    kept: bool,
+}
+
+impl GrantUse {
+    /// The call was let through: the use stands.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl std::fmt::Debug for GrantUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantUse")
+            .field("approval_id", &self.approval_id)
+            .field("kept", &self.kept)
+            .finish()
+    }
+}
+
+impl Drop for GrantUse {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let (store, id) = (self.store.clone(), std::mem::take(&mut self.approval_id));
+        tracing::warn!(approval_id = %id, "A call that used an approval was not let through; the use is given back.");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.restore_use(&id).await {
+                    tracing::error!(approval_id = %id, %error, "Could not give back an approval's use.");
+                }
+            });
+        }
+    }
 }
 
 /// The approvals of one service.
@@ -276,7 +320,12 @@ impl Approvals {
                     request_id: call.request_id.to_owned(),
                     data,
                 };
-                return Ok(Gate::Granted { approval, used });
+                let hold = GrantUse {
+                    store: self.store.clone(),
+                    approval_id: approval.id.clone(),
+                    kept: false,
+                };
+                return Ok(Gate::Granted { approval, used, hold });
             }
             if let Some(denial) = self.store.standing_denial(&key, now_ms()).await? {
                 return Ok(Gate::Denied(denial));
@@ -290,13 +339,6 @@ impl Approvals {
             asked = Some(approval.id);
             // Wait for a change (or the next poll).
             let _ = tokio::time::timeout(HOLD_POLL.min(deadline - now), wake.changed()).await;
-        }
-    }
-
-    /// Gives back a grant's use when the call it let through could not be recorded.
-    pub async fn restore(&self, approval_id: &str) {
-        if let Err(error) = self.store.restore_use(approval_id).await {
-            tracing::error!(approval_id, %error, "Could not give back an approval's use.");
         }
     }
 

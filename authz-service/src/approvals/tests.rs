@@ -61,3 +61,56 @@ fn statuses_round_trip() {
     }
     assert_eq!(Status::parse("maybe"), None);
 }
+
+fn approved(id: &str, now: i64) -> Approval {
+    Approval {
+        id: id.into(),
+        status: Status::Approved,
+        subject: "alice".into(),
+        upstream: "db".into(),
+        method: "tools/call".into(),
+        tool: Some("run".into()),
+        arguments: json!({}),
+        rule: "r".into(),
+        approver_group: "ops".into(),
+        single_use: true,
+        grant_ms: 60_000,
+        request_id: "0".into(),
+        requested_ms: now,
+        expires_ms: now + 60_000,
+        decided_ms: Some(now),
+        decided_by: Some("bob".into()),
+        reason: None,
+        grant_expires_ms: Some(now + 60_000),
+        uses: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
+    let a = approvals(None).await;
+    let now = now_ms();
+    for (id, key, keep) in [("apr_1", "k1", false), ("apr_2", "k2", true)] {
+        let grant = approved(id, now);
+        a.store.insert(&grant, key).await.unwrap();
+        assert!(a.store.decide(&grant).await.unwrap());
+        let used = a.store.use_grant(key, now).await.unwrap().unwrap();
+        assert_eq!((used.status, used.uses), (Status::Used, 1));
+        // Single use: a second call finds nothing.
+        assert!(a.store.use_grant(key, now).await.unwrap().is_none());
+        let hold = GrantUse {
+            store: a.store.clone(),
+            approval_id: id.into(),
+            kept: false,
+        };
+        if keep {
+            hold.keep();
+        } else {
+            drop(hold);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = a.store.get(id).await.unwrap().unwrap();
+        let expected = if keep { (Status::Used, 1) } else { (Status::Approved, 0) };
+        assert_eq!((after.status, after.uses), expected, "{id}");
+    }
+}

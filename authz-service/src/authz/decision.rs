@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{HttpRequestView, REQUEST_ID_HEADER};
-use crate::approvals::{Approval, Call, Gate, notify::approver_url};
+use crate::approvals::{Approval, Call, Gate, GrantUse, notify::approver_url};
 use crate::audit::NewRecord;
 use crate::identity::Principal;
 use crate::policy::{Facts, Outcome, Policy, Verdict};
@@ -43,8 +43,8 @@ pub struct Decision {
     pub record: Value,
     /// Records committed with the request record (an approval's `used`).
     pub extra: Vec<NewRecord>,
-    /// The approval whose grant this call uses: given back if the records cannot be committed.
-    pub grant: Option<String>,
+    /// The approval's grant this call uses: given back unless kept once the records are committed.
+    pub grant: Option<GrantUse>,
     pub jsonrpc_id: Option<Value>,
     pub outcome: Result<Allowed, Denial>,
 }
@@ -345,7 +345,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                 let hold_ms =
                     (spec.hold_seconds * 1000).min(state.config.envoy.ext_authz_timeout_ms.saturating_sub(1000));
                 match state.approvals.gate(state, &call, Duration::from_millis(hold_ms)).await {
-                    Ok(Gate::Granted { approval, used }) => {
+                    Ok(Gate::Granted { approval, used, hold }) => {
                         if let Some(obj) = record.as_object_mut() {
                             obj.insert("approval".into(), approval_summary(&approval, "used"));
                         }
@@ -355,7 +355,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                             approval.decided_by.as_deref().unwrap_or("-")
                         );
                         extra.push(used);
-                        grant = Some(approval.id);
+                        grant = Some(hold);
                     }
                     Ok(gate) => {
                         let denial = approval_denial(state, &gate, &rule);
@@ -400,13 +400,22 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         grant,
         jsonrpc_id,
         outcome: Ok(Allowed {
+            // Only a tools/list answer is filtered: other calls skip the walk and the header.
             tools: policy
                 .as_ref()
+                .filter(|_| lists_tools(envelope.as_ref()))
                 .map(|p| p.tool_visibility(&principal.subject, &principal.groups, &upstream.name)),
             subject: principal.subject,
             reveal,
         }),
     }
+}
+
+/// Whether any message of the body is a `tools/list` request (the filter filters its answer).
+fn lists_tools(envelope: Option<&Result<mcp::Envelope, mcp::ParseError>>) -> bool {
+    envelope
+        .and_then(|e| e.as_ref().ok())
+        .is_some_and(|e| e.messages.iter().any(|m| m.method.as_deref() == Some("tools/list")))
 }
 
 /// What a request record says about the approval it waited for or used.

@@ -110,16 +110,15 @@ impl Authorization for AuthzService {
                 } else {
                     state.metrics.checks_denied.inc();
                 }
-                if decided.grant.is_some() {
+                if let Some(grant) = decided.grant.take() {
+                    grant.keep();
                     state.metrics.approvals_used.inc();
                 }
                 decided.into_check_response()
             }
             Err(error) => {
                 state.metrics.checks_failed.inc();
-                if let Some(approval_id) = &decided.grant {
-                    state.approvals.restore(approval_id).await;
-                }
+                // Dropping `decided` gives back an approval's use it took.
                 log_audit_failure(&request_id, &error);
                 Decision::audit_unavailable(&view, request_id).into_check_response()
             }

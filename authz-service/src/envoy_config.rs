@@ -323,7 +323,7 @@ fn upstream_cluster(u: &Upstream) -> Value {
         // The certificate must name the upstream, as a DNS name or as the IP it was given as.
         let san_type = if is_ip { "IP_ADDRESS" } else { "DNS" };
         let validation = json!({
-            "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
+            "trusted_ca": {"filename": u.ca_file.as_ref().map_or(SYSTEM_CA_BUNDLE.into(), |f| f.display().to_string())},
             "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
         });
         let mut tls = json!({

@@ -8,6 +8,7 @@ included, so tests can check exactly what the gateway forwarded.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import threading
 import uuid
@@ -104,18 +105,24 @@ class EchoUpstream:
     # that moment); what it returns is kept in `hook_results`, exceptions too.
     on_request: Callable[[RecordedRequest], object] | None = None
     hook_results: list[object] = field(default_factory=list)
+    # A folder with server.crt and server.key (scripts/gen-tls.sh): serve HTTPS with them.
+    tls_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
         self._server.daemon_threads = True
+        if self.tls_dir:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls_dir / "server.crt", self.tls_dir / "server.key")
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="echo-upstream", daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.port}/mcp"
 
     def close(self) -> None:
         self._server.shutdown()

@@ -345,6 +345,7 @@ def write_config(
     policy: Sequence[dict[str, Any]] | None = None,
     approvals: dict[str, Any] | None = None,
     ext_authz_timeout_ms: int = 2000,
+    upstream_ca_file: Path | None = None,
 ) -> Path:
     """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
     `extra_upstreams`: more `upstreams:` entries, after the main one.
@@ -371,7 +372,13 @@ def write_config(
             "checkpoint": {"key_file": "checkpoint-key.pem", "log_file": "checkpoints.log"},
         },
         "upstreams": [
-            {"name": upstream_name, "url": upstream_url, "path": mcp_path, "allow_groups": list(allow_groups)},
+            {
+                "name": upstream_name,
+                "url": upstream_url,
+                "path": mcp_path,
+                "allow_groups": list(allow_groups),
+                **({"ca_file": str(upstream_ca_file)} if upstream_ca_file else {}),
+            },
             *extra_upstreams,
         ],
         "envoy": {
@@ -412,6 +419,8 @@ def start_stack(
     policy: Sequence[dict[str, Any]] | None = None,
     approvals: dict[str, Any] | None = None,
     ext_authz_timeout_ms: int = 2000,
+    upstream_tls: Path | None = None,
+    upstream_ca_file: Path | None = None,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -424,6 +433,8 @@ def start_stack(
     `masking`, `max_response_bytes`: the config's `masking:` section and `envoy.max_response_bytes`.
     `policy`, `approvals`, `ext_authz_timeout_ms`: `policy.rules`, `approvals:` and the Check's
     timeout (a held call waits inside the Check, so it must outlast the longest hold).
+    `upstream_tls`: the echo upstream serves HTTPS with this folder's server.crt/key;
+    `upstream_ca_file`: the upstream's `ca_file` (the CAs its certificate must chain to).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -435,7 +446,7 @@ def start_stack(
     try:
         gen_tls(stack_dir / "tls")
         if upstream == "echo":
-            echo = EchoUpstream()
+            echo = EchoUpstream(tls_dir=upstream_tls)
             upstream_port = echo.port
         elif upstream == "raw":
             raw = RawUpstream()
@@ -454,7 +465,7 @@ def start_stack(
         ports = {k: free_port() for k in ("http_port", "https_port", "admin_port", "rest_port", "grpc_port")}
         config_path = write_config(
             stack_dir,
-            upstream_url=f"http://127.0.0.1:{upstream_port}/mcp",
+            upstream_url=echo.url if echo else f"http://127.0.0.1:{upstream_port}/mcp",
             upstream_name=upstream_name,
             mcp_path=mcp_path,
             allow_groups=allow_groups or ("eng", "approvers"),
@@ -465,6 +476,7 @@ def start_stack(
             policy=policy,
             approvals=approvals,
             ext_authz_timeout_ms=ext_authz_timeout_ms,
+            upstream_ca_file=upstream_ca_file,
             **ports,
         )
         stack = Stack(

@@ -132,6 +132,8 @@ pub struct Upstream {
     /// The path on the gateway's listeners that routes to this upstream.
     pub path: String,
     pub allow_groups: BTreeSet<String>,
+    /// The CAs an https upstream's certificate must chain to (`None`: the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Upstream {

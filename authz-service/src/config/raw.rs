@@ -172,6 +172,9 @@ pub struct Upstream {
     pub path: Option<String>,
     #[serde(default)]
     pub allow_groups: Vec<String>,
+    /// PEM file of the CAs that sign an https upstream's certificate (default: the system's).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,6 +359,18 @@ impl Config {
                 );
             }
             let url = p.url(&format!("{at}.url"), &u.url, &["http", "https"]);
+            let ca_file = u.ca_file.as_deref().map(|f| resolve(base, f));
+            if let Some(file) = &ca_file {
+                if url.as_ref().is_some_and(|url| url.scheme() != "https") {
+                    p.add(
+                        format!("{at}.ca_file"),
+                        "only an https upstream has a certificate to check",
+                    );
+                }
+                if let Err(e) = std::fs::metadata(file) {
+                    p.add(format!("{at}.ca_file"), format!("cannot read {}: {e}", file.display()));
+                }
+            }
             let path = u.path.unwrap_or_else(|| format!("/mcp/{}", u.name));
             if !path.starts_with('/') || path.contains(['?', '#', ' ']) || (path.len() > 1 && path.ends_with('/')) {
                 p.add(
@@ -379,6 +394,7 @@ impl Config {
                     url,
                     path,
                     allow_groups: u.allow_groups.into_iter().collect(),
+                    ca_file,
                 });
             }
         }

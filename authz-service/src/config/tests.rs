@@ -153,3 +153,41 @@ fn a_hold_longer_than_the_check_timeout_is_refused() {
     let raised = GOOD.replace("  wasm: target", "  ext_authz_timeout_ms: 31000\n  wasm: target");
     assert!(Config::parse(&format!("{raised}{rule}"), Path::new("/g.yaml")).is_ok());
 }
+
+#[test]
+fn an_upstream_ca_file_must_exist_and_goes_with_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let with = |url: &str, ca: &str| {
+        GOOD.replace(
+            "    url: https://mcp.example.com/v1/mcp\n",
+            &format!("    url: {url}\n    ca_file: {ca}\n"),
+        )
+    };
+    let c = Config::parse(
+        &with("https://mcp.example.com/v1/mcp", "ca.crt"),
+        &dir.path().join("g.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstreams[1].ca_file.as_deref(),
+        Some(dir.path().join("ca.crt").as_path())
+    );
+    let rendered = crate::envoy_config::render(&c).unwrap();
+    assert!(
+        rendered.contains(&dir.path().join("ca.crt").display().to_string()),
+        "the cluster does not trust the configured CA file"
+    );
+
+    let errors = Config::parse(
+        &with("http://mcp.example.com/v1/mcp", "missing.crt"),
+        &dir.path().join("g.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        errors.contains("upstreams[1].ca_file: only an https upstream"),
+        "{errors}"
+    );
+    assert!(errors.contains("upstreams[1].ca_file: cannot read"), "{errors}");
+}

@@ -346,6 +346,7 @@ def write_config(
     approvals: dict[str, Any] | None = None,
     ext_authz_timeout_ms: int = 2000,
     upstream_ca_file: Path | None = None,
+    upstream_credentials: dict[str, Any] | None = None,
 ) -> Path:
     """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
     `extra_upstreams`: more `upstreams:` entries, after the main one.
@@ -378,6 +379,7 @@ def write_config(
                 "path": mcp_path,
                 "allow_groups": list(allow_groups),
                 **({"ca_file": str(upstream_ca_file)} if upstream_ca_file else {}),
+                **({"credentials": upstream_credentials} if upstream_credentials else {}),
             },
             *extra_upstreams,
         ],
@@ -421,6 +423,7 @@ def start_stack(
     ext_authz_timeout_ms: int = 2000,
     upstream_tls: Path | None = None,
     upstream_ca_file: Path | None = None,
+    upstream_credentials: dict[str, Any] | None = None,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -435,6 +438,7 @@ def start_stack(
     timeout (a held call waits inside the Check, so it must outlast the longest hold).
     `upstream_tls`: the echo upstream serves HTTPS with this folder's server.crt/key;
     `upstream_ca_file`: the upstream's `ca_file` (the CAs its certificate must chain to).
+    `upstream_credentials`: the upstream's `credentials:` (what the gateway sends it).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -477,6 +481,7 @@ def start_stack(
             approvals=approvals,
             ext_authz_timeout_ms=ext_authz_timeout_ms,
             upstream_ca_file=upstream_ca_file,
+            upstream_credentials=upstream_credentials,
             **ports,
         )
         stack = Stack(

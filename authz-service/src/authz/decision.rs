@@ -17,6 +17,7 @@ use std::time::Duration;
 use super::{HttpRequestView, REQUEST_ID_HEADER};
 use crate::approvals::{Approval, Call, Gate, GrantUse, notify::approver_url};
 use crate::audit::NewRecord;
+use crate::config::{Secret, UpstreamCredentials};
 use crate::identity::Principal;
 use crate::policy::{Facts, Outcome, Policy, Verdict};
 use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
@@ -58,6 +59,8 @@ pub struct Allowed {
     /// The tools this caller could call here (`None`: no policy, every tool): the filter
     /// drops the others from `tools/list` answers.
     pub tools: Option<ToolVisibility>,
+    /// The upstream's own credential, `(header, value)`, sent in place of the client's.
+    pub credential: Option<(String, Secret)>,
 }
 
 impl Decision {
@@ -87,10 +90,22 @@ impl Decision {
 
     pub fn into_check_response(self) -> CheckResponse {
         match self.outcome {
-            Ok(Allowed { subject, reveal, tools }) => {
+            Ok(Allowed {
+                subject,
+                reveal,
+                tools,
+                credential,
+            }) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 // The client's credential is for the gateway only; it never goes upstream.
-                ok.remove_header("authorization");
+                // (Envoy removes after it sets: an upstream credential in `authorization`
+                // overwrites the client's instead.)
+                if credential.as_ref().is_none_or(|(header, _)| header != "authorization") {
+                    ok.remove_header("authorization");
+                }
+                if let Some((header, Secret(value))) = credential {
+                    ok.add_header(header, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+                }
                 // For the filter, which removes it. Overwrites whatever the upstream sent.
                 ok.add_response_header(
                     REVEAL_HEADER,
@@ -384,6 +399,13 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
     }
     if let Some(obj) = record.as_object_mut() {
         obj.insert("decision".into(), json!("allow"));
+        if let UpstreamCredentials::StaticHeader { header, .. } = &upstream.credentials {
+            // Which credential went upstream, never its value.
+            obj.insert(
+                "upstream_credential".into(),
+                json!({"type": "static_header", "header": header}),
+            );
+        }
         obj.insert("reason".into(), json!(reason));
     }
     let tool = first
@@ -405,6 +427,10 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                 .as_ref()
                 .filter(|_| lists_tools(envelope.as_ref()))
                 .map(|p| p.tool_visibility(&principal.subject, &principal.groups, &upstream.name)),
+            credential: match &upstream.credentials {
+                UpstreamCredentials::StaticHeader { header, value } => Some((header.clone(), value.clone())),
+                UpstreamCredentials::None => None,
+            },
             subject: principal.subject,
             reveal,
         }),

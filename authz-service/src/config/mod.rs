@@ -134,6 +134,26 @@ pub struct Upstream {
     pub allow_groups: BTreeSet<String>,
     /// The CAs an https upstream's certificate must chain to (`None`: the system's).
     pub ca_file: Option<PathBuf>,
+    pub credentials: UpstreamCredentials,
+}
+
+/// The credential the gateway sends an upstream in place of the client's.
+#[derive(Debug, Clone, Default)]
+pub enum UpstreamCredentials {
+    #[default]
+    None,
+    /// `header: value`, overwriting whatever the client sent in that header.
+    StaticHeader { header: String, value: Secret },
+}
+
+/// A secret value: its Debug form never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Upstream {

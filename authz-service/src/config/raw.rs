@@ -175,6 +175,116 @@ pub struct Upstream {
     /// PEM file of the CAs that sign an https upstream's certificate (default: the system's).
     #[serde(default)]
     pub ca_file: Option<String>,
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+}
+
+/// What the gateway sends the upstream as its credential (the client's never goes there).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Credentials {
+    None,
+    /// A fixed secret in one header, read from a file or an environment variable.
+    StaticHeader {
+        header: String,
+        #[serde(default)]
+        value_file: Option<String>,
+        #[serde(default)]
+        value_env: Option<String>,
+        /// Put before the secret, e.g. `"Bearer "`.
+        #[serde(default)]
+        prefix: Option<String>,
+    },
+}
+
+/// Headers a credential may not be put in: the ones Envoy, MCP or Gatehouse rely on.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "accept",
+    "accept-encoding",
+];
+
+fn validate_credentials(c: Option<Credentials>, base: &Path, at: &str, p: &mut Problems) -> super::UpstreamCredentials {
+    let Some(Credentials::StaticHeader {
+        header,
+        value_file,
+        value_env,
+        prefix,
+    }) = c
+    else {
+        return super::UpstreamCredentials::None;
+    };
+    let header = header.to_ascii_lowercase();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if header.is_empty()
+        || !header.chars().all(token)
+        || RESERVED_HEADERS.contains(&header.as_str())
+        || header.starts_with("x-gatehouse-")
+        || header.starts_with("mcp-")
+    {
+        p.add(
+            format!("{at}.credentials.header"),
+            format!(
+                "{header:?} cannot carry a credential (a header name that is not reserved by HTTP, MCP or Gatehouse)"
+            ),
+        );
+    }
+    let secret = match (value_file, value_env) {
+        (Some(file), None) => {
+            let path = resolve(base, &file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_owned()),
+                Err(e) => {
+                    p.add(
+                        format!("{at}.credentials.value_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                p.add(
+                    format!("{at}.credentials.value_env"),
+                    format!("the environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        _ => {
+            p.add(
+                format!("{at}.credentials"),
+                "give exactly one of value_file and value_env",
+            );
+            None
+        }
+    };
+    let value = secret.map(|s| format!("{}{s}", prefix.unwrap_or_default()));
+    // The value itself is never echoed: it is the secret.
+    match value {
+        Some(v) if v.is_empty() || v.chars().any(|c| c.is_control()) => {
+            p.add(
+                format!("{at}.credentials"),
+                "the secret is empty or holds control characters (a header value cannot)",
+            );
+            super::UpstreamCredentials::None
+        }
+        Some(v) => super::UpstreamCredentials::StaticHeader {
+            header,
+            value: super::Secret(v),
+        },
+        None => super::UpstreamCredentials::None,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,6 +470,7 @@ impl Config {
             }
             let url = p.url(&format!("{at}.url"), &u.url, &["http", "https"]);
             let ca_file = u.ca_file.as_deref().map(|f| resolve(base, f));
+            let credentials = validate_credentials(u.credentials, base, &at, &mut p);
             if let Some(file) = &ca_file {
                 if url.as_ref().is_some_and(|url| url.scheme() != "https") {
                     p.add(
@@ -395,6 +506,7 @@ impl Config {
                     path,
                     allow_groups: u.allow_groups.into_iter().collect(),
                     ca_file,
+                    credentials,
                 });
             }
         }

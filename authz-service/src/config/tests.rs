@@ -191,3 +191,58 @@ fn an_upstream_ca_file_must_exist_and_goes_with_https_only() {
     );
     assert!(errors.contains("upstreams[1].ca_file: cannot read"), "{errors}");
 }
+
+#[test]
+fn a_static_header_credential_is_checked_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "sk-secret-part\n").unwrap();
+    let with = |credentials: &str| {
+        GOOD.replace(
+            "    allow_groups: [eng, ops]\n",
+            &format!("    allow_groups: [eng, ops]\n    credentials: {credentials}\n"),
+        )
+    };
+    let good = with("{ type: static_header, header: X-Api-Key, value_file: key }");
+    let c = Config::parse(&good, &dir.path().join("g.yaml")).unwrap();
+    match &c.upstreams[1].credentials {
+        UpstreamCredentials::StaticHeader { header, value } => {
+            assert_eq!((header.as_str(), value.0.as_str()), ("x-api-key", "sk-secret-part"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{c:?}").contains("sk-secret-part"), "Debug shows the secret");
+
+    for (credentials, expected) in [
+        (
+            "{ type: static_header, header: host, value_file: key }",
+            "credentials.header",
+        ),
+        (
+            "{ type: static_header, header: x-gatehouse-reveal, value_file: key }",
+            "credentials.header",
+        ),
+        (
+            "{ type: static_header, header: x-api-key, value_file: nope }",
+            "credentials.value_file: cannot read",
+        ),
+        (
+            "{ type: static_header, header: x-api-key, value_env: GATEHOUSE_UNSET_VAR_FOR_TEST }",
+            "is not set",
+        ),
+        (
+            "{ type: static_header, header: x-api-key }",
+            "exactly one of value_file and value_env",
+        ),
+        (
+            "{ type: static_header, header: x-api-key, value_file: key, extra: 1 }",
+            "unknown field",
+        ),
+    ] {
+        let errors = match Config::parse(&with(credentials), &dir.path().join("g.yaml")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {credentials}"),
+        };
+        assert!(errors.contains(expected), "{credentials}: {errors}");
+        assert!(!errors.contains("sk-secret-part"), "{errors}");
+    }
+}

@@ -338,3 +338,31 @@ def test_a_failed_notification_is_recorded(make_stack):
     finally:
         hook.close()
     assert b"secret-part" not in b"".join(stack.gateway_logs().values())
+
+
+def test_other_methods_are_approved_for_exactly_what_they_act_on(make_stack):
+    rule = {
+        "id": "prompts-need-approval",
+        "methods": ["prompts/get"],
+        "outcome": "approve",
+        "approval": {"approver_group": "approvers", "hold_seconds": 0},
+    }
+    stack = make_stack(policy=[SESSION_RULE, rule])
+    alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
+
+    def get_prompt(name: str, arguments: dict | None = None):
+        params = {"name": name, **({"arguments": arguments} if arguments else {})}
+        message = {"jsonrpc": "2.0", "id": 7, "method": "prompts/get", "params": params}
+        return stack.post(message, token=alice.token, headers={"mcp-session-id": alice.session})
+
+    simple = pending_error(get_prompt("simple-prompt"))
+    assert bob.approve(simple["id"]).status_code == 200
+    # The grant is for that prompt only: another prompt, or other arguments, ask anew.
+    other = pending_error(get_prompt("args-prompt", {"city": "Paris"}))
+    assert other["id"] != simple["id"]
+    assert pending_error(get_prompt("args-prompt", {"city": "Lyon"}))["id"] not in (simple["id"], other["id"])
+    (shown,) = [a for a in bob.list("pending") if a["id"] == other["id"]]
+    assert shown["method"] == "prompts/get"
+    assert shown["arguments"] == {"name": "args-prompt", "arguments": {"city": "Paris"}}
+    allowed = answer(get_prompt("simple-prompt"))
+    assert allowed.get("error", {}).get("code") != -32030, allowed

@@ -149,9 +149,11 @@ pub struct Call<'a> {
     pub upstream: &'a str,
     pub method: &'a str,
     pub tool: Option<&'a str>,
-    /// As sent: they make the key. Never stored.
-    pub arguments: Option<&'a Value>,
-    /// As recorded and shown to approvers.
+    /// The request's `params` as sent, without `_meta`: with the method they are what the
+    /// call acts on (tool and arguments, prompt, resource URI, ...), so they make the key.
+    /// Never stored.
+    pub params: Option<&'a Value>,
+    /// What approvers are shown: the tool's arguments (or the params of other methods), masked.
     pub masked_arguments: &'a Value,
     pub rule: &'a str,
     pub spec: &'a ApprovalSpec,
@@ -278,7 +280,10 @@ impl Approvals {
             "upstream": call.upstream,
             "method": call.method,
             "tool": call.tool,
-            "arguments": call.arguments.cloned().unwrap_or(Value::Null),
+            "params": call.params.cloned().unwrap_or(Value::Null),
+            // A grant answers one rule's question to one group: a changed rule asks anew.
+            "rule": call.rule,
+            "approver_group": call.spec.approver_group,
         }));
         match &self.key {
             Some(key) => match Hmac::<Sha256>::new_from_slice(key) {
@@ -344,10 +349,6 @@ impl Approvals {
 
     /// The pending approval of this call, or a new one (recorded, then announced).
     async fn join_or_ask(&self, state: &Arc<AppState>, call: &Call<'_>, key: &str) -> Result<Approval, ApprovalError> {
-        let _turn = self.transitions.lock().await;
-        if let Some(pending) = self.store.pending_for(key).await? {
-            return Ok(pending);
-        }
         let now = now_ms();
         let approval = Approval {
             id: new_approval_id(),
@@ -370,22 +371,32 @@ impl Approvals {
             grant_expires_ms: None,
             uses: 0,
         };
-        self.store.insert(&approval, key).await?;
+        // In its own task: a Check that Envoy gives up on must not stop it half-way.
+        let (state, key) = (state.clone(), key.to_owned());
+        tokio::spawn(async move { state.approvals.ask(&state, approval, &key).await })
+            .await
+            .map_err(|e| ApprovalError::Audit(AuditError::Invalid(format!("approval task failed: {e}"))))?
+    }
+
+    /// Joins the pending approval of `key`, or records `approval` as asked and stores it.
+    async fn ask(&self, state: &Arc<AppState>, approval: Approval, key: &str) -> Result<Approval, ApprovalError> {
+        let _turn = self.transitions.lock().await;
+        if let Some(pending) = self.store.pending_for(key).await? {
+            return Ok(pending);
+        }
         let mut data = approval.record("requested");
         if let Some(obj) = data.as_object_mut() {
             obj.insert("arguments".into(), approval.arguments.clone());
             obj.insert("expires_at".into(), json!(time_of(approval.expires_ms)));
             obj.insert("single_use".into(), json!(approval.single_use));
-            obj.insert("grant_seconds".into(), json!(call.spec.grant_seconds));
+            obj.insert("grant_seconds".into(), json!(approval.grant_ms / 1000));
         }
-        if let Err(error) = state
+        // The record first: the state never shows an approval the trail lacks.
+        state
             .audit
             .append_one(RecordKind::Approval, &approval.request_id, data)
-            .await
-        {
-            self.store.delete_pending(&approval.id).await?;
-            return Err(error.into());
-        }
+            .await?;
+        self.store.insert(&approval, key).await?;
         state.metrics.approvals_requested.inc();
         tracing::info!(approval_id = %approval.id, subject = %approval.subject, rule = %approval.rule, "Approval requested.");
         notify::announce(state, &approval);
@@ -427,7 +438,11 @@ impl Approvals {
             return Err(DecideError::Forbidden("you cannot decide on your own request".into()));
         }
         let now = now_ms();
-        if approval.status != Status::Pending || approval.expires_ms <= now {
+        if approval.status == Status::Pending && approval.expires_ms <= now {
+            // Not swept yet, but over.
+            approval.status = Status::Expired;
+        }
+        if approval.status != Status::Pending {
             return Err(DecideError::Conflict(Box::new(approval)));
         }
         approval.status = if approve { Status::Approved } else { Status::Denied };
@@ -480,8 +495,9 @@ impl Approvals {
             })
             .collect();
         state.audit.append(records).await?;
+        // One statement: the rows just recorded (under the lock no other one falls due).
+        self.store.expire_due(now).await?;
         for a in &due {
-            self.store.expire(&a.id).await?;
             tracing::info!(approval_id = %a.id, "Approval expired.");
         }
         state.metrics.approvals_expired.add(due.len() as u64);

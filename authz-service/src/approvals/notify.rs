@@ -53,19 +53,28 @@ pub fn announce(state: &Arc<AppState>, approval: &Approval) {
     });
 }
 
+/// Slack's text escaping (`&`, `<`, `>`), and no backticks: names come from callers and must
+/// not turn into mentions, links or broken formatting.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('`', "'")
+}
+
 /// The Slack-compatible body.
 fn message(state: &AppState, a: &Approval) -> serde_json::Value {
     let what = a
         .tool
         .as_deref()
-        .map_or(a.method.clone(), |t| format!("the tool `{t}`"));
+        .map_or(escape(&a.method), |t| format!("the tool `{}`", escape(t)));
     json!({
         "text": format!(
             "Gatehouse: {} asks to call {what} on `{}` (rule `{}`). Members of `{}` can approve or deny until {}: {}",
-            a.subject,
-            a.upstream,
-            a.rule,
-            a.approver_group,
+            escape(&a.subject),
+            escape(&a.upstream),
+            escape(&a.rule),
+            escape(&a.approver_group),
             time_of(a.expires_ms),
             approver_url(state, &a.id),
         ),
@@ -103,4 +112,13 @@ async fn deliver(webhook: &Webhook, body: &serde_json::Value) -> Result<u32, (u3
         }
     }
     Err((webhook.attempts, last))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn caller_chosen_names_cannot_mention_or_link() {
+        let text = super::escape("x` <!channel> <https://evil|Approve here> & more");
+        assert_eq!(text, "x' &lt;!channel&gt; &lt;https://evil|Approve here&gt; &amp; more");
+    }
 }

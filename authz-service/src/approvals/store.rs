@@ -154,15 +154,6 @@ impl ApprovalStore {
         .map(|_| ())
     }
 
-    /// Removes a pending approval whose `requested` record could not be written.
-    pub async fn delete_pending(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM approvals WHERE id = ? AND status = 'pending'")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-    }
-
     /// Records a decision on a pending approval; false when it was no longer pending.
     pub async fn decide(&self, a: &Approval) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
@@ -191,9 +182,10 @@ impl ApprovalStore {
         .await
     }
 
-    pub async fn expire(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE approvals SET status = 'expired' WHERE id = ? AND status = 'pending'")
-            .bind(id)
+    /// Expires every pending approval due at `now_ms`, in one statement.
+    pub async fn expire_due(&self, now_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND expires_ms <= ?")
+            .bind(now_ms)
             .execute(&self.pool)
             .await
             .map(|_| ())

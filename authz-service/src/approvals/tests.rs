@@ -30,7 +30,7 @@ async fn identical_calls_share_a_key_and_any_difference_changes_it() {
         upstream: "db",
         method: "tools/call",
         tool: Some(tool),
-        arguments: Some(arguments),
+        params: Some(arguments),
         masked_arguments: &masked,
         rule: "r",
         spec: &spec,

@@ -46,6 +46,8 @@ pub struct Decision {
     pub extra: Vec<NewRecord>,
     /// The approval's grant this call uses: given back unless kept once the records are committed.
     pub grant: Option<GrantUse>,
+    /// Whether this call uses an approval's grant (for the metric).
+    pub uses_grant: bool,
     pub jsonrpc_id: Option<Value>,
     pub outcome: Result<Allowed, Denial>,
 }
@@ -76,6 +78,7 @@ impl Decision {
             record: Value::Null,
             extra: Vec::new(),
             grant: None,
+            uses_grant: false,
             jsonrpc_id,
             outcome: Err(Denial {
                 http_status: 503,
@@ -241,6 +244,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
             record,
             extra: Vec::new(),
             grant: None,
+            uses_grant: false,
             jsonrpc_id: jsonrpc_id.clone(),
             outcome: Err(denial),
         }
@@ -342,7 +346,23 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                     };
                     return deny(record, denial, request_id);
                 };
-                let masked = record.get("arguments").cloned().unwrap_or(Value::Null);
+                // Everything the call acts on makes its key; approvers see it masked.
+                let params = message.params.as_ref().map(|p| {
+                    let mut p = p.clone();
+                    if let Some(obj) = p.as_object_mut() {
+                        obj.remove("_meta");
+                    }
+                    p
+                });
+                let masked = if message.method.as_deref() == Some("tools/call") {
+                    record.get("arguments").cloned().unwrap_or(Value::Null)
+                } else {
+                    let mut shown = params.clone().unwrap_or(Value::Null);
+                    state
+                        .masker
+                        .mask_value(&mut shown, &Reveal::none(), &mut MaskCounts::default());
+                    shown
+                };
                 let call = Call {
                     subject: &principal.subject,
                     upstream: &upstream.name,
@@ -350,7 +370,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                     tool: (message.method.as_deref() == Some("tools/call"))
                         .then(|| message.target_name())
                         .flatten(),
-                    arguments: message.arguments(),
+                    params: params.as_ref(),
                     masked_arguments: &masked,
                     rule: rule_id,
                     spec,
@@ -418,6 +438,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
     Decision {
         request_id,
         record,
+        uses_grant: grant.is_some(),
         extra,
         grant,
         jsonrpc_id,

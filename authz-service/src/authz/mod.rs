@@ -95,7 +95,21 @@ impl Authorization for AuthzService {
             data: std::mem::take(&mut decided.record),
         }];
         records.append(&mut decided.extra);
-        let response = match state.audit.append(records).await.map(|mut r| r.swap_remove(0)) {
+        // The commit and the grant's fate go together, in their own task: if Envoy gives up
+        // on this Check meanwhile, a committed `used` still keeps its use.
+        let grant = decided.grant.take();
+        let audit = state.audit.clone();
+        let committed = tokio::spawn(async move {
+            let result = audit.append(records).await.map(|mut r| r.swap_remove(0));
+            if let (Ok(_), Some(grant)) = (&result, grant) {
+                grant.keep();
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(AuditError::Invalid(format!("commit task failed: {e}"))));
+        let used_grant = decided.uses_grant;
+        let response = match committed {
             Ok(record) => {
                 tracing::info!(
                     request_id = %request_id,
@@ -110,15 +124,14 @@ impl Authorization for AuthzService {
                 } else {
                     state.metrics.checks_denied.inc();
                 }
-                if let Some(grant) = decided.grant.take() {
-                    grant.keep();
+                if used_grant {
                     state.metrics.approvals_used.inc();
                 }
                 decided.into_check_response()
             }
             Err(error) => {
                 state.metrics.checks_failed.inc();
-                // Dropping `decided` gives back an approval's use it took.
+                // The task dropped the grant it did not keep: its use is given back.
                 log_audit_failure(&request_id, &error);
                 Decision::audit_unavailable(&view, request_id).into_check_response()
             }

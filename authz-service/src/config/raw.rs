@@ -269,19 +269,20 @@ fn validate_credentials(c: Option<Credentials>, base: &Path, at: &str, p: &mut P
             None
         }
     };
-    let value = secret.map(|s| format!("{}{s}", prefix.unwrap_or_default()));
-    // The value itself is never echoed: it is the secret.
-    match value {
-        Some(v) if v.is_empty() || v.chars().any(|c| c.is_control()) => {
+    // The value itself is never echoed: it is the secret. Visible ASCII only (and spaces
+    // inside), so it is a valid header value whatever the proxy.
+    let printable = |v: &str| v.chars().all(|c| c == ' ' || c.is_ascii_graphic());
+    match secret {
+        Some(s) if s.trim().is_empty() || !printable(&s) || !printable(prefix.as_deref().unwrap_or_default()) => {
             p.add(
                 format!("{at}.credentials"),
-                "the secret is empty or holds control characters (a header value cannot)",
+                "the secret is empty or holds characters a header value cannot (visible ASCII only)",
             );
             super::UpstreamCredentials::None
         }
-        Some(v) => super::UpstreamCredentials::StaticHeader {
+        Some(s) => super::UpstreamCredentials::StaticHeader {
             header,
-            value: super::Secret(v),
+            value: super::Secret(format!("{}{s}", prefix.unwrap_or_default())),
         },
         None => super::UpstreamCredentials::None,
     }

@@ -151,7 +151,14 @@ async fn decide(
         Err(JsonRejection::MissingJsonContentType(_)) if approve => DecisionBody::default(),
         Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.body_text())),
     };
-    match state.approvals.decide(&state, &id, &caller, approve, body.reason).await {
+    // In its own task: an approver who hangs up must not stop a decision half-way.
+    let decided = {
+        let (state, id, caller) = (state.clone(), id.clone(), caller.clone());
+        tokio::spawn(async move { state.approvals.decide(&state, &id, &caller, approve, body.reason).await })
+            .await
+            .map_err(unavailable)?
+    };
+    match decided {
         Ok(a) => Ok(Json(view(&state, &caller, &a))),
         Err(DecideError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such approval")),
         Err(e @ DecideError::Forbidden(_)) => {

@@ -308,36 +308,37 @@ class _Webhook:
         self.server.shutdown()
 
 
-def test_approvers_are_notified_by_webhook_with_retries(make_stack):
-    hook = _Webhook([500, 503])
+def notify_through(make_stack, codes: list[int], attempts: int, event: str):
+    """alice's call asks for an approval while the webhook answers `codes` in turn; once the
+    `event` step is recorded: the stack, the approval, that step's data, the bodies posted."""
+    hook = _Webhook(codes)
     try:
-        stack = approval_stack(make_stack, hold_seconds=0, approvals={"webhook": {"url": hook.url, "attempts": 4}})
+        stack = approval_stack(
+            make_stack, hold_seconds=0, approvals={"webhook": {"url": hook.url, "attempts": attempts}}
+        )
         approval = pending_error(Caller(stack, "alice").call("echo", {"message": "notify"}))
-        wait_event(stack, approval["id"], "notified")
-        notified = approval_steps(stack, approval["id"])[-1]["data"]
-        assert notified["attempts"] == 3
-        assert len(hook.bodies) == 3
-        text = hook.bodies[-1]["text"]
-        assert "alice" in text and "echo" in text and approval["id"] in text
+        wait_event(stack, approval["id"], event)
+        step = approval_steps(stack, approval["id"])[-1]["data"]
     finally:
         hook.close()
-    assert b"secret-part" not in b"".join(stack.gateway_logs().values())
+    assert b"secret-part" not in b"".join(stack.gateway_logs().values()), "the webhook URL was logged"
+    return stack, approval, step, hook.bodies
+
+
+def test_approvers_are_notified_by_webhook_with_retries(make_stack):
+    _, approval, notified, bodies = notify_through(make_stack, [500, 503], attempts=4, event="notified")
+    assert notified["attempts"] == 3
+    assert len(bodies) == 3
+    text = bodies[-1]["text"]
+    assert "alice" in text and "echo" in text and approval["id"] in text
 
 
 def test_a_failed_notification_is_recorded(make_stack):
-    hook = _Webhook([500, 500])
-    try:
-        stack = approval_stack(make_stack, hold_seconds=0, approvals={"webhook": {"url": hook.url, "attempts": 2}})
-        approval = pending_error(Caller(stack, "alice").call("echo", {"message": "notify"}))
-        wait_event(stack, approval["id"], "notify_failed")
-        failed = approval_steps(stack, approval["id"])[-1]["data"]
-        assert failed["attempts"] == 2
-        assert "500" in failed["error"]
-        # The approval itself still works.
-        assert Approver(stack, "bob").approve(approval["id"]).status_code == 200
-    finally:
-        hook.close()
-    assert b"secret-part" not in b"".join(stack.gateway_logs().values())
+    stack, approval, failed, _ = notify_through(make_stack, [500, 500], attempts=2, event="notify_failed")
+    assert failed["attempts"] == 2
+    assert "500" in failed["error"]
+    # The approval itself still works.
+    assert Approver(stack, "bob").approve(approval["id"]).status_code == 200
 
 
 def test_other_methods_are_approved_for_exactly_what_they_act_on(make_stack):

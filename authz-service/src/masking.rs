@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use gatehouse_core::mask::{JsonMasked, MaskConfig, MaskCounts, Masker, Reveal};
+use gatehouse_core::tools::glob_match;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -78,9 +79,6 @@ impl MaskingPolicy {
         Reveal(kinds)
     }
 }
-
-/// Tool and upstream globs: one matcher for masking, policy and the filter.
-pub use gatehouse_core::tools::glob_match;
 
 /// One line of `gatehouse mask --jsonl` input.
 #[derive(Debug, Deserialize)]

@@ -129,6 +129,12 @@ impl Envelope {
     pub fn first(&self) -> Option<&Message> {
         self.messages.first()
     }
+
+    /// Whether any message (in a batch too) is a `tools/list` request: its answer is filtered
+    /// to the tools the caller may call.
+    pub fn lists_tools(&self) -> bool {
+        self.messages.iter().any(|m| m.method.as_deref() == Some("tools/list"))
+    }
 }
 
 /// Parses and validates a body as MCP JSON-RPC.

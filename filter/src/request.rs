@@ -14,8 +14,6 @@ use serde_json::Value;
 pub const GATEHOUSE_HEADER_PREFIX: &str = "x-gatehouse-";
 /// The random id the filter gives every request it lets through.
 pub const REQUEST_ID_HEADER: &str = "x-gatehouse-request-id";
-/// The MCP method whose answer lists the upstream's tools.
-pub const TOOLS_LIST: &str = "tools/list";
 /// The methods MCP's Streamable HTTP transport uses.
 pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 
@@ -296,10 +294,7 @@ fn summarize(envelope: &Envelope) -> RequestSummary {
         method: first.and_then(|m| m.method.clone()),
         target: first.and_then(|m| m.target_name()).map(str::to_owned),
         jsonrpc_id: first.and_then(|m| m.id_text()),
-        lists_tools: envelope
-            .messages
-            .iter()
-            .any(|m| m.method.as_deref() == Some(TOOLS_LIST)),
+        lists_tools: envelope.lists_tools(),
     }
 }
 

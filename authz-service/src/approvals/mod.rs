@@ -94,6 +94,10 @@ pub struct Approval {
 
 impl Approval {
     /// The approval as the REST API and the page show it.
+    pub fn expires_at(&self) -> String {
+        time_of(self.expires_ms)
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,
@@ -106,7 +110,7 @@ impl Approval {
             "rule": self.rule,
             "approver_group": self.approver_group,
             "requested_at": time_of(self.requested_ms),
-            "expires_at": time_of(self.expires_ms),
+            "expires_at": self.expires_at(),
             "decided_at": self.decided_ms.map(time_of),
             "decided_by": self.decided_by,
             "reason": self.reason,
@@ -170,11 +174,9 @@ pub enum Gate {
         used: NewRecord,
         hold: GrantUse,
     },
-    /// Waiting for a decision (newly asked, joined, or the hold ran out).
-    Pending(Approval),
-    Denied(Approval),
-    /// The approval expired while the call was held.
-    Expired(Approval),
+    /// Not let through; the approval's status says why: still `pending` (newly asked,
+    /// joined, or the hold ran out), `denied`, or `expired` while the call was held.
+    Stopped(Approval),
 }
 
 #[derive(Debug, Error)]
@@ -308,8 +310,7 @@ impl Approvals {
             // The approval this call waits on ended without a grant for it.
             if let Some(id) = &asked {
                 match self.store.get(id).await? {
-                    Some(a) if a.status == Status::Expired => return Ok(Gate::Expired(a)),
-                    Some(a) if a.status == Status::Denied => return Ok(Gate::Denied(a)),
+                    Some(a) if matches!(a.status, Status::Expired | Status::Denied) => return Ok(Gate::Stopped(a)),
                     _ => {}
                 }
             }
@@ -333,13 +334,13 @@ impl Approvals {
                 return Ok(Gate::Granted { approval, used, hold });
             }
             if let Some(denial) = self.store.standing_denial(&key, now_ms()).await? {
-                return Ok(Gate::Denied(denial));
+                return Ok(Gate::Stopped(denial));
             }
             // Joins the pending one, or asks anew (also when a twin call used up the grant).
             let approval = self.join_or_ask(state, call, &key).await?;
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(Gate::Pending(approval));
+                return Ok(Gate::Stopped(approval));
             }
             asked = Some(approval.id);
             // Wait for a change (or the next poll).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{HttpRequestView, REQUEST_ID_HEADER};
-use crate::approvals::{Approval, Call, Gate, GrantUse, notify::approver_url};
+use crate::approvals::{Approval, Call, Gate, GrantUse, Status, notify::approver_url};
 use crate::audit::NewRecord;
 use crate::config::{Secret, UpstreamCredentials};
 use crate::identity::Principal;
@@ -46,8 +46,6 @@ pub struct Decision {
     pub extra: Vec<NewRecord>,
     /// The approval's grant this call uses: given back unless kept once the records are committed.
     pub grant: Option<GrantUse>,
-    /// Whether this call uses an approval's grant (for the metric).
-    pub uses_grant: bool,
     pub jsonrpc_id: Option<Value>,
     pub outcome: Result<Allowed, Denial>,
 }
@@ -78,7 +76,6 @@ impl Decision {
             record: Value::Null,
             extra: Vec::new(),
             grant: None,
-            uses_grant: false,
             jsonrpc_id,
             outcome: Err(Denial {
                 http_status: 503,
@@ -244,7 +241,6 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
             record,
             extra: Vec::new(),
             grant: None,
-            uses_grant: false,
             jsonrpc_id: jsonrpc_id.clone(),
             outcome: Err(denial),
         }
@@ -392,14 +388,11 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                         extra.push(used);
                         grant = Some(hold);
                     }
-                    Ok(gate) => {
-                        let denial = approval_denial(state, &gate, &rule);
-                        if let (Some(obj), Gate::Pending(a) | Gate::Denied(a) | Gate::Expired(a)) =
-                            (record.as_object_mut(), &gate)
-                        {
-                            obj.insert("approval".into(), approval_summary(a, a.status.as_str()));
+                    Ok(Gate::Stopped(approval)) => {
+                        if let Some(obj) = record.as_object_mut() {
+                            obj.insert("approval".into(), approval_summary(&approval, approval.status.as_str()));
                         }
-                        return deny(record, denial, request_id);
+                        return deny(record, approval_denial(state, &approval, &rule), request_id);
                     }
                     Err(error) => {
                         tracing::error!(request_id, %error, "Could not record an approval step; the call is refused.");
@@ -438,7 +431,6 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
     Decision {
         request_id,
         record,
-        uses_grant: grant.is_some(),
         extra,
         grant,
         jsonrpc_id,
@@ -446,7 +438,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
             // Only a tools/list answer is filtered: other calls skip the walk and the header.
             tools: policy
                 .as_ref()
-                .filter(|_| lists_tools(envelope.as_ref()))
+                .filter(|_| matches!(&envelope, Some(Ok(env)) if env.lists_tools()))
                 .map(|p| p.tool_visibility(&principal.subject, &principal.groups, &upstream.name)),
             credential: match &upstream.credentials {
                 UpstreamCredentials::StaticHeader { header, value } => Some((header.clone(), value.clone())),
@@ -458,41 +450,16 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
     }
 }
 
-/// Whether any message of the body is a `tools/list` request (the filter filters its answer).
-fn lists_tools(envelope: Option<&Result<mcp::Envelope, mcp::ParseError>>) -> bool {
-    envelope
-        .and_then(|e| e.as_ref().ok())
-        .is_some_and(|e| e.messages.iter().any(|m| m.method.as_deref() == Some("tools/list")))
-}
-
 /// What a request record says about the approval it waited for or used.
 fn approval_summary(a: &Approval, status: &str) -> Value {
     json!({"id": a.id, "status": status, "rule": a.rule})
 }
 
 /// The answer to a call still waiting for (or refused by) an approval.
-fn approval_denial(state: &AppState, gate: &Gate, rule: &str) -> Denial {
-    let (approval, http_status, code, message) = match gate {
-        Gate::Pending(a) => (
-            a,
-            200,
-            jsonrpc_error::APPROVAL_REQUIRED,
-            format!(
-                "This call needs approval by a member of {:?}. It is waiting as approval {}; send the same call again once it is approved.",
-                a.approver_group, a.id
-            ),
-        ),
-        Gate::Expired(a) => (
-            a,
-            200,
-            jsonrpc_error::APPROVAL_REQUIRED,
-            format!(
-                "Approval {} expired before anyone decided. Send the call again to ask anew.",
-                a.id
-            ),
-        ),
-        Gate::Denied(a) => (
-            a,
+fn approval_denial(state: &AppState, approval: &Approval, rule: &str) -> Denial {
+    let a = approval;
+    let (http_status, code, message) = match a.status {
+        Status::Denied => (
             403,
             jsonrpc_error::FORBIDDEN,
             format!(
@@ -501,7 +468,22 @@ fn approval_denial(state: &AppState, gate: &Gate, rule: &str) -> Denial {
                 a.reason.as_deref().unwrap_or("no reason given")
             ),
         ),
-        Gate::Granted { approval, .. } => (approval, 500, jsonrpc_error::INTERNAL_ERROR, String::new()),
+        Status::Expired => (
+            200,
+            jsonrpc_error::APPROVAL_REQUIRED,
+            format!(
+                "Approval {} expired before anyone decided. Send the call again to ask anew.",
+                a.id
+            ),
+        ),
+        Status::Pending | Status::Approved | Status::Used => (
+            200,
+            jsonrpc_error::APPROVAL_REQUIRED,
+            format!(
+                "This call needs approval by a member of {:?}. It is waiting as approval {}; send the same call again once it is approved.",
+                a.approver_group, a.id
+            ),
+        ),
     };
     Denial {
         http_status,
@@ -518,7 +500,7 @@ fn approval_denial(state: &AppState, gate: &Gate, rule: &str) -> Denial {
             "status": approval.status,
             "approver_group": approval.approver_group,
             "approver_url": approver_url(state, &approval.id),
-            "expires_at": approval.to_json()["expires_at"],
+            "expires_at": approval.expires_at(),
             "decided_by": approval.decided_by,
             "reason": approval.reason,
         }})),

@@ -17,6 +17,7 @@ pub use decision::{Decision, Denial};
 
 use crate::{
     AppState,
+    approvals::GrantUse,
     audit::{AuditError, NewRecord},
 };
 
@@ -95,20 +96,7 @@ impl Authorization for AuthzService {
             data: std::mem::take(&mut decided.record),
         }];
         records.append(&mut decided.extra);
-        // The commit and the grant's fate go together, in their own task: if Envoy gives up
-        // on this Check meanwhile, a committed `used` still keeps its use.
-        let grant = decided.grant.take();
-        let audit = state.audit.clone();
-        let committed = tokio::spawn(async move {
-            let result = audit.append(records).await.map(|mut r| r.swap_remove(0));
-            if let (Ok(_), Some(grant)) = (&result, grant) {
-                grant.keep();
-            }
-            result
-        })
-        .await
-        .unwrap_or_else(|e| Err(AuditError::Invalid(format!("commit task failed: {e}"))));
-        let used_grant = decided.uses_grant;
+        let (committed, used_grant) = commit(state, records, decided.grant.take()).await;
         let response = match committed {
             Ok(record) => {
                 tracing::info!(
@@ -139,6 +127,32 @@ impl Authorization for AuthzService {
         state.metrics.check_latency.observe(started.elapsed());
         Ok(tonic::Response::new(response))
     }
+}
+
+/// Commits a decision's records. With an approval's grant, the commit and the grant's fate
+/// go together in their own task: if Envoy gives up on the Check meanwhile, a committed `used`
+/// still keeps its use, and an uncommitted one gives it back. Returns whether a grant was kept.
+async fn commit(
+    state: &AppState,
+    records: Vec<NewRecord>,
+    grant: Option<GrantUse>,
+) -> (Result<gatehouse_core::audit::Record, AuditError>, bool) {
+    let first = |r: Result<Vec<_>, AuditError>| r.map(|mut r| r.swap_remove(0));
+    let Some(grant) = grant else {
+        // The common case: no state to keep in step, no task to spawn.
+        return (first(state.audit.append(records).await), false);
+    };
+    let audit = state.audit.clone();
+    tokio::spawn(async move {
+        let result = first(audit.append(records).await);
+        let kept = result.is_ok();
+        if kept {
+            grant.keep();
+        }
+        (result, kept)
+    })
+    .await
+    .unwrap_or_else(|e| (Err(AuditError::Invalid(format!("commit task failed: {e}"))), false))
 }
 
 fn log_audit_failure(request_id: &str, error: &AuditError) {

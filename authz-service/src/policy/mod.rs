@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::masking::glob_match;
+use gatehouse_core::tools::glob_match;
 
 pub mod reload;
 pub mod visibility;

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use gatehouse_core::tools::{ToolVisibility, VisibilityEntry};
 
 use super::{Outcome, Policy, Rule};
-use crate::masking::glob_match;
+use gatehouse_core::tools::glob_match;
 
 /// The method whose calls the visibility is about.
 const TOOLS_CALL: &str = "tools/call";

@@ -10,7 +10,9 @@ For each: open-loop p50/p99 at 200 and 1000 req/s (median of RUNS runs), the hig
 sustained with <0.1 % errors and p99 under 50 ms, and Envoy's RSS across 20,000 requests.
 The `policy` section adds the decision cost of 1,000 rules: `gatehouse-bench policy` natively,
 and a fourth path, a gateway holding those rules, against plain Envoy and the gateway without
-them. Figures go to BENCHMARKS.md (BENCH_OUT: elsewhere); sections not run (BENCH_SECTIONS) are
+them. The `credentials` section measures SigV4 signing: `gatehouse-bench sign` natively, and a
+gateway whose upstream has an `aws_sigv4` credential (STS: moto, in this process) against the
+gateway without one. Figures go to BENCHMARKS.md (BENCH_OUT: elsewhere); sections not run (BENCH_SECTIONS) are
 kept from the file as it was. Release builds are used throughout.
 """
 
@@ -51,14 +53,17 @@ POLICY_ITERATIONS = int(os.environ.get("BENCH_POLICY_ITERATIONS", "200000"))
 TARGET_ADDED_P50_MS, TARGET_ADDED_P99_MS = 1.0, 3.0
 TARGET_TEXT = f"≤ +{TARGET_ADDED_P50_MS:g} ms p50, ≤ +{TARGET_ADDED_P99_MS:g} ms p99"
 TARGET_POLICY_P99_US = 100  # issue 4: one evaluation of 1,000 rules
-# Which parts run: "latency" (issue 2's figures), "masking" and "policy" (issue 4's decision cost).
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "latency,masking,policy").split(","))
+TARGET_SIGN_ADDED_P50_MS = 0.2  # issue 5: signing a 1 KB call once the session is cached
+# Which parts run: "latency" (issue 2's figures), "masking", "policy" (issue 4's decision cost) and
+# "credentials" (issue 5's signing cost).
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "latency,masking,policy,credentials").split(","))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "BENCHMARKS.md"))
 # The heading each section's report starts with: a run keeps the sections it did not measure.
 SECTION_HEADINGS = {
     "latency": "## Latency at fixed rates",
     "masking": "## Masking",
     "policy": "## Policy decision cost (1,000 rules)",
+    "credentials": "## AWS SigV4 signing",
 }
 
 
@@ -254,6 +259,43 @@ def policy_end_to_end(targets: dict, tool: str, rest_ports: dict[str, int], audi
     return out
 
 
+def credentials_section(procs: ProcessSet, work: Path, up_port: int, targets: dict) -> dict:
+    """Signing natively, then the same tools/call through plain Envoy, the gateway and a gateway
+    that signs every call for an `aws_sigv4` upstream (its caller's STS session cached after the
+    warm-up; STS is moto in this process, and the bench upstream does not check signatures)."""
+    from harness.aws import CALLER_ROLE, AwsSts  # noqa: PLC0415 - moto is needed by this section only
+
+    native = json.loads(
+        subprocess.run([str(BENCH), "sign"], check=True, capture_output=True, text=True, timeout=300).stdout
+    )
+    print(f"native signing: {native}")
+    sts = AwsSts()
+    try:
+        for name, value in sts.env(work).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        credentials = {
+            "type": "aws_sigv4",
+            "role_arn": CALLER_ROLE,
+            "region": "us-east-1",
+            "service": "execute-api",
+            "sts_endpoint": sts.url,
+        }
+        aws = start_gateway(procs, work / "gateway-aws", "aws", up_port, upstream_credentials=credentials)
+        compared = {name: targets[name] for name in ("envoy", "gateway")}
+        compared["aws"] = (aws["url"], aws["headers"])
+        for url, headers in compared.values():
+            load(url, 200, 2, headers)  # warm-up: the aws gateway assumes the role here
+        out: dict = {"native": native, 200: fixed_rates(compared, 200)}
+        out["assume_role_calls"] = len(sts.calls("AssumeRole"))
+        print(f"AssumeRole calls over the whole section: {out['assume_role_calls']}")
+        return out
+    finally:
+        sts.close()
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -311,6 +353,8 @@ def main() -> int:
                 {**targets, "policy": (with_policy["url"], with_policy["headers"])}, scenario["tool"], rest_ports, audit
             )
             audit.close()
+        if "credentials" in SECTIONS:
+            results["credentials"] = credentials_section(procs, work, up_port, targets)
         write_report(results, rss)
         return 0
     finally:
@@ -386,6 +430,8 @@ def write_report(results: dict, rss: dict[str, list[int]]) -> None:
         sections["masking"] = masking_report(results["masking"])
     if "policy" in results:
         sections["policy"] = policy_report(results["policy"])
+    if "credentials" in results:
+        sections["credentials"] = credentials_report(results["credentials"])
     dates.update(dict.fromkeys(sections, now))
     kept = {name: text.split("\n") for name, text in previous_sections(previous).items() if name not in sections}
     order = [name for name in SECTION_HEADINGS if name in sections or name in kept]
@@ -417,7 +463,7 @@ def write_report(results: dict, rss: dict[str, list[int]]) -> None:
 def previous_sections(text: str) -> dict[str, str]:
     """An earlier report's sections: each from its heading up to the next section's."""
     starts = sorted((at + 1, name) for name, h in SECTION_HEADINGS.items() if (at := text.find(f"\n{h}\n")) >= 0)
-    ends = [at for at, _ in starts[1:]] + [len(text)]
+    ends = [at for at, _ in starts[1:]] + [len(text)] * bool(starts)
     return {name: text[start:end].rstrip("\n") + "\n" for (start, name), end in zip(starts, ends, strict=True)}
 
 
@@ -577,6 +623,37 @@ def policy_report(p: dict) -> list[str]:
         f"Mean ext_authz Check inside the service over these runs: {svc['gateway']['check_mean_ms']:.3f} ms without a",
         f"policy, {svc['policy']['check_mean_ms']:.3f} ms with. Rule the audit trail names for these calls:"
         f" {', '.join(f'`{rule}`' for rule in e2e['decided_by'])}.",
+        "",
+    ]
+    return lines
+
+
+def credentials_report(c: dict) -> list[str]:
+    n, r = c["native"], c[200]
+    added50 = r["aws"]["p50"] - r["gateway"]["p50"]
+    added99 = r["aws"]["p99"] - r["gateway"]["p99"]
+    met = added50 <= TARGET_SIGN_ADDED_P50_MS
+    lines = [
+        SECTION_HEADINGS["credentials"],
+        "",
+        f"`gatehouse-bench sign` signs a {n['body_bytes']:,}-byte tools/call with a cached STS session",
+        f"({n['iterations']:,} times, each timed alone): p50 {n['p50_us']:.1f} µs, p99 {n['p99_us']:.1f} µs.",
+        "",
+        "End to end: the same open-loop tools/call (~1 KB answer) through plain Envoy, the gateway without an",
+        "upstream credential and the gateway whose upstream has an `aws_sigv4` credential (every call signed with",
+        "the caller's session, cached after the warm-up; STS is moto). The paths take turns; each figure is the",
+        f"median of {RUNS} runs of {SECONDS} s at 200 req/s.",
+        "",
+        "| path | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|",
+    ]
+    for name, label in (("envoy", "plain Envoy"), ("gateway", "Gatehouse"), ("aws", "Gatehouse, signing")):
+        lines.append(f"| {label} | {r[name]['p50']:.3f} | {r[name]['p99']:.3f} | {r[name]['errors']} |")
+    lines += [
+        "",
+        f"Signing adds {added50:+.3f} ms p50 and {added99:+.3f} ms p99 over the gateway without a credential:"
+        f" target ≤ +{TARGET_SIGN_ADDED_P50_MS} ms p50 {'met' if met else 'MISSED'}.",
+        f"AssumeRole calls over the whole section (one caller): {c['assume_role_calls']}.",
         "",
     ]
     return lines

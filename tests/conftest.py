@@ -186,8 +186,9 @@ class _Stacks:
 
 @pytest.fixture
 def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
-    """Factory: make_stack(upstream="everything"|"conformance"|"echo"|"demo"|"raw", issuer=None,
-    allow_groups=..., max_request_bytes=..., max_response_bytes=..., masking=..., demo_json=False)."""
+    """Factory: make_stack(upstream="everything"|"conformance"|"echo"|"demo"|"raw"|"sigv4", issuer=None,
+    allow_groups=..., max_request_bytes=..., max_response_bytes=..., masking=..., demo_json=False, ...):
+    the keyword arguments of `harness.stack.start_stack` (`aws_sts=` for "sigv4")."""
     stacks = _Stacks(tmp_path)
     _diagnostics(request).append(stacks)
     yield stacks

@@ -109,7 +109,7 @@ fn routes(config: &Config) -> Vec<Value> {
             "route": {
                 "cluster": cluster_name(u),
                 // An exact path match: this rewrites the whole path to the upstream's.
-                "prefix_rewrite": upstream_path(u),
+                "prefix_rewrite": u.upstream_path(),
                 // MCP servers check Host against DNS rebinding: send the one they serve.
                 "host_rewrite_literal": u.authority(),
                 "timeout": "0s",
@@ -132,11 +132,6 @@ fn routes(config: &Config) -> Vec<Value> {
         "typed_per_filter_config": disabled_filters(),
     }));
     routes
-}
-
-fn upstream_path(u: &Upstream) -> String {
-    let p = u.url.path();
-    if p.is_empty() { "/".into() } else { p.to_owned() }
 }
 
 fn filter_configuration(config: &Config, masking: &MaskConfig) -> String {

@@ -2,11 +2,13 @@
 //!
 //! Reading order: [`config`] (the one file), [`server`] (what starts), [`authz`] (the
 //! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter), [`masking`],
+//! [`policy`], [`approvals`], [`aws`] (STS sessions per caller and SigV4),
 //! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
 
 pub mod approvals;
 pub mod audit;
 pub mod authz;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod envoy_config;
@@ -35,6 +37,8 @@ pub struct AppState {
     /// The policy in force (`None`: no `policy` section); replaced when the file changes.
     pub policy: std::sync::RwLock<Option<Arc<policy::Policy>>>,
     pub approvals: approvals::Approvals,
+    /// STS sessions per caller for the `aws_sigv4` upstreams.
+    pub aws: aws::AwsSessions,
 }
 
 impl AppState {

@@ -80,6 +80,7 @@ impl Server {
             .await
             .context("cannot open the approvals table")?;
         let config_policy = config.policy.clone().map(Arc::new);
+        let aws = crate::aws::AwsSessions::new(&config).await;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (service.rest_listen)", config.service.rest_listen))?;
@@ -96,6 +97,7 @@ impl Server {
             masker,
             policy: std::sync::RwLock::new(config_policy),
             approvals,
+            aws,
         });
         let (shutdown, watch_rx) = watch::channel(false);
 

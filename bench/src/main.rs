@@ -10,9 +10,11 @@
 //! - `mask`: the masking engine's native throughput on the same mixed text the upstream
 //!   serves (see [`mixed`]).
 //! - `policy`: the policy engine's decision cost with 1,000 rules (see [`policy`]).
+//! - `sign`: SigV4 over a 1 KB call with a cached STS session (see [`sign`]).
 
 mod mixed;
 mod policy;
+mod sign;
 
 use std::{
     net::SocketAddr,
@@ -93,6 +95,11 @@ enum Command {
         #[arg(long)]
         rules_out: Option<PathBuf>,
     },
+    /// Signing cost: SigV4 over a 1 KB call with a cached session, as JSON.
+    Sign {
+        #[arg(long, default_value_t = 100_000)]
+        iterations: u32,
+    },
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -142,6 +149,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", policy::run(iterations, rules_out.as_deref())?);
             Ok(())
         }
+        Command::Sign { iterations } => {
+            println!("{}", sign::run(iterations)?);
+            Ok(())
+        }
     }
 }
 
@@ -150,6 +161,25 @@ fn call_body(tool: &str) -> Bytes {
         json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"message": "benchmark"}}})
             .to_string(),
     )
+}
+
+/// Times `f` alone `iterations` times (after a tenth as many unmeasured), sorted.
+pub(crate) fn timed(iterations: u32, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    let mut times = Vec::with_capacity(iterations as usize);
+    for _ in 0..iterations {
+        let start = Instant::now();
+        f();
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    times
+}
+
+pub(crate) fn us(sorted: &[Duration], p: f64) -> f64 {
+    crate::percentile(sorted, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
 }
 
 /// The `p` quantile (0 to 1) of sorted durations, nearest rank; `None` when empty.

@@ -13,16 +13,13 @@
 //!   denied by default, after every rule was tried;
 //! - `early`: a support agent's call is allowed by the fourth rule.
 
-use std::{
-    collections::BTreeSet,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, path::Path, time::Instant};
 
 use gatehouse_service::policy::{Facts, Policy, RawRule};
 use serde_json::{Value, json};
 
 use crate::mixed::Rng;
+use crate::{timed, us};
 
 pub const RULES: usize = 1000;
 /// The caller of `last_rule` and `no_rule`: the subject and groups of the token the
@@ -288,24 +285,6 @@ fn mix(rules: &[Value]) -> Value {
 }
 
 /// Sorted times of `iterations` runs of `f`, each timed alone, after a warm-up.
-fn timed(iterations: u32, mut f: impl FnMut()) -> Vec<Duration> {
-    for _ in 0..iterations / 10 {
-        f();
-    }
-    let mut times = Vec::with_capacity(iterations as usize);
-    for _ in 0..iterations {
-        let start = Instant::now();
-        f();
-        times.push(start.elapsed());
-    }
-    times.sort_unstable();
-    times
-}
-
-fn us(sorted: &[Duration], p: f64) -> f64 {
-    crate::percentile(sorted, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
-}
-
 /// Compiles the rules and times `Policy::evaluate` for each request; writes the rules and
 /// the caller to `rules_out` when given.
 pub fn run(iterations: u32, rules_out: Option<&Path>) -> anyhow::Result<Value> {

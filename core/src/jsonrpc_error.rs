@@ -21,6 +21,10 @@ pub const FORBIDDEN: i64 = -32003;
 /// holds the approval's id, status and where approvers decide. Send the same call again
 /// once it is approved.
 pub const APPROVAL_REQUIRED: i64 = -32030;
+/// Implementation-defined server error range: the gateway could not present the upstream's
+/// credential (it could not get one, or the upstream refused it). Nothing was forwarded
+/// unsigned; the message says which.
+pub const UPSTREAM_CREDENTIAL: i64 = -32031;
 
 /// Serializes a JSON-RPC error response. `id` is `null` when the request's id is
 /// unknown (unparseable body, or no body at all).

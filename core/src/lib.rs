@@ -10,6 +10,8 @@
 //! - [`jsonrpc_error`]: JSON-RPC error bodies the gateway answers with.
 //! - [`tools`]: which tools a caller may see in a `tools/list` answer, and the glob that
 //!   matches tool names.
+//! - [`upstream`]: how the service tells the filter which credential went upstream, and the
+//!   error a client gets when the upstream refuses it.
 
 pub mod audit;
 pub mod jsonrpc_error;
@@ -17,3 +19,4 @@ pub mod mask;
 pub mod mcp;
 pub mod sse;
 pub mod tools;
+pub mod upstream;

@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use gatehouse_core::mask::MaskCounts;
 use gatehouse_core::tools::TOOLS_HEADER;
+use gatehouse_core::upstream::CREDENTIAL_HEADER;
 use gatehouse_proto::audit::v1::ResponseObserved;
 use log::{debug, error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -723,6 +724,7 @@ impl HttpContext for Http {
             for (name, present) in [
                 (REVEAL_HEADER, head.has_reveal_header),
                 (TOOLS_HEADER, head.tools.is_some()),
+                (CREDENTIAL_HEADER, head.credential.is_some()),
             ] {
                 if present && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, name) {
                     error!(

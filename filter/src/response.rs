@@ -25,6 +25,7 @@ use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR};
 use gatehouse_core::mask::{JsonMasked, MaskCounts, MaskedEvent, Masker, Reveal, SseMasker};
 use gatehouse_core::mcp;
 use gatehouse_core::tools::{SseToolFilter, TOOLS_HEADER, ToolEvent, ToolVisibility, ToolsHeaderError};
+use gatehouse_core::upstream::{self, CREDENTIAL_HEADER};
 use gatehouse_proto::audit::v1::ResponseObserved;
 use serde_json::Value;
 
@@ -53,6 +54,9 @@ pub mod withheld {
     pub const EVENT_TOO_LARGE: &str = "event_too_large";
     /// The host would not give or take the body, so it could not be masked.
     pub const UNREADABLE: &str = "unreadable";
+    /// The upstream answered 401 or 403 to the gateway's own credential: the client gets a
+    /// JSON-RPC error instead (the upstream's answer may quote what was signed).
+    pub const CREDENTIAL_REFUSED: &str = "credential_refused";
 }
 
 /// How the body of an answer is handled.
@@ -99,6 +103,9 @@ pub struct ResponseHead {
     /// From `x-gatehouse-tools` (present: it must be removed); `None` when absent. A value
     /// that cannot be read, or a second value, is an error: every tool is then hidden.
     pub tools: Option<Result<ToolVisibility, ToolsHeaderError>>,
+    /// From `x-gatehouse-credential` (present: it must be removed): the kind of credential
+    /// the gateway presented upstream for this call.
+    pub credential: Option<String>,
 }
 
 impl ResponseHead {
@@ -128,6 +135,7 @@ impl ResponseHead {
                     }
                     head.has_reveal_header = true;
                 }
+                CREDENTIAL_HEADER => head.credential = Some(value.to_owned()),
                 TOOLS_HEADER => {
                     head.tools = Some(match head.tools {
                         None => ToolVisibility::from_header(value),
@@ -285,6 +293,10 @@ impl ResponseMasker {
 
     /// The response headers are in.
     pub fn on_headers(&mut self, end_of_stream: bool, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) -> Plan {
+        if self.head.credential.is_some() && upstream::is_refusal(self.head.status) {
+            self.withhold(withheld::CREDENTIAL_REFUSED, now_ms, out);
+            return Plan::Withhold;
+        }
         if end_of_stream {
             self.close(END_COMPLETE, now_ms, out);
             return Plan::Pass;
@@ -424,6 +436,12 @@ impl ResponseMasker {
 
     /// The local reply that replaces a withheld answer: status and JSON-RPC error body.
     pub fn local_reply(&self) -> (u32, Vec<u8>) {
+        if let (Some(withheld::CREDENTIAL_REFUSED), Some(kind)) = (self.withheld, &self.head.credential) {
+            return (
+                upstream::REFUSED_STATUS,
+                upstream::refused_body(self.reply_id.as_ref(), &self.request_id, kind, self.head.status),
+            );
+        }
         let why = match self.withheld {
             Some(withheld::ENCODED) => format!(
                 " (content-encoding {})",
@@ -886,6 +904,55 @@ mod tests {
 
     fn contains(haystack: &[u8], needle: &str) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn a_refusal_of_the_gateways_credential_becomes_a_json_rpc_error_and_its_body_is_not_passed() {
+        let masker = Masker::default();
+        let refusal = br#"{"message":"The request signature we calculated does not match. The Canonical String was ... x-amz-security-token:IQoJb3JpZ2luX2Vj"}"#;
+        for status in ["401", "403"] {
+            let pairs = [
+                (":status", status),
+                ("content-type", "application/json"),
+                (CREDENTIAL_HEADER, "aws_sigv4"),
+            ];
+            let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
+            let r = run(&masker, head, &[refusal]);
+            assert_eq!(r.plan, Some(Plan::Withhold));
+            let (reply_status, reply) = r.reply.clone().unwrap();
+            assert_eq!(reply_status, 502);
+            assert_eq!(reply["id"], 7);
+            assert_eq!(reply["error"]["code"], jsonrpc_error::UPSTREAM_CREDENTIAL);
+            assert_eq!(reply["error"]["data"]["request_id"], "r1");
+            assert!(
+                reply["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("HTTP {status}"))
+            );
+            assert!(r.client.is_empty() && !contains(&serde_json::to_vec(&reply).unwrap(), "IQoJ"));
+            let last = r.records.last().unwrap();
+            assert_eq!(
+                (last.withheld.as_str(), last.http_status),
+                (withheld::CREDENTIAL_REFUSED, status.parse().unwrap())
+            );
+            assert!(
+                r.records.iter().all(|p| p.message.is_empty()),
+                "the refusal's body is not recorded"
+            );
+        }
+        // Without the gateway's credential, a 403 is the upstream's answer to the call.
+        let pairs = [(":status", "403"), ("content-type", "application/json")];
+        let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
+        assert_eq!(run(&masker, head, &[b"{}"]).client, b"{}");
+        // A credential on a 200 changes nothing.
+        let pairs = [
+            (":status", "200"),
+            ("content-type", "application/json"),
+            (CREDENTIAL_HEADER, "static_header"),
+        ];
+        let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
+        assert_eq!(run(&masker, head, &[b"{}"]).client, b"{}");
     }
 
     #[test]

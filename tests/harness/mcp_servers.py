@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from . import paths
 from .procs import Proc, ProcessSet, free_port
@@ -95,6 +96,97 @@ class RecordedRequest:
         return json.loads(self.body)
 
 
+def echo_answer(method: str, body: bytes, server_name: str) -> tuple[int, Any, dict]:
+    """What an echo upstream answers (status, JSON payload or None, extra headers): initialize,
+    tools/list, every other call echoed; 405 to GET (no stream), 200 to DELETE."""
+    if method == "GET":
+        return 405, None, {}
+    if method == "DELETE":
+        return 200, None, {}
+    try:
+        msg = json.loads(body)
+    except ValueError:
+        return 400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}, {}
+    if not isinstance(msg, dict) or "id" not in msg:
+        return 202, None, {}
+    extra = {}
+    if msg.get("method") == "initialize":
+        extra["mcp-session-id"] = uuid.uuid4().hex
+        result: Any = {
+            "protocolVersion": (msg.get("params") or {}).get("protocolVersion", "2025-06-18"),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": server_name, "version": "0"},
+        }
+    elif msg.get("method") == "tools/list":
+        result = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+    else:
+        result = {"content": [{"type": "text", "text": json.dumps(msg.get("params"))}]}
+    return 200, {"jsonrpc": "2.0", "id": msg["id"], "result": result}, extra
+
+
+Handle = Callable[[str, str, dict[str, list[str]], bytes], tuple[int, Any, dict]]
+
+
+def json_handler(handle: Handle) -> type[BaseHTTPRequestHandler]:
+    """An HTTP/1.1 handler class for POST, GET and DELETE: `handle(method, path, headers (lower-case
+    names, every value), body)` returns (status, JSON payload or None, extra headers)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+        def _read_body(self) -> bytes:
+            if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+                body = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return body
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+            length = int(self.headers.get("content-length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _serve(self) -> None:
+            body = self._read_body()
+            headers: dict[str, list[str]] = {}
+            for name, value in self.headers.items():
+                headers.setdefault(name.lower(), []).append(value)
+            status, payload, extra = handle(self.command, self.path, headers, body)
+            data = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            if payload is not None:
+                self.send_header("content-type", "application/json")
+            for k, v in extra.items():
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_POST = do_GET = do_DELETE = _serve  # noqa: N815
+
+    return Handler
+
+
+def serve_in_thread(
+    port: int, handler: type[BaseHTTPRequestHandler], name: str, tls_dir: Path | None = None
+) -> ThreadingHTTPServer:
+    """A threading HTTP server on 127.0.0.1:`port`, serving in a daemon thread (HTTPS with
+    `tls_dir`'s server.crt/key); `shutdown()` and `server_close()` stop it."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    if tls_dir:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_dir / "server.crt", tls_dir / "server.key")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
 @dataclass
 class EchoUpstream:
     """A minimal MCP-over-HTTP upstream that records what reaches it."""
@@ -111,14 +203,7 @@ class EchoUpstream:
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
-        self._server.daemon_threads = True
-        if self.tls_dir:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(self.tls_dir / "server.crt", self.tls_dir / "server.key")
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="echo-upstream", daemon=True)
-        self._thread.start()
+        self._server = serve_in_thread(self.port, self._handler_class(), "echo-upstream", self.tls_dir)
 
     @property
     def url(self) -> str:
@@ -144,64 +229,8 @@ class EchoUpstream:
                 self.hook_results.append(result)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        upstream = self
+        def handle(method: str, path: str, headers: dict[str, list[str]], body: bytes) -> tuple[int, Any, dict]:
+            self._record(RecordedRequest(method, path, headers, body))
+            return echo_answer(method, body, "echo-upstream")
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-            def _capture(self) -> bytes:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers: dict[str, list[str]] = {}
-                for name, value in self.headers.items():
-                    headers.setdefault(name.lower(), []).append(value)
-                upstream._record(RecordedRequest(self.command, self.path, headers, body))
-                return body
-
-            def _send(self, status: int, payload: object | None, extra: dict[str, str] | None = None) -> None:
-                data = b"" if payload is None else json.dumps(payload).encode()
-                self.send_response(status)
-                if payload is not None:
-                    self.send_header("content-type", "application/json")
-                for k, v in (extra or {}).items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self._capture()
-                try:
-                    msg = json.loads(body)
-                except ValueError:
-                    self._send(400, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}})
-                    return
-                if not isinstance(msg, dict) or "id" not in msg:
-                    self._send(202, None)
-                    return
-                extra = {}
-                if msg.get("method") == "initialize":
-                    extra["mcp-session-id"] = uuid.uuid4().hex
-                    result: object = {
-                        "protocolVersion": (msg.get("params") or {}).get("protocolVersion", "2025-06-18"),
-                        "capabilities": {"tools": {}},
-                        "serverInfo": {"name": "echo-upstream", "version": "0"},
-                    }
-                elif msg.get("method") == "tools/list":
-                    result = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
-                else:
-                    result = {"content": [{"type": "text", "text": json.dumps(msg.get("params"))}]}
-                self._send(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result}, extra)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._capture()
-                self._send(405, None)
-
-            def do_DELETE(self) -> None:  # noqa: N802
-                self._capture()
-                self._send(200, None)
-
-        return Handler
+        return json_handler(handle)

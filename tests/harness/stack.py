@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -30,6 +30,9 @@ from .issuer import TestIssuer
 from .mcp_servers import EchoUpstream, start_conformance_server, start_demo_server, start_server_everything
 from .procs import Proc, ProcessSet, free_port
 from .raw_upstream import RawUpstream
+
+if TYPE_CHECKING:
+    from .aws import AwsSts, SigV4Upstream
 
 LATEST_PROTOCOL = "2025-11-25"
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -118,6 +121,7 @@ class Stack:
     issuer: TestIssuer | None = None
     echo: EchoUpstream | None = None
     raw: RawUpstream | None = None
+    sigv4: SigV4Upstream | None = None
     demo_db: Path | None = None
     service: Proc | None = None
     envoy: Proc | None = None
@@ -276,6 +280,8 @@ class Stack:
             self.echo.close()
         if self.raw:
             self.raw.close()
+        if self.sigv4:
+            self.sigv4.close()
 
 
 @dataclass
@@ -424,14 +430,17 @@ def start_stack(
     upstream_tls: Path | None = None,
     upstream_ca_file: Path | None = None,
     upstream_credentials: dict[str, Any] | None = None,
+    aws_sts: AwsSts | None = None,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
     `upstream`: "everything" (the real server-everything), "conformance" (the conformance
     suite's model server, tests/servers/conformance-server.mjs), "echo" (records headers),
     "demo" (demo/mcp_server.py on a fresh SQLite file, SSE answers or JSON with `demo_json`;
-    upstream name "demo" at /demo, groups eng, approvers, support) or "raw" (a
-    `RawUpstream` the test scripts byte by byte, `stack.raw`).
+    upstream name "demo" at /demo, groups eng, approvers, support), "raw" (a
+    `RawUpstream` the test scripts byte by byte, `stack.raw`) or "sigv4" (a `SigV4Upstream`
+    that answers only requests signed with a session `aws_sts` issued, `stack.sigv4`; it
+    expects the region and service of `upstream_credentials`).
     `issuer`: identity comes from this test issuer instead of the service's dev issuer.
     `masking`, `max_response_bytes`: the config's `masking:` section and `envoy.max_response_bytes`.
     `policy`, `approvals`, `ext_authz_timeout_ms`: `policy.rules`, `approvals:` and the Check's
@@ -444,6 +453,7 @@ def start_stack(
     procs = ProcessSet(stack_dir / "logs")
     echo: EchoUpstream | None = None
     raw: RawUpstream | None = None
+    sigv4: SigV4Upstream | None = None
     demo_db: Path | None = None
     upstream_name, mcp_path = "everything", "/mcp"
     stack: Stack | None = None
@@ -455,6 +465,19 @@ def start_stack(
         elif upstream == "raw":
             raw = RawUpstream()
             upstream_port = raw.port
+        elif upstream == "sigv4":
+            from .aws import SigV4Upstream  # moto and botocore load only for the tests that use them
+
+            if aws_sts is None:
+                raise ValueError('upstream="sigv4" needs aws_sts')
+            signing = upstream_credentials or {}
+            sigv4 = SigV4Upstream(
+                aws_sts,
+                region=signing.get("region", "us-east-1"),
+                service=signing.get("service", "execute-api"),
+                tls_dir=upstream_tls,
+            )
+            upstream_port = sigv4.port
         elif upstream == "demo":
             demo_db = stack_dir / "demo.db"
             _, upstream_port = start_demo_server(procs, demo_db, json_response=demo_json)
@@ -469,7 +492,7 @@ def start_stack(
         ports = {k: free_port() for k in ("http_port", "https_port", "admin_port", "rest_port", "grpc_port")}
         config_path = write_config(
             stack_dir,
-            upstream_url=echo.url if echo else f"http://127.0.0.1:{upstream_port}/mcp",
+            upstream_url=echo.url if echo else sigv4.url if sigv4 else f"http://127.0.0.1:{upstream_port}/mcp",
             upstream_name=upstream_name,
             mcp_path=mcp_path,
             allow_groups=allow_groups or ("eng", "approvers"),
@@ -494,6 +517,7 @@ def start_stack(
             issuer=issuer,
             echo=echo,
             raw=raw,
+            sigv4=sigv4,
             demo_db=demo_db,
             **ports,
         )
@@ -516,6 +540,8 @@ def start_stack(
                 echo.close()
             if raw:
                 raw.close()
+            if sigv4:
+                sigv4.close()
         raise
 
 

@@ -8,16 +8,18 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
 use gatehouse_core::tools::{TOOLS_HEADER, ToolVisibility};
+use gatehouse_core::upstream::CREDENTIAL_HEADER;
 use gatehouse_core::{jsonrpc_error, mcp};
 use serde_json::{Value, json};
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{HttpRequestView, REQUEST_ID_HEADER};
 use crate::approvals::{Approval, Call, Gate, GrantUse, Status, notify::approver_url};
 use crate::audit::NewRecord;
-use crate::config::{Secret, UpstreamCredentials};
+use crate::aws::sign;
+use crate::config::{Secret, Upstream, UpstreamCredentials};
 use crate::identity::Principal;
 use crate::policy::{Facts, Outcome, Policy, Verdict};
 use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
@@ -59,8 +61,19 @@ pub struct Allowed {
     /// The tools this caller could call here (`None`: no policy, every tool): the filter
     /// drops the others from `tools/list` answers.
     pub tools: Option<ToolVisibility>,
-    /// The upstream's own credential, `(header, value)`, sent in place of the client's.
-    pub credential: Option<(String, Secret)>,
+    /// The upstream's own credential, sent in place of the client's.
+    pub upstream_auth: UpstreamAuth,
+}
+
+/// What the gateway presents to the upstream for one call.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamAuth {
+    /// `static_header` or `aws_sigv4` (for the filter); `None`: the gateway presents nothing.
+    pub kind: Option<&'static str>,
+    /// Set on the request, overwriting what the client sent in them.
+    pub headers: Vec<(String, Secret)>,
+    /// Client headers taken off besides `authorization` (its `x-amz-*` next to a signature).
+    pub remove: Vec<String>,
 }
 
 impl Decision {
@@ -94,17 +107,33 @@ impl Decision {
                 subject,
                 reveal,
                 tools,
-                credential,
+                upstream_auth,
             }) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 // The client's credential is for the gateway only; it never goes upstream.
                 // (Envoy removes after it sets: an upstream credential in `authorization`
                 // overwrites the client's instead.)
-                if credential.as_ref().is_none_or(|(header, _)| header != "authorization") {
+                if !upstream_auth
+                    .headers
+                    .iter()
+                    .any(|(header, _)| header == "authorization")
+                {
                     ok.remove_header("authorization");
                 }
-                if let Some((header, Secret(value))) = credential {
+                for header in upstream_auth.remove {
+                    ok.remove_header(header);
+                }
+                for (header, Secret(value)) in upstream_auth.headers {
                     ok.add_header(header, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+                }
+                if let Some(kind) = upstream_auth.kind {
+                    // For the filter, which removes it and turns a 401/403 to it into a clear error.
+                    ok.add_response_header(
+                        CREDENTIAL_HEADER,
+                        kind,
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        true,
+                    );
                 }
                 // For the filter, which removes it. Overwrites whatever the upstream sent.
                 ok.add_response_header(
@@ -410,15 +439,25 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
             }
         }
     }
+    // Last, once the call may go: an AWS signature covers the time it is made.
+    let (upstream_auth, presented) = upstream_auth(state, upstream, &principal, view).await;
+    if let (Some(presented), Some(obj)) = (presented, record.as_object_mut()) {
+        // Which credential went upstream, never its secret.
+        obj.insert("upstream_credential".into(), presented);
+    }
+    let upstream_auth = match upstream_auth {
+        Ok(auth) => auth,
+        Err(denial) => {
+            tracing::warn!(
+                request_id,
+                reason = denial.reason,
+                "No upstream credential; the call is refused."
+            );
+            return deny(record, denial, request_id);
+        }
+    };
     if let Some(obj) = record.as_object_mut() {
         obj.insert("decision".into(), json!("allow"));
-        if let UpstreamCredentials::StaticHeader { header, .. } = &upstream.credentials {
-            // Which credential went upstream, never its value.
-            obj.insert(
-                "upstream_credential".into(),
-                json!({"type": "static_header", "header": header}),
-            );
-        }
         obj.insert("reason".into(), json!(reason));
     }
     let tool = first
@@ -440,14 +479,87 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                 .as_ref()
                 .filter(|_| matches!(&envelope, Some(Ok(env)) if env.lists_tools()))
                 .map(|p| p.tool_visibility(&principal.subject, &principal.groups, &upstream.name)),
-            credential: match &upstream.credentials {
-                UpstreamCredentials::StaticHeader { header, value } => Some((header.clone(), value.clone())),
-                UpstreamCredentials::None => None,
-            },
+            upstream_auth,
             subject: principal.subject,
             reveal,
         }),
     }
+}
+
+/// The credential this call presents upstream (or why there is none), and what the record
+/// says of it: its kind and public parts, never a secret.
+async fn upstream_auth(
+    state: &AppState,
+    upstream: &Upstream,
+    principal: &Principal,
+    view: &HttpRequestView<'_>,
+) -> (Result<UpstreamAuth, Denial>, Option<Value>) {
+    let aws = match &upstream.credentials {
+        UpstreamCredentials::None => return (Ok(UpstreamAuth::default()), None),
+        UpstreamCredentials::StaticHeader { header, value } => {
+            let auth = UpstreamAuth {
+                kind: Some("static_header"),
+                headers: vec![(header.clone(), value.clone())],
+                remove: Vec::new(),
+            };
+            return (Ok(auth), Some(json!({"type": "static_header", "header": header})));
+        }
+        UpstreamCredentials::AwsSigv4(aws) => aws,
+    };
+    let mut presented = json!({"type": "aws_sigv4", "role_arn": aws.role_arn, "source_identity": principal.subject});
+    let session = match state.aws.session(&upstream.name, aws, principal).await {
+        Ok(session) => session,
+        Err(error) => {
+            presented["error"] = json!(error.to_string());
+            let denial = Denial {
+                http_status: error.http_status(),
+                jsonrpc_code: jsonrpc_error::UPSTREAM_CREDENTIAL,
+                message: format!(
+                    "The gateway could not get AWS credentials for this call, so it was not forwarded: {error}"
+                ),
+                reason: match error.detail() {
+                    Some(detail) => format!("aws_sigv4: {error}: {detail}"),
+                    None => format!("aws_sigv4: {error}"),
+                },
+                headers: Vec::new(),
+                data: None,
+            };
+            return (Err(denial), Some(presented));
+        }
+    };
+    presented["access_key_id"] = json!(session.access_key_id);
+    let authority = upstream.authority();
+    let path_and_query = sign::upstream_path_and_query(upstream.upstream_path(), view.path);
+    let outgoing = sign::Outgoing {
+        method: view.method,
+        authority: &authority,
+        path_and_query: &path_and_query,
+        body: view.body,
+    };
+    let headers = match sign::sign_request(&session, &aws.region, &aws.service, outgoing, SystemTime::now()) {
+        Ok(headers) => headers,
+        Err(error) => {
+            presented["error"] = json!("could not sign");
+            return (
+                Err(internal(&format!("aws_sigv4: could not sign: {error}"))),
+                Some(presented),
+            );
+        }
+    };
+    // The client's own x-amz-* headers would be read by AWS next to the signature.
+    let remove = view
+        .headers
+        .into_iter()
+        .flat_map(|h| h.keys())
+        .filter(|name| name.starts_with("x-amz-") && !headers.iter().any(|(set, _)| set == *name))
+        .cloned()
+        .collect();
+    let auth = UpstreamAuth {
+        kind: Some("aws_sigv4"),
+        headers,
+        remove,
+    };
+    (Ok(auth), Some(presented))
 }
 
 /// What a request record says about the approval it waited for or used.

@@ -144,6 +144,35 @@ pub enum UpstreamCredentials {
     None,
     /// `header: value`, overwriting whatever the client sent in that header.
     StaticHeader { header: String, value: Secret },
+    /// SigV4 as the caller: each caller's own STS session of the role signs its calls.
+    AwsSigv4(std::sync::Arc<AwsSigv4>),
+}
+
+impl UpstreamCredentials {
+    /// The `type` in the config and in records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::StaticHeader { .. } => "static_header",
+            Self::AwsSigv4(_) => "aws_sigv4",
+        }
+    }
+}
+
+/// An `aws_sigv4` upstream credential.
+#[derive(Debug, Clone)]
+pub struct AwsSigv4 {
+    pub role_arn: String,
+    pub region: String,
+    /// The signing name (`execute-api`, `lambda`…).
+    pub service: String,
+    pub session_duration: std::time::Duration,
+    pub external_id: Option<String>,
+    /// JSON.
+    pub session_policy: Option<String>,
+    pub sts_endpoint: Option<Url>,
+    /// Globs of the groups that become session tags (`None`: all).
+    pub tag_groups: Option<Vec<String>>,
 }
 
 /// A secret value: its Debug form never shows it.
@@ -157,12 +186,21 @@ impl fmt::Debug for Secret {
 }
 
 impl Upstream {
-    /// `host:port` of the upstream URL (the Host header it accepts).
+    /// `host[:port]` of the upstream URL, the port only when it is not the scheme's: the Host
+    /// header it accepts, as any client sends it (and as a SigV4 signature covers it).
     pub fn authority(&self) -> String {
         let host = self.url.host_str().unwrap_or_default();
-        match self.url.port_or_known_default() {
+        match self.url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
+        }
+    }
+
+    /// The path the route sends instead of the gateway's (the upstream URL's).
+    pub fn upstream_path(&self) -> &str {
+        match self.url.path() {
+            "" => "/",
+            p => p,
         }
     }
 

@@ -195,6 +195,30 @@ pub enum Credentials {
         #[serde(default)]
         prefix: Option<String>,
     },
+    /// SigV4 as the caller, with an STS session of a role assumed for each caller.
+    AwsSigv4 {
+        role_arn: String,
+        region: String,
+        /// The signing name of the service (`execute-api`, `lambda`, `bedrock-agentcore`…).
+        service: String,
+        #[serde(default = "default_session_duration_s")]
+        session_duration_s: u64,
+        #[serde(default)]
+        external_id: Option<String>,
+        /// An IAM policy (as YAML or JSON) that narrows the role for these sessions.
+        #[serde(default)]
+        session_policy: Option<serde_json::Value>,
+        /// Where STS is (default: the standard chain's, normally AWS's regional endpoint).
+        #[serde(default)]
+        sts_endpoint: Option<String>,
+        /// Which of the caller's groups become session tags (globs; default: all).
+        #[serde(default)]
+        tag_groups: Option<Vec<String>>,
+    },
+}
+
+fn default_session_duration_s() -> u64 {
+    3600
 }
 
 /// Headers a credential may not be put in: the ones Envoy, MCP or Gatehouse rely on.
@@ -213,15 +237,105 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn validate_credentials(c: Option<Credentials>, base: &Path, at: &str, p: &mut Problems) -> super::UpstreamCredentials {
-    let Some(Credentials::StaticHeader {
-        header,
-        value_file,
-        value_env,
-        prefix,
-    }) = c
-    else {
-        return super::UpstreamCredentials::None;
-    };
+    match c {
+        None | Some(Credentials::None) => super::UpstreamCredentials::None,
+        Some(Credentials::StaticHeader {
+            header,
+            value_file,
+            value_env,
+            prefix,
+        }) => validate_static_header(header, value_file, value_env, prefix, base, at, p),
+        Some(Credentials::AwsSigv4 {
+            role_arn,
+            region,
+            service,
+            session_duration_s,
+            external_id,
+            session_policy,
+            sts_endpoint,
+            tag_groups,
+        }) => {
+            let at = format!("{at}.credentials");
+            // As STS and IAM define them: a bad value is refused here, not on the first call.
+            let role_ok = role_arn
+                .strip_prefix("arn:")
+                .and_then(|r| r.split_once(":iam::"))
+                .is_some_and(|(partition, rest)| {
+                    partition.starts_with("aws")
+                        && rest.split_once(":role/").is_some_and(|(account, name)| {
+                            account.len() == 12
+                                && account.bytes().all(|b| b.is_ascii_digit())
+                                && !name.is_empty()
+                                && name
+                                    .chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+                        })
+                });
+            if !role_ok {
+                p.add(
+                    format!("{at}.role_arn"),
+                    format!("{role_arn:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"),
+                );
+            }
+            let name_ok = |v: &str| {
+                !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            };
+            if !name_ok(&region) {
+                p.add(
+                    format!("{at}.region"),
+                    format!("{region:?} is not an AWS region name (like us-east-1)"),
+                );
+            }
+            if !name_ok(&service) {
+                p.add(
+                    format!("{at}.service"),
+                    format!("{service:?} is not a signing name (like execute-api or lambda)"),
+                );
+            }
+            if !(900..=43_200).contains(&session_duration_s) {
+                p.add(
+                    format!("{at}.session_duration_s"),
+                    format!("{session_duration_s} is outside what STS allows (900 to 43200 seconds)"),
+                );
+            }
+            if let Some(id) = &external_id
+                && !(2..=1224).contains(&id.len())
+            {
+                p.add(format!("{at}.external_id"), "must be 2 to 1224 characters");
+            }
+            let session_policy = session_policy.map(|v| v.to_string());
+            if session_policy.as_ref().is_some_and(|v| v.len() > 2048) {
+                p.add(
+                    format!("{at}.session_policy"),
+                    "is over the 2048 characters STS takes for a session policy",
+                );
+            }
+            let sts_endpoint = sts_endpoint.and_then(|u| p.url(&format!("{at}.sts_endpoint"), &u, &["http", "https"]));
+            super::UpstreamCredentials::AwsSigv4(std::sync::Arc::new(super::AwsSigv4 {
+                role_arn,
+                region,
+                service,
+                session_duration: std::time::Duration::from_secs(session_duration_s),
+                external_id,
+                session_policy,
+                sts_endpoint,
+                tag_groups,
+            }))
+        }
+    }
+}
+
+fn validate_static_header(
+    header: String,
+    value_file: Option<String>,
+    value_env: Option<String>,
+    prefix: Option<String>,
+    base: &Path,
+    at: &str,
+    p: &mut Problems,
+) -> super::UpstreamCredentials {
     let header = header.to_ascii_lowercase();
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if header.is_empty()

@@ -36,7 +36,7 @@ fn a_good_file_validates_with_defaults_and_resolved_paths() {
     assert_eq!(c.audit.database, "sqlite:///etc/gh/state/audit.db");
     assert_eq!(c.envoy.wasm, Path::new("/etc/gh/target/gatehouse_filter.wasm"));
     assert_eq!(c.upstreams[1].path, "/mcp/other");
-    assert_eq!(c.upstreams[1].authority(), "mcp.example.com:443");
+    assert_eq!(c.upstreams[1].authority(), "mcp.example.com");
     assert!(c.upstreams[1].is_tls());
     assert_eq!(
         c.identity.dev_issuer.unwrap().key_file,
@@ -244,5 +244,55 @@ fn a_static_header_credential_is_checked_and_never_echoed() {
         };
         assert!(errors.contains(expected), "{credentials}: {errors}");
         assert!(!errors.contains("sk-secret-part"), "{errors}");
+    }
+}
+
+#[test]
+fn an_aws_sigv4_credential_is_checked_as_sts_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |credentials: &str| {
+        GOOD.replace(
+            "    allow_groups: [eng, ops]\n",
+            &format!("    allow_groups: [eng, ops]\n    credentials: {credentials}\n"),
+        )
+    };
+    let good = with(
+        "{ type: aws_sigv4, role_arn: \"arn:aws:iam::123456789012:role/mcp/caller\", region: eu-west-1, \
+         service: execute-api, external_id: ext-1, session_policy: { Version: \"2012-10-17\" }, \
+         sts_endpoint: \"http://127.0.0.1:5000/\", tag_groups: [\"eng*\"] }",
+    );
+    let c = Config::parse(&good, &dir.path().join("g.yaml")).unwrap();
+    match &c.upstreams[1].credentials {
+        UpstreamCredentials::AwsSigv4(a) => {
+            assert_eq!(a.session_duration.as_secs(), 3600, "the default");
+            assert_eq!(a.session_policy.as_deref(), Some(r#"{"Version":"2012-10-17"}"#));
+            assert_eq!(a.sts_endpoint.as_ref().map(|u| u.port()), Some(Some(5000)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let base = "type: aws_sigv4, role_arn: \"arn:aws:iam::123456789012:role/r\", region: us-east-1, service: lambda";
+    for (more, expected) in [
+        ("role_arn: \"arn:aws:iam::123:role/r\"", "credentials.role_arn"),
+        ("role_arn: \"arn:aws:iam::123456789012:user/r\"", "credentials.role_arn"),
+        ("region: US_EAST", "credentials.region"),
+        ("service: \"\"", "credentials.service"),
+        ("session_duration_s: 600", "900 to 43200"),
+        ("session_duration_s: 50000", "900 to 43200"),
+        ("external_id: x", "credentials.external_id"),
+        ("sts_endpoint: \"ftp://sts\"", "credentials.sts_endpoint"),
+        ("roles: []", "unknown field"),
+    ] {
+        // Each case replaces one key of the base (a YAML mapping may not repeat a key).
+        let key = more.split(':').next().unwrap_or_default();
+        let kept: Vec<&str> = base
+            .split(", ")
+            .filter(|kv| !kv.starts_with(&format!("{key}:")))
+            .collect();
+        let credentials = format!("{{ {}, {more} }}", kept.join(", "));
+        let errors = match Config::parse(&with(&credentials), &dir.path().join("g.yaml")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {credentials}"),
+        };
+        assert!(errors.contains(expected), "{credentials}: {errors}");
     }
 }

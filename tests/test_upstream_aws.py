@@ -199,7 +199,7 @@ def test_each_caller_reaches_the_upstream_with_their_own_role_session(aws_stack,
         if r.body and r.json().get("method") == "tools/call":
             assert r.json()["params"]["arguments"]["who"] == r.subject, "a call went up with another caller's session"
         assert r.headers["x-amz-security-token"] == [r.session.session_token], r.headers
-        assert r.headers["host"] == [f"127.0.0.1:{stack.sigv4.port}"] and r.path == "/mcp"
+        assert r.headers["host"] == [f"127.0.0.1:{stack.sigv4.port}"] and r.path == "/prod/mcp"
         assert "x-amz-content-sha256" not in r.headers, r.headers
         sent = json.dumps(r.headers)
         assert not [v for v in (*tokens.values(), *forged.values()) if v in sent], f"client headers arrived: {sent}"
@@ -267,6 +267,8 @@ def test_a_session_is_renewed_only_when_less_than_a_quarter_of_it_is_left(aws_st
 @pytest.mark.gateway
 def test_no_secret_of_a_session_reaches_an_answer_a_record_or_a_log(aws_stack, sts):
     stack = aws_stack()
+    stack.service_log = "trace"  # even the AWS SDK's own trace output holds no secret
+    stack.restart_service()
     answers = []
     for sub, groups in USERS.items():
         token = stack.token(sub, groups)
@@ -280,6 +282,8 @@ def test_no_secret_of_a_session_reaches_an_answer_a_record_or_a_log(aws_stack, s
     secrets = sts.secrets()
     assert len(secrets) == 5, "want the base secret key and two sessions' secret key and token"
     blobs = {**stack.trail_files(), **stack.gateway_logs()}
+    blobs["metrics"] = httpx.get(f"{stack.rest_url}/metrics", timeout=5).content
+    assert b"Assumed the upstream's role" in blobs["gatehouse-serve"], "the service's log was not searched"
     for i, a in enumerate(answers):
         blobs[f"answer {i}"] = a.content + json.dumps(dict(a.headers)).encode()
     leaked = {
@@ -304,6 +308,62 @@ def test_sts_unreachable_refuses_the_call_with_503_and_forwards_nothing(aws_stac
     assert "alice" not in resp.text
     assert stack.sigv4.received() == 0 and stack.upstream_requests() == 0
     assert_denied(stack, resp)
+
+
+@pytest.mark.gateway
+def test_a_query_and_bodiless_requests_are_signed_as_the_upstream_receives_them(aws_stack, sts):
+    """The route replaces the gateway's path (/mcp) with the upstream's (/prod/mcp) and keeps the
+    query; a DELETE has no body: each arrives with a signature botocore accepts."""
+    stack = aws_stack()
+    token = stack.token()
+    session = stack.initialize(token)
+    query = "?tenant=a%20b&region=eu-west-1&empty="
+    resp = stack.post(tools_call("echo", {"q": 1}, request_id=5), token=token, url=stack.url + query)
+    assert resp.status_code == 200, resp.text
+    gone = httpx.delete(stack.url, headers={"authorization": f"Bearer {token}", "mcp-session-id": session}, timeout=10)
+    assert gone.status_code == 200, gone.text
+
+    assert not stack.sigv4.refused(), [r.reason for r in stack.sigv4.refused()]
+    seen = [(r.method, r.path) for r in stack.sigv4.accepted()]
+    assert ("POST", "/prod/mcp" + query) in seen and ("DELETE", "/prod/mcp") in seen, seen
+
+
+@pytest.mark.gateway
+def test_a_slow_sts_refuses_in_time_and_its_session_serves_the_next_call(aws_stack, sts):
+    """STS slower than the Check: the service answers before Envoy gives up (its own -32031 and a
+    record, not Envoy's bare 503), and the AssumeRole it started still completes and is kept."""
+    stack = aws_stack()
+    sts.delay_s = 3.0  # the Check has 2 s (ext_authz_timeout_ms)
+    token = stack.token()
+    started = time.monotonic()
+    resp = stack.post(tools_call("echo", {"who": "alice"}, request_id=31), token=token)
+    assert time.monotonic() - started < 2.0
+    credential_error(resp, 503, 31)
+    assert_denied(stack, resp)
+    assert stack.sigv4.received() == 0
+
+    deadline = time.monotonic() + 10
+    while not [c for c in sts.calls() if c.status == 200] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sts.delay_s = 0.0
+    resp = stack.post(tools_call("echo", {"who": "alice"}, request_id=32), token=token)
+    assert resp.status_code == 200, resp.text
+    assert len(sts.calls()) == 1, "the session assumed in the background was not kept"
+
+
+@pytest.mark.gateway
+def test_a_renewal_sts_cannot_answer_keeps_the_session_that_still_has_time(aws_stack, sts):
+    stack = aws_stack()
+    sts.clock_offset_s = -700  # a 900 s session with 200 s left: due for renewal
+    token = stack.token()
+    assert stack.post(tools_call("echo", {"n": 1}), token=token).status_code == 200
+    sts.clock_offset_s, sts.delay_s = 0, 3.0  # the renewal outlasts the Check
+
+    resp = stack.post(tools_call("echo", {"n": 2}), token=token)
+
+    assert resp.status_code == 200, resp.text
+    first, second = [r.access_key_id for r in stack.sigv4.accepted() if r.method == "POST"]
+    assert first == second, "the current session was not used while its renewal was under way"
 
 
 @pytest.mark.gateway

@@ -6,8 +6,24 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // The AWS SDK's debug and trace output shows HTTP exchanges with STS, whose answers hold
+    // session credentials: never below info, whatever RUST_LOG asks.
+    for directive in [
+        "aws_smithy_runtime=info",
+        "aws_smithy_http_client=info",
+        "aws_sigv4=info",
+        "aws_config=info",
+        "aws_sdk_sts=info",
+        "hyper_util=info",
+        "h2=info",
+    ] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match gatehouse_service::cli::Cli::parse().run().await {

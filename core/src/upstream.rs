@@ -2,9 +2,10 @@
 //! an upstream.
 //!
 //! The service names the credential's kind in [`CREDENTIAL_HEADER`] on the answer (Envoy adds
-//! it on the way back); the filter removes it, and when the upstream answered 401 or 403 to
-//! the gateway's own credential, the client gets [`refused_body`] instead of the upstream's
-//! answer, which may quote what was signed.
+//! it on the way back); the filter removes it, and when the upstream refused the gateway's own
+//! credential ([`is_refusal`]), the client gets [`refused_body`] instead of the upstream's
+//! answer, which may quote what was signed (AWS's signature errors quote the canonical
+//! request, session token included).
 
 use serde_json::Value;
 
@@ -13,9 +14,14 @@ use crate::jsonrpc_error::{UPSTREAM_CREDENTIAL, error_body};
 /// `aws_sigv4` or `static_header` on an answer whose request carried the gateway's credential.
 pub const CREDENTIAL_HEADER: &str = "x-gatehouse-credential";
 
-/// Whether the upstream's status refuses the credential rather than answering the call.
-pub fn is_refusal(status: u32) -> bool {
-    matches!(status, 401 | 403)
+/// Whether the upstream's status refuses the gateway's credential of `kind` rather than
+/// answering the call: AWS answers 403 to a bad signature; behind a static credential only
+/// a 401 says so (a 403 may be the server's own answer to the call).
+pub fn is_refusal(kind: &str, status: u32) -> bool {
+    match kind {
+        "aws_sigv4" => matches!(status, 401 | 403),
+        _ => status == 401,
+    }
 }
 
 /// The HTTP status the client gets in place of a refusal: the gateway's upstream failed it.
@@ -53,6 +59,8 @@ mod tests {
                 .unwrap_or_default()
                 .contains("AWS signature (HTTP 403)")
         );
-        assert!(is_refusal(401) && is_refusal(403) && !is_refusal(404) && !is_refusal(200));
+        assert!(is_refusal("aws_sigv4", 401) && is_refusal("aws_sigv4", 403) && !is_refusal("aws_sigv4", 404));
+        assert!(is_refusal("static_header", 401) && !is_refusal("static_header", 403));
+        assert!(!is_refusal("aws_sigv4", 200));
     }
 }

@@ -293,7 +293,9 @@ impl ResponseMasker {
 
     /// The response headers are in.
     pub fn on_headers(&mut self, end_of_stream: bool, now_ms: u64, out: &mut impl FnMut(ResponseObserved)) -> Plan {
-        if self.head.credential.is_some() && upstream::is_refusal(self.head.status) {
+        if let Some(kind) = &self.head.credential
+            && upstream::is_refusal(kind, self.head.status)
+        {
             self.withhold(withheld::CREDENTIAL_REFUSED, now_ms, out);
             return Plan::Withhold;
         }
@@ -945,6 +947,21 @@ mod tests {
         let pairs = [(":status", "403"), ("content-type", "application/json")];
         let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
         assert_eq!(run(&masker, head, &[b"{}"]).client, b"{}");
+        // Behind a static credential a 403 is the server's own answer; a 401 refuses the credential.
+        let pairs = [
+            (":status", "403"),
+            ("content-type", "application/json"),
+            (CREDENTIAL_HEADER, "static_header"),
+        ];
+        let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
+        assert_eq!(run(&masker, head, &[b"{}"]).client, b"{}");
+        let pairs = [
+            (":status", "401"),
+            ("content-type", "application/json"),
+            (CREDENTIAL_HEADER, "static_header"),
+        ];
+        let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
+        assert_eq!(run(&masker, head, &[b"{}"]).reply.map(|r| r.0), Some(502));
         // A credential on a 200 changes nothing.
         let pairs = [
             (":status", "200"),

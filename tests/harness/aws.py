@@ -396,7 +396,7 @@ class SigV4Upstream:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}/mcp"
+        return f"{self.scheme}://127.0.0.1:{self.port}/prod/mcp"
 
     def accepted(self) -> list[SignedCall]:
         with self._lock:

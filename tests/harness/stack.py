@@ -125,6 +125,8 @@ class Stack:
     demo_db: Path | None = None
     service: Proc | None = None
     envoy: Proc | None = None
+    # The service's RUST_LOG from its next (re)start.
+    service_log: str = "info"
     _audit: AuditClient | None = field(default=None, repr=False)
 
     # --- addresses ---------------------------------------------------------------
@@ -240,7 +242,7 @@ class Stack:
         self.service = self.procs.start(
             "gatehouse-serve",
             [paths.gatehouse_bin(), "serve", "--config", self.config_path],
-            env={"RUST_LOG": "info", "RUST_BACKTRACE": "1"},
+            env={"RUST_LOG": self.service_log, "RUST_BACKTRACE": "1"},
         )
         self.service.wait_http(f"{self.rest_url}/healthz", ok=lambda r: r.status_code == 200)
         self.service.wait_tcp(self.grpc_port)

@@ -24,6 +24,9 @@ use crate::identity::Principal;
 use crate::policy::{Facts, Outcome, Policy, Verdict};
 use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
 
+/// What a Check keeps of Envoy's timeout to commit its record and answer.
+const CHECK_MARGIN: Duration = Duration::from_millis(300);
+
 /// Why a request is refused, and what the client is told.
 #[derive(Debug, Clone)]
 pub struct Denial {
@@ -231,6 +234,10 @@ fn first_message(view: &HttpRequestView<'_>) -> Option<mcp::Message> {
 
 /// Decides on a request. Pure apart from token verification (which may fetch keys).
 pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decision {
+    // Envoy gives up on the Check after ext_authz_timeout_ms: what waits inside it (STS) stops
+    // early enough for the answer and its record to go out first.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(state.config.envoy.ext_authz_timeout_ms).saturating_sub(CHECK_MARGIN);
     let request_id = view
         .header(REQUEST_ID_HEADER)
         .filter(|id| is_request_id(id))
@@ -440,7 +447,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         }
     }
     // Last, once the call may go: an AWS signature covers the time it is made.
-    let (upstream_auth, presented) = upstream_auth(state, upstream, &principal, view).await;
+    let (upstream_auth, presented) = upstream_auth(state, upstream, &principal, view, deadline).await;
     if let (Some(presented), Some(obj)) = (presented, record.as_object_mut()) {
         // Which credential went upstream, never its secret.
         obj.insert("upstream_credential".into(), presented);
@@ -493,6 +500,7 @@ async fn upstream_auth(
     upstream: &Upstream,
     principal: &Principal,
     view: &HttpRequestView<'_>,
+    deadline: tokio::time::Instant,
 ) -> (Result<UpstreamAuth, Denial>, Option<Value>) {
     let aws = match &upstream.credentials {
         UpstreamCredentials::None => return (Ok(UpstreamAuth::default()), None),
@@ -507,7 +515,7 @@ async fn upstream_auth(
         UpstreamCredentials::AwsSigv4(aws) => aws,
     };
     let mut presented = json!({"type": "aws_sigv4", "role_arn": aws.role_arn, "source_identity": principal.subject});
-    let session = match state.aws.session(&upstream.name, aws, principal).await {
+    let session = match state.aws.session(&upstream.name, aws, principal, deadline).await {
         Ok(session) => session,
         Err(error) => {
             presented["error"] = json!(error.to_string());

@@ -31,7 +31,13 @@ const MAX_TAGS: usize = 50;
 /// duration, if that is shorter), and never used with less than [`MIN_LEFT`].
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
 const MIN_LEFT: Duration = Duration::from_secs(60);
-/// Entries kept before expired ones are dropped.
+/// After STS failed for a caller, it is not asked again for them before this: the calls in
+/// between get the same answer (or the session that still has time left).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// One AssumeRole, retries included. A Check waits for it only until its own deadline; the
+/// assumption itself carries on in the background, so a slow STS still fills the cache.
+const STS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Entries kept before unused expired ones are dropped.
 const PRUNE_ABOVE: usize = 1024;
 
 /// One caller's session of a role: what signs their calls.
@@ -54,11 +60,15 @@ impl std::fmt::Debug for Session {
 }
 
 /// Why no session could be had. `Display` is safe for the client and the record.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AwsError {
     /// The detail (for the log and the record) may name endpoints and the base identity.
     #[error("the gateway could not reach STS or has no AWS credentials of its own; try again later")]
     Unreachable(String),
+    /// STS answered with an error that is not about the caller (throttling, its own outage,
+    /// the gateway's credentials or configuration).
+    #[error("STS could not give the role's credentials ({code}); try again later")]
+    Failed { code: String, message: String },
     #[error("STS refused to assume the role for you ({code})")]
     Refused { code: String, message: String },
     #[error(
@@ -74,10 +84,10 @@ pub enum AwsError {
 }
 
 impl AwsError {
-    /// The HTTP status for the client: the caller's own problems are 403, STS's are 503.
+    /// The HTTP status for the client: the caller's own problems are 403, the rest 503.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::Unreachable(_) | Self::Expired { .. } => 503,
+            Self::Unreachable(_) | Self::Failed { .. } | Self::Expired { .. } => 503,
             Self::Refused { .. } | Self::Subject(_) | Self::Group(_) | Self::TooManyTags => 403,
         }
     }
@@ -85,19 +95,52 @@ impl AwsError {
     /// More for the log and the record than the client is told.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            Self::Refused { message, .. } | Self::Unreachable(message) => Some(message),
+            Self::Refused { message, .. } | Self::Failed { message, .. } | Self::Unreachable(message) => Some(message),
             _ => None,
+        }
+    }
+
+    /// STS's error codes that are about this caller (their tags, the role's trust in them).
+    fn from_sts(code: &str, message: &str) -> Self {
+        let (code, message) = (code.to_owned(), message.to_owned());
+        match code.as_str() {
+            "AccessDenied" | "AccessDeniedException" | "PackedPolicyTooLarge" => Self::Refused { code, message },
+            _ => Self::Failed { code, message },
         }
     }
 }
 
 type Key = (String, String, Vec<(String, String)>);
-type Entry = Arc<tokio::sync::Mutex<Option<Session>>>;
+
+/// A caller's session of one role, and the one renewal that may be under way.
+#[derive(Default)]
+struct Entry {
+    /// The session in use: read without waiting for a renewal.
+    current: Mutex<Option<Session>>,
+    /// Held while renewing; holds STS's last failure for this caller and when it came.
+    renewal: tokio::sync::Mutex<Option<(tokio::time::Instant, AwsError)>>,
+}
+
+impl Entry {
+    fn current(&self) -> Option<Session> {
+        match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, session: Option<Session>) {
+        match self.current.lock() {
+            Ok(mut c) => *c = session,
+            Err(poisoned) => *poisoned.into_inner() = session,
+        }
+    }
+}
 
 /// STS clients of the `aws_sigv4` upstreams and the sessions they gave.
 pub struct AwsSessions {
     clients: HashMap<String, aws_sdk_sts::Client>,
-    cache: Mutex<HashMap<Key, Entry>>,
+    cache: Mutex<HashMap<Key, Arc<Entry>>>,
 }
 
 impl AwsSessions {
@@ -114,8 +157,6 @@ impl AwsSessions {
             })
             .collect();
         if let Some((_, first)) = aws.first() {
-            // Inside the Check, which Envoy gives up on after ext_authz_timeout_ms.
-            let budget = Duration::from_millis(config.envoy.ext_authz_timeout_ms.saturating_sub(500).clamp(500, 5000));
             let http = aws_smithy_http_client::Builder::new()
                 .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                     aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -128,7 +169,7 @@ impl AwsSessions {
                 .timeout_config(
                     TimeoutConfig::builder()
                         .connect_timeout(Duration::from_secs(1))
-                        .operation_timeout(budget)
+                        .operation_timeout(STS_TIMEOUT)
                         .build(),
                 )
                 .retry_config(
@@ -152,74 +193,110 @@ impl AwsSessions {
         }
     }
 
-    /// The caller's session of `upstream`'s role: cached, or assumed now.
-    pub async fn session(&self, upstream: &str, aws: &AwsSigv4, caller: &Principal) -> Result<Session, AwsError> {
+    /// The caller's session of `upstream`'s role: cached, or assumed now. Waits for STS no
+    /// later than `deadline`; an assumption still running then goes on in the background.
+    pub async fn session(
+        &self,
+        upstream: &str,
+        aws: &Arc<AwsSigv4>,
+        caller: &Principal,
+        deadline: tokio::time::Instant,
+    ) -> Result<Session, AwsError> {
         let subject = &caller.subject;
         if !is_session_name(subject) {
             return Err(AwsError::Subject(subject.clone()));
         }
         let tags = session_tags(aws, caller)?;
         let entry = self.entry((upstream.to_owned(), subject.clone(), tags.clone()));
-        let mut slot = entry.lock().await;
-        let now = SystemTime::now();
         let renew_before = RENEW_BEFORE.min(aws.session_duration / 4);
-        if let Some(s) = slot.as_ref()
-            && left(s, now) > renew_before
-        {
+        let current = entry.current();
+        let now = SystemTime::now();
+        if let Some(s) = current.as_ref().filter(|s| left(s, now) > renew_before) {
+            return Ok(s.clone());
+        }
+        // Someone is renewing it: meanwhile the current session serves while it may.
+        let usable = current.filter(|s| left(s, now) > MIN_LEFT);
+        if let (Err(_), Some(s)) = (entry.renewal.try_lock(), &usable) {
             return Ok(s.clone());
         }
         let client = self
             .clients
             .get(upstream)
+            .cloned()
             .ok_or_else(|| AwsError::Unreachable(format!("no STS client for upstream {upstream:?}")))?;
-        match assume(client, aws, subject, &tags).await {
-            Ok(session) => {
-                let left = left(&session, SystemTime::now());
-                if left < MIN_LEFT {
-                    let expires = time::OffsetDateTime::from(session.expires)
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default();
-                    let left_s = session
-                        .expires
-                        .duration_since(SystemTime::now())
-                        .map_or_else(|e| -(e.duration().as_secs() as i64), |d| d.as_secs() as i64);
-                    return Err(AwsError::Expired { expires, left_s });
-                }
-                tracing::info!(
-                    upstream,
-                    subject,
-                    role = aws.role_arn,
-                    access_key_id = session.access_key_id,
-                    "Assumed the upstream's role for the caller."
-                );
-                *slot = Some(session.clone());
-                Ok(session)
-            }
-            // A renewal that fails while the session still has time left keeps it.
-            Err(error) => match slot.as_ref() {
-                Some(s) if left(s, now) > MIN_LEFT => {
-                    tracing::warn!(upstream, subject, %error, "Could not renew an AWS session; using the current one while it lasts.");
-                    Ok(s.clone())
-                }
-                _ => Err(error),
+        let renewal = tokio::spawn(renew(entry, client, aws.clone(), subject.clone(), tags, renew_before));
+        match tokio::time::timeout_at(deadline, renewal).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(AwsError::Unreachable(format!("the renewal task failed: {e}"))),
+            Err(_) => match usable {
+                Some(s) => Ok(s),
+                None => Err(AwsError::Unreachable(
+                    "STS did not answer within the Check's time; the session is still being asked for".into(),
+                )),
             },
         }
     }
 
-    fn entry(&self, key: Key) -> Entry {
+    fn entry(&self, key: Key) -> Arc<Entry> {
         let mut cache = match self.cache.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
         if cache.len() > PRUNE_ABOVE && !cache.contains_key(&key) {
             let now = SystemTime::now();
-            // An entry someone holds is in use; an expired or empty one can go.
-            cache.retain(|_, e| {
-                e.try_lock()
-                    .map_or(true, |s| s.as_ref().is_some_and(|s| left(s, now) > MIN_LEFT))
-            });
+            // An entry someone holds is in use; an unused one without a live session can go.
+            cache.retain(|_, e| Arc::strong_count(e) > 1 || e.current().is_some_and(|s| left(&s, now) > MIN_LEFT));
         }
         cache.entry(key).or_default().clone()
+    }
+}
+
+/// One caller's renewal, serialized per entry: whoever comes second finds the fresh session
+/// (or STS's recent failure) and does not ask again.
+async fn renew(
+    entry: Arc<Entry>,
+    client: aws_sdk_sts::Client,
+    aws: Arc<AwsSigv4>,
+    subject: String,
+    tags: Vec<(String, String)>,
+    renew_before: Duration,
+) -> Result<Session, AwsError> {
+    let mut failed = entry.renewal.lock().await;
+    let now = SystemTime::now();
+    let current = entry.current();
+    if let Some(s) = current.as_ref().filter(|s| left(s, now) > renew_before) {
+        return Ok(s.clone());
+    }
+    let usable = current.filter(|s| left(s, now) > MIN_LEFT);
+    let error = match failed.as_ref() {
+        Some((at, error)) if at.elapsed() < RETRY_AFTER => error.clone(),
+        _ => match assume(&client, &aws, &subject, &tags).await {
+            Ok(session) => {
+                tracing::info!(
+                    subject,
+                    role = aws.role_arn,
+                    access_key_id = session.access_key_id,
+                    "Assumed the upstream's role for the caller."
+                );
+                *failed = None;
+                entry.set(Some(session.clone()));
+                return Ok(session);
+            }
+            Err(error) => {
+                tracing::warn!(subject, role = aws.role_arn, %error, detail = error.detail(), "AssumeRole failed.");
+                *failed = Some((tokio::time::Instant::now(), error.clone()));
+                error
+            }
+        },
+    };
+    match (error, usable) {
+        // A refusal ends the session at once: the operator may have just revoked the caller.
+        (error @ AwsError::Refused { .. }, _) => {
+            entry.set(None);
+            Err(error)
+        }
+        (_, Some(s)) => Ok(s),
+        (error, None) => Err(error),
     }
 }
 
@@ -250,10 +327,10 @@ async fn assume(
         request = request.tags(tag);
     }
     let output = request.send().await.map_err(|e| match &e {
-        SdkError::ServiceError(service) => AwsError::Refused {
-            code: service.err().code().unwrap_or("unknown error").to_owned(),
-            message: service.err().message().unwrap_or_default().to_owned(),
-        },
+        SdkError::ServiceError(service) => AwsError::from_sts(
+            service.err().code().unwrap_or("unknown error"),
+            service.err().message().unwrap_or_default(),
+        ),
         _ => AwsError::Unreachable(DisplayErrorContext(&e).to_string()),
     })?;
     let c = output
@@ -261,6 +338,17 @@ async fn assume(
         .ok_or_else(|| AwsError::Unreachable("STS answered without credentials".into()))?;
     let expires = SystemTime::try_from(c.expiration)
         .map_err(|_| AwsError::Unreachable("STS answered with an unreadable expiry".into()))?;
+    // Credentials that are (nearly) expired on arrival mean the clocks disagree.
+    let now = SystemTime::now();
+    if expires.duration_since(now).unwrap_or_default() < MIN_LEFT {
+        let left_s = expires
+            .duration_since(now)
+            .map_or_else(|e| -(e.duration().as_secs() as i64), |d| d.as_secs() as i64);
+        let expires = time::OffsetDateTime::from(expires)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        return Err(AwsError::Expired { expires, left_s });
+    }
     let access_key_id = c.access_key_id;
     let credentials = Credentials::new(
         access_key_id.clone(),
@@ -295,8 +383,12 @@ fn session_tags(aws: &AwsSigv4, caller: &Principal) -> Result<Vec<(String, Strin
         let ok = key.chars().count() <= 128
             && key
                 .chars()
-                .all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c));
-        if !ok {
+                .all(|c| c == ' ' || c.is_alphanumeric() || "_.:/=+-@".contains(c));
+        // Tag keys are unique regardless of case.
+        let twin = tags
+            .iter()
+            .any(|(k, _): &(String, String)| k.to_lowercase() == key.to_lowercase());
+        if !ok || twin {
             return Err(AwsError::Group(group.clone()));
         }
         tags.push((key, "true".to_owned()));

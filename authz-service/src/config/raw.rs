@@ -261,7 +261,7 @@ fn validate_credentials(c: Option<Credentials>, base: &Path, at: &str, p: &mut P
                 .strip_prefix("arn:")
                 .and_then(|r| r.split_once(":iam::"))
                 .is_some_and(|(partition, rest)| {
-                    partition.starts_with("aws")
+                    (partition == "aws" || partition.starts_with("aws-"))
                         && rest.split_once(":role/").is_some_and(|(account, name)| {
                             account.len() == 12
                                 && account.bytes().all(|b| b.is_ascii_digit())
@@ -301,9 +301,13 @@ fn validate_credentials(c: Option<Credentials>, base: &Path, at: &str, p: &mut P
                 );
             }
             if let Some(id) = &external_id
-                && !(2..=1224).contains(&id.len())
+                && (!(2..=1224).contains(&id.len())
+                    || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c)))
             {
-                p.add(format!("{at}.external_id"), "must be 2 to 1224 characters");
+                p.add(
+                    format!("{at}.external_id"),
+                    "must be 2 to 1224 of A-Z a-z 0-9 _ + = , . @ : / -",
+                );
             }
             let session_policy = session_policy.map(|v| v.to_string());
             if session_policy.as_ref().is_some_and(|v| v.len() > 2048) {
@@ -313,6 +317,16 @@ fn validate_credentials(c: Option<Credentials>, base: &Path, at: &str, p: &mut P
                 );
             }
             let sts_endpoint = sts_endpoint.and_then(|u| p.url(&format!("{at}.sts_endpoint"), &u, &["http", "https"]));
+            // STS answers with the session's secret key: only over TLS, or on this machine.
+            if let Some(url) = &sts_endpoint
+                && url.scheme() == "http"
+                && !matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))
+            {
+                p.add(
+                    format!("{at}.sts_endpoint"),
+                    "must be https (plain http only on loopback): STS answers with secret keys",
+                );
+            }
             super::UpstreamCredentials::AwsSigv4(std::sync::Arc::new(super::AwsSigv4 {
                 role_arn,
                 region,

@@ -280,6 +280,12 @@ fn an_aws_sigv4_credential_is_checked_as_sts_would() {
         ("session_duration_s: 50000", "900 to 43200"),
         ("external_id: x", "credentials.external_id"),
         ("sts_endpoint: \"ftp://sts\"", "credentials.sts_endpoint"),
+        ("sts_endpoint: \"http://sts.example.com\"", "must be https"),
+        (
+            "role_arn: \"arn:awsx:iam::123456789012:role/r\"",
+            "credentials.role_arn",
+        ),
+        ("external_id: \"two words\"", "credentials.external_id"),
         ("roles: []", "unknown field"),
     ] {
         // Each case replaces one key of the base (a YAML mapping may not repeat a key).

@@ -260,9 +260,11 @@ def policy_end_to_end(targets: dict, tool: str, rest_ports: dict[str, int], audi
 
 
 def credentials_section(procs: ProcessSet, work: Path, up_port: int, targets: dict) -> dict:
-    """Signing natively, then the same tools/call through plain Envoy, the gateway and a gateway
-    that signs every call for an `aws_sigv4` upstream (its caller's STS session cached after the
-    warm-up; STS is moto in this process, and the bench upstream does not check signatures)."""
+    """Signing natively, then the same tools/call through plain Envoy and one gateway with two
+    routes to the bench upstream: `/mcp` without a credential and `/aws` with an `aws_sigv4` one
+    (every call signed with the caller's session, cached after the warm-up; STS is moto in this
+    process; the bench upstream does not check signatures). One gateway for both, so the two
+    paths differ only in the credential, not in the processes that serve them."""
     from harness.aws import CALLER_ROLE, AwsSts  # noqa: PLC0415 - moto is needed by this section only
 
     native = json.loads(
@@ -276,18 +278,27 @@ def credentials_section(procs: ProcessSet, work: Path, up_port: int, targets: di
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        credentials = {
-            "type": "aws_sigv4",
-            "role_arn": CALLER_ROLE,
-            "region": "us-east-1",
-            "service": "execute-api",
-            "sts_endpoint": sts.url,
+        signed = {
+            "name": "aws",
+            "url": f"http://127.0.0.1:{up_port}/mcp",
+            "path": "/aws",
+            "allow_groups": ["eng"],
+            "credentials": {
+                "type": "aws_sigv4",
+                "role_arn": CALLER_ROLE,
+                "region": "us-east-1",
+                "service": "execute-api",
+                "sts_endpoint": sts.url,
+            },
         }
-        aws = start_gateway(procs, work / "gateway-aws", "aws", up_port, upstream_credentials=credentials)
-        compared = {name: targets[name] for name in ("envoy", "gateway")}
-        compared["aws"] = (aws["url"], aws["headers"])
+        gw = start_gateway(procs, work / "gateway-aws", "aws", up_port, extra_upstreams=[signed])
+        compared = {
+            "envoy": targets["envoy"],
+            "gateway": (gw["url"], gw["headers"]),
+            "aws": (gw["url"].removesuffix("/mcp") + "/aws", gw["headers"]),
+        }
         for url, headers in compared.values():
-            load(url, 200, 2, headers)  # warm-up: the aws gateway assumes the role here
+            load(url, 200, 2, headers)  # warm-up: the role is assumed here
         out: dict = {"native": native, 200: fixed_rates(compared, 200)}
         out["assume_role_calls"] = len(sts.calls("AssumeRole"))
         print(f"AssumeRole calls over the whole section: {out['assume_role_calls']}")
@@ -639,15 +650,16 @@ def credentials_report(c: dict) -> list[str]:
         f"`gatehouse-bench sign` signs a {n['body_bytes']:,}-byte tools/call with a cached STS session",
         f"({n['iterations']:,} times, each timed alone): p50 {n['p50_us']:.1f} µs, p99 {n['p99_us']:.1f} µs.",
         "",
-        "End to end: the same open-loop tools/call (~1 KB answer) through plain Envoy, the gateway without an",
-        "upstream credential and the gateway whose upstream has an `aws_sigv4` credential (every call signed with",
-        "the caller's session, cached after the warm-up; STS is moto). The paths take turns; each figure is the",
-        f"median of {RUNS} runs of {SECONDS} s at 200 req/s.",
+        "End to end: the same open-loop tools/call (~1 KB answer) through plain Envoy and one gateway with two",
+        "routes to the same upstream: one without an upstream credential, one with an `aws_sigv4` credential (every",
+        "call signed with the caller's session, cached after the warm-up; STS is moto). The paths take turns; each",
+        f"figure is the median of {RUNS} runs of {SECONDS} s at 200 req/s.",
         "",
         "| path | p50 ms | p99 ms | errors |",
         "|---|---|---|---|",
     ]
-    for name, label in (("envoy", "plain Envoy"), ("gateway", "Gatehouse"), ("aws", "Gatehouse, signing")):
+    rows = (("envoy", "plain Envoy"), ("gateway", "Gatehouse, no credential"), ("aws", "Gatehouse, signing"))
+    for name, label in rows:
         lines.append(f"| {label} | {r[name]['p50']:.3f} | {r[name]['p99']:.3f} | {r[name]['errors']} |")
     lines += [
         "",

@@ -25,7 +25,7 @@ use crate::policy::{Facts, Outcome, Policy, Verdict};
 use crate::{AppState, identity::IdentityError, masking::REVEAL_HEADER};
 
 /// What a Check keeps of Envoy's timeout to commit its record and answer.
-const CHECK_MARGIN: Duration = Duration::from_millis(300);
+const CHECK_MARGIN: Duration = Duration::from_millis(500);
 
 /// Why a request is refused, and what the client is told.
 #[derive(Debug, Clone)]

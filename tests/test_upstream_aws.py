@@ -23,6 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from harness.approvals import APPROVAL_REQUIRED, SESSION_RULE, Approver, Caller, approval_rule
 from harness.aws import CALLER_ROLE, PARTNER_EXTERNAL_ID, PARTNER_ROLE, REFUSED_ROLE, AwsSts, SigV4Upstream
 from harness.procs import free_port
 from harness.stack import gatehouse, initialize_request, tools_call, write_config
@@ -308,6 +309,31 @@ def test_sts_unreachable_refuses_the_call_with_503_and_forwards_nothing(aws_stac
     assert "alice" not in resp.text
     assert stack.sigv4.received() == 0 and stack.upstream_requests() == 0
     assert_denied(stack, resp)
+
+
+@pytest.mark.gateway
+def test_an_approved_call_goes_up_signed_as_its_caller_not_its_approver(make_stack, sts):
+    stack = make_stack(
+        upstream="sigv4",
+        aws_sts=sts,
+        upstream_credentials=sigv4_credentials(sts_endpoint=sts.url),
+        policy=[SESSION_RULE, approval_rule(hold_seconds=0)],
+    )
+    alice = Caller(stack, "alice")
+    asked = alice.call("echo", {"rows": 3})
+    assert asked.status_code == 200 and asked.json()["error"]["code"] == APPROVAL_REQUIRED, asked.text
+    assert not [r for r in stack.sigv4.accepted() if r.method == "POST" and r.json().get("method") == "tools/call"]
+    bob = Approver(stack, "bob")
+    approval = bob.wait_pending()
+    assert bob.approve(approval["id"]).status_code == 200
+
+    done = alice.call("echo", {"rows": 3})
+
+    assert done.status_code == 200 and "result" in done.json(), done.text
+    (call,) = [r for r in stack.sigv4.accepted() if r.json().get("method") == "tools/call"]
+    assert call.subject == "alice" and call.session.role_session_name == "alice"
+    assert {c.source_identity for c in sts.calls()} == {"alice"}, "the approver's identity signed the call"
+    bob.close()
 
 
 @pytest.mark.gateway

@@ -93,6 +93,29 @@ pub struct Approval {
 }
 
 impl Approval {
+    /// Why `approver` may not decide on this approval at `now` (`None`: they may). The REST
+    /// view's `can_decide` and [`Approvals::decide`] ask this one question.
+    pub fn refusal_for(&self, approver: &crate::identity::Principal, now: i64) -> Option<DecideError> {
+        if !approver.groups.contains(&self.approver_group) {
+            return Some(DecideError::Forbidden(format!(
+                "only members of {:?} may decide on this approval",
+                self.approver_group
+            )));
+        }
+        if approver.subject == self.subject {
+            return Some(DecideError::Forbidden("you cannot decide on your own request".into()));
+        }
+        if self.status != Status::Pending || self.expires_ms <= now {
+            let mut as_it_stands = self.clone();
+            if as_it_stands.status == Status::Pending {
+                // Not swept yet, but over.
+                as_it_stands.status = Status::Expired;
+            }
+            return Some(DecideError::Conflict(Box::new(as_it_stands)));
+        }
+        None
+    }
+
     /// The approval as the REST API and the page show it.
     pub fn expires_at(&self) -> String {
         time_of(self.expires_ms)
@@ -142,7 +165,7 @@ fn time_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
@@ -429,22 +452,9 @@ impl Approvals {
             .await
             .map_err(ApprovalError::from)?
             .ok_or(DecideError::NotFound)?;
-        if !approver.groups.contains(&approval.approver_group) {
-            return Err(DecideError::Forbidden(format!(
-                "only members of {:?} may decide on this approval",
-                approval.approver_group
-            )));
-        }
-        if approver.subject == approval.subject {
-            return Err(DecideError::Forbidden("you cannot decide on your own request".into()));
-        }
         let now = now_ms();
-        if approval.status == Status::Pending && approval.expires_ms <= now {
-            // Not swept yet, but over.
-            approval.status = Status::Expired;
-        }
-        if approval.status != Status::Pending {
-            return Err(DecideError::Conflict(Box::new(approval)));
+        if let Some(refusal) = approval.refusal_for(approver, now) {
+            return Err(refusal);
         }
         approval.status = if approve { Status::Approved } else { Status::Denied };
         approval.decided_ms = Some(now);
@@ -479,31 +489,39 @@ impl Approvals {
         Ok(approval)
     }
 
-    /// Expires pending approvals whose time is up (each recorded first).
+    /// Expires pending approvals whose time is up (each recorded first), in batches.
     pub async fn expire_due(&self, state: &AppState) -> Result<(), ApprovalError> {
         let now = now_ms();
-        if self.store.due(now).await?.is_empty() {
+        if !self.store.any_due(now).await? {
             return Ok(());
         }
         let _turn = self.transitions.lock().await;
-        let due = self.store.due(now).await?;
-        let records = due
-            .iter()
-            .map(|a| NewRecord {
-                kind: RecordKind::Approval,
-                request_id: a.request_id.clone(),
-                data: a.record("expired"),
-            })
-            .collect();
-        state.audit.append(records).await?;
-        // One statement: the rows just recorded (under the lock no other one falls due).
-        self.store.expire_due(now).await?;
-        for a in &due {
-            tracing::info!(approval_id = %a.id, "Approval expired.");
+        loop {
+            let due = self.store.due(now).await?;
+            if due.is_empty() {
+                return Ok(());
+            }
+            let records = due
+                .iter()
+                .map(|a| NewRecord {
+                    kind: RecordKind::Approval,
+                    request_id: a.request_id.clone(),
+                    data: a.record("expired"),
+                })
+                .collect();
+            state.audit.append(records).await?;
+            // Exactly the rows just recorded (under the lock none of them can change).
+            let ids: Vec<&str> = due.iter().map(|a| a.id.as_str()).collect();
+            self.store.expire(&ids).await?;
+            for a in &due {
+                tracing::info!(approval_id = %a.id, "Approval expired.");
+            }
+            state.metrics.approvals_expired.add(due.len() as u64);
+            self.changed.send_modify(|n| *n += 1);
+            if due.len() < store::DUE_BATCH {
+                return Ok(());
+            }
         }
-        state.metrics.approvals_expired.add(due.len() as u64);
-        self.changed.send_modify(|n| *n += 1);
-        Ok(())
     }
 }
 

@@ -37,6 +37,9 @@ CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_ms);
 CREATE INDEX IF NOT EXISTS approvals_requested ON approvals (requested_ms);
 ";
 
+/// Most due approvals read (and recorded) at once.
+pub const DUE_BATCH: usize = 500;
+
 const COLUMNS: &str = "id, status, subject, upstream, method, tool, arguments, rule, approver_group, single_use, \
      grant_ms, request_id, requested_ms, expires_ms, decided_ms, decided_by, reason, grant_expires_ms, uses";
 
@@ -171,24 +174,35 @@ impl ApprovalStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Pending approvals whose time is up.
+    /// Pending approvals whose time is up, the earliest first, at most [`DUE_BATCH`].
     pub async fn due(&self, now_ms: i64) -> Result<Vec<Approval>, sqlx::Error> {
         self.all(
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM approvals WHERE status = 'pending' AND expires_ms <= ? LIMIT 500"
+                "SELECT {COLUMNS} FROM approvals WHERE status = 'pending' AND expires_ms <= ? ORDER BY expires_ms LIMIT {DUE_BATCH}"
             )))
             .bind(now_ms),
         )
         .await
     }
 
-    /// Expires every pending approval due at `now_ms`, in one statement.
-    pub async fn expire_due(&self, now_ms: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND expires_ms <= ?")
+    /// Whether any pending approval is due at `now_ms` (without reading it).
+    pub async fn any_due(&self, now_ms: i64) -> Result<bool, sqlx::Error> {
+        sqlx::query("SELECT 1 FROM approvals WHERE status = 'pending' AND expires_ms <= ? LIMIT 1")
             .bind(now_ms)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
-            .map(|_| ())
+            .map(|row| row.is_some())
+    }
+
+    /// Expires these pending approvals (the ones just recorded), in one statement.
+    pub async fn expire(&self, ids: &[&str]) -> Result<(), sqlx::Error> {
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = format!("UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND id IN ({marks})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(&self.pool).await.map(|_| ())
     }
 }
 

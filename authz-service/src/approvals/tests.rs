@@ -114,3 +114,28 @@ async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
         assert_eq!((after.status, after.uses), expected, "{id}");
     }
 }
+
+#[tokio::test]
+async fn expiry_goes_in_batches_and_expires_only_what_was_read() {
+    let a = approvals(None).await;
+    let now = now_ms();
+    let extra = 3;
+    for i in 0..store::DUE_BATCH + extra {
+        let mut pending = approved(&format!("apr_{i:04}"), now - 120_000);
+        (pending.status, pending.expires_ms) = (Status::Pending, now - 60_000 + i as i64);
+        a.store.insert(&pending, &format!("k{i}")).await.unwrap();
+    }
+    let first = a.store.due(now).await.unwrap();
+    assert_eq!(first.len(), store::DUE_BATCH);
+    assert_eq!(first[0].id, "apr_0000", "the earliest first");
+    let ids: Vec<&str> = first.iter().map(|a| a.id.as_str()).collect();
+    a.store.expire(&ids).await.unwrap();
+    // The rest stay pending (so they are recorded when they expire), until the next batch.
+    let rest = a.store.due(now).await.unwrap();
+    assert_eq!(rest.len(), extra);
+    assert!(a.store.any_due(now).await.unwrap());
+    assert_eq!(a.store.get("apr_0000").await.unwrap().unwrap().status, Status::Expired);
+    let ids: Vec<&str> = rest.iter().map(|a| a.id.as_str()).collect();
+    a.store.expire(&ids).await.unwrap();
+    assert!(!a.store.any_due(now).await.unwrap());
+}

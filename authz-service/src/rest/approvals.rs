@@ -51,15 +51,14 @@ fn may_see(state: &AppState, caller: &Principal, a: &Approval) -> bool {
         || caller.groups.contains(&state.config.audit.auditor_group)
 }
 
-fn may_decide(caller: &Principal, a: &Approval) -> bool {
-    a.status == Status::Pending && caller.groups.contains(&a.approver_group) && caller.subject != a.subject
-}
-
 /// The approval as this caller sees it.
 fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
     let mut v = a.to_json();
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("can_decide".into(), json!(may_decide(caller, a)));
+        obj.insert(
+            "can_decide".into(),
+            json!(a.refusal_for(caller, crate::approvals::now_ms()).is_none()),
+        );
         obj.insert(
             "approver_url".into(),
             json!(crate::approvals::notify::approver_url(state, &a.id)),

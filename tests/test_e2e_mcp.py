@@ -11,20 +11,11 @@ from collections import defaultdict
 
 import pytest
 
+from harness.masking import sse_messages
 from harness.mcp_client import Recorder, run_session, sampling_answer, text_of, wait_for
 from harness.stack import LATEST_PROTOCOL, REQUEST_ID_RE, tools_call
 
 pytestmark = pytest.mark.gateway
-
-
-def sse_events(body: str) -> list[dict]:
-    """JSON-RPC messages in an SSE body (events with data)."""
-    out = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
-        if data.strip():
-            out.append(json.loads(data))
-    return out
 
 
 def test_sdk_session_through_gateway_is_fully_audited(stack):
@@ -107,7 +98,7 @@ def test_tool_call_records_hold_arguments_and_result(stack):
 
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
-    (answer,) = [m for m in sse_events(resp.text) if m.get("id") == 42]
+    (answer,) = [m for m in sse_messages(resp.text) if m.get("id") == 42]
     assert answer["result"]["content"][0]["text"] == "Echo: audit me"
 
     request_id = resp.headers["x-gatehouse-request-id"]

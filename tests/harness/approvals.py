@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from .masking import sse_messages
 from .stack import Stack, tools_call
 
 APPROVAL_REQUIRED = -32030
@@ -110,12 +110,7 @@ class Caller:
 def messages(resp: httpx.Response) -> list[dict[str, Any]]:
     """The JSON-RPC messages of an answer (JSON or SSE)."""
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
-        out = []
-        for block in resp.text.replace("\r\n", "\n").split("\n\n"):
-            data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
-            if data.strip():
-                out.append(json.loads(data))
-        return out
+        return sse_messages(resp.content)
     return [resp.json()]
 
 

@@ -44,16 +44,13 @@ pub struct AppState {
 impl AppState {
     /// The policy in force now. A Check holds this reference for its whole decision.
     pub fn policy(&self) -> Option<Arc<policy::Policy>> {
-        match self.policy.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_policy(&self, policy: Option<Arc<policy::Policy>>) {
-        match self.policy.write() {
-            Ok(mut p) => *p = policy,
-            Err(poisoned) => *poisoned.into_inner() = policy,
-        }
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
     }
 }

@@ -24,9 +24,6 @@ pub fn is_refusal(kind: &str, status: u32) -> bool {
     }
 }
 
-/// The HTTP status the client gets in place of a refusal: the gateway's upstream failed it.
-pub const REFUSED_STATUS: u32 = 502;
-
 /// The JSON-RPC error that replaces the upstream's refusal of the gateway's credential;
 /// `data.request_id` names the call in the audit trail.
 pub fn refused_body(id: Option<&Value>, request_id: &str, kind: &str, upstream_status: u32) -> Vec<u8> {

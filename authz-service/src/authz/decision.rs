@@ -42,6 +42,20 @@ pub struct Denial {
     pub data: Option<Value>,
 }
 
+impl Denial {
+    /// A denial without extra headers or `data`.
+    pub fn new(http_status: u16, jsonrpc_code: i64, message: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            http_status,
+            jsonrpc_code,
+            message: message.into(),
+            reason: reason.into(),
+            headers: Vec::new(),
+            data: None,
+        }
+    }
+}
+
 /// A decided request: its record (to commit first) and its answer.
 #[derive(Debug)]
 pub struct Decision {
@@ -93,14 +107,12 @@ impl Decision {
             extra: Vec::new(),
             grant: None,
             jsonrpc_id,
-            outcome: Err(Denial {
-                http_status: 503,
-                jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
-                message: "The gateway cannot record this request in its audit trail, so it was not forwarded. Try again later.".into(),
-                reason: "audit store unavailable".into(),
-                headers: Vec::new(),
-                data: None,
-            }),
+            outcome: Err(Denial::new(
+                503,
+                jsonrpc_error::INTERNAL_ERROR,
+                "The gateway cannot record this request in its audit trail, so it was not forwarded. Try again later.",
+                "audit store unavailable",
+            )),
         }
     }
 
@@ -301,14 +313,12 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
     };
     if let Some(Err(e)) = &envelope {
         // The filter validates bodies first, so this means the filter is missing or outdated.
-        let denial = Denial {
-            http_status: 400,
-            jsonrpc_code: e.jsonrpc_code(),
-            message: e.to_string(),
-            reason: format!("malformed body at ext_authz: {e}"),
-            headers: Vec::new(),
-            data: None,
-        };
+        let denial = Denial::new(
+            400,
+            e.jsonrpc_code(),
+            e.to_string(),
+            format!("malformed body at ext_authz: {e}"),
+        );
         return deny(record, denial, request_id);
     }
 
@@ -326,14 +336,12 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         obj.insert("groups".into(), json!(principal.groups));
     }
     if upstream.allow_groups.is_disjoint(&principal.groups) {
-        let denial = Denial {
-            http_status: 403,
-            jsonrpc_code: jsonrpc_error::FORBIDDEN,
-            message: "You are not allowed to use this MCP server.".into(),
-            reason: format!("no group of the caller may use upstream {:?}", upstream.name),
-            headers: Vec::new(),
-            data: None,
-        };
+        let denial = Denial::new(
+            403,
+            jsonrpc_error::FORBIDDEN,
+            "You are not allowed to use this MCP server.",
+            format!("no group of the caller may use upstream {:?}", upstream.name),
+        );
         return deny(record, denial, request_id);
     }
     let mut reason = "caller's group may use the upstream".to_owned();
@@ -351,15 +359,13 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
             Outcome::Allow if verdict.rule_id.is_some() => reason = format!("allowed by {rule}"),
             Outcome::Allow => reason = "not a call (no method): the caller's group may use the upstream".into(),
             Outcome::Deny => {
-                let denial = Denial {
-                    http_status: 403,
-                    jsonrpc_code: jsonrpc_error::FORBIDDEN,
+                let denial = Denial::new(
+                    403,
+                    jsonrpc_error::FORBIDDEN,
                     // The same words whether or not the tool exists.
-                    message: "You are not allowed to make this call.".into(),
-                    reason: format!("denied by {rule}"),
-                    headers: Vec::new(),
-                    data: None,
-                };
+                    "You are not allowed to make this call.",
+                    format!("denied by {rule}"),
+                );
                 return deny(record, denial, request_id);
             }
             Outcome::RequireApproval(spec) => {
@@ -368,14 +374,12 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                 };
                 let single = env.messages.len() == 1 && first.is_some_and(|m| m.id.is_some());
                 let Some(message) = first.filter(|_| single) else {
-                    let denial = Denial {
-                        http_status: 403,
-                        jsonrpc_code: jsonrpc_error::FORBIDDEN,
-                        message: "This call needs an approval: send it alone, as a request (not in a batch or as a notification).".into(),
-                        reason: format!("{rule} requires approval; not a single request"),
-                        headers: Vec::new(),
-                        data: None,
-                    };
+                    let denial = Denial::new(
+                        403,
+                        jsonrpc_error::FORBIDDEN,
+                        "This call needs an approval: send it alone, as a request (not in a batch or as a notification).",
+                        format!("{rule} requires approval; not a single request"),
+                    );
                     return deny(record, denial, request_id);
                 };
                 // Everything the call acts on makes its key; approvers see it masked.
@@ -432,14 +436,12 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                     }
                     Err(error) => {
                         tracing::error!(request_id, %error, "Could not record an approval step; the call is refused.");
-                        let denial = Denial {
-                            http_status: 503,
-                            jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
-                            message: "This call needs an approval, and the gateway cannot record one right now. Try again later.".into(),
-                            reason: format!("{rule} requires approval; approvals store unavailable"),
-                            headers: Vec::new(),
-                            data: None,
-                        };
+                        let denial = Denial::new(
+                            503,
+                            jsonrpc_error::INTERNAL_ERROR,
+                            "This call needs an approval, and the gateway cannot record one right now. Try again later.",
+                            format!("{rule} requires approval; approvals store unavailable"),
+                        );
                         return deny(record, denial, request_id);
                     }
                 }
@@ -502,36 +504,33 @@ async fn upstream_auth(
     view: &HttpRequestView<'_>,
     deadline: tokio::time::Instant,
 ) -> (Result<UpstreamAuth, Denial>, Option<Value>) {
+    let kind = upstream.credentials.kind();
     let aws = match &upstream.credentials {
         UpstreamCredentials::None => return (Ok(UpstreamAuth::default()), None),
         UpstreamCredentials::StaticHeader { header, value } => {
             let auth = UpstreamAuth {
-                kind: Some("static_header"),
+                kind: Some(kind),
                 headers: vec![(header.clone(), value.clone())],
                 remove: Vec::new(),
             };
-            return (Ok(auth), Some(json!({"type": "static_header", "header": header})));
+            return (Ok(auth), Some(json!({"type": kind, "header": header})));
         }
         UpstreamCredentials::AwsSigv4(aws) => aws,
     };
-    let mut presented = json!({"type": "aws_sigv4", "role_arn": aws.role_arn, "source_identity": principal.subject});
+    let mut presented = json!({"type": kind, "role_arn": aws.role_arn, "source_identity": principal.subject});
     let session = match state.aws.session(&upstream.name, aws, principal, deadline).await {
         Ok(session) => session,
         Err(error) => {
             presented["error"] = json!(error.to_string());
-            let denial = Denial {
-                http_status: error.http_status(),
-                jsonrpc_code: jsonrpc_error::UPSTREAM_CREDENTIAL,
-                message: format!(
-                    "The gateway could not get AWS credentials for this call, so it was not forwarded: {error}"
-                ),
-                reason: match error.detail() {
+            let denial = Denial::new(
+                error.http_status(),
+                jsonrpc_error::UPSTREAM_CREDENTIAL,
+                format!("The gateway could not get AWS credentials for this call, so it was not forwarded: {error}"),
+                match error.detail() {
                     Some(detail) => format!("aws_sigv4: {error}: {detail}"),
                     None => format!("aws_sigv4: {error}"),
                 },
-                headers: Vec::new(),
-                data: None,
-            };
+            );
             return (Err(denial), Some(presented));
         }
     };
@@ -563,7 +562,7 @@ async fn upstream_auth(
         .cloned()
         .collect();
     let auth = UpstreamAuth {
-        kind: Some("aws_sigv4"),
+        kind: Some(kind),
         headers,
         remove,
     };
@@ -703,14 +702,12 @@ fn mask_arguments(masker: &Masker, obj: &mut serde_json::Map<String, Value>) {
 
 fn identity_denial(state: &AppState, path: &str, error: &IdentityError) -> Denial {
     if let IdentityError::KeysUnavailable(_) = error {
-        return Denial {
-            http_status: 503,
-            jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
-            message: "The gateway cannot verify tokens right now. Try again later.".into(),
-            reason: error.to_string(),
-            headers: Vec::new(),
-            data: None,
-        };
+        return Denial::new(
+            503,
+            jsonrpc_error::INTERNAL_ERROR,
+            "The gateway cannot verify tokens right now. Try again later.",
+            error.to_string(),
+        );
     }
     let metadata = resource_metadata_url(state, path);
     let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
@@ -736,14 +733,12 @@ pub fn resource_metadata_url(state: &AppState, path: &str) -> String {
 }
 
 fn internal(reason: &str) -> Denial {
-    Denial {
-        http_status: 500,
-        jsonrpc_code: jsonrpc_error::INTERNAL_ERROR,
-        message: "The gateway is misconfigured; the request was not forwarded.".into(),
-        reason: reason.into(),
-        headers: Vec::new(),
-        data: None,
-    }
+    Denial::new(
+        500,
+        jsonrpc_error::INTERNAL_ERROR,
+        "The gateway is misconfigured; the request was not forwarded.",
+        reason,
+    )
 }
 
 fn is_request_id(id: &str) -> bool {

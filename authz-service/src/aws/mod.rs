@@ -12,7 +12,7 @@ pub mod sign;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
@@ -123,17 +123,11 @@ struct Entry {
 
 impl Entry {
     fn current(&self) -> Option<Session> {
-        match self.current.lock() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn set(&self, session: Option<Session>) {
-        match self.current.lock() {
-            Ok(mut c) => *c = session,
-            Err(poisoned) => *poisoned.into_inner() = session,
-        }
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = session;
     }
 }
 
@@ -238,10 +232,7 @@ impl AwsSessions {
     }
 
     fn entry(&self, key: Key) -> Arc<Entry> {
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() > PRUNE_ABOVE && !cache.contains_key(&key) {
             let now = SystemTime::now();
             // An entry someone holds is in use; an unused one without a live session can go.

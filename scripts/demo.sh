@@ -37,6 +37,9 @@ PY="$ROOT/.tools/venv/bin/python"
 [ -x "$GATEHOUSE" ] || die "$GATEHOUSE not built (make build)"
 [ -x "$ENVOY" ] || die "$ENVOY missing (make setup)"
 
+# The development certificates (HTTPS listener, gRPC mTLS) the demo config names.
+bash scripts/gen-tls.sh "$STATE/tls"
+
 "$GATEHOUSE" check-config "$CONFIG" >/dev/null || { "$GATEHOUSE" check-config "$CONFIG"; exit 1; }
 
 # The addresses the demo needs, read from the config (relative paths → config's directory).
@@ -55,6 +58,7 @@ out = {
     "TLS_CERT": resolve(e["tls_cert"]) if e.get("tls_cert") else "",
     "UP_NAME": up["name"], "UP_HOST": u.hostname, "UP_PORT": str(u.port or 80),
     "MCP_PATH": up.get("path") or u.path,
+    "TOKEN_KEY_FILE": resolve(c["masking"]["token_key_file"]) if (c.get("masking") or {}).get("token_key_file") else "",
 }
 demo = next((x for x in c["upstreams"] if x["name"] == "demo"), None)
 if demo:
@@ -145,7 +149,14 @@ start gatehouse "$LOGS/gatehouse.log" env RUST_LOG="${RUST_LOG:-info}" "$GATEHOU
 wait_until "gatehouse serve" "${PIDS[-1]}" 30 curl -fsS -o /dev/null "http://$REST/healthz"
 
 say "Starting Envoy"
+# The masking token key reaches the filter through Envoy's environment, never its config
+# (Envoy's admin /config_dump shows the config).
+if [ -n "$TOKEN_KEY_FILE" ]; then
+    GATEHOUSE_MASK_TOKEN_KEY="$(cat "$TOKEN_KEY_FILE")"
+    export GATEHOUSE_MASK_TOKEN_KEY
+fi
 start envoy "$LOGS/envoy.log" "$ENVOY" -c "$STATE/envoy.yaml" --base-id "${ADMIN##*:}" --log-level info
+unset GATEHOUSE_MASK_TOKEN_KEY
 wait_until envoy "${PIDS[-1]}" 30 curl -fsS -o /dev/null "http://$ADMIN/ready"
 
 token() { "$GATEHOUSE" dev-token --config "$CONFIG" --sub "$1" --groups "$2"; }

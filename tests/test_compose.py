@@ -88,13 +88,26 @@ def test_envoy_reads_what_init_renders() -> None:
     init = " ".join(services["init"]["command"])
     rendered = re.search(r"envoy-config --config (\S+) --out (\S+)", init)
     assert rendered and rendered.group(1) == "/app/gatehouse.yaml"
-    envoy_cmd = services["envoy"]["command"]
+    envoy_cmd = " ".join(services["envoy"]["command"]).split()
     assert envoy_cmd[envoy_cmd.index("-c") + 1] == rendered.group(2)
     assert services["envoy"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
-    # TLS material lands where gatehouse.yaml (resolved under /app) expects it.
+    # TLS material (the HTTPS listener's and the gRPC mTLS pair) lands where gatehouse.yaml
+    # (resolved under /app) expects it.
     config = yaml.safe_load((ROOT / "gatehouse.yaml").read_text())
     tls_dir = str(Path("/app", config["envoy"]["tls_cert"]).parent)
     assert f"scripts/gen-tls.sh {tls_dir}" in init
+    for key, path in config["service"]["grpc_tls"].items():
+        assert str(Path("/app", path).parent) == tls_dir, key
+
+
+def test_envoy_gets_the_masking_token_key_from_its_environment() -> None:
+    # The filter reads the key from its VM's environment (host_env_keys), never from the
+    # rendered config, which Envoy's admin /config_dump shows.
+    config = yaml.safe_load((ROOT / "gatehouse.yaml").read_text())
+    key_file = str(Path("/app", config["masking"]["token_key_file"]))
+    envoy_cmd = " ".join(compose()["services"]["envoy"]["command"])
+    # `$$` is compose's escape for a `$` the container's shell sees.
+    assert f'GATEHOUSE_MASK_TOKEN_KEY="$$(cat {key_file})"' in envoy_cmd
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")

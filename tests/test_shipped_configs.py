@@ -3,13 +3,14 @@ Envoy bootstrap rendered from it with `envoy --mode validate` (real Envoy 1.40).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness import paths
-from harness.stack import gatehouse, gen_tls
+from harness.stack import envoy_env, gatehouse, gen_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted([ROOT / "gatehouse.yaml", *ROOT.glob("examples/*.yaml")])
@@ -29,6 +30,8 @@ def test_shipped_config_and_its_envoy_bootstrap_validate(config: Path, tmp_path:
         capture_output=True,
         text=True,
         timeout=120,
+        # Validation loads the filter, which reads the masking token key from the environment.
+        env={**os.environ, **envoy_env(config)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK" in result.stdout

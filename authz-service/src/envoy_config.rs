@@ -13,26 +13,34 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, Upstream};
 
-/// The Envoy cluster of the service's gRPC listener (ext_authz and audit ingest).
+/// The Envoy cluster that carries ext_authz Checks to the service's gRPC listener.
 pub const GRPC_CLUSTER: &str = "gatehouse_grpc";
+/// The Envoy cluster that carries the filter's records to the same listener. Its own
+/// cluster, so that Checks held open for approvals cannot trip the breaker records need.
+pub const INGEST_CLUSTER: &str = "gatehouse_ingest";
 /// The Envoy cluster of the service's REST listener.
 pub const REST_CLUSTER: &str = "gatehouse_rest";
 const WASM_FILTER: &str = "envoy.filters.http.wasm";
 const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The bootstrap as YAML text. It holds the masking token key (read, or created, from
-/// `masking.token_key_file`), so the file is as secret as that key.
+/// The environment variable, in Envoy's environment, that carries the masking token key into
+/// the filter's VM. Never in the bootstrap: Envoy's admin `/config_dump` shows the bootstrap.
+pub const TOKEN_KEY_ENV: &str = "GATEHOUSE_MASK_TOKEN_KEY";
+
+/// The bootstrap as YAML text. It holds no secret: the masking token key reaches the filter
+/// through Envoy's environment ([`TOKEN_KEY_ENV`]). The key file is created here if missing,
+/// so that Envoy can be started with it before the service first runs.
 pub fn render(config: &Config) -> anyhow::Result<String> {
-    let rules = config.masking.rules_with_key()?;
+    config.masking.rules_with_key()?;
     let header = "# Rendered by `gatehouse envoy-config` from gatehouse.yaml: edit that file, not this one.\n";
     Ok(format!(
         "{header}{}",
-        serde_yaml::to_string(&bootstrap(config, &rules))?
+        serde_yaml::to_string(&bootstrap(config, &config.masking.rules))?
     ))
 }
 
-/// The bootstrap; `masking` is the filter's rule set (with its token key, if any).
+/// The bootstrap; `masking` is the filter's rule set, without its token key.
 pub fn bootstrap(config: &Config, masking: &MaskConfig) -> Value {
     let e = &config.envoy;
     let mut listeners = Vec::new();
@@ -57,7 +65,8 @@ pub fn bootstrap(config: &Config, masking: &MaskConfig) -> Value {
         listeners.push(listener(config, masking, "mcp_https", addr, Some(tls)));
     }
     let mut clusters = vec![
-        static_cluster(GRPC_CLUSTER, config.service.grpc_listen, true),
+        grpc_cluster(config, GRPC_CLUSTER, check_concurrency(config)),
+        grpc_cluster(config, INGEST_CLUSTER, INGEST_CONCURRENCY),
         static_cluster(REST_CLUSTER, config.service.rest_listen, false),
     ];
     clusters.extend(config.upstreams.iter().map(upstream_cluster));
@@ -135,13 +144,39 @@ fn routes(config: &Config) -> Vec<Value> {
 }
 
 fn filter_configuration(config: &Config, masking: &MaskConfig) -> String {
-    json!({
+    let mut c = json!({
         "max_body_bytes": config.envoy.max_request_bytes,
         "max_response_bytes": config.envoy.max_response_bytes,
-        "ingest_cluster": GRPC_CLUSTER,
-        "masking": masking,
-    })
-    .to_string()
+        "ingest_cluster": INGEST_CLUSTER,
+        "masking": MaskConfig { token_key: None, ..masking.clone() },
+    });
+    if uses_token_key(config)
+        && let Some(obj) = c.as_object_mut()
+    {
+        obj.insert("token_key_env".into(), json!(TOKEN_KEY_ENV));
+    }
+    c.to_string()
+}
+
+fn uses_token_key(config: &Config) -> bool {
+    config.masking.token_key_file.is_some()
+}
+
+fn vm_config(config: &Config) -> Value {
+    let mut vm = json!({
+        "vm_id": "gatehouse",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": config.envoy.wasm.display().to_string()}},
+    });
+    if uses_token_key(config)
+        && let Some(obj) = vm.as_object_mut()
+    {
+        obj.insert(
+            "environment_variables".into(),
+            json!({"host_env_keys": [TOKEN_KEY_ENV]}),
+        );
+    }
+    vm
 }
 
 fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
@@ -204,11 +239,7 @@ fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr,
                     "config": {
                         "name": "gatehouse",
                         "root_id": "gatehouse",
-                        "vm_config": {
-                            "vm_id": "gatehouse",
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": e.wasm.display().to_string()}},
-                        },
+                        "vm_config": vm_config(config),
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                             "value": filter_configuration(config, masking),
@@ -274,6 +305,53 @@ fn http2_options() -> Value {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "explicit_http_config": {"http2_protocol_options": {}},
     }})
+}
+
+/// Checks in flight beyond the held ones: a Check that is not held lasts milliseconds.
+const CHECK_HEADROOM: u64 = 1024;
+/// Record batches in flight: each Envoy worker's filter keeps at most one in flight.
+const INGEST_CONCURRENCY: u64 = 1024;
+
+/// Envoy's default breaker (1,024 requests) let held approvals starve every other Check;
+/// the service caps held calls, so the breaker is sized to hold them all and the headroom.
+fn check_concurrency(_config: &Config) -> u64 {
+    // TODO(merge): config.approvals.max_held
+    256 + CHECK_HEADROOM
+}
+
+/// A cluster of the service's gRPC listener: HTTP/2, mTLS when configured, and a circuit
+/// breaker of `max_requests` (Envoy's default of 1,024 applies to each limit otherwise).
+fn grpc_cluster(config: &Config, name: &str, max_requests: u64) -> Value {
+    let mut c = static_cluster(name, config.service.grpc_listen, true);
+    let Some(obj) = c.as_object_mut() else { return c };
+    obj.insert(
+        "circuit_breakers".into(),
+        json!({"thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": max_requests,
+            "max_pending_requests": max_requests,
+            "max_requests": max_requests,
+            "max_retries": 3,
+        }]}),
+    );
+    if let Some(tls) = &config.service.grpc_tls {
+        obj.insert(
+            "transport_socket".into(),
+            json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": tls.client_cert_file.display().to_string()},
+                        "private_key": {"filename": tls.client_key_file.display().to_string()},
+                    }],
+                    "validation_context": {"trusted_ca": {"filename": tls.ca_file.display().to_string()}},
+                },
+            }}),
+        );
+    }
+    c
 }
 
 fn static_cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
@@ -407,6 +485,57 @@ mod tests {
         assert_eq!(
             (san["san_type"].as_str(), san["matcher"]["exact"].as_str()),
             (Some("DNS"), Some("mcp.example.com"))
+        );
+    }
+
+    #[test]
+    fn the_bootstrap_holds_no_token_key_and_passes_its_variable() {
+        let text = crate::config::tests::GOOD.replace(
+            "envoy:",
+            "masking:\n  token_key_file: key\n  styles: {email: token}\nenvoy:",
+        );
+        let mut config = Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+        let key = "0123456789abcdef0123456789abcdef";
+        config.masking.rules.token_key = Some(key.into());
+        let b = bootstrap(&config, &config.masking.rules);
+        assert!(!b.to_string().contains(key));
+        let wasm = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
+        let filter: Value = serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(filter["token_key_env"], TOKEN_KEY_ENV);
+        assert_eq!(filter["masking"]["token_key"], Value::Null);
+        assert_eq!(
+            wasm["vm_config"]["environment_variables"]["host_env_keys"],
+            json!([TOKEN_KEY_ENV])
+        );
+    }
+
+    #[test]
+    fn checks_and_records_have_their_own_clusters_and_breakers() {
+        let text = crate::config::tests::GOOD.replace(
+            "  grpc_plaintext: true",
+            "  grpc_tls: {ca_file: ca.crt, cert_file: s.crt, key_file: s.key, client_cert_file: c.crt, client_key_file: c.key}",
+        );
+        let config = Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+        let b = bootstrap(&config, &config.masking.rules);
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let cluster = |name: &str| clusters.iter().find(|c| c["name"] == name).unwrap();
+        for name in [GRPC_CLUSTER, INGEST_CLUSTER] {
+            let c = cluster(name);
+            let tls = &c["transport_socket"]["typed_config"]["common_tls_context"];
+            assert_eq!(
+                tls["tls_certificates"][0]["certificate_chain"]["filename"],
+                "/etc/gh/c.crt"
+            );
+            assert_eq!(tls["validation_context"]["trusted_ca"]["filename"], "/etc/gh/ca.crt");
+            // Above Envoy's default of 1,024, which held Checks exhausted.
+            assert!(c["circuit_breakers"]["thresholds"][0]["max_requests"].as_u64().unwrap() >= 1024);
+        }
+        let wasm = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
+        let filter: Value = serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(filter["ingest_cluster"], INGEST_CLUSTER);
+        assert_eq!(
+            hcm(&b)["http_filters"][1]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
+            GRPC_CLUSTER
         );
     }
 

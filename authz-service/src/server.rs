@@ -102,7 +102,18 @@ impl Server {
         let (shutdown, watch_rx) = watch::channel(false);
 
         let max_check_bytes = state.config.envoy.max_request_bytes as usize + 256 * 1024;
-        let grpc = tonic::transport::Server::builder()
+        let mut grpc = tonic::transport::Server::builder();
+        if let Some(tls) = &state.config.service.grpc_tls {
+            grpc = grpc
+                .tls_config(grpc_tls_config(tls)?)
+                .context("cannot use service.grpc_tls")?;
+        } else {
+            tracing::warn!(
+                grpc_listen = %grpc_addr,
+                "The gRPC listener has no TLS (service.grpc_plaintext): any local process can call the Check and write to the trail."
+            );
+        }
+        let grpc = grpc
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // A Check carries the whole request body: allow the configured body size.
             .add_service(
@@ -171,6 +182,18 @@ impl Server {
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+/// The listener's certificate, and the CA every client must present a certificate of.
+fn grpc_tls_config(tls: &crate::config::GrpcTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?))
+        .client_ca_root(Certificate::from_pem(read(&tls.ca_file)?))
+        .client_auth_optional(false)
+        // A client that connects and never finishes the handshake must not hold a slot.
+        .timeout(Duration::from_secs(5)))
 }
 
 async fn futures_select(tasks: Vec<JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {

@@ -26,7 +26,7 @@ pub fn config_text(extra: &str) -> String {
     let (rest, grpc) = (free_port(), free_port());
     format!(
         r#"
-service: {{ rest_listen: "127.0.0.1:{rest}", grpc_listen: "127.0.0.1:{grpc}", public_url: "https://gw.example" }}
+service: {{ rest_listen: "127.0.0.1:{rest}", grpc_listen: "127.0.0.1:{grpc}", public_url: "https://gw.example", grpc_plaintext: true }}
 identity:
   issuer: http://127.0.0.1:{rest}/dev
   audience: gatehouse

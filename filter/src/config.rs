@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// Defaults, as documented in docs/CONTRACTS.md.
 pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 1 << 20;
-    pub const INGEST_CLUSTER: &str = "gatehouse_grpc";
+    pub const INGEST_CLUSTER: &str = "gatehouse_ingest";
     pub const INGEST_TIMEOUT_MS: u64 = 5_000;
     pub const FLUSH_INTERVAL_MS: u64 = 100;
     pub const BATCH_MAX_RECORDS: u64 = 256;
@@ -48,6 +48,10 @@ struct RawConfig {
     queue_max_bytes: Option<u64>,
     max_response_bytes: Option<u64>,
     masking: Option<MaskConfig>,
+    /// The VM environment variable that holds `masking.token_key`. Envoy's admin
+    /// `/config_dump` shows the plugin configuration to anyone who reaches it; the VM's
+    /// environment (`vm_config.environment_variables.host_env_keys`) shows only the name.
+    token_key_env: Option<String>,
 }
 
 /// The validated configuration.
@@ -121,12 +125,35 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses the plugin configuration. No configuration (or only whitespace) means defaults.
+/// Parses the plugin configuration, reading `token_key_env` from the VM's environment.
+/// No configuration (or only whitespace) means defaults.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    parse_with_env(bytes, |name| std::env::var(name).ok())
+}
+
+/// [`parse`], with the environment given (tests).
+pub fn parse_with_env(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Config::try_from(RawConfig::default());
     }
-    let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
+    let mut raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
+    if let Some(name) = raw.token_key_env.take() {
+        let masking = raw.masking.get_or_insert_with(MaskConfig::default);
+        if masking.token_key.is_some() {
+            return Err(ConfigError(vec![
+                "token_key_env: masking.token_key is set too; give the key one way".to_owned(),
+            ]));
+        }
+        match env(&name).filter(|v| !v.trim().is_empty()) {
+            Some(key) => masking.token_key = Some(key),
+            None => {
+                return Err(ConfigError(vec![format!(
+                    "token_key_env: the environment variable {name} is not set in the wasm VM (set it in \
+                     Envoy's environment; the rendered vm_config passes it in host_env_keys)"
+                )]));
+            }
+        }
+    }
     Config::try_from(raw)
 }
 
@@ -264,7 +291,7 @@ mod tests {
         assert_eq!(c, parse(b" {} ").unwrap());
         assert_eq!(c, Config::try_from(RawConfig::default()).unwrap());
         assert_eq!(c.max_body_bytes, 1 << 20);
-        assert_eq!(c.ingest_cluster, "gatehouse_grpc");
+        assert_eq!(c.ingest_cluster, "gatehouse_ingest");
         assert_eq!(c.ingest_timeout, Duration::from_secs(5));
         assert_eq!(c.flush_interval, Duration::from_millis(100));
         assert_eq!(c.batch_max_records, 256);
@@ -273,9 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn the_token_key_comes_from_the_environment_it_names() {
+        let config = br#"{"masking": {"styles": {"email": "token"}}, "token_key_env": "GH_KEY"}"#;
+        let key = "00112233445566778899aabbccddeeff";
+        let c = parse_with_env(config, |name| (name == "GH_KEY").then(|| key.to_owned())).unwrap();
+        assert_eq!(c.masking.rules.token_key.as_deref(), Some(key));
+        // Unset or empty: refused, naming the variable, never a value.
+        for missing in [None, Some(" ".to_owned())] {
+            let e = parse_with_env(config, |_| missing.clone()).unwrap_err();
+            assert!(e.to_string().contains("GH_KEY"), "{e}");
+        }
+        // The key given both ways is ambiguous.
+        let both = br#"{"masking": {"token_key": "00112233445566778899aabbccddeeff"}, "token_key_env": "GH_KEY"}"#;
+        assert!(parse_with_env(both, |_| Some(key.to_owned())).is_err());
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let c = parse(
-            br#"{"max_body_bytes": 1048576, "ingest_cluster": "gatehouse_grpc", "ingest_timeout_ms": 5000,
+            br#"{"max_body_bytes": 1048576, "ingest_cluster": "gatehouse_ingest", "ingest_timeout_ms": 5000,
                  "flush_interval_ms": 100, "batch_max_records": 256, "queue_max_records": 8192,
                  "record_message_max_bytes": 65536}"#,
         )

@@ -117,11 +117,14 @@ def write_config(config: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def start_envoy(procs: ProcessSet, name: str, config_path: Path, admin_port: int) -> Proc:
+def start_envoy(
+    procs: ProcessSet, name: str, config_path: Path, admin_port: int, env: Mapping[str, str] | None = None
+) -> Proc:
     """Start Envoy on `config_path` and wait until its admin API says LIVE.
 
     Several Envoys run side by side (parallel stacks), so each gets its own
     `--base-id` (hot-restart shared memory and socket names) and admin port.
+    `env`: added to Envoy's environment (the masking token key reaches the filter this way).
     """
     proc = procs.start(
         name,
@@ -136,6 +139,7 @@ def start_envoy(procs: ProcessSet, name: str, config_path: Path, admin_port: int
             "--concurrency",
             "2",
         ],
+        env=env,
     )
     proc.wait_http(f"http://127.0.0.1:{admin_port}/ready", ok=lambda r: r.status_code == 200)
     return proc

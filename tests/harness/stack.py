@@ -105,6 +105,10 @@ class AuditClient:
         self.http.close()
 
 
+# The environment variable that carries the masking token key into the filter (envoy_config.rs).
+TOKEN_KEY_ENV = "GATEHOUSE_MASK_TOKEN_KEY"
+
+
 @dataclass
 class Stack:
     dir: Path
@@ -355,8 +359,11 @@ def write_config(
     ext_authz_timeout_ms: int = 2000,
     upstream_ca_file: Path | None = None,
     upstream_credentials: dict[str, Any] | None = None,
+    grpc_plaintext: bool = False,
 ) -> Path:
     """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
+    `grpc_plaintext`: the gRPC listener without mTLS (loopback only); by default Envoy and the
+    service speak mTLS with the certificates of scripts/gen-tls.sh in `tls/`.
     `extra_upstreams`: more `upstreams:` entries, after the main one.
     `policy`: the rules of `policy:` (absent when None); `approvals`: the `approvals:` section."""
     identity: dict[str, Any] = {
@@ -371,6 +378,19 @@ def write_config(
             "rest_listen": f"127.0.0.1:{rest_port}",
             "grpc_listen": f"127.0.0.1:{grpc_port}",
             "public_url": f"http://127.0.0.1:{http_port}",
+            **(
+                {"grpc_plaintext": True}
+                if grpc_plaintext
+                else {
+                    "grpc_tls": {
+                        "ca_file": "tls/grpc-ca.crt",
+                        "cert_file": "tls/grpc-server.crt",
+                        "key_file": "tls/grpc-server.key",
+                        "client_cert_file": "tls/grpc-client.crt",
+                        "client_key_file": "tls/grpc-client.key",
+                    }
+                }
+            ),
         },
         "identity": identity,
         "audit": {
@@ -529,7 +549,7 @@ def start_stack(
         gatehouse("envoy-config", "--config", config_path, "--out", envoy_yaml)
 
         stack.start_service()
-        stack.envoy = start_envoy(procs, "envoy-gateway", envoy_yaml, stack.admin_port)
+        stack.envoy = start_envoy(procs, "envoy-gateway", envoy_yaml, stack.admin_port, env=envoy_env(config_path))
         stack.envoy.wait_tcp(stack.http_port)
         stack.envoy.wait_tcp(stack.https_port)
         return stack
@@ -545,6 +565,16 @@ def start_stack(
             if sigv4:
                 sigv4.close()
         raise
+
+
+def envoy_env(config_path: Path) -> dict[str, str]:
+    """Envoy's environment for this config: the masking token key, which the filter reads from
+    its VM's environment (never from the bootstrap, which Envoy's admin shows)."""
+    config = yaml.safe_load(config_path.read_text())
+    key_file = (config.get("masking") or {}).get("token_key_file")
+    if not key_file:
+        return {}
+    return {TOKEN_KEY_ENV: (config_path.parent / key_file).read_text().strip()}
 
 
 def gatehouse_missing_reason() -> str | None:

@@ -85,6 +85,20 @@ pub struct Service {
     pub grpc_listen: SocketAddr,
     /// The gateway's public base URL, as clients reach it (for OAuth resource metadata).
     pub public_url: Url,
+    /// mTLS on the gRPC listener; `None` only for plain gRPC on loopback, said explicitly.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// mTLS between Envoy and the service's gRPC listener (ext_authz and audit ingest). The
+/// service accepts only clients with a certificate `ca_file` signed; Envoy checks the
+/// service's certificate against the same CA and presents `client_cert_file`.
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -107,6 +107,23 @@ pub struct Service {
     pub rest_listen: String,
     pub grpc_listen: String,
     pub public_url: String,
+    /// mTLS on the gRPC listener (ext_authz and audit ingest).
+    #[serde(default)]
+    pub grpc_tls: Option<GrpcTls>,
+    /// Serve gRPC without TLS: only on a loopback address, and only when said here.
+    #[serde(default)]
+    pub grpc_plaintext: bool,
+}
+
+/// `service.grpc_tls`: one CA signs the service's certificate and Envoy's client certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTls {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,6 +437,10 @@ fn validate_static_header(
 #[serde(deny_unknown_fields)]
 pub struct Envoy {
     pub admin_listen: String,
+    /// Envoy's admin shows the whole config and can stop Envoy: loopback only unless this
+    /// says otherwise.
+    #[serde(default)]
+    pub admin_allow_remote: bool,
     #[serde(default)]
     pub http_listen: Option<String>,
     #[serde(default)]
@@ -507,6 +528,45 @@ impl Problems {
     }
 }
 
+/// Without TLS any local process could call the Check or write the trail: plain gRPC is
+/// allowed only on loopback and only when the file says so.
+fn validate_grpc_tls(s: &Service, listen: Option<SocketAddr>, base: &Path, p: &mut Problems) -> Option<super::GrpcTls> {
+    match &s.grpc_tls {
+        Some(tls) => {
+            if s.grpc_plaintext {
+                p.add(
+                    "service.grpc_plaintext",
+                    "cannot be true together with service.grpc_tls",
+                );
+            }
+            // The files are read when the service starts (the demo creates them after the check).
+            Some(super::GrpcTls {
+                ca_file: resolve(base, &tls.ca_file),
+                cert_file: resolve(base, &tls.cert_file),
+                key_file: resolve(base, &tls.key_file),
+                client_cert_file: resolve(base, &tls.client_cert_file),
+                client_key_file: resolve(base, &tls.client_key_file),
+            })
+        }
+        None if !s.grpc_plaintext => {
+            p.add(
+                "service.grpc_tls",
+                "required: Envoy must call the service over mTLS (or set grpc_plaintext: true on a loopback grpc_listen)",
+            );
+            None
+        }
+        None => {
+            if listen.is_some_and(|a| !a.ip().is_loopback()) {
+                p.add(
+                    "service.grpc_plaintext",
+                    "plain gRPC is allowed only on a loopback grpc_listen: configure service.grpc_tls",
+                );
+            }
+            None
+        }
+    }
+}
+
 fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
@@ -519,6 +579,7 @@ impl Config {
         let rest_listen = p.addr("service.rest_listen", &self.service.rest_listen);
         let grpc_listen = p.addr("service.grpc_listen", &self.service.grpc_listen);
         let public_url = p.url("service.public_url", &self.service.public_url, &["http", "https"]);
+        let grpc_tls = validate_grpc_tls(&self.service, grpc_listen, base, &mut p);
 
         p.non_empty("identity.issuer", &self.identity.issuer);
         p.non_empty("identity.audience", &self.identity.audience);
@@ -680,6 +741,13 @@ impl Config {
         }
         let approvals = validate_approvals(self.approvals, rest_listen, &mut p);
         let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
+        if admin_listen.is_some_and(|a| !a.ip().is_loopback()) && !e.admin_allow_remote {
+            p.add(
+                "envoy.admin_listen",
+                "Envoy's admin interface shows the whole configuration and can shut Envoy down: keep it on loopback \
+                 (or set admin_allow_remote: true and protect it yourself)",
+            );
+        }
         let http_listen = e.http_listen.as_deref().map(|a| p.addr("envoy.http_listen", a));
         let https_listen = e.https_listen.as_deref().map(|a| p.addr("envoy.https_listen", a));
         if http_listen.is_none() && https_listen.is_none() {
@@ -725,6 +793,7 @@ impl Config {
                 rest_listen: rest_listen.ok_or_else(missing)?,
                 grpc_listen: grpc_listen.ok_or_else(missing)?,
                 public_url: public_url.ok_or_else(missing)?,
+                grpc_tls,
             },
             identity: super::Identity {
                 issuer: self.identity.issuer,

@@ -7,6 +7,7 @@ service:
   rest_listen: 127.0.0.1:9090
   grpc_listen: 127.0.0.1:9091
   public_url: http://127.0.0.1:8080
+  grpc_plaintext: true
 identity:
   issuer: http://127.0.0.1:9090/dev
   audience: gatehouse
@@ -63,6 +64,46 @@ fn every_problem_is_reported_with_its_path() {
         ],
         "{errs}"
     );
+}
+
+#[test]
+fn the_grpc_listener_needs_mtls_unless_plaintext_is_asked_for_on_loopback() {
+    let parse = |text: &str| Config::parse(text, Path::new("/etc/gh/g.yaml"));
+    let paths = |text: &str| -> Vec<String> { parse(text).unwrap_err().0.into_iter().map(|e| e.path).collect() };
+    // Neither TLS nor an explicit plaintext: refused.
+    let silent = GOOD.replace("  grpc_plaintext: true\n", "");
+    assert_eq!(paths(&silent), ["service.grpc_tls"]);
+    // Plaintext off loopback: refused, even when asked for.
+    let exposed = GOOD.replace("grpc_listen: 127.0.0.1:9091", "grpc_listen: 0.0.0.0:9091");
+    assert_eq!(paths(&exposed), ["service.grpc_plaintext"]);
+    // mTLS anywhere: its files resolved against the config's folder.
+    let tls = silent.replace(
+        "grpc_listen: 127.0.0.1:9091",
+        "grpc_listen: 0.0.0.0:9091\n  grpc_tls: {ca_file: tls/ca.crt, cert_file: tls/s.crt, key_file: tls/s.key, \
+         client_cert_file: tls/c.crt, client_key_file: /abs/c.key}",
+    );
+    let c = parse(&tls).unwrap();
+    let t = c.service.grpc_tls.unwrap();
+    assert_eq!(t.ca_file, Path::new("/etc/gh/tls/ca.crt"));
+    assert_eq!(t.client_key_file, Path::new("/abs/c.key"));
+    // Both at once is a contradiction.
+    let both = tls.replace(
+        "grpc_listen: 0.0.0.0:9091",
+        "grpc_listen: 0.0.0.0:9091\n  grpc_plaintext: true",
+    );
+    assert_eq!(paths(&both), ["service.grpc_plaintext"]);
+}
+
+#[test]
+fn envoy_admin_stays_on_loopback_unless_said_otherwise() {
+    let exposed = GOOD.replace("admin_listen: 127.0.0.1:9901", "admin_listen: 0.0.0.0:9901");
+    let errs = Config::parse(&exposed, Path::new("g.yaml")).unwrap_err();
+    assert_eq!(errs.0[0].path, "envoy.admin_listen", "{errs}");
+    let allowed = exposed.replace(
+        "admin_listen: 0.0.0.0:9901",
+        "admin_listen: 0.0.0.0:9901\n  admin_allow_remote: true",
+    );
+    assert!(Config::parse(&allowed, Path::new("g.yaml")).is_ok());
 }
 
 #[test]

@@ -6,7 +6,7 @@ VENV := .tools/venv
 PYTEST_ARGS ?=
 WASM_TARGET := wasm32-wasip1
 
-.PHONY: all setup build build-service build-filter demo test test-rust test-e2e fmt-check clippy lint lint-py bench clean-state
+.PHONY: all setup build build-service build-filter demo test test-rust test-e2e fuzz fmt-check clippy lint lint-py bench clean-state
 
 all: build
 
@@ -24,7 +24,7 @@ build-filter:
 demo:
 	CONFIG=$(CONFIG) bash scripts/demo.sh
 
-test: setup build test-rust lint test-e2e
+test: setup build test-rust lint test-e2e fuzz
 
 test-rust:
 	cargo test --workspace
@@ -43,6 +43,10 @@ lint-py:
 
 test-e2e:
 	$(VENV)/bin/python -m pytest tests/ $(PYTEST_ARGS)
+
+# The fuzz targets for a bounded time (FUZZ_SECONDS per target), stable toolchain.
+fuzz:
+	bash scripts/fuzz.sh
 
 bench:
 	@if [ -x scripts/bench.sh ]; then bash scripts/bench.sh; else echo "No scripts/bench.sh yet"; fi

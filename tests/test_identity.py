@@ -83,11 +83,20 @@ def test_wrong_group_is_403_jsonrpc_error_and_audited_as_deny(stack):
 
 def test_group_membership_is_what_counts(stack):
     """Same call, same user name: allowed with an allowed group, refused without."""
-    allowed = stack.post(tools_call("echo", {"message": "x"}), token=stack.token("carol", ["approvers"]))
-    refused = stack.post(tools_call("echo", {"message": "x"}), token=stack.token("carol", ["sales", "ops"]))
+    allowed_token = stack.token("carol", ["approvers"])
+    session = stack.initialize(allowed_token)
+    headers = {"mcp-session-id": session}
+    allowed = stack.post(tools_call("echo", {"message": "x"}), token=allowed_token, headers=headers)
+    before = stack.upstream_requests()
+    refused = stack.post(
+        tools_call("echo", {"message": "x"}), token=stack.token("carol", ["sales", "ops"]), headers=headers
+    )
 
-    assert allowed.status_code != 403 and allowed.status_code < 500
-    assert refused.status_code == 403
+    # The allowed call ran: the echo tool's answer came back.
+    assert allowed.status_code == 200, allowed.text
+    assert "Echo: x" in allowed.text, allowed.text
+    assert refused.status_code == 403, refused.text
+    assert stack.upstream_requests() == before, "a refused call reached the upstream"
 
 
 def test_token_for_another_audience_is_401(stack):

@@ -167,8 +167,11 @@ def test_an_sdk_client_lists_only_callable_tools(make_stack):
     async def body(session, rec: Recorder):
         return {t.name for t in (await session.list_tools()).tools}
 
-    everything, _ = run_session(stack.url, body, headers=stack.auth("root", ["admins"]))
+    # What the server offers, asked directly (not through the gateway under test).
+    everything, _ = run_session(f"http://127.0.0.1:{stack.upstream_port}/mcp", body)
     assert {"echo", "get-env", "get-sum", "trigger-long-running-operation"} <= everything
+    admin_view, _ = run_session(stack.url, body, headers=stack.auth("root", ["admins"]))
+    assert admin_view == everything
 
     visible, rec = run_session(stack.url, body, headers=stack.auth("erin", ["eng"]))
 

@@ -17,7 +17,7 @@
 //!   the headers reach this filter, which reads and removes them.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use gatehouse_core::mask::MaskCounts;
@@ -45,6 +45,8 @@ const WITHHELD_DETAILS: &str = "gatehouse_withheld";
 /// Masked kinds get a counter each; their number is bounded by the configuration, and
 /// this bounds it again (wasm memory never shrinks).
 const MAX_KIND_METRICS: usize = 256;
+/// The proxy-wasm status for an argument the host cannot use.
+const BAD_ARGUMENT: u32 = 2;
 
 /// Called once when the host loads the module. Envoy refuses host calls here
 /// ("restricted_callback"), so the host's log level is only read in `on_configure`.
@@ -122,6 +124,22 @@ struct Shared {
     random_failed: Cell<bool>,
     /// `gatehouse_masked_<kind>` counters, defined on first use (`None`: could not be).
     masked_metrics: RefCell<BTreeMap<String, Option<u32>>>,
+    /// Answers held back, by HTTP context, until their records fit in the queue.
+    stalled: RefCell<BTreeMap<u32, Stalled>>,
+}
+
+/// An answer whose records did not all fit in the queue. The client gets no byte of it
+/// beyond what is recorded: the stream is paused (Envoy buffers what the upstream sends
+/// meanwhile, up to its buffer limit) and the root resumes it once its records are queued.
+/// Backpressure instead of drops: no answer the client received is missing from the trail.
+#[derive(Debug, Default)]
+struct Stalled {
+    /// Its records not yet queued, in order.
+    pending: VecDeque<Record>,
+    /// Bytes at the start of Envoy's paused body buffer that are masked output already.
+    held: usize,
+    /// The stream has ended (logged): queue its records, resume nothing.
+    gone: bool,
 }
 
 impl Shared {
@@ -180,8 +198,95 @@ impl Shared {
         }
     }
 
-    fn enqueue_response(&self, part: ResponseObserved) {
-        self.enqueue(Record::Response(part));
+    /// Queues a part of the answer of HTTP context `context_id`. A part that does not fit
+    /// (or comes after one that did not) waits with its answer, which is held back.
+    fn enqueue_part(&self, context_id: u32, part: ResponseObserved) {
+        let record = Record::Response(part);
+        let Ok(mut stalled) = self.stalled.try_borrow_mut() else {
+            // Cannot happen (callbacks do not nest); the bounded queue still takes it or counts it.
+            return self.enqueue(record);
+        };
+        if let Some(waiting) = stalled.get_mut(&context_id).filter(|s| !s.pending.is_empty()) {
+            waiting.pending.push_back(record);
+            return;
+        }
+        let back = match self.shipper.try_borrow_mut() {
+            Ok(mut shipper) => shipper.try_push(record),
+            Err(_) => Err(Box::new(record)),
+        };
+        match back {
+            Ok(()) => Metrics::add(self.metrics.get().queued, 1),
+            Err(record) => stalled.entry(context_id).or_default().pending.push_back(*record),
+        }
+    }
+
+    /// Bytes of this answer's paused body that are already masked (0 when not paused).
+    fn held_bytes(&self, context_id: u32) -> usize {
+        self.stalled
+            .try_borrow()
+            .ok()
+            .and_then(|s| s.get(&context_id).map(|s| s.held))
+            .unwrap_or(0)
+    }
+
+    /// If records of this answer wait for room, remembers `held` masked bytes and says
+    /// the answer must pause.
+    fn must_hold(&self, context_id: u32, held: usize) -> bool {
+        let Ok(mut stalled) = self.stalled.try_borrow_mut() else {
+            return false;
+        };
+        match stalled.get_mut(&context_id) {
+            Some(s) if !s.pending.is_empty() => {
+                s.held = held;
+                true
+            }
+            Some(_) => {
+                stalled.remove(&context_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The answer's stream is over: its waiting records are still queued, in order.
+    fn forget_stream(&self, context_id: u32) {
+        if let Ok(mut stalled) = self.stalled.try_borrow_mut() {
+            match stalled.get_mut(&context_id) {
+                Some(s) if !s.pending.is_empty() => s.gone = true,
+                Some(_) => {
+                    stalled.remove(&context_id);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Moves waiting records into the queue while they fit, oldest answer first, and
+    /// returns the answers that are now fully queued and must be resumed.
+    fn drain_stalled(&self) -> Vec<u32> {
+        let (Ok(mut stalled), Ok(mut shipper)) = (self.stalled.try_borrow_mut(), self.shipper.try_borrow_mut()) else {
+            return Vec::new();
+        };
+        let queued = self.metrics.get().queued;
+        let mut done = Vec::new();
+        'answers: for (context_id, waiting) in stalled.iter_mut() {
+            while let Some(record) = waiting.pending.pop_front() {
+                if let Err(record) = shipper.try_push(record) {
+                    waiting.pending.push_front(*record);
+                    break 'answers;
+                }
+                Metrics::add(queued, 1);
+            }
+            done.push((*context_id, waiting.gone));
+        }
+        let mut resume = Vec::new();
+        for (context_id, gone) in done {
+            stalled.remove(&context_id);
+            if !gone {
+                resume.push(context_id);
+            }
+        }
+        resume
     }
 
     fn random_bytes(&self) -> [u8; 16] {
@@ -221,6 +326,7 @@ impl Root {
                 id_counter: Cell::new(0),
                 random_failed: Cell::new(false),
                 masked_metrics: RefCell::new(BTreeMap::new()),
+                stalled: RefCell::new(BTreeMap::new()),
             }),
             config: None,
             source: String::new(),
@@ -270,6 +376,31 @@ impl Root {
                 self.report(outcome, &metrics, &shipper);
             }
         }
+    }
+
+    /// Queues the records of held-back answers as room frees, and resumes the answers whose
+    /// records are all queued.
+    fn release_stalled(&self) {
+        let resume = self.shared.drain_stalled();
+        if resume.is_empty() {
+            return;
+        }
+        for context_id in &resume {
+            let resumed =
+                host::set_effective_context(*context_id).and_then(|()| host::continue_stream(stream::HTTP_RESPONSE));
+            if let Err(status) = resumed {
+                // The stream may have ended meanwhile; its records are queued either way.
+                debug!(
+                    "Could not resume the held answer of context {context_id}: host status {}",
+                    status.0
+                );
+            }
+        }
+        // The ingest call that follows must be the root's own.
+        if let Err(status) = host::set_effective_context(self.context_id) {
+            error!("Could not return to the root context: host status {}", status.0);
+        }
+        debug!("Resumed {} answer(s) held for the audit queue", resume.len());
     }
 
     fn report(&self, outcome: Outcome, metrics: &Metrics, shipper: &Shipper) {
@@ -350,9 +481,13 @@ impl Context for Root {
             self.report(outcome, &metrics, &shipper);
             (outcome, !shipper.is_empty())
         };
-        // Keep up under load: the next batch goes now, not at the next tick.
-        if matches!(outcome, Outcome::Sent { .. }) && more {
-            self.flush();
+        if matches!(outcome, Outcome::Sent { .. }) {
+            // The batch left room: held-back answers go first, then the next batch goes
+            // now rather than at the next tick, to keep up under load.
+            self.release_stalled();
+            if more || !self.shared.shipper.try_borrow().is_ok_and(|s| s.is_empty()) {
+                self.flush();
+            }
         }
     }
 }
@@ -409,6 +544,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.flush();
+        self.release_stalled();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -584,6 +720,7 @@ impl Http {
     /// Finishes a body step: counts what was masked, and withholds what must not go on.
     fn after_body(&mut self, after: After, now: u64) -> Action {
         let request_id = self.request_id.clone().unwrap_or_default();
+        let context_id = self.context_id;
         let action = match after {
             After::Continue => Action::Continue,
             After::Pause => Action::Pause,
@@ -600,7 +737,7 @@ impl Http {
                             &config.masking.masker,
                             response::withheld::UNREADABLE,
                             now,
-                            &mut |part| shared.enqueue_response(part),
+                            &mut |part| shared.enqueue_part(context_id, part),
                         );
                         response.kind() != response::BodyKind::EventStream
                     }
@@ -617,6 +754,19 @@ impl Http {
                 debug!("Kept {hidden} tool(s) the caller may not call from the answer to request {request_id}");
                 Metrics::add(self.shared.metrics.get().tools_hidden, hidden);
             }
+        }
+        action
+    }
+
+    /// An answer that would go on while some of its records wait for room in the queue is
+    /// paused instead, with its first `masked_bytes` bytes ready; the root resumes it.
+    fn hold_until_recorded(&mut self, action: Action, masked_bytes: usize) -> Action {
+        if matches!(action, Action::Continue) && self.shared.must_hold(self.context_id, masked_bytes) {
+            debug!(
+                "Holding the answer to request {} until its records fit in the audit queue",
+                self.request_id.as_deref().unwrap_or_default()
+            );
+            return Action::Pause;
         }
         action
     }
@@ -696,6 +846,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let context_id = self.context_id;
         let Some(request_id) = self.request_id.clone() else {
             return Action::Continue;
         };
@@ -760,10 +911,10 @@ impl HttpContext for Http {
         let now = host::now_ms();
         let masker = &config.masking.masker;
         let mut plan = if readable {
-            response.on_headers(end_of_stream, now, &mut |part| shared.enqueue_response(part))
+            response.on_headers(end_of_stream, now, &mut |part| shared.enqueue_part(context_id, part))
         } else {
             response.refuse(masker, response::withheld::UNREADABLE, now, &mut |part| {
-                shared.enqueue_response(part)
+                shared.enqueue_part(context_id, part)
             });
             Plan::Withhold
         };
@@ -775,7 +926,7 @@ impl HttpContext for Http {
                 status.0
             );
             response.refuse(masker, response::withheld::UNREADABLE, now, &mut |part| {
-                shared.enqueue_response(part)
+                shared.enqueue_part(context_id, part)
             });
             plan = Plan::Withhold;
         }
@@ -801,18 +952,26 @@ impl HttpContext for Http {
         let context_id = self.context_id;
         let masker = &config.masking.masker;
         let now = host::now_ms();
-        let read = |n: usize| read_response_body(context_id, n);
+        // A held-back answer's buffer starts with what was masked already; only the rest is new.
+        let held = shared.held_bytes(context_id);
+        let read = |n: usize| read_response_body(context_id, held, n);
         let started = host::now_nanos();
-        let step = response.on_body(masker, body_size, end_of_stream, read, now, &mut |part| {
-            shared.enqueue_response(part)
-        });
-        let after = apply(step);
+        let step = response.on_body(
+            masker,
+            body_size.saturating_sub(held),
+            end_of_stream,
+            read,
+            now,
+            &mut |part| shared.enqueue_part(context_id, part),
+        );
+        let (after, masked_bytes) = apply(step, held, body_size);
         let metrics = shared.metrics.get();
         Metrics::add(metrics.body_ns, host::now_nanos().saturating_sub(started));
         if end_of_stream {
             Metrics::add(metrics.answers, 1);
         }
-        self.after_body(after, now)
+        let action = self.after_body(after, now);
+        self.hold_until_recorded(action, masked_bytes)
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
@@ -823,13 +982,25 @@ impl HttpContext for Http {
         let context_id = self.context_id;
         let masker = &config.masking.masker;
         let now = host::now_ms();
-        let read = |n: usize| read_response_body(context_id, n);
-        let step = response.on_trailers(masker, read, now, &mut |part| shared.enqueue_response(part));
-        let after = apply(step);
-        self.after_body(after, now)
+        let held = shared.held_bytes(context_id);
+        let read = |n: usize| read_response_body(context_id, held, n);
+        let step = response.on_trailers(masker, read, now, &mut |part| shared.enqueue_part(context_id, part));
+        let (after, masked_bytes) = apply(step, held, held);
+        let action = self.after_body(after, now);
+        self.hold_until_recorded(action, masked_bytes)
     }
 
     fn on_log(&mut self) {
+        self.record_unfinished_answer();
+        // Its records still wait for room, if any; there is nothing left to resume.
+        self.shared.forget_stream(self.context_id);
+    }
+}
+
+impl Http {
+    /// The stream is over: an answer that did not finish gets its final part now.
+    fn record_unfinished_answer(&mut self) {
+        let context_id = self.context_id;
         if self.phase != Phase::Forwarded {
             return;
         }
@@ -854,10 +1025,10 @@ impl HttpContext for Http {
         match (self.response.as_mut(), self.config.as_ref()) {
             (Some(response), Some(config)) => {
                 response.on_abort(&config.masking.masker, reason, withheld, now, &mut |part| {
-                    shared.enqueue_response(part)
+                    shared.enqueue_part(context_id, part)
                 });
             }
-            _ => shared.enqueue_response(response::unanswered(request_id, reason, now)),
+            _ => shared.enqueue_part(context_id, response::unanswered(request_id, reason, now)),
         }
         if let Some(withheld) = withheld {
             warn!("Envoy withheld the answer to request {request_id} ({withheld}): raise its buffer limit?");
@@ -877,20 +1048,36 @@ enum After {
     ReplaceFailed(host::Status),
 }
 
-fn apply(step: Step<'_>) -> After {
+/// Applies a body step to the bytes after the first `offset` of a body of `body_size`;
+/// returns what comes next and the body's size once applied.
+fn apply(step: Step<'_>, offset: usize, body_size: usize) -> (After, usize) {
     match step {
-        Step::Continue => After::Continue,
-        Step::Pause => After::Pause,
-        Step::Replace { len, bytes } => match host::set_buffer(buffer::RESPONSE_BODY, 0, len, bytes) {
-            Ok(()) => After::Continue,
-            Err(status) => After::ReplaceFailed(status),
+        Step::Continue => (After::Continue, body_size),
+        Step::Pause => (After::Pause, body_size),
+        Step::Replace { len, bytes } => match replace_body_after(offset, len, bytes) {
+            Ok(()) => (After::Continue, body_size.saturating_sub(len) + bytes.len()),
+            Err(status) => (After::ReplaceFailed(status), body_size),
         },
-        Step::Withhold { headers_held } => After::Withhold { headers_held },
+        Step::Withhold { headers_held } => (After::Withhold { headers_held }, body_size),
     }
 }
 
-fn read_response_body(context_id: u32, size: usize) -> Option<Vec<u8>> {
-    match host::buffer(buffer::RESPONSE_BODY, 0, size) {
+/// Replaces `len` body bytes after the first `offset` with `bytes`. Envoy only replaces a
+/// body from its start (or appends), so a held prefix is read and written back with them.
+fn replace_body_after(offset: usize, len: usize, bytes: &[u8]) -> Result<(), host::Status> {
+    if offset == 0 {
+        return host::set_buffer(buffer::RESPONSE_BODY, 0, len, bytes);
+    }
+    let mut body = host::buffer(buffer::RESPONSE_BODY, 0, offset)?;
+    if body.len() != offset {
+        return Err(host::Status(BAD_ARGUMENT));
+    }
+    body.extend_from_slice(bytes);
+    host::set_buffer(buffer::RESPONSE_BODY, 0, offset + len, &body)
+}
+
+fn read_response_body(context_id: u32, offset: usize, size: usize) -> Option<Vec<u8>> {
+    match host::buffer(buffer::RESPONSE_BODY, offset, size) {
         Ok(bytes) => Some(bytes),
         Err(status) => {
             warn!(

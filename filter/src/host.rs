@@ -62,6 +62,8 @@ unsafe extern "C" {
     ) -> u32;
     fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         details_data: *const u8,
@@ -146,6 +148,18 @@ pub fn set_buffer(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> R
 pub fn close_stream(stream_type: u32) -> Result<(), Status> {
     // SAFETY: no pointers.
     check(unsafe { proxy_close_stream(stream_type) })
+}
+
+/// Lets a paused stream go on (Envoy: continue encoding what the filter held).
+pub fn continue_stream(stream_type: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_continue_stream(stream_type) })
+}
+
+/// Makes later host calls of this callback act on `context_id` (the root resuming a stream).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_effective_context(context_id) })
 }
 
 /// Answers the request locally (Envoy's local reply); `details` shows up as the

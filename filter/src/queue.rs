@@ -138,20 +138,31 @@ impl Shipper {
         self.failures
     }
 
-    /// Queues a record, or drops it (the new one) if the queue is full.
-    pub fn push(&mut self, record: Record) -> Pushed {
+    /// Queues a record if it fits, or gives it back: the caller holds it (and its answer)
+    /// until there is room. Nothing is dropped.
+    pub fn try_push(&mut self, record: Record) -> Result<(), Box<Record>> {
         let size = record.encoded_size();
         if self.queue.len() >= self.limits.queue_max_records
             || self.queued_bytes.saturating_add(size) > self.limits.queue_max_bytes
         {
-            self.dropped_total += 1;
-            return Pushed::Dropped {
-                dropped_total: self.dropped_total,
-            };
+            return Err(Box::new(record));
         }
         self.queued_bytes += size;
         self.queue.push_back((size, record));
-        Pushed::Queued
+        Ok(())
+    }
+
+    /// Queues a record, or drops it (the new one) if the queue is full.
+    pub fn push(&mut self, record: Record) -> Pushed {
+        match self.try_push(record) {
+            Ok(()) => Pushed::Queued,
+            Err(_) => {
+                self.dropped_total += 1;
+                Pushed::Dropped {
+                    dropped_total: self.dropped_total,
+                }
+            }
+        }
     }
 
     /// If no call is in flight, it is time, and records wait: takes a batch and returns
@@ -327,6 +338,20 @@ mod tests {
         let batch = IngestBatch::decode(s.begin("src", 0).unwrap().as_slice()).unwrap();
         assert_eq!(batch.dropped_total, 2);
         assert_eq!(batch.source, "src");
+    }
+
+    #[test]
+    fn try_push_gives_a_record_back_when_full_and_counts_nothing_dropped() {
+        let mut s = Shipper::new(limits());
+        for i in 0..4 {
+            assert!(s.try_push(response(&i.to_string())).is_ok());
+        }
+        let back = *s.try_push(response("4")).unwrap_err();
+        assert_eq!(back, response("4"));
+        assert_eq!((s.len(), s.dropped_total()), (4, 0));
+        // Room again once a batch is taken.
+        s.begin("src", 0).unwrap();
+        assert!(s.try_push(back).is_ok());
     }
 
     #[test]

@@ -1,0 +1,92 @@
+"""A hostile (or merely chatty) upstream streams a very long SSE answer: every event the
+client receives must be in the trail, in order, and the record of the answer complete.
+
+The filter's record queue is bounded; before backpressure it dropped records once a stream
+outran the audit ingest (30,000 events lost 21,810 records and the final result).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from harness.raw_upstream import Reply
+from harness.stack import Stack, tools_call
+
+pytestmark = pytest.mark.gateway
+
+EVENTS = int(os.environ.get("GATEHOUSE_LONG_STREAM_EVENTS", "100000"))
+PER_CHUNK = 500
+
+
+def progress_event(i: int) -> bytes:
+    note = {
+        "jsonrpc": "2.0",
+        "method": "notifications/progress",
+        "params": {"progressToken": "long", "progress": i, "message": f"step {i} of a long report"},
+    }
+    return f"id: {i}\ndata: {json.dumps(note)}\n\n".encode()
+
+
+def long_stream(request_id: int, events: int) -> list[bytes]:
+    chunks = []
+    for start in range(0, events, PER_CHUNK):
+        chunks.append(b"".join(progress_event(i) for i in range(start, min(start + PER_CHUNK, events))))
+    result = {"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "report done"}]}}
+    chunks.append(f"id: {events}\ndata: {json.dumps(result)}\n\n".encode())
+    return chunks
+
+
+def response_parts(stack: Stack, request_id: str) -> list[tuple[int, bool, str]]:
+    """(part, final, end_reason) of every response record of the request, read from the store."""
+    with sqlite3.connect(f"file:{stack.db_path}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT json_extract(data, '$.part'), json_extract(data, '$.final'), "
+            "coalesce(json_extract(data, '$.end_reason'), '') FROM audit_records "
+            "WHERE request_id = ? AND kind = 'response' ORDER BY json_extract(data, '$.part')",
+            (request_id,),
+        ).fetchall()
+    return [(int(p), bool(f), str(e)) for p, f, e in rows]
+
+
+def test_a_very_long_sse_answer_is_recorded_event_for_event(make_stack) -> None:
+    stack = make_stack(upstream="raw")
+    stack.raw.reply = lambda req: Reply(headers=[("content-type", "text/event-stream")], chunks=long_stream(7, EVENTS))
+
+    with httpx.stream(
+        "POST",
+        stack.url,
+        content=json.dumps(tools_call("report", {}, request_id=7)).encode(),
+        headers={
+            "authorization": f"Bearer {stack.token()}",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+        },
+        timeout=httpx.Timeout(60, read=120),
+    ) as resp:
+        assert resp.status_code == 200
+        request_id = resp.headers["x-gatehouse-request-id"]
+        body = b"".join(resp.iter_raw())
+    received = [e for e in body.split(b"\n\n") if b"data: " in e]
+    assert len(received) == EVENTS + 1, "the client did not get the whole stream"
+    assert b"report done" in received[-1]
+
+    # Every event the client got is a record: parts 0..EVENTS (the result last), then the final part.
+    deadline = time.monotonic() + 300
+    while True:
+        parts = response_parts(stack, request_id)
+        if parts and parts[-1][1]:
+            break
+        assert time.monotonic() < deadline, f"no final record after 300 s ({len(parts)} parts)"
+        time.sleep(1)
+    numbers = [p for p, _, _ in parts]
+    assert numbers == list(range(len(numbers))), "a gap in the recorded parts"
+    assert len(parts) == EVENTS + 2, f"{EVENTS + 1} events and a final part expected, got {len(parts)} records"
+    assert parts[-1][2] == "complete", parts[-1]
+    dropped = stack.admin.stats("gatehouse_records_dropped")
+    assert not any(dropped.values()), f"the filter dropped records: {dropped}"

@@ -12,7 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use gatehouse_core::mask::{JsonMasked, MaskConfig, MaskCounts, Masker, Reveal};
+use gatehouse_core::mask::{JsonMasked, MaskConfig, MaskCounts, Masker, Reveal, RevealPlan};
+use gatehouse_core::mcp::Envelope;
 use gatehouse_core::tools::glob_match;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -77,6 +78,40 @@ impl MaskingPolicy {
             kinds.extend(rule.kinds.iter().cloned());
         }
         Reveal(kinds)
+    }
+}
+
+impl MaskingPolicy {
+    /// What the answer to this request may show. A single message: the kinds of its tool
+    /// (`reveal_for`) for the whole answer. A batch: each request message's kinds under its
+    /// JSON-RPC id, so that the answer to one tool never shows what only another may; two
+    /// messages with one id get what both may; answers with other ids, notifications and
+    /// text get nothing.
+    pub fn reveal_plan(&self, groups: &BTreeSet<String>, upstream: &str, envelope: Option<&Envelope>) -> RevealPlan {
+        let tool_of = |m: &gatehouse_core::mcp::Message| {
+            m.target_name()
+                .filter(|_| m.method.as_deref() == Some("tools/call"))
+                .map(str::to_owned)
+        };
+        let Some(envelope) = envelope.filter(|e| e.batch) else {
+            let tool = envelope.and_then(Envelope::first).and_then(tool_of);
+            return RevealPlan::uniform(self.reveal_for(groups, upstream, tool.as_deref()));
+        };
+        let mut by_id: std::collections::BTreeMap<String, Reveal> = std::collections::BTreeMap::new();
+        for message in &envelope.messages {
+            let Some(id) = &message.id else {
+                continue;
+            };
+            let reveal = self.reveal_for(groups, upstream, tool_of(message).as_deref());
+            by_id
+                .entry(RevealPlan::id_key(id))
+                .and_modify(|seen| seen.0.retain(|kind| reveal.contains(kind)))
+                .or_insert(reveal);
+        }
+        RevealPlan {
+            all: Reveal::none(),
+            by_id: Some(by_id),
+        }
     }
 }
 
@@ -252,6 +287,36 @@ mod tests {
         assert_eq!(policy.reveal_for(&support, "other", Some("find_x")).0, set(&["email"]));
         assert_eq!(policy.reveal_for(&support, "crm", None).0, set(&["email"]));
         assert!(policy.reveal_for(&set(&["eng"]), "crm", Some("find_x")).is_empty());
+    }
+
+    #[test]
+    fn a_batch_reveals_per_message_by_id() {
+        let policy = MaskingPolicy {
+            reveal: vec![RevealRule {
+                kinds: set(&["email"]),
+                groups: set(&["support"]),
+                upstreams: None,
+                tools: Some(vec!["find_*".into()]),
+            }],
+            ..Default::default()
+        };
+        let support = set(&["support"]);
+        let call = |id: Value, tool: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
+        let batch = |items: Vec<Value>| gatehouse_core::mcp::parse_body(&serde_json::to_vec(&items).unwrap()).unwrap();
+        // The red team's batch: [find_customer, leak] must not show leak's e-mails.
+        let env = batch(vec![call(json!(1), "find_customer"), call(json!(2), "leak")]);
+        let plan = policy.reveal_plan(&support, "crm", Some(&env));
+        assert_eq!(plan.for_message(&json!({"id": 1})).0, set(&["email"]));
+        assert!(plan.for_message(&json!({"id": 2})).is_empty());
+        assert!(plan.for_message(&json!({"id": "1"})).is_empty(), "another id");
+        assert!(plan.for_message(&json!({"method": "n"})).is_empty() && plan.for_other().is_empty());
+        // One id twice: only what both may.
+        let env = batch(vec![call(json!(1), "find_customer"), call(json!(1), "leak")]);
+        assert!(policy.reveal_plan(&support, "crm", Some(&env)).is_empty());
+        // A single message keeps one set for its whole answer.
+        let single = gatehouse_core::mcp::parse_body(&serde_json::to_vec(&call(json!(3), "find_x")).unwrap()).unwrap();
+        let plan = policy.reveal_plan(&support, "crm", Some(&single));
+        assert_eq!(plan, RevealPlan::uniform(Reveal(set(&["email"]))));
     }
 
     #[test]

@@ -142,6 +142,11 @@ pub fn parse_body(body: &[u8]) -> Result<Envelope, ParseError> {
     // serde_json refuses nesting deeper than 128 levels, so a deep body is an error, not a
     // stack overflow.
     let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    // Readers disagree on which of two equal keys counts: the gateway would decide on and
+    // record one value while the upstream acts on the other.
+    if crate::mask::has_duplicate_keys(body) {
+        return Err(ParseError::InvalidRequest("an object has the same key twice".into()));
+    }
     parse_value(value)
 }
 
@@ -378,6 +383,8 @@ mod tests {
     fn deep_nesting_is_refused_not_overflowed() {
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
         assert_eq!(parse_body(deep.as_bytes()).unwrap_err().jsonrpc_code(), -32700);
+        let twice = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"q","arguments":{"sql":"SELECT secret","sql":"SELECT 1"}}}"#;
+        assert_eq!(parse_body(twice).unwrap_err().jsonrpc_code(), -32600);
     }
 
     #[test]

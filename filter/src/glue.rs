@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
-use gatehouse_core::mask::MaskCounts;
+use gatehouse_core::mask::{MaskCounts, REVEAL_IDS_HEADER};
 use gatehouse_core::tools::TOOLS_HEADER;
 use gatehouse_core::upstream::CREDENTIAL_HEADER;
 use gatehouse_proto::audit::v1::ResponseObserved;
@@ -874,6 +874,7 @@ impl HttpContext for Http {
         if let Some(head) = head.as_ref() {
             for (name, present) in [
                 (REVEAL_HEADER, head.has_reveal_header),
+                (REVEAL_IDS_HEADER, head.reveal_ids.is_some()),
                 (TOOLS_HEADER, head.tools.is_some()),
                 (CREDENTIAL_HEADER, head.credential.is_some()),
             ] {

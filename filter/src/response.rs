@@ -22,7 +22,9 @@
 //! record both get the filtered list.
 
 use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR};
-use gatehouse_core::mask::{JsonMasked, MaskCounts, MaskedEvent, Masker, Reveal, SseMasker};
+use gatehouse_core::mask::{
+    JsonMasked, MaskCounts, MaskedEvent, Masker, REVEAL_IDS_HEADER, Reveal, RevealPlan, SseMasker,
+};
 use gatehouse_core::mcp;
 use gatehouse_core::tools::{SseToolFilter, TOOLS_HEADER, ToolEvent, ToolVisibility, ToolsHeaderError};
 use gatehouse_core::upstream::{self, CREDENTIAL_HEADER};
@@ -75,8 +77,14 @@ pub enum BodyKind {
 impl BodyKind {
     pub fn of(content_type: Option<&str>) -> Self {
         let media = content_type.map(media_type).unwrap_or_default().to_ascii_lowercase();
+        let json = media.split_once('/').is_some_and(|(top, sub)| {
+            matches!(top, "application" | "text")
+                && (matches!(sub, "json" | "json-seq" | "x-ndjson" | "ndjson") || sub.ends_with("+json"))
+        });
         match media.as_str() {
-            "application/json" => Self::Json,
+            // Every JSON media type (`application/problem+json`, `application/vnd.api+json`,
+            // JSON text sequences): masked as text, JSON escapes would hide a secret.
+            _ if json => Self::Json,
             "text/event-stream" => Self::EventStream,
             "application/octet-stream" => Self::Binary,
             m if m.starts_with("image/") || m.starts_with("audio/") || m.starts_with("video/") => Self::Binary,
@@ -100,6 +108,10 @@ pub struct ResponseHead {
     pub reveal: Reveal,
     /// `x-gatehouse-reveal` is present and must be removed.
     pub has_reveal_header: bool,
+    /// From `x-gatehouse-reveal-ids` (present: it must be removed): the reveal of each
+    /// message of a batch, by request id; `*` (`Some(None)`) means `reveal` for every
+    /// message. A second value reveals nothing to any message.
+    pub reveal_ids: Option<Option<std::collections::BTreeMap<String, Reveal>>>,
     /// From `x-gatehouse-tools` (present: it must be removed); `None` when absent. A value
     /// that cannot be read, or a second value, is an error: every tool is then hidden.
     pub tools: Option<Result<ToolVisibility, ToolsHeaderError>>,
@@ -135,6 +147,13 @@ impl ResponseHead {
                     }
                     head.has_reveal_header = true;
                 }
+                REVEAL_IDS_HEADER => {
+                    head.reveal_ids = Some(match (&head.reveal_ids, value) {
+                        (None, "*") => None,
+                        (None, value) => Some(RevealPlan::by_id_from_header(value)),
+                        (Some(_), _) => Some(Default::default()),
+                    });
+                }
                 CREDENTIAL_HEADER => head.credential = Some(value.to_owned()),
                 TOOLS_HEADER => {
                     head.tools = Some(match head.tools {
@@ -147,6 +166,17 @@ impl ResponseHead {
         }
         head.content_encoding = (!codings.is_empty()).then(|| codings.join(", "));
         head
+    }
+}
+
+impl ResponseHead {
+    /// What each message of the answer may show: per request id for a batch, else
+    /// `reveal` for all.
+    pub fn reveal_plan(&self) -> RevealPlan {
+        RevealPlan {
+            all: self.reveal.clone(),
+            by_id: self.reveal_ids.clone().flatten(),
+        }
     }
 }
 
@@ -204,6 +234,8 @@ enum Mode {
 pub struct ResponseMasker {
     request_id: String,
     head: ResponseHead,
+    /// What each message may show (from the head).
+    plan: RevealPlan,
     kind: BodyKind,
     limits: Limits,
     /// The JSON-RPC id of the request, for a local reply.
@@ -231,6 +263,7 @@ impl ResponseMasker {
         Self {
             request_id: request_id.to_owned(),
             kind: BodyKind::of(head.content_type.as_deref()),
+            plan: head.reveal_plan(),
             head,
             limits,
             reply_id,
@@ -480,9 +513,9 @@ impl ResponseMasker {
             Some(filtered) => (filtered, true),
             None => (body, false),
         };
-        let reveal = self.head.reveal.clone();
+        let reveal = &self.plan;
         let mut client_counts = MaskCounts::default();
-        let client = mask_body(masker, self.kind, &body, &reveal, &mut client_counts);
+        let client = mask_body(masker, self.kind, &body, reveal, &mut client_counts);
         // The record is masked with nothing revealed: a second pass only when the client
         // was shown something.
         let mut record_counts = MaskCounts::default();
@@ -490,9 +523,9 @@ impl ResponseMasker {
             record_counts = client_counts.clone();
             None
         } else {
-            mask_body(masker, self.kind, &body, &Reveal::none(), &mut record_counts)
+            mask_body(masker, self.kind, &body, &RevealPlan::default(), &mut record_counts)
         };
-        let record: &[u8] = match (&record_masked, &client, reveal.is_empty()) {
+        let record: &[u8] = match (&record_masked, &client, self.plan.is_empty()) {
             (Some(masked), _, _) | (None, Some(masked), true) => masked,
             _ => &body,
         };
@@ -548,7 +581,7 @@ impl ResponseMasker {
             sse,
         };
         let hidden = stages.feed(
-            &self.head.reveal,
+            &self.plan,
             chunk,
             end,
             &mut self.out,
@@ -588,7 +621,7 @@ impl ResponseMasker {
             // The client is not sent these bytes; only the events are wanted.
             let mut discard = Vec::new();
             stages.feed(
-                &Reveal::none(),
+                &RevealPlan::default(),
                 &[],
                 true,
                 &mut discard,
@@ -657,7 +690,7 @@ impl ResponseMasker {
             body_bytes: self.body_bytes,
             observed_at_unix_ms: now_ms,
             withheld: self.withheld.unwrap_or_default().to_owned(),
-            revealed: self.head.reveal.0.iter().cloned().collect(),
+            revealed: self.plan.kinds().into_iter().collect(),
             ..Default::default()
         }
     }
@@ -676,7 +709,7 @@ impl Stages<'_> {
     /// Returns how many tools were dropped.
     fn feed(
         self,
-        reveal: &Reveal,
+        reveal: &RevealPlan,
         chunk: &[u8],
         end: bool,
         out: &mut Vec<u8>,
@@ -686,13 +719,19 @@ impl Stages<'_> {
         let Self { tools, masker, sse } = self;
         let mut hidden = 0;
         match tools {
-            None => sse.push(masker, reveal, chunk, out, counts, |e| events.push(e)),
+            None => sse.push_for(masker, reveal, chunk, out, counts, |e| events.push(e)),
             Some(tools) => {
                 let mut mask = |event: ToolEvent| match event {
-                    ToolEvent::Pass(bytes) => sse.push(masker, reveal, &bytes, out, counts, |e| events.push(e)),
+                    ToolEvent::Pass(bytes) => sse.push_for(masker, reveal, &bytes, out, counts, |e| events.push(e)),
                     ToolEvent::Withheld { note, id, len } => {
                         // Through the masker, so that an event it still holds goes first.
-                        sse.push(masker, reveal, &note, out, counts, |e| events.push(e));
+                        sse.push_for(masker, reveal, &note, out, counts, |e| events.push(e));
+                        // The record's event id is masked like every other value.
+                        let id = id.map(|id| {
+                            masker
+                                .mask_text(&id, &Reveal::none(), &mut MaskCounts::default())
+                                .into_owned()
+                        });
                         events.push(MaskedEvent {
                             id,
                             len,
@@ -708,7 +747,7 @@ impl Stages<'_> {
             }
         }
         if end {
-            sse.finish(masker, reveal, out, counts, |e| events.push(e));
+            sse.finish_for(masker, reveal, out, counts, |e| events.push(e));
         }
         hidden
     }
@@ -723,17 +762,17 @@ fn mask_body(
     masker: &Masker,
     kind: BodyKind,
     body: &[u8],
-    reveal: &Reveal,
+    reveal: &RevealPlan,
     counts: &mut MaskCounts,
 ) -> Option<Vec<u8>> {
     if kind == BodyKind::Json {
-        match masker.mask_json(body, reveal, counts) {
+        match masker.mask_json_for(body, reveal, counts) {
             JsonMasked::Unchanged => return None,
             JsonMasked::Changed(masked) => return Some(masked),
             JsonMasked::NotJson => {}
         }
     }
-    masker.mask_bytes_as_text(body, reveal, counts)
+    masker.mask_bytes_as_text(body, reveal.for_other(), counts)
 }
 
 /// The final part of a request whose answer never started (no response headers).
@@ -963,6 +1002,78 @@ mod tests {
         for binary in ["image/png", "Audio/ogg", "video/mp4", "application/octet-stream; x=1"] {
             assert_eq!(BodyKind::of(Some(binary)), BodyKind::Binary, "{binary}");
         }
+        for json in [
+            "application/vnd.api+json",
+            "Application/Problem+JSON; charset=utf-8",
+            "application/json-seq",
+            "text/json",
+            "application/x-ndjson",
+        ] {
+            assert_eq!(BodyKind::of(Some(json)), BodyKind::Json, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_json_media_type_with_escapes_is_masked_as_json() {
+        let masker = Masker::default();
+        let body = br#"{"jsonrpc":"2.0","id":7,"result":{"k":"AKIAIOSFODNN7EXAMPLE","m":"ops@example.com"}}"#;
+        for ct in ["application/problem+json", "application/vnd.api+json; v=1"] {
+            let r = run(&masker, head(ct, &[]), &[body]);
+            assert!(!contains(&r.client, "IOSFODNN7") && !contains(&r.client, "ops"), "{ct}");
+            assert_eq!(r.records[0].masked.get("email"), Some(&1));
+        }
+    }
+
+    #[test]
+    fn each_message_of_a_batch_answer_gets_the_reveal_of_its_request() {
+        let masker = Masker::default();
+        let by_id = [(RevealPlan::id_key(&json!(1)), Reveal::from_header("email"))].into();
+        let ids = RevealPlan::ids_header(&by_id);
+        let head = head(
+            "application/json",
+            &[(REVEAL_HEADER, "-"), (REVEAL_IDS_HEADER, ids.as_str())],
+        );
+        assert!(head.reveal_ids.is_some());
+        let body =
+            br#"[{"jsonrpc":"2.0","id":1,"result":"a@example.com"},{"jsonrpc":"2.0","id":2,"result":"b@example.com"}]"#;
+        let r = run(&masker, head.clone(), &[body]);
+        assert!(contains(&r.client, "a@example.com") && !contains(&r.client, "b@example.com"));
+        assert!(
+            !contains(&r.records[0].message, "a@example.com"),
+            "records reveal nothing"
+        );
+        assert_eq!(r.records[0].revealed, ["email"]);
+        let sse = b"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":\"b@example.com\"}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"a@example.com\"}\n\n";
+        let r = run(
+            &masker,
+            ResponseHead {
+                content_type: Some("text/event-stream".into()),
+                ..head.clone()
+            },
+            &[sse],
+        );
+        assert!(contains(&r.client, "a@example.com") && !contains(&r.client, "b@example.com"));
+        // `*` keeps the one set for every message; a second value reveals nothing at all.
+        let star = ResponseHead::from_headers([("x-gatehouse-reveal", &b"email"[..]), (REVEAL_IDS_HEADER, b"*")]);
+        assert_eq!(star.reveal_plan(), RevealPlan::uniform(Reveal::from_header("email")));
+        let twice = ResponseHead::from_headers([
+            ("x-gatehouse-reveal", &b"email"[..]),
+            (REVEAL_IDS_HEADER, ids.as_bytes()),
+            (REVEAL_IDS_HEADER, b"*"),
+        ]);
+        assert!(twice.reveal_plan().is_empty());
+    }
+
+    #[test]
+    fn an_sse_event_id_reaches_neither_client_nor_record_in_clear() {
+        let masker = Masker::default();
+        let sse = b"id: ops@example.com\nevent: AKIAIOSFODNN7EXAMPLE\n: 4111 1111 1111 1111\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n";
+        let r = run(&masker, head("text/event-stream", &[]), &[sse]);
+        for secret in ["ops@", "AKIA", "4111"] {
+            assert!(!contains(&r.client, secret), "{secret}");
+        }
+        let event = r.records.iter().find(|p| !p.sse_event_id.is_empty()).unwrap();
+        assert_eq!(event.sse_event_id, "[MASKED:email]");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use envoy_types::ext_authz::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
-use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
+use gatehouse_core::mask::{MaskCounts, Masker, REVEAL_IDS_HEADER, Reveal, RevealPlan};
 use gatehouse_core::tools::{TOOLS_HEADER, ToolVisibility};
 use gatehouse_core::upstream::CREDENTIAL_HEADER;
 use gatehouse_core::{jsonrpc_error, mcp};
@@ -73,8 +73,8 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Allowed {
     pub subject: String,
-    /// Kinds the filter may leave in clear in the answer to this caller.
-    pub reveal: Reveal,
+    /// Kinds the filter may leave in clear in the answer to this caller, per message of a batch.
+    pub reveal: RevealPlan,
     /// The tools this caller could call here (`None`: no policy, every tool): the filter
     /// drops the others from `tools/list` answers.
     pub tools: Option<ToolVisibility>,
@@ -150,10 +150,19 @@ impl Decision {
                         true,
                     );
                 }
-                // For the filter, which removes it. Overwrites whatever the upstream sent.
+                // For the filter, which removes them. Overwrite whatever the upstream sent.
                 ok.add_response_header(
                     REVEAL_HEADER,
-                    reveal.to_header(),
+                    reveal.all.to_header(),
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    true,
+                );
+                ok.add_response_header(
+                    REVEAL_IDS_HEADER,
+                    reveal
+                        .by_id
+                        .as_ref()
+                        .map_or_else(|| "*".to_owned(), RevealPlan::ids_header),
                     Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                     true,
                 );
@@ -469,12 +478,13 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         obj.insert("decision".into(), json!("allow"));
         obj.insert("reason".into(), json!(reason));
     }
-    let tool = first
-        .filter(|m| m.method.as_deref() == Some("tools/call"))
-        .and_then(|m| m.target_name());
-    let reveal = state.config.masking.reveal_for(&principal.groups, &upstream.name, tool);
+    let parsed = envelope.as_ref().and_then(|e| e.as_ref().ok());
+    let reveal = state
+        .config
+        .masking
+        .reveal_plan(&principal.groups, &upstream.name, parsed);
     if let (false, Some(obj)) = (reveal.is_empty(), record.as_object_mut()) {
-        obj.insert("revealed".into(), json!(reveal.0));
+        obj.insert("revealed".into(), json!(reveal.kinds()));
     }
     Decision {
         request_id,

@@ -11,16 +11,19 @@
 //! - `@`: an e-mail address, read backwards for the local part.
 //! - `=` and `:`: `key=value` / `key: value` with a sensitive key (field rule in text), an
 //!   AWS secret key after its key; `://` a URL with a password or a Slack webhook.
-//! - `-`: a PEM private key block, through its END line (or to the end of the text).
+//! - `-`: a PEM private key block whose body validates as one (base64 lines of one width,
+//!   bounded), through its END line (or to the end of the text when cut).
 //! - `+` and `(`: phone numbers.
 //!
 //! Each candidate is then validated (Luhn, IBAN mod 97, SSN ranges, the JWT header) and
 //! checked for word boundaries, so look-alikes (order numbers, hashes, UUIDs, instance
 //! ids) and tokens glued inside longer runs stay. Matches come out sorted and never
 //! overlapping: nothing starts before the end of the previous match (`floor`), and the
-//! scan resumes after each match, so a PEM block hides what is inside it. Every step
-//! looks a bounded distance ahead or behind except the scans that end a match, so the
-//! pass is linear in the text.
+//! scan resumes after each match. Every match is bounded in length and covers only
+//! bytes that validate as the secret: no detector spans arbitrary text between two
+//! delimiters (an unterminated quote, a BEGIN line with SQL after it), so masking can
+//! never hide what a request really does. Every step looks a bounded distance ahead or
+//! behind except the scans that end a match, so the pass is linear in the text.
 
 use memchr::memmem;
 
@@ -277,6 +280,9 @@ impl Detectors {
             && t.get(authority_end..).is_some_and(|r| r.starts_with(b"/services/"))
         {
             let end = run(t, authority_end, |b| is_b64url(b) || b == b'/');
+            if end - scheme > 256 {
+                return None; // A webhook URL is about 80 characters.
+            }
             return Some(Found {
                 start: scheme,
                 end,
@@ -361,11 +367,15 @@ impl Detectors {
             return None;
         }
         // An AWS secret key is 40 characters: read no further than that.
-        let limit = if kind == AWS_SECRET_ACCESS_KEY { 41 } else { usize::MAX };
+        let limit = if kind == AWS_SECRET_ACCESS_KEY {
+            41
+        } else {
+            VALUE_MAX_BYTES + 1
+        };
         let (start, end, quoted) = match (at(t, v), at(t, v + 1)) {
             (b'\\', b'"') => {
                 let start = v + 2;
-                let close = memchr::memchr(b'"', t.get(start..)?).map_or(t.len(), |p| start + p);
+                let close = start + memchr::memchr(b'"', bounded(t, start))?;
                 let end = if close > start && at(t, close - 1) == b'\\' {
                     close - 1
                 } else {
@@ -377,14 +387,16 @@ impl Detectors {
                 let start = v + 1;
                 let mut end = start;
                 loop {
-                    match memchr::memchr(q, t.get(end..)?) {
+                    let window = t.get(end..t.len().min(start + VALUE_MAX_BYTES + 1))?;
+                    match memchr::memchr(q, window) {
                         Some(p) if p > 0 && at(t, end + p - 1) == b'\\' => end += p + 1,
                         Some(p) => break (start, end + p, true),
-                        None => break (start, t.len(), true),
+                        // Unterminated: where the value ends is unknown, so nothing is.
+                        None => return None,
                     }
                 }
             }
-            _ if line_valued => (v, run(t, v, |b| !matches!(b, b'\r' | b'\n' | b'"' | b'\\' | 0)), false),
+            _ if line_valued => (v, header_value_end(t, v), false),
             _ => {
                 let rest = t.get(v..).unwrap_or_default();
                 let len = rest
@@ -401,6 +413,12 @@ impl Detectors {
                 (v, v + len, false)
             }
         };
+        if quoted && !quoted_value_ok(t.get(start..end)?) {
+            return None;
+        }
+        if end - start > VALUE_MAX_BYTES {
+            return None;
+        }
         let value = t.get(start..end)?;
         if value.is_empty() || (!quoted && matches!(value, b"null" | b"true" | b"false")) {
             return None;
@@ -424,6 +442,65 @@ impl Detectors {
             kind
         };
         self.on(kind).then_some(Found { start, end, kind })
+    }
+}
+
+/// The longest value a `key=value` match masks (a cookie line, a long token).
+const VALUE_MAX_BYTES: usize = 8 * 1024;
+/// A quoted value with blanks in it (a passphrase) is at most this long; a longer one is
+/// prose or code, not a secret.
+const PASSPHRASE_MAX_BYTES: usize = 64;
+
+/// `t[from..]`, at most one byte longer than a value may be.
+fn bounded(t: &[u8], from: usize) -> &[u8] {
+    let rest = t.get(from..).unwrap_or_default();
+    rest.get(..VALUE_MAX_BYTES + 1).unwrap_or(rest)
+}
+
+/// Whether a quoted value under a sensitive key can be the secret itself: one line, and
+/// either a short passphrase or a run without blanks.
+fn quoted_value_ok(value: &[u8]) -> bool {
+    let blank = |b: &u8| b.is_ascii_whitespace();
+    value.len() <= VALUE_MAX_BYTES
+        && !value.iter().any(|&b| matches!(b, b'\r' | b'\n'))
+        && memmem::find(value, br"\n").is_none()
+        && (value.len() <= PASSPHRASE_MAX_BYTES || !value.iter().any(blank))
+}
+
+/// The end of an `Authorization` / `Cookie` value starting at `v`: a scheme and its
+/// credentials (token68 or `k=v` parameters after commas), or `name=value` pairs after
+/// `;`. Blanks are allowed only after the scheme and after a separator, so the value stops
+/// where other text begins instead of taking the rest of the line.
+fn header_value_end(t: &[u8], v: usize) -> usize {
+    let token =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-' | b':' | b'%');
+    // After a separator comes a parameter or cookie: `name=value`.
+    let param = |from: usize| {
+        let name = run(t, from, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+        });
+        name > from && at(t, name) == b'='
+    };
+    let mut end = run(t, v, token);
+    if end == v {
+        return v;
+    }
+    let mut words = 1;
+    loop {
+        let sep = at(t, end);
+        let after_sep = matches!(sep, b',' | b';');
+        let next = if after_sep { end + 1 } else { end };
+        let blank = run(t, next, |b| b == b' ');
+        // A blank without a separator only after the scheme (the first word).
+        if blank > next + 1 || (!after_sep && (blank == next || words > 1)) {
+            return end;
+        }
+        let word_end = run(t, blank, token);
+        if word_end == blank || word_end - v > VALUE_MAX_BYTES || (after_sep && !param(blank)) {
+            return end;
+        }
+        end = word_end;
+        words += 1;
     }
 }
 
@@ -487,7 +564,7 @@ fn slack_token(t: &[u8], i: usize) -> Result<usize, usize> {
     while end > body && at(t, end - 1) == b'-' {
         end -= 1;
     }
-    if end - body >= 10 && !is_word(at(t, end)) {
+    if (10..=255).contains(&(end - body)) && !is_word(at(t, end)) {
         Ok(end)
     } else {
         Err(resume)
@@ -516,6 +593,9 @@ fn stripe_key(t: &[u8], i: usize) -> Option<usize> {
     ((16..=255).contains(&(end - body)) && !is_word(at(t, end))).then_some(end)
 }
 
+/// Longer than any token an identity provider issues.
+const JWT_MAX_BYTES: usize = 16 * 1024;
+
 /// Three (up to five) base64url segments, the first starting `eyJ` and decoding to a JSON
 /// header with `alg`. `Err` says where to resume (see [`slack_token`]).
 fn jwt(t: &[u8], i: usize) -> Result<usize, usize> {
@@ -539,7 +619,7 @@ fn jwt(t: &[u8], i: usize) -> Result<usize, usize> {
         segments += 1;
     }
     let header_ok = t.get(i..header_end).is_some_and(validate::jwt_header_ok);
-    if header_ok && !is_b64url(at(t, end)) {
+    if header_ok && end - i <= JWT_MAX_BYTES && !is_b64url(at(t, end)) {
         Ok(end)
     } else {
         Err(resume)
@@ -755,8 +835,19 @@ fn email(t: &[u8], i: usize, floor: usize) -> Option<Found> {
     })
 }
 
-/// `-----BEGIN … PRIVATE KEY-----` through the matching END line, or to the end of the
-/// text when it is missing (the key is cut, but what is there is still secret).
+/// A PEM block is at most this long: an 8192-bit RSA key is about 6.5 KB.
+const PEM_MAX_BYTES: usize = 16 * 1024;
+/// Lines of a PEM body are 64 (RFC 7468) or 70 (OpenSSH) characters; this allows some slack.
+const PEM_MAX_LINE: usize = 128;
+/// Fewer base64 characters than this are no key (the shortest, Ed25519, has about 120).
+const PEM_MIN_BODY: usize = 16;
+
+/// `-----BEGIN … PRIVATE KEY-----`, then a body that validates as a key (optional RFC 1421
+/// headers, then lines of base64 of one width, the last maybe shorter, padding only at the
+/// end), then the matching END line. A key cut at the end of the text is masked through
+/// the end; a body of at least two full lines followed by anything else, through its last
+/// line. Anything else between the markers (SQL, prose) means this is not a key, and
+/// nothing is masked: a detector must never hide text that is not the secret.
 fn private_key(t: &[u8], i: usize) -> Option<usize> {
     let rest = t.get(i..)?;
     if !rest.starts_with(b"-----BEGIN ") {
@@ -770,10 +861,118 @@ fn private_key(t: &[u8], i: usize) -> Option<usize> {
     if label.len() > 64 || memmem::find(label, b"PRIVATE KEY").is_none() || !t.get(label_end..)?.starts_with(b"-----") {
         return None;
     }
-    let body = label_end + 5;
     let mut marker = Vec::with_capacity(label.len() + 14);
     marker.extend_from_slice(b"-----END ");
     marker.extend_from_slice(label);
     marker.extend_from_slice(b"-----");
-    Some(memmem::find(t.get(body..)?, &marker).map_or(t.len(), |p| body + p + marker.len()))
+    let limit = i.saturating_add(PEM_MAX_BYTES);
+    // The BEGIN line ends there (a flattened key has a blank in place of each line break).
+    let body = label_end + 5;
+    let mut j = pem_headers(
+        t,
+        pem_break(t, body).or_else(|| (at(t, body) == b' ').then_some(body + 1))?,
+    );
+    let mut shape = PemShape::default();
+    let (mut body_end, mut full_end) = (j, j);
+    loop {
+        if t.get(j..).is_some_and(|r| r.starts_with(&marker)) {
+            let end = j + marker.len();
+            return (shape.is_key() && end <= limit).then_some(end);
+        }
+        if j >= t.len() {
+            return shape.is_key().then_some(body_end);
+        }
+        let chunk_end = run(t, j, |b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+        if chunk_end > limit {
+            return None; // Longer than any key.
+        }
+        if chunk_end == j || !shape.push(t.get(j..chunk_end).unwrap_or_default()) {
+            break;
+        }
+        body_end = chunk_end;
+        if shape.last == shape.width {
+            full_end = chunk_end;
+        }
+        j = pem_break(t, chunk_end).unwrap_or(if at(t, chunk_end) == b' ' {
+            chunk_end + 1
+        } else {
+            chunk_end
+        });
+    }
+    // A key cut short and followed by other text: its full lines are still secret (a
+    // shorter line before the text could be a word of it).
+    (shape.is_key() && shape.full_lines() >= 2 && shape.width >= 40).then_some(full_end)
+}
+
+/// The widths seen in a PEM body so far.
+#[derive(Default)]
+struct PemShape {
+    lines: usize,
+    /// The first line's width, which every line but the last must have.
+    width: usize,
+    last: usize,
+    total: usize,
+    padded: bool,
+}
+
+impl PemShape {
+    /// Adds a line of base64; `false` if it does not fit the body's shape.
+    fn push(&mut self, line: &[u8]) -> bool {
+        let pad = line.iter().rev().take_while(|&&b| b == b'=').count();
+        if self.padded || pad > 2 || line.iter().rev().skip(pad).any(|&b| b == b'=') {
+            return false;
+        }
+        if self.lines == 0 {
+            self.width = line.len();
+        } else if self.width > PEM_MAX_LINE || self.last != self.width || line.len() > self.width {
+            return false;
+        }
+        self.lines += 1;
+        self.last = line.len();
+        self.total += line.len();
+        self.padded = pad > 0;
+        true
+    }
+
+    fn is_key(&self) -> bool {
+        self.lines > 0 && self.total >= PEM_MIN_BODY
+    }
+
+    fn full_lines(&self) -> usize {
+        self.lines - usize::from(self.last != self.width)
+    }
+}
+
+/// Past a line break at `j` (after trailing blanks; a JSON-escaped `\n` or `\r\n` counts)
+/// and the next line's indentation; `None` when no line ends at `j`.
+fn pem_break(t: &[u8], j: usize) -> Option<usize> {
+    let j = run(t, j, |b| matches!(b, b' ' | b'\t'));
+    let rest = t.get(j..)?;
+    let len = [&b"\r\n"[..], b"\n", b"\r", br"\r\n", br"\n"]
+        .iter()
+        .find(|nl| rest.starts_with(nl))?
+        .len();
+    Some(run(t, j + len, |b| matches!(b, b' ' | b'\t')))
+}
+
+/// Past the RFC 1421 headers of an encrypted key (`Proc-Type: 4,ENCRYPTED`, `DEK-Info: …`)
+/// and the blank line after them; `j` itself when there are none.
+fn pem_headers(t: &[u8], j: usize) -> usize {
+    let mut k = j;
+    for _ in 0..4 {
+        let name_end = run(t, k, |b| b.is_ascii_alphanumeric() || b == b'-');
+        if name_end == k || at(t, name_end) != b':' {
+            break;
+        }
+        let value = run(t, name_end + 1, |b| b == b' ');
+        let value_end = run(t, value, |b| b.is_ascii_alphanumeric() || matches!(b, b',' | b'-'));
+        match pem_break(t, value_end) {
+            Some(next) if value_end > value && value_end - value <= PEM_MAX_LINE => k = next,
+            _ => return j,
+        }
+    }
+    if k == j {
+        return j;
+    }
+    pem_break(t, k).unwrap_or(j)
 }

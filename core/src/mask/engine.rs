@@ -17,13 +17,14 @@ use sha2::Sha256;
 use super::detect::{Detectors, Found};
 use super::keys::{SensitiveKeys, normalize_config_key};
 use super::kinds::{BUILTIN_COUNT, BUILTIN_KINDS, CREDIT_CARD, Kind, builtin_kind};
+use super::strict::has_duplicate_keys;
 use super::validate;
-use super::{MaskConfig, MaskConfigError, MaskCounts, Reveal, Style};
+use super::{MaskConfig, MaskConfigError, MaskCounts, Reveal, RevealPlan, Style};
 
 /// What [`Masker::mask_json`] made of a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonMasked {
-    /// Valid JSON with nothing to mask: the input may be used as is.
+    /// Valid JSON with nothing to mask and no key twice: the input may be used as is.
     Unchanged,
     /// Valid JSON, re-serialized with the masked values.
     Changed(Vec<u8>),
@@ -43,7 +44,21 @@ const CUSTOM_REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Each level needs its quotes escaped again, so real payloads stop at two or three.
 const MAX_NESTED_JSON: u8 = 4;
 
+/// The longest match a custom rule may have. A rule like `BEGIN.*END` would mask whatever
+/// lies between its delimiters (an approver would not see a query's real tail), so rules
+/// whose matches are unbounded or longer than this are refused.
+const CUSTOM_MATCH_MAX_BYTES: usize = 1024;
+
 type HmacSha256 = Hmac<Sha256>;
+
+/// Whether every match of `pattern` is at most [`CUSTOM_MATCH_MAX_BYTES`] long.
+fn custom_match_bounded(pattern: &str) -> bool {
+    regex_syntax::Parser::new()
+        .parse(pattern)
+        .ok()
+        .and_then(|hir| hir.properties().maximum_len())
+        .is_some_and(|max| max <= CUSTOM_MATCH_MAX_BYTES)
+}
 
 #[derive(Clone)]
 struct CustomRule {
@@ -96,6 +111,93 @@ fn slice(text: &str, start: usize, end: usize) -> Cow<'_, str> {
         Some(s) => Cow::Borrowed(s),
         None => String::from_utf8_lossy(text.as_bytes().get(start..end).unwrap_or_default()),
     }
+}
+
+/// Earliest first; on the same start the longest; then drop what overlaps a match kept
+/// before it.
+fn resolve_overlaps(out: &mut Vec<Found>) {
+    out.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.kind.cmp(&b.kind)));
+    let mut kept_end = 0;
+    out.retain(|f| {
+        let keep = f.start >= kept_end;
+        if keep {
+            kept_end = f.end;
+        }
+        keep
+    });
+}
+
+/// `text` with its JSON string escapes decoded, and for each byte of the result (and its
+/// end) the offset in `text` where it comes from; `None` when there is nothing to decode.
+/// Invalid escapes stay as they are; a lone surrogate becomes U+FFFD.
+fn unescape(text: &str) -> Option<(String, Vec<usize>)> {
+    let bytes = text.as_bytes();
+    let first = memchr::memchr(b'\\', bytes)?;
+    let mut out = String::with_capacity(text.len());
+    let mut map = Vec::with_capacity(text.len() + 1);
+    let push = |out: &mut String, map: &mut Vec<usize>, c: char, from: usize| {
+        out.push(c);
+        map.resize(out.len(), from);
+    };
+    out.push_str(text.get(..first)?);
+    map.extend(0..first);
+    let mut i = first;
+    let mut decoded_any = false;
+    while i < bytes.len() {
+        let b = bytes.get(i).copied().unwrap_or(0);
+        if b != b'\\' {
+            let c = text.get(i..)?.chars().next()?;
+            push(&mut out, &mut map, c, i);
+            i += c.len_utf8();
+            continue;
+        }
+        let simple = match bytes.get(i + 1) {
+            Some(b'"') => Some('"'),
+            Some(b'\\') => Some('\\'),
+            Some(b'/') => Some('/'),
+            Some(b'b') => Some('\u{8}'),
+            Some(b'f') => Some('\u{c}'),
+            Some(b'n') => Some('\n'),
+            Some(b'r') => Some('\r'),
+            Some(b't') => Some('\t'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            push(&mut out, &mut map, c, i);
+            i += 2;
+            decoded_any = true;
+            continue;
+        }
+        let hex4 = |at: usize| -> Option<u32> {
+            let h = text.get(at..at + 4)?;
+            if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u32::from_str_radix(h, 16).ok()
+        };
+        match (bytes.get(i + 1), hex4(i + 2)) {
+            (Some(b'u'), Some(hi)) => {
+                let pair = (0xD800..0xDC00).contains(&hi)
+                    && bytes.get(i + 6) == Some(&b'\\')
+                    && bytes.get(i + 7) == Some(&b'u');
+                let (c, len) = match (pair, hex4(i + 8)) {
+                    (true, Some(lo)) if (0xDC00..0xE000).contains(&lo) => {
+                        (char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)), 12)
+                    }
+                    _ => (char::from_u32(hi), 6),
+                };
+                push(&mut out, &mut map, c.unwrap_or('\u{FFFD}'), i);
+                i += len;
+                decoded_any = true;
+            }
+            _ => {
+                push(&mut out, &mut map, '\\', i);
+                i += 1;
+            }
+        }
+    }
+    map.push(text.len());
+    decoded_any.then_some((out, map))
 }
 
 /// Whether `value` is one of our placeholders, which is never masked again.
@@ -162,6 +264,14 @@ impl Masker {
                     .dfa_size_limit(CUSTOM_REGEX_SIZE_LIMIT)
                     .build()
                 {
+                    Ok(_) if !custom_match_bounded(&rule.pattern) => {
+                        problems.push(format!(
+                            "custom[{n}].pattern: can match more than {CUSTOM_MATCH_MAX_BYTES} bytes; bound every \
+                             repetition (`{{1,64}}` instead of `+` or `*`) so that a match cannot hide the text \
+                             between two delimiters"
+                        ));
+                        None
+                    }
                     Ok(regex) => Some(regex),
                     Err(e) => {
                         let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
@@ -256,8 +366,46 @@ impl Masker {
         self.detectors.enabled.get(kind).copied().unwrap_or(true)
     }
 
-    /// Every match in `text`, sorted and not overlapping.
+    /// Every match in `text`, sorted and not overlapping: in the text as it is, and in the
+    /// text with its JSON escapes decoded (`\u0041KIA…` is an AWS key to whoever decodes it),
+    /// up to [`MAX_NESTED_JSON`] times for text escaped again and again.
     fn find(&self, text: &str, out: &mut Vec<Found>) {
+        self.find_plain(text, out);
+        let mut view = Cow::Borrowed(text);
+        // Where each byte of `view` (and its end) comes from in `text`.
+        let mut origin: Option<Vec<usize>> = None;
+        for _ in 0..MAX_NESTED_JSON {
+            let Some((decoded, map)) = unescape(&view) else {
+                break;
+            };
+            let map: Vec<usize> = match &origin {
+                None => map,
+                Some(outer) => map
+                    .iter()
+                    .map(|&k| outer.get(k).copied().unwrap_or(text.len()))
+                    .collect(),
+            };
+            let mut found = Vec::new();
+            self.find_plain(&decoded, &mut found);
+            let before = out.len();
+            out.extend(found.into_iter().filter_map(|f| {
+                let (start, end) = (*map.get(f.start)?, *map.get(f.end)?);
+                (start < end).then_some(Found {
+                    start,
+                    end,
+                    kind: f.kind,
+                })
+            }));
+            if out.len() > before {
+                resolve_overlaps(out);
+            }
+            view = Cow::Owned(decoded);
+            origin = Some(map);
+        }
+    }
+
+    /// Every match in `text` as it is, sorted and not overlapping.
+    fn find_plain(&self, text: &str, out: &mut Vec<Found>) {
         self.detectors.scan(text.as_bytes(), out);
         let before = out.len();
         for (n, rule) in self.custom.iter().enumerate() {
@@ -273,17 +421,7 @@ impl Masker {
             );
         }
         if out.len() > before {
-            // Earliest first; on the same start the longest; then drop what overlaps a
-            // match kept before it.
-            out.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.kind.cmp(&b.kind)));
-            let mut kept_end = 0;
-            out.retain(|f| {
-                let keep = f.start >= kept_end;
-                if keep {
-                    kept_end = f.end;
-                }
-                keep
-            });
+            resolve_overlaps(out);
         }
     }
 
@@ -480,7 +618,8 @@ impl Masker {
             && let Ok(mut inner) = serde_json::from_str::<Value>(s)
         {
             let mut inner_counts = MaskCounts::default();
-            if !self.walk(&mut inner, reveal, &mut inner_counts, nest + 1) {
+            // With a key twice, the text goes out as read (see `strict`), not as it came.
+            if !self.walk(&mut inner, reveal, &mut inner_counts, nest + 1) && !has_duplicate_keys(s.as_bytes()) {
                 return false;
             }
             if let Ok(text) = serde_json::to_string(&inner) {
@@ -525,6 +664,13 @@ impl Masker {
 
     /// Masks a body that should be a JSON-RPC message (or batch).
     pub fn mask_json(&self, body: &[u8], reveal: &Reveal, counts: &mut MaskCounts) -> JsonMasked {
+        self.mask_json_for(body, &RevealPlan::uniform(reveal.clone()), counts)
+    }
+
+    /// Masks a body that should be a JSON-RPC message (or batch), each message with the
+    /// kinds `plan` reveals to it. JSON with a key twice is never [`JsonMasked::Unchanged`]:
+    /// what goes out is the masked re-serialization of what was read.
+    pub fn mask_json_for(&self, body: &[u8], plan: &RevealPlan, counts: &mut MaskCounts) -> JsonMasked {
         let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
             return JsonMasked::NotJson;
         };
@@ -533,12 +679,22 @@ impl Masker {
             Value::Array(items) => !items.is_empty() && items.iter().all(is_message),
             other => is_message(other),
         };
-        let changed = if message {
-            self.mask_message(&mut value, reveal, counts)
-        } else {
-            self.mask_value(&mut value, reveal, counts)
+        let changed = match &mut value {
+            Value::Array(items) if message => {
+                let mut changed = false;
+                for item in items {
+                    let reveal = plan.for_message(item);
+                    changed |= self.mask_message(item, reveal, counts);
+                }
+                changed
+            }
+            one if message => {
+                let reveal = plan.for_message(one);
+                self.mask_message(one, reveal, counts)
+            }
+            other => self.mask_value(other, plan.for_other(), counts),
         };
-        if !changed {
+        if !changed && !has_duplicate_keys(body) {
             return JsonMasked::Unchanged;
         }
         let mut bytes = Vec::with_capacity(body.len() + body.len() / 8);

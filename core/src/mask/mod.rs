@@ -11,6 +11,8 @@
 //!   any byte, never holding more than one unfinished event.
 //! - [`Reveal`]: the kinds one caller may see in clear (decided by the service per
 //!   upstream, tool and group); everything else is masked.
+//! - [`RevealPlan`]: the kinds each message of one answer may show (a batch's messages
+//!   answer calls of different tools).
 //! - [`MaskCounts`]: how many values of each kind were masked — never the values.
 //!
 //! Inside: `detect` is the one-pass scanner behind every built-in kind, `validate` the
@@ -23,11 +25,13 @@ mod engine;
 mod keys;
 mod kinds;
 mod sse;
+mod strict;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use config::{CustomRule, MaskConfig, MaskConfigError, Style};
-pub use counts::{MaskCounts, Reveal};
+pub use counts::{MaskCounts, REVEAL_IDS_HEADER, Reveal, RevealPlan};
 pub use engine::{JsonMasked, Masker, builtin_kinds};
 pub use sse::{MaskedEvent, SseMasker};
+pub use strict::has_duplicate_keys;

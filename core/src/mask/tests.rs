@@ -114,27 +114,133 @@ fn jwt() {
     kept("eyJhbGciOiJIUzI1NiJ9.only-two");
 }
 
+/// A PEM body of `lines` full lines of `width` base64 characters and a shorter last one.
+fn pem_body(lines: usize, width: usize) -> String {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut body = String::new();
+    for n in 0..lines {
+        body.extend((0..width).map(|k| char::from(alphabet[(n * 7 + k * 13) % 64])));
+        body.push('\n');
+    }
+    body.push_str("MIIEvQIBADAN==");
+    body
+}
+
 #[test]
 fn private_keys() {
-    let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nuser@example.com\n-----END RSA PRIVATE KEY-----";
+    let pem = format!(
+        "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----",
+        pem_body(4, 64)
+    );
     let (out, counts) = run(&format!("key:\n{pem}\nafter"));
     assert_eq!(out, "key:\n[MASKED:private_key]\nafter");
-    assert_eq!(
-        counts.0.get("private_key"),
-        Some(&1),
-        "nothing inside counts: {counts:?}"
-    );
+    assert_eq!(counts.0.get("private_key"), Some(&1), "{counts:?}");
 
-    let cut = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA";
-    assert_eq!(masked(&format!("x {cut}")), "x [MASKED:private_key]");
-    let escaped = r"-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY----- tail";
-    assert_eq!(masked(escaped), "[MASKED:private_key] tail");
+    // Headers of an encrypted key (RFC 1421), CRLF, indentation, OpenSSH's 70 columns.
+    let encrypted = format!(
+        "-----BEGIN RSA PRIVATE KEY-----\r\nProc-Type: 4,ENCRYPTED\r\nDEK-Info: AES-128-CBC,0A1B2C\r\n\r\n{}\r\n-----END RSA PRIVATE KEY-----",
+        pem_body(3, 64).replace('\n', "\r\n")
+    );
+    assert_eq!(masked(&format!("{encrypted} tail")), "[MASKED:private_key] tail");
+    let indented = format!(
+        "key: |\n  -----BEGIN OPENSSH PRIVATE KEY-----\n  {}\n  -----END OPENSSH PRIVATE KEY-----\n",
+        pem_body(3, 70).replace('\n', "\n  ")
+    );
+    assert_eq!(masked(&indented), "key: |\n  [MASKED:private_key]\n");
+    // One line with blanks for line breaks, as environment variables flatten it.
+    let flat = format!(
+        "K=-----BEGIN PRIVATE KEY----- {} -----END PRIVATE KEY-----",
+        pem_body(3, 64).replace('\n', " ")
+    );
+    assert_eq!(masked(&flat), "K=[MASKED:private_key]");
+
+    // Cut at the end of the text, or after two full lines and followed by something else.
+    let cut = format!(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n{}",
+        pem_body(2, 70).trim_end_matches("MIIEvQIBADAN==")
+    );
+    assert_eq!(masked(&format!("x {}", cut.trim_end())), "x [MASKED:private_key]");
+    assert_eq!(
+        masked(&format!("{cut}[truncated]")),
+        "[MASKED:private_key]\n[truncated]"
+    );
+    let escaped = format!(
+        "{}{}",
+        r"-----BEGIN PRIVATE KEY-----\n",
+        pem_body(2, 64).replace('\n', r"\n")
+    ) + r"\n-----END PRIVATE KEY----- tail";
+    assert_eq!(masked(&escaped), "[MASKED:private_key] tail");
     assert_eq!(
         masked(&format!("private_key={pem}")),
         "private_key=[MASKED:private_key]"
     );
+
     kept("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
     kept("---------- ----- -----BEGIN");
+}
+
+#[test]
+fn private_key_markers_never_hide_other_text() {
+    // The red team's query: SQL between a BEGIN and an END line is not a key.
+    for sql in [
+        "SELECT name FROM customers /* -----BEGIN PRIVATE KEY----- */ UNION SELECT value FROM service_config /* -----END PRIVATE KEY----- */",
+        "SELECT 1\n-----BEGIN PRIVATE KEY-----\nUNION SELECT value FROM service_config\n-----END PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----\nUNION\n-----END PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nDROP TABLE users;\n-----END PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nUNION SELECT 1\n-----END RSA PRIVATE KEY-----",
+    ] {
+        kept(sql);
+    }
+    // Lines of different widths are no PEM body; nor is padding in the middle.
+    kept(
+        "-----BEGIN PRIVATE KEY-----\nAAAAAAAAAAAAAAAAAAAA\nBBBBBBBBBBBBBBBBBBBBBBBBBBBBB\nCC\n-----END PRIVATE KEY-----",
+    );
+    kept("-----BEGIN PRIVATE KEY-----\nAAAAAAAAAAAAAAA=\nBBBBBBBBBBBBBBBB\n-----END PRIVATE KEY-----");
+    // Nor is a block longer than any key.
+    let huge = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}-----END PRIVATE KEY-----",
+        "A".repeat(64).repeat(300).replace(
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+        )
+    );
+    kept(&huge);
+    // A body with other text after it is masked only through its lines.
+    let (out, _) = run(&format!(
+        "-----BEGIN PRIVATE KEY-----\n{}UNION SELECT 1",
+        pem_body(2, 64).trim_end_matches("MIIEvQIBADAN==")
+    ));
+    assert!(
+        out.starts_with("[MASKED:private_key]") && out.ends_with("\nUNION SELECT 1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn key_value_matches_are_bounded_to_the_value() {
+    // An unterminated quote does not take the rest of the text.
+    kept("password = 'x UNION SELECT value FROM service_config");
+    kept("{\\\"token\\\": \\\"abc UNION SELECT 1");
+    // A long quoted value with blanks is prose, not a secret.
+    let prose = format!(
+        "secret: \"{}\"",
+        "UNION SELECT value FROM service_config WHERE 1=1 ".repeat(2)
+    );
+    kept(&prose);
+    // A short passphrase is still one.
+    assert_eq!(
+        masked("password: \"correct horse battery\""),
+        "password: \"[MASKED:sensitive_field]\""
+    );
+    // Authorization takes its scheme and credentials, not the rest of the line.
+    assert_eq!(
+        masked("Authorization: Bearer abc.def UNION SELECT 1"),
+        "Authorization: [MASKED:sensitive_field] UNION SELECT 1"
+    );
+    assert_eq!(
+        masked("Cookie: a=b; sid=xyz and then prose"),
+        "Cookie: [MASKED:sensitive_field] and then prose"
+    );
 }
 
 #[test]
@@ -378,10 +484,12 @@ fn config_problems_are_all_listed() {
             {"name": "", "pattern": "x"},
             {"name": "email", "pattern": "y"},
             {"name": "ticket", "pattern": "TICKET-("},
-            {"name": "ok", "pattern": "OK-[0-9]+"},
+            {"name": "ok", "pattern": "OK-[0-9]{1,12}"},
             {"name": "ok", "pattern": "z"},
             {"name": "bad name", "pattern": "w"},
-            {"name": "huge", "pattern": "(a{1000}){1000}"}
+            {"name": "huge", "pattern": "(a{1000}){1000}"},
+            {"name": "spans", "pattern": "BEGIN.*END"},
+            {"name": "long", "pattern": "[a-z]{2000}"}
         ],
         "styles": {"nope": "redact", "ok": "token"},
     }))
@@ -396,6 +504,8 @@ fn config_problems_are_all_listed() {
         "custom[4].name",
         "custom[5].name",
         "custom[6].pattern",
+        "custom[7].pattern",
+        "custom[8].pattern",
         "styles.nope",
         "token_key",
     ];
@@ -443,7 +553,7 @@ fn custom_rules_and_disabled_kinds() {
     let m = with(MaskConfig {
         custom: vec![CustomRule {
             name: "host".to_owned(),
-            pattern: r"example\.com/\w+".to_owned(),
+            pattern: r"example\.com/[A-Za-z0-9_]{1,64}".to_owned(),
         }],
         ..MaskConfig::default()
     });
@@ -801,4 +911,138 @@ fn a_recognized_value_under_a_sensitive_key_keeps_its_own_kind() {
     );
     assert_eq!(counts.0.get("github_token"), Some(&1));
     assert_eq!(counts.0.get("sensitive_field"), Some(&2));
+}
+
+#[test]
+fn duplicate_keys_never_let_the_unread_value_out() {
+    let m = masker();
+    let none = Reveal::none();
+    // The red team's answer: the parsed view (last key wins) has nothing to mask.
+    let body = br#"{"jsonrpc":"2.0","id":1,"result":{"aws_key":"AKIAIOSFODNN7EXAMPLE","email":"ops@example.com","aws_key":"n/a","email":"n/a"}}"#;
+    let out = match m.mask_json(body, &none, &mut MaskCounts::default()) {
+        JsonMasked::Changed(out) => String::from_utf8(out).unwrap(),
+        other => panic!("passed as it came: {other:?}"),
+    };
+    assert!(!out.contains("AKIA") && !out.contains("ops@"), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["result"],
+        json!({"aws_key": "n/a", "email": "n/a"})
+    );
+
+    // JSON inside a text content: the string is replaced by what was read.
+    let text = r#"{"aws_key":"AKIAIOSFODNN7EXAMPLE","aws_key":"n/a"}"#;
+    let mut v = json!({"content": [{"type": "text", "text": text}]});
+    assert!(m.mask_value(&mut v, &none, &mut MaskCounts::default()));
+    assert_eq!(v["content"][0]["text"], r#"{"aws_key":"n/a"}"#);
+
+    // Deep inside a batch, and in an SSE event's data.
+    let batch = br#"[{"jsonrpc":"2.0","id":1,"result":{"a":{"x":"4111 1111 1111 1111","x":1}}}]"#;
+    assert!(
+        matches!(m.mask_json(batch, &none, &mut MaskCounts::default()), JsonMasked::Changed(out) if !String::from_utf8_lossy(&out).contains("4111"))
+    );
+    let sse = b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"e\":\"ops@example.com\",\"e\":\"n/a\"}}\n\n";
+    let (out, _, _) = sse_run(&m, &none, &[sse], 1 << 20);
+    assert!(!String::from_utf8_lossy(&out).contains("ops@"));
+    // Without a repeated key, clean JSON still goes out byte for byte.
+    assert_eq!(
+        m.mask_json(br#"{"a": {"a": 1}}"#, &none, &mut MaskCounts::default()),
+        JsonMasked::Unchanged
+    );
+}
+
+#[test]
+fn json_escapes_do_not_hide_secrets_in_text() {
+    for (text, kind) in [
+        (r"key \u0041KIAIOSFODNN7EXAMPLE end", "aws_access_key_id"),
+        (r"mail ops\u0040example.com", "email"),
+        (r"url postgres:\/\/app:s3cret@db\/x", "password_in_url"),
+        (r"card 4111\u00201111\u00201111\u00201111", "credit_card"),
+        (r"twice \\u0041KIAIOSFODNN7EXAMPLE", "aws_access_key_id"),
+    ] {
+        let (out, counts) = run(text);
+        assert_eq!(counts.0.get(kind), Some(&1), "{text}: {out} {counts:?}");
+        assert!(
+            !out.contains("IOSFODNN7") && !out.contains("ops") && !out.contains("s3cret") && !out.contains("1111"),
+            "{out}"
+        );
+    }
+    kept(r"C:\users\new\table \u00e9t\u00e9");
+
+    // A `+json` media type as the filter masks it: as JSON when it parses, as text (with
+    // its escapes) when it does not (JSON text sequences).
+    let seq = "\u{1e}{\"k\":\"\\u0041KIAIOSFODNN7EXAMPLE\"}\n\u{1e}{\"m\":\"ops\\u0040example.com\"}\n";
+    let out = masker()
+        .mask_bytes_as_text(seq.as_bytes(), &Reveal::none(), &mut MaskCounts::default())
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("IOSFODNN7") && !out.contains("ops\\u0040"), "{out}");
+    assert!(out.starts_with('\u{1e}') && out.contains("\u{1e}{\"m\":\""), "{out}");
+}
+
+#[test]
+fn sse_masks_every_line_that_reaches_the_client() {
+    let m = masker();
+    let input = b": note ops@example.com\nevent: ev-ops@example.com\nid: AKIAIOSFODNN7EXAMPLE\nretry: 4111111111111111\nx-extra: 123-45-6789\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n\n\
+id: tok-ops@example.com\n\n: keepalive 4111 1111 1111 1111\n\n";
+    for chunked in [vec![&input[..]], input.chunks(7).collect::<Vec<_>>()] {
+        let (out, events, counts) = sse_run(&m, &Reveal::none(), &chunked, 1 << 20);
+        let out = String::from_utf8(out).unwrap();
+        for secret in ["ops@", "AKIA", "4111", "123-45"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(
+            out.contains("event: [MASKED:email]\nid: [MASKED:aws_access_key_id]\ndata: {"),
+            "{out}"
+        );
+        assert_eq!(
+            events[0].id.as_deref(),
+            Some("[MASKED:aws_access_key_id]"),
+            "the record's id"
+        );
+        assert_eq!(events[1].id.as_deref(), Some("[MASKED:email]"));
+        assert!(counts.0.get("email") >= Some(&2), "{counts:?}");
+    }
+    // Revealed kinds stay in the client's fields, never in the record's id.
+    let (out, events, _) = sse_run(
+        &m,
+        &Reveal::from_header("email"),
+        &[b"id: ops@example.com\ndata: x\n\n"],
+        1 << 20,
+    );
+    assert_eq!(out, b"id: ops@example.com\ndata: x\n\n");
+    assert_eq!(events[0].id.as_deref(), Some("[MASKED:email]"));
+}
+
+#[test]
+fn a_batch_answer_shows_each_message_only_what_its_request_may() {
+    let m = masker();
+    let body = br#"[{"jsonrpc":"2.0","id":1,"result":{"e":"a@example.com"}},{"jsonrpc":"2.0","id":"1","result":{"e":"b@example.com"}},{"jsonrpc":"2.0","id":2,"result":{"e":"c@example.com"}},{"jsonrpc":"2.0","method":"n","params":{"e":"d@example.com"}}]"#;
+    let by_id: std::collections::BTreeMap<_, _> =
+        [(RevealPlan::id_key(&json!(1)), Reveal::from_header("email"))].into();
+    let header = RevealPlan::ids_header(&by_id);
+    let plan = RevealPlan {
+        all: Reveal::none(),
+        by_id: Some(RevealPlan::by_id_from_header(&header)),
+    };
+    let JsonMasked::Changed(out) = m.mask_json_for(body, &plan, &mut MaskCounts::default()) else {
+        panic!("masked");
+    };
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("a@example.com"), "id 1 may see e-mails: {out}");
+    for other in ["b@", "c@", "d@"] {
+        assert!(
+            !out.contains(other),
+            "{other}: string id \"1\", another id and a notification see nothing: {out}"
+        );
+    }
+    // Text that is no message gets nothing either; SSE events are matched the same way.
+    assert!(plan.for_other().is_empty());
+    let sse = b"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":\"c@example.com\"}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"a@example.com\"}\n\n";
+    let mut s = SseMasker::new(1 << 20);
+    let mut out = Vec::new();
+    s.push_for(&m, &plan, sse, &mut out, &mut MaskCounts::default(), |_| {});
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("c@example.com") && out.contains("a@example.com"), "{out}");
+    // A header that cannot be read reveals nothing.
+    assert!(RevealPlan::by_id_from_header("zz=email,31").is_empty());
 }

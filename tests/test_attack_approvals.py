@@ -179,7 +179,7 @@ def test_a_flood_of_held_calls_is_capped_and_other_callers_go_on(make_stack):
         calls = [pool.submit(mallory.call, "echo", {"message": f"flood {i}"}) for i in range(flood)]
         # While the flood is held (its approvals are pending), another caller's calls go on:
         # an allowed tool, and their own held call.
-        wait_until(lambda: len(pending_of(carol, "mallory")) == cap, f"{cap} held calls of mallory")
+        wait_until(lambda: len(pending_of(carol, "mallory")) >= cap, f"{cap} held calls of mallory")
         other = dora.call("get-sum", {"a": 1, "b": 2})
         assert other.status_code == 200 and "error" not in answer(other), other.text
         waiting = dora.call_in_background("echo", {"message": "dora's own"})

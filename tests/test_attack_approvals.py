@@ -129,7 +129,7 @@ def test_show_clear_shows_the_clear_sql_to_the_approver_group_only_and_never_sto
 
     shown = bob.get(approval["id"]).json()
     assert shown["arguments_clear"] == {"sql": ATTACK_SQL}, "the approver reads what would run"
-    assert "UNION" not in json.dumps(shown["arguments"]) or SECRET not in json.dumps(shown["arguments"])
+    assert shown["arguments"]["sql"] != ATTACK_SQL and SECRET not in json.dumps(shown["arguments"])
     assert shown["masked"]["mode"] == "show_clear" and shown["masked"]["clear_available"] is True
     assert_report_is_true(ATTACK_SQL, shown["arguments"]["sql"], shown["masked"]["spans"])
     # Nobody else: not an auditor, not the caller's own view, not the list to others.
@@ -137,6 +137,9 @@ def test_show_clear_shows_the_clear_sql_to_the_approver_group_only_and_never_sto
         seen = other.get(approval["id"])
         assert seen.status_code == 200, seen.text
         assert "arguments_clear" not in seen.json() and SECRET not in seen.text
+        listed = [a for a in other.list() if a["id"] == approval["id"]]
+        assert listed and SECRET not in json.dumps(listed)
+    assert [a["arguments_clear"] for a in bob.list("pending")] == [{"sql": ATTACK_SQL}]
     # Neither the trail nor the database holds it, in any file.
     for name, data in stack.trail_files().items():
         assert SECRET.encode() not in data, f"the clear SQL is in {name}"

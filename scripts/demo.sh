@@ -164,6 +164,8 @@ ALICE="$(token alice eng)"
 BOB="$(token bob approvers)"
 AUDITOR="$(token ines auditors)"
 CAROL="$(token carol support)"
+# Approvers' tokens are for the approvals audience only: an MCP token cannot approve.
+BOB_APPROVER="$("$GATEHOUSE" dev-token --config "$CONFIG" --sub bob --groups approvers --approver)"
 
 cat <<EOF
 
@@ -180,13 +182,14 @@ EOF
 EOF
 cat <<EOF
   Service (REST)   http://$REST   (healthz, metrics, /v1/audit/..., /v1/approvals/...)
-  Approvals page   http://$REST/ui#token=$BOB   (bob approves; opens signed in)
+  Approvals page   http://$REST/ui#token=$BOB_APPROVER   (bob approves; opens signed in)
   Envoy admin      http://$ADMIN
   Logs             $LOGS/{envoy,gatehouse,server-everything,demo-mcp-server}.log
 
   Dev tokens (1 h, dev issuer — not for production):
     alice (eng):        $ALICE
     bob (approvers):    $BOB
+    bob, approving:     $BOB_APPROVER   (approvals audience: /v1/approvals and the page only)
     ines (auditors):    $AUDITOR
     carol (support):    $CAROL   (sees e-mails in clear where masking.reveal says so)
 
@@ -200,6 +203,7 @@ EOF
 {
     echo "export ALICE='$ALICE'"
     echo "export BOB='$BOB'"
+    echo "export BOB_APPROVER='$BOB_APPROVER'"
     echo "export AUDITOR='$AUDITOR'"
     echo "export CAROL='$CAROL'"
 } >"$STATE/demo-tokens.sh"

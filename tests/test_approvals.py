@@ -4,7 +4,6 @@ winning, a restart while pending, notifications, and every step in the audit tra
 
 from __future__ import annotations
 
-import http.server
 import json
 import threading
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness.approvals import SESSION_RULE, Approver, Caller, answer, approval_rule, pending_error
+from harness.approvals import SESSION_RULE, Approver, Caller, Webhook, answer, approval_rule, pending_error
 
 pytestmark = pytest.mark.gateway
 
@@ -46,7 +45,7 @@ def wait_event(stack, approval_id: str, event: str, timeout: float = 15) -> None
 
 
 def test_held_call_completes_after_an_approval_over_rest(make_stack):
-    stack = approval_stack(make_stack, hold_seconds=20)
+    stack = approval_stack(make_stack, hold_seconds=20, masked_arguments="show_masked")
     alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
     before = stack.upstream_requests()
 
@@ -59,11 +58,24 @@ def test_held_call_completes_after_an_approval_over_rest(make_stack):
     # Approvers see the arguments masked, like the trail.
     assert "alice@example.com" not in json.dumps(pending)
     assert "[MASKED:email" in pending["arguments"]["message"]
+    # ... and told so: the kind, where and how long (show_masked: no clear text anywhere).
+    assert pending["masked"]["mode"] == "show_masked"
+    assert pending["masked"]["spans"] == [{"kind": "email", "pointer": "/message", "offset": 15, "length": 17}], (
+        pending["masked"]
+    )
+    assert "arguments_clear" not in pending
     assert stack.upstream_requests() == before, "the held call reached the upstream before its approval"
 
     decided = bob.approve(pending["id"], "ticket OPS-12")
     assert decided.status_code == 200, decided.text
-    assert decided.json()["status"] == "used" or decided.json()["status"] == "approved"
+    # The decision as made: approved by bob, not yet used (the held call uses it next).
+    body = decided.json()
+    assert (body["status"], body["decided_by"], body["reason"], body["uses"]) == (
+        "approved",
+        "bob",
+        "ticket OPS-12",
+        0,
+    ), body
     resp = wait(15)
 
     assert resp.status_code == 200, resp.text
@@ -283,35 +295,10 @@ def test_approver_endpoints_refuse_bad_input(make_stack):
     assert bob.http.post(f"{base}/approve").status_code == 200, "an approval needs no body"
 
 
-class _Webhook:
-    """A local Slack-style webhook: answers `codes` in turn (then 200) and keeps what it got."""
-
-    def __init__(self, codes: list[int]) -> None:
-        self.codes, self.bodies = list(codes), []
-        hook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 -- http.server's name
-                body = self.rfile.read(int(self.headers["content-length"]))
-                hook.bodies.append(json.loads(body))
-                self.send_response(hook.codes.pop(0) if hook.codes else 200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret-part"
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def notify_through(make_stack, codes: list[int], attempts: int, event: str):
     """alice's call asks for an approval while the webhook answers `codes` in turn; once the
     `event` step is recorded: the stack, the approval, that step's data, the bodies posted."""
-    hook = _Webhook(codes)
+    hook = Webhook(codes)
     try:
         stack = approval_stack(
             make_stack, hold_seconds=0, approvals={"webhook": {"url": hook.url, "attempts": attempts}}
@@ -365,5 +352,11 @@ def test_other_methods_are_approved_for_exactly_what_they_act_on(make_stack):
     (shown,) = [a for a in bob.list("pending") if a["id"] == other["id"]]
     assert shown["method"] == "prompts/get"
     assert shown["arguments"] == {"name": "args-prompt", "arguments": {"city": "Paris"}}
+    before = stack.upstream_requests()
     allowed = answer(get_prompt("simple-prompt"))
-    assert allowed.get("error", {}).get("code") != -32030, allowed
+    # Let through to the upstream, and its answer is the prompt (not any other error).
+    assert "error" not in allowed, allowed
+    assert allowed["result"]["messages"][0]["content"]["text"], allowed
+    assert stack.upstream_requests() == before + 1
+    used = bob.get(simple["id"]).json()
+    assert (used["status"], used["uses"]) == ("used", 1), used

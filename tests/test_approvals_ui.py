@@ -33,9 +33,10 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         yield b
 
 
-def approval_stack(make_stack):
+def approval_stack(make_stack, masked_arguments: str = "show_masked"):
     """server-everything where `echo` waits up to HOLD s in the Check for an approver of `approvers`."""
-    return make_stack(policy=[SESSION_RULE, approval_rule(hold_seconds=HOLD)], ext_authz_timeout_ms=30000)
+    rule = approval_rule(hold_seconds=HOLD, masked_arguments=masked_arguments)
+    return make_stack(policy=[SESSION_RULE, rule], ext_authz_timeout_ms=30000)
 
 
 def row(approval_id: str) -> str:
@@ -71,7 +72,7 @@ def assert_token_never_in_a_url(browser: Browser, token: str) -> None:
 def test_a_held_call_completes_after_approve_is_clicked(browser, make_stack):
     stack = approval_stack(make_stack)
     alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
-    bob_token = stack.token("bob", ["approvers"])
+    bob_token = stack.approver_token("bob")
 
     wait = alice.call_in_background("echo", {"message": "approved on the page, mail ops@example.com"})
     pending = bob.wait_pending(lambda a: (a["subject"], a["tool"]) == ("alice", "echo"))
@@ -91,6 +92,12 @@ def test_a_held_call_completes_after_approve_is_clicked(browser, make_stack):
     shown = browser.text(in_row(pending["id"], "approval-arguments"))
     assert json.loads(shown) == pending["arguments"]
     assert "ops@example.com" not in shown and "[MASKED:email" in shown, "approvers see the arguments masked"
+    # ... and are told plainly that, what, where and how long.
+    summary = browser.text(in_row(pending["id"], "approval-masked-summary"))
+    assert "Masking changed these arguments" in summary and "You see them masked" in summary, summary
+    spans = browser.text(in_row(pending["id"], "approval-masked-spans"))
+    assert "email in /message, at character 27, 15 characters" in spans, spans
+    browser.wait_for(in_row(pending["id"], "approval-arguments-clear"), state="hidden")
 
     browser.fill(in_row(pending["id"], "reason-input"), "ticket OPS-7")
     clicked = time.monotonic()
@@ -121,7 +128,7 @@ def test_an_approver_cannot_decide_their_own_request(browser, make_stack):
     wait = dora.call_in_background("echo", {"message": "my own"})
     pending = bob.wait_pending(lambda a: a["subject"] == "dora")
 
-    browser.goto(f"{stack.rest_url}/ui#token={dora.token}")
+    browser.goto(f"{stack.rest_url}/ui#token={stack.approver_token('dora', ('eng', 'approvers'))}")
     browser.wait_for(row(pending["id"]))
     assert browser.attribute(row(pending["id"]), "data-can-decide") == "false"
     assert browser.is_disabled(in_row(pending["id"], "approve-button"))
@@ -148,7 +155,7 @@ MARKUP = '<img src=x onerror="window.__gatehousePwned=1"><script>window.__gateho
 def test_caller_text_is_shown_as_text_and_deny_needs_a_reason(browser, make_stack):
     stack = approval_stack(make_stack)
     alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
-    bob_token = stack.token("bob", ["approvers"])
+    bob_token = stack.approver_token("bob")
 
     wait = alice.call_in_background("echo", {"message": MARKUP})
     pending = bob.wait_pending(lambda a: a["subject"] == "alice")
@@ -181,7 +188,7 @@ def test_caller_text_is_shown_as_text_and_deny_needs_a_reason(browser, make_stac
 
 def test_the_page_asks_for_a_token_and_drops_a_refused_one(browser, make_stack):
     stack = approval_stack(make_stack)
-    bob_token = stack.token("bob", ["approvers"])
+    bob_token = stack.approver_token("bob")
 
     page = httpx.get(f"{stack.rest_url}/ui", timeout=5)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -190,11 +197,14 @@ def test_the_page_asks_for_a_token_and_drops_a_refused_one(browser, make_stack):
 
     browser.goto(f"{stack.rest_url}/ui")
     browser.wait_for('[data-testid="token-panel"]')
-    browser.fill('[data-testid="token-input"]', "not-a-token")
-    browser.click('[data-testid="token-save"]')
-    browser.wait_for('[data-testid="token-message"]')
-    assert "refused" in browser.text('[data-testid="token-message"]')
-    assert browser.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+    # Garbage, and a valid token for MCP (not the approvals audience), are both refused.
+    for refused in ("not-a-token", stack.token("bob", ["approvers"])):
+        browser.fill('[data-testid="token-input"]', refused)
+        browser.click('[data-testid="token-save"]')
+        browser.wait_for('[data-testid="token-message"]')
+        assert "refused" in browser.text('[data-testid="token-message"]')
+        assert browser.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+        browser.evaluate("document.querySelector('[data-testid=\"token-message\"]').hidden = true")
 
     browser.fill('[data-testid="token-input"]', f"Bearer {bob_token}")
     browser.click('[data-testid="token-save"]')
@@ -211,4 +221,23 @@ def test_the_page_asks_for_a_token_and_drops_a_refused_one(browser, make_stack):
     browser.wait_for('[data-testid="token-panel"]')
     assert browser.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
     assert_token_never_in_a_url(browser, bob_token)
+    assert page_problems(browser) == []
+
+
+def test_with_show_clear_the_approver_reads_the_clear_arguments_on_the_page(browser, make_stack):
+    stack = approval_stack(make_stack, masked_arguments="show_clear")
+    alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
+    message = "send the report to ops@example.com"
+
+    wait = alice.call_in_background("echo", {"message": message})
+    pending = bob.wait_pending(lambda a: (a["subject"], a["tool"]) == ("alice", "echo"))
+    browser.goto(f"{stack.rest_url}/ui#token={stack.approver_token('bob')}")
+    browser.wait_for(row(pending["id"]))
+    assert "Read the clear arguments below" in browser.text(in_row(pending["id"], "approval-masked-summary"))
+    assert json.loads(browser.text(in_row(pending["id"], "approval-arguments-clear"))) == {"message": message}
+    assert "ops@example.com" not in browser.text(in_row(pending["id"], "approval-arguments"))
+
+    browser.click(in_row(pending["id"], "approve-button"))
+    resp = wait(HOLD)
+    assert answer(resp)["result"]["content"][0]["text"].startswith("Echo: send the report to")
     assert page_problems(browser) == []

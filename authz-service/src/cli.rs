@@ -52,9 +52,12 @@ enum Command {
         groups: String,
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        /// Audience (defaults to identity.audience).
+        /// Audience (defaults to identity.audience, or approvals.audience with --approver).
         #[arg(long)]
         aud: Option<String>,
+        /// For the approvers' API and page (approvals.audience): such a token cannot call MCP.
+        #[arg(long, conflicts_with = "aud")]
+        approver: bool,
     },
     /// Work with the audit trail.
     Audit {
@@ -138,6 +141,7 @@ impl Cli {
                 groups,
                 ttl,
                 aud,
+                approver,
             } => {
                 let config = load(&config)?;
                 let dev = config
@@ -152,7 +156,11 @@ impl Cli {
                     .filter(|g| !g.is_empty())
                     .map(str::to_owned)
                     .collect();
-                let audience = aud.unwrap_or_else(|| config.identity.audience.clone());
+                let audience = match (aud, approver) {
+                    (Some(aud), _) => aud,
+                    (None, true) => config.approvals.audience.clone(),
+                    (None, false) => config.identity.audience.clone(),
+                };
                 println!("{}", issuer.mint(&sub, &groups, &audience, ttl)?);
             }
             Command::Audit {

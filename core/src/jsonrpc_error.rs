@@ -25,6 +25,10 @@ pub const APPROVAL_REQUIRED: i64 = -32030;
 /// credential (it could not get one, or the upstream refused it). Nothing was forwarded
 /// unsigned; the message says which.
 pub const UPSTREAM_CREDENTIAL: i64 = -32031;
+/// Implementation-defined server error range: the call needs an approval, and its caller
+/// already has as many calls waiting (held, or pending approvals) as the gateway allows.
+/// It was neither held nor asked; send it again once some are decided.
+pub const APPROVAL_LIMIT: i64 = -32032;
 
 /// Serializes a JSON-RPC error response. `id` is `null` when the request's id is
 /// unknown (unparseable body, or no body at all).

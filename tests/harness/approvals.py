@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -32,13 +34,12 @@ def approval_rule(rule_id: str = "echo-needs-approval", tools: tuple[str, ...] =
 
 
 class Approver:
-    """The approvals REST API with one user's token."""
+    """The approvals REST API with one user's approver token (the approvals audience)."""
 
     def __init__(self, stack: Stack, sub: str, groups: tuple[str, ...] = ("approvers",)) -> None:
         self.sub = sub
-        self.http = httpx.Client(
-            base_url=stack.rest_url, headers={"authorization": f"Bearer {stack.token(sub, groups)}"}, timeout=10
-        )
+        token = stack.approver_token(sub, groups)
+        self.http = httpx.Client(base_url=stack.rest_url, headers={"authorization": f"Bearer {token}"}, timeout=10)
 
     def list(self, status: str | None = None) -> list[dict[str, Any]]:
         resp = self.http.get("/v1/approvals", params={"status": status} if status else {})
@@ -105,6 +106,31 @@ class Caller:
             return out["resp"]
 
         return wait
+
+
+class Webhook:
+    """A local Slack-style webhook: answers `codes` in turn (then 200) and keeps what it got."""
+
+    def __init__(self, codes: list[int]) -> None:
+        self.codes, self.bodies = list(codes), []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                hook.bodies.append(json.loads(body))
+                self.send_response(hook.codes.pop(0) if hook.codes else 200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret-part"
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 def messages(resp: httpx.Response) -> list[dict[str, Any]]:

@@ -38,6 +38,10 @@ LATEST_PROTOCOL = "2025-11-25"
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
+# The service's default `approvals.audience`: approvers' tokens carry it, MCP tokens do not.
+APPROVALS_AUDIENCE = "gatehouse-approvals"
+
+
 def gatehouse(*args: str | Path, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the `gatehouse` CLI; on failure the error shows its stderr."""
     argv = [str(paths.gatehouse_bin()), *map(str, args)]
@@ -179,6 +183,14 @@ class Stack:
             args += ["--ttl", str(ttl)]
         if aud is not None:
             args += ["--aud", aud]
+        return gatehouse(*args).stdout.strip()
+
+    def approver_token(self, sub: str, groups: Sequence[str] = ("approvers",), ttl: int | None = None) -> str:
+        """A token for the approvals REST API and page (`approvals.audience`): it cannot call MCP."""
+        if self.issuer:
+            return self.token(sub, groups, ttl=ttl, aud=APPROVALS_AUDIENCE)
+        args: list[str | Path] = ["dev-token", "--config", self.config_path, "--sub", sub, "--groups", ",".join(groups)]
+        args += ["--approver", *(["--ttl", str(ttl)] if ttl is not None else [])]
         return gatehouse(*args).stdout.strip()
 
     def auth(self, sub: str = "alice", groups: Sequence[str] = ("eng",)) -> dict[str, str]:

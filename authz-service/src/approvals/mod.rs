@@ -9,17 +9,27 @@
 //!
 //! Approvers decide with their own token over REST (`rest/approvals.rs`) or the page; they
 //! must be in the rule's approver group and may not decide on their own calls. Every step
-//! (requested, notified, approved, denied, expired, used) is an `approval` record in the
+//! (requested, notified, approved, denied, expired, used, use_returned) is an `approval` record in the
 //! audit trail. The state lives in the `approvals` table next to the trail, so pending
 //! approvals survive a restart.
+//!
+//! Approvers never approve text they could not read: when masking changed a call's
+//! arguments, the approval says what was masked where (`masked.rs`), and the rule's
+//! `masked_arguments` decides: refuse the call (the default), show approvers the clear
+//! arguments (kept in memory only, while pending), or show them masked.
+//!
+//! One caller cannot fill the gateway with waiting calls: held Checks and pending approvals
+//! are capped per caller (and held Checks in all); over a cap the call is refused, not held.
 //!
 //! Transitions (create, decide, expire) are serialized in-process and write their record
 //! before the state changes, so exactly one decision wins and the trail never lacks a step
 //! that the state shows. One service owns a store: two services must not share one.
 
+pub mod masked;
 pub mod notify;
 mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +43,9 @@ use tokio::sync::{Mutex, watch};
 
 use crate::AppState;
 use crate::audit::{AuditError, NewRecord, format_time};
-use crate::policy::ApprovalSpec;
+use crate::policy::{ApprovalSpec, MaskedArguments};
 
+pub use masked::MaskReport;
 pub use store::ApprovalStore;
 
 /// Where an approval stands.
@@ -90,6 +101,28 @@ pub struct Approval {
     pub reason: Option<String>,
     pub grant_expires_ms: Option<i64>,
     pub uses: i64,
+    /// What masking changed in the arguments, and what the rule said to do about it
+    /// (`None`: the arguments are shown as sent).
+    pub masking: Option<Masking>,
+}
+
+/// An approval whose arguments masking changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Masking {
+    pub mode: MaskedArguments,
+    #[serde(flatten)]
+    pub report: MaskReport,
+}
+
+impl Masking {
+    fn to_json(&self) -> Value {
+        json!({
+            "mode": self.mode.as_str(),
+            "spans": self.report.spans,
+            "more": self.report.more,
+            "summary": self.report.sentence(),
+        })
+    }
 }
 
 impl Approval {
@@ -141,6 +174,7 @@ impl Approval {
             "single_use": self.single_use,
             "uses": self.uses,
             "request_id": self.request_id,
+            "masked": self.masking.as_ref().map(Masking::to_json),
         })
     }
 
@@ -187,6 +221,18 @@ pub struct Call<'a> {
     pub request_id: &'a str,
 }
 
+impl Call<'_> {
+    /// What approvers would read in clear: the tool's arguments, or the other methods' params.
+    fn clear_arguments(&self) -> Value {
+        let params = self.params.cloned().unwrap_or(Value::Null);
+        if self.method == "tools/call" {
+            params.get("arguments").cloned().unwrap_or(Value::Null)
+        } else {
+            params
+        }
+    }
+}
+
 /// What the approval gate says about a call.
 #[derive(Debug)]
 pub enum Gate {
@@ -200,6 +246,88 @@ pub enum Gate {
     /// Not let through; the approval's status says why: still `pending` (newly asked,
     /// joined, or the hold ran out), `denied`, or `expired` while the call was held.
     Stopped(Approval),
+    /// Refused before any approval was asked or any hold began.
+    Refused(Refusal),
+}
+
+/// Why a call that needs approval was refused outright.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// Masking changed the arguments, and the rule says `masked_arguments: refuse`.
+    MaskedArguments(MaskReport),
+    /// The caller already has `limit` calls held (or all callers together, `total`).
+    TooManyHeld { limit: u32, total: bool },
+    /// The caller already has `limit` pending approvals.
+    TooManyPending { limit: u32 },
+}
+
+impl Refusal {
+    /// The HTTP status of the answer.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::MaskedArguments(_) => 403,
+            Self::TooManyHeld { .. } | Self::TooManyPending { .. } => 429,
+        }
+    }
+
+    /// The JSON-RPC error code of the answer.
+    pub fn jsonrpc_code(&self) -> i64 {
+        use gatehouse_core::jsonrpc_error;
+        match self {
+            Self::MaskedArguments(_) => jsonrpc_error::FORBIDDEN,
+            Self::TooManyHeld { .. } | Self::TooManyPending { .. } => jsonrpc_error::APPROVAL_LIMIT,
+        }
+    }
+
+    /// What the client is told (kinds and pointers only, never a value).
+    pub fn message(&self) -> String {
+        match self {
+            Self::MaskedArguments(report) => format!(
+                "This call needs an approval, but the gateway masks some of its arguments ({}), so an approver \
+                 could not read what they would approve. It was refused and not forwarded: send it without those values.",
+                report.sentence()
+            ),
+            Self::TooManyHeld { limit, total: false } => format!(
+                "This call needs an approval, and you already have {limit} calls waiting for one: it was not held \
+                 or forwarded. Send it again once some are decided."
+            ),
+            Self::TooManyHeld { total: true, .. } => "This call needs an approval, and the gateway is holding as \
+                 many calls as it can: it was not held or forwarded. Send it again later."
+                .into(),
+            Self::TooManyPending { limit } => format!(
+                "This call needs an approval, and you already have {limit} approvals pending: no new one was \
+                 asked and the call was not forwarded. Send it again once some are decided or expired."
+            ),
+        }
+    }
+
+    /// For the record and the log.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::MaskedArguments(report) => format!(
+                "masked arguments ({}) and masked_arguments: refuse",
+                report.kinds().join(", ")
+            ),
+            Self::TooManyHeld { limit, total: false } => {
+                format!("caller already holds {limit} calls (max_held_per_caller)")
+            }
+            Self::TooManyHeld { limit, total: true } => format!("{limit} calls held in all (max_held)"),
+            Self::TooManyPending { limit } => {
+                format!("caller already has {limit} pending approvals (max_pending_per_caller)")
+            }
+        }
+    }
+
+    /// More for the JSON-RPC error's `data`.
+    pub fn data(&self) -> Value {
+        match self {
+            Self::MaskedArguments(report) => json!({"masked": report}),
+            Self::TooManyHeld { limit, total } => {
+                json!({"limit": if *total { "max_held" } else { "max_held_per_caller" }, "max": limit})
+            }
+            Self::TooManyPending { limit } => json!({"limit": "max_pending_per_caller", "max": limit}),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -221,23 +349,36 @@ pub enum DecideError {
     Invalid(String),
     #[error("the approval is already {}", .0.status.as_str())]
     Conflict(Box<Approval>),
+    /// Approving would mean approving text the approver could not read.
+    #[error("{0}")]
+    Unreadable(String),
     #[error(transparent)]
     Unavailable(#[from] ApprovalError),
 }
 
 /// One use of a grant, given back when dropped unless [`GrantUse::keep`] was called: the
 /// call it was taken for was not let through (its records could not be committed, or Envoy
-/// gave up on the Check).
+/// gave up on the Check). Once its `used` record is committed ([`GrantUse::recorded`]), a
+/// use given back is recorded too (`use_returned`), so the trail never shows a use whose
+/// call did not go out without saying so.
 pub struct GrantUse {
     store: ApprovalStore,
     approval_id: String,
     kept: bool,
+    /// The `use_returned` record, prepared when the use was taken; with the trail to
+    /// write it to once `used` is in it.
+    returned: Box<(NewRecord, Option<crate::audit::AuditLog>)>,
 }
 
 impl GrantUse {
     /// The call was let through: the use stands.
     pub fn keep(mut self) {
         self.kept = true;
+    }
+
+    /// The `used` record is committed: a use given back from now on is recorded.
+    pub fn recorded(&mut self, audit: &crate::audit::AuditLog) {
+        self.returned.1 = Some(audit.clone());
     }
 }
 
@@ -246,6 +387,7 @@ impl std::fmt::Debug for GrantUse {
         f.debug_struct("GrantUse")
             .field("approval_id", &self.approval_id)
             .field("kept", &self.kept)
+            .field("recorded", &self.returned.1.is_some())
             .finish()
     }
 }
@@ -256,9 +398,25 @@ impl Drop for GrantUse {
             return;
         }
         let (store, id) = (self.store.clone(), std::mem::take(&mut self.approval_id));
+        let (record, audit) = std::mem::replace(
+            &mut *self.returned,
+            (
+                NewRecord {
+                    kind: RecordKind::Approval,
+                    request_id: String::new(),
+                    data: Value::Null,
+                },
+                None,
+            ),
+        );
         tracing::warn!(approval_id = %id, "A call that used an approval was not let through; the use is given back.");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
+                if let Some(audit) = audit
+                    && let Err(error) = audit.append(vec![record]).await
+                {
+                    tracing::error!(approval_id = %id, %error, "Could not record that an approval's use was given back.");
+                }
                 if let Err(error) = store.restore_use(&id).await {
                     tracing::error!(approval_id = %id, %error, "Could not give back an approval's use.");
                 }
@@ -277,7 +435,46 @@ pub struct Approvals {
     transitions: Mutex<()>,
     /// Bumped on every decision and expiry: held Checks wake and look again.
     changed: watch::Sender<u64>,
+    /// Calls held in a Check now, per caller and in all.
+    held: std::sync::Mutex<Held>,
+    /// The clear arguments of pending `show_clear` approvals, by approval id: in memory
+    /// only, never in the table or the trail; gone with a restart (a caller's retry of the
+    /// same call puts them back).
+    clear: std::sync::Mutex<HashMap<String, Value>>,
 }
+
+#[derive(Debug, Default)]
+struct Held {
+    total: u32,
+    per_caller: HashMap<String, u32>,
+}
+
+/// One held call, counted until dropped (also when Envoy gives up on the Check).
+struct HeldSlot<'a> {
+    approvals: &'a Approvals,
+    subject: String,
+}
+
+impl Drop for HeldSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self
+            .approvals
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.per_caller.get_mut(&self.subject) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.per_caller.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// Why a `show_clear` approval whose clear arguments are gone cannot be approved.
+const UNREADABLE: &str = "the arguments of this call were masked and this service no longer holds them in clear \
+     (it restarted): it cannot be approved as is. Deny it, or wait for the caller to send the call again, which shows them.";
 
 /// How often a held Check looks at its approval even without a wake-up.
 const HOLD_POLL: Duration = Duration::from_secs(1);
@@ -291,7 +488,58 @@ impl Approvals {
             key,
             transitions: Mutex::new(()),
             changed: watch::channel(0).0,
+            held: std::sync::Mutex::default(),
+            clear: std::sync::Mutex::default(),
         })
+    }
+
+    /// A held slot for `subject`, or why there is none.
+    fn hold_slot(&self, subject: &str, limits: &crate::config::Approvals) -> Result<HeldSlot<'_>, Refusal> {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = held.per_caller.get(subject).copied().unwrap_or(0);
+        if mine >= limits.max_held_per_caller {
+            return Err(Refusal::TooManyHeld {
+                limit: limits.max_held_per_caller,
+                total: false,
+            });
+        }
+        if held.total >= limits.max_held {
+            return Err(Refusal::TooManyHeld {
+                limit: limits.max_held,
+                total: true,
+            });
+        }
+        held.total += 1;
+        held.per_caller.insert(subject.to_owned(), mine + 1);
+        Ok(HeldSlot {
+            approvals: self,
+            subject: subject.to_owned(),
+        })
+    }
+
+    /// The clear arguments of a pending approval, if this service holds them.
+    pub fn clear_arguments(&self, id: &str) -> Option<Value> {
+        self.clear
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn forget_clear(&self, ids: &[&str]) {
+        let mut clear = self.clear.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids {
+            clear.remove(*id);
+        }
+    }
+
+    /// Whether an approver can read what they would approve: the arguments were not
+    /// masked, the rule shows them masked, or the clear ones are here.
+    pub fn readable(&self, a: &Approval) -> bool {
+        match &a.masking {
+            None => true,
+            Some(m) => m.mode != MaskedArguments::ShowClear || self.clear_arguments(&a.id).is_some(),
+        }
     }
 
     pub fn store(&self) -> &ApprovalStore {
@@ -325,9 +573,27 @@ impl Approvals {
     /// Decides what happens to a call that needs approval, holding it up to `hold`.
     pub async fn gate(&self, state: &Arc<AppState>, call: &Call<'_>, hold: Duration) -> Result<Gate, ApprovalError> {
         let key = self.key_of(call);
+        let clear = call.clear_arguments();
+        let report = MaskReport::of(&clear, call.masked_arguments);
+        let masking = (!report.is_empty()).then_some(Masking {
+            mode: call.spec.masked_arguments,
+            report,
+        });
+        if let Some(Masking {
+            mode: MaskedArguments::Refuse,
+            report,
+        }) = &masking
+        {
+            return Ok(Gate::Refused(Refusal::MaskedArguments(report.clone())));
+        }
+        let shown_clear = masking
+            .as_ref()
+            .filter(|m| m.mode == MaskedArguments::ShowClear)
+            .map(|_| clear);
         let deadline = tokio::time::Instant::now() + hold;
         let mut wake = self.changed.subscribe();
         let mut asked: Option<String> = None;
+        let mut slot: Option<HeldSlot<'_>> = None;
         loop {
             self.expire_due(state).await?;
             // The approval this call waits on ended without a grant for it.
@@ -349,18 +615,55 @@ impl Approvals {
                     request_id: call.request_id.to_owned(),
                     data,
                 };
+                let mut returned_data = approval.record("use_returned");
+                if let Some(obj) = returned_data.as_object_mut() {
+                    obj.insert(
+                        "reason".into(),
+                        json!(
+                            "the call was not let through after all (Envoy gave up on the Check): the use is given back"
+                        ),
+                    );
+                }
                 let hold = GrantUse {
                     store: self.store.clone(),
                     approval_id: approval.id.clone(),
                     kept: false,
+                    returned: Box::new((
+                        NewRecord {
+                            kind: RecordKind::Approval,
+                            request_id: call.request_id.to_owned(),
+                            data: returned_data,
+                        },
+                        None,
+                    )),
                 };
                 return Ok(Gate::Granted { approval, used, hold });
             }
             if let Some(denial) = self.store.standing_denial(&key, now_ms()).await? {
                 return Ok(Gate::Stopped(denial));
             }
+            // Only a call that will wait takes a held slot; one a grant lets through never does.
+            if slot.is_none() && !hold.is_zero() {
+                match self.hold_slot(call.subject, &state.config.approvals) {
+                    Ok(s) => slot = Some(s),
+                    Err(refusal) => return Ok(Gate::Refused(refusal)),
+                }
+            }
             // Joins the pending one, or asks anew (also when a twin call used up the grant).
-            let approval = self.join_or_ask(state, call, &key).await?;
+            let approval = match self.join_or_ask(state, call, &key, masking.as_ref()).await? {
+                Ok(approval) => approval,
+                Err(refusal) => return Ok(Gate::Refused(refusal)),
+            };
+            if let Some(clear) = &shown_clear
+                && approval.status == Status::Pending
+            {
+                // Also after a restart: the caller's retry makes the approval readable again.
+                self.clear
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(approval.id.clone())
+                    .or_insert_with(|| clear.clone());
+            }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(Gate::Stopped(approval));
@@ -372,7 +675,13 @@ impl Approvals {
     }
 
     /// The pending approval of this call, or a new one (recorded, then announced).
-    async fn join_or_ask(&self, state: &Arc<AppState>, call: &Call<'_>, key: &str) -> Result<Approval, ApprovalError> {
+    async fn join_or_ask(
+        &self,
+        state: &Arc<AppState>,
+        call: &Call<'_>,
+        key: &str,
+        masking: Option<&Masking>,
+    ) -> Result<Result<Approval, Refusal>, ApprovalError> {
         let now = now_ms();
         let approval = Approval {
             id: new_approval_id(),
@@ -394,6 +703,7 @@ impl Approvals {
             reason: None,
             grant_expires_ms: None,
             uses: 0,
+            masking: masking.cloned(),
         };
         // In its own task: a Check that Envoy gives up on must not stop it half-way.
         let (state, key) = (state.clone(), key.to_owned());
@@ -403,14 +713,28 @@ impl Approvals {
     }
 
     /// Joins the pending approval of `key`, or records `approval` as asked and stores it.
-    async fn ask(&self, state: &Arc<AppState>, approval: Approval, key: &str) -> Result<Approval, ApprovalError> {
+    async fn ask(
+        &self,
+        state: &Arc<AppState>,
+        approval: Approval,
+        key: &str,
+    ) -> Result<Result<Approval, Refusal>, ApprovalError> {
         let _turn = self.transitions.lock().await;
         if let Some(pending) = self.store.pending_for(key).await? {
-            return Ok(pending);
+            return Ok(Ok(pending));
+        }
+        // Counted under the lock: concurrent asks of one caller cannot all pass the cap.
+        let limit = state.config.approvals.max_pending_per_caller;
+        if self.store.pending_count(&approval.subject).await? >= u64::from(limit) {
+            return Ok(Err(Refusal::TooManyPending { limit }));
         }
         let mut data = approval.record("requested");
         if let Some(obj) = data.as_object_mut() {
             obj.insert("arguments".into(), approval.arguments.clone());
+            if let Some(masking) = &approval.masking {
+                // What was masked where; never the clear value.
+                obj.insert("masked".into(), masking.to_json());
+            }
             obj.insert("expires_at".into(), json!(time_of(approval.expires_ms)));
             obj.insert("single_use".into(), json!(approval.single_use));
             obj.insert("grant_seconds".into(), json!(approval.grant_ms / 1000));
@@ -424,7 +748,7 @@ impl Approvals {
         state.metrics.approvals_requested.inc();
         tracing::info!(approval_id = %approval.id, subject = %approval.subject, rule = %approval.rule, "Approval requested.");
         notify::announce(state, &approval);
-        Ok(approval)
+        Ok(Ok(approval))
     }
 
     /// An approver's decision. The first decision on a pending approval wins; every other
@@ -456,6 +780,9 @@ impl Approvals {
         if let Some(refusal) = approval.refusal_for(approver, now) {
             return Err(refusal);
         }
+        if approve && !self.readable(&approval) {
+            return Err(DecideError::Unreadable(UNREADABLE.into()));
+        }
         approval.status = if approve { Status::Approved } else { Status::Denied };
         approval.decided_ms = Some(now);
         approval.decided_by = Some(approver.subject.clone());
@@ -484,6 +811,7 @@ impl Approvals {
         } else {
             state.metrics.approvals_denied.inc();
         }
+        self.forget_clear(&[&approval.id]);
         tracing::info!(approval_id = %approval.id, approver = %approver.subject, decision = approval.status.as_str(), "Approval decided.");
         self.changed.send_modify(|n| *n += 1);
         Ok(approval)
@@ -513,6 +841,7 @@ impl Approvals {
             // Exactly the rows just recorded (under the lock none of them can change).
             let ids: Vec<&str> = due.iter().map(|a| a.id.as_str()).collect();
             self.store.expire(&ids).await?;
+            self.forget_clear(&ids);
             for a in &due {
                 tracing::info!(approval_id = %a.id, "Approval expired.");
             }

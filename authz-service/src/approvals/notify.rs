@@ -68,17 +68,34 @@ fn message(state: &AppState, a: &Approval) -> serde_json::Value {
         .tool
         .as_deref()
         .map_or(escape(&a.method), |t| format!("the tool `{}`", escape(t)));
-    json!({
-        "text": format!(
-            "Gatehouse: {} asks to call {what} on `{}` (rule `{}`). Members of `{}` can approve or deny until {}: {}",
-            escape(&a.subject),
-            escape(&a.upstream),
-            escape(&a.rule),
-            escape(&a.approver_group),
-            time_of(a.expires_ms),
-            approver_url(state, &a.id),
-        ),
-    })
+    let mut text = format!(
+        "Gatehouse: {} asks to call {what} on `{}` (rule `{}`). Members of `{}` can approve or deny until {}: {}",
+        escape(&a.subject),
+        escape(&a.upstream),
+        escape(&a.rule),
+        escape(&a.approver_group),
+        time_of(a.expires_ms),
+        approver_url(state, &a.id),
+    );
+    if let Some(masking) = &a.masking {
+        text.push_str(&masked_note(masking));
+    }
+    json!({ "text": text })
+}
+
+/// What approvers are told when masking changed the arguments.
+fn masked_note(masking: &super::Masking) -> String {
+    let shown = match masking.mode {
+        crate::policy::MaskedArguments::ShowClear => {
+            "the page shows you the clear arguments: read them before you approve"
+        }
+        _ => "you will see them masked",
+    };
+    // Kinds, pointers and numbers only; pointers come from the caller's keys.
+    format!(
+        "\nWARNING: the arguments were changed by masking ({}); {shown}.",
+        escape(&masking.report.sentence())
+    )
 }
 
 /// Where an approver decides on this approval.
@@ -120,5 +137,34 @@ mod tests {
     fn caller_chosen_names_cannot_mention_or_link() {
         let text = super::escape("x` <!channel> <https://evil|Approve here> & more");
         assert_eq!(text, "x' &lt;!channel&gt; &lt;https://evil|Approve here&gt; &amp; more");
+    }
+
+    #[test]
+    fn the_notice_says_plainly_what_was_masked() {
+        use crate::approvals::{MaskReport, Masking};
+        use crate::policy::MaskedArguments;
+        let report = MaskReport::of(
+            &serde_json::json!({"sql": "x a@b.io y"}),
+            &serde_json::json!({"sql": "x [MASKED:email] y"}),
+        );
+        for (mode, shown) in [
+            (MaskedArguments::ShowClear, "clear arguments"),
+            (MaskedArguments::ShowMasked, "masked"),
+        ] {
+            let note = super::masked_note(&Masking {
+                mode,
+                report: report.clone(),
+            });
+            assert!(
+                note.contains("WARNING: the arguments were changed by masking"),
+                "{note}"
+            );
+            assert!(
+                note.contains("email in argument /sql at character 2, 6 characters"),
+                "{note}"
+            );
+            assert!(note.contains(shown), "{note}");
+            assert!(!note.contains("a@b.io"), "{note}");
+        }
     }
 }

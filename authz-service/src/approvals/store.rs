@@ -28,20 +28,23 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by       TEXT,
     reason           TEXT,
     grant_expires_ms INTEGER,
-    uses             INTEGER NOT NULL DEFAULT 0
+    uses             INTEGER NOT NULL DEFAULT 0,
+    -- What masking changed in the arguments (kinds and places, never a value), as JSON.
+    masking          TEXT
 );
 -- At most one pending approval per call: an identical call joins it.
 CREATE UNIQUE INDEX IF NOT EXISTS approvals_one_pending ON approvals (key) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS approvals_key ON approvals (key, status, decided_ms);
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_ms);
 CREATE INDEX IF NOT EXISTS approvals_requested ON approvals (requested_ms);
+CREATE INDEX IF NOT EXISTS approvals_subject ON approvals (subject, status);
 ";
 
 /// Most due approvals read (and recorded) at once.
 pub const DUE_BATCH: usize = 500;
 
 const COLUMNS: &str = "id, status, subject, upstream, method, tool, arguments, rule, approver_group, single_use, \
-     grant_ms, request_id, requested_ms, expires_ms, decided_ms, decided_by, reason, grant_expires_ms, uses";
+     grant_ms, request_id, requested_ms, expires_ms, decided_ms, decided_by, reason, grant_expires_ms, uses, masking";
 
 #[derive(Clone)]
 pub struct ApprovalStore {
@@ -50,8 +53,27 @@ pub struct ApprovalStore {
 
 impl ApprovalStore {
     pub async fn open(pool: SqlitePool) -> Result<Self, sqlx::Error> {
+        // A table made before `masking` existed gets the column (its rows: nothing masked).
+        let table: Option<(String,)> =
+            sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'approvals'")
+                .fetch_optional(&pool)
+                .await?;
+        if table.is_some_and(|(sql,)| !sql.contains("masking")) {
+            sqlx::query("ALTER TABLE approvals ADD COLUMN masking TEXT")
+                .execute(&pool)
+                .await?;
+        }
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
         Ok(Self { pool })
+    }
+
+    /// How many approvals of this caller are pending.
+    pub async fn pending_count(&self, subject: &str) -> Result<u64, sqlx::Error> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM approvals WHERE subject = ? AND status = 'pending'")
+            .bind(subject)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Approval>, sqlx::Error> {
@@ -135,8 +157,8 @@ impl ApprovalStore {
     pub async fn insert(&self, a: &Approval, key: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO approvals (id, key, status, subject, upstream, method, tool, arguments, rule, approver_group,
-                 single_use, grant_ms, request_id, requested_ms, expires_ms, uses)
-             VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                 single_use, grant_ms, request_id, requested_ms, expires_ms, uses, masking)
+             VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
         )
         .bind(&a.id)
         .bind(key)
@@ -152,6 +174,7 @@ impl ApprovalStore {
         .bind(&a.request_id)
         .bind(a.requested_ms)
         .bind(a.expires_ms)
+        .bind(a.masking.as_ref().and_then(|m| serde_json::to_string(m).ok()))
         .execute(&self.pool)
         .await
         .map(|_| ())
@@ -231,6 +254,7 @@ impl ApprovalStore {
 fn approval_from_row(row: &SqliteRow) -> Result<Approval, sqlx::Error> {
     let status: String = row.try_get(1)?;
     let arguments: String = row.try_get(6)?;
+    let masking: Option<String> = row.try_get(19)?;
     Ok(Approval {
         id: row.try_get(0)?,
         status: Status::parse(&status)
@@ -252,5 +276,14 @@ fn approval_from_row(row: &SqliteRow) -> Result<Approval, sqlx::Error> {
         reason: row.try_get(16)?,
         grant_expires_ms: row.try_get(17)?,
         uses: row.try_get(18)?,
+        // Unreadable (written by a newer version?): still flagged as masked, shown masked
+        // would hide that; so it reads as masked with nothing listed, and cannot be approved
+        // in clear.
+        masking: masking.map(|m| {
+            serde_json::from_str(&m).unwrap_or_else(|_| super::Masking {
+                mode: crate::policy::MaskedArguments::ShowClear,
+                report: super::MaskReport::default(),
+            })
+        }),
     })
 }

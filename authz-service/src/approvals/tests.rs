@@ -1,7 +1,8 @@
 use serde_json::json;
 
 use super::*;
-use crate::policy::ApprovalSpec;
+use crate::audit::NewRecord;
+use crate::policy::{ApprovalSpec, MaskedArguments};
 
 fn spec() -> ApprovalSpec {
     ApprovalSpec {
@@ -10,6 +11,7 @@ fn spec() -> ApprovalSpec {
         expires_seconds: 60,
         grant_seconds: 60,
         single_use: true,
+        masked_arguments: crate::policy::MaskedArguments::Refuse,
     }
 }
 
@@ -83,6 +85,7 @@ fn approved(id: &str, now: i64) -> Approval {
         reason: None,
         grant_expires_ms: Some(now + 60_000),
         uses: 0,
+        masking: None,
     }
 }
 
@@ -102,6 +105,14 @@ async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
             store: a.store.clone(),
             approval_id: id.into(),
             kept: false,
+            returned: Box::new((
+                NewRecord {
+                    kind: RecordKind::Approval,
+                    request_id: "0".into(),
+                    data: json!({}),
+                },
+                None,
+            )),
         };
         if keep {
             hold.keep();
@@ -138,4 +149,190 @@ async fn expiry_goes_in_batches_and_expires_only_what_was_read() {
     let ids: Vec<&str> = rest.iter().map(|a| a.id.as_str()).collect();
     a.store.expire(&ids).await.unwrap();
     assert!(!a.store.any_due(now).await.unwrap());
+}
+
+/// A started service with these `approvals:` settings (YAML flow map body).
+async fn service(dir: &std::path::Path, approvals: &str) -> crate::server::Server {
+    let config = crate::test_support::config_with(dir, &format!("approvals: {{ {approvals} }}"));
+    crate::server::Server::start(config).await.unwrap()
+}
+
+fn call<'a>(subject: &'a str, params: &'a Value, masked: &'a Value, spec: &'a ApprovalSpec) -> Call<'a> {
+    Call {
+        subject,
+        upstream: "everything",
+        method: "tools/call",
+        tool: Some("run_query"),
+        params: Some(params),
+        masked_arguments: masked,
+        rule: "r",
+        spec,
+        request_id: "00000000000000000000000000000001",
+    }
+}
+
+async fn records_of(state: &AppState, request_id: &str) -> Vec<Value> {
+    let records = state.audit.store().request_records(request_id, 100).await.unwrap();
+    records.into_iter().map(|r| r.data).collect()
+}
+
+#[tokio::test]
+async fn a_use_given_back_after_its_used_record_is_recorded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = service(dir.path(), "").await;
+    let state = server.state.clone();
+    let now = now_ms();
+    let grant = approved("apr_back", now);
+    state.approvals.store.insert(&grant, "kb").await.unwrap();
+    assert!(state.approvals.store.decide(&grant).await.unwrap());
+    let (spec, params) = (spec(), json!({"name": "run_query", "arguments": {}}));
+    let masked = json!({});
+    let mut c = call("alice", &params, &masked, &spec);
+    c.request_id = "00000000000000000000000000000002";
+    // Through the gate, so the use is taken as a Check takes it.
+    let key = state.approvals.key_of(&c);
+    sqlx::query("UPDATE approvals SET key = ? WHERE id = 'apr_back'")
+        .bind(&key)
+        .execute(state.audit.store().pool())
+        .await
+        .unwrap();
+    let Gate::Granted { used, mut hold, .. } = state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap() else {
+        panic!("the grant should let the call through");
+    };
+    // The `used` record is committed, then Envoy gives up on the Check: the grant is dropped.
+    state.audit.append(vec![used]).await.unwrap();
+    hold.recorded(&state.audit);
+    drop(hold);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = state.approvals.store.get("apr_back").await.unwrap().unwrap();
+    assert_eq!((after.status, after.uses), (Status::Approved, 0));
+    let events: Vec<String> = records_of(&state, c.request_id)
+        .await
+        .iter()
+        .filter_map(|d| d.get("event").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    assert_eq!(events, ["used", "use_returned"]);
+    server.stop();
+}
+
+#[tokio::test]
+async fn held_calls_are_capped_per_caller_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = service(dir.path(), "max_held_per_caller: 2, max_held: 3").await;
+    let (a, limits) = (&server.state.approvals, &server.state.config.approvals);
+    let first = a.hold_slot("alice", limits).unwrap();
+    let _second = a.hold_slot("alice", limits).unwrap();
+    assert!(matches!(
+        a.hold_slot("alice", limits),
+        Err(Refusal::TooManyHeld { limit: 2, total: false })
+    ));
+    // Another caller is not held up by alice, until all slots are taken.
+    let _bob = a.hold_slot("bob", limits).unwrap();
+    assert!(matches!(
+        a.hold_slot("carol", limits),
+        Err(Refusal::TooManyHeld { limit: 3, total: true })
+    ));
+    // A slot comes back when its call ends (also when the Check is dropped).
+    drop(first);
+    assert!(a.hold_slot("alice", limits).is_ok());
+    server.stop();
+}
+
+#[tokio::test]
+async fn pending_approvals_are_capped_per_caller_but_joining_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = service(dir.path(), "max_pending_per_caller: 2").await;
+    let state = server.state.clone();
+    let gate = |subject: &'static str, n: u32| {
+        let state = state.clone();
+        async move {
+            let (spec, params, shown) = (
+                spec(),
+                json!({"name": "run_query", "arguments": {"n": n}}),
+                json!({"n": n}),
+            );
+            let c = call(subject, &params, &shown, &spec);
+            state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap()
+        }
+    };
+    assert!(matches!(gate("alice", 1).await, Gate::Stopped(_)));
+    assert!(matches!(gate("alice", 2).await, Gate::Stopped(_)));
+    assert!(matches!(
+        gate("alice", 3).await,
+        Gate::Refused(Refusal::TooManyPending { limit: 2 })
+    ));
+    // The same call again joins its pending approval; another caller asks freely.
+    assert!(matches!(gate("alice", 1).await, Gate::Stopped(_)));
+    assert!(matches!(gate("bob", 3).await, Gate::Stopped(_)));
+    assert_eq!(state.approvals.store.pending_count("alice").await.unwrap(), 2);
+    server.stop();
+}
+
+#[tokio::test]
+async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = service(dir.path(), "").await;
+    let state = server.state.clone();
+    let secret = "SELECT 1 /*AKIAQWERTYUIOPASDFGHJ*/ UNION SELECT password FROM users";
+    let params = json!({"name": "run_query", "arguments": {"sql": secret}});
+    let masked = json!({"sql": "SELECT 1 /*[MASKED:aws_access_key]*/ UNION SELECT password FROM users"});
+    let mut spec = spec();
+
+    // The default: refused before any approval is asked.
+    let refused = state
+        .approvals
+        .gate(&state, &call("alice", &params, &masked, &spec), Duration::ZERO)
+        .await
+        .unwrap();
+    let Gate::Refused(Refusal::MaskedArguments(report)) = refused else {
+        panic!("masked arguments must be refused by default: {refused:?}");
+    };
+    assert_eq!(report.spans[0].pointer, "/sql");
+    assert_eq!((report.spans[0].offset, report.spans[0].length), (Some(11), Some(21)));
+    assert_eq!(state.approvals.store.pending_count("alice").await.unwrap(), 0);
+
+    // show_clear: asked, flagged, the clear text in memory only.
+    spec.masked_arguments = MaskedArguments::ShowClear;
+    let c = call("alice", &params, &masked, &spec);
+    let Gate::Stopped(approval) = state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap() else {
+        panic!("a show_clear call waits for its approval");
+    };
+    let masking = approval.masking.clone().expect("the approval says it was masked");
+    assert_eq!(masking.mode, MaskedArguments::ShowClear);
+    assert_eq!(
+        state.approvals.clear_arguments(&approval.id),
+        Some(json!({"sql": secret}))
+    );
+    assert!(state.approvals.readable(&approval));
+    let stored = state.approvals.store.get(&approval.id).await.unwrap().unwrap();
+    assert_eq!(stored.masking, Some(masking));
+    assert_eq!(stored.arguments, masked);
+    let requested = records_of(&state, c.request_id).await;
+    assert!(!serde_json::to_string(&requested).unwrap().contains("AKIA"));
+    assert_eq!(requested[0]["masked"]["spans"][0]["kind"], "aws_access_key");
+
+    // Without the clear text (a restart), it cannot be approved; a denial still works.
+    let bob = crate::identity::Principal {
+        subject: "bob".into(),
+        groups: ["ops".to_owned()].into(),
+    };
+    state.approvals.forget_clear(&[&approval.id]);
+    assert!(!state.approvals.readable(&approval));
+    assert!(matches!(
+        state.approvals.decide(&state, &approval.id, &bob, true, None).await,
+        Err(DecideError::Unreadable(_))
+    ));
+    // The caller's retry puts it back; the decision drops it from memory.
+    let Gate::Stopped(again) = state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap() else {
+        panic!("the retry joins the pending approval");
+    };
+    assert_eq!(again.id, approval.id);
+    assert!(state.approvals.readable(&approval));
+    state
+        .approvals
+        .decide(&state, &approval.id, &bob, true, None)
+        .await
+        .unwrap();
+    assert_eq!(state.approvals.clear_arguments(&approval.id), None);
+    server.stop();
 }

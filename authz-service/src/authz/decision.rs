@@ -223,6 +223,7 @@ fn status_code(status: u16) -> HttpStatusCode {
         403 => HttpStatusCode::Forbidden,
         404 => HttpStatusCode::NotFound,
         413 => HttpStatusCode::PayloadTooLarge,
+        429 => HttpStatusCode::TooManyRequests,
         503 => HttpStatusCode::ServiceUnavailable,
         _ => HttpStatusCode::InternalServerError,
     }
@@ -436,6 +437,17 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                         );
                         extra.push(used);
                         grant = Some(hold);
+                    }
+                    Ok(Gate::Refused(refusal)) => {
+                        tracing::info!(request_id, reason = %refusal.reason(), "A call that needs approval was refused.");
+                        let mut denial = Denial::new(
+                            refusal.http_status(),
+                            refusal.jsonrpc_code(),
+                            refusal.message(),
+                            format!("{rule} requires approval; refused: {}", refusal.reason()),
+                        );
+                        denial.data = Some(json!({"approval_refused": refusal.data()}));
+                        return deny(record, denial, request_id);
                     }
                     Ok(Gate::Stopped(approval)) => {
                         if let Some(obj) = record.as_object_mut() {

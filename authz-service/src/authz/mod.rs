@@ -96,7 +96,8 @@ impl Authorization for AuthzService {
             data: std::mem::take(&mut decided.record),
         }];
         records.append(&mut decided.extra);
-        let (committed, used_grant) = commit(state, records, decided.grant.take()).await;
+        let (committed, grant) = commit(state, records, decided.grant.take()).await;
+        let used_grant = grant.is_some();
         let response = match committed {
             Ok(record) => {
                 tracing::info!(
@@ -125,34 +126,43 @@ impl Authorization for AuthzService {
             }
         };
         state.metrics.check_latency.observe(started.elapsed());
+        // Kept only here, with nothing left to wait for: had Envoy given up on the Check
+        // at any await above, this future was dropped with the grant, which gave the use
+        // back and recorded that (`use_returned`) after its committed `used`.
+        if let Some(grant) = grant {
+            grant.keep();
+        }
         Ok(tonic::Response::new(response))
     }
 }
 
-/// Commits a decision's records. With an approval's grant, the commit and the grant's fate
-/// go together in their own task: if Envoy gives up on the Check meanwhile, a committed `used`
-/// still keeps its use, and an uncommitted one gives it back. Returns whether a grant was kept.
+/// Commits a decision's records. With an approval's grant, the commit runs in its own task
+/// (a Check Envoy gives up on must not stop it half-way) and hands the grant back once its
+/// `used` record is committed; an uncommitted one is dropped there, giving the use back.
+/// The caller keeps the grant when it answers.
 async fn commit(
     state: &AppState,
     records: Vec<NewRecord>,
     grant: Option<GrantUse>,
-) -> (Result<gatehouse_core::audit::Record, AuditError>, bool) {
+) -> (Result<gatehouse_core::audit::Record, AuditError>, Option<GrantUse>) {
     let first = |r: Result<Vec<_>, AuditError>| r.map(|mut r| r.swap_remove(0));
-    let Some(grant) = grant else {
+    let Some(mut grant) = grant else {
         // The common case: no state to keep in step, no task to spawn.
-        return (first(state.audit.append(records).await), false);
+        return (first(state.audit.append(records).await), None);
     };
     let audit = state.audit.clone();
     tokio::spawn(async move {
         let result = first(audit.append(records).await);
-        let kept = result.is_ok();
-        if kept {
-            grant.keep();
+        match result {
+            Ok(record) => {
+                grant.recorded(&audit);
+                (Ok(record), Some(grant))
+            }
+            Err(error) => (Err(error), None),
         }
-        (result, kept)
     })
     .await
-    .unwrap_or_else(|e| (Err(AuditError::Invalid(format!("commit task failed: {e}"))), false))
+    .unwrap_or_else(|e| (Err(AuditError::Invalid(format!("commit task failed: {e}"))), None))
 }
 
 fn log_audit_failure(request_id: &str, error: &AuditError) {

@@ -405,3 +405,82 @@ async fn a_changed_policy_is_reloaded_and_a_bad_one_is_refused() {
     assert!(server.state.metrics.policy_reload_errors.get() >= 1);
     server.stop();
 }
+
+/// Polls `fut` once; whether it finished.
+async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx).is_ready())).await
+}
+
+#[tokio::test]
+async fn a_check_envoy_abandons_after_its_used_record_gives_the_use_back_and_says_so() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = POLICY.replace("hold_seconds: 0}", "hold_seconds: 0, single_use: false}");
+    let server = Server::start(test_support::config_with(dir.path(), &policy))
+        .await
+        .unwrap();
+    let state = server.state.clone();
+    let auth = token(&server, "alice", &["eng"]);
+    let body = call("add", json!({"a": 1, "b": 2}));
+    let ask = |rid: &str| {
+        check(
+            &[("authorization", &auth), ("x-gatehouse-request-id", rid)],
+            &body,
+            Some("everything"),
+        )
+    };
+    let service = super::AuthzService::new(state.clone());
+    // Asked, then approved by bob.
+    service.check(tonic::Request::new(ask(RID))).await.unwrap();
+    let pending = state
+        .approvals
+        .store()
+        .list(Some(crate::approvals::Status::Pending), 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let bob = crate::identity::Principal {
+        subject: "bob".into(),
+        groups: ["approvers".to_owned()].into(),
+    };
+    state
+        .approvals
+        .decide(&state, &pending.id, &bob, true, None)
+        .await
+        .unwrap();
+
+    // A Check whose `used` record is committed, dropped before it answers (Envoy gave up).
+    // The commit runs in a task of its own; it may finish just before a poll, and then the
+    // Check answers: that call went through, so try again with the next request id.
+    let mut delivered = 0;
+    let abandoned = 'attempts: {
+        for n in 1..=20 {
+            let rid = format!("{n:032x}");
+            let mut fut = Box::pin(service.check(tonic::Request::new(ask(&rid))));
+            loop {
+                if poll_once(&mut fut).await {
+                    delivered += 1;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let events: Vec<_> = records(&server, &rid).await.into_iter().map(|r| r.data).collect();
+                if events.iter().any(|d| d["event"] == "used") {
+                    drop(fut);
+                    break 'attempts rid;
+                }
+            }
+        }
+        panic!("no Check was caught between its commit and its answer");
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = state.approvals.store().get(&pending.id).await.unwrap().unwrap();
+    assert_eq!(after.uses, delivered, "the abandoned call's use was given back");
+    let events: Vec<Value> = records(&server, &abandoned)
+        .await
+        .into_iter()
+        .filter(|r| r.data.get("event").is_some())
+        .map(|r| r.data["event"].clone())
+        .collect();
+    assert_eq!(events, [json!("used"), json!("use_returned")]);
+    server.stop();
+}

@@ -59,6 +59,16 @@ pub struct Approvals {
     /// The approvers' page (in JSON-RPC errors and notifications).
     pub ui_url: Url,
     pub webhook: Option<Webhook>,
+    /// The `aud` of approvers' tokens (`/v1/approvals`, the page); never `identity.audience`.
+    pub audience: String,
+    /// Calls of one caller held in a Check at once; more are refused, not held.
+    pub max_held_per_caller: u32,
+    /// Pending approvals one caller may have open; a new one beyond is refused.
+    pub max_pending_per_caller: u32,
+    /// Calls held in Checks at once over all callers: each holds an Envoy connection to
+    /// the service for up to its hold time, so Envoy's circuit breaker on the ext_authz
+    /// cluster is sized from this (plus headroom for the calls that do not wait).
+    pub max_held: u32,
 }
 
 /// A Slack-compatible incoming webhook. Its URL is a secret: never log it.

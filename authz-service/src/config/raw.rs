@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// `approvals:`: where approvers decide and whom to notify.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approvals {
     /// The approvers' page as they reach it (default: `http://{service.rest_listen}/ui`).
@@ -37,6 +37,42 @@ pub struct Approvals {
     pub ui_url: Option<String>,
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// The `aud` approvers' tokens must carry: distinct from `identity.audience`, so a
+    /// token an agent holds for MCP can never approve.
+    #[serde(default = "default_approvals_audience")]
+    pub audience: String,
+    #[serde(default = "default_max_held_per_caller")]
+    pub max_held_per_caller: u32,
+    #[serde(default = "default_max_pending_per_caller")]
+    pub max_pending_per_caller: u32,
+    #[serde(default = "default_max_held")]
+    pub max_held: u32,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self {
+            ui_url: None,
+            webhook: None,
+            audience: default_approvals_audience(),
+            max_held_per_caller: default_max_held_per_caller(),
+            max_pending_per_caller: default_max_pending_per_caller(),
+            max_held: default_max_held(),
+        }
+    }
+}
+
+fn default_approvals_audience() -> String {
+    "gatehouse-approvals".into()
+}
+fn default_max_held_per_caller() -> u32 {
+    8
+}
+fn default_max_pending_per_caller() -> u32 {
+    20
+}
+fn default_max_held() -> u32 {
+    256
 }
 
 /// A Slack-compatible incoming webhook (`{"text": ...}`), told of every new approval.
@@ -739,7 +775,7 @@ impl Config {
                 }
             }
         }
-        let approvals = validate_approvals(self.approvals, rest_listen, &mut p);
+        let approvals = validate_approvals(self.approvals, rest_listen, &self.identity.audience, &mut p);
         let admin_listen = p.addr("envoy.admin_listen", &e.admin_listen);
         if admin_listen.is_some_and(|a| !a.ip().is_loopback()) && !e.admin_allow_remote {
             p.add(
@@ -830,7 +866,34 @@ impl Config {
     }
 }
 
-fn validate_approvals(a: Approvals, rest_listen: Option<SocketAddr>, p: &mut Problems) -> Option<super::Approvals> {
+fn validate_approvals(
+    a: Approvals,
+    rest_listen: Option<SocketAddr>,
+    mcp_audience: &str,
+    p: &mut Problems,
+) -> Option<super::Approvals> {
+    p.non_empty("approvals.audience", &a.audience);
+    if a.audience == mcp_audience {
+        p.add(
+            "approvals.audience",
+            "must differ from identity.audience (an MCP token must not be able to approve)",
+        );
+    }
+    for (field, value) in [
+        ("approvals.max_held_per_caller", a.max_held_per_caller),
+        ("approvals.max_pending_per_caller", a.max_pending_per_caller),
+        ("approvals.max_held", a.max_held),
+    ] {
+        if value == 0 {
+            p.add(field, "must be at least 1");
+        }
+    }
+    if a.max_held_per_caller > a.max_held {
+        p.add(
+            "approvals.max_held_per_caller",
+            "must not be more than approvals.max_held",
+        );
+    }
     let ui_url = match a.ui_url {
         Some(u) => p.url("approvals.ui_url", &u, &["http", "https"]),
         None => rest_listen.and_then(|r| Url::parse(&format!("http://{r}/ui")).ok()),
@@ -876,6 +939,10 @@ fn validate_approvals(a: Approvals, rest_listen: Option<SocketAddr>, p: &mut Pro
     Some(super::Approvals {
         ui_url: ui_url?,
         webhook,
+        audience: a.audience,
+        max_held_per_caller: a.max_held_per_caller,
+        max_pending_per_caller: a.max_pending_per_caller,
+        max_held: a.max_held,
     })
 }
 

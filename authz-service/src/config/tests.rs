@@ -343,3 +343,33 @@ fn an_aws_sigv4_credential_is_checked_as_sts_would() {
         assert!(errors.contains(expected), "{credentials}: {errors}");
     }
 }
+
+#[test]
+fn approvals_have_their_own_audience_and_caps() {
+    let c = Config::parse(GOOD, Path::new("/g.yaml")).unwrap();
+    assert_eq!(c.approvals.audience, "gatehouse-approvals");
+    assert_ne!(c.approvals.audience, c.identity.audience);
+    assert_eq!(
+        (
+            c.approvals.max_held_per_caller,
+            c.approvals.max_pending_per_caller,
+            c.approvals.max_held
+        ),
+        (8, 20, 256)
+    );
+    let bad =
+        format!("{GOOD}approvals:\n  audience: gatehouse\n  max_held_per_caller: 300\n  max_pending_per_caller: 0\n");
+    let text = Config::parse(&bad, Path::new("/g.yaml")).unwrap_err().to_string();
+    assert!(
+        text.contains("approvals.audience: must differ from identity.audience"),
+        "{text}"
+    );
+    assert!(
+        text.contains("approvals.max_pending_per_caller: must be at least 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("approvals.max_held_per_caller: must not be more than approvals.max_held"),
+        "{text}"
+    );
+}

@@ -158,26 +158,49 @@ impl Verifier {
         })
     }
 
-    /// Verifies the value of an `Authorization` header.
+    /// Verifies the value of an `Authorization` header for MCP (`identity.audience`).
     pub async fn verify_header(&self, authorization: Option<&str>) -> Result<Principal, IdentityError> {
         let token = bearer_token(authorization).ok_or(IdentityError::Missing)?;
         self.verify(token).await
     }
 
-    /// Verifies a compact JWT.
+    /// Verifies the value of an `Authorization` header for another of the service's
+    /// audiences (the approvers' API): the same issuer, keys and groups, another `aud`.
+    pub async fn verify_header_for(
+        &self,
+        authorization: Option<&str>,
+        audience: &str,
+    ) -> Result<Principal, IdentityError> {
+        let token = bearer_token(authorization).ok_or(IdentityError::Missing)?;
+        self.verify_for(token, audience).await
+    }
+
+    /// Verifies a compact JWT for MCP (`identity.audience`).
     pub async fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let audience = self.cfg.audience.clone();
+        self.verify_for(token, &audience).await
+    }
+
+    async fn verify_for(&self, token: &str, audience: &str) -> Result<Principal, IdentityError> {
+        // The audience is part of the cache key: a token verified for one audience is
+        // not thereby verified for another.
+        let digest: [u8; 32] = Sha256::new()
+            .chain_update(audience.as_bytes())
+            .chain_update([0])
+            .chain_update(token.as_bytes())
+            .finalize()
+            .into();
         if let Some(p) = self.verified.lock().ok().and_then(|mut c| c.get(&digest)) {
             return Ok(p);
         }
-        let (principal, exp) = self.verify_signature(token).await?;
+        let (principal, exp) = self.verify_signature(token, audience).await?;
         if let Ok(mut c) = self.verified.lock() {
             c.put(digest, principal.clone(), exp);
         }
         Ok(principal)
     }
 
-    async fn verify_signature(&self, token: &str) -> Result<(Principal, u64), IdentityError> {
+    async fn verify_signature(&self, token: &str, audience: &str) -> Result<(Principal, u64), IdentityError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(IdentityError::UnsupportedAlgorithm);
@@ -211,7 +234,7 @@ impl Verifier {
         }
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.cfg.issuer]);
-        validation.set_audience(&[&self.cfg.audience]);
+        validation.set_audience(&[audience]);
         validation.leeway = self.cfg.leeway_seconds;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);

@@ -156,3 +156,34 @@ async fn a_cached_token_still_expires() {
     ));
     server.stop();
 }
+
+#[tokio::test]
+async fn a_token_is_good_for_its_own_audience_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let state = server.state.clone();
+    let dev = state.dev_issuer.as_ref().unwrap();
+    let approvals = state.config.approvals.audience.clone();
+    let groups: BTreeSet<String> = ["approvers".to_owned()].into();
+    let mcp = dev.mint("bob", &groups, "gatehouse", 60).unwrap();
+    let approver = dev.mint("bob", &groups, &approvals, 60).unwrap();
+    let header = |t: &str| format!("Bearer {t}");
+    // Each verified once for its own audience first, so a cached verification cannot leak.
+    assert!(state.identity.verify_header(Some(&header(&mcp))).await.is_ok());
+    assert!(
+        state
+            .identity
+            .verify_header_for(Some(&header(&approver)), &approvals)
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        state.identity.verify_header_for(Some(&header(&mcp)), &approvals).await,
+        Err(IdentityError::Invalid(_))
+    ));
+    assert!(matches!(
+        state.identity.verify_header(Some(&header(&approver))).await,
+        Err(IdentityError::Invalid(_))
+    ));
+    server.stop();
+}

@@ -40,6 +40,40 @@ pub struct ApprovalSpec {
     pub grant_seconds: u64,
     /// The grant is used up by the first call it lets through.
     pub single_use: bool,
+    /// What happens when masking changed the arguments approvers would read.
+    pub masked_arguments: MaskedArguments,
+}
+
+/// `approval.masked_arguments`: what approvers get when masking changed a call's arguments
+/// (they cannot approve text they could not read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskedArguments {
+    /// The call is refused with a clear error, before any approval is asked.
+    #[default]
+    Refuse,
+    /// Approvers (only they, over REST with their token) see the clear arguments, kept in
+    /// the service's memory while the approval is pending; records stay masked.
+    ShowClear,
+    /// Approvers see the masked arguments and what was masked where: for values approvers
+    /// need not read (verified secrets of bounded length).
+    ShowMasked,
+}
+
+impl MaskedArguments {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::ShowClear => "show_clear",
+            Self::ShowMasked => "show_masked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Refuse, Self::ShowClear, Self::ShowMasked]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
 }
 
 /// The facts of one request that rules look at.
@@ -184,6 +218,7 @@ impl Policy {
                         expires_seconds: a.expires_seconds,
                         grant_seconds: a.grant_seconds,
                         single_use: a.single_use,
+                        masked_arguments: a.masked_arguments,
                     })
                 }
             };
@@ -422,6 +457,8 @@ pub struct RawApproval {
     pub grant_seconds: u64,
     #[serde(default = "default_single_use")]
     pub single_use: bool,
+    #[serde(default)]
+    pub masked_arguments: MaskedArguments,
 }
 
 fn default_hold_seconds() -> u64 {

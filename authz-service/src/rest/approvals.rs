@@ -1,6 +1,7 @@
 //! REST for approvers: list and read approvals, approve or deny with a reason.
 //!
-//! Every call is made with the approver's own token. A caller sees the approvals their
+//! Every call is made with the approver's own token, issued for `approvals.audience`
+//! (never the MCP audience). A caller sees the approvals their
 //! groups may decide on and their own requests (auditors see all); only a member of the
 //! rule's approver group who is not the requester may decide.
 
@@ -15,7 +16,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, authenticate};
+use super::{ApiError, authenticate_for};
 use crate::{
     AppState,
     approvals::{Approval, DecideError, Status},
@@ -45,6 +46,12 @@ struct DecisionBody {
     reason: Option<String>,
 }
 
+/// The caller, by a token for the approvals audience: an MCP token (`identity.audience`)
+/// is refused, so an agent can never approve with the token it calls tools with.
+async fn approver(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    authenticate_for(state, headers, &state.config.approvals.audience).await
+}
+
 fn may_see(state: &AppState, caller: &Principal, a: &Approval) -> bool {
     caller.groups.contains(&a.approver_group)
         || caller.subject == a.subject
@@ -55,10 +62,24 @@ fn may_see(state: &AppState, caller: &Principal, a: &Approval) -> bool {
 fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
     let mut v = a.to_json();
     if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "can_decide".into(),
-            json!(a.refusal_for(caller, crate::approvals::now_ms()).is_none()),
-        );
+        let can_decide = a.refusal_for(caller, crate::approvals::now_ms()).is_none();
+        let readable = state.approvals.readable(a);
+        obj.insert("can_decide".into(), json!(can_decide));
+        // Approving needs arguments the approver can read; denying does not.
+        obj.insert("can_approve".into(), json!(can_decide && readable));
+        if a.status == Status::Pending
+            && let Some(masked) = obj.get_mut("masked").and_then(Value::as_object_mut)
+        {
+            masked.insert("clear_available".into(), json!(readable));
+        }
+        // The clear arguments go to the approver group only (not the requester's other
+        // views, not auditors), and only while pending: they are never stored.
+        if caller.groups.contains(&a.approver_group)
+            && a.status == Status::Pending
+            && let Some(clear) = state.approvals.clear_arguments(&a.id)
+        {
+            obj.insert("arguments_clear".into(), clear);
+        }
         obj.insert(
             "approver_url".into(),
             json!(crate::approvals::notify::approver_url(state, &a.id)),
@@ -77,7 +98,7 @@ async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = approver(&state, &headers).await?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -109,7 +130,7 @@ async fn one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = approver(&state, &headers).await?;
     state.approvals.expire_due(&state).await.map_err(unavailable)?;
     match state.approvals.store().get(&id).await.map_err(unavailable)? {
         // Someone else's approval is "not found" too: ids are not to be probed.
@@ -143,7 +164,7 @@ async fn decide(
     body: Result<Json<DecisionBody>, JsonRejection>,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = approver(&state, &headers).await?;
     let body = match body {
         Ok(Json(b)) => b,
         // An approval may come without a body at all.
@@ -165,6 +186,7 @@ async fn decide(
             Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
         }
         Err(e @ DecideError::Invalid(_)) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e @ DecideError::Unreadable(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
         Err(DecideError::Conflict(a)) => {
             let mut e = ApiError::new(
                 StatusCode::CONFLICT,

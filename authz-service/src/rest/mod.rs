@@ -142,8 +142,13 @@ async fn dev_jwks(State(state): State<Arc<AppState>>) -> Response {
 
 /// The caller, from their bearer token.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    authenticate_for(state, headers, &state.config.identity.audience).await
+}
+
+/// [`authenticate`] for a token of another of the service's audiences.
+async fn authenticate_for(state: &AppState, headers: &HeaderMap, audience: &str) -> Result<Principal, ApiError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match state.identity.verify_header(auth).await {
+    match state.identity.verify_header_for(auth, audience).await {
         Ok(p) => Ok(p),
         Err(IdentityError::KeysUnavailable(detail)) => {
             tracing::warn!(detail, "Cannot verify a REST caller's token.");

@@ -347,6 +347,11 @@
       requestId: q("request-id"),
       approvalId: q("approval-id"),
       args: q("args"),
+      masked: q("masked-warning"),
+      maskedSummary: q("masked-summary"),
+      maskedSpans: q("masked-spans"),
+      argsClearTitle: q("args-clear-title"),
+      argsClear: q("args-clear"),
       reason: q("reason"),
       approve: q("approve"),
       deny: q("deny"),
@@ -380,17 +385,56 @@
     setText(row.requestId, text(a.request_id));
     setText(row.approvalId, a.id);
     setText(row.args, a.arguments === undefined ? "(none)" : JSON.stringify(a.arguments, null, 2));
+    renderMasked(row, a);
     renderTimes(row);
 
     const allowed = a.can_decide === true;
+    // Approving needs arguments the approver can read (the server refuses it too).
+    const approvable = allowed && a.can_approve !== false;
     row.root.dataset.canDecide = String(allowed);
     row.root.classList.toggle("readonly", !allowed);
     row.root.classList.toggle("busy", row.busy);
     row.reason.disabled = !allowed || row.busy;
-    row.approve.disabled = !allowed || row.busy;
+    row.approve.disabled = !approvable || row.busy;
     row.deny.disabled = !allowed || row.busy;
     row.note.hidden = allowed;
     if (!allowed) setText(row.note, whyNot(a));
+  }
+
+  // Masking changed the arguments: say what, where and how long, and show the clear
+  // arguments when the server gives them (approvers only, while pending).
+  function renderMasked(row, a) {
+    const m = a.masked && typeof a.masked === "object" ? a.masked : null;
+    row.masked.hidden = !m;
+    const hasClear = a.arguments_clear !== undefined;
+    row.argsClear.hidden = !hasClear;
+    row.argsClearTitle.hidden = !hasClear;
+    if (hasClear) setText(row.argsClear, JSON.stringify(a.arguments_clear, null, 2));
+    if (!m) return;
+    let summary = "Masking changed these arguments: " + text(m.summary) + ".";
+    if (m.mode === "show_clear") {
+      summary += m.clear_available === false
+        ? " Their clear text is no longer held (the service restarted): this call cannot be approved; deny it or wait for the caller to send it again."
+        : " Read the clear arguments below before you approve.";
+    } else {
+      summary += " You see them masked: approve only if the masked values need no reading.";
+    }
+    setText(row.maskedSummary, summary);
+    const spans = Array.isArray(m.spans) ? m.spans : [];
+    const items = spans.map((s) => {
+      const li = document.createElement("li");
+      const where = (s.pointer ? s.pointer : "(the arguments)") + (s.inner_pointer ? " → JSON " + s.inner_pointer : "");
+      const at = typeof s.offset === "number" ? ", at character " + s.offset : "";
+      const len = typeof s.length === "number" ? ", " + s.length + " characters" : ", length unknown";
+      li.textContent = text(s.kind) + " in " + where + at + len;
+      return li;
+    });
+    if (typeof m.more === "number" && m.more > 0) {
+      const li = document.createElement("li");
+      li.textContent = m.more + " more";
+      items.push(li);
+    }
+    row.maskedSpans.replaceChildren(...items);
   }
 
   function whyNot(a) {

@@ -314,9 +314,8 @@ const INGEST_CONCURRENCY: u64 = 1024;
 
 /// Envoy's default breaker (1,024 requests) let held approvals starve every other Check;
 /// the service caps held calls, so the breaker is sized to hold them all and the headroom.
-fn check_concurrency(_config: &Config) -> u64 {
-    // TODO(merge): config.approvals.max_held
-    256 + CHECK_HEADROOM
+fn check_concurrency(config: &Config) -> u64 {
+    u64::from(config.approvals.max_held) + CHECK_HEADROOM
 }
 
 /// A cluster of the service's gRPC listener: HTTP/2, mTLS when configured, and a circuit

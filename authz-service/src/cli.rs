@@ -79,7 +79,8 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Recompute every writer's hash chain and check its signed checkpoints; exits 1 and
-    /// names the first broken record.
+    /// names the first broken record, records of an unknown writer, an unvouched tail longer
+    /// than `every_records + max_batch`, or conflicting filter records.
     Verify {
         #[arg(long, default_value = "gatehouse.yaml")]
         config: PathBuf,
@@ -89,6 +90,12 @@ enum AuditCommand {
         /// A checkpoint log kept outside the store. Defaults to audit.checkpoint.log_file.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+    },
+    /// List requests with conflicting filter records (several different answers recorded
+    /// for one response part, or several rejections); exits 1 if there are any.
+    Conflicts {
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
     },
     /// Print the checkpoint public key (PEM) for auditors to keep apart from the store.
     PublicKey {
@@ -174,6 +181,11 @@ impl Cli {
                 return audit_verify(&load(&config)?, public_key, checkpoints).await;
             }
             Command::Audit {
+                command: AuditCommand::Conflicts { config },
+            } => {
+                return audit_conflicts(&load(&config)?).await;
+            }
+            Command::Audit {
                 command: AuditCommand::PublicKey { config },
             } => {
                 let config = load(&config)?;
@@ -215,42 +227,80 @@ async fn audit_verify(
         }
         None => Vec::new(),
     };
-    match verify::verify_store_with(&store, key.as_ref(), &external).await {
-        Ok(v) => {
-            let total: u64 = v.writers.iter().map(|w| w.records).sum();
-            println!("Audit trail verified: {total} records.");
-            for w in &v.writers {
-                println!(
-                    "  writer {}: {} records, chain intact, {} signed checkpoints, {} records after the newest",
-                    w.writer, w.records, w.checkpoints, w.unvouched
-                );
-            }
-            if key.is_none() {
-                println!("  (no checkpoint key: a rewritten chain or a deleted tail would not be detected)");
-            }
-            // The writer signs a checkpoint at least every `every_records` (plus one commit
-            // batch, and on shutdown): more unvouched records than that means checkpoints
-            // were deleted, or the writer crashed before its next one.
-            if let Some(policy) = &config.audit.checkpoint
-                && let Some(w) = v
-                    .writers
-                    .iter()
-                    .find(|w| w.unvouched > policy.every_records + config.audit.max_batch as u64)
-            {
-                println!(
-                    "Audit trail SUSPECT: writer {} has {} records after its newest checkpoint.",
-                    w.writer, w.unvouched
-                );
-                return Ok(ExitCode::from(1));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    let verified = match verify::verify_store_with(&store, key.as_ref(), &external).await {
+        Ok(v) => v,
         Err(verify::VerifyError::Broken(b)) => {
             println!("Audit trail BROKEN at record {}: {b}", b.seq());
-            Ok(ExitCode::from(1))
+            return Ok(ExitCode::from(1));
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let total: u64 = verified.writers.iter().map(|w| w.records).sum();
+    println!("Audit trail chains verified: {total} records.");
+    for w in &verified.writers {
+        println!(
+            "  writer {}: {} records, chain intact, {} signed checkpoints, vouched for up to record {}, {} records after it",
+            w.writer, w.records, w.checkpoints, w.vouched, w.unvouched
+        );
+        if key.is_some() {
+            // What a checkpoint cannot show: records deleted from a tail it never saw.
+            println!(
+                "    nothing after record {} is vouched for by a checkpoint: records deleted after it would not show",
+                w.vouched
+            );
+        }
     }
+    if key.is_none() {
+        println!("  (no checkpoint key: a rewritten chain or a deleted tail would not be detected)");
+    }
+    let trust = verify::Trust {
+        writers: vec![config.audit.writer_id.clone()],
+        checkpoints: key.is_some(),
+        unvouched_limit: config
+            .audit
+            .checkpoint
+            .as_ref()
+            .map(|c| c.every_records + config.audit.max_batch as u64),
+    };
+    let untrusted = trust.check(&verified);
+    for u in &untrusted {
+        println!("Audit trail SUSPECT at record {}: {u}", u.seq());
+    }
+    let conflicts = store.conflicts(CONFLICTS_SHOWN).await?;
+    print_conflicts(&conflicts);
+    if !untrusted.is_empty() || !conflicts.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
+    println!("Audit trail verified.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The most conflicts `audit verify` and `audit conflicts` list.
+const CONFLICTS_SHOWN: u32 = 1000;
+
+fn print_conflicts(conflicts: &[crate::audit::Conflict]) {
+    for c in conflicts {
+        let records: Vec<String> = c.records.iter().map(|(w, seq)| format!("{w}:{seq}")).collect();
+        let part = c.part.map_or_else(String::new, |p| format!(" part {p}"));
+        println!(
+            "Audit trail CONFLICT: request {} has {} different {}{part} records (writer:record {}); only one can be the filter's",
+            c.request_id,
+            c.records.len(),
+            c.kind,
+            records.join(", ")
+        );
+    }
+}
+
+async fn audit_conflicts(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&config.audit.database, std::time::Duration::from_secs(5)).await?;
+    let conflicts = store.conflicts(CONFLICTS_SHOWN).await?;
+    if conflicts.is_empty() {
+        println!("No conflicting records.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_conflicts(&conflicts);
+    Ok(ExitCode::from(1))
 }
 
 async fn shutdown_signal() {

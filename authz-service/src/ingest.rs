@@ -3,10 +3,20 @@
 //! A batch is acknowledged only after its records are committed, so the filter keeps (and
 //! retries) anything the store did not take. A rejection's bearer token is verified to name
 //! the caller and then dropped: it is never stored or logged.
+//!
+//! Anyone who reaches the listener can send records, and a request id is in every answer.
+//! So a response is taken only for a request whose request record is committed (a rejection
+//! only for one that has none), and a record that differs from a stored one for the same
+//! request and part is stored flagged as a conflict rather than dropped: a forgery that
+//! arrives first cannot push the filter's record out of the trail.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
-use gatehouse_core::audit::RecordKind;
+use gatehouse_core::audit::{RecordKind, canonical_json};
 use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
 use gatehouse_proto::audit::v1::{
     IngestAck, IngestBatch, RequestRejected, ResponseObserved, audit_ingest_server::AuditIngest,
@@ -14,7 +24,10 @@ use gatehouse_proto::audit::v1::{
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::{AppState, audit::NewRecord};
+use crate::{
+    AppState,
+    audit::{IngestView, NewRecord},
+};
 
 /// The most filter sources whose drop counters are tracked at once.
 const MAX_SOURCES: usize = 4096;
@@ -23,6 +36,7 @@ pub struct IngestService {
     state: Arc<AppState>,
     /// The latest `dropped_total` each filter source reported.
     dropped: Mutex<HashMap<String, u64>>,
+    claims: Claims,
 }
 
 impl IngestService {
@@ -30,6 +44,7 @@ impl IngestService {
         Self {
             state,
             dropped: Mutex::default(),
+            claims: Claims::default(),
         }
     }
 }
@@ -42,47 +57,68 @@ impl AuditIngest for IngestService {
         state.metrics.ingest_batches.inc();
         self.note_dropped(&batch).await;
 
-        // A batch whose answer was lost (timeout after the commit) comes again: keep each
-        // response part and each rejection once.
+        // Records of one request are decided one batch at a time: two deliveries of the
+        // same batch (a retry racing a slow first attempt) must not both look new.
         let ids: Vec<&str> = batch
             .responses
             .iter()
             .map(|r| r.request_id.as_str())
             .chain(batch.rejections.iter().map(|r| r.request_id.as_str()))
             .collect();
-        let seen = match state.audit.store().already_ingested(&ids).await {
-            Ok(seen) => seen,
+        let _claim = self.claims.claim(&ids).await;
+        let parts: Vec<u64> = batch.responses.iter().map(|r| u64::from(r.part)).collect();
+        let mut view = match state.audit.store().ingest_view(&ids, &parts).await {
+            Ok(view) => view,
             Err(error) => {
                 tracing::error!(%error, "Could not read the audit store; the filter will retry.");
                 return Err(tonic::Status::unavailable("audit store unavailable"));
             }
         };
         let mut records = Vec::with_capacity(batch.responses.len() + batch.rejections.len());
-        for r in batch
-            .responses
-            .iter()
-            .filter(|r| !seen.contains(&(r.request_id.clone(), Some(u64::from(r.part)))))
-        {
-            records.push(NewRecord {
-                kind: RecordKind::Response,
-                request_id: r.request_id.clone(),
-                data: response_data(r, &batch.source, &state.masker),
-            });
+        let mut refused = 0_u64;
+        for r in &batch.responses {
+            // The request record is committed before Envoy forwards, so a genuine answer
+            // always finds it: one that does not was made up by someone else.
+            if !view.requested.contains(&r.request_id) {
+                refused += 1;
+                continue;
+            }
+            let data = response_data(r, &batch.source, &state.masker);
+            if let Some(data) = admit(&mut view, &r.request_id, Some(u64::from(r.part)), data, state) {
+                records.push(NewRecord {
+                    kind: RecordKind::Response,
+                    request_id: r.request_id.clone(),
+                    data,
+                });
+            }
         }
-        for r in batch
-            .rejections
-            .iter()
-            .filter(|r| !seen.contains(&(r.request_id.clone(), None)))
-        {
+        for r in &batch.rejections {
+            // The filter rejects before ext_authz sees the request: a genuine rejection
+            // never has a request record.
+            if view.requested.contains(&r.request_id) {
+                refused += 1;
+                continue;
+            }
             let subject = match r.bearer_token.as_str() {
                 "" => None,
                 token => state.identity.verify(token).await.ok().map(|p| p.subject),
             };
-            records.push(NewRecord {
-                kind: RecordKind::RequestRejected,
-                request_id: r.request_id.clone(),
-                data: rejection_data(r, subject, &batch.source),
-            });
+            let data = rejection_data(r, subject, &batch.source);
+            if let Some(data) = admit(&mut view, &r.request_id, None, data, state) {
+                records.push(NewRecord {
+                    kind: RecordKind::RequestRejected,
+                    request_id: r.request_id.clone(),
+                    data,
+                });
+            }
+        }
+        if refused > 0 {
+            state.metrics.ingest_refused.add(refused);
+            tracing::warn!(
+                source = %batch.source,
+                refused,
+                "Refused ingested records: responses to requests with no committed request record, or rejections of requests that have one."
+            );
         }
         let accepted = records.len() as u32;
         state.metrics.ingest_records.add(u64::from(accepted));
@@ -114,6 +150,103 @@ impl IngestService {
                 .filter_dropped_reported
                 .add(batch.dropped_total - previous);
         }
+    }
+}
+
+/// Whether a filter record is stored, and with what data: an identical copy of a stored
+/// record is a retry (nothing stored); a different one for the same request and part is
+/// stored with `"conflict": true`, so neither version is lost and auditors see both.
+fn admit(view: &mut IngestView, request_id: &str, part: Option<u64>, data: Value, state: &AppState) -> Option<Value> {
+    let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
+    // A rejection retried after its token expired (or while the issuer's keys could not be
+    // fetched) names no subject: the stored delivery that does is the same record.
+    let lost_subject = data.get("subject").is_some_and(Value::is_null);
+    let canonical = unflagged(&data, lost_subject);
+    if stored.iter().any(|s| unflagged(s, lost_subject) == canonical) {
+        return None;
+    }
+    let conflict = !stored.is_empty();
+    stored.push(data.clone());
+    if !conflict {
+        return Some(data);
+    }
+    state.metrics.ingest_conflicts.inc();
+    let source = data.get("source").and_then(|s| s.as_str()).unwrap_or("-");
+    tracing::warn!(
+        request_id,
+        part,
+        source,
+        "An ingested record differs from the stored one for the same request and part; both are kept, this one flagged as a conflict."
+    );
+    let mut data = data;
+    if let Value::Object(fields) = &mut data {
+        fields.insert("conflict".into(), Value::Bool(true));
+    }
+    Some(data)
+}
+
+/// A filter record's data as hashed, without what the service added (the conflict flag, and
+/// with `without_subject` the subject it verified): what two deliveries of one record have in
+/// common.
+fn unflagged(data: &Value, without_subject: bool) -> Vec<u8> {
+    match data {
+        Value::Object(fields) => {
+            let mut fields = fields.clone();
+            fields.remove("conflict");
+            if without_subject {
+                fields.remove("subject");
+            }
+            canonical_json(&Value::Object(fields))
+        }
+        other => canonical_json(other),
+    }
+}
+
+/// The request ids whose records an ingest is deciding on right now.
+#[derive(Default)]
+struct Claims {
+    held: std::sync::Mutex<HashSet<String>>,
+    released: tokio::sync::Notify,
+}
+
+/// Releases its request ids when dropped (the ingest finished or was cancelled).
+struct Claim<'a> {
+    claims: &'a Claims,
+    ids: Vec<String>,
+}
+
+impl Claims {
+    /// Waits until no other ingest holds any of `ids`, then holds them.
+    async fn claim(&self, ids: &[&str]) -> Claim<'_> {
+        loop {
+            // Registered before the check, so a release between the check and the wait
+            // still wakes this task.
+            let released = self.released.notified();
+            {
+                let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !ids.iter().any(|id| held.contains(*id)) {
+                    let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+                    held.extend(ids.iter().cloned());
+                    return Claim { claims: self, ids };
+                }
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut held = self
+            .claims
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &self.ids {
+            held.remove(id);
+        }
+        drop(held);
+        self.claims.released.notify_waiters();
     }
 }
 
@@ -227,31 +360,155 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_retried_batch_is_stored_once_and_rejections_name_the_caller() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = test_support::start(dir.path()).await;
-        let token = server
+    async fn client(server: &crate::server::Server) -> AuditIngestClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
+        AuditIngestClient::new(channel.connect().await.unwrap())
+    }
+
+    /// The request record the service commits before Envoy forwards request `id`.
+    async fn requested(server: &crate::server::Server, id: &str) {
+        server
+            .state
+            .audit
+            .append_one(RecordKind::Request, id, json!({"decision": "allow"}))
+            .await
+            .unwrap();
+    }
+
+    fn alice_token(server: &crate::server::Server) -> String {
+        server
             .state
             .dev_issuer
             .as_ref()
             .unwrap()
             .mint("alice", &BTreeSet::new(), "gatehouse", 60)
-            .unwrap();
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
-        let mut client = AuditIngestClient::new(channel.connect().await.unwrap());
+            .unwrap()
+    }
+
+    fn filter_records(all: &[gatehouse_core::audit::Record]) -> Vec<&gatehouse_core::audit::Record> {
+        all.iter().filter(|r| r.kind != "request").collect()
+    }
+
+    #[tokio::test]
+    async fn a_retried_batch_is_stored_once_and_rejections_name_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        requested(&server, &"a".repeat(32)).await;
+        let token = alice_token(&server);
+        let mut client = client(&server).await;
         assert_eq!(client.ingest(batch(&token)).await.unwrap().into_inner().accepted, 2);
         // The same batch again, as after a lost answer: nothing new.
         assert_eq!(client.ingest(batch(&token)).await.unwrap().into_inner().accepted, 0);
 
         let all = server.state.audit.store().list(&RecordQuery::default()).await.unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(filter_records(&all).len(), 2);
         let rejection = all.iter().find(|r| r.kind == "request_rejected").unwrap();
         assert_eq!(rejection.data["subject"], "alice");
         let stored = serde_json::to_string(&all).unwrap();
         assert!(!stored.contains(&token), "the bearer token must never be stored");
         let response = all.iter().find(|r| r.kind == "response").unwrap();
         assert_eq!(response.data["message"]["result"]["x"], 0.1);
+        assert!(response.data.get("conflict").is_none());
+        assert_eq!(server.state.metrics.ingest_conflicts.get(), 0);
+        server.stop();
+    }
+
+    #[tokio::test]
+    async fn a_different_record_for_a_stored_part_is_kept_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let id = "a".repeat(32);
+        requested(&server, &id).await;
+        let mut client = client(&server).await;
+        let mut forged = batch("");
+        forged.rejections.clear();
+        forged.responses[0].message = br#"{"jsonrpc":"2.0","id":1,"result":{"x":"forged"}}"#.to_vec();
+        assert_eq!(client.ingest(forged.clone()).await.unwrap().into_inner().accepted, 1);
+        let mut genuine = batch("");
+        genuine.rejections.clear();
+        assert_eq!(client.ingest(genuine.clone()).await.unwrap().into_inner().accepted, 1);
+        // Retries of either are still retries.
+        assert_eq!(client.ingest(genuine).await.unwrap().into_inner().accepted, 0);
+        assert_eq!(client.ingest(forged).await.unwrap().into_inner().accepted, 0);
+
+        let store = server.state.audit.store();
+        let responses = store.request_records(&id, 100).await.unwrap();
+        let responses: Vec<_> = responses.iter().filter(|r| r.kind == "response").collect();
+        assert_eq!(responses.len(), 2);
+        assert_eq!(responses[0].data["message"]["result"]["x"], "forged");
+        assert!(responses[0].data.get("conflict").is_none());
+        assert_eq!(responses[1].data["message"]["result"]["x"], 0.1);
+        assert_eq!(responses[1].data["conflict"], true);
+        assert_eq!(server.state.metrics.ingest_conflicts.get(), 1);
+        let conflicts = store.conflicts(10).await.unwrap();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].request_id, id);
+        assert_eq!(conflicts[0].part, Some(0));
+        let seqs: Vec<u64> = conflicts[0].records.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(seqs, vec![responses[0].seq, responses[1].seq]);
+        server.stop();
+    }
+
+    #[tokio::test]
+    async fn a_rejection_retried_after_its_token_expired_is_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let token = alice_token(&server);
+        let mut client = client(&server).await;
+        let mut first = batch(&token);
+        first.responses.clear();
+        assert_eq!(client.ingest(first.clone()).await.unwrap().into_inner().accepted, 1);
+        // The same delivery, now verifying to no one: nothing new, nothing flagged.
+        let mut retry = first.clone();
+        retry.rejections[0].bearer_token = "expired".into();
+        assert_eq!(client.ingest(retry).await.unwrap().into_inner().accepted, 0);
+        // A different rejection for the same request is a conflict, subject or not.
+        let mut other = first;
+        other.rejections[0].bearer_token = String::new();
+        other.rejections[0].reason = "something else".into();
+        assert_eq!(client.ingest(other).await.unwrap().into_inner().accepted, 1);
+        assert_eq!(server.state.metrics.ingest_conflicts.get(), 1);
+        server.stop();
+    }
+
+    #[tokio::test]
+    async fn records_that_cannot_be_the_filters_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let mut client = client(&server).await;
+        // A response to a request with no request record.
+        let mut unknown = batch("");
+        unknown.rejections.clear();
+        assert_eq!(client.ingest(unknown).await.unwrap().into_inner().accepted, 0);
+        // A rejection of a request the service decided on.
+        let decided = "b".repeat(32);
+        requested(&server, &decided).await;
+        let mut rejection = batch("");
+        rejection.responses.clear();
+        assert_eq!(client.ingest(rejection).await.unwrap().into_inner().accepted, 0);
+
+        let all = server.state.audit.store().list(&RecordQuery::default()).await.unwrap();
+        assert!(filter_records(&all).is_empty(), "{all:?}");
+        assert_eq!(server.state.metrics.ingest_refused.get(), 2);
+        server.stop();
+    }
+
+    #[tokio::test]
+    async fn concurrent_deliveries_of_one_batch_store_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        requested(&server, &"a".repeat(32)).await;
+        let client = client(&server).await;
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let mut client = client.clone();
+            sends.spawn(async move { client.ingest(batch("")).await.unwrap().into_inner().accepted });
+        }
+        let accepted: u32 = sends.join_all().await.into_iter().sum();
+        assert_eq!(accepted, 2);
+        let all = server.state.audit.store().list(&RecordQuery::default()).await.unwrap();
+        assert_eq!(filter_records(&all).len(), 2);
+        assert_eq!(server.state.metrics.ingest_conflicts.get(), 0);
         server.stop();
     }
 
@@ -259,8 +516,7 @@ mod tests {
     async fn a_rejection_with_a_forged_token_has_no_subject() {
         let dir = tempfile::tempdir().unwrap();
         let server = test_support::start(dir.path()).await;
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
-        let mut client = AuditIngestClient::new(channel.connect().await.unwrap());
+        let mut client = client(&server).await;
         client
             .ingest(batch("eyJhbGciOiJub25lIn0.eyJzdWIiOiJyb290In0."))
             .await

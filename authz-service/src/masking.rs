@@ -199,7 +199,8 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = hex::encode(rand::random::<[u8; 32]>());
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("Cannot create {}", dir.display()))?;
+                crate::private_file::create_private_dir(dir)
+                    .with_context(|| format!("Cannot create {}", dir.display()))?;
             }
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);

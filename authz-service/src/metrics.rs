@@ -64,6 +64,8 @@ pub struct Inner {
     pub ingest_batches: Counter,
     pub ingest_records: Counter,
     pub filter_dropped_reported: Counter,
+    pub ingest_refused: Counter,
+    pub ingest_conflicts: Counter,
     pub policy_reloads: Counter,
     pub policy_reload_errors: Counter,
     pub approvals_requested: Counter,
@@ -137,6 +139,16 @@ impl Metrics {
                 "gatehouse_filter_dropped_records",
                 "Records filters reported dropped (sum of the latest totals).",
                 &self.filter_dropped_reported,
+            ),
+            (
+                "gatehouse_ingest_refused_total",
+                "Ingested records refused: a response with no committed request record, or a rejection of a request that has one.",
+                &self.ingest_refused,
+            ),
+            (
+                "gatehouse_ingest_conflicts_total",
+                "Ingested records that differ from a stored record of the same request and part (stored, flagged).",
+                &self.ingest_conflicts,
             ),
             (
                 "gatehouse_policy_reloads_total{result=\"ok\"}",

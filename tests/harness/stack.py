@@ -269,8 +269,17 @@ class Stack:
             self.service.stop()
         return self.start_service()
 
+    def crash_service(self) -> None:
+        """SIGKILL the service: no shutdown checkpoint, nothing flushed but what was committed."""
+        if self.service:
+            self.service.kill()
+
     def verify(self) -> subprocess.CompletedProcess[str]:
         return gatehouse("audit", "verify", "--config", self.config_path, check=False)
+
+    def audit_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`gatehouse audit ARGS --config <this stack's>`, not checked."""
+        return gatehouse("audit", *args, "--config", self.config_path, check=False)
 
     def log_sections(self) -> list[tuple[str, str]]:
         return self.procs.log_sections()
@@ -372,8 +381,11 @@ def write_config(
     upstream_ca_file: Path | None = None,
     upstream_credentials: dict[str, Any] | None = None,
     grpc_plaintext: bool = False,
+    audit: dict[str, Any] | None = None,
 ) -> Path:
-    """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
+    """`audit`: keys of the config's `audit:` section to set (a `checkpoint` given replaces
+    the default one).
+    `masking`: the config's `masking:` section as is (absent when None: the built-in rules).
     `grpc_plaintext`: the gRPC listener without mTLS (loopback only); by default Envoy and the
     service speak mTLS with the certificates of scripts/gen-tls.sh in `tls/`.
     `extra_upstreams`: more `upstreams:` entries, after the main one.
@@ -434,6 +446,8 @@ def write_config(
             "ext_authz_timeout_ms": ext_authz_timeout_ms,
         },
     }
+    if audit:
+        config["audit"].update(audit)
     if policy is not None:
         config["policy"] = {"rules": list(policy)}
     if approvals is not None:
@@ -465,6 +479,7 @@ def start_stack(
     upstream_ca_file: Path | None = None,
     upstream_credentials: dict[str, Any] | None = None,
     aws_sts: AwsSts | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -482,6 +497,7 @@ def start_stack(
     `upstream_tls`: the echo upstream serves HTTPS with this folder's server.crt/key;
     `upstream_ca_file`: the upstream's `ca_file` (the CAs its certificate must chain to).
     `upstream_credentials`: the upstream's `credentials:` (what the gateway sends it).
+    `audit`: keys of the config's `audit:` section to set (see `write_config`).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -539,6 +555,7 @@ def start_stack(
             ext_authz_timeout_ms=ext_authz_timeout_ms,
             upstream_ca_file=upstream_ca_file,
             upstream_credentials=upstream_credentials,
+            audit=audit,
             **ports,
         )
         stack = Stack(

@@ -81,12 +81,9 @@ pub fn signature_valid(key: &VerifyingKey, c: &Checkpoint) -> bool {
         .is_ok()
 }
 
-/// Appends a checkpoint as one JSON line and syncs it.
+/// Appends a checkpoint as one JSON line and syncs it (a new log is created 0600).
 pub fn append_to_log(path: &Path, c: &Checkpoint) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = crate::private_file::open_private_append(path)?;
     let mut line = serde_json::to_vec(c)?;
     line.push(b'\n');
     file.write_all(&line)?;

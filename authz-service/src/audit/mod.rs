@@ -17,7 +17,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-pub use store::{RecordQuery, Store};
+pub use store::{Conflict, IngestView, RecordQuery, Store};
 
 use crate::metrics::Metrics;
 
@@ -62,10 +62,17 @@ impl AuditLog {
         metrics: Metrics,
     ) -> Result<Self, AuditError> {
         let head = store.head(writer_id).await?;
+        // After a crash the newest records have no checkpoint yet: count from the newest one
+        // stored, so the first tick signs them rather than a full interval later.
+        let checkpointed = match &checkpoints {
+            Some(_) => store.checkpoints(writer_id).await?.last().map_or(0, |c| c.seq),
+            None => head.seq,
+        };
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
             store: store.clone(),
             head,
+            checkpointed,
             max_batch,
             checkpoints,
             metrics,
@@ -132,6 +139,8 @@ pub struct Checkpointer {
 struct Writer {
     store: Store,
     head: ChainHead,
+    /// The newest record a checkpoint vouches for.
+    checkpointed: u64,
     max_batch: usize,
     checkpoints: Option<Checkpointer>,
     metrics: Metrics,
@@ -141,7 +150,7 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
         let mut tick = tokio::time::interval(self.checkpoints.as_ref().map_or(Duration::from_secs(3600), |c| c.every));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut checkpointed = self.head.seq;
+        let mut checkpointed = self.checkpointed;
         loop {
             tokio::select! {
                 next = rx.recv() => {

@@ -1,6 +1,10 @@
 //! The SQLite store: one table of chained records, written in grouped transactions.
 
-use std::{collections::HashSet, str::FromStr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    time::Duration,
+};
 
 use gatehouse_core::audit::{ChainHead, Checkpoint, Record};
 use serde::Deserialize;
@@ -62,6 +66,26 @@ pub struct RecordQuery {
     pub limit: Option<u32>,
 }
 
+/// What [`Store::ingest_view`] found.
+#[derive(Debug, Default)]
+pub struct IngestView {
+    /// Requests with a committed request record.
+    pub requested: HashSet<String>,
+    /// Stored filter records by (request id, response part; `None` for a rejection): their
+    /// data.
+    pub stored: HashMap<(String, Option<u64>), Vec<serde_json::Value>>,
+}
+
+/// Several filter records for one request id and part (or rejection).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Conflict {
+    pub request_id: String,
+    pub kind: String,
+    pub part: Option<u64>,
+    /// (writer, seq) of each record, oldest first.
+    pub records: Vec<(String, u64)>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -71,12 +95,17 @@ impl Store {
     /// Opens (and creates) the database. Commits are synchronous (`synchronous=FULL`): a
     /// record the service acknowledged survives a crash or power loss.
     pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
-        if let Some(path) = url.strip_prefix("sqlite://")
-            && let Some(dir) = std::path::Path::new(path)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
+        // SQLite creates a database 0644 and gives its -wal and -shm the database's mode:
+        // create the file 0600 first (its folder 0700) and all three stay private.
+        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
+            && !path.is_empty()
+            && !path.starts_with(':')
         {
-            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+            let path = std::path::Path::new(path);
+            crate::private_file::ensure_private_file(path).map_err(sqlx::Error::Io)?;
+            if crate::private_file::is_shared(path) {
+                tracing::warn!(database = %path.display(), "The audit database can be read by other users than the service's; make it 0600.");
+            }
         }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -192,35 +221,87 @@ impl Store {
         .await
     }
 
-    /// Which of these requests already have records from the filter: `(id, Some(part))` for
-    /// each response part, `(id, None)` for a rejection.
-    pub async fn already_ingested(&self, request_ids: &[&str]) -> Result<HashSet<(String, Option<u64>)>, sqlx::Error> {
-        let mut seen = HashSet::new();
+    /// What the store holds for the filter's records of these requests: which have a
+    /// committed request record, and the data of each stored rejection and of each stored
+    /// response part among `parts` (to compare a record that comes again).
+    pub async fn ingest_view(&self, request_ids: &[&str], parts: &[u64]) -> Result<IngestView, sqlx::Error> {
+        let mut view = IngestView::default();
         let mut unique: Vec<&str> = request_ids.to_vec();
         unique.sort_unstable();
         unique.dedup();
-        for chunk in unique.chunks(500) {
+        let mut parts = parts.to_vec();
+        parts.sort_unstable();
+        parts.dedup();
+        let part_marks = vec!["?"; parts.len().max(1)].join(",");
+        for chunk in unique.chunks(400) {
             let marks = vec!["?"; chunk.len()].join(",");
-            // Only placeholders are spliced in; every id is bound.
+            // Only placeholders are spliced in; every id and part is bound. A request's
+            // record is read for its existence only; a response's data only for the parts
+            // asked about (a long stream has many).
             let sql = format!(
-                "SELECT request_id, kind, json_extract(data, '$.part') FROM audit_records
-                 WHERE kind IN ('response', 'request_rejected') AND request_id IN ({marks})"
+                "SELECT request_id, kind, json_extract(data, '$.part'),
+                        CASE WHEN kind = 'request' THEN NULL ELSE data END
+                 FROM audit_records
+                 WHERE request_id IN ({marks})
+                   AND (kind IN ('request', 'request_rejected')
+                        OR (kind = 'response' AND json_extract(data, '$.part') IN ({part_marks})))"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(*id);
             }
+            if parts.is_empty() {
+                query = query.bind(-1_i64);
+            }
+            for part in &parts {
+                query = query.bind(*part as i64);
+            }
             for row in query.fetch_all(&self.pool).await? {
+                let id: String = row.try_get(0)?;
                 let kind: String = row.try_get(1)?;
-                let part = if kind == "response" {
-                    row.try_get::<Option<i64>, _>(2)?.map(|p| p as u64)
-                } else {
-                    None
+                let part = match kind.as_str() {
+                    "request" => {
+                        view.requested.insert(id);
+                        continue;
+                    }
+                    "response" => row.try_get::<Option<i64>, _>(2)?.map(|p| p as u64),
+                    _ => None,
                 };
-                seen.insert((row.try_get(0)?, part));
+                let data: String = row.try_get::<Option<String>, _>(3)?.unwrap_or_default();
+                let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                view.stored.entry((id, part)).or_default().push(data);
             }
         }
-        Ok(seen)
+        Ok(view)
+    }
+
+    /// Filter records that share a request id and part with a different one (a rejection
+    /// has no part): each group, oldest first, with the (writer, seq) of its records.
+    pub async fn conflicts(&self, limit: u32) -> Result<Vec<Conflict>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT request_id, kind, json_extract(data, '$.part'),
+                    json_group_array(json_array(writer, seq))
+             FROM (SELECT * FROM audit_records WHERE kind IN ('response', 'request_rejected')
+                   ORDER BY recorded_at, writer, seq)
+             GROUP BY request_id, kind, json_extract(data, '$.part')
+             HAVING count(*) > 1
+             ORDER BY min(recorded_at)
+             LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let records: String = row.try_get(3)?;
+                Ok(Conflict {
+                    request_id: row.try_get(0)?,
+                    kind: row.try_get(1)?,
+                    part: row.try_get::<Option<i64>, _>(2)?.map(|p| p as u64),
+                    records: serde_json::from_str(&records).unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     /// Every writer with records.

@@ -95,3 +95,71 @@ async fn a_restarted_writer_continues_its_chain() {
     );
     second.stop();
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_store_and_checkpoint_log_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state/audit.db");
+    let store = super::Store::open(&format!("sqlite://{}", db.display()), std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut head = gatehouse_core::audit::ChainHead::genesis("w");
+    let record = head.append("request", "r", "2026-01-01T00:00:00.000Z", json!({}));
+    store.insert_all(std::iter::once(&record)).await.unwrap();
+    let signer = checkpoint::CheckpointSigner::load_or_create(&dir.path().join("keys/cp.pem")).unwrap();
+    let log = dir.path().join("logs/checkpoints.log");
+    checkpoint::append_to_log(&log, &signer.sign(&head, "2026-01-01T00:00:00.000Z")).unwrap();
+    for name in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+        assert_eq!(mode(&db.with_file_name(name)), 0o600, "{name}");
+    }
+    for path in [log.clone(), dir.path().join("keys/cp.pem")] {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    for sub in ["state", "keys", "logs"] {
+        assert_eq!(mode(&dir.path().join(sub)), 0o700, "{sub}");
+    }
+}
+
+#[tokio::test]
+async fn a_tail_left_unsigned_by_a_crash_is_signed_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let store = super::Store::open(&url, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    // What a writer killed before its next checkpoint leaves: records, no checkpoint.
+    let mut head = gatehouse_core::audit::ChainHead::genesis("w");
+    let records: Vec<_> = (0..3)
+        .map(|i| head.append("request", &format!("{i:032x}"), "2026-01-01T00:00:00.000Z", json!({})))
+        .collect();
+    store.insert_all(records.iter()).await.unwrap();
+
+    let checkpoints = super::Checkpointer {
+        signer: checkpoint::CheckpointSigner::load_or_create(&dir.path().join("cp.pem")).unwrap(),
+        every_records: 100,
+        every: std::time::Duration::from_secs(3600),
+        log_file: None,
+    };
+    let _log = super::AuditLog::start(
+        store.clone(),
+        "w",
+        4,
+        Some(checkpoints),
+        crate::metrics::Metrics::default(),
+    )
+    .await
+    .unwrap();
+    // Neither count nor interval is due: only the restart itself signs the tail.
+    let mut signed = Vec::new();
+    for _ in 0..500 {
+        signed = store.checkpoints("w").await.unwrap();
+        if !signed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(signed.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3]);
+}

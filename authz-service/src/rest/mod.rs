@@ -246,6 +246,7 @@ async fn get_request(
         false
     };
     let request = others.iter().find(|r| r.kind == RecordKind::Request.as_str());
+    let conflicts = conflicts(&responses, &others);
     Ok(Json(json!({
         "request_id": id,
         "request": request,
@@ -253,5 +254,30 @@ async fn get_request(
         "responses": responses,
         "complete": complete,
         "truncated": truncated,
+        "conflicts": conflicts,
     })))
+}
+
+/// The filter records that disagree: several responses with one part number, or several
+/// rejections. Only one of each can be the filter's, and the trail cannot tell which.
+fn conflicts(responses: &[Record], others: &[Record]) -> Vec<Value> {
+    let mut parts: std::collections::BTreeMap<Option<u64>, Vec<(&str, u64)>> = Default::default();
+    for r in responses {
+        let part = r.data.get("part").and_then(Value::as_u64);
+        parts.entry(part).or_default().push((&r.writer, r.seq));
+    }
+    let mut out: Vec<Value> = parts
+        .into_iter()
+        .filter(|(_, records)| records.len() > 1)
+        .map(|(part, records)| json!({"kind": "response", "part": part, "records": records}))
+        .collect();
+    let rejections: Vec<(&str, u64)> = others
+        .iter()
+        .filter(|r| r.kind == RecordKind::RequestRejected.as_str())
+        .map(|r| (r.writer.as_str(), r.seq))
+        .collect();
+    if rejections.len() > 1 {
+        out.push(json!({"kind": "request_rejected", "part": null, "records": rejections}));
+    }
+    out
 }

@@ -42,22 +42,23 @@ def long_stream(request_id: int, events: int) -> list[bytes]:
     return chunks
 
 
-def response_parts(stack: Stack, request_id: str) -> list[tuple[int, bool, str]]:
-    """(part, final, end_reason) of every response record of the request, read from the store."""
+def response_parts(stack: Stack, request_id: str) -> list[tuple[int, bool, str, str]]:
+    """(part, final, end_reason, withheld) of every response record of the request, read from the store."""
     with sqlite3.connect(f"file:{stack.db_path}?mode=ro", uri=True) as db:
         rows = db.execute(
             "SELECT json_extract(data, '$.part'), json_extract(data, '$.final'), "
-            "coalesce(json_extract(data, '$.end_reason'), '') FROM audit_records "
+            "coalesce(json_extract(data, '$.end_reason'), ''), coalesce(json_extract(data, '$.withheld'), '') "
+            "FROM audit_records "
             "WHERE request_id = ? AND kind = 'response' ORDER BY json_extract(data, '$.part')",
             (request_id,),
         ).fetchall()
-    return [(int(p), bool(f), str(e)) for p, f, e in rows]
+    return [(int(p), bool(f), str(e), str(w)) for p, f, e, w in rows]
 
 
-def test_a_very_long_sse_answer_is_recorded_event_for_event(make_stack) -> None:
-    stack = make_stack(upstream="raw")
-    stack.raw.reply = lambda req: Reply(headers=[("content-type", "text/event-stream")], chunks=long_stream(7, EVENTS))
-
+def stream_through(stack: Stack) -> tuple[str, list[bytes], str | None]:
+    """Reads the answer to one tools/call to its end: (request id, the events the client got,
+    how the stream broke off, if it did)."""
+    body, broke = b"", None
     with httpx.stream(
         "POST",
         stack.url,
@@ -71,22 +72,60 @@ def test_a_very_long_sse_answer_is_recorded_event_for_event(make_stack) -> None:
     ) as resp:
         assert resp.status_code == 200
         request_id = resp.headers["x-gatehouse-request-id"]
-        body = b"".join(resp.iter_raw())
-    received = [e for e in body.split(b"\n\n") if b"data: " in e]
-    assert len(received) == EVENTS + 1, "the client did not get the whole stream"
-    assert b"report done" in received[-1]
+        try:
+            for chunk in resp.iter_raw():
+                body += chunk
+        except httpx.HTTPError as exc:
+            broke = repr(exc)
+    # Only whole events count as received: a torn last one was never complete for the client.
+    return request_id, [e for e in body.split(b"\n\n")[:-1] if b"data: " in e], broke
 
-    # Every event the client got is a record: parts 0..EVENTS (the result last), then the final part.
+
+def recorded(stack: Stack, request_id: str) -> list[tuple[int, bool, str, str]]:
+    """The answer's response records once its final one is in."""
     deadline = time.monotonic() + 300
     while True:
         parts = response_parts(stack, request_id)
         if parts and parts[-1][1]:
-            break
+            return parts
         assert time.monotonic() < deadline, f"no final record after 300 s ({len(parts)} parts)"
         time.sleep(1)
-    numbers = [p for p, _, _ in parts]
+
+
+def test_a_very_long_sse_answer_is_recorded_event_for_event(make_stack) -> None:
+    stack = make_stack(upstream="raw")
+    stack.raw.reply = lambda req: Reply(headers=[("content-type", "text/event-stream")], chunks=long_stream(7, EVENTS))
+
+    request_id, received, broke = stream_through(stack)
+    assert broke is None and len(received) == EVENTS + 1, f"the client did not get the whole stream: {broke}"
+    assert b"report done" in received[-1]
+
+    # Every event the client got is a record: parts 0..EVENTS (the result last), then the final part.
+    parts = recorded(stack, request_id)
+    numbers = [p[0] for p in parts]
     assert numbers == list(range(len(numbers))), "a gap in the recorded parts"
     assert len(parts) == EVENTS + 2, f"{EVENTS + 1} events and a final part expected, got {len(parts)} records"
-    assert parts[-1][2] == "complete", parts[-1]
+    assert parts[-1][2:] == ("complete", ""), parts[-1]
+    dropped = stack.admin.stats("gatehouse_records_dropped")
+    assert not any(dropped.values()), f"the filter dropped records: {dropped}"
+
+
+def test_an_upstream_that_outruns_the_trail_is_cut_never_unrecorded(make_stack) -> None:
+    """Far more than the record queue and Envoy's buffer hold, as fast as the upstream can:
+    whether or not the stream is cut, every event the client got has its record."""
+    stack = make_stack(upstream="raw")
+    events = 4 * EVENTS
+    stack.raw.reply = lambda req: Reply(headers=[("content-type", "text/event-stream")], chunks=long_stream(7, events))
+
+    request_id, received, broke = stream_through(stack)
+    parts = recorded(stack, request_id)
+    numbers = [p[0] for p in parts]
+    assert numbers == list(range(len(numbers))), "a gap in the recorded parts"
+    event_parts = len(parts) - 1
+    assert event_parts >= len(received), f"the client got {len(received)} events, the trail has {event_parts}"
+    if broke is not None or len(received) < events + 1:
+        # Cut: the final record says the answer was withheld or did not complete.
+        final = parts[-1]
+        assert final[2] != "complete" or final[3], final
     dropped = stack.admin.stats("gatehouse_records_dropped")
     assert not any(dropped.values()), f"the filter dropped records: {dropped}"

@@ -19,7 +19,7 @@ pub mod defaults {
     pub const INGEST_TIMEOUT_MS: u64 = 5_000;
     pub const FLUSH_INTERVAL_MS: u64 = 100;
     pub const BATCH_MAX_RECORDS: u64 = 256;
-    pub const QUEUE_MAX_RECORDS: u64 = 8_192;
+    pub const QUEUE_MAX_RECORDS: u64 = 131_072;
     pub const RECORD_MESSAGE_MAX_BYTES: u64 = 64 << 10;
     /// Well under tonic's default 4 MiB limit on a decoded message.
     pub const BATCH_MAX_BYTES: u64 = 1 << 20;
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(c.ingest_timeout, Duration::from_secs(5));
         assert_eq!(c.flush_interval, Duration::from_millis(100));
         assert_eq!(c.batch_max_records, 256);
-        assert_eq!(c.queue_max_records, 8192);
+        assert_eq!(c.queue_max_records, 131_072);
         assert_eq!(c.record_message_max_bytes, 65536);
     }
 
@@ -319,7 +319,7 @@ mod tests {
     fn the_documented_example_parses() {
         let c = parse(
             br#"{"max_body_bytes": 1048576, "ingest_cluster": "gatehouse_ingest", "ingest_timeout_ms": 5000,
-                 "flush_interval_ms": 100, "batch_max_records": 256, "queue_max_records": 8192,
+                 "flush_interval_ms": 100, "batch_max_records": 256, "queue_max_records": 131072,
                  "record_message_max_bytes": 65536}"#,
         )
         .unwrap();

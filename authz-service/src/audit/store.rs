@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
     PRIMARY KEY (writer, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_records_request ON audit_records (request_id);
+CREATE INDEX IF NOT EXISTS audit_records_part ON audit_records (request_id, json_extract(data, '$.part'));
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (recorded_at);
 -- Searches read the hashed `data` itself (no copies in other columns that verify would
 -- not cover): index the fields they filter on.
@@ -238,15 +239,22 @@ impl Store {
             // Only placeholders are spliced in; every id and part is bound. A request's
             // record is read for its existence only; a response's data only for the parts
             // asked about (a long stream has many).
+            // Two halves so that each uses an index: a long stream has a response record
+            // per event, and its batches must not read all of them every time.
             let sql = format!(
-                "SELECT request_id, kind, json_extract(data, '$.part'),
-                        CASE WHEN kind = 'request' THEN NULL ELSE data END
+                "SELECT request_id, kind, NULL, CASE WHEN kind = 'request' THEN NULL ELSE data END
                  FROM audit_records
-                 WHERE request_id IN ({marks})
-                   AND (kind IN ('request', 'request_rejected')
-                        OR (kind = 'response' AND json_extract(data, '$.part') IN ({part_marks})))"
+                 WHERE request_id IN ({marks}) AND kind IN ('request', 'request_rejected')
+                 UNION ALL
+                 SELECT request_id, kind, json_extract(data, '$.part'), data
+                 FROM audit_records
+                 WHERE request_id IN ({marks}) AND json_extract(data, '$.part') IN ({part_marks})
+                   AND kind = 'response'"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
             for id in chunk {
                 query = query.bind(*id);
             }

@@ -355,6 +355,8 @@ def write_config(
     ext_authz_timeout_ms: int = 2000,
     upstream_ca_file: Path | None = None,
     upstream_credentials: dict[str, Any] | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> Path:
     """`masking`: the config's `masking:` section as is (absent when None: the built-in rules).
     `extra_upstreams`: more `upstreams:` entries, after the main one.
@@ -408,6 +410,10 @@ def write_config(
         config["approvals"] = approvals
     if max_response_bytes is not None:
         config["envoy"]["max_response_bytes"] = max_response_bytes
+    if allowed_hosts:
+        config["envoy"]["allowed_hosts"] = list(allowed_hosts)
+    if allowed_origins:
+        config["envoy"]["allowed_origins"] = list(allowed_origins)
     if masking is not None:
         config["masking"] = masking
     (stack_dir / "audit").mkdir(parents=True, exist_ok=True)
@@ -433,6 +439,8 @@ def start_stack(
     upstream_ca_file: Path | None = None,
     upstream_credentials: dict[str, Any] | None = None,
     aws_sts: AwsSts | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -450,6 +458,8 @@ def start_stack(
     `upstream_tls`: the echo upstream serves HTTPS with this folder's server.crt/key;
     `upstream_ca_file`: the upstream's `ca_file` (the CAs its certificate must chain to).
     `upstream_credentials`: the upstream's `credentials:` (what the gateway sends it).
+    `allowed_hosts`, `allowed_origins`: more `Host`/`Origin` values the gateway answers to
+    (`envoy.allowed_hosts`/`allowed_origins`; e.g. a hop in front of it).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -507,6 +517,8 @@ def start_stack(
             ext_authz_timeout_ms=ext_authz_timeout_ms,
             upstream_ca_file=upstream_ca_file,
             upstream_credentials=upstream_credentials,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
             **ports,
         )
         stack = Stack(

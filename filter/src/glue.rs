@@ -406,6 +406,12 @@ impl RootContext for Root {
             config.ingest_cluster,
             tick_ms
         );
+        if config.origins.hosts.is_none() || config.origins.origins.is_none() {
+            warn!(
+                "No allowed_hosts or allowed_origins in the filter configuration: requests with a foreign \
+                 Host or Origin are not refused (DNS rebinding); `gatehouse envoy-config` renders both"
+            );
+        }
         self.config = Some(Rc::new(config));
         true
     }

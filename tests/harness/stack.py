@@ -373,6 +373,8 @@ def write_config(
             "rest_listen": f"127.0.0.1:{rest_port}",
             "grpc_listen": f"127.0.0.1:{grpc_port}",
             "public_url": f"http://127.0.0.1:{http_port}",
+            # Sessions outlive a restart of the service (tests restart it mid-session).
+            "session_key_file": "session.key",
         },
         "identity": identity,
         "audit": {

@@ -228,7 +228,13 @@ impl Rejection {
             reason: self.reason.clone(),
             http_method: head.method.clone(),
             path: head.path.clone(),
-            session_id: head.session_id.clone().unwrap_or_default(),
+            // The upstream's id, as the Check records it (without the caller's tag).
+            session_id: head
+                .session_id
+                .as_deref()
+                .map(session::upstream_part)
+                .unwrap_or_default()
+                .to_owned(),
             protocol_version: head.protocol_version.clone().unwrap_or_default(),
             bearer_token: head.bearer_token.clone().unwrap_or_default(),
             observed_at_unix_ms: now_ms,
@@ -693,6 +699,8 @@ mod tests {
         assert_eq!(rec.path, "/mcp");
         assert_eq!(rec.bearer_token, "tok");
         assert_eq!(rec.session_id, "s");
+        let tagged = post(&[("mcp-session-id", "0123456789abcdef0123456789abcdef.up-1")]);
+        assert_eq!(r.record(&tagged, "abc", 42).session_id, "up-1");
         assert_eq!(rec.protocol_version, "2025-06-18");
         assert_eq!(rec.observed_at_unix_ms, 42);
     }

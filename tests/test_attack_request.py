@@ -95,6 +95,7 @@ def test_a_tool_name_that_is_not_a_string_is_invalid_params(echo_stack, name):
     resp = echo_stack.post(call, token=echo_stack.token())
 
     jsonrpc_error(resp, 400, INVALID_PARAMS)
+    assert resp.json()["id"] == 7, "invalid params answer the request's id"
     untouched.check()
     (rejected,) = untouched.new_records("request_rejected")
     assert rejected["data"]["jsonrpc_code"] == INVALID_PARAMS

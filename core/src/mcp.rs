@@ -44,9 +44,10 @@ pub enum ParseError {
     /// JSON, but not a JSON-RPC 2.0 message or batch of them.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// A request whose params its method cannot take (a target that is not a string).
-    #[error("invalid params: {0}")]
-    InvalidParams(String),
+    /// A request whose params its method cannot take (a target that is not a string). `id`
+    /// is the request's, to answer with (`None` in a batch, answered as a whole).
+    #[error("invalid params: {why}")]
+    InvalidParams { why: String, id: Option<Value> },
 }
 
 impl ParseError {
@@ -55,7 +56,7 @@ impl ParseError {
         match self {
             Self::InvalidJson(_) => jsonrpc_error::PARSE_ERROR,
             Self::InvalidRequest(_) => jsonrpc_error::INVALID_REQUEST,
-            Self::InvalidParams(_) => jsonrpc_error::INVALID_PARAMS,
+            Self::InvalidParams { .. } => jsonrpc_error::INVALID_PARAMS,
         }
     }
 }
@@ -253,6 +254,10 @@ pub fn parse_value(value: Value) -> Result<Envelope, ParseError> {
                 .map(|(i, item)| {
                     parse_message(item).map_err(|e| match e {
                         ParseError::InvalidRequest(why) => ParseError::InvalidRequest(format!("batch item {i}: {why}")),
+                        ParseError::InvalidParams { why, .. } => ParseError::InvalidParams {
+                            why: format!("batch item {i}: {why}"),
+                            id: None,
+                        },
                         other => other,
                     })
                 })
@@ -289,7 +294,7 @@ fn parse_message(value: Value) -> Result<Message, ParseError> {
                 Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
                 Some(_) => return Err(invalid("\"params\" must be an object or an array")),
             };
-            check_params(&method, params.as_ref())?;
+            check_params(&method, params.as_ref(), id.as_ref())?;
             let kind = if id.is_some() {
                 MessageKind::Request
             } else {
@@ -320,8 +325,8 @@ fn target_key(method: &str) -> Option<&'static str> {
 /// A method that acts on a target must name it with a string, and take its arguments as an
 /// object: otherwise the policy would decide on no tool (a rule for the tool never matches)
 /// while an upstream may still read one.
-fn check_params(method: &str, params: Option<&Value>) -> Result<(), ParseError> {
-    let invalid = |why: String| ParseError::InvalidParams(why);
+fn check_params(method: &str, params: Option<&Value>, id: Option<&Value>) -> Result<(), ParseError> {
+    let invalid = |why: String| ParseError::InvalidParams { why, id: id.cloned() };
     if let Some(Value::Object(p)) = params
         && let Some(why) = near_miss(p, PARAMS_KEYS)
     {
@@ -551,6 +556,17 @@ mod tests {
                 assert_eq!(parse(v.clone()).unwrap_err().jsonrpc_code(), -32602, "{v}");
             }
         }
+        let err =
+            parse(json!({"jsonrpc": "2.0", "id": "q", "method": "tools/call", "params": {"name": 1}})).unwrap_err();
+        assert!(
+            matches!(err, ParseError::InvalidParams { id: Some(ref id), .. } if id == "q"),
+            "{err:?}"
+        );
+        let batch = json!([{"jsonrpc": "2.0", "id": "q", "method": "tools/call", "params": {"name": 1}}]);
+        assert!(matches!(
+            parse(batch).unwrap_err(),
+            ParseError::InvalidParams { id: None, .. }
+        ));
         let no_params = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"});
         assert_eq!(parse(no_params).unwrap_err().jsonrpc_code(), -32602);
         let uri = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": 5}});

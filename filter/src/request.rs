@@ -344,12 +344,16 @@ pub fn check_body(head: &RequestHead, body: &[u8]) -> Result<RequestSummary, Rej
             format!("Invalid Request: {why}"),
             format!("not JSON-RPC: {why}"),
         ),
-        ParseError::InvalidParams(why) => Rejection::new(
-            400,
-            INVALID_PARAMS,
-            format!("Invalid params: {why}"),
-            format!("invalid params: {why}"),
-        ),
+        ParseError::InvalidParams { why, id } => {
+            let mut rejection = Rejection::new(
+                400,
+                INVALID_PARAMS,
+                format!("Invalid params: {why}"),
+                format!("invalid params: {why}"),
+            );
+            rejection.id = id;
+            rejection
+        }
     })?;
     let first = envelope.first();
     if let Err(mismatch) = mcp::check_routing_headers(
@@ -616,6 +620,7 @@ mod tests {
         let r = check_body(&post(&[]), not_a_string).unwrap_err();
         assert_eq!((r.status, r.jsonrpc_code), (400, -32602));
         assert_eq!(error_of(&r)["error"]["code"], -32602);
+        assert_eq!(error_of(&r)["id"], 1, "invalid params answer the request's id");
         for body in [
             &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","NAME":"b"}}"#[..],
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,

@@ -284,7 +284,10 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         Some(mcp::parse_body(view.body))
     };
     let first = envelope.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.first());
-    let jsonrpc_id = first.and_then(|m| m.id.clone());
+    let jsonrpc_id = match &envelope {
+        Some(Err(mcp::ParseError::InvalidParams { id, .. })) => id.clone(),
+        _ => first.and_then(|m| m.id.clone()),
+    };
 
     let mut record = json!({
         "subject": null,

@@ -232,6 +232,8 @@ async fn a_call_naming_no_string_tool_is_refused_by_the_service_too() {
         .await;
         let (status, _, answer) = denied(&resp);
         assert_eq!((status, answer["error"]["code"].as_i64()), (400, Some(code)));
+        // Invalid params answer the request's id; an invalid request cannot be trusted to have one.
+        assert_eq!(answer["id"], if code == -32602 { json!(4) } else { Value::Null });
         assert_eq!(records(&server, &rid).await[0].data["decision"], "deny");
     }
     server.stop();

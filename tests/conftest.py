@@ -120,7 +120,7 @@ class PlainEnvoy:
 def plain_envoy(procs: ProcessSet, tmp_path: Path) -> Callable[..., PlainEnvoy]:
     """Factory: a Gatehouse-free Envoy in front of 127.0.0.1:upstream_port.
 
-    plain_envoy(upstream_port, host_rewrite=None, headers=None, name="envoy-plain")
+    plain_envoy(upstream_port, host_rewrite=None, headers=None, name="envoy-plain", port=None)
     """
 
     def start(
@@ -129,8 +129,9 @@ def plain_envoy(procs: ProcessSet, tmp_path: Path) -> Callable[..., PlainEnvoy]:
         host_rewrite: str | None = None,
         headers: Mapping[str, str] | None = None,
         name: str = "envoy-plain",
+        port: int | None = None,
     ) -> PlainEnvoy:
-        port, admin_port = free_port(), free_port()
+        port, admin_port = port or free_port(), free_port()
         config = plain_envoy_config(
             listen_port=port,
             admin_port=admin_port,

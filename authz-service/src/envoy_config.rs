@@ -23,6 +23,8 @@ pub const REST_CLUSTER: &str = "gatehouse_rest";
 const WASM_FILTER: &str = "envoy.filters.http.wasm";
 const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Headers in which a client could claim another address than its connection's.
+const CLIENT_ADDRESS_HEADERS: [&str; 4] = ["x-real-ip", "forwarded", "x-forwarded-host", "x-client-ip"];
 
 /// The environment variable, in Envoy's environment, that carries the masking token key into
 /// the filter's VM. Never in the bootstrap: Envoy's admin `/config_dump` shows the bootstrap.
@@ -144,10 +146,13 @@ fn routes(config: &Config) -> Vec<Value> {
 }
 
 fn filter_configuration(config: &Config, masking: &MaskConfig) -> String {
+    let (hosts, origins) = served_hosts_and_origins(config);
     let mut c = json!({
         "max_body_bytes": config.envoy.max_request_bytes,
         "max_response_bytes": config.envoy.max_response_bytes,
         "ingest_cluster": INGEST_CLUSTER,
+        "allowed_hosts": hosts,
+        "allowed_origins": origins,
         "masking": MaskConfig { token_key: None, ..masking.clone() },
     });
     if uses_token_key(config)
@@ -179,6 +184,55 @@ fn vm_config(config: &Config) -> Value {
     vm
 }
 
+/// The `Host` values the gateway answers to and the `Origin` values it accepts: the public
+/// URL's, each listener's (as clients on the machine reach it: an unspecified address by
+/// loopback, a loopback address as `localhost` too), and the configured extras.
+pub fn served_hosts_and_origins(config: &Config) -> (Vec<String>, Vec<String>) {
+    let mut hosts = Vec::new();
+    let mut origins = Vec::new();
+    let public = &config.service.public_url;
+    if let Some(host) = public.host_str() {
+        let host = host.to_ascii_lowercase();
+        match public.port() {
+            Some(port) => hosts.push(format!("{host}:{port}")),
+            None => {
+                // Clients may name the scheme's default port or leave it out.
+                hosts.push(host.clone());
+                if let Some(port) = public.port_or_known_default() {
+                    hosts.push(format!("{host}:{port}"));
+                }
+            }
+        }
+        origins.push(public.origin().ascii_serialization());
+    }
+    let e = &config.envoy;
+    for (scheme, addr) in [("http", e.http_listen), ("https", e.https_listen)] {
+        let Some(addr) = addr else { continue };
+        let ip = addr.ip();
+        let mut names = Vec::new();
+        if ip.is_unspecified() {
+            names.extend(["127.0.0.1".to_owned(), "[::1]".to_owned()]);
+        } else {
+            names.push(SocketAddr::new(ip, 0).to_string().trim_end_matches(":0").to_owned());
+        }
+        if ip.is_unspecified() || ip.is_loopback() {
+            names.push("localhost".to_owned());
+        }
+        for name in names {
+            let authority = format!("{name}:{}", addr.port());
+            origins.push(format!("{scheme}://{authority}"));
+            hosts.push(authority);
+        }
+    }
+    hosts.extend(e.allowed_hosts.iter().cloned());
+    origins.extend(e.allowed_origins.iter().cloned());
+    for list in [&mut hosts, &mut origins] {
+        let mut seen = std::collections::BTreeSet::new();
+        list.retain(|v| seen.insert(v.clone()));
+    }
+    (hosts, origins)
+}
+
 fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
     let e = &config.envoy;
     let unavailable = gatehouse_core::jsonrpc_error::error_body(
@@ -194,6 +248,13 @@ fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr,
         "stream_idle_timeout": format!("{}s", e.stream_idle_timeout_s),
         "request_headers_timeout": "10s",
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        // The gateway is the edge: the client's address comes from the connection, never
+        // from what it claims. No hop is trusted and no address is internal, so Envoy
+        // also drops a client's x-envoy-* headers; the route replaces X-Forwarded-For.
+        "use_remote_address": true,
+        "xff_num_trusted_hops": 0,
+        "skip_xff_append": true,
+        "internal_address_config": {"unix_sockets": false, "cidr_ranges": []},
         "access_log": [{
             "name": "envoy.access_loggers.stdout",
             "typed_config": {
@@ -202,13 +263,20 @@ fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr,
                     "time": "%START_TIME%",
                     "request_id": "%REQ(X-GATEHOUSE-REQUEST-ID)%",
                     "method": "%REQ(:METHOD)%",
-                    "path": "%REQ(:PATH)%",
+                    // Without the query string, as the records: it may carry secrets.
+                    "path": "%REQ_WITHOUT_QUERY(:PATH)%",
                     "status": "%RESPONSE_CODE%",
                     "details": "%RESPONSE_CODE_DETAILS%",
                     "flags": "%RESPONSE_FLAGS%",
                     "duration_ms": "%DURATION%",
                     "upstream": "%UPSTREAM_CLUSTER%",
-                }},
+                },
+                "formatters": [{
+                    "name": "envoy.formatter.req_without_query",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery",
+                    },
+                }]},
             },
         }],
         // Only when ext_authz itself fails (service down or too slow): answer with a
@@ -230,6 +298,12 @@ fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr,
         "route_config": {
             "name": "gatehouse",
             "virtual_hosts": [{"name": "gatehouse", "domains": ["*"], "routes": routes(config)}],
+            // What a client says about where it connects from is not passed on as truth.
+            "request_headers_to_remove": CLIENT_ADDRESS_HEADERS,
+            "request_headers_to_add": [{
+                "header": {"key": "x-forwarded-for", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }],
         },
         "http_filters": [
             {
@@ -467,6 +541,73 @@ mod tests {
         // Everything else is a 404 that neither filter sees.
         let last = routes.last().unwrap();
         assert_eq!(last["direct_response"]["status"], 404);
+    }
+
+    #[test]
+    fn the_filter_knows_the_hosts_and_origins_the_gateway_serves() {
+        let b = rendered();
+        let wasm = &hcm(&b)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"];
+        let conf: Value = serde_json::from_str(wasm.as_str().unwrap()).unwrap();
+        assert_eq!(
+            conf["allowed_hosts"],
+            json!(["127.0.0.1:8080", "localhost:8080", "127.0.0.1:8443", "localhost:8443"])
+        );
+        assert_eq!(
+            conf["allowed_origins"],
+            json!([
+                "http://127.0.0.1:8080",
+                "http://localhost:8080",
+                "https://127.0.0.1:8443",
+                "https://localhost:8443"
+            ])
+        );
+        // A public URL on a default port is named with and without it; an unspecified
+        // listener address by loopback; configured extras follow.
+        let text = crate::config::tests::GOOD
+            .replace("public_url: http://127.0.0.1:8080", "public_url: https://GW.example.com")
+            .replace("http_listen: 127.0.0.1:8080", "http_listen: 0.0.0.0:8080")
+            .replace(
+                "  wasm: target/gatehouse_filter.wasm",
+                "  wasm: target/gatehouse_filter.wasm\n  allowed_hosts: [mcp.internal]\n  allowed_origins: [\"https://app.example.com\"]",
+            );
+        let config = Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+        let (hosts, origins) = served_hosts_and_origins(&config);
+        assert_eq!(
+            hosts,
+            [
+                "gw.example.com",
+                "gw.example.com:443",
+                "127.0.0.1:8080",
+                "[::1]:8080",
+                "localhost:8080",
+                "mcp.internal"
+            ]
+        );
+        assert_eq!(
+            origins,
+            [
+                "https://gw.example.com",
+                "http://127.0.0.1:8080",
+                "http://[::1]:8080",
+                "http://localhost:8080",
+                "https://app.example.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_edge_sets_the_client_address_and_logs_no_query() {
+        let b = rendered();
+        let h = hcm(&b);
+        assert_eq!(h["use_remote_address"], true);
+        assert_eq!(h["xff_num_trusted_hops"], 0);
+        assert_eq!(h["internal_address_config"]["cidr_ranges"], json!([]));
+        let added = &h["route_config"]["request_headers_to_add"][0];
+        assert_eq!(added["header"]["key"], "x-forwarded-for");
+        assert_eq!(added["append_action"], "OVERWRITE_IF_EXISTS_OR_ADD");
+        let log = &h["access_log"][0]["typed_config"]["log_format"];
+        assert_eq!(log["json_format"]["path"], "%REQ_WITHOUT_QUERY(:PATH)%");
+        assert!(!log.to_string().contains("%REQ(:PATH)%"));
     }
 
     #[test]

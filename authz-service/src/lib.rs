@@ -39,6 +39,8 @@ pub struct AppState {
     pub approvals: approvals::Approvals,
     /// STS sessions per caller for the `aws_sigv4` upstreams.
     pub aws: aws::AwsSessions,
+    /// The secret that binds MCP sessions to their caller.
+    pub sessions: authz::SessionSecret,
 }
 
 impl AppState {

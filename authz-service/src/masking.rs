@@ -48,7 +48,7 @@ impl MaskingPolicy {
     pub fn rules_with_key(&self) -> anyhow::Result<MaskConfig> {
         let mut rules = self.rules.clone();
         if let Some(path) = &self.token_key_file {
-            rules.token_key = Some(load_or_create_key(path)?);
+            rules.token_key = Some(load_or_create_key(path, "masking token key")?);
         }
         Ok(rules)
     }
@@ -184,16 +184,15 @@ pub fn mask_jsonl(
     Ok(summary)
 }
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<String> {
+/// A hex key of at least 16 bytes from `path`, or a new random one written there (0600).
+/// `what` names the key in messages.
+pub(crate) fn load_or_create_key(path: &Path, what: &str) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let key = text.trim().to_owned();
             match hex::decode(&key) {
                 Ok(bytes) if bytes.len() >= 16 => Ok(key),
-                _ => anyhow::bail!(
-                    "The masking token key in {} must be at least 16 bytes of hex",
-                    path.display()
-                ),
+                _ => anyhow::bail!("The {what} in {} must be at least 16 bytes of hex", path.display()),
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -209,15 +208,15 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<String> {
             match options.open(path) {
                 Ok(mut file) => {
                     writeln!(file, "{key}").with_context(|| format!("Cannot write {}", path.display()))?;
-                    tracing::info!(path = %path.display(), "Created the masking token key.");
+                    tracing::info!(path = %path.display(), key = what, "Created a key file.");
                     Ok(key)
                 }
                 // Another process (envoy-config and serve) created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path, what),
                 Err(e) => Err(e).with_context(|| format!("Cannot create {}", path.display())),
             }
         }
-        Err(e) => Err(e).with_context(|| format!("Cannot read the masking token key {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("Cannot read the {what} {}", path.display())),
     }
 }
 
@@ -324,11 +323,14 @@ mod tests {
     fn the_token_key_is_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/mask.key");
-        let a = load_or_create_key(&path).unwrap();
-        let b = load_or_create_key(&path).unwrap();
+        let a = load_or_create_key(&path, "key").unwrap();
+        let b = load_or_create_key(&path, "key").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
         std::fs::write(&path, "zz").unwrap();
-        assert!(load_or_create_key(&path).is_err(), "a bad key is refused, not replaced");
+        assert!(
+            load_or_create_key(&path, "key").is_err(),
+            "a bad key is refused, not replaced"
+        );
     }
 }

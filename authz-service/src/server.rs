@@ -81,6 +81,7 @@ impl Server {
             .context("cannot open the approvals table")?;
         let config_policy = config.policy.clone().map(Arc::new);
         let aws = crate::aws::AwsSessions::new(&config).await;
+        let sessions = crate::authz::SessionSecret::load(&config)?;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (service.rest_listen)", config.service.rest_listen))?;
@@ -98,6 +99,7 @@ impl Server {
             policy: std::sync::RwLock::new(config_policy),
             approvals,
             aws,
+            sessions,
         });
         let (shutdown, watch_rx) = watch::channel(false);
 

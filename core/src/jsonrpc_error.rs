@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 pub const PARSE_ERROR: i64 = -32700;
 /// The JSON sent is not a valid JSON-RPC request.
 pub const INVALID_REQUEST: i64 = -32600;
+/// The params of a request are not what its method takes (a tool name that is not a string).
+pub const INVALID_PARAMS: i64 = -32602;
 /// Internal error: the gateway could not complete the request (e.g. the audit store is down).
 pub const INTERNAL_ERROR: i64 = -32603;
 /// MCP 2026-07-28: HTTP headers do not match the request body, or required ones are missing.

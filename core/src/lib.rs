@@ -10,6 +10,7 @@
 //! - [`jsonrpc_error`]: JSON-RPC error bodies the gateway answers with.
 //! - [`tools`]: which tools a caller may see in a `tools/list` answer, and the glob that
 //!   matches tool names.
+//! - [`session`]: MCP session ids bound to the caller who opened them (a keyed tag).
 //! - [`upstream`]: how the service tells the filter which credential went upstream, and the
 //!   error a client gets when the upstream refuses it.
 
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod jsonrpc_error;
 pub mod mask;
 pub mod mcp;
+pub mod session;
 pub mod sse;
 pub mod tools;
 pub mod upstream;

@@ -4,7 +4,19 @@
 //! [`parse_body`] validates a POST body (a single message, or a batch as revision
 //! 2025-03-26 allows) and classifies each message. [`check_routing_headers`] applies the
 //! 2026-07-28 rule that `Mcp-Method` / `Mcp-Name` headers must agree with the body.
+//!
+//! The gateway decides on the body as serde_json reads it, and the upstream runs what its
+//! own parser reads. So that both read the same call, bodies another parser could read
+//! differently are refused (Invalid Request): an object with two keys that are equal after
+//! case folding (`"name"` twice, or `"name"` and `"NAME"`: serde_json keeps the last, some
+//! parsers the first, Go's `encoding/json` matches keys case-insensitively), and a key that
+//! differs only in case from a member the gateway reads (`"METHOD"` next to a `result`).
+//! A request whose target is not a string (`"name": ["run_query"]`) is Invalid Params.
 
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -32,6 +44,10 @@ pub enum ParseError {
     /// JSON, but not a JSON-RPC 2.0 message or batch of them.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A request whose params its method cannot take (a target that is not a string). `id`
+    /// is the request's, to answer with (`None` in a batch, answered as a whole).
+    #[error("invalid params: {why}")]
+    InvalidParams { why: String, id: Option<Value> },
 }
 
 impl ParseError {
@@ -40,6 +56,7 @@ impl ParseError {
         match self {
             Self::InvalidJson(_) => jsonrpc_error::PARSE_ERROR,
             Self::InvalidRequest(_) => jsonrpc_error::INVALID_REQUEST,
+            Self::InvalidParams { .. } => jsonrpc_error::INVALID_PARAMS,
         }
     }
 }
@@ -87,20 +104,13 @@ impl Message {
     /// The name a request acts on: the tool of `tools/call`, the prompt of `prompts/get`,
     /// the URI of `resources/read` and resource subscriptions.
     pub fn target_name(&self) -> Option<&str> {
-        let key = match self.method.as_deref()? {
-            "tools/call" | "prompts/get" => "name",
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
-            _ => return None,
-        };
+        let key = target_key(self.method.as_deref()?)?;
         self.params.as_ref()?.get(key)?.as_str()
     }
 
     /// Whether this method names a target (so `Mcp-Name` is required with it).
     pub fn has_target(&self) -> bool {
-        matches!(
-            self.method.as_deref(),
-            Some("tools/call" | "prompts/get" | "resources/read" | "resources/subscribe" | "resources/unsubscribe")
-        )
+        self.method.as_deref().and_then(target_key).is_some()
     }
 
     /// The arguments of a `tools/call` or `prompts/get`.
@@ -142,12 +152,93 @@ pub fn parse_body(body: &[u8]) -> Result<Envelope, ParseError> {
     // serde_json refuses nesting deeper than 128 levels, so a deep body is an error, not a
     // stack overflow.
     let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
-    // Readers disagree on which of two equal keys counts: the gateway would decide on and
-    // record one value while the upstream acts on the other.
-    if crate::mask::has_duplicate_keys(body) {
-        return Err(ParseError::InvalidRequest("an object has the same key twice".into()));
-    }
+    // The body is JSON; a second pass refuses keys another parser could read differently.
+    let mut keys = serde_json::Deserializer::from_slice(body);
+    KeyCheck
+        .deserialize(&mut keys)
+        .map_err(|e| ParseError::InvalidRequest(e.to_string()))?;
     parse_value(value)
+}
+
+/// A key as a case-insensitive parser matches it: every character upper- then lower-cased
+/// (so `ſ` and the Kelvin sign fold to `s` and `k`, as in Go's `encoding/json`).
+pub fn fold_key(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Walks a JSON document and fails on the first object with two keys that fold alike.
+/// Sets are ordered (not hashed): a hash set needs randomness the wasm host may not give.
+struct KeyCheck;
+
+impl<'de> DeserializeSeed<'de> for KeyCheck {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyCheck {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(KeyCheck)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(fold_key(&key)) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {key:?} appears twice in one object (keys differing only in case count as the same)"
+                )));
+            }
+            map.next_value_seed(KeyCheck)?;
+        }
+        Ok(())
+    }
+}
+
+/// The members of a message, and of a request's params, that the gateway decides on.
+const MESSAGE_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+const PARAMS_KEYS: &[&str] = &["name", "arguments", "uri", "_meta"];
+
+/// A key that a case-insensitive parser would read as one of `known`, but serde_json does not.
+fn near_miss(obj: &Map<String, Value>, known: &[&str]) -> Option<String> {
+    obj.keys().find_map(|key| {
+        let folded = fold_key(key);
+        known
+            .iter()
+            .find(|k| **k != key && **k == folded)
+            .map(|k| format!("the key {key:?} differs from {k:?} only in case"))
+    })
 }
 
 /// Validates an already-parsed JSON value as MCP JSON-RPC.
@@ -163,6 +254,10 @@ pub fn parse_value(value: Value) -> Result<Envelope, ParseError> {
                 .map(|(i, item)| {
                     parse_message(item).map_err(|e| match e {
                         ParseError::InvalidRequest(why) => ParseError::InvalidRequest(format!("batch item {i}: {why}")),
+                        ParseError::InvalidParams { why, .. } => ParseError::InvalidParams {
+                            why: format!("batch item {i}: {why}"),
+                            id: None,
+                        },
                         other => other,
                     })
                 })
@@ -181,6 +276,9 @@ fn parse_message(value: Value) -> Result<Message, ParseError> {
     let Value::Object(mut obj) = value else {
         return Err(invalid("a JSON-RPC message must be an object"));
     };
+    if let Some(why) = near_miss(&obj, MESSAGE_KEYS) {
+        return Err(ParseError::InvalidRequest(why));
+    }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
@@ -196,6 +294,7 @@ fn parse_message(value: Value) -> Result<Message, ParseError> {
                 Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
                 Some(_) => return Err(invalid("\"params\" must be an object or an array")),
             };
+            check_params(&method, params.as_ref(), id.as_ref())?;
             let kind = if id.is_some() {
                 MessageKind::Request
             } else {
@@ -212,6 +311,42 @@ fn parse_message(value: Value) -> Result<Message, ParseError> {
         Some(_) => Err(invalid("\"method\" must be a string")),
         None => parse_response(id, &obj),
     }
+}
+
+/// The key naming what a method acts on (see [`Message::target_name`]).
+fn target_key(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+        _ => None,
+    }
+}
+
+/// A method that acts on a target must name it with a string, and take its arguments as an
+/// object: otherwise the policy would decide on no tool (a rule for the tool never matches)
+/// while an upstream may still read one.
+fn check_params(method: &str, params: Option<&Value>, id: Option<&Value>) -> Result<(), ParseError> {
+    let invalid = |why: String| ParseError::InvalidParams { why, id: id.cloned() };
+    if let Some(Value::Object(p)) = params
+        && let Some(why) = near_miss(p, PARAMS_KEYS)
+    {
+        return Err(ParseError::InvalidRequest(format!("params: {why}")));
+    }
+    let Some(key) = target_key(method) else {
+        return Ok(());
+    };
+    let Some(Value::Object(p)) = params else {
+        return Err(invalid(format!(
+            "{method} takes params as an object with a string {key:?}"
+        )));
+    };
+    if !p.get(key).is_some_and(Value::is_string) {
+        return Err(invalid(format!("params.{key} of {method} must be a string")));
+    }
+    if p.get("arguments").is_some_and(|a| !a.is_object()) {
+        return Err(invalid(format!("params.arguments of {method} must be an object")));
+    }
+    Ok(())
 }
 
 fn parse_response(id: Option<Value>, obj: &Map<String, Value>) -> Result<Message, ParseError> {
@@ -405,6 +540,94 @@ mod tests {
         ] {
             assert_eq!(parse(v.clone()).unwrap_err().jsonrpc_code(), -32600, "{v}");
         }
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_string_is_invalid_params() {
+        for params in [
+            json!({"name": ["run_query"]}),
+            json!({"name": {"0": "run_query"}}),
+            json!({"name": 7}),
+            json!({"name": null}),
+            json!({"arguments": {}}),
+            json!(["run_query"]),
+            json!({"name": "run_query", "arguments": ["x"]}),
+        ] {
+            for method in ["tools/call", "prompts/get"] {
+                let v = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+                assert_eq!(parse(v.clone()).unwrap_err().jsonrpc_code(), -32602, "{v}");
+            }
+        }
+        let err =
+            parse(json!({"jsonrpc": "2.0", "id": "q", "method": "tools/call", "params": {"name": 1}})).unwrap_err();
+        assert!(
+            matches!(err, ParseError::InvalidParams { id: Some(ref id), .. } if id == "q"),
+            "{err:?}"
+        );
+        let batch = json!([{"jsonrpc": "2.0", "id": "q", "method": "tools/call", "params": {"name": 1}}]);
+        assert!(matches!(
+            parse(batch).unwrap_err(),
+            ParseError::InvalidParams { id: None, .. }
+        ));
+        let no_params = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"});
+        assert_eq!(parse(no_params).unwrap_err().jsonrpc_code(), -32602);
+        let uri = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": 5}});
+        assert_eq!(parse(uri).unwrap_err().jsonrpc_code(), -32602);
+        // Methods without a target keep their free-form params.
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"name": 5}});
+        assert!(parse(list).is_ok());
+    }
+
+    #[test]
+    fn keys_a_parser_could_read_differently_are_refused() {
+        let refused = [
+            // Duplicates: serde_json keeps the last, other parsers the first.
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"run_query"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"},"params":{"name":"y"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{},"arguments":{"a":1}}}"#,
+            // Deep inside the arguments too: a policy condition reads them.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":{"b":1,"b":2}}}}"#,
+            // Case variants a case-insensitive parser (Go) reads as the same key.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","NAME":"run_query"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","Name":"run_query"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","METHOD":"tools/call"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{},"METHOD":"tools/call","PARAMS":{"name":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","Params":{"name":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","Arguments":{"a":1}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"q":1,"Q":2}}}"#,
+            // Unicode folding, as Go's: the long s and the Kelvin sign.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{\"name\":\"a\",\"\u{17f}\":1,\"s\":2}}".as_bytes(),
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"arguments\":{\"\u{212a}\":1,\"k\":2}}}".as_bytes(),
+            // Escapes are read before comparing.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","n\u0061me":"run_query"}}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping","Method":"tools/call"}]"#,
+        ];
+        for body in refused {
+            let err = parse_body(body).unwrap_err();
+            assert_eq!(err.jsonrpc_code(), -32600, "{}: {err}", String::from_utf8_lossy(body));
+        }
+        // Different keys that merely look alike stay allowed.
+        let ok = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1,"ab":2,"_meta":3}}}"#;
+        assert!(parse_body(ok).is_ok());
+    }
+
+    #[test]
+    fn folding_matches_a_case_insensitive_parser() {
+        assert_eq!(fold_key("NaMe"), "name");
+        assert_eq!(fold_key("\u{17f}"), "s");
+        assert_eq!(fold_key("\u{212a}"), "k");
+        assert_ne!(fold_key("name"), fold_key("names"));
+    }
+
+    #[test]
+    fn many_keys_are_checked_without_quadratic_cost() {
+        let keys: Vec<String> = (0..50_000).map(|i| format!("\"k{i}\":{i}")).collect();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{{}}}}}}}"#,
+            keys.join(",")
+        );
+        assert!(parse_body(body.as_bytes()).is_ok());
     }
 
     fn call(name: &str) -> Envelope {

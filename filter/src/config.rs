@@ -12,6 +12,8 @@ use std::time::Duration;
 use gatehouse_core::mask::{MaskConfig, Masker};
 use serde::Deserialize;
 
+use crate::request::Origins;
+
 /// Defaults, as documented in docs/CONTRACTS.md.
 pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 1 << 20;
@@ -52,6 +54,8 @@ struct RawConfig {
     /// `/config_dump` shows the plugin configuration to anyone who reaches it; the VM's
     /// environment (`vm_config.environment_variables.host_env_keys`) shows only the name.
     token_key_env: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -74,6 +78,8 @@ pub struct Config {
     /// refused with a 502 rather than passed unmasked.
     pub max_response_bytes: usize,
     pub masking: Masking,
+    /// The `Host` and `Origin` values the gateway answers to (DNS-rebinding protection).
+    pub origins: Origins,
 }
 
 /// The masking rules as configured, and compiled. Always present: without a `masking`
@@ -109,6 +115,7 @@ impl Default for Config {
             record_message_max_bytes: to_usize(d::RECORD_MESSAGE_MAX_BYTES),
             max_response_bytes: to_usize(d::MAX_RESPONSE_BYTES),
             masking: Masking::default(),
+            origins: Origins::default(),
         }
     }
 }
@@ -249,6 +256,20 @@ impl TryFrom<RawConfig> for Config {
                  ({record_message_max_bytes}), so a full-size record could never be queued"
             ));
         }
+        let mut names = |field: &str, values: Option<Vec<String>>| {
+            values.map(|values| {
+                for (i, v) in values.iter().enumerate() {
+                    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                        c.0.push(format!("{field}[{i}]: {v:?} is empty or has whitespace"));
+                    }
+                }
+                values.iter().map(|v| v.to_ascii_lowercase()).collect()
+            })
+        };
+        let origins = Origins {
+            hosts: names("allowed_hosts", raw.allowed_hosts),
+            origins: names("allowed_origins", raw.allowed_origins),
+        };
         let rules = raw.masking.unwrap_or_default();
         let masker = match Masker::new(&rules) {
             Ok(masker) => Some(masker),
@@ -277,6 +298,7 @@ impl TryFrom<RawConfig> for Config {
             record_message_max_bytes: to_usize(record_message_max_bytes),
             max_response_bytes: to_usize(max_response_bytes),
             masking: Masking { rules, masker },
+            origins,
         })
     }
 }
@@ -401,6 +423,17 @@ mod tests {
         let masking: Vec<&String> = e.0.iter().filter(|p| p.starts_with("masking: ")).collect();
         // A bad regex, and the token style without a key.
         assert!(masking.len() >= 2, "{e}");
+    }
+
+    #[test]
+    fn hosts_and_origins_are_checked_only_when_configured() {
+        assert_eq!(parse(b"{}").unwrap().origins, Origins::default());
+        let c = parse(br#"{"allowed_hosts": ["GW.example.com:8443"], "allowed_origins": []}"#).unwrap();
+        assert_eq!(c.origins.hosts, Some(vec!["gw.example.com:8443".to_owned()]));
+        assert_eq!(c.origins.origins, Some(vec![]));
+        let e = parse(br#"{"allowed_hosts": ["", "a b"], "allowed_origins": ["x y"]}"#).unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.0.iter().any(|p| p.starts_with("allowed_origins[0]")), "{e}");
     }
 
     #[test]

@@ -14,13 +14,16 @@
 //!   reply; once the headers have gone on (SSE), a stream that cannot be masked is reset.
 //! - ext_authz runs after this filter on the way in, so on the way out its
 //!   `x-gatehouse-reveal` and `x-gatehouse-tools` response headers are already there when
-//!   the headers reach this filter, which reads and removes them.
+//!   the headers reach this filter, which reads and removes them; so is its
+//!   `x-gatehouse-session-key`, with which the filter tags the upstream's `Mcp-Session-Id`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use gatehouse_core::mask::{MaskCounts, REVEAL_IDS_HEADER};
+use gatehouse_core::mcp::SESSION_ID_HEADER;
+use gatehouse_core::session::SESSION_KEY_HEADER;
 use gatehouse_core::tools::TOOLS_HEADER;
 use gatehouse_core::upstream::CREDENTIAL_HEADER;
 use gatehouse_proto::audit::v1::ResponseObserved;
@@ -32,7 +35,7 @@ use crate::config::{self, Config};
 use crate::host::{self, buffer, map, stream};
 use crate::ids;
 use crate::queue::{self, Limits, Outcome, Pushed, Record, Shipper};
-use crate::request::{self, HeadDecision, REQUEST_ID_HEADER, Rejection, RequestHead};
+use crate::request::{self, HeadDecision, REQUEST_ID_HEADER, Rejection, RequestHead, SessionHeaders};
 use crate::response::{self, Plan, REVEAL_HEADER, ResponseHead, ResponseMasker, Step};
 
 /// Log a full queue on the first drop and then once per this many.
@@ -538,6 +541,12 @@ impl RootContext for Root {
             config.ingest_cluster,
             tick_ms
         );
+        if config.origins.hosts.is_none() || config.origins.origins.is_none() {
+            warn!(
+                "No allowed_hosts or allowed_origins in the filter configuration: requests with a foreign \
+                 Host or Origin are not refused (DNS rebinding); `gatehouse envoy-config` renders both"
+            );
+        }
         self.config = Some(Rc::new(config));
         true
     }
@@ -635,7 +644,12 @@ impl Http {
             );
         }
         let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-        let decision = request::check_head(&head, end_of_stream, config.max_body_bytes);
+        // Before anything else: Envoy rewrites Host on the way up, so the upstream's own
+        // DNS-rebinding check never sees the client's.
+        let decision = match request::check_origin(&head, &config.origins) {
+            Err(rejection) => HeadDecision::Reject(rejection),
+            Ok(()) => request::check_head(&head, end_of_stream, config.max_body_bytes),
+        };
         self.head = Some(head);
         match decision {
             HeadDecision::Forward => self.forward(None),
@@ -856,10 +870,14 @@ impl HttpContext for Http {
                 status.0
             );
         }
+        let mut session = SessionHeaders::default();
         let head = match host::header_pairs(map::RESPONSE_HEADERS) {
-            Ok(pairs) => Some(ResponseHead::from_headers(
-                pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-            )),
+            Ok(pairs) => {
+                session = SessionHeaders::from_headers(pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+                Some(ResponseHead::from_headers(
+                    pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+                ))
+            }
             Err(status) => {
                 warn!(
                     "Could not read the response headers of request {request_id}: host status {}",
@@ -877,6 +895,7 @@ impl HttpContext for Http {
                 (REVEAL_IDS_HEADER, head.reveal_ids.is_some()),
                 (TOOLS_HEADER, head.tools.is_some()),
                 (CREDENTIAL_HEADER, head.credential.is_some()),
+                (SESSION_KEY_HEADER, session.key_present),
             ] {
                 if present && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, name) {
                     error!(
@@ -885,6 +904,23 @@ impl HttpContext for Http {
                     );
                     header_stuck = true;
                 }
+            }
+            // The client gets the upstream's session id tagged for its caller; if the tag
+            // cannot be set, the bare id must not go on as if it were one.
+            if let Some(bound) = &session.bound
+                && let Err(status) = host::set_header(map::RESPONSE_HEADERS, SESSION_ID_HEADER, bound)
+            {
+                error!(
+                    "Could not tag the session id on the answer to {request_id}: host status {}",
+                    status.0
+                );
+                header_stuck = true;
+            }
+            if session.untagged && self.phase == Phase::Forwarded {
+                warn!(
+                    "The answer to {request_id} carries a session id but the Check gave no key: it goes \
+                     on untagged, and the gateway will refuse it when it comes back"
+                );
             }
             if let Some(Err(e)) = &head.tools {
                 error!("Unreadable {TOOLS_HEADER} on the answer to {request_id} ({e}): every tool is hidden");

@@ -1,12 +1,14 @@
 //! What the filter decides about a request, as pure functions of its headers and body.
 //!
 //! Bad input never reaches an upstream: a method MCP does not use, a POST that is not
-//! JSON, a body over the limit, a body that is not JSON-RPC, or (on revision 2026-07-28)
+//! JSON, a body over the limit, a body that is not JSON-RPC (or that another parser could
+//! read as a different call, see `gatehouse_core::mcp`), or (on revision 2026-07-28)
 //! routing headers that disagree with the body are each answered here with an HTTP
 //! status and a JSON-RPC error body, and recorded as a `RequestRejected`.
 
-use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR};
+use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
 use gatehouse_core::mcp::{self, Envelope, ParseError};
+use gatehouse_core::session;
 use gatehouse_proto::audit::v1::RequestRejected;
 use serde_json::Value;
 
@@ -32,6 +34,9 @@ pub struct RequestHead {
     pub protocol_version: Option<String>,
     pub mcp_method: Option<String>,
     pub mcp_name: Option<String>,
+    /// `:authority` (HTTP/2) or `Host` (HTTP/1), as the client sent it.
+    pub authority: Option<String>,
+    pub origin: Option<String>,
 }
 
 impl RequestHead {
@@ -54,6 +59,8 @@ impl RequestHead {
                 mcp::PROTOCOL_VERSION_HEADER => head.protocol_version = Some(value()),
                 mcp::METHOD_HEADER => head.mcp_method = Some(value()),
                 mcp::NAME_HEADER => head.mcp_name = Some(value()),
+                ":authority" | "host" => head.authority = Some(value()),
+                "origin" => head.origin = Some(value()),
                 _ => {}
             }
         }
@@ -80,6 +87,85 @@ pub fn spoofed_header_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec
     spoofed.sort_unstable();
     spoofed.dedup();
     spoofed
+}
+
+/// The `Host` and `Origin` values the gateway answers to, lower case. Envoy rewrites `Host`
+/// to what the upstream accepts, so an upstream's own DNS-rebinding check never sees the
+/// client's: the gateway checks them. `None`: that check is off (the field was not
+/// configured).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins {
+    pub hosts: Option<Vec<String>>,
+    pub origins: Option<Vec<String>>,
+}
+
+/// Refuses a request for a `Host` the gateway does not serve, or from a browser page of
+/// another origin (a request without `Origin` is not from a browser page: it passes).
+pub fn check_origin(head: &RequestHead, allowed: &Origins) -> Result<(), Rejection> {
+    let refuse = |what: &str, value: &str| {
+        Rejection::new(
+            403,
+            jsonrpc_error::FORBIDDEN,
+            format!("Forbidden: this gateway does not serve requests with this {what}"),
+            format!("{what} {value:?} is not one the gateway serves (DNS rebinding?)"),
+        )
+    };
+    let listed = |list: &[String], value: &str| list.iter().any(|v| v.eq_ignore_ascii_case(value));
+    if let Some(hosts) = &allowed.hosts {
+        let host = head.authority.as_deref().unwrap_or_default();
+        if !listed(hosts, host) {
+            return Err(refuse("Host", host));
+        }
+    }
+    if let (Some(origins), Some(origin)) = (&allowed.origins, head.origin.as_deref())
+        && !listed(origins, origin)
+    {
+        return Err(refuse("Origin", origin));
+    }
+    Ok(())
+}
+
+/// The session headers of an answer: the binding key the Check gave this request, and the
+/// `Mcp-Session-Id` the client gets in place of the upstream's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionHeaders {
+    /// The Check's `x-gatehouse-session-key` is on the answer (to remove).
+    pub key_present: bool,
+    /// The upstream's session id, tagged for this caller (to set).
+    pub bound: Option<String>,
+    /// The upstream sent a session id and there was no usable key: it goes on untagged, and
+    /// the Check refuses it when the client sends it back.
+    pub untagged: bool,
+}
+
+impl SessionHeaders {
+    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let (mut key, mut id) = (None, None);
+        let mut key_present = false;
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case(session::SESSION_KEY_HEADER) {
+                key_present = true;
+                key = hex_key(value);
+            } else if name.eq_ignore_ascii_case(mcp::SESSION_ID_HEADER) && id.is_none() {
+                id = std::str::from_utf8(value).ok().map(str::trim);
+            }
+        }
+        let bound = key.zip(id).and_then(|(key, id)| session::bind(&key, id));
+        Self {
+            key_present,
+            untagged: id.is_some() && bound.is_none(),
+            bound,
+        }
+    }
+}
+
+fn hex_key(value: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect();
+    bytes.filter(|b| b.len() == 32)
 }
 
 /// A refused request: what the client is told and what the audit trail records.
@@ -142,7 +228,13 @@ impl Rejection {
             reason: self.reason.clone(),
             http_method: head.method.clone(),
             path: head.path.clone(),
-            session_id: head.session_id.clone().unwrap_or_default(),
+            // The upstream's id, as the Check records it (without the caller's tag).
+            session_id: head
+                .session_id
+                .as_deref()
+                .map(session::upstream_part)
+                .unwrap_or_default()
+                .to_owned(),
             protocol_version: head.protocol_version.clone().unwrap_or_default(),
             bearer_token: head.bearer_token.clone().unwrap_or_default(),
             observed_at_unix_ms: now_ms,
@@ -252,6 +344,16 @@ pub fn check_body(head: &RequestHead, body: &[u8]) -> Result<RequestSummary, Rej
             format!("Invalid Request: {why}"),
             format!("not JSON-RPC: {why}"),
         ),
+        ParseError::InvalidParams { why, id } => {
+            let mut rejection = Rejection::new(
+                400,
+                INVALID_PARAMS,
+                format!("Invalid params: {why}"),
+                format!("invalid params: {why}"),
+            );
+            rejection.id = id;
+            rejection
+        }
     })?;
     let first = envelope.first();
     if let Err(mismatch) = mcp::check_routing_headers(
@@ -375,6 +477,64 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_host_or_origin_is_refused() {
+        let allowed = Origins {
+            hosts: Some(vec!["127.0.0.1:8080".into(), "gw.example.com".into()]),
+            origins: Some(vec!["https://gw.example.com".into()]),
+        };
+        let with = |pairs: &[(&str, &str)]| check_origin(&head(pairs), &allowed);
+        assert_eq!(with(&[("host", "127.0.0.1:8080")]), Ok(()));
+        assert_eq!(with(&[(":authority", "GW.example.com")]), Ok(()));
+        assert_eq!(
+            with(&[(":authority", "gw.example.com"), ("origin", "https://GW.example.com")]),
+            Ok(())
+        );
+        for pairs in [
+            &[("host", "evil.example.com")][..],
+            &[("host", "127.0.0.1:8081")],
+            &[("host", "gw.example.com.evil.example.com")],
+            &[],
+            &[("host", "127.0.0.1:8080"), ("origin", "http://evil.example.com")],
+            &[("host", "127.0.0.1:8080"), ("origin", "null")],
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "https://gw.example.com.evil.example.com"),
+            ],
+        ] {
+            let r = with(pairs).unwrap_err();
+            assert_eq!((r.status, r.jsonrpc_code), (403, -32003), "{pairs:?}");
+            assert_eq!(error_of(&r)["error"]["code"], -32003);
+        }
+        // Not configured: no check.
+        assert_eq!(check_origin(&head(&[("host", "evil")]), &Origins::default()), Ok(()));
+    }
+
+    #[test]
+    fn the_upstreams_session_id_is_tagged_with_the_checks_key() {
+        let key = [7u8; 32];
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let read = |pairs: &[(&str, &str)]| SessionHeaders::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
+        let s = read(&[("x-gatehouse-session-key", &hex), ("Mcp-Session-Id", "abc")]);
+        assert!(s.key_present && !s.untagged);
+        let bound = s.bound.unwrap();
+        assert_eq!(session::unbind(&key, &bound), Some("abc"));
+        // No session id: nothing to set, the key still goes.
+        assert_eq!(
+            read(&[("x-gatehouse-session-key", &hex)]),
+            SessionHeaders {
+                key_present: true,
+                ..Default::default()
+            }
+        );
+        // No usable key: the id goes on untagged (the Check refuses it later).
+        for key in ["", "zz", &hex[2..], &format!("{hex}00")] {
+            let s = read(&[("x-gatehouse-session-key", key), ("mcp-session-id", "abc")]);
+            assert_eq!((s.key_present, s.bound, s.untagged), (true, None, true), "{key}");
+        }
+        assert!(read(&[("mcp-session-id", "abc")]).untagged);
+    }
+
+    #[test]
     fn methods_other_than_get_post_delete_get_405() {
         assert_eq!(
             check_head(&head(&[(":method", "GET")]), true, 10),
@@ -455,6 +615,23 @@ mod tests {
     }
 
     #[test]
+    fn a_call_the_upstream_could_read_differently_is_refused() {
+        let not_a_string = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["run_query"]}}"#;
+        let r = check_body(&post(&[]), not_a_string).unwrap_err();
+        assert_eq!((r.status, r.jsonrpc_code), (400, -32602));
+        assert_eq!(error_of(&r)["error"]["code"], -32602);
+        assert_eq!(error_of(&r)["id"], 1, "invalid params answer the request's id");
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","NAME":"b"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{},"METHOD":"tools/call"}"#,
+        ] {
+            let r = check_body(&post(&[]), body).unwrap_err();
+            assert_eq!((r.status, r.jsonrpc_code), (400, -32600), "{}", r.reason);
+        }
+    }
+
+    #[test]
     fn valid_messages_and_batches_pass() {
         let call = br#"{"jsonrpc":"2.0","id":"a1","method":"tools/call","params":{"name":"echo"}}"#;
         let s = check_body(&post(&[]), call).unwrap();
@@ -527,6 +704,8 @@ mod tests {
         assert_eq!(rec.path, "/mcp");
         assert_eq!(rec.bearer_token, "tok");
         assert_eq!(rec.session_id, "s");
+        let tagged = post(&[("mcp-session-id", "0123456789abcdef0123456789abcdef.up-1")]);
+        assert_eq!(r.record(&tagged, "abc", 42).session_id, "up-1");
         assert_eq!(rec.protocol_version, "2025-06-18");
         assert_eq!(rec.observed_at_unix_ms, 42);
     }

@@ -382,6 +382,8 @@ def write_config(
     upstream_credentials: dict[str, Any] | None = None,
     grpc_plaintext: bool = False,
     audit: dict[str, Any] | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> Path:
     """`audit`: keys of the config's `audit:` section to set (a `checkpoint` given replaces
     the default one).
@@ -415,6 +417,8 @@ def write_config(
                     }
                 }
             ),
+            # Sessions outlive a restart of the service (tests restart it mid-session).
+            "session_key_file": "session.key",
         },
         "identity": identity,
         "audit": {
@@ -454,6 +458,10 @@ def write_config(
         config["approvals"] = approvals
     if max_response_bytes is not None:
         config["envoy"]["max_response_bytes"] = max_response_bytes
+    if allowed_hosts:
+        config["envoy"]["allowed_hosts"] = list(allowed_hosts)
+    if allowed_origins:
+        config["envoy"]["allowed_origins"] = list(allowed_origins)
     if masking is not None:
         config["masking"] = masking
     (stack_dir / "audit").mkdir(parents=True, exist_ok=True)
@@ -480,6 +488,8 @@ def start_stack(
     upstream_credentials: dict[str, Any] | None = None,
     aws_sts: AwsSts | None = None,
     audit: dict[str, Any] | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -498,6 +508,8 @@ def start_stack(
     `upstream_ca_file`: the upstream's `ca_file` (the CAs its certificate must chain to).
     `upstream_credentials`: the upstream's `credentials:` (what the gateway sends it).
     `audit`: keys of the config's `audit:` section to set (see `write_config`).
+    `allowed_hosts`, `allowed_origins`: more `Host`/`Origin` values the gateway answers to
+    (`envoy.allowed_hosts`/`allowed_origins`; e.g. a hop in front of it).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -556,6 +568,8 @@ def start_stack(
             upstream_ca_file=upstream_ca_file,
             upstream_credentials=upstream_credentials,
             audit=audit,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
             **ports,
         )
         stack = Stack(

@@ -7,6 +7,7 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use gatehouse_core::mask::{MaskCounts, Masker, REVEAL_IDS_HEADER, Reveal, RevealPlan};
+use gatehouse_core::session::SESSION_KEY_HEADER;
 use gatehouse_core::tools::{TOOLS_HEADER, ToolVisibility};
 use gatehouse_core::upstream::CREDENTIAL_HEADER;
 use gatehouse_core::{jsonrpc_error, mcp};
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{HttpRequestView, REQUEST_ID_HEADER};
+use super::{HttpRequestView, REQUEST_ID_HEADER, SessionCheck};
 use crate::approvals::{Approval, Call, Gate, GrantUse, Status, notify::approver_url};
 use crate::audit::NewRecord;
 use crate::aws::sign;
@@ -80,6 +81,10 @@ pub struct Allowed {
     pub tools: Option<ToolVisibility>,
     /// The upstream's own credential, sent in place of the client's.
     pub upstream_auth: UpstreamAuth,
+    /// The upstream's session id, sent in place of the caller's bound one.
+    pub upstream_session: Option<String>,
+    /// The key the filter tags a new upstream session id with (hex).
+    pub session_key: Option<String>,
 }
 
 /// What the gateway presents to the upstream for one call.
@@ -123,8 +128,27 @@ impl Decision {
                 reveal,
                 tools,
                 upstream_auth,
+                upstream_session,
+                session_key,
             }) => {
                 let mut ok = OkHttpResponseBuilder::new();
+                if let Some(id) = upstream_session {
+                    ok.add_header(
+                        mcp::SESSION_ID_HEADER,
+                        id,
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        false,
+                    );
+                }
+                if let Some(key) = session_key {
+                    // For the filter, which removes it and tags the upstream's session id.
+                    ok.add_response_header(
+                        SESSION_KEY_HEADER,
+                        key,
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        true,
+                    );
+                }
                 // The client's credential is for the gateway only; it never goes upstream.
                 // (Envoy removes after it sets: an upstream credential in `authorization`
                 // overwrites the client's instead.)
@@ -270,7 +294,10 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         Some(mcp::parse_body(view.body))
     };
     let first = envelope.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.first());
-    let jsonrpc_id = first.and_then(|m| m.id.clone());
+    let jsonrpc_id = match &envelope {
+        Some(Err(mcp::ParseError::InvalidParams { id, .. })) => id.clone(),
+        _ => first.and_then(|m| m.id.clone()),
+    };
 
     let mut record = json!({
         "subject": null,
@@ -279,7 +306,8 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         "http_method": view.method,
         // Without the query string: it may carry secrets.
         "path": view.path.split('?').next().unwrap_or_default(),
-        "session_id": view.header(mcp::SESSION_ID_HEADER),
+        // The upstream's id, without the caller's tag (see `session.rs`).
+        "session_id": view.header(mcp::SESSION_ID_HEADER).map(gatehouse_core::session::upstream_part),
         "protocol_version": view.header(mcp::PROTOCOL_VERSION_HEADER),
     });
     if let (Some(Ok(env)), Some(obj)) = (&envelope, record.as_object_mut()) {
@@ -354,6 +382,37 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         );
         return deny(record, denial, request_id);
     }
+    // A session id is a bearer capability: only the caller who opened it may use it.
+    let upstream_session =
+        match state
+            .sessions
+            .check(&principal.subject, &upstream.name, view.header(mcp::SESSION_ID_HEADER))
+        {
+            SessionCheck::None => None,
+            SessionCheck::Bound(id) => {
+                if let Some(obj) = record.as_object_mut() {
+                    obj.insert("session_id".into(), json!(id));
+                }
+                Some(id)
+            }
+            SessionCheck::Foreign(id) => {
+                if let Some(obj) = record.as_object_mut() {
+                    obj.insert("session_id".into(), json!(id));
+                }
+                // The same answer as an unknown session: the client starts a new one.
+                let denial = Denial::new(
+                    404,
+                    jsonrpc_error::INVALID_REQUEST,
+                    "Session not found.",
+                    "the session id was not opened by this caller on this upstream",
+                );
+                return deny(record, denial, request_id);
+            }
+        };
+    let session_key = state
+        .sessions
+        .binding_key(&principal.subject, &upstream.name)
+        .map(hex::encode);
     let mut reason = "caller's group may use the upstream".to_owned();
     let (mut extra, mut grant) = (Vec::new(), None);
     let policy = state.policy();
@@ -513,6 +572,8 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
             upstream_auth,
             subject: principal.subject,
             reveal,
+            upstream_session,
+            session_key,
         }),
     }
 }

@@ -4,9 +4,12 @@
 //! and decisions cannot disagree), verify the caller's token, check the upstream's groups,
 //! and commit the request record to the audit trail *before* answering OK. If the record
 //! cannot be committed the request is denied: no unaudited request reaches an upstream.
-//! The client's `Authorization` header is removed from what goes upstream.
+//! The client's `Authorization` header is removed from what goes upstream. An
+//! `Mcp-Session-Id` must be one the caller opened on this upstream (`session.rs`); the
+//! upstream gets its own plain id back.
 
 mod decision;
+mod session;
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -14,6 +17,7 @@ use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse}
 use gatehouse_core::audit::RecordKind;
 
 pub use decision::{Decision, Denial};
+pub use session::{SessionCheck, SessionSecret};
 
 use crate::{
     AppState,

@@ -92,13 +92,14 @@ async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let server = test_support::start(dir.path()).await;
     let auth = token(&server, "alice", &["eng"]);
+    let session = bound_session(&server, "alice", "s-1");
     let resp = client(&server)
         .await
         .check(check(
             &[
                 ("authorization", &auth),
                 ("x-gatehouse-request-id", RID),
-                ("mcp-session-id", "s-1"),
+                ("mcp-session-id", &session),
             ],
             CALL,
             Some("everything"),
@@ -111,6 +112,26 @@ async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
         panic!("{resp:?}")
     };
     assert_eq!(ok.headers_to_remove, ["authorization"]);
+    let set = |name: &str| {
+        ok.headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == name)
+            .map(|h| h.value.clone())
+    };
+    assert_eq!(
+        set("mcp-session-id").as_deref(),
+        Some("s-1"),
+        "the upstream gets its own id"
+    );
+    let key = ok
+        .response_headers_to_add
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-gatehouse-session-key")
+        .map(|h| hex::decode(&h.value).unwrap())
+        .unwrap();
+    assert_eq!(gatehouse_core::session::bind(&key, "s-1"), Some(session.clone()));
 
     let recs = records(&server, RID).await;
     assert_eq!(recs.len(), 1);
@@ -127,6 +148,94 @@ async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
         !recs[0].data.to_string().contains(auth.trim_start_matches("Bearer ")),
         "the token must not be stored"
     );
+    server.stop();
+}
+
+/// One Check on upstream "everything".
+async fn ask(
+    server: &Server,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+    client(server)
+        .await
+        .check(check(headers, body, Some("everything")))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The session id `subject` was given for the upstream's `id` on upstream "everything".
+fn bound_session(server: &Server, subject: &str, id: &str) -> String {
+    let key = server.state.sessions.binding_key(subject, "everything").unwrap();
+    gatehouse_core::session::bind(&key, id).unwrap()
+}
+
+#[tokio::test]
+async fn another_callers_session_is_404_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let bob = token(&server, "bob", &["eng"]);
+    let alices = bound_session(&server, "alice", "s-1");
+    for (i, presented) in [alices.as_str(), "s-1"].into_iter().enumerate() {
+        let rid = format!("{i:032x}");
+        let headers = [
+            ("authorization", bob.as_str()),
+            ("x-gatehouse-request-id", &rid),
+            ("mcp-session-id", presented),
+        ];
+        let resp = ask(&server, &headers, CALL).await;
+        let (status, _, body) = denied(&resp);
+        assert_eq!(status, 404, "{presented}");
+        assert_eq!(body["id"], 4);
+        assert_eq!(body["error"]["code"], -32600);
+        let recs = records(&server, &rid).await;
+        let d = &recs[0].data;
+        assert_eq!(
+            (d["decision"].as_str(), d["status"].as_u64()),
+            (Some("deny"), Some(404))
+        );
+        assert_eq!(d["session_id"], "s-1", "records keep the upstream's id");
+        assert_eq!(d["subject"], "bob");
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_call_naming_no_string_tool_is_refused_by_the_service_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test_support::start(dir.path()).await;
+    let auth = token(&server, "alice", &["eng"]);
+    for (i, (body, code)) in [
+        (
+            &br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":["echo"]}}"#[..],
+            -32602,
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"a","NAME":"echo"}}"#,
+            -32600,
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"a","name":"echo"}}"#,
+            -32600,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let rid = format!("{:032x}", i + 16);
+        let resp = ask(
+            &server,
+            &[("authorization", &auth), ("x-gatehouse-request-id", &rid)],
+            body,
+        )
+        .await;
+        let (status, _, answer) = denied(&resp);
+        assert_eq!((status, answer["error"]["code"].as_i64()), (400, Some(code)));
+        // Invalid params answer the request's id; an invalid request cannot be trusted to have one.
+        assert_eq!(answer["id"], if code == -32602 { json!(4) } else { Value::Null });
+        assert_eq!(records(&server, &rid).await[0].data["decision"], "deny");
+    }
     server.stop();
 }
 

@@ -93,8 +93,11 @@ impl fmt::Debug for Webhook {
 pub struct Service {
     pub rest_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
-    /// The gateway's public base URL, as clients reach it (for OAuth resource metadata).
+    /// The gateway's public base URL, as clients reach it (for OAuth resource metadata,
+    /// and the `Host`/`Origin` the gateway answers to).
     pub public_url: Url,
+    /// The secret binding MCP sessions to their caller; `None`: a random one per process.
+    pub session_key_file: Option<PathBuf>,
     /// mTLS on the gRPC listener; `None` only for plain gRPC on loopback, said explicitly.
     pub grpc_tls: Option<GrpcTls>,
 }
@@ -247,6 +250,10 @@ pub struct Envoy {
     pub stream_idle_timeout_s: u64,
     /// The largest JSON answer the filter buffers to mask (larger ones are refused).
     pub max_response_bytes: u64,
+    /// `Host` values accepted besides the public URL's and the listeners' (lower case).
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted besides the public URL's and the listeners' (lower case).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Config {

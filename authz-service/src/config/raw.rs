@@ -143,6 +143,9 @@ pub struct Service {
     pub rest_listen: String,
     pub grpc_listen: String,
     pub public_url: String,
+    /// The secret that binds MCP sessions to their caller (hex, created if missing).
+    #[serde(default)]
+    pub session_key_file: Option<String>,
     /// mTLS on the gRPC listener (ext_authz and audit ingest).
     #[serde(default)]
     pub grpc_tls: Option<GrpcTls>,
@@ -494,6 +497,12 @@ pub struct Envoy {
     pub stream_idle_timeout_s: u64,
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// More `Host` values the gateway answers to, besides its public URL and listeners.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// More `Origin` values a browser request may come from (`scheme://host[:port]`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_groups_claim() -> String {
@@ -797,6 +806,8 @@ impl Config {
                 p.add("envoy.tls_key", "required with https_listen");
             }
         }
+        let allowed_hosts = validate_hosts(&e.allowed_hosts, &mut p);
+        let allowed_origins = validate_origins(&e.allowed_origins, &mut p);
         if !(1024..=64 * 1024 * 1024).contains(&e.max_request_bytes) {
             p.add("envoy.max_request_bytes", "must be between 1 KiB and 64 MiB");
         }
@@ -830,6 +841,7 @@ impl Config {
                 grpc_listen: grpc_listen.ok_or_else(missing)?,
                 public_url: public_url.ok_or_else(missing)?,
                 grpc_tls,
+                session_key_file: self.service.session_key_file.map(|f| resolve(base, &f)),
             },
             identity: super::Identity {
                 issuer: self.identity.issuer,
@@ -858,12 +870,58 @@ impl Config {
                 ext_authz_timeout_ms: e.ext_authz_timeout_ms,
                 stream_idle_timeout_s: e.stream_idle_timeout_s,
                 max_response_bytes: e.max_response_bytes,
+                allowed_hosts,
+                allowed_origins,
             },
             masking,
             policy,
             approvals: approvals.ok_or_else(missing)?,
         })
     }
+}
+
+/// `host` or `host:port`, lower-cased (Host is case-insensitive).
+fn validate_hosts(hosts: &[String], p: &mut Problems) -> Vec<String> {
+    let mut valid = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let ok = !host.is_empty()
+            && Url::parse(&format!("http://{host}")).is_ok_and(|u| {
+                u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
+                    && !host.contains(['/', '@', '?', '#'])
+            });
+        if ok {
+            valid.push(host.to_ascii_lowercase());
+        } else {
+            p.add(
+                format!("envoy.allowed_hosts[{i}]"),
+                format!("{host:?} is not a host or host:port"),
+            );
+        }
+    }
+    valid
+}
+
+/// `scheme://host[:port]` exactly as a browser sends it in `Origin` (no path, no slash).
+fn validate_origins(origins: &[String], p: &mut Problems) -> Vec<String> {
+    let mut valid = Vec::new();
+    for (i, origin) in origins.iter().enumerate() {
+        match Url::parse(origin) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.origin().ascii_serialization() == origin.to_ascii_lowercase() =>
+            {
+                valid.push(origin.to_ascii_lowercase());
+            }
+            _ => p.add(
+                format!("envoy.allowed_origins[{i}]"),
+                format!("{origin:?} is not an origin like https://app.example.com (scheme, host, port only)"),
+            ),
+        }
+    }
+    valid
 }
 
 fn validate_approvals(

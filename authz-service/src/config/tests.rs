@@ -373,3 +373,55 @@ fn approvals_have_their_own_audience_and_caps() {
         "{text}"
     );
 }
+
+#[test]
+fn extra_hosts_and_origins_are_checked_and_lower_cased() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "  wasm: target/gatehouse_filter.wasm",
+            &format!("  wasm: target/gatehouse_filter.wasm\n{extra}"),
+        )
+    };
+    let good = with(
+        "  allowed_hosts: [MCP.example.com, \"10.0.0.5:8443\", \"[::1]:8080\"]\n  allowed_origins: [\"https://App.example.com\", \"http://localhost:3000\"]",
+    );
+    let c = Config::parse(&good, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+    assert_eq!(
+        c.envoy.allowed_hosts,
+        ["mcp.example.com", "10.0.0.5:8443", "[::1]:8080"]
+    );
+    assert_eq!(
+        c.envoy.allowed_origins,
+        ["https://app.example.com", "http://localhost:3000"]
+    );
+    assert_eq!(c.service.session_key_file, None);
+
+    let bad = with(
+        "  allowed_hosts: [\"\", \"http://x.example.com\", \"x.example.com/path\", \"a b\"]\n  allowed_origins: [\"https://app.example.com/\", \"app.example.com\", \"ftp://x.example.com\", \"https://a.example.com/p\"]",
+    );
+    let errors = Config::parse(&bad, Path::new("/etc/gh/gatehouse.yaml")).unwrap_err();
+    let paths: Vec<_> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    for i in 0..4 {
+        assert!(
+            paths.contains(&format!("envoy.allowed_hosts[{i}]").as_str()),
+            "{errors:?}"
+        );
+        assert!(
+            paths.contains(&format!("envoy.allowed_origins[{i}]").as_str()),
+            "{errors:?}"
+        );
+    }
+}
+
+#[test]
+fn the_session_key_file_is_resolved_against_the_config() {
+    let text = GOOD.replace(
+        "  public_url: http://127.0.0.1:8080",
+        "  public_url: http://127.0.0.1:8080\n  session_key_file: state/session.key",
+    );
+    let c = Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+    assert_eq!(
+        c.service.session_key_file.as_deref(),
+        Some(Path::new("/etc/gh/state/session.key"))
+    );
+}

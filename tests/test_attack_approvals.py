@@ -244,3 +244,32 @@ def test_an_mcp_token_cannot_approve_and_an_approver_token_cannot_call_mcp(make_
     # An approver's token is for approvals only: MCP refuses it.
     resp = stack.post(tools_call("echo", {"message": "x"}), token=stack.approver_token("bob"))
     assert resp.status_code == 401, resp.text
+
+
+def test_a_call_released_by_an_approval_carries_neither_the_callers_nor_the_approvers_token(make_stack):
+    """The Check that lets a held call through is the one that removes the client's
+    credentials: the upstream sees no Authorization, and neither token in any header."""
+    rule = approval_rule("deploy-needs-approval", ("deploy",), hold_seconds=10)
+    stack = make_stack(upstream="echo", policy=[SESSION_RULE, rule], ext_authz_timeout_ms=15000)
+    alice_token = stack.token("alice", ("eng",))
+    bob = Approver(stack, "bob")
+    bob_token = stack.approver_token("bob", ("approvers",))
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(
+            stack.post,
+            tools_call("deploy", {"service": "billing"}, request_id=3),
+            token=alice_token,
+        )
+        pending = bob.wait_pending(lambda a: a["subject"] == "alice" and a["tool"] == "deploy")
+        assert not stack.echo.received(), "the held call reached the upstream before its approval"
+        assert bob.approve(pending["id"]).status_code == 200
+        resp = held.result(timeout=30)
+    assert resp.status_code == 200, resp.text
+    (seen,) = stack.echo.received()
+    assert "authorization" not in seen.header_names()
+    for name, values in seen.headers.items():
+        for value in values:
+            for token in (alice_token, bob_token):
+                assert token not in value and token.split(".")[2] not in value, (
+                    f"a token reached the upstream in {name}"
+                )

@@ -144,6 +144,31 @@ def test_a_call_another_parser_could_read_differently_is_refused(echo_stack, bod
     assert rejected["data"]["http_status"] == 400
 
 
+ARGUMENT_POLICY = [
+    {
+        "id": "no-forced-deploy",
+        "tools": ["deploy"],
+        "arguments": [{"pointer": "/force", "equals": True}],
+        "outcome": "deny",
+    },
+    {"id": "everything-else", "outcome": "allow"},
+]
+
+
+@pytest.mark.parametrize("key", ["FORCE", "Force", "forcE"])
+def test_an_argument_key_in_another_case_is_judged_as_an_upstream_reads_it(make_stack, key):
+    """A Go upstream (encoding/json) reads `FORCE` as `force`: the rule must too."""
+    stack = make_stack(upstream="echo", policy=ARGUMENT_POLICY)
+    token = stack.token()
+    assert stack.post(tools_call("deploy", {"force": False}, request_id=1), token=token).status_code == 200
+    quiet = Untouched(stack)
+    denied = stack.post(tools_call("deploy", {key: True}, request_id=2), token=token)
+    jsonrpc_error(denied, 403, FORBIDDEN)
+    quiet.check()
+    (record,) = [r for r in quiet.new_records("request") if r["data"].get("tool") == "deploy"]
+    assert record["data"]["decision"] == "deny" and record["data"]["policy_rule"] == "no-forced-deploy"
+
+
 # --- 2. DNS rebinding: Host and Origin -------------------------------------------------
 
 

@@ -398,10 +398,18 @@ fn pointer_tokens(pointer: &str) -> Vec<String> {
         .collect()
 }
 
-/// `Value::pointer` over tokens split once (it would unescape them on every call).
+/// `Value::pointer` over tokens split once (it would unescape them on every call). A key
+/// that matches only after case folding counts too: an upstream that reads JSON keys
+/// case-insensitively (Go's encoding/json) acts on `{"FORCE": true}` as on `force`, so the
+/// rule must see it. Two keys that fold alike never get this far (the request is refused).
 fn lookup<'v>(value: &'v Value, tokens: &[String]) -> Option<&'v Value> {
     tokens.iter().try_fold(value, |v, token| match v {
-        Value::Object(map) => map.get(token),
+        Value::Object(map) => map.get(token).or_else(|| {
+            let folded = gatehouse_core::mcp::fold_key(token);
+            map.iter()
+                .find(|(k, _)| gatehouse_core::mcp::fold_key(k) == folded)
+                .map(|(_, v)| v)
+        }),
         Value::Array(items) => {
             // As RFC 6901 (and serde_json): no sign, no leading zero.
             if token.starts_with('+') || (token.len() > 1 && token.starts_with('0')) {

@@ -218,6 +218,18 @@ fn pointers_split_once_find_what_serde_json_finds() {
 }
 
 #[test]
+fn a_key_that_differs_only_in_case_is_found_as_a_case_insensitive_upstream_would() {
+    // Go's encoding/json would read `FORCE` and `ſql` (long s) as `force` and `sql`.
+    let value = serde_json::json!({"FORCE": true, "ſql": "DROP TABLE t", "exact": 1, "EXACT": 2});
+    let at = |p: &str| super::lookup(&value, &super::pointer_tokens(p)).cloned();
+    assert_eq!(at("/force"), Some(serde_json::json!(true)));
+    assert_eq!(at("/SQL"), Some(serde_json::json!("DROP TABLE t")));
+    // An exact key wins over a folded one.
+    assert_eq!(at("/exact"), Some(serde_json::json!(1)));
+    assert_eq!(at("/missing"), None);
+}
+
+#[test]
 fn the_upstream_index_keeps_file_order() {
     // Rules for one upstream, for two, and for any, interleaved: the index must find the
     // same first match as a scan in file order.

@@ -15,6 +15,7 @@
 //!   error a client gets when the upstream refuses it.
 
 pub mod audit;
+pub mod json_keys;
 pub mod jsonrpc_error;
 pub mod mask;
 pub mod mcp;

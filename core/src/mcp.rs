@@ -13,10 +13,6 @@
 //! differs only in case from a member the gateway reads (`"METHOD"` next to a `result`).
 //! A request whose target is not a string (`"name": ["run_query"]`) is Invalid Params.
 
-use std::collections::BTreeSet;
-use std::fmt;
-
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -153,10 +149,11 @@ pub fn parse_body(body: &[u8]) -> Result<Envelope, ParseError> {
     // stack overflow.
     let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
     // The body is JSON; a second pass refuses keys another parser could read differently.
-    let mut keys = serde_json::Deserializer::from_slice(body);
-    KeyCheck
-        .deserialize(&mut keys)
-        .map_err(|e| ParseError::InvalidRequest(e.to_string()))?;
+    if let Some(key) = crate::json_keys::repeated_key(body, fold_key) {
+        return Err(ParseError::InvalidRequest(format!(
+            "the key {key:?} appears twice in one object (keys differing only in case count as the same)"
+        )));
+    }
     parse_value(value)
 }
 
@@ -167,63 +164,6 @@ pub fn fold_key(key: &str) -> String {
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
-}
-
-/// Walks a JSON document and fails on the first object with two keys that fold alike.
-/// Sets are ordered (not hashed): a hash set needs randomness the wasm host may not give.
-struct KeyCheck;
-
-impl<'de> DeserializeSeed<'de> for KeyCheck {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyCheck {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(KeyCheck)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = BTreeSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(fold_key(&key)) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "the key {key:?} appears twice in one object (keys differing only in case count as the same)"
-                )));
-            }
-            map.next_value_seed(KeyCheck)?;
-        }
-        Ok(())
-    }
 }
 
 /// The members of a message, and of a request's params, that the gateway decides on.

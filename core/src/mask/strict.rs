@@ -6,72 +6,10 @@
 //! re-serialization (one value per key, exactly what was read and what the record holds),
 //! and a request that carries duplicate keys is refused (`mcp::parse_body`).
 
-use std::collections::BTreeSet;
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-
 /// Whether `json` (valid JSON or not) has an object with the same key twice, at any depth.
 /// Keys are compared after unescaping, so `"a"` and `"\u0061"` are the same key.
 pub fn has_duplicate_keys(json: &[u8]) -> bool {
-    let mut de = serde_json::Deserializer::from_slice(json);
-    matches!(Unique.deserialize(&mut de), Err(e) if e.to_string().starts_with(DUPLICATE))
-}
-
-const DUPLICATE: &str = "duplicate key";
-
-/// Walks a JSON value and fails on the first repeated key.
-struct Unique;
-
-impl<'de> DeserializeSeed<'de> for Unique {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Unique {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Unique)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = BTreeSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !keys.insert(key) {
-                return Err(de::Error::custom(DUPLICATE));
-            }
-            map.next_value_seed(Unique)?;
-        }
-        Ok(())
-    }
+    crate::json_keys::repeated_key(json, str::to_owned).is_some()
 }
 
 #[cfg(test)]

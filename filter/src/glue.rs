@@ -772,6 +772,39 @@ impl Http {
         action
     }
 
+    /// One step of the answer: the bytes after what is held back are masked and applied, and
+    /// the answer goes on, is withheld, or waits until its records are queued.
+    fn answer_step(&mut self, input: AnswerInput) -> Action {
+        let (Some(config), Some(response)) = (self.config.clone(), self.response.as_mut()) else {
+            return Action::Continue;
+        };
+        let shared = &self.shared;
+        let context_id = self.context_id;
+        let masker = &config.masking.masker;
+        let now = host::now_ms();
+        // A held-back answer's buffer starts with what was masked already; only the rest is new.
+        let held = shared.held_bytes(context_id);
+        let read = |n: usize| read_response_body(context_id, held, n);
+        let mut record = |part| shared.enqueue_part(context_id, part);
+        let started = host::now_nanos();
+        let (after, masked_bytes) = match input {
+            AnswerInput::Body { size, end_of_stream } => {
+                let new = size.saturating_sub(held);
+                let step = response.on_body(masker, new, end_of_stream, read, now, &mut record);
+                let applied = apply(step, held, size);
+                let metrics = shared.metrics.get();
+                Metrics::add(metrics.body_ns, host::now_nanos().saturating_sub(started));
+                if end_of_stream {
+                    Metrics::add(metrics.answers, 1);
+                }
+                applied
+            }
+            AnswerInput::Trailers => apply(response.on_trailers(masker, read, now, &mut record), held, held),
+        };
+        let action = self.after_body(after, now);
+        self.hold_until_recorded(action, masked_bytes)
+    }
+
     /// An answer that would go on while some of its records wait for room in the queue is
     /// paused instead, with its first `masked_bytes` bytes ready; the root resumes it.
     fn hold_until_recorded(&mut self, action: Action, masked_bytes: usize) -> Action {
@@ -982,49 +1015,14 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(config), Some(response)) = (self.config.clone(), self.response.as_mut()) else {
-            return Action::Continue;
-        };
-        let shared = &self.shared;
-        let context_id = self.context_id;
-        let masker = &config.masking.masker;
-        let now = host::now_ms();
-        // A held-back answer's buffer starts with what was masked already; only the rest is new.
-        let held = shared.held_bytes(context_id);
-        let read = |n: usize| read_response_body(context_id, held, n);
-        let started = host::now_nanos();
-        let step = response.on_body(
-            masker,
-            body_size.saturating_sub(held),
+        self.answer_step(AnswerInput::Body {
+            size: body_size,
             end_of_stream,
-            read,
-            now,
-            &mut |part| shared.enqueue_part(context_id, part),
-        );
-        let (after, masked_bytes) = apply(step, held, body_size);
-        let metrics = shared.metrics.get();
-        Metrics::add(metrics.body_ns, host::now_nanos().saturating_sub(started));
-        if end_of_stream {
-            Metrics::add(metrics.answers, 1);
-        }
-        let action = self.after_body(after, now);
-        self.hold_until_recorded(action, masked_bytes)
+        })
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        let (Some(config), Some(response)) = (self.config.clone(), self.response.as_mut()) else {
-            return Action::Continue;
-        };
-        let shared = &self.shared;
-        let context_id = self.context_id;
-        let masker = &config.masking.masker;
-        let now = host::now_ms();
-        let held = shared.held_bytes(context_id);
-        let read = |n: usize| read_response_body(context_id, held, n);
-        let step = response.on_trailers(masker, read, now, &mut |part| shared.enqueue_part(context_id, part));
-        let (after, masked_bytes) = apply(step, held, held);
-        let action = self.after_body(after, now);
-        self.hold_until_recorded(action, masked_bytes)
+        self.answer_step(AnswerInput::Trailers)
     }
 
     fn on_log(&mut self) {
@@ -1072,6 +1070,12 @@ impl Http {
             Metrics::add(shared.metrics.get().withheld, 1);
         }
     }
+}
+
+/// What an answer step was called with.
+enum AnswerInput {
+    Body { size: usize, end_of_stream: bool },
+    Trailers,
 }
 
 /// What became of a body step, once its bytes (borrowed from the masker) are applied.

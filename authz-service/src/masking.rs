@@ -18,9 +18,7 @@ use gatehouse_core::tools::glob_match;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// The response header an OK Check adds for the filter, which removes it before the client
-/// sees the answer.
-pub const REVEAL_HEADER: &str = "x-gatehouse-reveal";
+pub use gatehouse_core::wire::REVEAL_HEADER;
 
 /// `masking:` in `gatehouse.yaml`, validated.
 #[derive(Debug, Clone, Default)]

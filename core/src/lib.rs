@@ -13,6 +13,8 @@
 //! - [`session`]: MCP session ids bound to the caller who opened them (a keyed tag).
 //! - [`upstream`]: how the service tells the filter which credential went upstream, and the
 //!   error a client gets when the upstream refuses it.
+//! - [`wire`]: the `x-gatehouse-*` header names the filter and the service share.
+//! - [`json_keys`]: repeated object keys, which different JSON readers read differently.
 
 pub mod audit;
 pub mod json_keys;
@@ -23,3 +25,4 @@ pub mod session;
 pub mod sse;
 pub mod tools;
 pub mod upstream;
+pub mod wire;

@@ -12,10 +12,7 @@ use gatehouse_core::session;
 use gatehouse_proto::audit::v1::RequestRejected;
 use serde_json::Value;
 
-/// Every request header with this prefix comes from the gateway, never from a client.
-pub const GATEHOUSE_HEADER_PREFIX: &str = "x-gatehouse-";
-/// The random id the filter gives every request it lets through.
-pub const REQUEST_ID_HEADER: &str = "x-gatehouse-request-id";
+pub use gatehouse_core::wire::{GATEHOUSE_HEADER_PREFIX, REQUEST_ID_HEADER};
 /// The methods MCP's Streamable HTTP transport uses.
 pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 

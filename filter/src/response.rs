@@ -33,9 +33,7 @@ use serde_json::Value;
 
 use crate::request::media_type;
 
-/// The kinds the service lets this caller see in clear, added by ext_authz to the answer
-/// (kind names separated by commas, `-` for none). The filter always removes it.
-pub const REVEAL_HEADER: &str = "x-gatehouse-reveal";
+pub use gatehouse_core::wire::REVEAL_HEADER;
 /// What the client gets instead of an answer the filter withholds.
 pub const WITHHELD_STATUS: u32 = 502;
 

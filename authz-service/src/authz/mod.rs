@@ -25,8 +25,7 @@ use crate::{
     audit::{AuditError, NewRecord},
 };
 
-/// The header the filter puts on every request it lets through.
-pub const REQUEST_ID_HEADER: &str = "x-gatehouse-request-id";
+pub use gatehouse_core::wire::REQUEST_ID_HEADER;
 /// The context extension (set per route in the rendered Envoy config) naming the upstream.
 pub const UPSTREAM_EXTENSION: &str = "upstream";
 

@@ -381,13 +381,19 @@ impl Root {
         }
     }
 
-    /// Queues the records of held-back answers as room frees, and resumes the answers whose
-    /// records are all queued.
-    fn release_stalled(&self) {
+    /// Sends the next batch if none is in flight, gives the room left to held-back answers'
+    /// records, and resumes the answers whose records are all queued. Resuming comes last: a
+    /// stream resumed may run its callbacks inside this one, and the SDK would then file an
+    /// ingest call made after it under that stream's context instead of the root's.
+    fn ship_and_release(&mut self) {
+        self.flush();
         let resume = self.shared.drain_stalled();
         if resume.is_empty() {
             return;
         }
+        // The first flush found the queue empty or a call in flight; the parts just queued
+        // go now if it was empty.
+        self.flush();
         for context_id in &resume {
             let resumed =
                 host::set_effective_context(*context_id).and_then(|()| host::continue_stream(stream::HTTP_RESPONSE));
@@ -399,7 +405,6 @@ impl Root {
                 );
             }
         }
-        // The ingest call that follows must be the root's own.
         if let Err(status) = host::set_effective_context(self.context_id) {
             error!("Could not return to the root context: host status {}", status.0);
         }
@@ -457,7 +462,7 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
         let metrics = self.shared.metrics.get();
         let now = host::now_ms();
-        let (outcome, more) = {
+        let outcome = {
             let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
                 return;
             };
@@ -482,15 +487,11 @@ impl Context for Root {
                 _ => {}
             }
             self.report(outcome, &metrics, &shipper);
-            (outcome, !shipper.is_empty())
+            outcome
         };
         if matches!(outcome, Outcome::Sent { .. }) {
-            // The batch left room: held-back answers go first, then the next batch goes
-            // now rather than at the next tick, to keep up under load.
-            self.release_stalled();
-            if more || !self.shared.shipper.try_borrow().is_ok_and(|s| s.is_empty()) {
-                self.flush();
-            }
+            // Keep up under load: the next batch goes now, not at the next tick.
+            self.ship_and_release();
         }
     }
 }
@@ -552,8 +553,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        self.flush();
-        self.release_stalled();
+        self.ship_and_release();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

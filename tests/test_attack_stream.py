@@ -1,5 +1,6 @@
-"""A hostile (or merely chatty) upstream streams a very long SSE answer: every event the
-client receives must be in the trail, in order, and the record of the answer complete.
+"""A hostile (or merely chatty) upstream streams a very long SSE answer, or labels text as
+binary. Every event the client receives must be in the trail, in order, and the record of
+the answer complete; nothing passes unread.
 
 The filter's record queue is bounded; before backpressure it dropped records once a stream
 outran the audit ingest (30,000 events lost 21,810 records and the final result).
@@ -129,3 +130,42 @@ def test_an_upstream_that_outruns_the_trail_is_cut_never_unrecorded(make_stack) 
         assert final[2] != "complete" or final[3], final
     dropped = stack.admin.stats("gatehouse_records_dropped")
     assert not any(dropped.values()), f"the filter dropped records: {dropped}"
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream", "audio/ogg; codecs=opus"])
+def test_a_binary_content_type_does_not_carry_text_past_the_masker(make_stack, content_type) -> None:
+    """A hostile upstream labels a JSON answer full of secrets as binary: it is withheld, not passed unread."""
+    stack = make_stack(upstream="raw")
+    secret = "AKIAIVF3HDRHMIRTO2I2 alice@example.com"
+    answer = json.dumps({"jsonrpc": "2.0", "id": 41, "result": {"t": secret}}).encode()
+    stack.raw.reply = lambda req: Reply(headers=[("content-type", content_type)], chunks=[answer], framing="length")
+
+    resp = stack.post(tools_call("report", {}, request_id=41), token=stack.token())
+
+    assert resp.status_code == 502, resp.text
+    assert resp.json()["error"]["code"] == -32603 and resp.json()["id"] == 41
+    assert b"AKIA" not in resp.content and b"alice@" not in resp.content
+    audited = stack.audit.wait_complete(resp.headers["x-gatehouse-request-id"])
+    assert "AKIAIVF3HDRHMIRTO2I2" not in json.dumps(audited) and "alice@example.com" not in json.dumps(audited)
+    assert audited["responses"][-1]["data"]["withheld"] == "binary"
+
+
+def test_a_secret_in_an_upstream_header_is_masked(make_stack) -> None:
+    stack = make_stack(upstream="raw")
+    answer = json.dumps({"jsonrpc": "2.0", "id": 42, "result": {"content": []}}).encode()
+    stack.raw.reply = lambda req: Reply(
+        headers=[
+            ("content-type", "application/json"),
+            ("x-debug", "key AKIAIVF3HDRHMIRTO2I2 for alice@example.com"),
+            ("x-request-trace", "plain-value-1234"),
+        ],
+        chunks=[answer],
+        framing="length",
+    )
+
+    resp = stack.post(tools_call("report", {}, request_id=42), token=stack.token())
+
+    assert resp.status_code == 200, resp.text
+    debug = resp.headers["x-debug"]
+    assert "AKIA" not in debug and "alice@example.com" not in debug and "[MASKED:" in debug, debug
+    assert resp.headers["x-request-trace"] == "plain-value-1234"

@@ -904,12 +904,13 @@ impl HttpContext for Http {
             );
         }
         let mut session = SessionHeaders::default();
+        let mut upstream_headers = Vec::new();
         let head = match host::header_pairs(map::RESPONSE_HEADERS) {
             Ok(pairs) => {
                 session = SessionHeaders::from_headers(pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-                Some(ResponseHead::from_headers(
-                    pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-                ))
+                let head = ResponseHead::from_headers(pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+                upstream_headers = pairs;
+                Some(head)
             }
             Err(status) => {
                 warn!(
@@ -957,6 +958,19 @@ impl HttpContext for Http {
             }
             if let Some(Err(e)) = &head.tools {
                 error!("Unreadable {TOOLS_HEADER} on the answer to {request_id} ({e}): every tool is hidden");
+            }
+            // Header values are masked like the body; one that cannot be replaced withholds
+            // the answer.
+            if let Some(config) = self.config.as_ref() {
+                for (name, masked) in response::masked_headers(&config.masking.masker, &upstream_headers) {
+                    if let Err(status) = host::set_header(map::RESPONSE_HEADERS, &name, &masked) {
+                        error!(
+                            "Could not mask header {name} of the answer to {request_id}: host status {}",
+                            status.0
+                        );
+                        header_stuck = true;
+                    }
+                }
             }
         }
         // Only one answer per request is masked and recorded (a local reply that replaces a

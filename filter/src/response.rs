@@ -54,9 +54,46 @@ pub mod withheld {
     pub const EVENT_TOO_LARGE: &str = "event_too_large";
     /// The host would not give or take the body, so it could not be masked.
     pub const UNREADABLE: &str = "unreadable";
+    /// A binary media type (`image/*`, `audio/*`, `video/*`, `application/octet-stream`):
+    /// nothing an MCP server answers with, and nothing the masker can read.
+    pub const BINARY: &str = "binary";
     /// The upstream answered 401 or 403 to the gateway's own credential: the client gets a
     /// JSON-RPC error instead (the upstream's answer may quote what was signed).
     pub const CREDENTIAL_REFUSED: &str = "credential_refused";
+}
+
+/// Headers the masker leaves alone: framing and protocol values the client needs as sent
+/// (and the session id, which the filter tags itself).
+const STRUCTURAL_HEADERS: &[&str] = &[
+    ":status",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "date",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "x-gatehouse-request-id",
+];
+
+/// The answer's headers whose values hold something to mask, with the masked value (nothing
+/// revealed: a header is not tied to one message). An upstream could otherwise carry a
+/// secret past the masker in `x-debug: AKIA…`.
+pub fn masked_headers(masker: &Masker, headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        if STRUCTURAL_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(value);
+        let mut counts = MaskCounts::default();
+        let masked = masker.mask_text(&text, &Reveal::none(), &mut counts);
+        // A value that was not UTF-8 goes on only in its replaced (and masked) form.
+        if !counts.is_empty() || matches!(text, std::borrow::Cow::Owned(_)) {
+            out.push((name.clone(), masked.into_owned()));
+        }
+    }
+    out
 }
 
 /// How the body of an answer is handled.
@@ -66,7 +103,9 @@ pub enum BodyKind {
     Json,
     /// Masked event by event.
     EventStream,
-    /// Passed unchanged: masking bytes as text would corrupt it, and it carries no text.
+    /// Withheld: masking bytes as text would corrupt it, and passing it unread would let a
+    /// hostile upstream send anything (no MCP answer is binary: resources travel as base64
+    /// inside JSON).
     Binary,
     /// Masked whole as text.
     Other,
@@ -335,8 +374,8 @@ impl ResponseMasker {
             return Plan::Pass;
         }
         if self.kind == BodyKind::Binary {
-            self.mode = Mode::Pass;
-            return Plan::Pass;
+            self.withhold(withheld::BINARY, now_ms, out);
+            return Plan::Withhold;
         }
         if self.head.content_encoding.is_some() {
             self.withhold(withheld::ENCODED, now_ms, out);
@@ -991,6 +1030,31 @@ mod tests {
     }
 
     #[test]
+    fn header_values_are_masked_and_framing_headers_left_alone() {
+        let masker = Masker::default();
+        let headers: Vec<(String, Vec<u8>)> = [
+            ("x-debug", format!("key AKIAIVF3HDRHMIRTO2I2 for {EMAIL}").into_bytes()),
+            ("content-type", b"application/json".to_vec()),
+            ("x-plain", b"nothing here".to_vec()),
+            ("x-bytes", b"caf\xe9".to_vec()),
+            ("mcp-session-id", b"0123abcd.9f8e".to_vec()),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect();
+        let masked = masked_headers(&masker, &headers);
+        let names: Vec<_> = masked.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-debug", "x-bytes"]);
+        assert!(
+            !masked[0].1.contains("AKIA") && !masked[0].1.contains(EMAIL),
+            "{}",
+            masked[0].1
+        );
+        assert!(masked[0].1.contains("[MASKED:"));
+        assert_eq!(masked[1].1, "caf\u{fffd}");
+    }
+
+    #[test]
     fn body_kinds_follow_the_media_type() {
         assert_eq!(BodyKind::of(Some("application/json; charset=utf-8")), BodyKind::Json);
         assert_eq!(BodyKind::of(Some("Text/Event-Stream")), BodyKind::EventStream);
@@ -1171,22 +1235,17 @@ mod tests {
     }
 
     #[test]
-    fn binary_answers_pass_unchanged() {
+    fn binary_answers_are_withheld_not_passed_unread() {
         let masker = Masker::default();
         let body = format!("\u{89}PNG {EMAIL}");
-        let r = run(&masker, revealing("image/png", "-"), &[body.as_bytes(), b"\xff\x00"]);
-        assert_eq!(r.plan, Some(Plan::Pass));
-        assert_eq!(r.client, [body.as_bytes(), b"\xff\x00"].concat());
-        assert_eq!(r.records.len(), 1);
-        assert!(r.records[0].message.is_empty() && r.records[0].r#final);
-        assert_eq!(r.records[0].body_bytes, body.len() as u64 + 2);
-        // Binary is not looked at, so its encoding does not matter.
-        let r = run(
-            &masker,
-            head("application/octet-stream", &[("content-encoding", "gzip")]),
-            &[b"x"],
-        );
-        assert_eq!((r.plan, r.client.as_slice()), (Some(Plan::Pass), &b"x"[..]));
+        for content_type in ["image/png", "application/octet-stream; x=1", "video/mp4"] {
+            let r = run(&masker, revealing(content_type, "-"), &[body.as_bytes(), b"\xff\x00"]);
+            assert_eq!(r.plan, Some(Plan::Withhold), "{content_type}");
+            assert!(!contains(&r.client, EMAIL), "{content_type}");
+            let last = r.records.last().unwrap();
+            assert!(last.r#final && last.withheld == withheld::BINARY, "{last:?}");
+            assert!(r.records.iter().all(|p| !contains(&p.message, EMAIL)));
+        }
     }
 
     #[test]

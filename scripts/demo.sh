@@ -162,7 +162,7 @@ wait_until envoy "${PIDS[-1]}" 30 curl -fsS -o /dev/null "http://$ADMIN/ready"
 token() { "$GATEHOUSE" dev-token --config "$CONFIG" --sub "$1" --groups "$2"; }
 ALICE="$(token alice eng)"
 BOB="$(token bob approvers)"
-AUDITOR="$(token ines auditors)"
+AUDITOR="$("$GATEHOUSE" dev-token --config "$CONFIG" --sub ines --groups auditors --auditor)"
 CAROL="$(token carol support)"
 # Approvers' tokens are for the approvals audience only: an MCP token cannot approve.
 BOB_APPROVER="$("$GATEHOUSE" dev-token --config "$CONFIG" --sub bob --groups approvers --approver)"
@@ -190,7 +190,7 @@ cat <<EOF
     alice (eng):        $ALICE
     bob (approvers):    $BOB
     bob, approving:     $BOB_APPROVER   (approvals audience: /v1/approvals and the page only)
-    ines (auditors):    $AUDITOR
+    ines (auditors):    $AUDITOR   (audit audience: /v1/audit only)
     carol (support):    $CAROL   (sees e-mails in clear where masking.reveal says so)
 
   Try:

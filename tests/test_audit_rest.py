@@ -24,16 +24,23 @@ def test_audit_api_needs_an_auditor(stack):
     for path in ("/v1/audit/records", f"/v1/audit/requests/{request_id}"):
         url = stack.rest_url + path
         assert httpx.get(url, timeout=5).status_code == 401
-        alice = httpx.get(url, headers=stack.auth("alice", ["eng"]), timeout=5)
+        # An audit-audience token of someone outside the auditor group: refused as such.
+        alice_auth = {"authorization": f"Bearer {stack.auditor_token('alice', ['eng'])}"}
+        alice = httpx.get(url, headers=alice_auth, timeout=5)
         assert alice.status_code == 403
         assert "secret-ish" not in alice.text
-        auditor = httpx.get(url, headers=stack.auth("ines", ["auditors"]), timeout=5)
+        # An auditor's MCP token (what an agent acting for them holds) cannot read the trail.
+        mcp_token = httpx.get(url, headers=stack.auth("ines", ["auditors"]), timeout=5)
+        assert mcp_token.status_code == 401, mcp_token.text
+        assert "secret-ish" not in mcp_token.text
+        auditor = httpx.get(url, headers={"authorization": f"Bearer {stack.auditor_token('ines')}"}, timeout=5)
         assert auditor.status_code == 200
         assert "secret-ish" in auditor.text
 
 
 def test_unknown_request_id_is_404(stack):
-    resp = httpx.get(f"{stack.rest_url}/v1/audit/requests/{'0' * 32}", headers=stack.auth("ines", ["auditors"]))
+    auth = {"authorization": f"Bearer {stack.auditor_token('ines')}"}
+    resp = httpx.get(f"{stack.rest_url}/v1/audit/requests/{'0' * 32}", headers=auth)
     assert resp.status_code == 404
 
 

@@ -52,12 +52,16 @@ enum Command {
         groups: String,
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        /// Audience (defaults to identity.audience, or approvals.audience with --approver).
+        /// Audience (defaults to identity.audience, approvals.audience with --approver, or
+        /// audit.audience with --auditor).
         #[arg(long)]
         aud: Option<String>,
         /// For the approvers' API and page (approvals.audience): such a token cannot call MCP.
-        #[arg(long, conflicts_with = "aud")]
+        #[arg(long, conflicts_with_all = ["aud", "auditor"])]
         approver: bool,
+        /// For the audit REST API (audit.audience): such a token cannot call MCP.
+        #[arg(long, conflicts_with = "aud")]
+        auditor: bool,
     },
     /// Work with the audit trail.
     Audit {
@@ -149,6 +153,7 @@ impl Cli {
                 ttl,
                 aud,
                 approver,
+                auditor,
             } => {
                 let config = load(&config)?;
                 let dev = config
@@ -163,10 +168,11 @@ impl Cli {
                     .filter(|g| !g.is_empty())
                     .map(str::to_owned)
                     .collect();
-                let audience = match (aud, approver) {
-                    (Some(aud), _) => aud,
-                    (None, true) => config.approvals.audience.clone(),
-                    (None, false) => config.identity.audience.clone(),
+                let audience = match (aud, approver, auditor) {
+                    (Some(aud), _, _) => aud,
+                    (None, true, _) => config.approvals.audience.clone(),
+                    (None, false, true) => config.audit.audience.clone(),
+                    (None, false, false) => config.identity.audience.clone(),
                 };
                 println!("{}", issuer.mint(&sub, &groups, &audience, ttl)?);
             }

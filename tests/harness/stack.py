@@ -40,6 +40,8 @@ REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 # The service's default `approvals.audience`: approvers' tokens carry it, MCP tokens do not.
 APPROVALS_AUDIENCE = "gatehouse-approvals"
+# The audience of auditors' tokens (`audit.audience`, default).
+AUDIT_AUDIENCE = "gatehouse-audit"
 
 
 def gatehouse(*args: str | Path, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -193,13 +195,17 @@ class Stack:
         args += ["--approver", *(["--ttl", str(ttl)] if ttl is not None else [])]
         return gatehouse(*args).stdout.strip()
 
+    def auditor_token(self, sub: str = "auditor", groups: Sequence[str] = ("auditors",)) -> str:
+        """A token for the audit REST API (`audit.audience`): it cannot call MCP."""
+        return self.token(sub, groups, aud=AUDIT_AUDIENCE)
+
     def auth(self, sub: str = "alice", groups: Sequence[str] = ("eng",)) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token(sub, groups)}"}
 
     @property
     def audit(self) -> AuditClient:
         if self._audit is None:
-            self._audit = AuditClient(self.rest_url, self.token("auditor", ["auditors"]))
+            self._audit = AuditClient(self.rest_url, self.auditor_token())
         return self._audit
 
     # --- raw MCP over HTTP ---------------------------------------------------------

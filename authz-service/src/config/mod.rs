@@ -137,6 +137,8 @@ pub struct Audit {
     pub database: String,
     pub writer_id: String,
     pub auditor_group: String,
+    /// The audience of auditors' tokens (the audit REST API), distinct from the MCP one.
+    pub audience: String,
     /// How many records one commit may group.
     pub max_batch: usize,
     pub checkpoint: Option<CheckpointPolicy>,

@@ -62,6 +62,10 @@ impl Default for Approvals {
     }
 }
 
+fn default_audit_audience() -> String {
+    "gatehouse-audit".into()
+}
+
 fn default_approvals_audience() -> String {
     "gatehouse-approvals".into()
 }
@@ -194,6 +198,9 @@ pub struct Audit {
     pub database: String,
     pub writer_id: String,
     pub auditor_group: String,
+    /// The audience of auditors' tokens for the audit REST API: never an MCP token.
+    #[serde(default = "default_audit_audience")]
+    pub audience: String,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     #[serde(default)]
@@ -658,6 +665,13 @@ impl Config {
         }
         p.non_empty("audit.writer_id", &self.audit.writer_id);
         p.non_empty("audit.auditor_group", &self.audit.auditor_group);
+        p.non_empty("audit.audience", &self.audit.audience);
+        if self.audit.audience == self.identity.audience {
+            p.add(
+                "audit.audience",
+                "must differ from identity.audience (an agent's MCP token must not read the trail)",
+            );
+        }
         if !(1..=10_000).contains(&self.audit.max_batch) {
             p.add("audit.max_batch", "must be between 1 and 10000");
         }
@@ -855,6 +869,7 @@ impl Config {
                 database,
                 writer_id: self.audit.writer_id,
                 auditor_group: self.audit.auditor_group,
+                audience: self.audit.audience,
                 max_batch: self.audit.max_batch,
                 checkpoint,
             },

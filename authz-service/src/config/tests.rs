@@ -425,3 +425,15 @@ fn the_session_key_file_is_resolved_against_the_config() {
         Some(Path::new("/etc/gh/state/session.key"))
     );
 }
+
+#[test]
+fn auditors_have_their_own_audience() {
+    let c = Config::parse(GOOD, Path::new("/g.yaml")).unwrap();
+    assert_eq!(c.audit.audience, "gatehouse-audit");
+    let same = GOOD.replace(
+        "  auditor_group: auditors",
+        "  auditor_group: auditors\n  audience: gatehouse",
+    );
+    let errs = Config::parse(&same, Path::new("/g.yaml")).unwrap_err();
+    assert_eq!(errs.0[0].path, "audit.audience", "{errs}");
+}

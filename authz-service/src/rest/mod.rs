@@ -140,12 +140,8 @@ async fn dev_jwks(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// The caller, from their bearer token.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    authenticate_for(state, headers, &state.config.identity.audience).await
-}
-
-/// [`authenticate`] for a token of another of the service's audiences.
+/// The caller's principal from a bearer token for `audience` (MCP, approvals or audit: each
+/// API takes only its own, so a token for one cannot be used on another).
 async fn authenticate_for(state: &AppState, headers: &HeaderMap, audience: &str) -> Result<Principal, ApiError> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match state.identity.verify_header_for(auth, audience).await {
@@ -165,9 +161,10 @@ async fn authenticate_for(state: &AppState, headers: &HeaderMap, audience: &str)
     }
 }
 
-/// Only members of the auditor group may read the trail.
+/// Only members of the auditor group may read the trail, with a token for `audit.audience`:
+/// an agent holding an auditor's MCP token cannot.
 async fn require_auditor(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let p = authenticate(state, headers).await?;
+    let p = authenticate_for(state, headers, &state.config.audit.audience).await?;
     if p.groups.contains(&state.config.audit.auditor_group) {
         return Ok(p.subject);
     }

@@ -217,6 +217,37 @@ def test_values_the_upstream_reads_as_harmless_still_pass(lax_stack):
         assert lax_stack.post(tools_call("deploy", arguments, request_id=1), token=token).status_code == 200, arguments
 
 
+@pytest.mark.parametrize(
+    "number",
+    # Beyond u64 (two such integers read as one f64), beyond f64, and a decimal with more
+    # digits than its f64 keeps (it reads as 0.1).
+    ["36893488147419103232", "-36893488147419103233", "1e400", "0.10000000000000001"],
+)
+def test_a_number_the_gateway_cannot_hold_exactly_is_refused(echo_stack, number):
+    """Read as a float, 36893488147419103232 and ...233 are one value: an approval or a
+    rule for the one would release the other, and the records could not tell them apart."""
+    untouched = Untouched(echo_stack)
+    body = raw_call(f'{{"name":"echo","arguments":{{"sql":"SELECT 1","account":{number}}}}}')
+
+    resp = echo_stack.post(None, token=echo_stack.token(), content=body)
+
+    error = jsonrpc_error(resp, 400, INVALID_PARAMS)
+    assert number in error["message"], error
+    untouched.check()
+    (rejected,) = untouched.new_records("request_rejected")
+    assert rejected["data"]["jsonrpc_code"] == INVALID_PARAMS
+
+
+def test_a_number_beyond_f64_precision_but_within_u64_passes_exactly(echo_stack):
+    """Control: 2^53 + 1 is not a float's, but it is a u64 and reaches the upstream as sent."""
+    before = len(echo_stack.echo.received())
+    body = raw_call('{"name":"echo","arguments":{"account":9007199254740993,"x":"36893488147419103232"}}')
+
+    assert echo_stack.post(None, token=echo_stack.token(), content=body).status_code == 200
+    (forwarded,) = echo_stack.echo.received()[before:]
+    assert b"9007199254740993" in forwarded.body
+
+
 # --- 2. DNS rebinding: Host and Origin -------------------------------------------------
 
 

@@ -169,6 +169,85 @@ def test_an_argument_key_in_another_case_is_judged_as_an_upstream_reads_it(make_
     assert record["data"]["decision"] == "deny" and record["data"]["policy_rule"] == "no-forced-deploy"
 
 
+# The official Python SDK validates arguments with pydantic in lax mode: each value below
+# reaches the tool as force=True, replicas=0 or amount=1000000.
+LAX_POLICY = [
+    *(
+        {"id": rule, "tools": ["deploy"], "arguments": [condition], "outcome": "deny"}
+        for rule, condition in [
+            ("no-forced-deploy", {"pointer": "/force", "equals": True}),
+            ("no-scale-to-zero", {"pointer": "/replicas", "equals": 0}),
+            ("no-big-transfer", {"pointer": "/amount", "gt": 1000}),
+        ]
+    ),
+    {"id": "everything-else", "outcome": "allow"},
+]
+
+
+@pytest.fixture(scope="module")
+def lax_stack(make_module_stack) -> Stack:
+    return make_module_stack(upstream="echo", policy=LAX_POLICY)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "rule"),
+    [
+        *[({"force": v}, "no-forced-deploy") for v in ["true", 1, "yes", "True", 1.0]],
+        *[({"replicas": v}, "no-scale-to-zero") for v in [0.0, "0", -0.0, False]],
+        ({"amount": "1_000_000"}, "no-big-transfer"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
+)
+def test_a_value_the_upstream_coerces_is_judged_as_the_value_it_becomes(lax_stack, arguments, rule):
+    token = lax_stack.token()
+    quiet = Untouched(lax_stack)
+
+    denied = lax_stack.post(tools_call("deploy", arguments, request_id=2), token=token)
+
+    jsonrpc_error(denied, 403, FORBIDDEN)
+    quiet.check()
+    (record,) = [r for r in quiet.new_records("request") if r["data"].get("tool") == "deploy"]
+    assert record["data"]["decision"] == "deny" and record["data"]["policy_rule"] == rule
+
+
+def test_values_the_upstream_reads_as_harmless_still_pass(lax_stack):
+    """Control: the coercion is the upstream's, not a blanket deny."""
+    token = lax_stack.token()
+    for arguments in [{"force": "no"}, {"force": 0}, {"replicas": "1"}, {"replicas": True}, {"amount": "1_000"}]:
+        assert lax_stack.post(tools_call("deploy", arguments, request_id=1), token=token).status_code == 200, arguments
+
+
+@pytest.mark.parametrize(
+    "number",
+    # Beyond u64 (two such integers read as one f64), beyond f64, and a decimal with more
+    # digits than its f64 keeps (it reads as 0.1).
+    ["36893488147419103232", "-36893488147419103233", "1e400", "0.10000000000000001"],
+)
+def test_a_number_the_gateway_cannot_hold_exactly_is_refused(echo_stack, number):
+    """Read as a float, 36893488147419103232 and ...233 are one value: an approval or a
+    rule for the one would release the other, and the records could not tell them apart."""
+    untouched = Untouched(echo_stack)
+    body = raw_call(f'{{"name":"echo","arguments":{{"sql":"SELECT 1","account":{number}}}}}')
+
+    resp = echo_stack.post(None, token=echo_stack.token(), content=body)
+
+    error = jsonrpc_error(resp, 400, INVALID_PARAMS)
+    assert number in error["message"], error
+    untouched.check()
+    (rejected,) = untouched.new_records("request_rejected")
+    assert rejected["data"]["jsonrpc_code"] == INVALID_PARAMS
+
+
+def test_a_number_beyond_f64_precision_but_within_u64_passes_exactly(echo_stack):
+    """Control: 2^53 + 1 is not a float's, but it is a u64 and reaches the upstream as sent."""
+    before = len(echo_stack.echo.received())
+    body = raw_call('{"name":"echo","arguments":{"account":9007199254740993,"x":"36893488147419103232"}}')
+
+    assert echo_stack.post(None, token=echo_stack.token(), content=body).status_code == 200
+    (forwarded,) = echo_stack.echo.received()[before:]
+    assert b"9007199254740993" in forwarded.body
+
+
 # --- 2. DNS rebinding: Host and Origin -------------------------------------------------
 
 

@@ -147,14 +147,114 @@ impl Envelope {
 pub fn parse_body(body: &[u8]) -> Result<Envelope, ParseError> {
     // serde_json refuses nesting deeper than 128 levels, so a deep body is an error, not a
     // stack overflow.
-    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| match inexact_number(body) {
+        // JSON, but a number overflows f64 (`1e400`): refused as below, not as a syntax error.
+        Some(number) if e.to_string().starts_with("number out of range") => inexact(&number, None),
+        _ => ParseError::InvalidJson(e.to_string()),
+    })?;
     // The body is JSON; a second pass refuses keys another parser could read differently.
     if let Some(key) = crate::json_keys::repeated_key(body, fold_key) {
         return Err(ParseError::InvalidRequest(format!(
             "the key {key:?} appears twice in one object (keys differing only in case count as the same)"
         )));
     }
-    parse_value(value)
+    let envelope = parse_value(value)?;
+    // Only requests: an answer's numbers are the upstream's to send, and its summary
+    // (id, error code) must not be lost over them.
+    if envelope.messages.iter().any(|m| m.method.is_some())
+        && let Some(number) = inexact_number(body)
+    {
+        let id = match envelope.messages.as_slice() {
+            [only] if !envelope.batch => only.id.clone(),
+            _ => None,
+        };
+        return Err(inexact(&number, id));
+    }
+    Ok(envelope)
+}
+
+fn inexact(number: &str, id: Option<Value>) -> ParseError {
+    ParseError::InvalidParams {
+        why: format!("the number {number} is beyond what the gateway holds exactly"),
+        id,
+    }
+}
+
+/// The first number literal of `json` (outside strings) that serde_json cannot hold
+/// exactly, so that two different literals would read as one value: the policy, the
+/// approval shown and the audit record would then see another number than the upstream
+/// runs, and a grant for one would release the other. An integer must fit i64 or u64; a
+/// literal with a fraction or an exponent must be the shortest spelling of the f64 it
+/// reads as (trailing zeros aside), which no other literal shares.
+fn inexact_number(json: &[u8]) -> Option<String> {
+    let mut i = 0;
+    let mut in_string = false;
+    while let Some(&b) = json.get(i) {
+        if in_string {
+            match b {
+                // The escaped byte cannot end the string.
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b != b'-' && !b.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let end = json
+            .get(i..)
+            .and_then(|rest| {
+                rest.iter()
+                    .position(|c| !matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+            })
+            .map_or(json.len(), |n| i + n);
+        let token = std::str::from_utf8(json.get(i..end)?).ok()?;
+        if !number_is_exact(token) {
+            return Some(token.to_owned());
+        }
+        i = end;
+    }
+    None
+}
+
+fn number_is_exact(token: &str) -> bool {
+    if !token.contains(['.', 'e', 'E']) {
+        return token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok();
+    }
+    match token.parse::<f64>() {
+        Ok(x) if x.is_finite() => decimal_digits(token) == decimal_digits(&format!("{x:e}")),
+        _ => false,
+    }
+}
+
+/// A decimal literal as (significant digits, position of the decimal point after the
+/// first of them): `-1.50e2` and `150` are both ("15", 3); zero is ("", 0) whatever its
+/// spelling. `None` for an exponent too large to matter (it reads as 0 or infinity).
+fn decimal_digits(literal: &str) -> Option<(String, i64)> {
+    let unsigned = literal.trim_start_matches('-');
+    let (mantissa, exponent) = unsigned.split_once(['e', 'E']).unwrap_or((unsigned, "0"));
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let significant = digits.trim_start_matches('0');
+    let leading_zeros = i64::try_from(digits.len() - significant.len()).ok()?;
+    let significant = significant.trim_end_matches('0');
+    if significant.is_empty() {
+        return Some((String::new(), 0));
+    }
+    let exponent = exponent.parse::<i64>().ok()?;
+    let point = i64::try_from(whole.len())
+        .ok()?
+        .checked_add(exponent)?
+        .checked_sub(leading_zeros)?;
+    Some((significant.to_owned(), point))
 }
 
 /// A key as a case-insensitive parser matches it: every character upper- then lower-cased
@@ -597,6 +697,77 @@ mod tests {
         );
         let list = parse(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).unwrap();
         assert_eq!(check_routing_headers(v, Some("tools/list"), None, &list), Ok(()));
+    }
+
+    fn raw(body: &str) -> Result<Envelope, ParseError> {
+        parse_body(body.as_bytes())
+    }
+
+    #[test]
+    fn numbers_the_gateway_cannot_hold_exactly_are_invalid_params() {
+        let call = |args: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#)
+        };
+        for refused in [
+            "36893488147419103232",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "4e-324",
+            "0.10000000000000001",
+            "9007199254740993.0",
+            "3.14159265358979323846",
+            "1.5e99999999999999999999",
+        ] {
+            let err = raw(&call(&format!(r#"{{"a":[1,{{"n":{refused}}}]}}"#))).unwrap_err();
+            // serde_json itself refuses what overflows f64: no id to answer with then.
+            let overflows = refused.parse::<f64>().is_ok_and(f64::is_infinite);
+            assert!(
+                matches!(&err, ParseError::InvalidParams { id, why }
+                    if (overflows || id.as_ref().is_some_and(|id| id == "q")) && why.contains(refused)),
+                "{refused}: {err:?}"
+            );
+        }
+        for fine in [
+            "9007199254740993",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "0",
+            "-0",
+            "-0.0",
+            "0e99999999999999999999",
+            "0.1",
+            "1.10",
+            "1E2",
+            "100.0",
+            "1e22",
+            "0.30000000000000004",
+            "5e-324",
+            "1.7976931348623157e308",
+            "-2.5E-3",
+        ] {
+            assert!(raw(&call(&format!(r#"{{"n":{fine}}}"#))).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn number_tokens_inside_strings_are_not_numbers() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":
+            {"a":"36893488147419103232","b\"1e400":"x\\","1e400":"\"0.10000000000000001\"","c":7}}}"#;
+        assert!(raw(body).is_ok());
+        let batch =
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"x","params":{"n":1e400000}}]"#;
+        assert!(matches!(raw(batch), Err(ParseError::InvalidParams { id: None, .. })));
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"x","params":{"n":36893488147419103232}}]"#;
+        assert!(matches!(raw(batch), Err(ParseError::InvalidParams { id: None, .. })));
+    }
+
+    #[test]
+    fn an_answer_may_carry_any_number() {
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"n":36893488147419103232}}"#;
+        assert!(raw(answer).is_ok());
     }
 
     #[test]

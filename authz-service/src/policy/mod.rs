@@ -3,8 +3,9 @@
 //! Rules are checked in order; the first whose every condition holds decides, and its id
 //! is recorded with the decision. No rule matching means deny. A rule's conditions:
 //! caller groups or subjects, upstream, MCP method, tool name (glob) and tool arguments
-//! (JSON pointer with equals / one-of / regex / numeric comparison). Everything is compiled
-//! once ([`Policy::compile`]) so that evaluation is a scan over prepared rules.
+//! (JSON pointer with equals / one-of / regex / numeric comparison; bool and number
+//! conditions match every spelling a lax upstream reads as that value, see [`coerce`]).
+//! Everything is compiled once ([`Policy::compile`]) so that evaluation is a scan over prepared rules.
 //!
 //! This module is pure: [`Policy::evaluate`] takes the request's facts and returns the
 //! decision; the Check wires it in.
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use gatehouse_core::tools::glob_match;
 
+mod coerce;
 pub mod reload;
 pub mod visibility;
 
@@ -370,12 +372,13 @@ impl ArgumentCondition {
         match (&self.test, value) {
             (ArgumentTest::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
-            (ArgumentTest::Equals(want), Some(v)) => v == want,
-            (ArgumentTest::OneOf(options), Some(v)) => options.contains(v),
+            // As the upstream reads the value: `"yes"` is `true` there, `"1_000"` is 1000.
+            (ArgumentTest::Equals(want), Some(v)) => coerce::lax_equals(want, v),
+            (ArgumentTest::OneOf(options), Some(v)) => options.iter().any(|o| coerce::lax_equals(o, v)),
             (ArgumentTest::Regex(re), Some(Value::String(s))) => re.is_match(s),
             (ArgumentTest::Regex(_), Some(_)) => false,
             (ArgumentTest::Compare { op, value: bound }, Some(v)) => {
-                let Some(n) = v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())) else {
+                let Some(n) = coerce::lax_number(v).map(coerce::Number::as_f64) else {
                     return false;
                 };
                 match op {

@@ -261,3 +261,50 @@ fn the_upstream_index_keeps_file_order() {
     };
     assert_eq!(policy.evaluate(&f).rule_id, Some("any-allow-x"));
 }
+
+#[test]
+fn conditions_match_what_a_lax_upstream_coerces_to_the_value() {
+    let policy = compile(
+        r#"
+- {id: force, arguments: [{pointer: /force, equals: true}], outcome: deny}
+- {id: replicas, arguments: [{pointer: /replicas, one_of: [0]}], outcome: deny}
+- {id: amount, arguments: [{pointer: /amount, gt: 1000}], outcome: deny}
+- {id: rest, outcome: allow}
+"#,
+    );
+    let any = groups(&[]);
+    let rule = |args: Value| {
+        policy
+            .evaluate(&facts(&any, Some("x"), Some(&args)))
+            .rule_id
+            .map(str::to_owned)
+    };
+    for force in [
+        json!(true),
+        json!("true"),
+        json!(1),
+        json!("yes"),
+        json!("True"),
+        json!(1.0),
+    ] {
+        assert_eq!(rule(json!({ "force": force })).as_deref(), Some("force"), "{force}");
+    }
+    for replicas in [json!(0), json!(0.0), json!("0"), json!(-0.0), json!(false)] {
+        assert_eq!(
+            rule(json!({ "replicas": replicas })).as_deref(),
+            Some("replicas"),
+            "{replicas}"
+        );
+    }
+    for amount in [
+        json!(1_000_000),
+        json!("1_000_000"),
+        json!("1e6"),
+        json!(" 1001 "),
+        json!(1000.5),
+    ] {
+        assert_eq!(rule(json!({ "amount": amount })).as_deref(), Some("amount"), "{amount}");
+    }
+    let harmless = json!({"force": "no", "replicas": 1, "amount": "1_000"});
+    assert_eq!(rule(harmless).as_deref(), Some("rest"));
+}

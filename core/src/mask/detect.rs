@@ -447,24 +447,23 @@ impl Detectors {
 
 /// The longest value a `key=value` match masks (a cookie line, a long token).
 const VALUE_MAX_BYTES: usize = 8 * 1024;
-/// A quoted value with blanks in it (a passphrase) is at most this long; a longer one is
-/// prose or code, not a secret.
-const PASSPHRASE_MAX_BYTES: usize = 64;
-
 /// `t[from..]`, at most one byte longer than a value may be.
 fn bounded(t: &[u8], from: usize) -> &[u8] {
     let rest = t.get(from..).unwrap_or_default();
     rest.get(..VALUE_MAX_BYTES + 1).unwrap_or(rest)
 }
 
-/// Whether a quoted value under a sensitive key can be the secret itself: one line, and
-/// either a short passphrase or a run without blanks.
+/// Whether a quoted value under a sensitive key can be the secret itself. In free text the
+/// quotes are only a guess at where the value ends: `/* "password": " */ UNION … /* " */`
+/// would hide the SQL between two quotes from the record and the approver. A value with a
+/// blank in it cannot be validated as a secret, so it is left in clear (a passphrase with
+/// spaces is masked only under a JSON key, where the structure says where it ends).
 fn quoted_value_ok(value: &[u8]) -> bool {
-    let blank = |b: &u8| b.is_ascii_whitespace();
     value.len() <= VALUE_MAX_BYTES
-        && !value.iter().any(|&b| matches!(b, b'\r' | b'\n'))
+        && !value.iter().any(u8::is_ascii_whitespace)
         && memmem::find(value, br"\n").is_none()
-        && (value.len() <= PASSPHRASE_MAX_BYTES || !value.iter().any(blank))
+        && memmem::find(value, br"\t").is_none()
+        && memmem::find(value, br"\r").is_none()
 }
 
 /// The end of an `Authorization` / `Cookie` value starting at `v`: a scheme and its

@@ -455,15 +455,18 @@ fn bounded(t: &[u8], from: usize) -> &[u8] {
 
 /// Whether a quoted value under a sensitive key can be the secret itself. In free text the
 /// quotes are only a guess at where the value ends: `/* "password": " */ UNION … /* " */`
-/// would hide the SQL between two quotes from the record and the approver. A value with a
-/// blank in it cannot be validated as a secret, so it is left in clear (a passphrase with
-/// spaces is masked only under a JSON key, where the structure says where it ends).
+/// would hide the SQL between two quotes from the record and the approver. A value that
+/// could end one context and open another (a blank, a line break, a quote of any kind, a
+/// comment delimiter, a shell substitution) cannot be validated as a secret, so it is left in
+/// clear: `"*/UNION(SELECT(value)FROM(service_config))/*"` needs no blank. A passphrase with
+/// spaces is masked only under a JSON key, where the structure says where it ends.
 fn quoted_value_ok(value: &[u8]) -> bool {
+    const CONTEXT_SWITCHES: [&[u8]; 8] = [br"\n", br"\t", br"\r", b"/*", b"*/", b"$(", b"${", b"--"];
     value.len() <= VALUE_MAX_BYTES
-        && !value.iter().any(u8::is_ascii_whitespace)
-        && memmem::find(value, br"\n").is_none()
-        && memmem::find(value, br"\t").is_none()
-        && memmem::find(value, br"\r").is_none()
+        && !value
+            .iter()
+            .any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'`'))
+        && !CONTEXT_SWITCHES.iter().any(|s| memmem::find(value, s).is_some())
 }
 
 /// The end of an `Authorization` / `Cookie` value starting at `v`: a scheme and its

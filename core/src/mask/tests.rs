@@ -237,6 +237,16 @@ fn key_value_matches_are_bounded_to_the_value() {
         kept(&sql);
         kept(&format!("SELECT 1 /* {key}=\" */ UNION SELECT 2 /* \" */"));
         kept(&format!("SELECT 1 /* {key}='\t*/ UNION SELECT 2 /*' */"));
+        // No blank needed: comments, quotes and substitutions switch context too.
+        kept(&format!(
+            "SELECT 1 /* \"{key}\": \"*/UNION(SELECT(value)FROM(service_config))/*\" */"
+        ));
+        kept(&format!(
+            "SELECT'{key}:\"'UNION(SELECT(value)FROM(service_config))WHERE'\"'='\"'"
+        ));
+        kept(&format!("SELECT 1 -- {key}=\"\\nUNION(SELECT(2))--\""));
+        kept(&format!("curl -H {key}=\"$(cat${{IFS}}/etc/passwd)\""));
+        kept(&format!("{key}=\"a`id`b\""));
     }
     // Under a JSON key the structure says where the value ends: it is masked whole.
     let mut v = serde_json::json!({"password": "correct horse battery"});
@@ -373,8 +383,11 @@ fn text_field_rule() {
         "password=[MASKED:sensitive_field] next"
     );
     assert_eq!(masked("db_password: 'x.y'"), "db_password: '[MASKED:sensitive_field]'");
+    // In free text a quote inside the value could close another context: the value is not
+    // taken past it.
+    assert!(masked(r#"{"api_key": "abc\"def", "n": 1}"#).contains(r#"\"def""#));
     assert_eq!(
-        masked(r#"{"api_key": "abc\"def", "n": 1}"#),
+        masked(r#"{"api_key": "abc-def_1.2~x!", "n": 1}"#),
         r#"{"api_key": "[MASKED:sensitive_field]", "n": 1}"#
     );
     assert_eq!(
@@ -462,7 +475,7 @@ fn styles() {
         "under 8 chars"
     );
     assert_eq!(
-        m.mask_text(r#"pwd="ab\"cdefgh\"""#, &none, &mut c),
+        m.mask_text(r#"pwd="abcdefgh]""#, &none, &mut c),
         r#"pwd="[MASKED:sensitive_field]""#
     );
     let a = m.mask_text("a@example.com", &none, &mut c).into_owned();

@@ -322,10 +322,11 @@ SWALLOW_SQL = [
     "SELECT name FROM customers WHERE id = 1 /* api_key='*/ UNION SELECT value FROM service_config /*' */",
     'SELECT name FROM customers WHERE id = 1 /* token="\t*/ UNION SELECT value FROM service_config /*" */',
     'SELECT name FROM customers /* "password": "*/UNION/**/SELECT/**/value/**/FROM/**/service_config/*" */',
+    "SELECT name FROM customers /* password=*/UNION/**/SELECT/**/value/**/FROM/**/service_config/* */",
 ]
 
 
-@pytest.mark.parametrize("sql", SWALLOW_SQL, ids=["password", "secret", "api_key", "token", "no-blank"])
+@pytest.mark.parametrize("sql", SWALLOW_SQL, ids=["password", "secret", "api_key", "token", "no-blank", "bare"])
 def test_a_sensitive_key_quote_does_not_hide_sql_from_the_record(make_stack, sql):
     stack = make_stack(upstream="demo")
     token = stack.token()

@@ -413,13 +413,13 @@ impl Detectors {
                 (v, v + len, false)
             }
         };
-        if quoted && !quoted_value_ok(t.get(start..end)?) {
+        let value = t.get(start..end)?;
+        if (quoted && !quoted_value_ok(value)) || switches_context(value) {
             return None;
         }
         if end - start > VALUE_MAX_BYTES {
             return None;
         }
-        let value = t.get(start..end)?;
         if value.is_empty() || (!quoted && matches!(value, b"null" | b"true" | b"false")) {
             return None;
         }
@@ -461,12 +461,22 @@ fn bounded(t: &[u8], from: usize) -> &[u8] {
 /// clear: `"*/UNION(SELECT(value)FROM(service_config))/*"` needs no blank. A passphrase with
 /// spaces is masked only under a JSON key, where the structure says where it ends.
 fn quoted_value_ok(value: &[u8]) -> bool {
-    const CONTEXT_SWITCHES: [&[u8]; 8] = [br"\n", br"\t", br"\r", b"/*", b"*/", b"$(", b"${", b"--"];
     value.len() <= VALUE_MAX_BYTES
         && !value
             .iter()
             .any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'`'))
-        && !CONTEXT_SWITCHES.iter().any(|s| memmem::find(value, s).is_some())
+        && ![br"\n", br"\t", br"\r"]
+            .iter()
+            .any(|s| memmem::find(value, *s).is_some())
+}
+
+/// Whether `value` holds a comment delimiter or a shell substitution: text after a key that
+/// does, quoted or bare (`password=*/UNION/**/SELECT…/*`), is code, not a secret.
+fn switches_context(value: &[u8]) -> bool {
+    // No `--`: a line comment ends at a line break, which no value holds.
+    [b"/*", b"*/", b"$(", b"${"]
+        .iter()
+        .any(|s| memmem::find(value, *s).is_some())
 }
 
 /// The end of an `Authorization` / `Cookie` value starting at `v`: a scheme and its

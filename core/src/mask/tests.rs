@@ -247,6 +247,10 @@ fn key_value_matches_are_bounded_to_the_value() {
         kept(&format!("SELECT 1 -- {key}=\"\\nUNION(SELECT(2))--\""));
         kept(&format!("curl -H {key}=\"$(cat${{IFS}}/etc/passwd)\""));
         kept(&format!("{key}=\"a`id`b\""));
+        kept(&format!(
+            "SELECT 1 /* {key}=*/UNION/**/SELECT/**/value/**/FROM/**/service_config/* */"
+        ));
+        kept(&format!("sh -c 'x {key}=$(cat${{IFS}}/etc/passwd)'"));
     }
     // Under a JSON key the structure says where the value ends: it is masked whole.
     let mut v = serde_json::json!({"password": "correct horse battery"});

@@ -7,7 +7,11 @@ Each test performs the attack and asserts what a broken gateway would get wrong:
   a request with a key twice is recorded with one value while the upstream acts on another;
 - SSE `id:`, `event:` and comment lines go to the client unmasked, the event id to the trail;
 - `+json` media types masked as plain text, so `\\u0041KIA…` escapes pass;
-- a batch answer masked with the reveal of its first message's tool for every message.
+- a batch answer masked with the reveal of its first message's tool for every message;
+- JSON parts the walk never looked at: object keys, the `id`/`method`/`jsonrpc` members, card
+  numbers written as floats, negatives or exponents, `blob`/`data` skipped whatever they held;
+- a quoted value under a sensitive key in free text (`/* "password": " */ UNION … /* " */`)
+  hides the SQL between its quotes from the record while it runs.
 """
 
 from __future__ import annotations
@@ -229,3 +233,110 @@ def test_an_answer_with_an_id_no_request_had_gets_no_reveal(make_stack):
 
     assert resp.status_code == 200, resp.text
     assert_no_leak(resp.content, "the client's answer", SECRETS)
+
+
+# --- 6. JSON parts the walk skipped --------------------------------------------------------------
+
+GITHUB = DEMO.SERVICE_CONFIG["billing"]["github_token"]
+CARD = "4111111111111111"
+WALK_SECRETS = [*SECRETS, ("github_token", GITHUB), ("credit_card", CARD)]
+
+
+def raw_answer(result: str, head: str = '"jsonrpc":"2.0","id":81') -> str:
+    """A JSON-RPC answer written by hand: numbers and keys exactly as a hostile upstream writes them."""
+    return "{" + head + ',"result":' + result + "}"
+
+
+def q(text: str) -> str:
+    return json.dumps(text)
+
+
+HOLES = {
+    "keys": raw_answer("{" + f'"content":[],{q(AWS_KEY_ID)}:1,{q(ALICE.email)}:{{{q(ZOE.email)}:2}}' + "}"),
+    "keys-in-text": raw_answer(json.dumps({"content": [{"type": "text", "text": json.dumps({AWS_KEY_ID: 1})}]})),
+    "id": raw_answer("{}", f'"jsonrpc":"2.0","id":{q(AWS_KEY_ID + " " + ALICE.email)}'),
+    "method": raw_answer("{}", f'"jsonrpc":"2.0","id":81,"method":{q(ZOE.email)}'),
+    "jsonrpc": raw_answer("{}", f'"jsonrpc":{q("2.0 " + AWS_KEY_ID)},"id":81'),
+    "card-float": raw_answer(f'{{"n":{CARD}.0}}'),
+    "card-negative": raw_answer(f'{{"n":-{CARD}}}'),
+    "card-exponent": raw_answer(f'{{"n":[{CARD}e0]}}'),
+    "blob": raw_answer(json.dumps({"contents": [{"uri": "x:y", "blob": f"{AWS_KEY_ID} {ALICE.email} {GITHUB}"}]})),
+    "image-data": raw_answer(
+        json.dumps({"content": [{"type": "image", "data": f"{AWS_KEY_ID}+{ALICE.email}", "mimeType": "image/png"}]})
+    ),
+}
+
+
+@pytest.mark.parametrize("framing", ["json", "sse"])
+@pytest.mark.parametrize("hole", sorted(HOLES))
+def test_no_part_of_a_json_answer_carries_a_secret_out(make_stack, hole, framing):
+    stack = make_stack(upstream="raw")
+    body = HOLES[hole].encode()
+    if framing == "json":
+        stack.raw.reply = lambda req: Reply(chunks=[body], framing="length")
+    else:
+        stack.raw.reply = lambda req: Reply(
+            headers=[("content-type", "text/event-stream")], chunks=[b"data: " + body + b"\n\n"]
+        )
+
+    resp = stack.post(tools_call("find", {}, request_id=81), token=stack.token())
+
+    assert resp.status_code == 200, resp.text
+    assert_no_leak(resp.content, "the client's answer", WALK_SECRETS)
+    assert markers(resp.text), f"nothing was masked: {resp.text}"
+    assert_no_leak(json.dumps(records_of(stack, resp)), "the records", WALK_SECRETS)
+
+
+def test_a_masked_key_that_meets_another_key_keeps_both_values(make_stack):
+    stack = make_stack(upstream="raw")
+    result = {ALICE.email: "first", ZOE.email: "second", "[MASKED:email]": "third"}
+    stack.raw.reply = lambda req: json_reply({"jsonrpc": "2.0", "id": 82, "result": result})
+
+    resp = stack.post(tools_call("find", {}, request_id=82), token=stack.token())
+
+    assert resp.status_code == 200, resp.text
+    assert_no_leak(resp.content, "the client's answer", WALK_SECRETS)
+    assert sorted(resp.json()["result"].values()) == ["first", "second", "third"], resp.text
+
+
+def test_arguments_keys_and_float_cards_are_masked_in_the_request_record(make_stack):
+    stack = make_stack(upstream="raw")
+    stack.raw.reply = lambda req: json_reply({"jsonrpc": "2.0", "id": 83, "result": {"content": []}})
+    arguments = f'{{{q(AWS_KEY_ID)}:"x","card":{CARD}.0,"neg":-{CARD},"nested":{{{q(ALICE.email)}:1}}}}'
+    params = '{"name":"find","arguments":' + arguments + "}"
+    body = ('{"jsonrpc":"2.0","id":83,"method":"tools/call","params":' + params + "}").encode()
+
+    resp = stack.post(None, token=stack.token(), content=body)
+
+    assert resp.status_code == 200, resp.text
+    request = records_of(stack, resp)["request"]["data"]
+    assert_no_leak(json.dumps(request.get("arguments")), "the request record's arguments", WALK_SECRETS)
+    assert request["masked"].get("credit_card") == 2, request
+
+
+# --- 7. a quoted value under a sensitive key swallows SQL -----------------------------------------
+
+SWALLOW_SQL = [
+    'SELECT name FROM customers WHERE id = 1 /* "password": " */ UNION SELECT value FROM service_config /* " */',
+    'SELECT name FROM customers WHERE id = 1 /* secret=" */ UNION SELECT value FROM service_config /* " */',
+    "SELECT name FROM customers WHERE id = 1 /* api_key='*/ UNION SELECT value FROM service_config /*' */",
+    'SELECT name FROM customers WHERE id = 1 /* token="\t*/ UNION SELECT value FROM service_config /*" */',
+    'SELECT name FROM customers /* "password": "*/UNION/**/SELECT/**/value/**/FROM/**/service_config/*" */',
+    "SELECT name FROM customers /* password=*/UNION/**/SELECT/**/value/**/FROM/**/service_config/* */",
+]
+
+
+@pytest.mark.parametrize("sql", SWALLOW_SQL, ids=["password", "secret", "api_key", "token", "no-blank", "bare"])
+def test_a_sensitive_key_quote_does_not_hide_sql_from_the_record(make_stack, sql):
+    stack = make_stack(upstream="demo")
+    token = stack.token()
+    session = stack.initialize(token)
+
+    resp = stack.post(
+        tools_call("run_query", {"sql": sql}, request_id=84), token=token, headers={"mcp-session-id": session}
+    )
+
+    assert resp.status_code == 200, resp.text
+    request = records_of(stack, resp)["request"]["data"]
+    assert request["arguments"]["sql"] == sql, f"the trail hides what ran: {request['arguments']}"
+    assert "sensitive_field" not in request.get("masked", {}), request

@@ -413,13 +413,13 @@ impl Detectors {
                 (v, v + len, false)
             }
         };
-        if quoted && !quoted_value_ok(t.get(start..end)?) {
+        let value = t.get(start..end)?;
+        if (quoted && !quoted_value_ok(value)) || switches_context(value) {
             return None;
         }
         if end - start > VALUE_MAX_BYTES {
             return None;
         }
-        let value = t.get(start..end)?;
         if value.is_empty() || (!quoted && matches!(value, b"null" | b"true" | b"false")) {
             return None;
         }
@@ -447,24 +447,36 @@ impl Detectors {
 
 /// The longest value a `key=value` match masks (a cookie line, a long token).
 const VALUE_MAX_BYTES: usize = 8 * 1024;
-/// A quoted value with blanks in it (a passphrase) is at most this long; a longer one is
-/// prose or code, not a secret.
-const PASSPHRASE_MAX_BYTES: usize = 64;
-
 /// `t[from..]`, at most one byte longer than a value may be.
 fn bounded(t: &[u8], from: usize) -> &[u8] {
     let rest = t.get(from..).unwrap_or_default();
     rest.get(..VALUE_MAX_BYTES + 1).unwrap_or(rest)
 }
 
-/// Whether a quoted value under a sensitive key can be the secret itself: one line, and
-/// either a short passphrase or a run without blanks.
+/// Whether a quoted value under a sensitive key can be the secret itself. In free text the
+/// quotes are only a guess at where the value ends: `/* "password": " */ UNION … /* " */`
+/// would hide the SQL between two quotes from the record and the approver. A value that
+/// could end one context and open another (a blank, a line break, a quote of any kind, a
+/// comment delimiter, a shell substitution) cannot be validated as a secret, so it is left in
+/// clear: `"*/UNION(SELECT(value)FROM(service_config))/*"` needs no blank. A passphrase with
+/// spaces is masked only under a JSON key, where the structure says where it ends.
 fn quoted_value_ok(value: &[u8]) -> bool {
-    let blank = |b: &u8| b.is_ascii_whitespace();
     value.len() <= VALUE_MAX_BYTES
-        && !value.iter().any(|&b| matches!(b, b'\r' | b'\n'))
-        && memmem::find(value, br"\n").is_none()
-        && (value.len() <= PASSPHRASE_MAX_BYTES || !value.iter().any(blank))
+        && !value
+            .iter()
+            .any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'`'))
+        && ![br"\n", br"\t", br"\r"]
+            .iter()
+            .any(|s| memmem::find(value, *s).is_some())
+}
+
+/// Whether `value` holds a comment delimiter or a shell substitution: text after a key that
+/// does, quoted or bare (`password=*/UNION/**/SELECT…/*`), is code, not a secret.
+fn switches_context(value: &[u8]) -> bool {
+    // No `--`: a line comment ends at a line break, which no value holds.
+    [b"/*", b"*/", b"$(", b"${"]
+        .iter()
+        .any(|s| memmem::find(value, *s).is_some())
 }
 
 /// The end of an `Authorization` / `Cookie` value starting at `v`: a scheme and its

@@ -3,8 +3,9 @@
 //! Text goes through [`Detectors::scan`] (one pass for every built-in kind, see
 //! `detect.rs`) and then each custom regex; overlaps between the two are resolved
 //! earliest-first, longest on a tie. JSON is walked value by value: field rules by key,
-//! the text detectors on every string, JSON inside a string parsed and walked in turn,
-//! base64 blobs skipped.
+//! the text detectors on every string and every object key, JSON inside a string parsed
+//! and walked in turn, numbers checked for card numbers whatever their notation, and only
+//! strictly base64 blobs skipped.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -48,6 +49,51 @@ const MAX_NESTED_JSON: u8 = 4;
 /// lies between its delimiters (an approver would not see a query's real tail), so rules
 /// whose matches are unbounded or longer than this are refused.
 const CUSTOM_MATCH_MAX_BYTES: usize = 1024;
+
+/// A `blob` or image `data` value up to this long is masked as text even when it is base64:
+/// a short value could be a secret in the base64 alphabet (an AWS key id, a card number),
+/// and scanning it costs nothing. Longer base64 is binary content and is skipped.
+const BLOB_SCAN_MAX_BYTES: usize = 256;
+
+/// Whether `value` is strictly base64 (standard alphabet, padded to a multiple of four,
+/// nothing else): only such a value is binary content that masking would corrupt.
+pub(super) fn is_strict_base64(value: &str) -> bool {
+    let b = value.as_bytes();
+    let body = b.strip_suffix(b"==").or_else(|| b.strip_suffix(b"=")).unwrap_or(b);
+    !b.is_empty()
+        && b.len().is_multiple_of(4)
+        && body
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/'))
+}
+
+/// The digits of a JSON number's integer part, however it is written (`-4111…`,
+/// `4111….0`, `4111…e0`), and whether they are exactly the ones written: a float beyond
+/// 2^53 has lost digits, so what the text said cannot be read back.
+fn integer_digits(n: &Number) -> Option<(String, bool)> {
+    if let Some(v) = n.as_u64() {
+        return Some((v.to_string(), true));
+    }
+    if let Some(v) = n.as_i64() {
+        return Some((v.unsigned_abs().to_string(), true));
+    }
+    // The integer part: `4111….5` still shows the card's digits.
+    let f = n.as_f64()?.abs().trunc();
+    // 1e19 and above have more digits than any card.
+    (f.is_finite() && f < 1e19).then(|| (format!("{f:.0}"), f <= 9_007_199_254_740_992.0))
+}
+
+/// `key` when `map` does not hold it yet, else `key#2`, `key#3`, …: a masked key that meets
+/// another key must not take that key's value.
+fn free_key(map: &Map<String, Value>, key: String) -> String {
+    if !map.contains_key(&key) {
+        return key;
+    }
+    (2..)
+        .map(|n| format!("{key}#{n}"))
+        .find(|k| !map.contains_key(k))
+        .unwrap_or(key)
+}
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -537,17 +583,48 @@ impl Masker {
     }
 
     fn walk_object(&self, map: &mut Map<String, Value>, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
-        // Base64 payloads: image and audio content, resource blobs. Scanning them as text
-        // only finds noise, and masking would corrupt them.
+        // Base64 payloads: image and audio content, resource blobs. Masking would corrupt
+        // them, so they are skipped, but only when they are long strict base64: anything
+        // else in those fields is text like any other.
         let media = matches!(map.get("type").and_then(Value::as_str), Some("image" | "audio"));
         let resource = map.contains_key("uri");
         let mut changed = false;
         for (key, value) in map.iter_mut() {
             let blob = (media && key == "data") || (resource && key == "blob");
-            if blob && value.is_string() {
+            if blob
+                && value
+                    .as_str()
+                    .is_some_and(|v| v.len() > BLOB_SCAN_MAX_BYTES && is_strict_base64(v))
+            {
                 continue;
             }
             changed |= self.walk_entry(key, value, reveal, counts, nest);
+        }
+        // Keys after the values: the field rule reads the key as it came.
+        self.mask_keys(map, reveal, counts) | changed
+    }
+
+    /// Masks the keys of `map` as text. A masked key that meets another key is suffixed
+    /// (`#2`, …) rather than dropping either value.
+    fn mask_keys(&self, map: &mut Map<String, Value>, reveal: &Reveal, counts: &mut MaskCounts) -> bool {
+        let mut found = Vec::new();
+        if !map.keys().any(|k| {
+            found.clear();
+            self.find(k, &mut found);
+            !found.is_empty()
+        }) {
+            return false;
+        }
+        let mut changed = false;
+        for (key, value) in std::mem::take(map) {
+            let key = match self.mask_text(&key, reveal, counts) {
+                Cow::Owned(masked) => {
+                    changed = true;
+                    free_key(map, masked)
+                }
+                Cow::Borrowed(_) => free_key(map, key),
+            };
+            map.insert(key, value);
         }
         changed
     }
@@ -556,14 +633,14 @@ impl Masker {
     fn walk_entry(&self, key: &str, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
         match self.detectors.keys.classify(key.as_bytes()) {
             Some(kind) if self.enabled(kind) && !reveal.contains(self.kind_name(kind)) => {
-                self.mask_all(value, kind, counts)
+                self.mask_all(value, kind, reveal, counts)
             }
             _ => self.walk(value, reveal, counts, nest),
         }
     }
 
     /// The field rule: every string and number under a sensitive key, however deep.
-    fn mask_all(&self, value: &mut Value, kind: Kind, counts: &mut MaskCounts) -> bool {
+    fn mask_all(&self, value: &mut Value, kind: Kind, reveal: &Reveal, counts: &mut MaskCounts) -> bool {
         let masked = match value {
             Value::String(s) if s.is_empty() || is_placeholder(s) => return false,
             Value::String(s) => {
@@ -578,16 +655,16 @@ impl Masker {
             Value::Array(items) => {
                 let mut changed = false;
                 for item in items {
-                    changed |= self.mask_all(item, kind, counts);
+                    changed |= self.mask_all(item, kind, reveal, counts);
                 }
                 return changed;
             }
             Value::Object(map) => {
                 let mut changed = false;
                 for item in map.values_mut() {
-                    changed |= self.mask_all(item, kind, counts);
+                    changed |= self.mask_all(item, kind, reveal, counts);
                 }
-                return changed;
+                return self.mask_keys(map, reveal, counts) | changed;
             }
             Value::Bool(_) | Value::Null => return false,
         };
@@ -596,15 +673,16 @@ impl Masker {
         true
     }
 
-    /// A card number written as a JSON number (database rows do that).
+    /// A card number written as a JSON number (database rows do that), in any notation.
     fn mask_card_number(&self, n: &Number, reveal: &Reveal, counts: &mut MaskCounts) -> Option<String> {
-        let v = n.as_u64().filter(|v| *v >= 1_000_000_000_000)?;
         let name = self.kind_name(CREDIT_CARD);
         if !self.enabled(CREDIT_CARD) || reveal.contains(name) {
             return None;
         }
-        let digits = v.to_string();
-        if !validate::is_card(digits.as_bytes()) {
+        let (digits, exact) = integer_digits(n)?;
+        // A float that lost digits may have been a card when written: fail closed.
+        let card = (13..=19).contains(&digits.len()) && (!exact || validate::is_card(digits.as_bytes()));
+        if !card {
             return None;
         }
         counts.add(name, 1);
@@ -637,20 +715,11 @@ impl Masker {
         }
     }
 
-    /// Masks one JSON-RPC message (or a batch) in place: everything but `jsonrpc`, `id`
-    /// and `method`, so `params`, `result` and `error` (and any non-standard member).
-    /// Returns whether anything changed.
+    /// Masks one JSON-RPC message (or a batch) in place: every member, `jsonrpc`, `id` and
+    /// `method` included (an upstream chooses the id of its answers and can put anything in
+    /// it). Returns whether anything changed.
     pub fn mask_message(&self, message: &mut Value, reveal: &Reveal, counts: &mut MaskCounts) -> bool {
         match message {
-            Value::Object(map) => {
-                let mut changed = false;
-                for (key, value) in map.iter_mut() {
-                    if !matches!(key.as_str(), "jsonrpc" | "id" | "method") {
-                        changed |= self.walk_entry(key, value, reveal, counts, 0);
-                    }
-                }
-                changed
-            }
             Value::Array(items) => {
                 let mut changed = false;
                 for item in items {

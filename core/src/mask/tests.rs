@@ -227,11 +227,35 @@ fn key_value_matches_are_bounded_to_the_value() {
         "UNION SELECT value FROM service_config WHERE 1=1 ".repeat(2)
     );
     kept(&prose);
-    // A short passphrase is still one.
-    assert_eq!(
-        masked("password: \"correct horse battery\""),
-        "password: \"[MASKED:sensitive_field]\""
-    );
+    // In free text a quoted value with a blank cannot be validated as a secret: masking it
+    // would let quotes hide code (`/* "password": " */ UNION … /* " */`).
+    kept("password: \"correct horse battery\"");
+    for key in ["password", "secret", "api_key", "token"] {
+        let sql = format!(
+            "SELECT name FROM customers WHERE id = 1 /* \"{key}\": \" */ UNION SELECT value FROM service_config /* \" */"
+        );
+        kept(&sql);
+        kept(&format!("SELECT 1 /* {key}=\" */ UNION SELECT 2 /* \" */"));
+        kept(&format!("SELECT 1 /* {key}='\t*/ UNION SELECT 2 /*' */"));
+        // No blank needed: comments, quotes and substitutions switch context too.
+        kept(&format!(
+            "SELECT 1 /* \"{key}\": \"*/UNION(SELECT(value)FROM(service_config))/*\" */"
+        ));
+        kept(&format!(
+            "SELECT'{key}:\"'UNION(SELECT(value)FROM(service_config))WHERE'\"'='\"'"
+        ));
+        kept(&format!("SELECT 1 -- {key}=\"\\nUNION(SELECT(2))--\""));
+        kept(&format!("curl -H {key}=\"$(cat${{IFS}}/etc/passwd)\""));
+        kept(&format!("{key}=\"a`id`b\""));
+        kept(&format!(
+            "SELECT 1 /* {key}=*/UNION/**/SELECT/**/value/**/FROM/**/service_config/* */"
+        ));
+        kept(&format!("sh -c 'x {key}=$(cat${{IFS}}/etc/passwd)'"));
+    }
+    // Under a JSON key the structure says where the value ends: it is masked whole.
+    let mut v = serde_json::json!({"password": "correct horse battery"});
+    assert!(Masker::default().mask_value(&mut v, &Reveal::none(), &mut MaskCounts::default()));
+    assert_eq!(v, serde_json::json!({"password": "[MASKED:sensitive_field]"}));
     // Authorization takes its scheme and credentials, not the rest of the line.
     assert_eq!(
         masked("Authorization: Bearer abc.def UNION SELECT 1"),
@@ -362,9 +386,12 @@ fn text_field_rule() {
         masked("password=hunter2 next"),
         "password=[MASKED:sensitive_field] next"
     );
-    assert_eq!(masked("db_password: 'x y'"), "db_password: '[MASKED:sensitive_field]'");
+    assert_eq!(masked("db_password: 'x.y'"), "db_password: '[MASKED:sensitive_field]'");
+    // In free text a quote inside the value could close another context: the value is not
+    // taken past it.
+    assert!(masked(r#"{"api_key": "abc\"def", "n": 1}"#).contains(r#"\"def""#));
     assert_eq!(
-        masked(r#"{"api_key": "abc\"def", "n": 1}"#),
+        masked(r#"{"api_key": "abc-def_1.2~x!", "n": 1}"#),
         r#"{"api_key": "[MASKED:sensitive_field]", "n": 1}"#
     );
     assert_eq!(
@@ -452,7 +479,7 @@ fn styles() {
         "under 8 chars"
     );
     assert_eq!(
-        m.mask_text(r#"pwd="ab\"cdefgh\"""#, &none, &mut c),
+        m.mask_text(r#"pwd="abcdefgh]""#, &none, &mut c),
         r#"pwd="[MASKED:sensitive_field]""#
     );
     let a = m.mask_text("a@example.com", &none, &mut c).into_owned();
@@ -615,9 +642,9 @@ fn json_strings_numbers_and_keys() {
     let counts = mask_value(&mut v);
     assert_eq!(
         v,
-        json!({"jane@example.com": "call [MASKED:phone]", "card": "[MASKED:credit_card]", "n": 4111111111111112u64, "f": 1.5})
+        json!({"[MASKED:email]": "call [MASKED:phone]", "card": "[MASKED:credit_card]", "n": 4111111111111112u64, "f": 1.5})
     );
-    assert_eq!(counts.total(), 2);
+    assert_eq!(counts.total(), 3);
 }
 
 #[test]
@@ -645,8 +672,10 @@ fn json_inside_strings() {
 }
 
 #[test]
-fn blobs_are_not_scanned() {
-    let blob = "AKIAIOSFODNN7EXAMPLE+jane@example.com";
+fn only_long_strict_base64_blobs_are_not_scanned() {
+    // Long strict base64 is binary content: skipped, even where a detector would match.
+    let blob = format!("{}AAA+AKIAIOSFODNN7EXAMPLE", "iVBORw0K".repeat(40));
+    let blob = blob.as_str();
     let mut v = json!({"content": [
         {"type": "image", "data": blob, "mimeType": "image/png"},
         {"type": "audio", "data": blob},
@@ -660,6 +689,121 @@ fn blobs_are_not_scanned() {
     assert_eq!(v["content"][2]["resource"]["blob"], blob);
     assert_ne!(v["content"][3]["resource"]["text"], blob);
     assert_ne!(v["content"][4]["data"], blob);
+
+    // Anything else in those fields is text: not base64, or short enough to be a secret.
+    for text in [
+        "AKIAIOSFODNN7EXAMPLE jane@example.com",
+        "AKIAIOSFODNN7EXAMPLE+jane@example.com",
+        &format!("{}==jane@example.com", "QUJD".repeat(100)),
+        &format!("{} 4111111111111111", "QUJD".repeat(100)),
+        "AKIAIOSFODNN7EXAMPLE",
+        "4111111111111111",
+    ] {
+        let mut v = json!({"contents": [{"uri": "x:y", "blob": text}, {"type": "image", "data": text}]});
+        mask_value(&mut v);
+        let out = v.to_string();
+        for secret in ["AKIAIOSFODNN7EXAMPLE", "jane@example.com", "4111111111111111"] {
+            assert!(!out.contains(secret), "{secret} survived in {out}");
+        }
+    }
+}
+
+#[test]
+fn strict_base64() {
+    for ok in ["QUJD", "QUI=", "QQ==", "a+/9"] {
+        assert!(super::engine::is_strict_base64(ok), "{ok}");
+    }
+    for bad in ["", "QUJ", "QUJD=", "Q===", "QU=D", "QUJD\n", "QU D", "QU_D", "QU-D"] {
+        assert!(!super::engine::is_strict_base64(bad), "{bad}");
+    }
+}
+
+#[test]
+fn keys_are_masked_at_any_depth_without_losing_values() {
+    let mut v = json!({"a": {"b": [{"AKIAIOSFODNN7EXAMPLE": 1, "jane@example.com": 2, "ok": 3}]},
+        "text": r#"{"ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789": "x"}"#,
+        "password": {"bob@example.com": "y"}});
+    let counts = mask_value(&mut v);
+    let out = v.to_string();
+    for secret in ["AKIAIOSFODNN7EXAMPLE", "jane@example.com", "ghp_", "bob@example.com"] {
+        assert!(!out.contains(secret), "{secret} survived in {out}");
+    }
+    assert_eq!(v["a"]["b"][0]["[MASKED:aws_access_key_id]"], 1);
+    assert_eq!(v["a"]["b"][0]["ok"], 3);
+    assert!(counts.total() >= 5, "{counts:?}");
+
+    // Two keys that mask to the same placeholder (and a key already named like one) keep
+    // every value.
+    let mut v = json!({"a@example.com": 1, "b@example.com": 2, "[MASKED:email]": 3, "[MASKED:email]#2": 4});
+    mask_value(&mut v);
+    let map = v.as_object().unwrap();
+    assert_eq!(map.len(), 4, "{v}");
+    let mut values: Vec<i64> = map.values().filter_map(Value::as_i64).collect();
+    values.sort_unstable();
+    assert_eq!(values, [1, 2, 3, 4]);
+    assert!(!v.to_string().contains("@example.com"));
+}
+
+#[test]
+fn card_numbers_in_any_number_notation() {
+    for text in [
+        "4111111111111111",
+        "-4111111111111111",
+        "4111111111111111.0",
+        "4111111111111111e0",
+        "41111111111111.11e2",
+        "4111111111111111.25",
+        "-4.111111111111111E15",
+        "6011000990139424.000",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"card":{text},"list":[{text}]}}}}"#);
+        let mut c = MaskCounts::default();
+        let JsonMasked::Changed(out) = masker().mask_json(body.as_bytes(), &Reveal::none(), &mut c) else {
+            panic!("{text} was not masked");
+        };
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out["result"]["card"], "[MASKED:credit_card]", "{text}");
+        assert_eq!(out["result"]["list"][0], "[MASKED:credit_card]", "{text}");
+    }
+    // Not cards: Luhn fails, too short, a plain float, too many digits to be one.
+    for text in [
+        "4111111111111112",
+        "-4111111111111112.0",
+        "411111111111",
+        "1.5",
+        "1e300",
+        "-0.0",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"n":{text}}}}}"#);
+        let out = masker().mask_json(body.as_bytes(), &Reveal::none(), &mut MaskCounts::default());
+        assert_eq!(out, JsonMasked::Unchanged, "{text}");
+    }
+    // A float past 2^53 has lost the digits it was written with: masked, not guessed.
+    let body = r#"{"jsonrpc":"2.0","id":1,"result":{"n":4111111111111111111.0}}"#;
+    let out = masker().mask_json(body.as_bytes(), &Reveal::none(), &mut MaskCounts::default());
+    assert!(matches!(out, JsonMasked::Changed(_)));
+}
+
+#[test]
+fn message_members_are_masked_like_any_string() {
+    let body = r#"{"jsonrpc":"2.0 AKIAIOSFODNN7EXAMPLE","id":"AKIAIOSFODNN7EXAMPLE jane@example.com","method":"x bob@example.com","result":{}}"#;
+    let JsonMasked::Changed(out) = masker().mask_json(body.as_bytes(), &Reveal::none(), &mut MaskCounts::default())
+    else {
+        panic!("changed");
+    };
+    let out = String::from_utf8(out).unwrap();
+    for secret in ["AKIAIOSFODNN7EXAMPLE", "jane@example.com", "bob@example.com"] {
+        assert!(!out.contains(secret), "{secret} survived in {out}");
+    }
+    // A number id that is a card is masked too; a plain one is left as it is.
+    let body = r#"[{"jsonrpc":"2.0","id":4111111111111111,"result":{}},{"jsonrpc":"2.0","id":7,"result":{}}]"#;
+    let JsonMasked::Changed(out) = masker().mask_json(body.as_bytes(), &Reveal::none(), &mut MaskCounts::default())
+    else {
+        panic!("changed");
+    };
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out[0]["id"], "[MASKED:credit_card]");
+    assert_eq!(out[1]["id"], 7);
 }
 
 #[test]
@@ -673,7 +817,7 @@ fn messages_and_bodies() {
         panic!("changed");
     };
     let out: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(out["id"], "jane@example.com", "ids are left alone");
+    assert_eq!(out["id"], "[MASKED:email]", "ids are masked like any string");
     assert_eq!(out["params"]["arguments"]["password"], "[MASKED:sensitive_field]");
     assert_eq!(out["params"]["arguments"]["note"], "[MASKED:us_ssn]");
 
@@ -1045,4 +1189,117 @@ fn a_batch_answer_shows_each_message_only_what_its_request_may() {
     assert!(!out.contains("c@example.com") && out.contains("a@example.com"), "{out}");
     // A header that cannot be read reveals nothing.
     assert!(RevealPlan::by_id_from_header("zz=email,31").is_empty());
+}
+
+/// Property: whatever shape a JSON answer has, a secret is in no key, no member (`id`,
+/// `method` and `jsonrpc` included), no number and no non-base64 `blob`/`data` of the
+/// output, and no value is lost to a masked key that met another key.
+#[test]
+fn no_secret_survives_anywhere_in_json() {
+    const SECRETS: [&str; 4] = [
+        "AKIAIVF3HDRHMIRTO2I2",
+        "alice@example.com",
+        "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+        "4111111111111111",
+    ];
+    const CARDS: [&str; 5] = [
+        "4111111111111111",
+        "-4111111111111111",
+        "4111111111111111.0",
+        "4111111111111111e0",
+        "411111111111111.1E1",
+    ];
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn secret(&mut self) -> String {
+            let s = SECRETS[self.below(SECRETS.len())];
+            ["", "x ", "k=", "{\"a\":1} "][self.below(4)].to_owned() + s
+        }
+    }
+    // Writes JSON text, numbers in any notation.
+    fn value(rng: &mut Rng, depth: usize, out: &mut String) {
+        match rng.below(if depth > 3 { 4 } else { 7 }) {
+            0 => out.push_str(CARDS[rng.below(CARDS.len())]),
+            1 => out.push_str(&serde_json::to_string(&rng.secret()).unwrap()),
+            2 => out.push('7'),
+            3 => {
+                let inner = format!("{{{}:1}}", serde_json::to_string(&rng.secret()).unwrap());
+                out.push_str(&serde_json::to_string(&inner).unwrap());
+            }
+            4 => {
+                out.push('[');
+                for n in 0..rng.below(3) {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    value(rng, depth + 1, out);
+                }
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                let special = ["\"uri\":\"x:y\",\"blob\":", "\"type\":\"image\",\"data\":"];
+                if rng.below(3) == 0 {
+                    out.push_str(special[rng.below(2)]);
+                    out.push_str(&serde_json::to_string(&rng.secret()).unwrap());
+                    out.push(',');
+                }
+                for n in 0..1 + rng.below(3) {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    // Keys that collide once masked, or plain ones.
+                    let key = match rng.below(3) {
+                        0 => rng.secret(),
+                        1 => "[MASKED:email]".to_owned(),
+                        _ => format!("k{n}"),
+                    };
+                    out.push_str(&serde_json::to_string(&key).unwrap());
+                    out.push(':');
+                    value(rng, depth + 1, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+    fn count_leaves(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => items.iter().map(count_leaves).sum(),
+            Value::Object(map) => map.values().map(count_leaves).sum(),
+            _ => 1,
+        }
+    }
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for round in 0..3000 {
+        let mut result = String::new();
+        value(&mut rng, 0, &mut result);
+        let id = [serde_json::to_string(&rng.secret()).unwrap(), "1".to_owned()][rng.below(2)].clone();
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":{},"result":{result}}}"#,
+            json!(rng.secret())
+        );
+        // Parsing merges repeated keys: count what was read, not what was written.
+        let Ok(read) = serde_json::from_str::<Value>(&body) else {
+            panic!("round {round}: bad test input {body}");
+        };
+        let out = match masker().mask_json(body.as_bytes(), &Reveal::none(), &mut MaskCounts::default()) {
+            JsonMasked::Changed(out) => String::from_utf8(out).unwrap(),
+            other => panic!("round {round}: {other:?} for {body}"),
+        };
+        for secret in SECRETS {
+            assert!(!out.contains(secret), "round {round}: {secret} survived\n{body}\n{out}");
+        }
+        let out: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            count_leaves(&out),
+            count_leaves(&read),
+            "round {round}: a value was lost\n{body}"
+        );
+    }
 }

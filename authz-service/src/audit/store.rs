@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS audit_records (
     data        TEXT    NOT NULL,
     PRIMARY KEY (writer, seq)
 );
-CREATE INDEX IF NOT EXISTS audit_records_request ON audit_records (request_id);
+-- By request, and within it by response part (the ingest's look-up); its prefix serves every
+-- query by request id.
 CREATE INDEX IF NOT EXISTS audit_records_part ON audit_records (request_id, json_extract(data, '$.part'));
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (recorded_at);
 -- Searches read the hashed `data` itself (no copies in other columns that verify would

@@ -25,7 +25,8 @@ pub(crate) mod test_support;
 
 use std::sync::Arc;
 
-/// Shared state of a running service.
+/// Shared state of a running service: what the listeners serve from. Its parts are made and
+/// wired in [`server::Server::start`]; none of them holds or takes the whole.
 pub struct AppState {
     pub config: config::Config,
     pub identity: Arc<identity::Verifier>,
@@ -35,24 +36,10 @@ pub struct AppState {
     /// The masking engine with the configured rules (records are masked with it).
     pub masker: gatehouse_core::mask::Masker,
     /// The policy in force (`None`: no `policy` section); replaced when the file changes.
-    pub policy: std::sync::RwLock<Option<Arc<policy::Policy>>>,
-    pub approvals: approvals::Approvals,
+    pub policy: policy::InForce,
+    pub approvals: Arc<approvals::Approvals>,
     /// STS sessions per caller for the `aws_sigv4` upstreams.
     pub aws: aws::AwsSessions,
     /// The secret that binds MCP sessions to their caller.
     pub sessions: authz::SessionSecret,
-}
-
-impl AppState {
-    /// The policy in force now. A Check holds this reference for its whole decision.
-    pub fn policy(&self) -> Option<Arc<policy::Policy>> {
-        self.policy
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn set_policy(&self, policy: Option<Arc<policy::Policy>>) {
-        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
-    }
 }

@@ -10,7 +10,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     AppState,
-    approvals::Approvals,
+    approvals::{ApprovalStore, Approvals, CallKeys, Limits, Notifier},
     audit::{AuditLog, Checkpointer, Store, checkpoint::CheckpointSigner},
     authz::AuthzService,
     config::Config,
@@ -76,10 +76,17 @@ impl Server {
         let masker = config.masking.masker()?;
         // Approval keys are keyed hashes under the masking token key when there is one.
         let approval_key = config.masking.rules_with_key()?.token_key.map(String::into_bytes);
-        let approvals = Approvals::open(audit.store().pool().clone(), approval_key)
-            .await
-            .context("cannot open the approvals table")?;
-        let config_policy = config.policy.clone().map(Arc::new);
+        let approvals = Arc::new(Approvals::new(
+            ApprovalStore::open(audit.store().pool().clone())
+                .await
+                .context("cannot open the approvals table")?,
+            CallKeys::new(approval_key),
+            Limits::from(&config.approvals),
+            audit.clone(),
+            metrics.clone(),
+            Notifier::new(&config.approvals, audit.clone(), metrics.clone()),
+        ));
+        let policy = crate::policy::InForce::new(config.policy.clone().map(Arc::new));
         let aws = crate::aws::AwsSessions::new(&config).await;
         let sessions = crate::authz::SessionSecret::load(&config)?;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
@@ -96,7 +103,7 @@ impl Server {
             metrics,
             dev_issuer,
             masker,
-            policy: std::sync::RwLock::new(config_policy),
+            policy,
             approvals,
             aws,
             sessions,
@@ -144,11 +151,12 @@ impl Server {
         });
         // Ends with the shutdown signal; a failure here must not stop serving.
         tokio::spawn(crate::policy::reload::watch(
-            state.clone(),
+            state.policy.clone(),
+            state.metrics.clone(),
             state.config.source.clone(),
             shutdown.subscribe(),
         ));
-        tokio::spawn(crate::approvals::sweep(state.clone(), shutdown.subscribe()));
+        tokio::spawn(crate::approvals::sweep(state.approvals.clone(), shutdown.subscribe()));
         // Listening already, so a dev issuer served by this very service answers.
         let identity = state.identity.clone();
         tokio::spawn(async move { identity.prefetch().await });

@@ -41,11 +41,12 @@ use sha2::Sha256;
 use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 
-use crate::AppState;
-use crate::audit::{AuditError, NewRecord, format_time};
+use crate::audit::{AuditError, AuditLog, NewRecord, format_time};
+use crate::metrics::Metrics;
 use crate::policy::{ApprovalSpec, MaskedArguments};
 
 pub use masked::MaskReport;
+pub use notify::Notifier;
 pub use store::ApprovalStore;
 
 /// Where an approval stands.
@@ -425,12 +426,16 @@ impl Drop for GrantUse {
     }
 }
 
-/// The approvals of one service.
+/// The approvals of one service. It is given what it uses when it is made (its store, the
+/// audit trail, the metrics, the notifier and its caps) and knows nothing of the service
+/// around it; the Check and the REST API share it through an `Arc`.
 pub struct Approvals {
     store: ApprovalStore,
-    /// Keys the approval key (the masking token key, so a low-entropy argument cannot be
-    /// guessed from a key); without one, a plain hash.
-    key: Option<Vec<u8>>,
+    keys: CallKeys,
+    limits: Limits,
+    audit: AuditLog,
+    metrics: Metrics,
+    notifier: Notifier,
     /// Serializes create, decide and expire (each writes its record, then changes state).
     transitions: Mutex<()>,
     /// Bumped on every decision and expiry: held Checks wake and look again.
@@ -441,6 +446,62 @@ pub struct Approvals {
     /// only, never in the table or the trail; gone with a restart (a caller's retry of the
     /// same call puts them back).
     clear: std::sync::Mutex<HashMap<String, Value>>,
+}
+
+/// Makes the key of a call.
+#[derive(Clone)]
+pub struct CallKeys {
+    /// Keys the approval key (the masking token key, so a low-entropy argument cannot be
+    /// guessed from a key); without one, a plain hash.
+    key: Option<Vec<u8>>,
+}
+
+impl CallKeys {
+    pub fn new(key: Option<Vec<u8>>) -> Self {
+        Self { key }
+    }
+
+    /// The key of a call: identical calls share it.
+    pub fn of(&self, call: &Call<'_>) -> String {
+        let canonical = canonical_json(&json!({
+            "subject": call.subject,
+            "upstream": call.upstream,
+            "method": call.method,
+            "tool": call.tool,
+            "params": call.params.cloned().unwrap_or(Value::Null),
+            // A grant answers one rule's question to one group: a changed rule asks anew.
+            "rule": call.rule,
+            "approver_group": call.spec.approver_group,
+        }));
+        match &self.key {
+            Some(key) => match Hmac::<Sha256>::new_from_slice(key) {
+                Ok(mut mac) => {
+                    mac.update(&canonical);
+                    hex::encode(mac.finalize().into_bytes())
+                }
+                Err(_) => hex::encode(<Sha256 as sha2::Digest>::digest(&canonical)),
+            },
+            None => hex::encode(<Sha256 as sha2::Digest>::digest(&canonical)),
+        }
+    }
+}
+
+/// The caps on held calls and pending approvals (`approvals.max_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_held_per_caller: u32,
+    pub max_held: u32,
+    pub max_pending_per_caller: u32,
+}
+
+impl From<&crate::config::Approvals> for Limits {
+    fn from(config: &crate::config::Approvals) -> Self {
+        Self {
+            max_held_per_caller: config.max_held_per_caller,
+            max_held: config.max_held,
+            max_pending_per_caller: config.max_pending_per_caller,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -482,19 +543,37 @@ const HOLD_POLL: Duration = Duration::from_secs(1);
 pub const SWEEP: Duration = Duration::from_secs(1);
 
 impl Approvals {
-    pub async fn open(pool: sqlx::SqlitePool, key: Option<Vec<u8>>) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            store: ApprovalStore::open(pool).await?,
-            key,
+    /// The approvals kept in `store`, recorded in `audit` and announced by `notifier`.
+    pub fn new(
+        store: ApprovalStore,
+        keys: CallKeys,
+        limits: Limits,
+        audit: AuditLog,
+        metrics: Metrics,
+        notifier: Notifier,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            limits,
+            audit,
+            metrics,
+            notifier,
             transitions: Mutex::new(()),
             changed: watch::channel(0).0,
             held: std::sync::Mutex::default(),
             clear: std::sync::Mutex::default(),
-        })
+        }
+    }
+
+    /// Where an approver decides on this approval.
+    pub fn approver_url(&self, id: &str) -> String {
+        self.notifier.approver_url(id)
     }
 
     /// A held slot for `subject`, or why there is none.
-    fn hold_slot(&self, subject: &str, limits: &crate::config::Approvals) -> Result<HeldSlot<'_>, Refusal> {
+    fn hold_slot(&self, subject: &str) -> Result<HeldSlot<'_>, Refusal> {
+        let limits = &self.limits;
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mine = held.per_caller.get(subject).copied().unwrap_or(0);
         if mine >= limits.max_held_per_caller {
@@ -546,33 +625,9 @@ impl Approvals {
         &self.store
     }
 
-    /// The key of a call: identical calls share it.
-    fn key_of(&self, call: &Call<'_>) -> String {
-        let canonical = canonical_json(&json!({
-            "subject": call.subject,
-            "upstream": call.upstream,
-            "method": call.method,
-            "tool": call.tool,
-            "params": call.params.cloned().unwrap_or(Value::Null),
-            // A grant answers one rule's question to one group: a changed rule asks anew.
-            "rule": call.rule,
-            "approver_group": call.spec.approver_group,
-        }));
-        match &self.key {
-            Some(key) => match Hmac::<Sha256>::new_from_slice(key) {
-                Ok(mut mac) => {
-                    mac.update(&canonical);
-                    hex::encode(mac.finalize().into_bytes())
-                }
-                Err(_) => hex::encode(<Sha256 as sha2::Digest>::digest(&canonical)),
-            },
-            None => hex::encode(<Sha256 as sha2::Digest>::digest(&canonical)),
-        }
-    }
-
     /// Decides what happens to a call that needs approval, holding it up to `hold`.
-    pub async fn gate(&self, state: &Arc<AppState>, call: &Call<'_>, hold: Duration) -> Result<Gate, ApprovalError> {
-        let key = self.key_of(call);
+    pub async fn gate(self: &Arc<Self>, call: &Call<'_>, hold: Duration) -> Result<Gate, ApprovalError> {
+        let key = self.keys.of(call);
         let clear = call.clear_arguments();
         let report = MaskReport::of(&clear, call.masked_arguments);
         let masking = (!report.is_empty()).then_some(Masking {
@@ -595,7 +650,7 @@ impl Approvals {
         let mut asked: Option<String> = None;
         let mut slot: Option<HeldSlot<'_>> = None;
         loop {
-            self.expire_due(state).await?;
+            self.expire_due().await?;
             // The approval this call waits on ended without a grant for it.
             if let Some(id) = &asked {
                 match self.store.get(id).await? {
@@ -644,13 +699,13 @@ impl Approvals {
             }
             // Only a call that will wait takes a held slot; one a grant lets through never does.
             if slot.is_none() && !hold.is_zero() {
-                match self.hold_slot(call.subject, &state.config.approvals) {
+                match self.hold_slot(call.subject) {
                     Ok(s) => slot = Some(s),
                     Err(refusal) => return Ok(Gate::Refused(refusal)),
                 }
             }
             // Joins the pending one, or asks anew (also when a twin call used up the grant).
-            let approval = match self.join_or_ask(state, call, &key, masking.as_ref()).await? {
+            let approval = match self.join_or_ask(call, &key, masking.as_ref()).await? {
                 Ok(approval) => approval,
                 Err(refusal) => return Ok(Gate::Refused(refusal)),
             };
@@ -676,8 +731,7 @@ impl Approvals {
 
     /// The pending approval of this call, or a new one (recorded, then announced).
     async fn join_or_ask(
-        &self,
-        state: &Arc<AppState>,
+        self: &Arc<Self>,
         call: &Call<'_>,
         key: &str,
         masking: Option<&Masking>,
@@ -706,25 +760,20 @@ impl Approvals {
             masking: masking.cloned(),
         };
         // In its own task: a Check that Envoy gives up on must not stop it half-way.
-        let (state, key) = (state.clone(), key.to_owned());
-        tokio::spawn(async move { state.approvals.ask(&state, approval, &key).await })
+        let (approvals, key) = (Arc::clone(self), key.to_owned());
+        tokio::spawn(async move { approvals.ask(approval, &key).await })
             .await
             .map_err(|e| ApprovalError::Audit(AuditError::Invalid(format!("approval task failed: {e}"))))?
     }
 
     /// Joins the pending approval of `key`, or records `approval` as asked and stores it.
-    async fn ask(
-        &self,
-        state: &Arc<AppState>,
-        approval: Approval,
-        key: &str,
-    ) -> Result<Result<Approval, Refusal>, ApprovalError> {
+    async fn ask(&self, approval: Approval, key: &str) -> Result<Result<Approval, Refusal>, ApprovalError> {
         let _turn = self.transitions.lock().await;
         if let Some(pending) = self.store.pending_for(key).await? {
             return Ok(Ok(pending));
         }
         // Counted under the lock: concurrent asks of one caller cannot all pass the cap.
-        let limit = state.config.approvals.max_pending_per_caller;
+        let limit = self.limits.max_pending_per_caller;
         if self.store.pending_count(&approval.subject).await? >= u64::from(limit) {
             return Ok(Err(Refusal::TooManyPending { limit }));
         }
@@ -740,14 +789,13 @@ impl Approvals {
             obj.insert("grant_seconds".into(), json!(approval.grant_ms / 1000));
         }
         // The record first: the state never shows an approval the trail lacks.
-        state
-            .audit
+        self.audit
             .append_one(RecordKind::Approval, &approval.request_id, data)
             .await?;
         self.store.insert(&approval, key).await?;
-        state.metrics.approvals_requested.inc();
+        self.metrics.approvals_requested.inc();
         tracing::info!(approval_id = %approval.id, subject = %approval.subject, rule = %approval.rule, "Approval requested.");
-        notify::announce(state, &approval);
+        self.notifier.announce(&approval);
         Ok(Ok(approval))
     }
 
@@ -755,7 +803,6 @@ impl Approvals {
     /// one gets [`DecideError::Conflict`] with the approval as it stands.
     pub async fn decide(
         &self,
-        state: &AppState,
         id: &str,
         approver: &crate::identity::Principal,
         approve: bool,
@@ -768,7 +815,7 @@ impl Approvals {
         if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
             return Err(DecideError::Invalid("the reason is longer than 1000 characters".into()));
         }
-        self.expire_due(state).await?;
+        self.expire_due().await?;
         let _turn = self.transitions.lock().await;
         let mut approval = self
             .store
@@ -797,8 +844,7 @@ impl Approvals {
                 obj.insert("grant_expires_at".into(), json!(time_of(until)));
             }
         }
-        state
-            .audit
+        self.audit
             .append_one(RecordKind::Approval, &approval.request_id, data)
             .await
             .map_err(ApprovalError::from)?;
@@ -807,9 +853,9 @@ impl Approvals {
             tracing::error!(approval_id = %approval.id, "A recorded decision found the approval no longer pending.");
         }
         if approve {
-            state.metrics.approvals_approved.inc();
+            self.metrics.approvals_approved.inc();
         } else {
-            state.metrics.approvals_denied.inc();
+            self.metrics.approvals_denied.inc();
         }
         self.forget_clear(&[&approval.id]);
         tracing::info!(approval_id = %approval.id, approver = %approver.subject, decision = approval.status.as_str(), "Approval decided.");
@@ -818,7 +864,7 @@ impl Approvals {
     }
 
     /// Expires pending approvals whose time is up (each recorded first), in batches.
-    pub async fn expire_due(&self, state: &AppState) -> Result<(), ApprovalError> {
+    pub async fn expire_due(&self) -> Result<(), ApprovalError> {
         let now = now_ms();
         if !self.store.any_due(now).await? {
             return Ok(());
@@ -837,7 +883,7 @@ impl Approvals {
                     data: a.record("expired"),
                 })
                 .collect();
-            state.audit.append(records).await?;
+            self.audit.append(records).await?;
             // Exactly the rows just recorded (under the lock none of them can change).
             let ids: Vec<&str> = due.iter().map(|a| a.id.as_str()).collect();
             self.store.expire(&ids).await?;
@@ -845,7 +891,7 @@ impl Approvals {
             for a in &due {
                 tracing::info!(approval_id = %a.id, "Approval expired.");
             }
-            state.metrics.approvals_expired.add(due.len() as u64);
+            self.metrics.approvals_expired.add(due.len() as u64);
             self.changed.send_modify(|n| *n += 1);
             if due.len() < store::DUE_BATCH {
                 return Ok(());
@@ -855,13 +901,13 @@ impl Approvals {
 }
 
 /// Expires approvals every [`SWEEP`] until `stop`.
-pub async fn sweep(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+pub async fn sweep(approvals: Arc<Approvals>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(SWEEP) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if let Err(error) = state.approvals.expire_due(&state).await {
+        if let Err(error) = approvals.expire_due().await {
             tracing::warn!(%error, "Could not expire approvals; will try again.");
         }
     }

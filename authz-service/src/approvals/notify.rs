@@ -2,55 +2,82 @@
 //! retried with backoff. The outcome is an approval record (`notified` or
 //! `notify_failed`). The webhook URL is a secret and never appears in a log or record.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_core::audit::RecordKind;
 use serde_json::json;
+use url::Url;
 
 use super::{Approval, time_of};
-use crate::AppState;
+use crate::audit::AuditLog;
 use crate::config::Webhook;
+use crate::metrics::Metrics;
 
 /// The first retry waits this long; each next one twice as long.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
-/// Sends the notification in the background (the Check does not wait for it).
-pub fn announce(state: &Arc<AppState>, approval: &Approval) {
-    let Some(webhook) = state.config.approvals.webhook.clone() else {
-        return;
-    };
-    let state = state.clone();
-    let approval = approval.clone();
-    tokio::spawn(async move {
-        let outcome = deliver(&webhook, &message(&state, &approval)).await;
-        let mut data = approval.record(if outcome.is_ok() { "notified" } else { "notify_failed" });
-        if let Some(obj) = data.as_object_mut() {
-            match &outcome {
-                Ok(attempts) => {
-                    obj.insert("attempts".into(), json!(attempts));
-                }
-                Err((attempts, error)) => {
-                    obj.insert("attempts".into(), json!(attempts));
-                    obj.insert("error".into(), json!(error));
-                }
-            }
+/// Tells approvers where to decide, and records whether they were told.
+#[derive(Clone)]
+pub struct Notifier {
+    webhook: Option<Webhook>,
+    /// The approvers' page (in JSON-RPC errors and notifications).
+    ui_url: Url,
+    audit: AuditLog,
+    metrics: Metrics,
+}
+
+impl Notifier {
+    pub fn new(config: &crate::config::Approvals, audit: AuditLog, metrics: Metrics) -> Self {
+        Self {
+            webhook: config.webhook.clone(),
+            ui_url: config.ui_url.clone(),
+            audit,
+            metrics,
         }
+    }
+
+    /// Where an approver decides on this approval.
+    pub fn approver_url(&self, id: &str) -> String {
+        let mut url = self.ui_url.clone();
+        url.query_pairs_mut().append_pair("approval", id);
+        url.to_string()
+    }
+
+    /// Sends the notification in the background (the Check does not wait for it).
+    pub fn announce(&self, approval: &Approval) {
+        let Some(webhook) = self.webhook.clone() else {
+            return;
+        };
+        let body = message(approval, &self.approver_url(&approval.id));
+        let (audit, metrics, approval) = (self.audit.clone(), self.metrics.clone(), approval.clone());
+        tokio::spawn(async move { record(&audit, &metrics, &approval, deliver(&webhook, &body).await).await });
+    }
+}
+
+/// Records how a notification went (`notified` or `notify_failed`).
+async fn record(audit: &AuditLog, metrics: &Metrics, approval: &Approval, outcome: Result<u32, (u32, String)>) {
+    let mut data = approval.record(if outcome.is_ok() { "notified" } else { "notify_failed" });
+    if let Some(obj) = data.as_object_mut() {
         match &outcome {
-            Ok(_) => state.metrics.approval_notifications.inc(),
-            Err((_, error)) => {
-                state.metrics.approval_notification_failures.inc();
-                tracing::warn!(approval_id = %approval.id, error, "Could not notify approvers.");
+            Ok(attempts) => {
+                obj.insert("attempts".into(), json!(attempts));
+            }
+            Err((attempts, error)) => {
+                obj.insert("attempts".into(), json!(attempts));
+                obj.insert("error".into(), json!(error));
             }
         }
-        if let Err(error) = state
-            .audit
-            .append_one(RecordKind::Approval, &approval.request_id, data)
-            .await
-        {
-            tracing::error!(approval_id = %approval.id, %error, "Could not record the notification.");
+    }
+    match &outcome {
+        Ok(_) => metrics.approval_notifications.inc(),
+        Err((_, error)) => {
+            metrics.approval_notification_failures.inc();
+            tracing::warn!(approval_id = %approval.id, error, "Could not notify approvers.");
         }
-    });
+    }
+    if let Err(error) = audit.append_one(RecordKind::Approval, &approval.request_id, data).await {
+        tracing::error!(approval_id = %approval.id, %error, "Could not record the notification.");
+    }
 }
 
 /// Slack's text escaping (`&`, `<`, `>`), and no backticks: names come from callers and must
@@ -63,7 +90,7 @@ fn escape(text: &str) -> String {
 }
 
 /// The Slack-compatible body.
-fn message(state: &AppState, a: &Approval) -> serde_json::Value {
+fn message(a: &Approval, approver_url: &str) -> serde_json::Value {
     let what = a
         .tool
         .as_deref()
@@ -75,7 +102,7 @@ fn message(state: &AppState, a: &Approval) -> serde_json::Value {
         escape(&a.rule),
         escape(&a.approver_group),
         time_of(a.expires_ms),
-        approver_url(state, &a.id),
+        approver_url,
     );
     if let Some(masking) = &a.masking {
         text.push_str(&masked_note(masking));
@@ -96,13 +123,6 @@ fn masked_note(masking: &super::Masking) -> String {
         "\nWARNING: the arguments were changed by masking ({}); {shown}.",
         escape(&masking.report.sentence())
     )
-}
-
-/// Where an approver decides on this approval.
-pub fn approver_url(state: &AppState, id: &str) -> String {
-    let mut url = state.config.approvals.ui_url.clone();
-    url.query_pairs_mut().append_pair("approval", id);
-    url.to_string()
 }
 
 /// Posts until a 2xx answer or `attempts` tries; Ok(tries) or Err((tries, why)).

@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::AppState;
 use crate::audit::NewRecord;
 use crate::policy::{ApprovalSpec, MaskedArguments};
 
@@ -15,14 +16,19 @@ fn spec() -> ApprovalSpec {
     }
 }
 
-async fn approvals(key: Option<&[u8]>) -> Approvals {
+fn keys(key: Option<&[u8]>) -> CallKeys {
+    CallKeys::new(key.map(<[u8]>::to_vec))
+}
+
+/// An approvals table of its own, in memory.
+async fn table() -> ApprovalStore {
     let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
-    Approvals::open(pool, key.map(<[u8]>::to_vec)).await.unwrap()
+    ApprovalStore::open(pool).await.unwrap()
 }
 
 #[tokio::test]
 async fn identical_calls_share_a_key_and_any_difference_changes_it() {
-    let a = approvals(Some(b"k1")).await;
+    let a = keys(Some(b"k1"));
     let spec = spec();
     let masked = json!(null);
     let args = json!({"sql": "drop table t", "n": 1});
@@ -38,15 +44,15 @@ async fn identical_calls_share_a_key_and_any_difference_changes_it() {
         spec: &spec,
         request_id: "0",
     };
-    let base = a.key_of(&call("alice", "run", &args));
-    assert_eq!(base, a.key_of(&call("alice", "run", &reordered)));
-    assert_ne!(base, a.key_of(&call("bob", "run", &args)));
-    assert_ne!(base, a.key_of(&call("alice", "run2", &args)));
+    let base = a.of(&call("alice", "run", &args));
+    assert_eq!(base, a.of(&call("alice", "run", &reordered)));
+    assert_ne!(base, a.of(&call("bob", "run", &args)));
+    assert_ne!(base, a.of(&call("alice", "run2", &args)));
     let other = json!({"sql": "drop table u", "n": 1});
-    assert_ne!(base, a.key_of(&call("alice", "run", &other)));
+    assert_ne!(base, a.of(&call("alice", "run", &other)));
     // Keyed: without the key, the arguments cannot be guessed from the stored key.
-    assert_ne!(base, approvals(Some(b"k2")).await.key_of(&call("alice", "run", &args)));
-    assert_ne!(base, approvals(None).await.key_of(&call("alice", "run", &args)));
+    assert_ne!(base, keys(Some(b"k2")).of(&call("alice", "run", &args)));
+    assert_ne!(base, keys(None).of(&call("alice", "run", &args)));
 }
 
 #[test]
@@ -91,18 +97,18 @@ fn approved(id: &str, now: i64) -> Approval {
 
 #[tokio::test]
 async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
-    let a = approvals(None).await;
+    let store = table().await;
     let now = now_ms();
     for (id, key, keep) in [("apr_1", "k1", false), ("apr_2", "k2", true)] {
         let grant = approved(id, now);
-        a.store.insert(&grant, key).await.unwrap();
-        assert!(a.store.decide(&grant).await.unwrap());
-        let used = a.store.use_grant(key, now).await.unwrap().unwrap();
+        store.insert(&grant, key).await.unwrap();
+        assert!(store.decide(&grant).await.unwrap());
+        let used = store.use_grant(key, now).await.unwrap().unwrap();
         assert_eq!((used.status, used.uses), (Status::Used, 1));
         // Single use: a second call finds nothing.
-        assert!(a.store.use_grant(key, now).await.unwrap().is_none());
+        assert!(store.use_grant(key, now).await.unwrap().is_none());
         let hold = GrantUse {
-            store: a.store.clone(),
+            store: store.clone(),
             approval_id: id.into(),
             kept: false,
             returned: Box::new((
@@ -120,7 +126,7 @@ async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
             drop(hold);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let after = a.store.get(id).await.unwrap().unwrap();
+        let after = store.get(id).await.unwrap().unwrap();
         let expected = if keep { (Status::Used, 1) } else { (Status::Approved, 0) };
         assert_eq!((after.status, after.uses), expected, "{id}");
     }
@@ -128,27 +134,27 @@ async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
 
 #[tokio::test]
 async fn expiry_goes_in_batches_and_expires_only_what_was_read() {
-    let a = approvals(None).await;
+    let store = table().await;
     let now = now_ms();
     let extra = 3;
     for i in 0..store::DUE_BATCH + extra {
         let mut pending = approved(&format!("apr_{i:04}"), now - 120_000);
         (pending.status, pending.expires_ms) = (Status::Pending, now - 60_000 + i as i64);
-        a.store.insert(&pending, &format!("k{i}")).await.unwrap();
+        store.insert(&pending, &format!("k{i}")).await.unwrap();
     }
-    let first = a.store.due(now).await.unwrap();
+    let first = store.due(now).await.unwrap();
     assert_eq!(first.len(), store::DUE_BATCH);
     assert_eq!(first[0].id, "apr_0000", "the earliest first");
     let ids: Vec<&str> = first.iter().map(|a| a.id.as_str()).collect();
-    a.store.expire(&ids).await.unwrap();
+    store.expire(&ids).await.unwrap();
     // The rest stay pending (so they are recorded when they expire), until the next batch.
-    let rest = a.store.due(now).await.unwrap();
+    let rest = store.due(now).await.unwrap();
     assert_eq!(rest.len(), extra);
-    assert!(a.store.any_due(now).await.unwrap());
-    assert_eq!(a.store.get("apr_0000").await.unwrap().unwrap().status, Status::Expired);
+    assert!(store.any_due(now).await.unwrap());
+    assert_eq!(store.get("apr_0000").await.unwrap().unwrap().status, Status::Expired);
     let ids: Vec<&str> = rest.iter().map(|a| a.id.as_str()).collect();
-    a.store.expire(&ids).await.unwrap();
-    assert!(!a.store.any_due(now).await.unwrap());
+    store.expire(&ids).await.unwrap();
+    assert!(!store.any_due(now).await.unwrap());
 }
 
 /// A started service with these `approvals:` settings (YAML flow map body).
@@ -190,13 +196,13 @@ async fn a_use_given_back_after_its_used_record_is_recorded_too() {
     let mut c = call("alice", &params, &masked, &spec);
     c.request_id = "00000000000000000000000000000002";
     // Through the gate, so the use is taken as a Check takes it.
-    let key = state.approvals.key_of(&c);
+    let key = state.approvals.keys.of(&c);
     sqlx::query("UPDATE approvals SET key = ? WHERE id = 'apr_back'")
         .bind(&key)
         .execute(state.audit.store().pool())
         .await
         .unwrap();
-    let Gate::Granted { used, mut hold, .. } = state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap() else {
+    let Gate::Granted { used, mut hold, .. } = state.approvals.gate(&c, Duration::ZERO).await.unwrap() else {
         panic!("the grant should let the call through");
     };
     // The `used` record is committed, then Envoy gives up on the Check: the grant is dropped.
@@ -219,22 +225,22 @@ async fn a_use_given_back_after_its_used_record_is_recorded_too() {
 async fn held_calls_are_capped_per_caller_and_in_all() {
     let dir = tempfile::tempdir().unwrap();
     let server = service(dir.path(), "max_held_per_caller: 2, max_held: 3").await;
-    let (a, limits) = (&server.state.approvals, &server.state.config.approvals);
-    let first = a.hold_slot("alice", limits).unwrap();
-    let _second = a.hold_slot("alice", limits).unwrap();
+    let a = &server.state.approvals;
+    let first = a.hold_slot("alice").unwrap();
+    let _second = a.hold_slot("alice").unwrap();
     assert!(matches!(
-        a.hold_slot("alice", limits),
+        a.hold_slot("alice"),
         Err(Refusal::TooManyHeld { limit: 2, total: false })
     ));
     // Another caller is not held up by alice, until all slots are taken.
-    let _bob = a.hold_slot("bob", limits).unwrap();
+    let _bob = a.hold_slot("bob").unwrap();
     assert!(matches!(
-        a.hold_slot("carol", limits),
+        a.hold_slot("carol"),
         Err(Refusal::TooManyHeld { limit: 3, total: true })
     ));
     // A slot comes back when its call ends (also when the Check is dropped).
     drop(first);
-    assert!(a.hold_slot("alice", limits).is_ok());
+    assert!(a.hold_slot("alice").is_ok());
     server.stop();
 }
 
@@ -252,7 +258,7 @@ async fn pending_approvals_are_capped_per_caller_but_joining_one_is_not() {
                 json!({"n": n}),
             );
             let c = call(subject, &params, &shown, &spec);
-            state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap()
+            state.approvals.gate(&c, Duration::ZERO).await.unwrap()
         }
     };
     assert!(matches!(gate("alice", 1).await, Gate::Stopped(_)));
@@ -281,7 +287,7 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     // The default: refused before any approval is asked.
     let refused = state
         .approvals
-        .gate(&state, &call("alice", &params, &masked, &spec), Duration::ZERO)
+        .gate(&call("alice", &params, &masked, &spec), Duration::ZERO)
         .await
         .unwrap();
     let Gate::Refused(Refusal::MaskedArguments(report)) = refused else {
@@ -294,7 +300,7 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     // show_clear: asked, flagged, the clear text in memory only.
     spec.masked_arguments = MaskedArguments::ShowClear;
     let c = call("alice", &params, &masked, &spec);
-    let Gate::Stopped(approval) = state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap() else {
+    let Gate::Stopped(approval) = state.approvals.gate(&c, Duration::ZERO).await.unwrap() else {
         panic!("a show_clear call waits for its approval");
     };
     let masking = approval.masking.clone().expect("the approval says it was masked");
@@ -319,20 +325,16 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     state.approvals.forget_clear(&[&approval.id]);
     assert!(!state.approvals.readable(&approval));
     assert!(matches!(
-        state.approvals.decide(&state, &approval.id, &bob, true, None).await,
+        state.approvals.decide(&approval.id, &bob, true, None).await,
         Err(DecideError::Unreadable(_))
     ));
     // The caller's retry puts it back; the decision drops it from memory.
-    let Gate::Stopped(again) = state.approvals.gate(&state, &c, Duration::ZERO).await.unwrap() else {
+    let Gate::Stopped(again) = state.approvals.gate(&c, Duration::ZERO).await.unwrap() else {
         panic!("the retry joins the pending approval");
     };
     assert_eq!(again.id, approval.id);
     assert!(state.approvals.readable(&approval));
-    state
-        .approvals
-        .decide(&state, &approval.id, &bob, true, None)
-        .await
-        .unwrap();
+    state.approvals.decide(&approval.id, &bob, true, None).await.unwrap();
     assert_eq!(state.approvals.clear_arguments(&approval.id), None);
     server.stop();
 }

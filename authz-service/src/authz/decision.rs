@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{HttpRequestView, REQUEST_ID_HEADER, SessionCheck};
-use crate::approvals::{Approval, Call, Gate, GrantUse, Status, notify::approver_url};
+use crate::approvals::{Approval, Call, Gate, GrantUse, Status};
 use crate::audit::NewRecord;
 use crate::aws::sign;
 use crate::config::{Secret, Upstream, UpstreamCredentials};
@@ -415,7 +415,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
         .map(hex::encode);
     let mut reason = "caller's group may use the upstream".to_owned();
     let (mut extra, mut grant) = (Vec::new(), None);
-    let policy = state.policy();
+    let policy = state.policy.current();
     if let (Some(policy), Some(Ok(env))) = (&policy, &envelope) {
         let verdict = policy_verdict(policy, &principal, &upstream.name, env);
         if let Some(obj) = record.as_object_mut() {
@@ -484,7 +484,7 @@ pub async fn decide(state: &Arc<AppState>, view: &HttpRequestView<'_>) -> Decisi
                 // The hold is spent inside Envoy's ext_authz call: answer a second before it gives up.
                 let hold_ms =
                     (spec.hold_seconds * 1000).min(state.config.envoy.ext_authz_timeout_ms.saturating_sub(1000));
-                match state.approvals.gate(state, &call, Duration::from_millis(hold_ms)).await {
+                match state.approvals.gate(&call, Duration::from_millis(hold_ms)).await {
                     Ok(Gate::Granted { approval, used, hold }) => {
                         if let Some(obj) = record.as_object_mut() {
                             obj.insert("approval".into(), approval_summary(&approval, "used"));
@@ -701,7 +701,7 @@ fn approval_denial(state: &AppState, approval: &Approval, rule: &str) -> Denial 
             "id": approval.id,
             "status": approval.status,
             "approver_group": approval.approver_group,
-            "approver_url": approver_url(state, &approval.id),
+            "approver_url": state.approvals.approver_url(&approval.id),
             "expires_at": approval.expires_at(),
             "decided_by": approval.decided_by,
             "reason": approval.reason,

@@ -552,11 +552,7 @@ async fn a_check_envoy_abandons_after_its_used_record_gives_the_use_back_and_say
         subject: "bob".into(),
         groups: ["approvers".to_owned()].into(),
     };
-    state
-        .approvals
-        .decide(&state, &pending.id, &bob, true, None)
-        .await
-        .unwrap();
+    state.approvals.decide(&pending.id, &bob, true, None).await.unwrap();
 
     // A Check whose `used` record is committed, dropped before it answers (Envoy gave up).
     // The commit runs in a task of its own; it may finish just before a poll, and then the

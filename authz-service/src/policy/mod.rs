@@ -21,6 +21,8 @@ mod coerce;
 pub mod reload;
 pub mod visibility;
 
+pub use reload::InForce;
+
 /// What a rule decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

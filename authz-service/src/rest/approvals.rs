@@ -80,10 +80,7 @@ fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
         {
             obj.insert("arguments_clear".into(), clear);
         }
-        obj.insert(
-            "approver_url".into(),
-            json!(crate::approvals::notify::approver_url(state, &a.id)),
-        );
+        obj.insert("approver_url".into(), json!(state.approvals.approver_url(&a.id)));
     }
     v
 }
@@ -110,7 +107,7 @@ async fn list(
         })?),
     };
     // Expiry is swept each second; do it now so a list never shows an expired one as pending.
-    state.approvals.expire_due(&state).await.map_err(unavailable)?;
+    state.approvals.expire_due().await.map_err(unavailable)?;
     let approvals = state
         .approvals
         .store()
@@ -131,7 +128,7 @@ async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = approver(&state, &headers).await?;
-    state.approvals.expire_due(&state).await.map_err(unavailable)?;
+    state.approvals.expire_due().await.map_err(unavailable)?;
     match state.approvals.store().get(&id).await.map_err(unavailable)? {
         // Someone else's approval is "not found" too: ids are not to be probed.
         Some(a) if may_see(&state, &caller, &a) => Ok(Json(view(&state, &caller, &a))),
@@ -173,8 +170,8 @@ async fn decide(
     };
     // In its own task: an approver who hangs up must not stop a decision half-way.
     let decided = {
-        let (state, id, caller) = (state.clone(), id.clone(), caller.clone());
-        tokio::spawn(async move { state.approvals.decide(&state, &id, &caller, approve, body.reason).await })
+        let (approvals, id, caller) = (state.approvals.clone(), id.clone(), caller.clone());
+        tokio::spawn(async move { approvals.decide(&id, &caller, approve, body.reason).await })
             .await
             .map_err(unavailable)?
     };

@@ -2,7 +2,8 @@
 //!
 //! Reading order: [`config`] (the one file), [`server`] (what starts), [`authz`] (the
 //! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter), [`masking`],
-//! [`policy`], [`approvals`], [`aws`] (STS sessions per caller and SigV4),
+//! [`policy`], [`approvals`], [`credentials`] (what goes upstream in place of the caller's
+//! token), [`aws`] (STS sessions per caller and SigV4),
 //! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
 
 pub mod approvals;
@@ -11,6 +12,7 @@ pub mod authz;
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod envoy_config;
 pub mod identity;
 pub mod ingest;

@@ -921,4 +921,4 @@ fn new_approval_id() -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -70,7 +70,8 @@ fn statuses_round_trip() {
     assert_eq!(Status::parse("maybe"), None);
 }
 
-fn approved(id: &str, now: i64) -> Approval {
+/// An approval of alice's `run` on `db` under rule `r`, approved by bob at `now`.
+pub(crate) fn approved(id: &str, now: i64) -> Approval {
     Approval {
         id: id.into(),
         status: Status::Approved,

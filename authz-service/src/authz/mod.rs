@@ -7,8 +7,16 @@
 //! The client's `Authorization` header is removed from what goes upstream. An
 //! `Mcp-Session-Id` must be one the caller opened on this upstream (`session.rs`); the
 //! upstream gets its own plain id back.
+//!
+//! Reading order: `check.rs` (the steps: identify, upstream access, policy, approval,
+//! credential), `denial.rs` (every reason a call is refused and its one answer),
+//! `record.rs` (the request record the steps fill in), then [`commit`] here and
+//! `answer.rs` (what goes back to Envoy).
 
-mod decision;
+mod answer;
+mod check;
+mod denial;
+mod record;
 mod session;
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
@@ -16,7 +24,9 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use gatehouse_core::audit::RecordKind;
 
-pub use decision::{Decision, Denial};
+pub use answer::{Allowed, Decision};
+pub use check::resource_metadata_url;
+pub use denial::{Answer, Denial, Stopped};
 pub use session::{SessionCheck, SessionSecret};
 
 use crate::{
@@ -91,7 +101,7 @@ impl Authorization for AuthzService {
         let req = request.into_inner();
         let view = HttpRequestView::from_check(&req);
         let state = &self.state;
-        let mut decided = decision::decide(state, &view).await;
+        let mut decided = check::decide(state, &view).await;
         let request_id = decided.request_id.clone();
         let mut records = vec![NewRecord {
             kind: RecordKind::Request,
@@ -125,7 +135,7 @@ impl Authorization for AuthzService {
                 state.metrics.checks_failed.inc();
                 // The task dropped the grant it did not keep: its use is given back.
                 log_audit_failure(&request_id, &error);
-                Decision::audit_unavailable(&view, request_id).into_check_response()
+                decided.audit_unavailable().into_check_response()
             }
         };
         state.metrics.check_latency.observe(started.elapsed());

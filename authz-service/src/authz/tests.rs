@@ -41,6 +41,15 @@ fn check(headers: &[(&str, &str)], body: &[u8], upstream: Option<&str>) -> Check
     }
 }
 
+/// A started service (the test config with `extra` YAML appended) and its folder.
+async fn service(extra: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(test_support::config_with(dir.path(), extra))
+        .await
+        .unwrap();
+    (dir, server)
+}
+
 async fn client(server: &Server) -> AuthorizationClient<tonic::transport::Channel> {
     AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
         .await
@@ -89,24 +98,19 @@ fn denied(resp: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> (u
 
 #[tokio::test]
 async fn an_allowed_call_is_recorded_before_ok_and_loses_its_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (_dir, server) = service("").await;
     let auth = token(&server, "alice", &["eng"]);
     let session = bound_session(&server, "alice", "s-1");
-    let resp = client(&server)
-        .await
-        .check(check(
-            &[
-                ("authorization", &auth),
-                ("x-gatehouse-request-id", RID),
-                ("mcp-session-id", &session),
-            ],
-            CALL,
-            Some("everything"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = ask(
+        &server,
+        &[
+            ("authorization", &auth),
+            ("x-gatehouse-request-id", RID),
+            ("mcp-session-id", &session),
+        ],
+        CALL,
+    )
+    .await;
     assert_eq!(resp.status.as_ref().unwrap().code, 0);
     let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
         panic!("{resp:?}")
@@ -157,9 +161,29 @@ async fn ask(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+    ask_on(server, "everything", headers, body).await
+}
+
+/// The tools/call [`CALL`] by the holder of `auth`, numbered `rid` by the filter.
+async fn call_as(server: &Server, auth: &str, rid: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+    ask(
+        server,
+        &[("authorization", auth), ("x-gatehouse-request-id", rid)],
+        CALL,
+    )
+    .await
+}
+
+/// One Check on the route of `upstream`.
+async fn ask_on(
+    server: &Server,
+    upstream: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
     client(server)
         .await
-        .check(check(headers, body, Some("everything")))
+        .check(check(headers, body, Some(upstream)))
         .await
         .unwrap()
         .into_inner()
@@ -173,8 +197,7 @@ fn bound_session(server: &Server, subject: &str, id: &str) -> String {
 
 #[tokio::test]
 async fn another_callers_session_is_404_and_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (_dir, server) = service("").await;
     let bob = token(&server, "bob", &["eng"]);
     let alices = bound_session(&server, "alice", "s-1");
     for (i, presented) in [alices.as_str(), "s-1"].into_iter().enumerate() {
@@ -203,8 +226,7 @@ async fn another_callers_session_is_404_and_recorded() {
 
 #[tokio::test]
 async fn a_call_naming_no_string_tool_is_refused_by_the_service_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (_dir, server) = service("").await;
     let auth = token(&server, "alice", &["eng"]);
     for (i, (body, code)) in [
         (
@@ -241,14 +263,8 @@ async fn a_call_naming_no_string_tool_is_refused_by_the_service_too() {
 
 #[tokio::test]
 async fn no_token_is_401_with_resource_metadata() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
-    let resp = client(&server)
-        .await
-        .check(check(&[("x-gatehouse-request-id", RID)], CALL, Some("everything")))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_dir, server) = service("").await;
+    let resp = ask(&server, &[("x-gatehouse-request-id", RID)], CALL).await;
     let (status, headers, body) = denied(&resp);
     assert_eq!(status, 401);
     assert_eq!(
@@ -265,19 +281,9 @@ async fn no_token_is_401_with_resource_metadata() {
 
 #[tokio::test]
 async fn a_caller_outside_the_upstreams_groups_is_403() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (_dir, server) = service("").await;
     let auth = token(&server, "bob", &["approvers"]);
-    let resp = client(&server)
-        .await
-        .check(check(
-            &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
-            CALL,
-            Some("everything"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = call_as(&server, &auth, RID).await;
     let (status, _, body) = denied(&resp);
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], -32003);
@@ -287,35 +293,24 @@ async fn a_caller_outside_the_upstreams_groups_is_403() {
 
 #[tokio::test]
 async fn requests_that_bypassed_the_filter_or_name_no_upstream_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (_dir, server) = service("").await;
     let auth = token(&server, "alice", &["eng"]);
-    let mut c = client(&server).await;
-    let no_id = c
-        .check(check(&[("authorization", &auth)], CALL, Some("everything")))
-        .await
-        .unwrap()
-        .into_inner();
+    let no_id = ask(&server, &[("authorization", &auth)], CALL).await;
     assert_eq!(denied(&no_id).0, 500);
-    let spoofed_id = c
-        .check(check(
-            &[("authorization", &auth), ("x-gatehouse-request-id", "../../etc")],
-            CALL,
-            Some("everything"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let spoofed_id = ask(
+        &server,
+        &[("authorization", &auth), ("x-gatehouse-request-id", "../../etc")],
+        CALL,
+    )
+    .await;
     assert_eq!(denied(&spoofed_id).0, 500);
-    let unknown = c
-        .check(check(
-            &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
-            CALL,
-            Some("nope"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let unknown = ask_on(
+        &server,
+        "nope",
+        &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
+        CALL,
+    )
+    .await;
     assert_eq!(denied(&unknown).0, 500);
     server.stop();
 }
@@ -323,24 +318,14 @@ async fn requests_that_bypassed_the_filter_or_name_no_upstream_are_refused() {
 #[tokio::test]
 async fn an_unwritable_audit_store_denies_the_call() {
     use sqlx::{Connection, Executor};
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (dir, server) = service("").await;
     let auth = token(&server, "alice", &["eng"]);
     // Another process holds SQLite's write lock: the service cannot commit.
     let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("audit.db").display()))
         .await
         .unwrap();
     locker.execute("BEGIN EXCLUSIVE").await.unwrap();
-    let resp = client(&server)
-        .await
-        .check(check(
-            &[("authorization", &auth), ("x-gatehouse-request-id", RID)],
-            CALL,
-            Some("everything"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = call_as(&server, &auth, RID).await;
     let (status, _, body) = denied(&resp);
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], -32603);
@@ -352,8 +337,7 @@ async fn an_unwritable_audit_store_denies_the_call() {
 
 #[tokio::test]
 async fn concurrent_checks_share_commits_and_keep_one_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = test_support::start(dir.path()).await;
+    let (_dir, server) = service("").await;
     let auth = token(&server, "alice", &["eng"]);
     let mut tasks = Vec::new();
     for i in 0..64 {
@@ -397,10 +381,7 @@ fn call(tool: &str, arguments: Value) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_policy_decides_calls_and_its_rule_is_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(test_support::config_with(dir.path(), POLICY))
-        .await
-        .unwrap();
+    let (_dir, server) = service(POLICY).await;
     let auth = token(&server, "alice", &["eng"]);
     let mut client = client(&server).await;
     let cases = [
@@ -523,11 +504,8 @@ async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
 #[tokio::test]
 async fn a_check_envoy_abandons_after_its_used_record_gives_the_use_back_and_says_so() {
     use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-    let dir = tempfile::tempdir().unwrap();
     let policy = POLICY.replace("hold_seconds: 0}", "hold_seconds: 0, single_use: false}");
-    let server = Server::start(test_support::config_with(dir.path(), &policy))
-        .await
-        .unwrap();
+    let (_dir, server) = service(&policy).await;
     let state = server.state.clone();
     let auth = token(&server, "alice", &["eng"]);
     let body = call("add", json!({"a": 1, "b": 2}));

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
+use gatehouse_core::events::UpstreamCredentialPresented;
 use thiserror::Error;
 
 use crate::aws::{AwsError, AwsSessions, sign};
@@ -49,7 +49,7 @@ pub enum CredentialError {
 /// public parts, never a secret (`None`: the upstream takes no credential).
 pub struct Presented {
     pub auth: Result<UpstreamAuth, CredentialError>,
-    pub record: Option<Value>,
+    pub record: Option<UpstreamCredentialPresented>,
 }
 
 /// The credential `principal`'s call to `upstream` presents, waiting for STS until `deadline`.
@@ -75,23 +75,26 @@ pub async fn present(
                     headers: vec![(header.clone(), value.clone())],
                     remove: Vec::new(),
                 }),
-                record: Some(json!({"type": kind, "header": header})),
+                record: Some(UpstreamCredentialPresented::StaticHeader { header: header.clone() }),
             };
         }
         UpstreamCredentials::AwsSigv4(aws) => aws,
     };
-    let mut record = json!({"type": kind, "role_arn": aws.role_arn, "source_identity": principal.subject});
+    let record = |access_key_id: Option<&str>, error: Option<String>| UpstreamCredentialPresented::AwsSigv4 {
+        role_arn: aws.role_arn.clone(),
+        source_identity: principal.subject.clone(),
+        access_key_id: access_key_id.map(str::to_owned),
+        error,
+    };
     let session = match sessions.session(&upstream.name, aws, principal, deadline).await {
         Ok(session) => session,
         Err(error) => {
-            record["error"] = json!(error.to_string());
             return Presented {
+                record: Some(record(None, Some(error.to_string()))),
                 auth: Err(error.into()),
-                record: Some(record),
             };
         }
     };
-    record["access_key_id"] = json!(session.access_key_id);
     let authority = upstream.authority();
     let path_and_query = sign::upstream_path_and_query(upstream.upstream_path(), call.path);
     let outgoing = sign::Outgoing {
@@ -103,10 +106,9 @@ pub async fn present(
     let headers = match sign::sign_request(&session, &aws.region, &aws.service, outgoing, SystemTime::now()) {
         Ok(headers) => headers,
         Err(error) => {
-            record["error"] = json!("could not sign");
             return Presented {
                 auth: Err(CredentialError::Sign(error)),
-                record: Some(record),
+                record: Some(record(Some(&session.access_key_id), Some("could not sign".into()))),
             };
         }
     };
@@ -124,7 +126,7 @@ pub async fn present(
             headers,
             remove,
         }),
-        record: Some(record),
+        record: Some(record(Some(&session.access_key_id), None)),
     }
 }
 
@@ -179,7 +181,11 @@ mod tests {
         assert_eq!(auth.headers.len(), 1);
         assert_eq!(auth.headers[0].0, "x-api-key");
         let record = p.record.unwrap();
-        assert_eq!(record, json!({"type": "static_header", "header": "x-api-key"}));
-        assert!(!record.to_string().contains("s3cr3t"));
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "static_header", "header": "x-api-key"})
+        );
+        assert!(!json.to_string().contains("s3cr3t"));
     }
 }

@@ -31,6 +31,19 @@ pub struct MaskedSpan {
     pub length: Option<usize>,
 }
 
+impl MaskedSpan {
+    /// The span as the `requested` record holds it.
+    pub fn to_event(&self) -> gatehouse_core::events::MaskedSpan {
+        gatehouse_core::events::MaskedSpan {
+            kind: self.kind.clone(),
+            pointer: self.pointer.clone(),
+            inner_pointer: self.inner_pointer.clone(),
+            offset: self.offset.map(|n| n as u64),
+            length: self.length.map(|n| n as u64),
+        }
+    }
+}
+
 /// What masking changed in one call's arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MaskReport {

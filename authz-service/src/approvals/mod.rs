@@ -33,7 +33,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_core::audit::{RecordKind, canonical_json};
+use gatehouse_core::audit::canonical_json;
+use gatehouse_core::events::{
+    ApprovalDenied, ApprovalEvent, ApprovalExpired, ApprovalFacts, ApprovalGranted, ApprovalRequested,
+    ApprovalUseReturned, ApprovalUsed, ArgumentsMasked,
+};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -116,13 +120,19 @@ pub struct Masking {
 }
 
 impl Masking {
+    /// What the `requested` record says was masked where; never a clear value.
+    fn to_event(&self) -> ArgumentsMasked {
+        ArgumentsMasked {
+            mode: self.mode.as_str().to_owned(),
+            spans: self.report.spans.iter().map(masked::MaskedSpan::to_event).collect(),
+            more: self.report.more as u64,
+            summary: self.report.sentence(),
+        }
+    }
+
+    /// The same for the REST API and the page.
     fn to_json(&self) -> Value {
-        json!({
-            "mode": self.mode.as_str(),
-            "spans": self.report.spans,
-            "more": self.report.more,
-            "summary": self.report.sentence(),
-        })
+        serde_json::to_value(self.to_event()).unwrap_or(Value::Null)
     }
 }
 
@@ -179,18 +189,17 @@ impl Approval {
         })
     }
 
-    /// The data of this approval's `event` record.
-    fn record(&self, event: &str) -> Value {
-        json!({
-            "event": event,
-            "approval_id": self.id,
-            "subject": self.subject,
-            "upstream": self.upstream,
-            "mcp_method": self.method,
-            "tool": self.tool,
-            "rule": self.rule,
-            "approver_group": self.approver_group,
-        })
+    /// What every record of this approval says about it.
+    fn facts(&self) -> ApprovalFacts {
+        ApprovalFacts {
+            approval_id: self.id.clone(),
+            subject: self.subject.clone(),
+            upstream: self.upstream.clone(),
+            mcp_method: self.method.clone(),
+            tool: self.tool.clone(),
+            rule: self.rule.clone(),
+            approver_group: self.approver_group.clone(),
+        }
     }
 }
 
@@ -366,9 +375,10 @@ pub struct GrantUse {
     store: ApprovalStore,
     approval_id: String,
     kept: bool,
-    /// The `use_returned` record, prepared when the use was taken; with the trail to
-    /// write it to once `used` is in it.
-    returned: Box<(NewRecord, Option<crate::audit::AuditLog>)>,
+    /// The `use_returned` record, prepared when the use was taken.
+    returned: Option<Box<NewRecord>>,
+    /// The trail to write it to, once `used` is in it.
+    audit: Option<AuditLog>,
 }
 
 impl GrantUse {
@@ -378,8 +388,8 @@ impl GrantUse {
     }
 
     /// The `used` record is committed: a use given back from now on is recorded.
-    pub fn recorded(&mut self, audit: &crate::audit::AuditLog) {
-        self.returned.1 = Some(audit.clone());
+    pub fn recorded(&mut self, audit: &AuditLog) {
+        self.audit = Some(audit.clone());
     }
 }
 
@@ -388,7 +398,7 @@ impl std::fmt::Debug for GrantUse {
         f.debug_struct("GrantUse")
             .field("approval_id", &self.approval_id)
             .field("kept", &self.kept)
-            .field("recorded", &self.returned.1.is_some())
+            .field("recorded", &self.audit.is_some())
             .finish()
     }
 }
@@ -399,22 +409,12 @@ impl Drop for GrantUse {
             return;
         }
         let (store, id) = (self.store.clone(), std::mem::take(&mut self.approval_id));
-        let (record, audit) = std::mem::replace(
-            &mut *self.returned,
-            (
-                NewRecord {
-                    kind: RecordKind::Approval,
-                    request_id: String::new(),
-                    data: Value::Null,
-                },
-                None,
-            ),
-        );
+        let (record, audit) = (self.returned.take(), self.audit.take());
         tracing::warn!(approval_id = %id, "A call that used an approval was not let through; the use is given back.");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Some(audit) = audit
-                    && let Err(error) = audit.append(vec![record]).await
+                if let (Some(audit), Some(record)) = (audit, record)
+                    && let Err(error) = audit.append(vec![*record]).await
                 {
                     tracing::error!(approval_id = %id, %error, "Could not record that an approval's use was given back.");
                 }
@@ -659,38 +659,30 @@ impl Approvals {
                 }
             }
             if let Some(approval) = self.store.use_grant(&key, now_ms()).await? {
-                let mut data = approval.record("used");
-                if let Some(obj) = data.as_object_mut() {
-                    obj.insert("uses".into(), json!(approval.uses));
-                    obj.insert("single_use".into(), json!(approval.single_use));
-                    obj.insert("approval_request_id".into(), json!(approval.request_id));
-                }
-                let used = NewRecord {
-                    kind: RecordKind::Approval,
-                    request_id: call.request_id.to_owned(),
-                    data,
-                };
-                let mut returned_data = approval.record("use_returned");
-                if let Some(obj) = returned_data.as_object_mut() {
-                    obj.insert(
-                        "reason".into(),
-                        json!(
+                let used = NewRecord::from_event(
+                    call.request_id,
+                    ApprovalEvent::Used(ApprovalUsed {
+                        approval: approval.facts(),
+                        uses: approval.uses,
+                        single_use: approval.single_use,
+                        approval_request_id: approval.request_id.clone(),
+                    }),
+                )?;
+                let returned = NewRecord::from_event(
+                    call.request_id,
+                    ApprovalEvent::UseReturned(ApprovalUseReturned {
+                        approval: approval.facts(),
+                        reason:
                             "the call was not let through after all (Envoy gave up on the Check): the use is given back"
-                        ),
-                    );
-                }
+                                .into(),
+                    }),
+                )?;
                 let hold = GrantUse {
                     store: self.store.clone(),
                     approval_id: approval.id.clone(),
                     kept: false,
-                    returned: Box::new((
-                        NewRecord {
-                            kind: RecordKind::Approval,
-                            request_id: call.request_id.to_owned(),
-                            data: returned_data,
-                        },
-                        None,
-                    )),
+                    returned: Some(Box::new(returned)),
+                    audit: None,
                 };
                 return Ok(Gate::Granted { approval, used, hold });
             }
@@ -777,21 +769,16 @@ impl Approvals {
         if self.store.pending_count(&approval.subject).await? >= u64::from(limit) {
             return Ok(Err(Refusal::TooManyPending { limit }));
         }
-        let mut data = approval.record("requested");
-        if let Some(obj) = data.as_object_mut() {
-            obj.insert("arguments".into(), approval.arguments.clone());
-            if let Some(masking) = &approval.masking {
-                // What was masked where; never the clear value.
-                obj.insert("masked".into(), masking.to_json());
-            }
-            obj.insert("expires_at".into(), json!(time_of(approval.expires_ms)));
-            obj.insert("single_use".into(), json!(approval.single_use));
-            obj.insert("grant_seconds".into(), json!(approval.grant_ms / 1000));
-        }
+        let requested = ApprovalEvent::Requested(ApprovalRequested {
+            approval: approval.facts(),
+            arguments: approval.arguments.clone(),
+            masked: approval.masking.as_ref().map(Masking::to_event),
+            expires_at: time_of(approval.expires_ms),
+            single_use: approval.single_use,
+            grant_seconds: approval.grant_ms / 1000,
+        });
         // The record first: the state never shows an approval the trail lacks.
-        self.audit
-            .append_one(RecordKind::Approval, &approval.request_id, data)
-            .await?;
+        self.audit.append_event(&approval.request_id, requested).await?;
         self.store.insert(&approval, key).await?;
         self.metrics.approvals_requested.inc();
         tracing::info!(approval_id = %approval.id, subject = %approval.subject, rule = %approval.rule, "Approval requested.");
@@ -834,18 +821,27 @@ impl Approvals {
         approval.decided_ms = Some(now);
         approval.decided_by = Some(approver.subject.clone());
         approval.reason = reason;
-        approval.grant_expires_ms = approve.then_some(now + approval.grant_ms);
-        let mut data = approval.record(approval.status.as_str());
-        if let Some(obj) = data.as_object_mut() {
-            obj.insert("approver".into(), json!(approver.subject));
-            obj.insert("approver_groups".into(), json!(approver.groups));
-            obj.insert("reason".into(), json!(approval.reason));
-            if let Some(until) = approval.grant_expires_ms {
-                obj.insert("grant_expires_at".into(), json!(time_of(until)));
-            }
-        }
+        let until = now + approval.grant_ms;
+        approval.grant_expires_ms = approve.then_some(until);
+        let (approval_facts, approver_groups) = (approval.facts(), approver.groups.iter().cloned().collect());
+        let decided = if approve {
+            ApprovalEvent::Approved(ApprovalGranted {
+                approval: approval_facts,
+                approver: approver.subject.clone(),
+                approver_groups,
+                reason: approval.reason.clone(),
+                grant_expires_at: time_of(until),
+            })
+        } else {
+            ApprovalEvent::Denied(ApprovalDenied {
+                approval: approval_facts,
+                approver: approver.subject.clone(),
+                approver_groups,
+                reason: approval.reason.clone(),
+            })
+        };
         self.audit
-            .append_one(RecordKind::Approval, &approval.request_id, data)
+            .append_event(&approval.request_id, decided)
             .await
             .map_err(ApprovalError::from)?;
         if !self.store.decide(&approval).await.map_err(ApprovalError::from)? {
@@ -877,12 +873,11 @@ impl Approvals {
             }
             let records = due
                 .iter()
-                .map(|a| NewRecord {
-                    kind: RecordKind::Approval,
-                    request_id: a.request_id.clone(),
-                    data: a.record("expired"),
+                .map(|a| {
+                    let expired = ApprovalEvent::Expired(ApprovalExpired { approval: a.facts() });
+                    NewRecord::from_event(a.request_id.clone(), expired)
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             self.audit.append(records).await?;
             // Exactly the rows just recorded (under the lock none of them can change).
             let ids: Vec<&str> = due.iter().map(|a| a.id.as_str()).collect();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gatehouse_core::audit::RecordKind;
+use gatehouse_core::events::{ApprovalEvent, ApproverNotificationFailed, ApproversNotified};
 use serde_json::json;
 use url::Url;
 
@@ -56,18 +56,17 @@ impl Notifier {
 
 /// Records how a notification went (`notified` or `notify_failed`).
 async fn record(audit: &AuditLog, metrics: &Metrics, approval: &Approval, outcome: Result<u32, (u32, String)>) {
-    let mut data = approval.record(if outcome.is_ok() { "notified" } else { "notify_failed" });
-    if let Some(obj) = data.as_object_mut() {
-        match &outcome {
-            Ok(attempts) => {
-                obj.insert("attempts".into(), json!(attempts));
-            }
-            Err((attempts, error)) => {
-                obj.insert("attempts".into(), json!(attempts));
-                obj.insert("error".into(), json!(error));
-            }
-        }
-    }
+    let event = match &outcome {
+        Ok(attempts) => ApprovalEvent::Notified(ApproversNotified {
+            approval: approval.facts(),
+            attempts: *attempts,
+        }),
+        Err((attempts, error)) => ApprovalEvent::NotifyFailed(ApproverNotificationFailed {
+            approval: approval.facts(),
+            attempts: *attempts,
+            error: error.clone(),
+        }),
+    };
     match &outcome {
         Ok(_) => metrics.approval_notifications.inc(),
         Err((_, error)) => {
@@ -75,7 +74,7 @@ async fn record(audit: &AuditLog, metrics: &Metrics, approval: &Approval, outcom
             tracing::warn!(approval_id = %approval.id, error, "Could not notify approvers.");
         }
     }
-    if let Err(error) = audit.append_one(RecordKind::Approval, &approval.request_id, data).await {
+    if let Err(error) = audit.append_event(&approval.request_id, event).await {
         tracing::error!(approval_id = %approval.id, %error, "Could not record the notification.");
     }
 }

@@ -2,7 +2,6 @@ use serde_json::json;
 
 use super::*;
 use crate::AppState;
-use crate::audit::NewRecord;
 use crate::policy::{ApprovalSpec, MaskedArguments};
 
 fn spec() -> ApprovalSpec {
@@ -112,14 +111,8 @@ async fn a_use_not_kept_is_given_back_and_a_kept_one_stands() {
             store: store.clone(),
             approval_id: id.into(),
             kept: false,
-            returned: Box::new((
-                NewRecord {
-                    kind: RecordKind::Approval,
-                    request_id: "0".into(),
-                    data: json!({}),
-                },
-                None,
-            )),
+            returned: None,
+            audit: None,
         };
         if keep {
             hold.keep();

@@ -6,6 +6,7 @@ use envoy_types::ext_authz::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use gatehouse_core::events::RequestDecided;
 use gatehouse_core::mask::{REVEAL_IDS_HEADER, RevealPlan};
 use gatehouse_core::session::SESSION_KEY_HEADER;
 use gatehouse_core::tools::{TOOLS_HEADER, ToolVisibility};
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 use super::REQUEST_ID_HEADER;
 use super::denial::Denial;
 use crate::approvals::GrantUse;
-use crate::audit::NewRecord;
+use crate::audit::{AuditError, NewRecord};
 use crate::config::Secret;
 use crate::credentials::UpstreamAuth;
 use crate::masking::REVEAL_HEADER;
@@ -25,7 +26,8 @@ use crate::masking::REVEAL_HEADER;
 #[derive(Debug)]
 pub struct Decision {
     pub request_id: String,
-    pub record: Value,
+    /// The request record to commit (`None` once taken, or when none could be committed).
+    pub record: Option<RequestDecided>,
     /// Records committed with the request record (an approval's `used`).
     pub extra: Vec<NewRecord>,
     /// The approval's grant this call uses: given back unless kept once the records are committed.
@@ -59,10 +61,21 @@ impl Decision {
         self.outcome.is_ok()
     }
 
+    /// The records to commit: the request record first, then those that go with it.
+    pub fn take_records(&mut self) -> Result<Vec<NewRecord>, AuditError> {
+        let event = self
+            .record
+            .take()
+            .ok_or_else(|| AuditError::Invalid("the request record was already taken".into()))?;
+        let mut records = vec![NewRecord::from_event(self.request_id.clone(), event)?];
+        records.append(&mut self.extra);
+        Ok(records)
+    }
+
     /// The answer when the request record could not be committed.
     pub fn audit_unavailable(self) -> Self {
         Self {
-            record: Value::Null,
+            record: None,
             extra: Vec::new(),
             grant: None,
             jsonrpc_id: self.unrecorded_jsonrpc_id.clone(),

@@ -92,51 +92,41 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         }
         Err(denial) => (new_request_id(), Err(denial)),
     };
-    let mut decision = Decision {
-        request_id,
-        record: Value::Null,
-        extra: Vec::new(),
-        grant: None,
-        jsonrpc_id: request.jsonrpc_id(),
-        unrecorded_jsonrpc_id: request.first_id(),
-        outcome: Err(Denial::AuditUnavailable),
-    };
-    match passed {
+    let (record, extra, grant, outcome) = match passed {
         Ok(passed) => {
-            let reveal =
-                state
-                    .config
-                    .masking
-                    .reveal_plan(&passed.principal.groups, &passed.upstream.name, request.parsed());
-            decision.record = record.allowed(&passed.reason, &reveal);
-            decision.extra = passed.extra;
-            decision.grant = passed.grant;
-            decision.outcome = Ok(Allowed {
-                // Only a tools/list answer is filtered: other calls skip the walk and the header.
-                tools: passed
-                    .policy
-                    .as_ref()
-                    .filter(|_| request.parsed().is_some_and(mcp::Envelope::lists_tools))
-                    .map(|p| {
-                        p.tool_visibility(
-                            &passed.principal.subject,
-                            &passed.principal.groups,
-                            &passed.upstream.name,
-                        )
-                    }),
-                upstream_auth: passed.upstream_auth,
+            let (principal, upstream) = (&passed.principal, &passed.upstream.name);
+            let reveal = state
+                .config
+                .masking
+                .reveal_plan(&principal.groups, upstream, request.parsed());
+            // Only a tools/list answer is filtered: other calls skip the walk and the header.
+            let tools = passed
+                .policy
+                .as_ref()
+                .filter(|_| request.parsed().is_some_and(mcp::Envelope::lists_tools))
+                .map(|p| p.tool_visibility(&principal.subject, &principal.groups, upstream));
+            let record = record.allowed(&passed.reason, &reveal);
+            let allowed = Allowed {
                 subject: passed.principal.subject,
                 reveal,
+                tools,
+                upstream_auth: passed.upstream_auth,
                 upstream_session: passed.upstream_session,
                 session_key: passed.session_key,
-            });
+            };
+            (record, passed.extra, passed.grant, Ok(allowed))
         }
-        Err(denial) => {
-            decision.record = record.denied(&denial.answer());
-            decision.outcome = Err(denial);
-        }
+        Err(denial) => (record.denied(&denial.answer()), Vec::new(), None, Err(denial)),
+    };
+    Decision {
+        request_id,
+        record: Some(record),
+        extra,
+        grant,
+        jsonrpc_id: request.jsonrpc_id(),
+        unrecorded_jsonrpc_id: request.first_id(),
+        outcome,
     }
-    decision
 }
 
 /// The chain, for a request the filter numbered.
@@ -163,15 +153,10 @@ async fn steps<'s>(
         upstream,
     };
     if let (Some(policy), Some(env)) = (&policy, request.parsed()) {
-        let verdict = policy_verdict(policy, &passed.principal, &upstream.name, env);
-        record.policy_rule(verdict.rule_id);
-        match policy_step(&verdict)? {
-            Some((rule, spec)) => approval(state, request, request_id, &mut passed, record, rule, spec).await?,
-            None => {
-                passed.reason = match verdict.rule_id {
-                    Some(id) => format!("allowed by rule {id:?}"),
-                    None => "not a call (no method): the caller's group may use the upstream".into(),
-                }
+        match policy_step(policy, &passed.principal, &upstream.name, env, record)? {
+            Permit::Allowed(reason) => passed.reason = reason,
+            Permit::NeedsApproval { rule, spec } => {
+                approval(state, request, request_id, &mut passed, record, rule, spec).await?;
             }
         }
     }
@@ -278,17 +263,34 @@ fn upstream_access(
     Ok((session, key))
 }
 
-/// Step 3: the policy's verdict. `Some`: the rule (by id) wants an approval.
-fn policy_step<'p>(verdict: &Verdict<'p>) -> Result<Option<(&'p str, &'p ApprovalSpec)>, Denial> {
-    match verdict.outcome {
-        Outcome::Allow => Ok(None),
-        Outcome::Deny => Err(Denial::PolicyDenied {
-            rule: verdict.rule_id.map(str::to_owned),
+/// What the policy lets through.
+enum Permit<'p> {
+    /// The call may go; why, for the record.
+    Allowed(String),
+    /// The rule (by id) wants an approval first.
+    NeedsApproval { rule: &'p str, spec: &'p ApprovalSpec },
+}
+
+/// Step 3: the policy's verdict on every call in the body, its rule noted in the record.
+fn policy_step<'p>(
+    policy: &'p Policy,
+    principal: &Principal,
+    upstream: &str,
+    env: &mcp::Envelope,
+    record: &mut RequestRecord,
+) -> Result<Permit<'p>, Denial> {
+    let verdict = policy_verdict(policy, principal, upstream, env);
+    record.policy_rule(verdict.rule_id);
+    match (verdict.outcome, verdict.rule_id) {
+        (Outcome::Allow, Some(rule)) => Ok(Permit::Allowed(format!("allowed by rule {rule:?}"))),
+        (Outcome::Allow, None) => Ok(Permit::Allowed(
+            "not a call (no method): the caller's group may use the upstream".into(),
+        )),
+        (Outcome::Deny, rule) => Err(Denial::PolicyDenied {
+            rule: rule.map(str::to_owned),
         }),
-        Outcome::RequireApproval(spec) => match verdict.rule_id {
-            Some(rule) => Ok(Some((rule, spec))),
-            None => Err(Denial::ApprovalWithoutRule),
-        },
+        (Outcome::RequireApproval(spec), Some(rule)) => Ok(Permit::NeedsApproval { rule, spec }),
+        (Outcome::RequireApproval(_), None) => Err(Denial::ApprovalWithoutRule),
     }
 }
 

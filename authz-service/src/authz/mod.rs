@@ -22,7 +22,6 @@ mod session;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
-use gatehouse_core::audit::RecordKind;
 
 pub use answer::{Allowed, Decision};
 pub use check::resource_metadata_url;
@@ -103,13 +102,11 @@ impl Authorization for AuthzService {
         let state = &self.state;
         let mut decided = check::decide(state, &view).await;
         let request_id = decided.request_id.clone();
-        let mut records = vec![NewRecord {
-            kind: RecordKind::Request,
-            request_id: request_id.clone(),
-            data: std::mem::take(&mut decided.record),
-        }];
-        records.append(&mut decided.extra);
-        let (committed, grant) = commit(state, records, decided.grant.take()).await;
+        let (committed, grant) = match decided.take_records() {
+            Ok(records) => commit(state, records, decided.grant.take()).await,
+            // The grant is dropped unrecorded: its use is given back.
+            Err(error) => (Err(error), None),
+        };
         let used_grant = grant.is_some();
         let response = match committed {
             Ok(record) => {

@@ -332,3 +332,43 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     assert_eq!(state.approvals.clear_arguments(&approval.id), None);
     server.stop();
 }
+
+#[tokio::test]
+async fn approvals_work_with_only_the_parts_they_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::test_support::config(dir.path());
+    let store = crate::audit::Store::open(&config.audit.database, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let metrics = Metrics::default();
+    let audit = AuditLog::start(store.clone(), "gh-parts", 16, None, metrics.clone())
+        .await
+        .unwrap();
+    let approvals = Arc::new(Approvals::new(
+        ApprovalStore::open(store.pool().clone()).await.unwrap(),
+        CallKeys::new(None),
+        Limits::from(&config.approvals),
+        audit.clone(),
+        metrics.clone(),
+        Notifier::new(&config.approvals, audit, metrics.clone()),
+    ));
+    let (spec, params, shown) = (spec(), json!({"name": "run_query", "arguments": {}}), json!({}));
+    let c = call("alice", &params, &shown, &spec);
+    let Gate::Stopped(asked) = approvals.gate(&c, Duration::ZERO).await.unwrap() else {
+        panic!("a call without a grant waits for its approval");
+    };
+    assert_eq!(metrics.approvals_requested.get(), 1);
+    let events: Vec<Value> = store
+        .request_records(c.request_id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.data["event"].clone())
+        .collect();
+    assert_eq!(events, [json!("requested")]);
+    let url = approvals.approver_url(&asked.id);
+    assert!(
+        url.starts_with(config.approvals.ui_url.as_str()) && url.ends_with(&format!("approval={}", asked.id)),
+        "{url}"
+    );
+}

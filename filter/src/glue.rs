@@ -26,6 +26,7 @@ use gatehouse_core::mcp::SESSION_ID_HEADER;
 use gatehouse_core::session::SESSION_KEY_HEADER;
 use gatehouse_core::tools::TOOLS_HEADER;
 use gatehouse_core::upstream::CREDENTIAL_HEADER;
+use gatehouse_core::wire::{self, REQUEST_ID_HEADER};
 use gatehouse_proto::audit::v1::ResponseObserved;
 use log::{debug, error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,7 +36,7 @@ use crate::config::{self, Config};
 use crate::host::{self, buffer, map, stream};
 use crate::ids;
 use crate::queue::{self, Limits, Outcome, Pushed, Record, Shipper};
-use crate::request::{self, HeadDecision, REQUEST_ID_HEADER, Rejection, RequestHead, SessionHeaders};
+use crate::request::{self, HeadDecision, Rejection, RequestHead, SessionHeaders};
 use crate::response::{self, Plan, REVEAL_HEADER, ResponseHead, ResponseMasker, Step};
 
 /// Log a full queue on the first drop and then once per this many.
@@ -306,7 +307,7 @@ impl Shared {
     }
 
     fn new_request_id(&self) -> String {
-        ids::format_request_id(&self.random_bytes())
+        wire::format_request_id(&self.random_bytes())
     }
 }
 
@@ -526,7 +527,7 @@ impl RootContext for Root {
             .unwrap_or_else(|| "gatehouse".to_owned());
         // Every worker has its own VM and may number its root context the same, so a
         // random tag tells the workers apart.
-        let tag = ids::format_request_id(&self.shared.random_bytes());
+        let tag = wire::format_request_id(&self.shared.random_bytes());
         self.source = format!("{plugin}/{}/{}", self.context_id, tag.get(..8).unwrap_or_default());
         if let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() {
             let dropped = shipper.set_limits(limits(&config));

@@ -6,6 +6,7 @@
 //! - [`mcp`]: the MCP (JSON-RPC 2.0) message model and classification of a request.
 //! - [`sse`]: an incremental Server-Sent Events framer that never buffers a whole stream.
 //! - [`audit`]: audit records, their canonical encoding and the hash chain over them.
+//! - [`events`]: the typed audit events each record is made from (kind and data).
 //! - [`mask`]: the masking engine for secrets and personal data, text, JSON and SSE.
 //! - [`jsonrpc_error`]: JSON-RPC error bodies the gateway answers with.
 //! - [`tools`]: which tools a caller may see in a `tools/list` answer, and the glob that
@@ -20,6 +21,7 @@
 //! - [`json_keys`]: repeated object keys, which different JSON readers read differently.
 
 pub mod audit;
+pub mod events;
 pub mod json_keys;
 pub mod jsonrpc_error;
 pub mod mask;

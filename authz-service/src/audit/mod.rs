@@ -13,6 +13,7 @@ pub mod verify;
 use std::time::Duration;
 
 use gatehouse_core::audit::{ChainHead, Record, RecordKind};
+use gatehouse_core::events::AuditEvent;
 use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +39,18 @@ pub struct NewRecord {
     pub kind: RecordKind,
     pub request_id: String,
     pub data: Value,
+}
+
+impl NewRecord {
+    /// The record of `event`: its kind and data both come from the event.
+    pub fn from_event(request_id: impl Into<String>, event: impl Into<AuditEvent>) -> Result<Self, AuditError> {
+        let event = event.into();
+        Ok(Self {
+            kind: event.kind(),
+            request_id: request_id.into(),
+            data: event.to_data().map_err(|e| AuditError::Invalid(e.to_string()))?,
+        })
+    }
 }
 
 struct Append {
@@ -111,6 +124,12 @@ impl AuditLog {
         {
             let _ = wait.await;
         }
+    }
+
+    /// Appends the record of one event and returns it once durable.
+    pub async fn append_event(&self, request_id: &str, event: impl Into<AuditEvent>) -> Result<Record, AuditError> {
+        let record = NewRecord::from_event(request_id, event)?;
+        self.append_one(record.kind, &record.request_id, record.data).await
     }
 
     /// Appends one record and returns it once durable.

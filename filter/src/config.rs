@@ -13,6 +13,7 @@ use std::time::Duration;
 use gatehouse_core::mask::{MaskConfig, Masker};
 use gatehouse_core::plugin_config::{Bound, DEFAULT_INGEST_CLUSTER, PluginConfig, bounds};
 
+use crate::queue;
 use crate::request::Origins;
 
 /// The validated configuration.
@@ -72,6 +73,19 @@ impl Default for Config {
             max_response_bytes: number(bounds::MAX_RESPONSE_BYTES),
             masking: Masking::default(),
             origins: Origins::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The record queue's bounds.
+    pub fn queue_limits(&self) -> queue::Limits {
+        queue::Limits {
+            queue_max_records: self.queue_max_records,
+            queue_max_bytes: self.queue_max_bytes,
+            batch_max_records: self.batch_max_records,
+            batch_max_bytes: self.batch_max_bytes,
+            call_timeout_ms: u64::try_from(self.ingest_timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -329,6 +343,25 @@ mod tests {
         let e = parse(br#"{"allowed_hosts": ["", "a b"], "allowed_origins": ["x y"]}"#).unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(e.0.iter().any(|p| p.starts_with("allowed_origins[0]")), "{e}");
+    }
+
+    #[test]
+    fn the_queue_gets_its_bounds_from_the_configuration() {
+        let c = parse(
+            br#"{"queue_max_records": 5, "queue_max_bytes": 70000, "batch_max_records": 2,
+                            "batch_max_bytes": 600, "ingest_timeout_ms": 250}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.queue_limits(),
+            queue::Limits {
+                queue_max_records: 5,
+                queue_max_bytes: 70000,
+                batch_max_records: 2,
+                batch_max_bytes: 600,
+                call_timeout_ms: 250,
+            }
+        );
     }
 
     #[test]

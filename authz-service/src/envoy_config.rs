@@ -8,16 +8,20 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR, METHOD_NOT_FOUND};
 use gatehouse_core::mask::MaskConfig;
+use gatehouse_core::plugin_config::{DEFAULT_INGEST_CLUSTER, PluginConfig};
+use gatehouse_core::wire::REQUEST_ID_HEADER;
 use serde_json::{Value, json};
 
+use crate::authz::UPSTREAM_EXTENSION;
 use crate::config::{Config, Upstream};
 
 /// The Envoy cluster that carries ext_authz Checks to the service's gRPC listener.
 pub const GRPC_CLUSTER: &str = "gatehouse_grpc";
 /// The Envoy cluster that carries the filter's records to the same listener. Its own
 /// cluster, so that Checks held open for approvals cannot trip the breaker records need.
-pub const INGEST_CLUSTER: &str = "gatehouse_ingest";
+pub const INGEST_CLUSTER: &str = DEFAULT_INGEST_CLUSTER;
 /// The Envoy cluster of the service's REST listener.
 pub const REST_CLUSTER: &str = "gatehouse_rest";
 const WASM_FILTER: &str = "envoy.filters.http.wasm";
@@ -129,13 +133,12 @@ fn routes(config: &Config) -> Vec<Value> {
             "typed_per_filter_config": {
                 EXT_AUTHZ_FILTER: {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-                    "check_settings": {"context_extensions": {"upstream": u.name}},
+                    "check_settings": {"context_extensions": {UPSTREAM_EXTENSION: u.name}},
                 },
             },
         }));
     }
-    let not_found =
-        gatehouse_core::jsonrpc_error::error_body(None, -32601, "No MCP server is served at this path.", None);
+    let not_found = jsonrpc_error::error_body(None, METHOD_NOT_FOUND, "No MCP server is served at this path.", None);
     routes.push(json!({
         "name": "not_found",
         "match": {"prefix": "/"},
@@ -145,22 +148,31 @@ fn routes(config: &Config) -> Vec<Value> {
     routes
 }
 
-fn filter_configuration(config: &Config, masking: &MaskConfig) -> String {
+/// The filter's configuration: never the token key itself, only where the VM finds it.
+pub fn plugin_config(config: &Config, masking: &MaskConfig) -> PluginConfig {
     let (hosts, origins) = served_hosts_and_origins(config);
-    let mut c = json!({
-        "max_body_bytes": config.envoy.max_request_bytes,
-        "max_response_bytes": config.envoy.max_response_bytes,
-        "ingest_cluster": INGEST_CLUSTER,
-        "allowed_hosts": hosts,
-        "allowed_origins": origins,
-        "masking": MaskConfig { token_key: None, ..masking.clone() },
-    });
-    if uses_token_key(config)
-        && let Some(obj) = c.as_object_mut()
-    {
-        obj.insert("token_key_env".into(), json!(TOKEN_KEY_ENV));
+    PluginConfig {
+        max_body_bytes: Some(config.envoy.max_request_bytes),
+        max_response_bytes: Some(config.envoy.max_response_bytes),
+        ingest_cluster: Some(INGEST_CLUSTER.to_owned()),
+        allowed_hosts: Some(hosts),
+        allowed_origins: Some(origins),
+        masking: Some(MaskConfig {
+            token_key: None,
+            ..masking.clone()
+        }),
+        token_key_env: uses_token_key(config).then(|| TOKEN_KEY_ENV.to_owned()),
+        ..PluginConfig::default()
     }
-    c.to_string()
+}
+
+fn filter_configuration(config: &Config, masking: &MaskConfig) -> String {
+    // Through a `Value`, whose object keys are sorted, so the text does not depend on the
+    // struct's field order. It cannot fail (every map has string keys); if it did, `null`
+    // is a configuration the filter refuses, and Envoy with it: closed, not the defaults.
+    serde_json::to_value(plugin_config(config, masking))
+        .unwrap_or(Value::Null)
+        .to_string()
 }
 
 fn uses_token_key(config: &Config) -> bool {
@@ -235,9 +247,9 @@ pub fn served_hosts_and_origins(config: &Config) -> (Vec<String>, Vec<String>) {
 
 fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
     let e = &config.envoy;
-    let unavailable = gatehouse_core::jsonrpc_error::error_body(
+    let unavailable = jsonrpc_error::error_body(
         None,
-        gatehouse_core::jsonrpc_error::INTERNAL_ERROR,
+        INTERNAL_ERROR,
         "The gateway's authorization service is unavailable; the request was not forwarded.",
         None,
     );
@@ -261,7 +273,7 @@ fn listener(config: &Config, masking: &MaskConfig, name: &str, addr: SocketAddr,
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
                 "log_format": {"json_format": {
                     "time": "%START_TIME%",
-                    "request_id": "%REQ(X-GATEHOUSE-REQUEST-ID)%",
+                    "request_id": format!("%REQ({})%", REQUEST_ID_HEADER.to_ascii_uppercase()),
                     "method": "%REQ(:METHOD)%",
                     // Without the query string, as the records: it may carry secrets.
                     "path": "%REQ_WITHOUT_QUERY(:PATH)%",
@@ -677,6 +689,40 @@ mod tests {
             hcm(&b)["http_filters"][1]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"],
             GRPC_CLUSTER
         );
+    }
+
+    #[test]
+    fn the_filter_configuration_is_the_shared_type_within_its_bounds() {
+        let config = Config::parse(crate::config::tests::GOOD, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+        let b = bootstrap(&config, &config.masking.rules);
+        let text = hcm(&b)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // The filter refuses unknown fields: whatever is rendered must read back as the type.
+        let parsed: PluginConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, plugin_config(&config, &config.masking.rules));
+        use gatehouse_core::plugin_config::bounds;
+        assert!(bounds::MAX_BODY_BYTES.check(parsed.max_body_bytes).is_ok());
+        assert!(bounds::MAX_RESPONSE_BYTES.check(parsed.max_response_bytes).is_ok());
+        // Keys in sorted order, as the text was rendered before the type was shared.
+        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&text)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "allowed_hosts",
+                "allowed_origins",
+                "ingest_cluster",
+                "masking",
+                "max_body_bytes",
+                "max_response_bytes"
+            ]
+        );
+        assert!(text.starts_with(r#"{"allowed_hosts":["#), "{text}");
     }
 
     #[test]

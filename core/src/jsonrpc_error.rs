@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 pub const PARSE_ERROR: i64 = -32700;
 /// The JSON sent is not a valid JSON-RPC request.
 pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist: the gateway's answer on a path that serves no MCP server.
+pub const METHOD_NOT_FOUND: i64 = -32601;
 /// The params of a request are not what its method takes (a tool name that is not a string).
 pub const INVALID_PARAMS: i64 = -32602;
 /// Internal error: the gateway could not complete the request (e.g. the audit store is down).

@@ -14,7 +14,10 @@
 //! - [`session`]: MCP session ids bound to the caller who opened them (a keyed tag).
 //! - [`upstream`]: how the service tells the filter which credential went upstream, and the
 //!   error a client gets when the upstream refuses it.
-//! - [`wire`]: the `x-gatehouse-*` header names the filter and the service share.
+//! - [`wire`]: the contract between the filter and the service: the `x-gatehouse-*` header
+//!   names, the request id's format and the bearer token's parsing.
+//! - [`plugin_config`]: the filter's configuration, as the service renders it and the
+//!   filter reads it.
 //! - [`json_keys`]: repeated object keys, which different JSON readers read differently.
 
 pub mod audit;
@@ -23,6 +26,7 @@ pub mod json_keys;
 pub mod jsonrpc_error;
 pub mod mask;
 pub mod mcp;
+pub mod plugin_config;
 pub mod session;
 pub mod sse;
 pub mod tools;

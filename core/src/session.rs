@@ -15,7 +15,7 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The binding key of a request, from the Check to the filter (removed by the filter).
-pub const SESSION_KEY_HEADER: &str = "x-gatehouse-session-key";
+pub use crate::wire::SESSION_KEY_HEADER;
 /// Bytes of HMAC kept in a tag (hex-encoded: twice as many characters).
 const TAG_BYTES: usize = 16;
 /// Separates the tag from the upstream's id. Never in a tag (hex), so the first one splits.
@@ -32,6 +32,19 @@ pub fn binding_key(secret: &[u8], subject: &str, upstream: &str) -> Option<[u8; 
         mac.update(part.as_bytes());
     }
     Some(mac.finalize().into_bytes().into())
+}
+
+/// The value of [`SESSION_KEY_HEADER`] for a binding key (the Check writes it).
+pub fn key_header_value(binding_key: &[u8; 32]) -> String {
+    hex::encode(binding_key)
+}
+
+/// The binding key in a [`SESSION_KEY_HEADER`] value (the filter reads it); `None` unless
+/// it is 32 bytes in hex.
+pub fn key_from_header(value: &[u8]) -> Option<[u8; 32]> {
+    let mut key = [0; 32];
+    hex::decode_to_slice(std::str::from_utf8(value).ok()?.trim(), &mut key).ok()?;
+    Some(key)
 }
 
 fn tag_mac(binding_key: &[u8], upstream_id: &str) -> Option<HmacSha256> {
@@ -96,6 +109,22 @@ mod tests {
         for bad in [sid, &forged, &bound[1..], "zz.x", "", ".", &format!(".{sid}")] {
             assert_eq!(unbind(&alice, bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_key_header_carries_the_key_and_nothing_else() {
+        let key = binding_key(b"k", "s", "u").unwrap();
+        let value = key_header_value(&key);
+        assert_eq!(value.len(), 64);
+        assert_eq!(key_from_header(value.as_bytes()), Some(key));
+        assert_eq!(
+            key_from_header(format!(" {} ", value.to_uppercase()).as_bytes()),
+            Some(key)
+        );
+        for bad in [&value[..62], &value[1..], "", "zz", &format!("{value}00")] {
+            assert_eq!(key_from_header(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(key_from_header(b"\xff"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::sse::{SseEvent, SseFramer, write_event};
 
 /// The response header an OK Check adds for the filter, which removes it before the client
 /// sees the answer. Its value is [`ToolVisibility::to_header`].
-pub const TOOLS_HEADER: &str = "x-gatehouse-tools";
+pub use crate::wire::TOOLS_HEADER;
 
 /// One step of a [`ToolVisibility`]: tools whose name matches `glob` are shown or hidden.
 #[derive(Debug, Clone, PartialEq, Eq)]

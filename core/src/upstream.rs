@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::jsonrpc_error::{UPSTREAM_CREDENTIAL, error_body};
 
 /// `aws_sigv4` or `static_header` on an answer whose request carried the gateway's credential.
-pub const CREDENTIAL_HEADER: &str = "x-gatehouse-credential";
+pub use crate::wire::CREDENTIAL_HEADER;
 
 /// Whether the upstream's status refuses the gateway's credential of `kind` rather than
 /// answering the call: AWS answers 403 to a bad signature; behind a static credential only

@@ -1,8 +1,9 @@
-//! The plugin configuration: the JSON string in the Envoy wasm `PluginConfig`.
+//! The plugin configuration: the JSON string in the Envoy wasm `PluginConfig`, whose type
+//! (`gatehouse_core::plugin_config::PluginConfig`, shared with the service that renders it)
+//! refuses unknown fields and gives each number its default and range.
 //!
-//! Parsed once, in `on_configure`. Every field is optional; unknown fields are refused, and
-//! every problem is reported at once with the name of the bad field, because the only
-//! place an operator sees it is one line of the Envoy log. The masking rules are compiled
+//! Parsed once, in `on_configure`. Every problem is reported at once with the name of the
+//! bad field, because the only place an operator sees it is one line of the Envoy log. The masking rules are compiled
 //! here too, so a bad rule refuses the whole configuration (fail closed) and is listed with
 //! the other problems.
 
@@ -10,53 +11,10 @@ use std::fmt;
 use std::time::Duration;
 
 use gatehouse_core::mask::{MaskConfig, Masker};
-use serde::Deserialize;
+use gatehouse_core::plugin_config::{Bound, DEFAULT_INGEST_CLUSTER, PluginConfig, bounds};
 
+use crate::queue;
 use crate::request::Origins;
-
-/// Defaults, as documented in docs/CONTRACTS.md.
-pub mod defaults {
-    pub const MAX_BODY_BYTES: u64 = 1 << 20;
-    pub const INGEST_CLUSTER: &str = "gatehouse_ingest";
-    pub const INGEST_TIMEOUT_MS: u64 = 5_000;
-    pub const FLUSH_INTERVAL_MS: u64 = 100;
-    pub const BATCH_MAX_RECORDS: u64 = 256;
-    pub const QUEUE_MAX_RECORDS: u64 = 131_072;
-    pub const RECORD_MESSAGE_MAX_BYTES: u64 = 64 << 10;
-    /// Well under tonic's default 4 MiB limit on a decoded message.
-    pub const BATCH_MAX_BYTES: u64 = 1 << 20;
-    /// Wasm memory never shrinks, so the queue is bounded in bytes as well as records.
-    pub const QUEUE_MAX_BYTES: u64 = 16 << 20;
-    /// The largest non-SSE answer buffered to be masked (the answer is refused above it).
-    pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
-}
-
-/// Limits that keep one value sane inside a wasm VM (linear memory is at most 4 GiB, and
-/// the host ABI takes milliseconds as `u32`).
-const MAX_BYTES_LIMIT: u64 = 256 << 20;
-const MAX_MS_LIMIT: u64 = u32::MAX as u64;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    max_body_bytes: Option<u64>,
-    ingest_cluster: Option<String>,
-    ingest_timeout_ms: Option<u64>,
-    flush_interval_ms: Option<u64>,
-    batch_max_records: Option<u64>,
-    queue_max_records: Option<u64>,
-    record_message_max_bytes: Option<u64>,
-    batch_max_bytes: Option<u64>,
-    queue_max_bytes: Option<u64>,
-    max_response_bytes: Option<u64>,
-    masking: Option<MaskConfig>,
-    /// The VM environment variable that holds `masking.token_key`. Envoy's admin
-    /// `/config_dump` shows the plugin configuration to anyone who reaches it; the VM's
-    /// environment (`vm_config.environment_variables.host_env_keys`) shows only the name.
-    token_key_env: Option<String>,
-    allowed_hosts: Option<Vec<String>>,
-    allowed_origins: Option<Vec<String>>,
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,23 +59,39 @@ impl Eq for Masking {}
 
 impl Default for Config {
     fn default() -> Self {
-        use defaults as d;
-        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let number = |bound: Bound| to_usize(bound.default);
         Self {
-            max_body_bytes: to_usize(d::MAX_BODY_BYTES),
-            ingest_cluster: d::INGEST_CLUSTER.to_owned(),
-            ingest_timeout: Duration::from_millis(d::INGEST_TIMEOUT_MS),
-            flush_interval: Duration::from_millis(d::FLUSH_INTERVAL_MS),
-            batch_max_records: to_usize(d::BATCH_MAX_RECORDS),
-            batch_max_bytes: to_usize(d::BATCH_MAX_BYTES),
-            queue_max_records: to_usize(d::QUEUE_MAX_RECORDS),
-            queue_max_bytes: to_usize(d::QUEUE_MAX_BYTES),
-            record_message_max_bytes: to_usize(d::RECORD_MESSAGE_MAX_BYTES),
-            max_response_bytes: to_usize(d::MAX_RESPONSE_BYTES),
+            max_body_bytes: number(bounds::MAX_BODY_BYTES),
+            ingest_cluster: DEFAULT_INGEST_CLUSTER.to_owned(),
+            ingest_timeout: Duration::from_millis(bounds::INGEST_TIMEOUT_MS.default),
+            flush_interval: Duration::from_millis(bounds::FLUSH_INTERVAL_MS.default),
+            batch_max_records: number(bounds::BATCH_MAX_RECORDS),
+            batch_max_bytes: number(bounds::BATCH_MAX_BYTES),
+            queue_max_records: number(bounds::QUEUE_MAX_RECORDS),
+            queue_max_bytes: number(bounds::QUEUE_MAX_BYTES),
+            record_message_max_bytes: number(bounds::RECORD_MESSAGE_MAX_BYTES),
+            max_response_bytes: number(bounds::MAX_RESPONSE_BYTES),
             masking: Masking::default(),
             origins: Origins::default(),
         }
     }
+}
+
+impl Config {
+    /// The record queue's bounds.
+    pub fn queue_limits(&self) -> queue::Limits {
+        queue::Limits {
+            queue_max_records: self.queue_max_records,
+            queue_max_bytes: self.queue_max_bytes,
+            batch_max_records: self.batch_max_records,
+            batch_max_bytes: self.batch_max_bytes,
+            call_timeout_ms: u64::try_from(self.ingest_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// Why a configuration was refused: every problem found, each naming its field.
@@ -141,9 +115,9 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
 /// [`parse`], with the environment given (tests).
 pub fn parse_with_env(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Config::try_from(RawConfig::default());
+        return validate(PluginConfig::default());
     }
-    let mut raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
+    let mut raw: PluginConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError(vec![e.to_string()]))?;
     if let Some(name) = raw.token_key_env.take() {
         let masking = raw.masking.get_or_insert_with(MaskConfig::default);
         if masking.token_key.is_some() {
@@ -161,146 +135,81 @@ pub fn parse_with_env(bytes: &[u8], env: impl Fn(&str) -> Option<String>) -> Res
             }
         }
     }
-    Config::try_from(raw)
+    validate(raw)
 }
 
-struct Checker(Vec<String>);
-
-impl Checker {
-    fn range(&mut self, field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
-        let value = value.unwrap_or(default);
-        if value < min || value > max {
-            self.0.push(format!("{field}: {value} is outside {min}..={max}"));
-            return default;
-        }
-        value
-    }
-}
-
-impl TryFrom<RawConfig> for Config {
-    type Error = ConfigError;
-
-    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        use defaults as d;
-        let mut c = Checker(Vec::new());
-        let max_body_bytes = c.range(
-            "max_body_bytes",
-            raw.max_body_bytes,
-            d::MAX_BODY_BYTES,
-            1,
-            MAX_BYTES_LIMIT,
-        );
-        let ingest_timeout_ms = c.range(
-            "ingest_timeout_ms",
-            raw.ingest_timeout_ms,
-            d::INGEST_TIMEOUT_MS,
-            1,
-            MAX_MS_LIMIT,
-        );
-        let flush_interval_ms = c.range(
-            "flush_interval_ms",
-            raw.flush_interval_ms,
-            d::FLUSH_INTERVAL_MS,
-            1,
-            MAX_MS_LIMIT,
-        );
-        let batch_max_records = c.range(
-            "batch_max_records",
-            raw.batch_max_records,
-            d::BATCH_MAX_RECORDS,
-            1,
-            1 << 20,
-        );
-        let queue_max_records = c.range(
-            "queue_max_records",
-            raw.queue_max_records,
-            d::QUEUE_MAX_RECORDS,
-            1,
-            1 << 24,
-        );
-        let record_message_max_bytes = c.range(
-            "record_message_max_bytes",
-            raw.record_message_max_bytes,
-            d::RECORD_MESSAGE_MAX_BYTES,
-            0,
-            MAX_BYTES_LIMIT,
-        );
-        let batch_max_bytes = c.range(
-            "batch_max_bytes",
-            raw.batch_max_bytes,
-            d::BATCH_MAX_BYTES,
-            1,
-            MAX_BYTES_LIMIT,
-        );
-        let queue_max_bytes = c.range(
-            "queue_max_bytes",
-            raw.queue_max_bytes,
-            d::QUEUE_MAX_BYTES,
-            1,
-            MAX_BYTES_LIMIT,
-        );
-        let max_response_bytes = c.range(
-            "max_response_bytes",
-            raw.max_response_bytes,
-            d::MAX_RESPONSE_BYTES,
-            1,
-            MAX_BYTES_LIMIT,
-        );
-        let ingest_cluster = raw.ingest_cluster.unwrap_or_else(|| d::INGEST_CLUSTER.to_owned());
-        if ingest_cluster.trim().is_empty() {
-            c.0.push("ingest_cluster: must not be empty".to_owned());
-        }
-        if queue_max_bytes < record_message_max_bytes {
-            c.0.push(format!(
-                "queue_max_bytes: {queue_max_bytes} is smaller than record_message_max_bytes \
-                 ({record_message_max_bytes}), so a full-size record could never be queued"
-            ));
-        }
-        let mut names = |field: &str, values: Option<Vec<String>>| {
-            values.map(|values| {
-                for (i, v) in values.iter().enumerate() {
-                    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control()) {
-                        c.0.push(format!("{field}[{i}]: {v:?} is empty or has whitespace"));
-                    }
-                }
-                values.iter().map(|v| v.to_ascii_lowercase()).collect()
-            })
-        };
-        let origins = Origins {
-            hosts: names("allowed_hosts", raw.allowed_hosts),
-            origins: names("allowed_origins", raw.allowed_origins),
-        };
-        let rules = raw.masking.unwrap_or_default();
-        let masker = match Masker::new(&rules) {
-            Ok(masker) => Some(masker),
-            Err(e) if e.problems.is_empty() => {
-                c.0.push(format!("masking: {e}"));
-                None
-            }
-            Err(e) => {
-                c.0.extend(e.problems.iter().map(|p| format!("masking: {p}")));
-                None
-            }
-        };
-        let (Some(masker), true) = (masker, c.0.is_empty()) else {
-            return Err(ConfigError(c.0));
-        };
-        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        Ok(Self {
-            max_body_bytes: to_usize(max_body_bytes),
-            ingest_cluster,
-            ingest_timeout: Duration::from_millis(ingest_timeout_ms),
-            flush_interval: Duration::from_millis(flush_interval_ms),
-            batch_max_records: to_usize(batch_max_records),
-            batch_max_bytes: to_usize(batch_max_bytes),
-            queue_max_records: to_usize(queue_max_records),
-            queue_max_bytes: to_usize(queue_max_bytes),
-            record_message_max_bytes: to_usize(record_message_max_bytes),
-            max_response_bytes: to_usize(max_response_bytes),
-            masking: Masking { rules, masker },
-            origins,
+/// Checks every field of a parsed configuration (`token_key_env` already read) and compiles
+/// the masking rules; every problem is listed, in the order of the fields.
+fn validate(raw: PluginConfig) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut number = |bound: Bound, value: Option<u64>| {
+        bound.check(value).unwrap_or_else(|problem| {
+            problems.push(problem);
+            bound.default
         })
+    };
+    let max_body_bytes = number(bounds::MAX_BODY_BYTES, raw.max_body_bytes);
+    let ingest_timeout_ms = number(bounds::INGEST_TIMEOUT_MS, raw.ingest_timeout_ms);
+    let flush_interval_ms = number(bounds::FLUSH_INTERVAL_MS, raw.flush_interval_ms);
+    let batch_max_records = number(bounds::BATCH_MAX_RECORDS, raw.batch_max_records);
+    let queue_max_records = number(bounds::QUEUE_MAX_RECORDS, raw.queue_max_records);
+    let record_message_max_bytes = number(bounds::RECORD_MESSAGE_MAX_BYTES, raw.record_message_max_bytes);
+    let batch_max_bytes = number(bounds::BATCH_MAX_BYTES, raw.batch_max_bytes);
+    let queue_max_bytes = number(bounds::QUEUE_MAX_BYTES, raw.queue_max_bytes);
+    let max_response_bytes = number(bounds::MAX_RESPONSE_BYTES, raw.max_response_bytes);
+    let ingest_cluster = raw.ingest_cluster.unwrap_or_else(|| DEFAULT_INGEST_CLUSTER.to_owned());
+    if ingest_cluster.trim().is_empty() {
+        problems.push("ingest_cluster: must not be empty".to_owned());
     }
+    if queue_max_bytes < record_message_max_bytes {
+        problems.push(format!(
+            "queue_max_bytes: {queue_max_bytes} is smaller than record_message_max_bytes \
+             ({record_message_max_bytes}), so a full-size record could never be queued"
+        ));
+    }
+    let mut names = |field: &str, values: Option<Vec<String>>| {
+        values.map(|values| {
+            for (i, v) in values.iter().enumerate() {
+                if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                    problems.push(format!("{field}[{i}]: {v:?} is empty or has whitespace"));
+                }
+            }
+            values.iter().map(|v| v.to_ascii_lowercase()).collect()
+        })
+    };
+    let origins = Origins {
+        hosts: names("allowed_hosts", raw.allowed_hosts),
+        origins: names("allowed_origins", raw.allowed_origins),
+    };
+    let rules = raw.masking.unwrap_or_default();
+    let masker = match Masker::new(&rules) {
+        Ok(masker) => Some(masker),
+        Err(e) if e.problems.is_empty() => {
+            problems.push(format!("masking: {e}"));
+            None
+        }
+        Err(e) => {
+            problems.extend(e.problems.iter().map(|p| format!("masking: {p}")));
+            None
+        }
+    };
+    let (Some(masker), true) = (masker, problems.is_empty()) else {
+        return Err(ConfigError(problems));
+    };
+    Ok(Config {
+        max_body_bytes: to_usize(max_body_bytes),
+        ingest_cluster,
+        ingest_timeout: Duration::from_millis(ingest_timeout_ms),
+        flush_interval: Duration::from_millis(flush_interval_ms),
+        batch_max_records: to_usize(batch_max_records),
+        batch_max_bytes: to_usize(batch_max_bytes),
+        queue_max_records: to_usize(queue_max_records),
+        queue_max_bytes: to_usize(queue_max_bytes),
+        record_message_max_bytes: to_usize(record_message_max_bytes),
+        max_response_bytes: to_usize(max_response_bytes),
+        masking: Masking { rules, masker },
+        origins,
+    })
 }
 
 #[cfg(test)]
@@ -311,7 +220,7 @@ mod tests {
     fn empty_configuration_means_defaults() {
         let c = parse(b"").unwrap();
         assert_eq!(c, parse(b" {} ").unwrap());
-        assert_eq!(c, Config::try_from(RawConfig::default()).unwrap());
+        assert_eq!(c, validate(PluginConfig::default()).unwrap());
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.ingest_cluster, "gatehouse_ingest");
         assert_eq!(c.ingest_timeout, Duration::from_secs(5));
@@ -434,6 +343,25 @@ mod tests {
         let e = parse(br#"{"allowed_hosts": ["", "a b"], "allowed_origins": ["x y"]}"#).unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(e.0.iter().any(|p| p.starts_with("allowed_origins[0]")), "{e}");
+    }
+
+    #[test]
+    fn the_queue_gets_its_bounds_from_the_configuration() {
+        let c = parse(
+            br#"{"queue_max_records": 5, "queue_max_bytes": 70000, "batch_max_records": 2,
+                            "batch_max_bytes": 600, "ingest_timeout_ms": 250}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.queue_limits(),
+            queue::Limits {
+                queue_max_records: 5,
+                queue_max_bytes: 70000,
+                batch_max_records: 2,
+                batch_max_bytes: 600,
+                call_timeout_ms: 250,
+            }
+        );
     }
 
     #[test]

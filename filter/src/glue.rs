@@ -1,9 +1,9 @@
-//! The proxy-wasm shell: moves bytes from the host into the pure modules and decisions
-//! back out. Only built for `wasm32`.
+//! The proxy-wasm shell: adapts the SDK's callbacks, moving bytes from the host into the
+//! pure modules and their decisions back out. Only built for `wasm32`.
 //!
-//! One root context per VM (one VM per Envoy worker) owns the record queue and the ingest
-//! call; each HTTP context shares the queue through an `Rc`. Host constraints that shape
-//! this code:
+//! One root context per VM (one VM per Envoy worker) owns the ingest call and the state its
+//! HTTP contexts share through an `Rc` ([`crate::shared`]: the record queue, the answers
+//! held for it, the counters). Host constraints that shape this code:
 //! - The request headers are paused while the body is read; the Envoy `PluginConfig`
 //!   must set `allow_on_headers_stop_iteration: true`, or body callbacks never arrive.
 //! - Headers are only changed in the header callbacks, where Envoy allows it.
@@ -17,37 +17,28 @@
 //!   the headers reach this filter, which reads and removes them; so is its
 //!   `x-gatehouse-session-key`, with which the filter tags the upstream's `Mcp-Session-Id`.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
-use gatehouse_core::mask::{MaskCounts, REVEAL_IDS_HEADER};
 use gatehouse_core::mcp::SESSION_ID_HEADER;
-use gatehouse_core::session::SESSION_KEY_HEADER;
-use gatehouse_core::tools::TOOLS_HEADER;
-use gatehouse_core::upstream::CREDENTIAL_HEADER;
-use gatehouse_proto::audit::v1::ResponseObserved;
+use gatehouse_core::wire::{self, REQUEST_ID_HEADER, TOOLS_HEADER};
 use log::{debug, error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use crate::body::{self, After, BodyBuffer};
 use crate::config::{self, Config};
 use crate::host::{self, buffer, map, stream};
-use crate::ids;
-use crate::queue::{self, Limits, Outcome, Pushed, Record, Shipper};
-use crate::request::{self, HeadDecision, REQUEST_ID_HEADER, Rejection, RequestHead, SessionHeaders};
-use crate::response::{self, Plan, REVEAL_HEADER, ResponseHead, ResponseMasker, Step};
+use crate::metrics::Metrics;
+use crate::queue::{self, Outcome, Record, Shipper};
+use crate::request::{self, HeadDecision, Rejection, RequestHead, SessionHeaders};
+use crate::response::{self, EndReason, Plan, ResponseHead, ResponseMasker, Withheld};
+use crate::shared::{self, Shared};
 
-/// Log a full queue on the first drop and then once per this many.
-const DROP_LOG_EVERY: u64 = 1_000;
 /// Log a failing ingest on the first failure and then once per this many in a row.
 const FAILURE_LOG_EVERY: u32 = 20;
 /// Response code details of the filter's own answers (seen in Envoy access logs).
 const REJECTED_DETAILS: &str = "gatehouse_rejected";
 const WITHHELD_DETAILS: &str = "gatehouse_withheld";
-/// Masked kinds get a counter each; their number is bounded by the configuration, and
-/// this bounds it again (wasm memory never shrinks).
-const MAX_KIND_METRICS: usize = 256;
 /// The proxy-wasm status for an argument the host cannot use.
 const BAD_ARGUMENT: u32 = 2;
 
@@ -72,244 +63,6 @@ fn follow_host_log_level() {
     proxy_wasm::set_log_level(level);
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Metrics {
-    queued: Option<u32>,
-    sent: Option<u32>,
-    dropped: Option<u32>,
-    ingest_errors: Option<u32>,
-    rejected: Option<u32>,
-    withheld: Option<u32>,
-    /// Time spent in response body callbacks (reading, masking, replacing), and the
-    /// answers it was spent on: the benchmark's in-Envoy cost per answer.
-    body_ns: Option<u32>,
-    answers: Option<u32>,
-    /// Tools dropped from `tools/list` answers: the caller may not call them.
-    tools_hidden: Option<u32>,
-}
-
-impl Metrics {
-    fn define() -> Self {
-        let counter = |name: &str| match host::define_counter(name) {
-            Ok(id) => Some(id),
-            Err(status) => {
-                warn!("Could not define metric {name}: host status {}", status.0);
-                None
-            }
-        };
-        Self {
-            queued: counter("gatehouse_records_queued"),
-            sent: counter("gatehouse_records_sent"),
-            dropped: counter("gatehouse_records_dropped"),
-            ingest_errors: counter("gatehouse_ingest_errors"),
-            rejected: counter("gatehouse_requests_rejected"),
-            withheld: counter("gatehouse_responses_withheld"),
-            body_ns: counter("gatehouse_response_body_ns_total"),
-            answers: counter("gatehouse_response_bodies_total"),
-            tools_hidden: counter("gatehouse_tools_hidden"),
-        }
-    }
-
-    fn add(metric: Option<u32>, by: u64) {
-        if let (Some(id), true) = (metric, by > 0) {
-            // A metric that cannot be counted is not worth failing a request for.
-            let _ = host::increment(id, by);
-        }
-    }
-}
-
-/// What the root context shares with its HTTP contexts.
-struct Shared {
-    shipper: RefCell<Shipper>,
-    metrics: Cell<Metrics>,
-    id_seed: u64,
-    id_counter: Cell<u64>,
-    random_failed: Cell<bool>,
-    /// `gatehouse_masked_<kind>` counters, defined on first use (`None`: could not be).
-    masked_metrics: RefCell<BTreeMap<String, Option<u32>>>,
-    /// Answers held back, by HTTP context, until their records fit in the queue.
-    stalled: RefCell<BTreeMap<u32, Stalled>>,
-}
-
-/// An answer whose records did not all fit in the queue. The client gets no byte of it
-/// beyond what is recorded: the stream is paused (Envoy buffers what the upstream sends
-/// meanwhile, up to its buffer limit) and the root resumes it once its records are queued.
-/// Backpressure instead of drops: no answer the client received is missing from the trail.
-#[derive(Debug, Default)]
-struct Stalled {
-    /// Its records not yet queued, in order.
-    pending: VecDeque<Record>,
-    /// Bytes at the start of Envoy's paused body buffer that are masked output already.
-    held: usize,
-    /// The stream has ended (logged): queue its records, resume nothing.
-    gone: bool,
-}
-
-impl Shared {
-    /// Counts what was masked for a client, per kind. Kinds and counts only, never values.
-    fn count_masked(&self, request_id: &str, counts: &MaskCounts) {
-        if counts.is_empty() {
-            return;
-        }
-        debug!("Masked in the answer to request {request_id}: {:?}", counts.0);
-        let Ok(mut ids) = self.masked_metrics.try_borrow_mut() else {
-            return;
-        };
-        for (kind, n) in &counts.0 {
-            let id = match ids.get(kind) {
-                Some(id) => *id,
-                None if ids.len() >= MAX_KIND_METRICS => None,
-                None => {
-                    let name = masked_metric_name(kind);
-                    let id = match host::define_counter(&name) {
-                        Ok(id) => Some(id),
-                        Err(status) => {
-                            warn!("Could not define metric {name}: host status {}", status.0);
-                            None
-                        }
-                    };
-                    ids.insert(kind.clone(), id);
-                    id
-                }
-            };
-            Metrics::add(id, *n);
-        }
-    }
-
-    fn enqueue(&self, record: Record) {
-        let metrics = self.metrics.get();
-        let pushed = match self.shipper.try_borrow_mut() {
-            Ok(mut shipper) => shipper.push(record),
-            Err(_) => {
-                // Cannot happen (callbacks do not nest), and is not worth a panic if it does.
-                error!("Audit queue busy: dropped a record");
-                Metrics::add(metrics.dropped, 1);
-                return;
-            }
-        };
-        match pushed {
-            Pushed::Queued => Metrics::add(metrics.queued, 1),
-            Pushed::Dropped { dropped_total } => {
-                Metrics::add(metrics.dropped, 1);
-                if dropped_total == 1 || dropped_total % DROP_LOG_EVERY == 0 {
-                    warn!(
-                        "Audit queue full: dropped {dropped_total} record(s) so far (the audit \
-                         ingest is slow or down, or queue_max_records/queue_max_bytes is too small)"
-                    );
-                }
-            }
-        }
-    }
-
-    /// Queues a part of the answer of HTTP context `context_id`. A part that does not fit
-    /// (or comes after one that did not) waits with its answer, which is held back.
-    fn enqueue_part(&self, context_id: u32, part: ResponseObserved) {
-        let record = Record::Response(part);
-        let Ok(mut stalled) = self.stalled.try_borrow_mut() else {
-            // Cannot happen (callbacks do not nest); the bounded queue still takes it or counts it.
-            return self.enqueue(record);
-        };
-        if let Some(waiting) = stalled.get_mut(&context_id).filter(|s| !s.pending.is_empty()) {
-            waiting.pending.push_back(record);
-            return;
-        }
-        let back = match self.shipper.try_borrow_mut() {
-            Ok(mut shipper) => shipper.try_push(record),
-            Err(_) => Err(Box::new(record)),
-        };
-        match back {
-            Ok(()) => Metrics::add(self.metrics.get().queued, 1),
-            Err(record) => stalled.entry(context_id).or_default().pending.push_back(*record),
-        }
-    }
-
-    /// Bytes of this answer's paused body that are already masked (0 when not paused).
-    fn held_bytes(&self, context_id: u32) -> usize {
-        self.stalled
-            .try_borrow()
-            .ok()
-            .and_then(|s| s.get(&context_id).map(|s| s.held))
-            .unwrap_or(0)
-    }
-
-    /// If records of this answer wait for room, remembers `held` masked bytes and says
-    /// the answer must pause.
-    fn must_hold(&self, context_id: u32, held: usize) -> bool {
-        let Ok(mut stalled) = self.stalled.try_borrow_mut() else {
-            return false;
-        };
-        match stalled.get_mut(&context_id) {
-            Some(s) if !s.pending.is_empty() => {
-                s.held = held;
-                true
-            }
-            Some(_) => {
-                stalled.remove(&context_id);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// The answer's stream is over: its waiting records are still queued, in order.
-    fn forget_stream(&self, context_id: u32) {
-        if let Ok(mut stalled) = self.stalled.try_borrow_mut() {
-            match stalled.get_mut(&context_id) {
-                Some(s) if !s.pending.is_empty() => s.gone = true,
-                Some(_) => {
-                    stalled.remove(&context_id);
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Moves waiting records into the queue while they fit, oldest answer first, and
-    /// returns the answers that are now fully queued and must be resumed.
-    fn drain_stalled(&self) -> Vec<u32> {
-        let (Ok(mut stalled), Ok(mut shipper)) = (self.stalled.try_borrow_mut(), self.shipper.try_borrow_mut()) else {
-            return Vec::new();
-        };
-        let queued = self.metrics.get().queued;
-        let mut done = Vec::new();
-        'answers: for (context_id, waiting) in stalled.iter_mut() {
-            while let Some(record) = waiting.pending.pop_front() {
-                if let Err(record) = shipper.try_push(record) {
-                    waiting.pending.push_front(*record);
-                    break 'answers;
-                }
-                Metrics::add(queued, 1);
-            }
-            done.push((*context_id, waiting.gone));
-        }
-        let mut resume = Vec::new();
-        for (context_id, gone) in done {
-            stalled.remove(&context_id);
-            if !gone {
-                resume.push(context_id);
-            }
-        }
-        resume
-    }
-
-    fn random_bytes(&self) -> [u8; 16] {
-        let mut bytes = [0; 16];
-        if getrandom::fill(&mut bytes).is_ok() {
-            return bytes;
-        }
-        if !self.random_failed.replace(true) {
-            warn!("The host gives no randomness; request ids fall back to time and a counter");
-        }
-        let counter = self.id_counter.get().wrapping_add(1);
-        self.id_counter.set(counter);
-        ids::fallback_bytes(self.id_seed, counter)
-    }
-
-    fn new_request_id(&self) -> String {
-        ids::format_request_id(&self.random_bytes())
-    }
-}
-
 struct Root {
     context_id: u32,
     shared: Rc<Shared>,
@@ -319,18 +72,13 @@ struct Root {
 
 impl Root {
     fn new(context_id: u32) -> Self {
-        let limits = limits(&Config::default());
+        let limits = Config::default().queue_limits();
         Self {
             context_id,
-            shared: Rc::new(Shared {
-                shipper: RefCell::new(Shipper::new(limits)),
-                metrics: Cell::new(Metrics::default()),
-                id_seed: host::now_nanos() ^ u64::from(context_id).rotate_left(48),
-                id_counter: Cell::new(0),
-                random_failed: Cell::new(false),
-                masked_metrics: RefCell::new(BTreeMap::new()),
-                stalled: RefCell::new(BTreeMap::new()),
-            }),
+            shared: Rc::new(Shared::new(
+                limits,
+                host::now_nanos() ^ u64::from(context_id).rotate_left(48),
+            )),
             config: None,
             source: String::new(),
         }
@@ -341,10 +89,10 @@ impl Root {
         let Some(config) = self.config.clone() else {
             return;
         };
-        let metrics = self.shared.metrics.get();
+        let metrics = self.shared.metrics();
         let now = host::now_ms();
         let batch = {
-            let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
+            let Some(mut shipper) = self.shared.shipper() else {
                 return;
             };
             if let Some(outcome) = shipper.expire(now) {
@@ -362,7 +110,7 @@ impl Root {
             Some(&batch),
             config.ingest_timeout,
         );
-        let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
+        let Some(mut shipper) = self.shared.shipper() else {
             return;
         };
         match result {
@@ -412,58 +160,25 @@ impl Root {
     }
 
     fn report(&self, outcome: Outcome, metrics: &Metrics, shipper: &Shipper) {
-        match outcome {
-            Outcome::Sent { records } => Metrics::add(metrics.sent, records as u64),
-            Outcome::Requeued { records, dropped } => {
-                Metrics::add(metrics.ingest_errors, 1);
-                Metrics::add(metrics.dropped, dropped);
-                debug!(
-                    "Audit ingest failed; {records} records back in the queue ({} queued, {} dropped in all)",
-                    shipper.len(),
-                    shipper.dropped_total()
-                );
-            }
-            Outcome::Discarded { records } => {
-                Metrics::add(metrics.ingest_errors, 1);
-                Metrics::add(metrics.dropped, records as u64);
-            }
-            Outcome::Unknown => {}
+        for (metric, by) in metrics.of_outcome(outcome) {
+            shared::count(metric, by);
         }
-    }
-}
-
-/// `gatehouse_masked_<kind>`, the kind reduced to what a stat name may hold (custom rule
-/// names are free text). Envoy shows it as `wasmcustom.gatehouse_masked_<kind>`.
-fn masked_metric_name(kind: &str) -> String {
-    let kind: String = kind
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("gatehouse_masked_{kind}")
-}
-
-fn limits(config: &Config) -> Limits {
-    Limits {
-        queue_max_records: config.queue_max_records,
-        queue_max_bytes: config.queue_max_bytes,
-        batch_max_records: config.batch_max_records,
-        batch_max_bytes: config.batch_max_bytes,
-        call_timeout_ms: u64::try_from(config.ingest_timeout.as_millis()).unwrap_or(u64::MAX),
+        if let Outcome::Requeued { records, .. } = outcome {
+            debug!(
+                "Audit ingest failed; {records} records back in the queue ({} queued, {} dropped in all)",
+                shipper.len(),
+                shipper.dropped_total()
+            );
+        }
     }
 }
 
 impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
-        let metrics = self.shared.metrics.get();
+        let metrics = self.shared.metrics();
         let now = host::now_ms();
         let outcome = {
-            let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() else {
+            let Some(mut shipper) = self.shared.shipper() else {
                 return;
             };
             let failures_before = shipper.consecutive_failures();
@@ -518,7 +233,7 @@ impl RootContext for Root {
             error!("Could not set the flush tick: host status {}", status.0);
             return false;
         }
-        self.shared.metrics.set(Metrics::define());
+        self.shared.define_metrics();
         let plugin = host::property(&["plugin_name"])
             .ok()
             .flatten()
@@ -526,11 +241,11 @@ impl RootContext for Root {
             .unwrap_or_else(|| "gatehouse".to_owned());
         // Every worker has its own VM and may number its root context the same, so a
         // random tag tells the workers apart.
-        let tag = ids::format_request_id(&self.shared.random_bytes());
+        let tag = wire::format_request_id(&self.shared.random_bytes());
         self.source = format!("{plugin}/{}/{}", self.context_id, tag.get(..8).unwrap_or_default());
-        if let Ok(mut shipper) = self.shared.shipper.try_borrow_mut() {
-            let dropped = shipper.set_limits(limits(&config));
-            Metrics::add(self.shared.metrics.get().dropped, dropped);
+        if let Some(mut shipper) = self.shared.shipper() {
+            let dropped = shipper.set_limits(config.queue_limits());
+            shared::count(self.shared.metrics().dropped, dropped);
         }
         info!(
             "Gatehouse filter configured as {}: max body {} bytes, max answer {} bytes, {} custom \
@@ -723,7 +438,7 @@ impl Http {
             "Rejected request {request_id} ({} {}) with {}: {}",
             head.method, head.path, rejection.status, rejection.reason
         );
-        Metrics::add(self.shared.metrics.get().rejected, 1);
+        shared::count(self.shared.metrics().rejected, 1);
         let record = rejection.record(&head, &request_id, host::now_ms());
         self.shared.enqueue(Record::Rejected(record));
         Action::Pause
@@ -732,7 +447,7 @@ impl Http {
 
 impl Http {
     /// Finishes a body step: counts what was masked, and withholds what must not go on.
-    fn after_body(&mut self, after: After, now: u64) -> Action {
+    fn after_body(&mut self, after: After<host::Status>, now: u64) -> Action {
         let request_id = self.request_id.clone().unwrap_or_default();
         let context_id = self.context_id;
         let action = match after {
@@ -747,12 +462,9 @@ impl Http {
                 let shared = &self.shared;
                 let headers_held = match (self.response.as_mut(), self.config.as_ref()) {
                     (Some(response), Some(config)) => {
-                        response.refuse(
-                            &config.masking.masker,
-                            response::withheld::UNREADABLE,
-                            now,
-                            &mut |part| shared.enqueue_part(context_id, part),
-                        );
+                        response.refuse(&config.masking.masker, Withheld::Unreadable, now, &mut |part| {
+                            shared.enqueue_part(context_id, part)
+                        });
                         response.kind() != response::BodyKind::EventStream
                     }
                     _ => false,
@@ -766,7 +478,7 @@ impl Http {
             let hidden = response.take_tools_hidden();
             if hidden > 0 {
                 debug!("Kept {hidden} tool(s) the caller may not call from the answer to request {request_id}");
-                Metrics::add(self.shared.metrics.get().tools_hidden, hidden);
+                shared::count(self.shared.metrics().tools_hidden, hidden);
             }
         }
         action
@@ -791,15 +503,18 @@ impl Http {
             AnswerInput::Body { size, end_of_stream } => {
                 let new = size.saturating_sub(held);
                 let step = response.on_body(masker, new, end_of_stream, read, now, &mut record);
-                let applied = apply(step, held, size);
-                let metrics = shared.metrics.get();
-                Metrics::add(metrics.body_ns, host::now_nanos().saturating_sub(started));
+                let applied = body::apply(&mut ResponseBody, step, held, size);
+                let metrics = shared.metrics();
+                shared::count(metrics.body_ns, host::now_nanos().saturating_sub(started));
                 if end_of_stream {
-                    Metrics::add(metrics.answers, 1);
+                    shared::count(metrics.answers, 1);
                 }
                 applied
             }
-            AnswerInput::Trailers => apply(response.on_trailers(masker, read, now, &mut record), held, held),
+            AnswerInput::Trailers => {
+                let step = response.on_trailers(masker, read, now, &mut record);
+                body::apply(&mut ResponseBody, step, held, held)
+            }
         };
         let action = self.after_body(after, now);
         self.hold_until_recorded(action, masked_bytes)
@@ -822,11 +537,11 @@ impl Http {
     /// headers are held; after that (or if the host refuses the reply), the stream is reset.
     fn withhold(&mut self, headers_held: bool) -> Action {
         let request_id = self.request_id.clone().unwrap_or_default();
-        Metrics::add(self.shared.metrics.get().withheld, 1);
+        shared::count(self.shared.metrics().withheld, 1);
         let Some(response) = self.response.as_ref() else {
             return Action::Pause;
         };
-        let reason = response.withheld().unwrap_or_default();
+        let reason = response.withheld().map_or("", Withheld::as_str);
         warn!("Withheld the answer to request {request_id} from the client: {reason}");
         if headers_held {
             let (status, body) = response.local_reply();
@@ -924,14 +639,8 @@ impl HttpContext for Http {
         // is refused.
         let mut header_stuck = false;
         if let Some(head) = head.as_ref() {
-            for (name, present) in [
-                (REVEAL_HEADER, head.has_reveal_header),
-                (REVEAL_IDS_HEADER, head.reveal_ids.is_some()),
-                (TOOLS_HEADER, head.tools.is_some()),
-                (CREDENTIAL_HEADER, head.credential.is_some()),
-                (SESSION_KEY_HEADER, session.key_present),
-            ] {
-                if present && let Err(status) = host::remove_header(map::RESPONSE_HEADERS, name) {
+            for name in head.decision_headers(session.key_present) {
+                if let Err(status) = host::remove_header(map::RESPONSE_HEADERS, name) {
                     error!(
                         "Could not remove {name} from the answer to {request_id}: host status {}",
                         status.0
@@ -997,7 +706,7 @@ impl HttpContext for Http {
         let mut plan = if readable {
             response.on_headers(end_of_stream, now, &mut |part| shared.enqueue_part(context_id, part))
         } else {
-            response.refuse(masker, response::withheld::UNREADABLE, now, &mut |part| {
+            response.refuse(masker, Withheld::Unreadable, now, &mut |part| {
                 shared.enqueue_part(context_id, part)
             });
             Plan::Withhold
@@ -1009,7 +718,7 @@ impl HttpContext for Http {
                 "Could not remove content-length from the answer to {request_id}: host status {}",
                 status.0
             );
-            response.refuse(masker, response::withheld::UNREADABLE, now, &mut |part| {
+            response.refuse(masker, Withheld::Unreadable, now, &mut |part| {
                 shared.enqueue_part(context_id, part)
             });
             plan = Plan::Withhold;
@@ -1065,7 +774,7 @@ impl Http {
             .map(|d| String::from_utf8_lossy(&d).into_owned());
         let withheld = response::withheld_by_envoy(details.as_deref());
         let reason = match withheld {
-            Some(_) => response::END_COMPLETE,
+            Some(_) => EndReason::Complete,
             None => response::abort_reason(details.as_deref()),
         };
         let now = host::now_ms();
@@ -1081,7 +790,7 @@ impl Http {
         }
         if let Some(withheld) = withheld {
             warn!("Envoy withheld the answer to request {request_id} ({withheld}): raise its buffer limit?");
-            Metrics::add(shared.metrics.get().withheld, 1);
+            shared::count(shared.metrics().withheld, 1);
         }
     }
 }
@@ -1092,43 +801,23 @@ enum AnswerInput {
     Trailers,
 }
 
-/// What became of a body step, once its bytes (borrowed from the masker) are applied.
-enum After {
-    Continue,
-    Pause,
-    Withhold {
-        headers_held: bool,
-    },
-    /// The host would not take the masked bytes: the unmasked ones must not go on.
-    ReplaceFailed(host::Status),
-}
+/// The host's response body buffer.
+struct ResponseBody;
 
-/// Applies a body step to the bytes after the first `offset` of a body of `body_size`;
-/// returns what comes next and the body's size once applied.
-fn apply(step: Step<'_>, offset: usize, body_size: usize) -> (After, usize) {
-    match step {
-        Step::Continue => (After::Continue, body_size),
-        Step::Pause => (After::Pause, body_size),
-        Step::Replace { len, bytes } => match replace_body_after(offset, len, bytes) {
-            Ok(()) => (After::Continue, body_size.saturating_sub(len) + bytes.len()),
-            Err(status) => (After::ReplaceFailed(status), body_size),
-        },
-        Step::Withhold { headers_held } => (After::Withhold { headers_held }, body_size),
-    }
-}
+impl BodyBuffer for ResponseBody {
+    type Error = host::Status;
 
-/// Replaces `len` body bytes after the first `offset` with `bytes`. Envoy only replaces a
-/// body from its start (or appends), so a held prefix is read and written back with them.
-fn replace_body_after(offset: usize, len: usize, bytes: &[u8]) -> Result<(), host::Status> {
-    if offset == 0 {
-        return host::set_buffer(buffer::RESPONSE_BODY, 0, len, bytes);
+    fn read(&mut self, start: usize, len: usize) -> Result<Vec<u8>, host::Status> {
+        host::buffer(buffer::RESPONSE_BODY, start, len)
     }
-    let mut body = host::buffer(buffer::RESPONSE_BODY, 0, offset)?;
-    if body.len() != offset {
-        return Err(host::Status(BAD_ARGUMENT));
+
+    fn replace_start(&mut self, len: usize, bytes: &[u8]) -> Result<(), host::Status> {
+        host::set_buffer(buffer::RESPONSE_BODY, 0, len, bytes)
     }
-    body.extend_from_slice(bytes);
-    host::set_buffer(buffer::RESPONSE_BODY, 0, offset + len, &body)
+
+    fn short() -> host::Status {
+        host::Status(BAD_ARGUMENT)
+    }
 }
 
 fn read_response_body(context_id: u32, offset: usize, size: usize) -> Option<Vec<u8>> {

@@ -1,15 +1,5 @@
-//! Request ids: 32 lowercase hex characters from 16 random bytes.
-
-/// Formats 16 bytes as a request id.
-pub fn format_request_id(bytes: &[u8; 16]) -> String {
-    use std::fmt::Write;
-    let mut id = String::with_capacity(32);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(id, "{b:02x}");
-    }
-    id
-}
+//! Bytes for request ids when the host gives no randomness (the id's format is the wire
+//! contract's: `gatehouse_core::wire::format_request_id`).
 
 /// Bytes for an id when the host gives no randomness: unique per VM (the counter) and
 /// unlikely to repeat across VMs and restarts (the seed mixes in time and context).
@@ -31,24 +21,9 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Whether `s` looks like a request id.
-pub fn is_request_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_32_lowercase_hex() {
-        let id = format_request_id(&[0xab; 16]);
-        assert_eq!(id, "abababababababababababababababab");
-        assert!(is_request_id(&id));
-        assert!(is_request_id(&format_request_id(&[0; 16])));
-        assert!(!is_request_id("ABABABABABABABABABABABABABABABAB"));
-        assert!(!is_request_id("abc"));
-    }
 
     #[test]
     fn fallback_ids_differ_per_counter_and_seed() {

@@ -13,9 +13,12 @@
 //! from a bounded queue.
 //!
 //! Reading order: [`config`], [`request`] (decisions on the way in), [`response`]
-//! (masking and records on the way out), [`queue`] (batching and retries); then the
-//! proxy-wasm shell, `glue` and `host`, which only exist on `wasm32`. Everything except the
-//! shell is pure and tested natively with `cargo test -p gatehouse-filter`.
+//! (masking and records on the way out: the head, the Pass/Stream/Buffer state machine,
+//! the SSE pipeline, the records), [`body`] (how a step reaches the host's buffer),
+//! [`queue`] (batching and retries), [`stalls`] (answers held until their records fit),
+//! [`metrics`]; then the proxy-wasm shell, which only exists on `wasm32`: `shared` (the
+//! state a VM's contexts share), `glue` (the callbacks) and `host` (the ABI). Everything
+//! except the shell is pure and tested natively with `cargo test -p gatehouse-filter`.
 //!
 //! The filter never panics: a panic kills the VM for every request on its worker. The
 //! crate denies `unwrap`, `expect`, `panic!` and indexing, and `host` replaces the SDK
@@ -27,16 +30,21 @@
 )]
 
 pub mod abi;
+pub mod body;
 pub mod config;
 pub mod ids;
+pub mod metrics;
 pub mod queue;
 pub mod request;
 pub mod response;
+pub mod stalls;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod shared;
 
 // The SDK's entry point: `_initialize`, run by the host when it loads the module. The
 // macro expands to `#[no_mangle]` and an `unsafe` call to `__wasm_call_ctors`.

@@ -8,11 +8,11 @@
 
 use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
 use gatehouse_core::mcp::{self, Envelope, ParseError};
-use gatehouse_core::session;
+use gatehouse_core::{session, wire};
 use gatehouse_proto::audit::v1::RequestRejected;
 use serde_json::Value;
 
-pub use gatehouse_core::wire::{GATEHOUSE_HEADER_PREFIX, REQUEST_ID_HEADER};
+use gatehouse_core::wire::GATEHOUSE_HEADER_PREFIX;
 /// The methods MCP's Streamable HTTP transport uses.
 pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 
@@ -51,7 +51,7 @@ impl RequestHead {
                 }
                 "content-type" => head.content_type = Some(value()),
                 "content-length" => head.content_length = Some(value().parse().ok()),
-                "authorization" => head.bearer_token = bearer_token(&value()),
+                "authorization" => head.bearer_token = wire::bearer_token(Some(&value())).map(str::to_owned),
                 mcp::SESSION_ID_HEADER => head.session_id = Some(value()),
                 mcp::PROTOCOL_VERSION_HEADER => head.protocol_version = Some(value()),
                 mcp::METHOD_HEADER => head.mcp_method = Some(value()),
@@ -63,12 +63,6 @@ impl RequestHead {
         }
         head
     }
-}
-
-fn bearer_token(authorization: &str) -> Option<String> {
-    let (scheme, token) = authorization.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
 /// The distinct names of client-sent `x-gatehouse-*` headers, to remove.
@@ -142,7 +136,7 @@ impl SessionHeaders {
         for (name, value) in headers {
             if name.eq_ignore_ascii_case(session::SESSION_KEY_HEADER) {
                 key_present = true;
-                key = hex_key(value);
+                key = session::key_from_header(value);
             } else if name.eq_ignore_ascii_case(mcp::SESSION_ID_HEADER) && id.is_none() {
                 id = std::str::from_utf8(value).ok().map(str::trim);
             }
@@ -154,15 +148,6 @@ impl SessionHeaders {
             bound,
         }
     }
-}
-
-fn hex_key(value: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let bytes: Option<Vec<u8>> = (0..text.len())
-        .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-        .collect();
-    bytes.filter(|b| b.len() == 32)
 }
 
 /// A refused request: what the client is told and what the audit trail records.

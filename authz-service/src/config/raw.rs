@@ -418,7 +418,7 @@ fn validate_static_header(
     if header.is_empty()
         || !header.chars().all(token)
         || RESERVED_HEADERS.contains(&header.as_str())
-        || header.starts_with("x-gatehouse-")
+        || header.starts_with(gatehouse_core::wire::GATEHOUSE_HEADER_PREFIX)
         || header.starts_with("mcp-")
     {
         p.add(

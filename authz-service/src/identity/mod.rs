@@ -29,6 +29,9 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::config;
 
+/// The token of an `Authorization: Bearer …` header value, read as the filter reads it.
+pub use gatehouse_core::wire::bearer_token;
+
 /// The shortest interval between two JWKS fetch attempts.
 pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(10);
 /// Keys older than this are refetched (a key the IdP revoked stops being trusted).
@@ -383,14 +386,6 @@ fn groups_from_claim(claim: Option<&Value>) -> BTreeSet<String> {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => BTreeSet::new(),
     }
-}
-
-/// The token of an `Authorization: Bearer …` header value (scheme is case-insensitive).
-pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
-    let value = authorization?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]

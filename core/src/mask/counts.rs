@@ -92,7 +92,7 @@ pub struct RevealPlan {
 
 /// The response header (from the service, removed by the filter) with the reveal of each
 /// message of a batch: `hex(id)=kind+kind` entries separated by commas, `-` for none.
-pub const REVEAL_IDS_HEADER: &str = "x-gatehouse-reveal-ids";
+pub use crate::wire::REVEAL_IDS_HEADER;
 
 static NOTHING: Reveal = Reveal(BTreeSet::new());
 

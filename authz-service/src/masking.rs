@@ -18,8 +18,6 @@ use gatehouse_core::tools::glob_match;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub use gatehouse_core::wire::REVEAL_HEADER;
-
 /// `masking:` in `gatehouse.yaml`, validated.
 #[derive(Debug, Clone, Default)]
 pub struct MaskingPolicy {

@@ -14,8 +14,6 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The binding key of a request, from the Check to the filter (removed by the filter).
-pub use crate::wire::SESSION_KEY_HEADER;
 /// Bytes of HMAC kept in a tag (hex-encoded: twice as many characters).
 const TAG_BYTES: usize = 16;
 /// Separates the tag from the upstream's id. Never in a tag (hex), so the first one splits.
@@ -34,12 +32,12 @@ pub fn binding_key(secret: &[u8], subject: &str, upstream: &str) -> Option<[u8; 
     Some(mac.finalize().into_bytes().into())
 }
 
-/// The value of [`SESSION_KEY_HEADER`] for a binding key (the Check writes it).
+/// The value of [`SESSION_KEY_HEADER`](crate::wire::SESSION_KEY_HEADER) for a binding key (the Check writes it).
 pub fn key_header_value(binding_key: &[u8; 32]) -> String {
     hex::encode(binding_key)
 }
 
-/// The binding key in a [`SESSION_KEY_HEADER`] value (the filter reads it); `None` unless
+/// The binding key in a [`SESSION_KEY_HEADER`](crate::wire::SESSION_KEY_HEADER) value (the filter reads it); `None` unless
 /// it is 32 bytes in hex.
 pub fn key_from_header(value: &[u8]) -> Option<[u8; 32]> {
     let mut key = [0; 32];

@@ -3,7 +3,7 @@
 //! The service knows the policy; the filter sees the upstream's answer. So the service
 //! works out, per request, which tool names this caller could call ([`ToolVisibility`]),
 //! sends it to the filter in the `x-gatehouse-tools` response header of the OK Check
-//! ([`TOOLS_HEADER`]), and the filter drops every other tool from the `result.tools` of
+//! ([`TOOLS_HEADER`](crate::wire::TOOLS_HEADER)), and the filter drops every other tool from the `result.tools` of
 //! the answer — a JSON body whole ([`ToolVisibility::filter_message`]), an SSE stream
 //! event by event ([`SseToolFilter`]) — before it is masked and recorded. A caller then
 //! never learns the name of a tool it may not call, and a denied call looks the same
@@ -15,10 +15,6 @@
 use serde_json::Value;
 
 use crate::sse::{SseEvent, SseFramer, write_event};
-
-/// The response header an OK Check adds for the filter, which removes it before the client
-/// sees the answer. Its value is [`ToolVisibility::to_header`].
-pub use crate::wire::TOOLS_HEADER;
 
 /// One step of a [`ToolVisibility`]: tools whose name matches `glob` are shown or hidden.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! What the service and the filter agree on about the credential the gateway presents to
 //! an upstream.
 //!
-//! The service names the credential's kind in [`CREDENTIAL_HEADER`] on the answer (Envoy adds
+//! The service names the credential's kind in [`CREDENTIAL_HEADER`](crate::wire::CREDENTIAL_HEADER) on the answer (Envoy adds
 //! it on the way back); the filter removes it, and when the upstream refused the gateway's own
 //! credential ([`is_refusal`]), the client gets [`refused_body`] instead of the upstream's
 //! answer, which may quote what was signed (AWS's signature errors quote the canonical
@@ -10,9 +10,6 @@
 use serde_json::Value;
 
 use crate::jsonrpc_error::{UPSTREAM_CREDENTIAL, error_body};
-
-/// `aws_sigv4` or `static_header` on an answer whose request carried the gateway's credential.
-pub use crate::wire::CREDENTIAL_HEADER;
 
 /// Whether the upstream's status refuses the gateway's credential of `kind` rather than
 /// answering the call: AWS answers 403 to a bad signature; behind a static credential only

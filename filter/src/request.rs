@@ -134,7 +134,7 @@ impl SessionHeaders {
         let (mut key, mut id) = (None, None);
         let mut key_present = false;
         for (name, value) in headers {
-            if name.eq_ignore_ascii_case(session::SESSION_KEY_HEADER) {
+            if name.eq_ignore_ascii_case(wire::SESSION_KEY_HEADER) {
                 key_present = true;
                 key = session::key_from_header(value);
             } else if name.eq_ignore_ascii_case(mcp::SESSION_ID_HEADER) && id.is_none() {

@@ -7,20 +7,19 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use gatehouse_core::events::RequestDecided;
-use gatehouse_core::mask::{REVEAL_IDS_HEADER, RevealPlan};
-use gatehouse_core::session::SESSION_KEY_HEADER;
-use gatehouse_core::tools::{TOOLS_HEADER, ToolVisibility};
-use gatehouse_core::upstream::CREDENTIAL_HEADER;
+use gatehouse_core::mask::RevealPlan;
+use gatehouse_core::tools::ToolVisibility;
+use gatehouse_core::wire::{
+    CREDENTIAL_HEADER, REQUEST_ID_HEADER, REVEAL_HEADER, REVEAL_IDS_HEADER, SESSION_KEY_HEADER, TOOLS_HEADER,
+};
 use gatehouse_core::{jsonrpc_error, mcp};
 use serde_json::{Value, json};
 
-use super::REQUEST_ID_HEADER;
 use super::denial::Denial;
 use crate::approvals::GrantUse;
 use crate::audit::{AuditError, NewRecord};
 use crate::config::Secret;
 use crate::credentials::UpstreamAuth;
-use crate::masking::REVEAL_HEADER;
 
 /// A decided request: its record (to commit first) and its answer.
 #[derive(Debug)]

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use gatehouse_core::mask::{MaskCounts, Reveal};
 use gatehouse_core::mcp;
+use gatehouse_core::session;
+use gatehouse_core::wire::{self, REQUEST_ID_HEADER, is_request_id};
 use serde_json::Value;
 
 use super::answer::{Allowed, Decision};
 use super::denial::{Denial, Stopped};
 use super::record::RequestRecord;
-use super::{HttpRequestView, REQUEST_ID_HEADER, SessionCheck};
+use super::{HttpRequestView, SessionCheck};
 use crate::AppState;
 use crate::approvals::{Call, Gate, GrantUse};
 use crate::audit::NewRecord;
@@ -259,7 +261,7 @@ fn upstream_access(
     let key = state
         .sessions
         .binding_key(&principal.subject, &upstream.name)
-        .map(hex::encode);
+        .map(|key| session::key_header_value(&key));
     Ok((session, key))
 }
 
@@ -445,15 +447,9 @@ pub fn resource_metadata_url(public_url: &url::Url, path: &str) -> String {
     format!("{base}/.well-known/oauth-protected-resource{path}")
 }
 
-fn is_request_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
+/// A request id for a Check that came without one (it is refused, and recorded under it).
 fn new_request_id() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    wire::format_request_id(&rand::random())
 }
 
 #[cfg(test)]

@@ -34,7 +34,6 @@ use crate::{
     audit::{AuditError, NewRecord},
 };
 
-pub use gatehouse_core::wire::REQUEST_ID_HEADER;
 /// The context extension (set per route in the rendered Envoy config) naming the upstream.
 pub const UPSTREAM_EXTENSION: &str = "upstream";
 

@@ -90,10 +90,6 @@ pub struct RevealPlan {
     pub by_id: Option<BTreeMap<String, Reveal>>,
 }
 
-/// The response header (from the service, removed by the filter) with the reveal of each
-/// message of a batch: `hex(id)=kind+kind` entries separated by commas, `-` for none.
-pub use crate::wire::REVEAL_IDS_HEADER;
-
 static NOTHING: Reveal = Reveal(BTreeSet::new());
 
 impl RevealPlan {

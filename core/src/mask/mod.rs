@@ -31,7 +31,7 @@ mod tests;
 mod validate;
 
 pub use config::{CustomRule, MaskConfig, MaskConfigError, Style};
-pub use counts::{MaskCounts, REVEAL_IDS_HEADER, Reveal, RevealPlan};
+pub use counts::{MaskCounts, Reveal, RevealPlan};
 pub use engine::{JsonMasked, Masker, builtin_kinds};
 pub use sse::{MaskedEvent, SseMasker};
 pub use strict::has_duplicate_keys;

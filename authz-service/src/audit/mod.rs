@@ -44,7 +44,11 @@ pub struct NewRecord {
 impl NewRecord {
     /// The record of `event`: its kind and data both come from the event.
     pub fn from_event(request_id: impl Into<String>, event: impl Into<AuditEvent>) -> Result<Self, AuditError> {
-        let event = event.into();
+        Self::of(request_id, &event.into())
+    }
+
+    /// The record of `event`, which stays the caller's.
+    pub fn of(request_id: impl Into<String>, event: &AuditEvent) -> Result<Self, AuditError> {
         Ok(Self {
             kind: event.kind(),
             request_id: request_id.into(),

@@ -49,9 +49,7 @@ POLICY = [
         hold_seconds=0,
         masked_arguments="show_masked",
     ),
-    approval_rule(
-        "purge-needs-approval", ("purge",), hold_seconds=0, expires_seconds=1
-    ),
+    approval_rule("purge-needs-approval", ("purge",), hold_seconds=0, expires_seconds=1),
     {"id": "other-tools", "tools": ["*"], "outcome": "allow"},
 ]
 
@@ -65,10 +63,7 @@ def result(message_id: object, text: str) -> dict:
 
 
 def sse(*events: tuple[str, dict]) -> Reply:
-    chunks = [
-        f"id: {event_id}\ndata: {json.dumps(message)}\n\n".encode()
-        for event_id, message in events
-    ]
+    chunks = [f"id: {event_id}\ndata: {json.dumps(message)}\n\n".encode() for event_id, message in events]
     return Reply(headers=[("content-type", "text/event-stream")], chunks=chunks)
 
 
@@ -78,9 +73,7 @@ def reply(req) -> Reply:
         return Reply(status=405, chunks=[])
     body = req.json()
     if isinstance(body, list):
-        return json_reply(
-            [result(m["id"], f"batch answer {m['id']}") for m in body if "id" in m]
-        )
+        return json_reply([result(m["id"], f"batch answer {m['id']}") for m in body if "id" in m])
     if "id" not in body:
         return Reply(status=202, chunks=[])
     if body["method"] == "initialize":
@@ -122,9 +115,7 @@ def ingest_stubs(out: Path) -> SimpleNamespace:
     )
 
 
-def forge_answer(
-    stack: Stack, stubs: SimpleNamespace, request_id: str, message: dict
-) -> int:
+def forge_answer(stack: Stack, stubs: SimpleNamespace, request_id: str, message: dict) -> int:
     """A different final answer for a part the filter already recorded: stored as a conflict."""
     tls = stack.dir / "tls"
     creds = grpc.ssl_channel_credentials(
@@ -133,9 +124,7 @@ def forge_answer(
         certificate_chain=(tls / "grpc-client.crt").read_bytes(),
     )
     options = [("grpc.ssl_target_name_override", "localhost")]
-    with grpc.secure_channel(
-        f"127.0.0.1:{stack.grpc_port}", creds, options=options
-    ) as channel:
+    with grpc.secure_channel(f"127.0.0.1:{stack.grpc_port}", creds, options=options) as channel:
         observed = stubs.pb.ResponseObserved(
             request_id=request_id,
             part=0,
@@ -152,22 +141,15 @@ def forge_answer(
 
 def check(resp, status: int, what: str) -> str:
     if resp.status_code != status:
-        raise SystemExit(
-            f"{what}: expected {status}, got {resp.status_code} {resp.text}"
-        )
+        raise SystemExit(f"{what}: expected {status}, got {resp.status_code} {resp.text}")
     return resp.headers.get("x-gatehouse-request-id", "")
 
 
 def wait_step(stack: Stack, approval_id: str, event: str) -> None:
     def seen(records: list[dict]) -> bool:
-        return any(
-            r["data"].get("approval_id") == approval_id and r["data"]["event"] == event
-            for r in records
-        )
+        return any(r["data"].get("approval_id") == approval_id and r["data"]["event"] == event for r in records)
 
-    stack.audit.wait_records(
-        seen, f"{event} of {approval_id}", timeout=20, kind="approval", limit=1000
-    )
+    stack.audit.wait_records(seen, f"{event} of {approval_id}", timeout=20, kind="approval", limit=1000)
 
 
 def drive(stack: Stack, hook: Webhook, stubs: SimpleNamespace) -> None:
@@ -211,9 +193,7 @@ def drive(stack: Stack, hook: Webhook, stubs: SimpleNamespace) -> None:
         tools_call("lookup", {"n": 1}, request_id=8),
         tools_call("lookup", {"n": 2.5}, request_id=9),
     ]
-    resp = stack.post(
-        batch, token=alice, headers={**headers, "mcp-protocol-version": "2025-03-26"}
-    )
+    resp = stack.post(batch, token=alice, headers={**headers, "mcp-protocol-version": "2025-03-26"})
     stack.audit.wait_complete(check(resp, 200, "batch"))
     # A malformed body: refused by the filter, recorded as request_rejected.
     resp = stack.post(None, content=b"{not json", token=alice, headers=headers)
@@ -222,16 +202,12 @@ def drive(stack: Stack, hook: Webhook, stubs: SimpleNamespace) -> None:
     bob = Approver(stack, "bob")
     try:
         # Notification fails (the webhook answers 500 twice); bob denies; alice's retry is refused.
-        first = call("deploy", {"env": "prod", "notify": "ops@example.com"}, 10).json()[
-            "error"
-        ]["data"]["approval"]
+        first = call("deploy", {"env": "prod", "notify": "ops@example.com"}, 10).json()["error"]["data"]["approval"]
         wait_step(stack, first["id"], "notify_failed")
         check(bob.deny(first["id"], "not during the freeze"), 200, "deny")
         call("deploy", {"env": "prod", "notify": "ops@example.com"}, 11, status=403)
         # Notified; bob approves; alice's retry uses the grant.
-        second = call("deploy", {"env": "staging"}, 12).json()["error"]["data"][
-            "approval"
-        ]
+        second = call("deploy", {"env": "staging"}, 12).json()["error"]["data"]["approval"]
         wait_step(stack, second["id"], "notified")
         check(bob.approve(second["id"], None), 200, "approve")
         call("deploy", {"env": "staging"}, 13)
@@ -243,10 +219,7 @@ def drive(stack: Stack, hook: Webhook, stubs: SimpleNamespace) -> None:
 
     # A forged answer for a part the filter recorded: kept, flagged as a conflict.
     forged = result(2, "FORGED: all clear")
-    if (
-        forge_answer(stack, stubs, answered.headers["x-gatehouse-request-id"], forged)
-        != 1
-    ):
+    if forge_answer(stack, stubs, answered.headers["x-gatehouse-request-id"], forged) != 1:
         raise SystemExit("the forged answer was not stored as a conflict")
     time.sleep(0.5)
 

@@ -280,7 +280,7 @@ fn non_empty(s: &str) -> Option<String> {
 /// again here (nothing revealed) so that a misconfigured or outdated filter cannot put a
 /// clear value into the trail. What this second pass finds is counted and logged (kinds
 /// only).
-fn response_event(r: &ResponseObserved, source: &str, masker: &Masker) -> AuditEvent {
+pub fn response_event(r: &ResponseObserved, source: &str, masker: &Masker) -> AuditEvent {
     let mut message = message_value(&r.message);
     let mut found = MaskCounts::default();
     match &mut message {

@@ -153,21 +153,21 @@ fn admit(
     view: &mut IngestView,
     request_id: &str,
     part: Option<u64>,
-    mut event: AuditEvent,
+    event: AuditEvent,
     state: &AppState,
 ) -> Option<NewRecord> {
-    let encode = |event: &AuditEvent| match NewRecord::of(request_id, event) {
+    let encode = |event: AuditEvent| match NewRecord::from_event(request_id, event) {
         Ok(record) => Some(record),
         Err(error) => {
             tracing::error!(request_id, %error, "Could not encode an ingested record; it is not stored.");
             None
         }
     };
-    let record = encode(&event)?;
-    let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
     // A rejection retried after its token expired (or while the issuer's keys could not be
     // fetched) names no subject: the stored delivery that does is the same record.
     let lost_subject = matches!(&event, AuditEvent::RequestRejected(e) if e.subject.is_none());
+    let record = encode(event)?;
+    let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
     let canonical = unflagged(&record.data, lost_subject);
     if stored.iter().any(|s| unflagged(s, lost_subject) == canonical) {
         return None;
@@ -178,6 +178,14 @@ fn admit(
         return Some(record);
     }
     state.metrics.ingest_conflicts.inc();
+    // Rare: the event is read back from its data to be flagged, not edited as JSON.
+    let mut event = match AuditEvent::from_record(record.kind.as_str(), &record.data) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(request_id, %error, "Could not flag an ingested record as a conflict; it is not stored.");
+            return None;
+        }
+    };
     let source = match &mut event {
         AuditEvent::Response(e) => {
             e.conflict = true;
@@ -195,7 +203,7 @@ fn admit(
         source,
         "An ingested record differs from the stored one for the same request and part; both are kept, this one flagged as a conflict."
     );
-    encode(&event)
+    encode(event)
 }
 
 /// A filter record's data as hashed, without what the service added (the conflict flag, and
@@ -203,6 +211,12 @@ fn admit(
 /// common.
 fn unflagged(data: &Value, without_subject: bool) -> Vec<u8> {
     match data {
+        // Most records have nothing to leave out: no copy of their message.
+        Value::Object(fields)
+            if !(fields.contains_key("conflict") || without_subject && fields.contains_key("subject")) =>
+        {
+            canonical_json(data)
+        }
         Value::Object(fields) => {
             let mut fields = fields.clone();
             fields.remove("conflict");

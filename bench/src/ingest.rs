@@ -6,7 +6,7 @@
 //! or a piece of personal data every ~2 KB, and JSON rows inside a text field), plus the
 //! final parts that close streams. Each record is timed through
 //! [`gatehouse_service::ingest::response_event`] (parse, the ingest's masking check, the
-//! typed event), its data ([`gatehouse_service::audit::NewRecord::of`]), the canonical
+//! typed event), its data ([`gatehouse_service::audit::NewRecord::from_event`]), the canonical
 //! encoding the ingest compares deliveries by, and what the store writes and hashes.
 
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ fn records(masker: &Masker) -> Vec<ResponseObserved> {
 /// The service's work on one record, apart from I/O.
 fn ingest_one(r: &ResponseObserved, masker: &Masker) -> usize {
     let event = response_event(r, "gatehouse/bench/0", masker);
-    let Ok(record) = NewRecord::of(&r.request_id, &event) else {
+    let Ok(record) = NewRecord::from_event(r.request_id.as_str(), event) else {
         return 0;
     };
     let compared = canonical_json(&record.data);

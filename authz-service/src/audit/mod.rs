@@ -44,7 +44,12 @@ pub struct NewRecord {
 impl NewRecord {
     /// The record of `event`: its kind and data both come from the event.
     pub fn from_event(request_id: impl Into<String>, event: impl Into<AuditEvent>) -> Result<Self, AuditError> {
-        Self::of(request_id, &event.into())
+        let event = event.into();
+        Ok(Self {
+            kind: event.kind(),
+            request_id: request_id.into(),
+            data: event.into_data().map_err(|e| AuditError::Invalid(e.to_string()))?,
+        })
     }
 
     /// The record of `event`, which stays the caller's.

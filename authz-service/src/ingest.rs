@@ -548,6 +548,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_forged_record_with_clear_values_is_stored_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let mut client = client(&server).await;
+        let rows = r#"[{"email":"alice.martin@example.com","card":4111111111111111,"password":"hunter2hunter2"}]"#;
+        let forged = |id: &str, message: Vec<u8>| IngestBatch {
+            source: "gatehouse/forger/0".into(),
+            responses: vec![ResponseObserved {
+                request_id: id.to_owned(),
+                r#final: true,
+                http_status: 200,
+                message,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json_answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "content": [{"type": "text", "text": rows}],
+            "structuredContent": {"result": rows},
+            "key": "AKIAIVF3HDRHMIRTO2I2",
+        }});
+        let ids = ["c".repeat(32), "d".repeat(32)];
+        for id in &ids {
+            requested(&server, id).await;
+        }
+        let messages = [
+            serde_json::to_vec(&json_answer).unwrap(),
+            format!("not json: {rows} AKIAIVF3HDRHMIRTO2I2").into_bytes(),
+        ];
+        for (id, message) in ids.iter().zip(messages) {
+            assert_eq!(
+                client.ingest(forged(id, message)).await.unwrap().into_inner().accepted,
+                1
+            );
+        }
+        let all = server.state.audit.store().list(&RecordQuery::default()).await.unwrap();
+        let stored = serde_json::to_string(&filter_records(&all)).unwrap();
+        for clear in [
+            "alice.martin@example.com",
+            "4111111111111111",
+            "hunter2hunter2",
+            "AKIAIVF3HDRHMIRTO2I2",
+        ] {
+            assert!(!stored.contains(clear), "{clear} stored in clear: {stored}");
+        }
+        let json_record = all
+            .iter()
+            .find(|r| r.request_id == ids[0] && r.kind == "response")
+            .unwrap();
+        assert_eq!(json_record.data["masked"]["email"], 2, "{}", json_record.data);
+        assert_eq!(json_record.data["masked"]["aws_access_key_id"], 1);
+        server.stop();
+    }
+
+    #[tokio::test]
     async fn a_rejection_with_a_forged_token_has_no_subject() {
         let dir = tempfile::tempdir().unwrap();
         let server = test_support::start(dir.path()).await;

@@ -162,6 +162,34 @@ def test_a_forged_answer_sent_first_does_not_replace_the_real_one(make_stack, in
         forger.close()
 
 
+def test_a_forged_answer_with_clear_secrets_is_stored_masked(make_stack, ingest_proto):
+    """A forged (or outdated) filter reports an answer in clear: the ingest masks it itself."""
+    stack = make_stack(upstream="echo")
+    forger = Forger(ingest_proto, stack)
+    try:
+        resp = stack.post(tools_call("echo", {"message": "hi"}, request_id=7), token=stack.token("alice", ["eng"]))
+        request_id = resp.headers["x-gatehouse-request-id"]
+        stack.audit.wait_complete(request_id)
+        rows = json.dumps(
+            [{"email": "alice.martin@example.com", "password": "hunter2hunter2", "card": 4111111111111111}]
+        )
+        clear = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "result": {"content": [{"type": "text", "text": rows}], "structuredContent": {"result": rows}},
+        }
+        assert forger.answer(request_id, clear, part=1) == 1
+
+        got = stack.audit.wait_for(request_id, lambda r: len(r["responses"]) >= 2, "the forged record")
+        stored = json.dumps(got)
+        for value in ("alice.martin@example.com", "hunter2hunter2", "4111111111111111"):
+            assert value not in stored, f"{value} stored in clear"
+        forged = next(r for r in got["responses"] if r["data"]["source"] == "gatehouse/forger/0")
+        assert forged["data"]["masked"]["email"] == 2, forged["data"]
+    finally:
+        forger.close()
+
+
 def test_records_for_requests_the_service_never_decided_are_refused(make_stack, ingest_proto):
     stack = make_stack(upstream="echo")
     forger = Forger(ingest_proto, stack)

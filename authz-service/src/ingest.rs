@@ -16,12 +16,13 @@ use std::{
     sync::Arc,
 };
 
-use gatehouse_core::audit::{RecordKind, canonical_json};
+use gatehouse_core::audit::canonical_json;
+use gatehouse_core::events::{self, AuditEvent, Decision, ResponsePartObserved};
 use gatehouse_core::mask::{MaskCounts, Masker, Reveal};
 use gatehouse_proto::audit::v1::{
     IngestAck, IngestBatch, RequestRejected, ResponseObserved, audit_ingest_server::AuditIngest,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::{
@@ -83,13 +84,9 @@ impl AuditIngest for IngestService {
                 refused += 1;
                 continue;
             }
-            let data = response_data(r, &batch.source, &state.masker);
-            if let Some(data) = admit(&mut view, &r.request_id, Some(u64::from(r.part)), data, state) {
-                records.push(NewRecord {
-                    kind: RecordKind::Response,
-                    request_id: r.request_id.clone(),
-                    data,
-                });
+            let event = response_event(r, &batch.source, &state.masker);
+            if let Some(record) = admit(&mut view, &r.request_id, Some(u64::from(r.part)), event, state) {
+                records.push(record);
             }
         }
         for r in &batch.rejections {
@@ -103,13 +100,9 @@ impl AuditIngest for IngestService {
                 "" => None,
                 token => state.identity.verify(token).await.ok().map(|p| p.subject),
             };
-            let data = rejection_data(r, subject, &batch.source);
-            if let Some(data) = admit(&mut view, &r.request_id, None, data, state) {
-                records.push(NewRecord {
-                    kind: RecordKind::RequestRejected,
-                    request_id: r.request_id.clone(),
-                    data,
-                });
+            let event = rejection_event(r, subject, &batch.source);
+            if let Some(record) = admit(&mut view, &r.request_id, None, event, state) {
+                records.push(record);
             }
         }
         if refused > 0 {
@@ -153,36 +146,64 @@ impl IngestService {
     }
 }
 
-/// Whether a filter record is stored, and with what data: an identical copy of a stored
-/// record is a retry (nothing stored); a different one for the same request and part is
-/// stored with `"conflict": true`, so neither version is lost and auditors see both.
-fn admit(view: &mut IngestView, request_id: &str, part: Option<u64>, data: Value, state: &AppState) -> Option<Value> {
-    let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
+/// Whether a filter record is stored, and as what: an identical copy of a stored record is a
+/// retry (nothing stored); a different one for the same request and part is stored with
+/// `"conflict": true`, so neither version is lost and auditors see both.
+fn admit(
+    view: &mut IngestView,
+    request_id: &str,
+    part: Option<u64>,
+    event: AuditEvent,
+    state: &AppState,
+) -> Option<NewRecord> {
+    let encode = |event: AuditEvent| match NewRecord::from_event(request_id, event) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            tracing::error!(request_id, %error, "Could not encode an ingested record; it is not stored.");
+            None
+        }
+    };
     // A rejection retried after its token expired (or while the issuer's keys could not be
     // fetched) names no subject: the stored delivery that does is the same record.
-    let lost_subject = data.get("subject").is_some_and(Value::is_null);
-    let canonical = unflagged(&data, lost_subject);
+    let lost_subject = matches!(&event, AuditEvent::RequestRejected(e) if e.subject.is_none());
+    let record = encode(event)?;
+    let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
+    let canonical = unflagged(&record.data, lost_subject);
     if stored.iter().any(|s| unflagged(s, lost_subject) == canonical) {
         return None;
     }
     let conflict = !stored.is_empty();
-    stored.push(data.clone());
+    stored.push(record.data.clone());
     if !conflict {
-        return Some(data);
+        return Some(record);
     }
     state.metrics.ingest_conflicts.inc();
-    let source = data.get("source").and_then(|s| s.as_str()).unwrap_or("-");
+    // Rare: the event is read back from its data to be flagged, not edited as JSON.
+    let mut event = match AuditEvent::from_record(record.kind.as_str(), &record.data) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(request_id, %error, "Could not flag an ingested record as a conflict; it is not stored.");
+            return None;
+        }
+    };
+    let source = match &mut event {
+        AuditEvent::Response(e) => {
+            e.conflict = true;
+            e.source.clone()
+        }
+        AuditEvent::RequestRejected(e) => {
+            e.conflict = true;
+            e.source.clone()
+        }
+        AuditEvent::Request(_) | AuditEvent::Approval(_) => "-".to_owned(),
+    };
     tracing::warn!(
         request_id,
         part,
         source,
         "An ingested record differs from the stored one for the same request and part; both are kept, this one flagged as a conflict."
     );
-    let mut data = data;
-    if let Value::Object(fields) = &mut data {
-        fields.insert("conflict".into(), Value::Bool(true));
-    }
-    Some(data)
+    encode(event)
 }
 
 /// A filter record's data as hashed, without what the service added (the conflict flag, and
@@ -190,6 +211,12 @@ fn admit(view: &mut IngestView, request_id: &str, part: Option<u64>, data: Value
 /// common.
 fn unflagged(data: &Value, without_subject: bool) -> Vec<u8> {
     match data {
+        // Most records have nothing to leave out: no copy of their message.
+        Value::Object(fields)
+            if !(fields.contains_key("conflict") || without_subject && fields.contains_key("subject")) =>
+        {
+            canonical_json(data)
+        }
         Value::Object(fields) => {
             let mut fields = fields.clone();
             fields.remove("conflict");
@@ -258,15 +285,16 @@ fn message_value(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-fn non_empty(s: &str) -> Value {
-    if s.is_empty() { Value::Null } else { json!(s) }
+/// Empty proto strings are "not sent": the record says `null`.
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
 }
 
 /// The record of one response part. The filter masked the message already; it is masked
 /// again here (nothing revealed) so that a misconfigured or outdated filter cannot put a
 /// clear value into the trail. What this second pass finds is counted and logged (kinds
 /// only).
-fn response_data(r: &ResponseObserved, source: &str, masker: &Masker) -> Value {
+pub fn response_event(r: &ResponseObserved, source: &str, masker: &Masker) -> AuditEvent {
     let mut message = message_value(&r.message);
     let mut found = MaskCounts::default();
     match &mut message {
@@ -285,42 +313,46 @@ fn response_data(r: &ResponseObserved, source: &str, masker: &Masker) -> Value {
         tracing::warn!(source, request_id = %r.request_id, kinds = ?found.0.keys().collect::<Vec<_>>(), "A response record from the filter held values the service had to mask; is the filter's masking configuration current?");
         masked.merge(&found);
     }
-    json!({
-        "part": r.part,
-        "final": r.r#final,
-        "http_status": r.http_status,
-        "content_type": non_empty(&r.content_type),
-        "message": message,
-        "masked": masked,
-        "revealed": r.revealed,
-        "withheld": non_empty(&r.withheld),
-        "truncated": r.truncated,
-        "body_bytes": r.body_bytes,
-        "observed_at_unix_ms": r.observed_at_unix_ms,
-        "sse_event_id": non_empty(&r.sse_event_id),
-        "jsonrpc_id": non_empty(&r.jsonrpc_id),
-        "is_error": r.is_error,
-        "error_code": if r.is_error { json!(r.error_code) } else { Value::Null },
-        "end_reason": non_empty(&r.end_reason),
-        "source": source,
-    })
+    ResponsePartObserved {
+        part: r.part,
+        is_final: r.r#final,
+        http_status: r.http_status,
+        content_type: non_empty(&r.content_type),
+        message,
+        masked: masked.0,
+        revealed: r.revealed.clone(),
+        withheld: non_empty(&r.withheld),
+        truncated: r.truncated,
+        body_bytes: r.body_bytes,
+        observed_at_unix_ms: r.observed_at_unix_ms,
+        sse_event_id: non_empty(&r.sse_event_id),
+        jsonrpc_id: non_empty(&r.jsonrpc_id),
+        is_error: r.is_error,
+        error_code: r.is_error.then_some(r.error_code),
+        end_reason: non_empty(&r.end_reason),
+        source: source.to_owned(),
+        conflict: false,
+    }
+    .into()
 }
 
-fn rejection_data(r: &RequestRejected, subject: Option<String>, source: &str) -> Value {
-    json!({
-        "subject": subject,
-        "http_status": r.http_status,
-        "jsonrpc_code": r.jsonrpc_code,
-        "reason": r.reason,
-        "http_method": r.http_method,
-        "path": r.path,
-        "session_id": non_empty(&r.session_id),
-        "protocol_version": non_empty(&r.protocol_version),
-        "mcp_method": non_empty(&r.jsonrpc_method),
-        "observed_at_unix_ms": r.observed_at_unix_ms,
-        "decision": "deny",
-        "source": source,
-    })
+fn rejection_event(r: &RequestRejected, subject: Option<String>, source: &str) -> AuditEvent {
+    events::RequestRejected {
+        subject,
+        http_status: r.http_status,
+        jsonrpc_code: r.jsonrpc_code,
+        reason: r.reason.clone(),
+        http_method: r.http_method.clone(),
+        path: r.path.clone(),
+        session_id: non_empty(&r.session_id),
+        protocol_version: non_empty(&r.protocol_version),
+        mcp_method: non_empty(&r.jsonrpc_method),
+        observed_at_unix_ms: r.observed_at_unix_ms,
+        decision: Decision::Deny,
+        source: source.to_owned(),
+        conflict: false,
+    }
+    .into()
 }
 
 #[cfg(test)]
@@ -328,6 +360,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     use gatehouse_proto::audit::v1::audit_ingest_client::AuditIngestClient;
+
+    use gatehouse_core::audit::RecordKind;
+    use serde_json::json;
 
     use super::*;
     use crate::{audit::RecordQuery, test_support};
@@ -513,6 +548,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_forged_record_with_clear_values_is_stored_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = test_support::start(dir.path()).await;
+        let mut client = client(&server).await;
+        let rows = r#"[{"email":"alice.martin@example.com","card":4111111111111111,"password":"hunter2hunter2"}]"#;
+        let forged = |id: &str, message: Vec<u8>| IngestBatch {
+            source: "gatehouse/forger/0".into(),
+            responses: vec![ResponseObserved {
+                request_id: id.to_owned(),
+                r#final: true,
+                http_status: 200,
+                message,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json_answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "content": [{"type": "text", "text": rows}],
+            "structuredContent": {"result": rows},
+            "key": "AKIAIVF3HDRHMIRTO2I2",
+        }});
+        let ids = ["c".repeat(32), "d".repeat(32)];
+        for id in &ids {
+            requested(&server, id).await;
+        }
+        let messages = [
+            serde_json::to_vec(&json_answer).unwrap(),
+            format!("not json: {rows} AKIAIVF3HDRHMIRTO2I2").into_bytes(),
+        ];
+        for (id, message) in ids.iter().zip(messages) {
+            assert_eq!(
+                client.ingest(forged(id, message)).await.unwrap().into_inner().accepted,
+                1
+            );
+        }
+        let all = server.state.audit.store().list(&RecordQuery::default()).await.unwrap();
+        let stored = serde_json::to_string(&filter_records(&all)).unwrap();
+        for clear in [
+            "alice.martin@example.com",
+            "4111111111111111",
+            "hunter2hunter2",
+            "AKIAIVF3HDRHMIRTO2I2",
+        ] {
+            assert!(!stored.contains(clear), "{clear} stored in clear: {stored}");
+        }
+        let json_record = all
+            .iter()
+            .find(|r| r.request_id == ids[0] && r.kind == "response")
+            .unwrap();
+        assert_eq!(json_record.data["masked"]["email"], 2, "{}", json_record.data);
+        assert_eq!(json_record.data["masked"]["aws_access_key_id"], 1);
+        server.stop();
+    }
+
+    #[tokio::test]
     async fn a_rejection_with_a_forged_token_has_no_subject() {
         let dir = tempfile::tempdir().unwrap();
         let server = test_support::start(dir.path()).await;
@@ -528,5 +618,149 @@ mod tests {
         let recs = server.state.audit.store().list(&q).await.unwrap();
         assert_eq!(recs[0].data["subject"], Value::Null);
         server.stop();
+    }
+}
+
+/// The typed events write what the `json!` builders of earlier builds wrote, for every shape
+/// of report (empty strings, errors, text and JSON messages, counts from the filter).
+#[cfg(test)]
+mod same_bytes {
+    use gatehouse_core::mask::MaskConfig;
+    use serde_json::json;
+
+    use super::*;
+
+    /// The builder as it was before events (round 11), the reference for the bytes.
+    fn legacy_response_data(r: &ResponseObserved, source: &str, masker: &Masker) -> Value {
+        let non_empty = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+        let mut message = message_value(&r.message);
+        let mut found = MaskCounts::default();
+        match &mut message {
+            Value::String(text) => {
+                if let Cow::Owned(masked) = masker.mask_text(text, &Reveal::none(), &mut found) {
+                    *text = masked;
+                }
+            }
+            Value::Null => {}
+            other => {
+                masker.mask_message(other, &Reveal::none(), &mut found);
+            }
+        }
+        let mut masked = MaskCounts(r.masked.clone().into_iter().collect());
+        masked.merge(&found);
+        json!({
+            "part": r.part,
+            "final": r.r#final,
+            "http_status": r.http_status,
+            "content_type": non_empty(&r.content_type),
+            "message": message,
+            "masked": masked,
+            "revealed": r.revealed,
+            "withheld": non_empty(&r.withheld),
+            "truncated": r.truncated,
+            "body_bytes": r.body_bytes,
+            "observed_at_unix_ms": r.observed_at_unix_ms,
+            "sse_event_id": non_empty(&r.sse_event_id),
+            "jsonrpc_id": non_empty(&r.jsonrpc_id),
+            "is_error": r.is_error,
+            "error_code": if r.is_error { json!(r.error_code) } else { Value::Null },
+            "end_reason": non_empty(&r.end_reason),
+            "source": source,
+        })
+    }
+
+    fn legacy_rejection_data(r: &RequestRejected, subject: Option<String>, source: &str) -> Value {
+        let non_empty = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+        json!({
+            "subject": subject,
+            "http_status": r.http_status,
+            "jsonrpc_code": r.jsonrpc_code,
+            "reason": r.reason,
+            "http_method": r.http_method,
+            "path": r.path,
+            "session_id": non_empty(&r.session_id),
+            "protocol_version": non_empty(&r.protocol_version),
+            "mcp_method": non_empty(&r.jsonrpc_method),
+            "observed_at_unix_ms": r.observed_at_unix_ms,
+            "decision": "deny",
+            "source": source,
+        })
+    }
+
+    fn bytes(event: &AuditEvent) -> String {
+        serde_json::to_string(&event.to_data().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn response_parts_write_the_bytes_they_always_did() {
+        let masker = Masker::new(&MaskConfig::default()).unwrap();
+        let messages: [&[u8]; 5] = [
+            b"",
+            br#"{"jsonrpc":"2.0","id":1,"result":{"x":0.1,"n":18446744073709551615,"m":-3}}"#,
+            br#"[{"jsonrpc":"2.0","id":"a","error":{"code":-32000,"message":"mail bob@example.com"}}]"#,
+            b"{cut off mid-w",
+            "caf\u{e9} AKIAIVF3HDRHMIRTO2I2".as_bytes(),
+        ];
+        for (i, message) in messages.into_iter().enumerate() {
+            for full in [false, true] {
+                let r = ResponseObserved {
+                    request_id: "a".repeat(32),
+                    part: i as u32,
+                    r#final: full,
+                    http_status: if full { 502 } else { 200 },
+                    content_type: if full {
+                        "text/event-stream".into()
+                    } else {
+                        String::new()
+                    },
+                    message: message.to_vec(),
+                    truncated: full,
+                    body_bytes: 12345,
+                    observed_at_unix_ms: 1_796_233_104_498,
+                    sse_event_id: if full { "ev-9".into() } else { String::new() },
+                    jsonrpc_id: if full { "\"a\"".into() } else { String::new() },
+                    is_error: full,
+                    error_code: -32000,
+                    end_reason: if full { "client_gone".into() } else { String::new() },
+                    masked: if full {
+                        [("email".to_owned(), 2), ("zero".to_owned(), 0)].into()
+                    } else {
+                        Default::default()
+                    },
+                    revealed: if full { vec!["phone".into()] } else { Vec::new() },
+                    withheld: if full { "too_large".into() } else { String::new() },
+                };
+                let legacy = serde_json::to_string(&legacy_response_data(&r, "src/1", &masker)).unwrap();
+                assert_eq!(
+                    bytes(&response_event(&r, "src/1", &masker)),
+                    legacy,
+                    "message {i}, full {full}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejections_write_the_bytes_they_always_did() {
+        let full = RequestRejected {
+            request_id: "b".repeat(32),
+            http_status: 400,
+            jsonrpc_code: -32700,
+            reason: "invalid JSON".into(),
+            http_method: "POST".into(),
+            path: "/mcp".into(),
+            session_id: "s".into(),
+            protocol_version: "2025-03-26".into(),
+            bearer_token: "never stored".into(),
+            observed_at_unix_ms: 7,
+            jsonrpc_method: "tools/call".into(),
+        };
+        let empty = RequestRejected::default();
+        for (r, subject) in [(&full, Some("alice".to_owned())), (&full, None), (&empty, None)] {
+            let legacy = serde_json::to_string(&legacy_rejection_data(r, subject.clone(), "f")).unwrap();
+            let event = rejection_event(r, subject, "f");
+            assert_eq!(bytes(&event), legacy);
+            assert!(!bytes(&event).contains("never stored"));
+        }
     }
 }

@@ -11,7 +11,9 @@
 //!   serves (see [`mixed`]).
 //! - `policy`: the policy engine's decision cost with 1,000 rules (see [`policy`]).
 //! - `sign`: SigV4 over a 1 KB call with a cached STS session (see [`sign`]).
+//! - `ingest-cpu`: the service's CPU per response record at ingest (see [`ingest`]).
 
+mod ingest;
 mod mixed;
 mod policy;
 mod sign;
@@ -100,6 +102,11 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         iterations: u32,
     },
+    /// Ingest CPU per response record (masked ~1 KB answers and SSE events), as JSON.
+    IngestCpu {
+        #[arg(long, default_value_t = 15)]
+        runs: u32,
+    },
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -151,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sign { iterations } => {
             println!("{}", sign::run(iterations)?);
+            Ok(())
+        }
+        Command::IngestCpu { runs } => {
+            println!("{}", ingest::run(runs));
             Ok(())
         }
     }

@@ -105,7 +105,7 @@ pub fn record_hash(
         buf.extend_from_slice(b",\"");
         buf.extend_from_slice(key.as_bytes());
         buf.extend_from_slice(b"\":");
-        write_canonical(&Value::String(value.to_owned()), &mut buf);
+        write_str(value, &mut buf);
     }
     buf.extend_from_slice(b",\"data\":");
     write_canonical(data, &mut buf);
@@ -125,16 +125,15 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(&Value::String(k.clone()), out);
-                out.push(b':');
-                write_canonical(v, out);
+            let by_bytes = |a: &&String, b: &&String| a.as_bytes() <= b.as_bytes();
+            if map.keys().is_sorted_by(by_bytes) {
+                // serde_json's default map iterates in this order already: no sorted copy.
+                write_members(map.iter(), out);
+            } else {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                write_members(entries.into_iter(), out);
             }
             out.push(b'}');
         }
@@ -148,9 +147,27 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        // Scalars: serde_json's own compact writer is deterministic; it cannot fail on a Value.
-        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
+        // Scalars: serde_json's own compact writer is deterministic; writing to a Vec cannot fail.
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
+}
+
+fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(k, out);
+        out.push(b':');
+        write_canonical(v, out);
+    }
+}
+
+/// A string as serde_json writes it (the same escapes as a `Value::String`).
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// The first place a writer's chain does not hold.

@@ -436,6 +436,7 @@ fn each_event_writes_its_golden_json_and_reads_back() {
         );
         let read = AuditEvent::from_record(&golden.kind, &golden.data).unwrap();
         assert_eq!(read, event, "{}", golden.name);
+        assert_eq!(event.into_data().unwrap(), data, "{}: into_data", golden.name);
     }
 }
 
@@ -506,6 +507,7 @@ fn every_stored_record_round_trips_through_its_event_with_its_hash() {
             assert_eq!(event.kind().as_str(), row.kind, "{at}");
             let data = event.to_data().unwrap();
             assert_eq!(serde_json::to_string(&data).unwrap(), row.data, "{at}");
+            assert_eq!(event.into_data().unwrap(), data, "{at}: into_data");
             let record = Record {
                 seq: row.seq,
                 writer: row.writer,

@@ -48,6 +48,15 @@ impl NewRecord {
         Ok(Self {
             kind: event.kind(),
             request_id: request_id.into(),
+            data: event.into_data().map_err(|e| AuditError::Invalid(e.to_string()))?,
+        })
+    }
+
+    /// The record of `event`, which stays the caller's.
+    pub fn of(request_id: impl Into<String>, event: &AuditEvent) -> Result<Self, AuditError> {
+        Ok(Self {
+            kind: event.kind(),
+            request_id: request_id.into(),
             data: event.to_data().map_err(|e| AuditError::Invalid(e.to_string()))?,
         })
     }

@@ -81,6 +81,23 @@ impl AuditEvent {
         value.map_err(|source| EventError::Json { kind, source })
     }
 
+    /// The record's `data`, as [`Self::to_data`], taking the event: a response's message (the
+    /// bulk of it) is moved into the data rather than copied.
+    pub fn into_data(self) -> Result<Value, EventError> {
+        let Self::Response(mut part) = self else {
+            return self.to_data();
+        };
+        let message = std::mem::take(&mut part.message);
+        let mut data = serde_json::to_value(&part).map_err(|source| EventError::Json {
+            kind: RecordKind::Response.as_str(),
+            source,
+        })?;
+        if let Value::Object(fields) = &mut data {
+            fields.insert("message".to_owned(), message);
+        }
+        Ok(data)
+    }
+
     /// Reads a stored record's data back into its event.
     pub fn from_record(kind: &str, data: &Value) -> Result<Self, EventError> {
         let Some(record_kind) = RecordKind::parse(kind) else {

@@ -259,6 +259,30 @@ fn valid_custom_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// JSON texts inside strings that one walk already found clean, at their nesting depth.
+/// MCP answers often carry the same JSON twice (a tool result's `content` text and its
+/// `structuredContent`): the second copy is not parsed and walked again. The answer for a
+/// text depends only on the text, the depth and the caller's reveal, which one walk keeps.
+#[derive(Default)]
+struct CleanJson(Vec<(u8, String)>);
+
+impl CleanJson {
+    /// Texts shorter than this cost less to walk again than to keep.
+    const MIN_LEN: usize = 64;
+    /// Bounds the copies one walk keeps (and the comparisons per nested text).
+    const MAX: usize = 16;
+
+    fn contains(&self, nest: u8, text: &str) -> bool {
+        text.len() >= Self::MIN_LEN && self.0.iter().any(|(n, t)| *n == nest && t == text)
+    }
+
+    fn insert(&mut self, nest: u8, text: &str) {
+        if text.len() >= Self::MIN_LEN && self.0.len() < Self::MAX {
+            self.0.push((nest, text.to_owned()));
+        }
+    }
+}
+
 impl Masker {
     /// Compiles the rules; every problem (bad regex, unknown kind, missing token key) is
     /// listed at once.
@@ -557,12 +581,19 @@ impl Masker {
     /// inside and re-serialized), values under sensitive keys whatever they are, and not
     /// base64 blobs. Returns whether anything changed.
     pub fn mask_value(&self, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts) -> bool {
-        self.walk(value, reveal, counts, 0)
+        self.walk(value, reveal, counts, 0, &mut CleanJson::default())
     }
 
-    fn walk(&self, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+    fn walk(
+        &self,
+        value: &mut Value,
+        reveal: &Reveal,
+        counts: &mut MaskCounts,
+        nest: u8,
+        clean: &mut CleanJson,
+    ) -> bool {
         match value {
-            Value::String(s) => self.mask_string(s, reveal, counts, nest),
+            Value::String(s) => self.mask_string(s, reveal, counts, nest, clean),
             Value::Number(n) => match self.mask_card_number(n, reveal, counts) {
                 Some(masked) => {
                     *value = Value::String(masked);
@@ -573,16 +604,23 @@ impl Masker {
             Value::Array(items) => {
                 let mut changed = false;
                 for item in items {
-                    changed |= self.walk(item, reveal, counts, nest);
+                    changed |= self.walk(item, reveal, counts, nest, clean);
                 }
                 changed
             }
-            Value::Object(map) => self.walk_object(map, reveal, counts, nest),
+            Value::Object(map) => self.walk_object(map, reveal, counts, nest, clean),
             Value::Bool(_) | Value::Null => false,
         }
     }
 
-    fn walk_object(&self, map: &mut Map<String, Value>, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+    fn walk_object(
+        &self,
+        map: &mut Map<String, Value>,
+        reveal: &Reveal,
+        counts: &mut MaskCounts,
+        nest: u8,
+        clean: &mut CleanJson,
+    ) -> bool {
         // Base64 payloads: image and audio content, resource blobs. Masking would corrupt
         // them, so they are skipped, but only when they are long strict base64: anything
         // else in those fields is text like any other.
@@ -598,7 +636,7 @@ impl Masker {
             {
                 continue;
             }
-            changed |= self.walk_entry(key, value, reveal, counts, nest);
+            changed |= self.walk_entry(key, value, reveal, counts, nest, clean);
         }
         // Keys after the values: the field rule reads the key as it came.
         self.mask_keys(map, reveal, counts) | changed
@@ -630,12 +668,20 @@ impl Masker {
     }
 
     /// One object member: the field rule if the key is sensitive, else the walk.
-    fn walk_entry(&self, key: &str, value: &mut Value, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+    fn walk_entry(
+        &self,
+        key: &str,
+        value: &mut Value,
+        reveal: &Reveal,
+        counts: &mut MaskCounts,
+        nest: u8,
+        clean: &mut CleanJson,
+    ) -> bool {
         match self.detectors.keys.classify(key.as_bytes()) {
             Some(kind) if self.enabled(kind) && !reveal.contains(self.kind_name(kind)) => {
                 self.mask_all(value, kind, reveal, counts)
             }
-            _ => self.walk(value, reveal, counts, nest),
+            _ => self.walk(value, reveal, counts, nest, clean),
         }
     }
 
@@ -689,15 +735,24 @@ impl Masker {
         Some(self.replacement(CREDIT_CARD, &digits))
     }
 
-    fn mask_string(&self, s: &mut String, reveal: &Reveal, counts: &mut MaskCounts, nest: u8) -> bool {
+    fn mask_string(
+        &self,
+        s: &mut String,
+        reveal: &Reveal,
+        counts: &mut MaskCounts,
+        nest: u8,
+        clean: &mut CleanJson,
+    ) -> bool {
         let trimmed = s.trim_start();
-        if nest < MAX_NESTED_JSON
-            && (trimmed.starts_with('{') || trimmed.starts_with('['))
-            && let Ok(mut inner) = serde_json::from_str::<Value>(s)
-        {
+        let nested = nest < MAX_NESTED_JSON && (trimmed.starts_with('{') || trimmed.starts_with('['));
+        if nested && clean.contains(nest, s) {
+            return false;
+        }
+        if nested && let Ok(mut inner) = serde_json::from_str::<Value>(s) {
             let mut inner_counts = MaskCounts::default();
             // With a key twice, the text goes out as read (see `strict`), not as it came.
-            if !self.walk(&mut inner, reveal, &mut inner_counts, nest + 1) && !has_duplicate_keys(s.as_bytes()) {
+            if !self.walk(&mut inner, reveal, &mut inner_counts, nest + 1, clean) && !has_duplicate_keys(s.as_bytes()) {
+                clean.insert(nest, s);
                 return false;
             }
             if let Ok(text) = serde_json::to_string(&inner) {
@@ -727,7 +782,7 @@ impl Masker {
                 }
                 changed
             }
-            other => self.walk(other, reveal, counts, 0),
+            other => self.walk(other, reveal, counts, 0, &mut CleanJson::default()),
         }
     }
 

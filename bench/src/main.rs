@@ -308,7 +308,7 @@ fn mask_throughput(bytes: usize, runs: u32) -> Value {
     let custom = Masker::new(&MaskConfig {
         custom: vec![CustomRule {
             name: "ticket".into(),
-            pattern: r"(?i)\bticket-\d{4,}\b".into(),
+            pattern: r"(?i)\bticket-\d{4,64}\b".into(),
         }],
         ..MaskConfig::default()
     })

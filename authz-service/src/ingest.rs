@@ -118,7 +118,7 @@ impl AuditIngest for IngestService {
         if records.is_empty() {
             return Ok(tonic::Response::new(IngestAck { accepted }));
         }
-        match state.audit.append(records).await {
+        match state.audit.append_lingering(records).await {
             Ok(_) => Ok(tonic::Response::new(IngestAck { accepted })),
             Err(error) => {
                 tracing::error!(%error, source = %batch.source, "Could not store ingested records; the filter will retry.");

@@ -1,24 +1,27 @@
 //! The audit trail: append-only, hash-chained records in a durable store.
 //!
-//! All appends go through one writer task per service ([`AuditLog`]), which owns the head
-//! of this writer's chain and groups the records of concurrent requests into one
-//! transaction, so each request pays for a shared commit rather than its own. A caller
+//! All appends go through one writer thread per service ([`AuditLog`], `writer.rs`), which
+//! owns the head of this writer's chain and its own connection, and groups the records of
+//! concurrent requests into one transaction, so each request pays for a shared commit rather
+//! than its own. A caller
 //! gets its record back only after the commit: the ext_authz Check allows a request only
 //! once its request record is durable.
 
 pub mod checkpoint;
 mod store;
 pub mod verify;
+mod writer;
 
 use std::time::Duration;
 
-use gatehouse_core::audit::{ChainHead, Record, RecordKind};
+use gatehouse_core::audit::{Record, RecordKind};
 use gatehouse_core::events::AuditEvent;
 use serde_json::Value;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use store::{Conflict, IngestView, RecordQuery, Store};
+pub use writer::{LINGER, Lane};
 
 use crate::metrics::Metrics;
 
@@ -27,6 +30,8 @@ use crate::metrics::Metrics;
 pub enum AuditError {
     #[error("audit store: {0}")]
     Store(#[from] sqlx::Error),
+    #[error("audit store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("the audit writer has stopped")]
     WriterGone,
     #[error("audit store: {0}")]
@@ -62,20 +67,21 @@ impl NewRecord {
     }
 }
 
-struct Append {
-    records: Vec<NewRecord>,
-    done: oneshot::Sender<Result<Vec<Record>, String>>,
-}
-
-/// Handle to the writer task; cheap to clone.
+/// Handle to the writer thread; cheap to clone. The thread ends once every handle is gone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Append>,
+    jobs: std::sync::mpsc::Sender<writer::Job>,
+    /// Bounds the records waiting for the writer: a caller waits here when it falls behind.
+    room: std::sync::Arc<tokio::sync::Semaphore>,
     store: Store,
 }
 
+/// The most appends waiting for the writer at once.
+const MAX_WAITING: usize = 4096;
+
 impl AuditLog {
-    /// Opens the store and starts the writer task for `writer_id`.
+    /// Starts the writer thread for `writer_id` on the store's database, continuing its chain
+    /// from the stored head.
     pub async fn start(
         store: Store,
         writer_id: &str,
@@ -83,24 +89,51 @@ impl AuditLog {
         checkpoints: Option<Checkpointer>,
         metrics: Metrics,
     ) -> Result<Self, AuditError> {
-        let head = store.head(writer_id).await?;
-        // After a crash the newest records have no checkpoint yet: count from the newest one
-        // stored, so the first tick signs them rather than a full interval later.
-        let checkpointed = match &checkpoints {
-            Some(_) => store.checkpoints(writer_id).await?.last().map_or(0, |c| c.seq),
-            None => head.seq,
-        };
-        let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer {
-            store: store.clone(),
-            head,
-            checkpointed,
-            max_batch,
-            checkpoints,
-            metrics,
-        };
-        tokio::spawn(writer.run(rx));
-        Ok(Self { tx, store })
+        let path = store
+            .path()
+            .ok_or_else(|| AuditError::Invalid("the audit store must be a database file".into()))?
+            .to_owned();
+        let busy_timeout = store.busy_timeout();
+        let writer_id = writer_id.to_owned();
+        let (ready, started) = oneshot::channel();
+        let (jobs, inbox) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let opened = writer::open(&path, busy_timeout).and_then(|conn| {
+                    let head = writer::read_head(&conn, &writer_id)?;
+                    // After a crash the newest records have no checkpoint yet: count from the
+                    // newest one stored, so the first tick signs them rather than a full
+                    // interval later.
+                    let checkpointed = match &checkpoints {
+                        Some(_) => writer::last_checkpoint(&conn, &writer_id)?,
+                        None => head.seq,
+                    };
+                    Ok((conn, head, checkpointed))
+                });
+                let (conn, head, checkpointed) = match opened {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        let _ = ready.send(Err(error.to_string()));
+                        return;
+                    }
+                };
+                let (stop_checkpoints, stop) = std::sync::mpsc::channel::<()>();
+                writer::spawn_wal_checkpointer(path, busy_timeout, stop);
+                let _ = ready.send(Ok(()));
+                writer::Writer::new(conn, head, checkpointed, max_batch, checkpoints, metrics).run(inbox);
+                drop(stop_checkpoints);
+            })
+            .map_err(|e| AuditError::Invalid(format!("cannot start the audit writer: {e}")))?;
+        started
+            .await
+            .map_err(|_| AuditError::WriterGone)?
+            .map_err(AuditError::Invalid)?;
+        Ok(Self {
+            jobs,
+            room: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WAITING)),
+            store,
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -108,29 +141,32 @@ impl AuditLog {
     }
 
     /// Appends records (in this order, contiguous in the chain) and returns them once durable.
+    /// For what a caller waits on now: it commits at once.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, AuditError> {
+        self.append_in(records, Lane::Now).await
+    }
+
+    /// Appends records nobody waits on right now (the filter's response records): they may
+    /// wait up to [`writer::LINGER`] to share the next commit. Durable once this returns.
+    pub async fn append_lingering(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, AuditError> {
+        self.append_in(records, Lane::Linger).await
+    }
+
+    async fn append_in(&self, records: Vec<NewRecord>, lane: Lane) -> Result<Vec<Record>, AuditError> {
+        let _room = self.room.acquire().await.map_err(|_| AuditError::WriterGone)?;
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Append { records, done })
-            .await
+        self.jobs
+            .send(writer::Job::Append { records, lane, done })
             .map_err(|_| AuditError::WriterGone)?;
         wait.await
             .map_err(|_| AuditError::WriterGone)?
             .map_err(AuditError::Invalid)
     }
 
-    /// Signs a checkpoint of everything written so far (on shutdown).
+    /// Commits what is waiting and signs a checkpoint of everything written so far (on shutdown).
     pub async fn checkpoint_now(&self) {
         let (done, wait) = oneshot::channel();
-        if self
-            .tx
-            .send(Append {
-                records: Vec::new(),
-                done,
-            })
-            .await
-            .is_ok()
-        {
+        if self.jobs.send(writer::Job::Flush { done }).is_ok() {
             let _ = wait.await;
         }
     }
@@ -162,130 +198,6 @@ pub struct Checkpointer {
     /// Also append each checkpoint here: a copy outside the audit store, so deleting the
     /// newest records *and* their checkpoints from the store is still caught.
     pub log_file: Option<std::path::PathBuf>,
-}
-
-struct Writer {
-    store: Store,
-    head: ChainHead,
-    /// The newest record a checkpoint vouches for.
-    checkpointed: u64,
-    max_batch: usize,
-    checkpoints: Option<Checkpointer>,
-    metrics: Metrics,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
-        let mut tick = tokio::time::interval(self.checkpoints.as_ref().map_or(Duration::from_secs(3600), |c| c.every));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut checkpointed = self.checkpointed;
-        loop {
-            tokio::select! {
-                next = rx.recv() => {
-                    let Some(first) = next else { break };
-                    if first.records.is_empty() {
-                        // A flush request: vouch for everything written so far.
-                        if self.checkpoints.is_some() && self.head.seq > checkpointed {
-                            checkpointed = self.checkpoint().await.unwrap_or(checkpointed);
-                        }
-                        let _ = first.done.send(Ok(Vec::new()));
-                        continue;
-                    }
-                    self.commit(first, &mut rx).await;
-                    if let Some(c) = &self.checkpoints
-                        && self.head.seq >= checkpointed + c.every_records
-                    {
-                        checkpointed = self.checkpoint().await.unwrap_or(checkpointed);
-                    }
-                }
-                _ = tick.tick() => {
-                    if self.checkpoints.is_some() && self.head.seq > checkpointed {
-                        checkpointed = self.checkpoint().await.unwrap_or(checkpointed);
-                    }
-                }
-            }
-        }
-        // Shutting down: vouch for everything written.
-        if self.checkpoints.is_some() && self.head.seq > checkpointed {
-            let _ = self.checkpoint().await;
-        }
-    }
-
-    async fn checkpoint(&self) -> Option<u64> {
-        let c = self.checkpoints.as_ref()?;
-        let checkpoint = c.signer.sign(&self.head, &now_rfc3339());
-        if let Some(path) = &c.log_file
-            && let Err(error) = checkpoint::append_to_log(path, &checkpoint)
-        {
-            tracing::error!(%error, log_file = %path.display(), "Could not append a checkpoint to the checkpoint log.");
-        }
-        match self.store.insert_checkpoint(&checkpoint).await {
-            Ok(()) => Some(checkpoint.seq),
-            Err(error) => {
-                tracing::error!(%error, seq = checkpoint.seq, "Could not store an audit checkpoint; will try again.");
-                None
-            }
-        }
-    }
-
-    async fn commit(&mut self, first: Append, rx: &mut mpsc::Receiver<Append>) {
-        let mut count = first.records.len();
-        let mut pending = vec![first];
-        // Group whatever else is already waiting: concurrent requests share one commit.
-        while count < self.max_batch {
-            match rx.try_recv() {
-                Ok(next) => {
-                    count += next.records.len();
-                    pending.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        let now = now_rfc3339();
-        let mut next_head = self.head.clone();
-        let built: Vec<Vec<Record>> = pending
-            .iter()
-            .map(|a| {
-                a.records
-                    .iter()
-                    .map(|r| next_head.append(r.kind.as_str(), &r.request_id, &now, r.data.clone()))
-                    .collect()
-            })
-            .collect();
-        let result = self.store.insert_all(built.iter().flatten()).await;
-        self.metrics.observe_commit(started.elapsed(), count);
-        match result {
-            Ok(()) => {
-                self.head = next_head;
-                for (append, records) in pending.into_iter().zip(built) {
-                    let _ = append.done.send(Ok(records));
-                }
-            }
-            Err(error) => {
-                self.metrics.audit_write_failures.inc();
-                tracing::error!(%error, records = count, "Could not commit audit records; the requests waiting on them are refused.");
-                for append in pending {
-                    let _ = append.done.send(Err(error.to_string()));
-                }
-                // The commit may still have landed (an error after COMMIT reached disk), or
-                // another process wrote with this writer id: trust the store, not memory.
-                match self.store.head(&self.head.writer).await {
-                    Ok(stored) if stored.seq != self.head.seq || stored.hash != self.head.hash => {
-                        tracing::error!(
-                            expected_seq = self.head.seq,
-                            stored_seq = stored.seq,
-                            "The audit store's chain head is not the one this writer holds; continuing from the store's. Is another service using this writer id?"
-                        );
-                        self.head = stored;
-                    }
-                    _ => {}
-                }
-                // Back off briefly so a broken store is not hammered.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
 }
 
 /// Record time: RFC 3339 in UTC with milliseconds, a fixed width so text order is time order.

@@ -91,6 +91,9 @@ pub struct Conflict {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The database file (`None` for an in-memory database, which has no writer thread).
+    path: Option<std::path::PathBuf>,
+    busy_timeout: Duration,
 }
 
 impl Store {
@@ -99,11 +102,12 @@ impl Store {
     pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
         // SQLite creates a database 0644 and gives its -wal and -shm the database's mode:
         // create the file 0600 first (its folder 0700) and all three stay private.
-        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
-            && !path.is_empty()
-            && !path.starts_with(':')
-        {
-            let path = std::path::Path::new(path);
+        let path = url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'))
+            .map(std::path::PathBuf::from);
+        if let Some(path) = &path {
             crate::private_file::ensure_private_file(path).map_err(sqlx::Error::Io)?;
             if crate::private_file::is_shared(path) {
                 tracing::warn!(database = %path.display(), "The audit database can be read by other users than the service's; make it 0600.");
@@ -119,7 +123,21 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            path,
+            busy_timeout,
+        })
+    }
+
+    /// How long a statement waits for another connection's write lock.
+    pub fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
+    }
+
+    /// The database file, for the writer thread's own connection.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
     }
 
     /// The connection pool, for state kept next to the trail (approvals).

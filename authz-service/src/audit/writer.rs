@@ -1,0 +1,355 @@
+//! The writer thread: the only code that appends to this writer's chain.
+//!
+//! It owns its own SQLite connection and prepared insert, so a group commit is one hop from
+//! the async side (a channel send) and one back (a oneshot), with no round trip per
+//! statement. Two lanes: what a caller is waiting on right now (the Check's request record,
+//! approval steps) commits at once, together with whatever else is waiting; the ingest's
+//! response records linger up to [`LINGER`] and ride along with the next urgent commit, so
+//! they do not hold the disk while a request waits. Both are durable before their sender
+//! hears back. WAL checkpoints run on a thread of their own ([`spawn_wal_checkpointer`]), never
+//! inside a commit.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use gatehouse_core::audit::{ChainHead, Checkpoint, Record};
+use rusqlite::{Connection, OpenFlags, params};
+use tokio::sync::oneshot;
+
+use super::{Checkpointer, NewRecord, checkpoint, now_rfc3339};
+use crate::metrics::Metrics;
+
+/// How long the ingest's records may wait for an urgent commit to ride along with.
+pub const LINGER: Duration = Duration::from_millis(10);
+/// The most lingering records one urgent commit takes along (the rest commit on their own),
+/// so a long stream's batch does not slow the request that happens to commit next.
+const RIDE_ALONG: usize = 64;
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Which lane a job waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Someone is waiting on it now: commit at once.
+    Now,
+    /// May wait up to [`LINGER`] to share an urgent commit.
+    Linger,
+}
+
+/// What the async side asks of the writer.
+pub enum Job {
+    Append {
+        records: Vec<NewRecord>,
+        lane: Lane,
+        done: oneshot::Sender<Result<Vec<Record>, String>>,
+    },
+    /// Commit everything waiting and sign a checkpoint of it (on shutdown).
+    Flush { done: oneshot::Sender<()> },
+}
+
+struct Waiting {
+    records: Vec<NewRecord>,
+    done: oneshot::Sender<Result<Vec<Record>, String>>,
+}
+
+pub struct Writer {
+    conn: Connection,
+    head: ChainHead,
+    /// The newest record a checkpoint vouches for.
+    checkpointed: u64,
+    max_batch: usize,
+    checkpoints: Option<Checkpointer>,
+    metrics: Metrics,
+    now: VecDeque<Waiting>,
+    lingering: VecDeque<Waiting>,
+    /// When the oldest lingering job must be committed.
+    linger_until: Option<Instant>,
+}
+
+/// Opens the writer's own connection to the database at `path`: WAL, `synchronous=FULL` (a
+/// commit returns once it is on disk), no automatic checkpoint (see [`spawn_wal_checkpointer`]).
+pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        head: ChainHead,
+        checkpointed: u64,
+        max_batch: usize,
+        checkpoints: Option<Checkpointer>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            conn,
+            head,
+            checkpointed,
+            max_batch,
+            checkpoints,
+            metrics,
+            now: VecDeque::new(),
+            lingering: VecDeque::new(),
+            linger_until: None,
+        }
+    }
+
+    /// Serves jobs until every sender is gone, then commits what is left and vouches for it.
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        let every = self.checkpoints.as_ref().map(|c| c.every);
+        // The first tick is at once: a tail a crash left unsigned is signed on restart.
+        let mut next_tick = every.map(|_| Instant::now());
+        let mut flushes = Vec::new();
+        loop {
+            let deadline = [next_tick, self.linger_until].into_iter().flatten().min();
+            let first = match deadline {
+                Some(at) => jobs.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let open = match first {
+                Ok(job) => {
+                    self.take(job, &mut flushes);
+                    // Group whatever else is already waiting: concurrent callers share a commit.
+                    while let Ok(job) = jobs.try_recv() {
+                        self.take(job, &mut flushes);
+                    }
+                    true
+                }
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => false,
+            };
+            let linger_due = self.linger_until.is_some_and(|at| at <= Instant::now());
+            while !self.now.is_empty() {
+                self.commit_urgent();
+            }
+            let lingering: usize = self.lingering.iter().map(|w| w.records.len()).sum();
+            if linger_due || lingering >= self.max_batch || !flushes.is_empty() || !open {
+                while !self.lingering.is_empty() {
+                    self.commit_lingering();
+                }
+            }
+            if self.lingering.is_empty() {
+                self.linger_until = None;
+            }
+            let tick_due = next_tick.is_some_and(|at| at <= Instant::now());
+            if tick_due {
+                next_tick = every.map(|e| Instant::now() + e);
+            }
+            let by_count = self
+                .checkpoints
+                .as_ref()
+                .is_some_and(|c| self.head.seq >= self.checkpointed + c.every_records);
+            if by_count || ((tick_due || !flushes.is_empty() || !open) && self.head.seq > self.checkpointed) {
+                self.checkpoint();
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+
+    fn take(&mut self, job: Job, flushes: &mut Vec<oneshot::Sender<()>>) {
+        match job {
+            Job::Append { records, lane, done } if !records.is_empty() => {
+                let waiting = Waiting { records, done };
+                match lane {
+                    Lane::Now => self.now.push_back(waiting),
+                    Lane::Linger => {
+                        self.linger_until.get_or_insert_with(|| Instant::now() + LINGER);
+                        self.lingering.push_back(waiting);
+                    }
+                }
+            }
+            Job::Append { done, .. } => {
+                let _ = done.send(Ok(Vec::new()));
+            }
+            Job::Flush { done } => flushes.push(done),
+        }
+    }
+
+    /// One transaction: urgent jobs up to `max_batch` records, and lingering ones along.
+    fn commit_urgent(&mut self) {
+        let mut batch = take_up_to(&mut self.now, self.max_batch);
+        batch.extend(take_up_to(&mut self.lingering, RIDE_ALONG));
+        self.commit(batch);
+    }
+
+    fn commit_lingering(&mut self) {
+        let batch = take_up_to(&mut self.lingering, self.max_batch);
+        self.commit(batch);
+    }
+
+    fn commit(&mut self, batch: Vec<Waiting>) {
+        let count: usize = batch.iter().map(|w| w.records.len()).sum();
+        let started = Instant::now();
+        let now = now_rfc3339();
+        let mut next_head = self.head.clone();
+        let built: Vec<Vec<Record>> = batch
+            .iter()
+            .map(|w| {
+                w.records
+                    .iter()
+                    .map(|r| next_head.append(r.kind.as_str(), &r.request_id, &now, r.data.clone()))
+                    .collect()
+            })
+            .collect();
+        let result = insert_all(&mut self.conn, built.iter().flatten());
+        self.metrics.observe_commit(started.elapsed(), count);
+        match result {
+            Ok(()) => {
+                self.head = next_head;
+                for (waiting, records) in batch.into_iter().zip(built) {
+                    let _ = waiting.done.send(Ok(records));
+                }
+            }
+            Err(error) => {
+                self.metrics.audit_write_failures.inc();
+                tracing::error!(%error, records = count, "Could not commit audit records; the requests waiting on them are refused.");
+                for waiting in batch {
+                    let _ = waiting.done.send(Err(error.to_string()));
+                }
+                // The commit may still have landed (an error after COMMIT reached disk), or
+                // another process wrote with this writer id: trust the store, not memory.
+                match read_head(&self.conn, &self.head.writer) {
+                    Ok(stored) if stored.seq != self.head.seq || stored.hash != self.head.hash => {
+                        tracing::error!(
+                            expected_seq = self.head.seq,
+                            stored_seq = stored.seq,
+                            "The audit store's chain head is not the one this writer holds; continuing from the store's. Is another service using this writer id?"
+                        );
+                        self.head = stored;
+                    }
+                    _ => {}
+                }
+                // Back off briefly so a broken store is not hammered.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        let Some(c) = self.checkpoints.as_ref() else {
+            return;
+        };
+        let checkpoint = c.signer.sign(&self.head, &now_rfc3339());
+        if let Some(path) = &c.log_file
+            && let Err(error) = checkpoint::append_to_log(path, &checkpoint)
+        {
+            tracing::error!(%error, log_file = %path.display(), "Could not append a checkpoint to the checkpoint log.");
+        }
+        match insert_checkpoint(&self.conn, &checkpoint) {
+            Ok(()) => self.checkpointed = checkpoint.seq,
+            Err(error) => {
+                tracing::error!(%error, seq = checkpoint.seq, "Could not store an audit checkpoint; will try again.");
+            }
+        }
+    }
+}
+
+/// Whole jobs from the front of `queue` while they fit in `limit` records (at least one).
+fn take_up_to(queue: &mut VecDeque<Waiting>, limit: usize) -> Vec<Waiting> {
+    let mut out = Vec::new();
+    let mut count = 0;
+    while let Some(next) = queue.front() {
+        if !out.is_empty() && count + next.records.len() > limit {
+            break;
+        }
+        count += next.records.len();
+        out.extend(queue.pop_front());
+    }
+    out
+}
+
+fn insert_all<'a>(conn: &mut Connection, records: impl Iterator<Item = &'a Record>) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit_records (writer, seq, kind, request_id, recorded_at, prev_hash, hash, data)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )?;
+        for r in records {
+            insert.execute(params![
+                r.writer,
+                r.seq as i64,
+                r.kind,
+                r.request_id,
+                r.recorded_at,
+                r.prev_hash,
+                r.hash,
+                serde_json::to_string(&r.data).unwrap_or_default(),
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+fn insert_checkpoint(conn: &Connection, c: &Checkpoint) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO audit_checkpoints (writer, seq, hash, signed_at, signature) VALUES (?, ?, ?, ?, ?)",
+    )?
+    .execute(params![c.writer, c.seq as i64, c.hash, c.signed_at, c.signature])
+    .map(|_| ())
+}
+
+/// The writer's last record, or the genesis head.
+pub fn read_head(conn: &Connection, writer: &str) -> rusqlite::Result<ChainHead> {
+    let row = conn
+        .prepare_cached("SELECT seq, hash FROM audit_records WHERE writer = ? ORDER BY seq DESC LIMIT 1")?
+        .query_row([writer], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)));
+    match row {
+        Ok((seq, hash)) => Ok(ChainHead {
+            writer: writer.to_owned(),
+            seq: seq as u64,
+            hash,
+        }),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(ChainHead::genesis(writer)),
+        Err(error) => Err(error),
+    }
+}
+
+/// The newest checkpointed seq of `writer` (0 for none).
+pub fn last_checkpoint(conn: &Connection, writer: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints WHERE writer = ?",
+        [writer],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|seq| seq as u64)
+}
+
+/// Copies the WAL into the database in the background, so no commit pays for it: a passive
+/// checkpoint (it never blocks the writer) every [`CHECKPOINT_EVERY`]. Ends when `stop`'s
+/// sender is dropped.
+pub fn spawn_wal_checkpointer(path: PathBuf, busy_timeout: Duration, stop: Receiver<()>) {
+    let spawned = std::thread::Builder::new()
+        .name("audit-wal-checkpoint".into())
+        .spawn(move || {
+            let conn = match open(&path, busy_timeout) {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::error!(%error, "Could not open the audit store for WAL checkpoints; the WAL grows until restart.");
+                    return;
+                }
+            };
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
+                    tracing::warn!(%error, "A WAL checkpoint of the audit store failed; will try again.");
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "Could not start the audit store's WAL checkpoint thread.");
+    }
+}

@@ -241,8 +241,9 @@ impl RootContext for Root {
             .unwrap_or_else(|| "gatehouse".to_owned());
         // Every worker has its own VM and may number its root context the same, so a
         // random tag tells the workers apart.
-        let tag = wire::format_request_id(&self.shared.random_bytes());
-        self.source = format!("{plugin}/{}/{}", self.context_id, tag.get(..8).unwrap_or_default());
+        // (8 hex characters of an id's random part: it starts after the 12 of the time.)
+        let tag = wire::format_request_id(0, &self.shared.random_bytes());
+        self.source = format!("{plugin}/{}/{}", self.context_id, tag.get(12..20).unwrap_or_default());
         if let Some(mut shipper) = self.shared.shipper() {
             let dropped = shipper.set_limits(config.queue_limits());
             shared::count(self.shared.metrics().dropped, dropped);

@@ -168,8 +168,8 @@ impl Shared {
         drained.resume
     }
 
-    pub fn random_bytes(&self) -> [u8; wire::REQUEST_ID_BYTES] {
-        let mut bytes = [0; wire::REQUEST_ID_BYTES];
+    pub fn random_bytes(&self) -> [u8; wire::REQUEST_ID_RANDOM_BYTES] {
+        let mut bytes = [0; wire::REQUEST_ID_RANDOM_BYTES];
         if getrandom::fill(&mut bytes).is_ok() {
             return bytes;
         }
@@ -182,6 +182,6 @@ impl Shared {
     }
 
     pub fn new_request_id(&self) -> String {
-        wire::format_request_id(&self.random_bytes())
+        wire::format_request_id(host::now_ms(), &self.random_bytes())
     }
 }

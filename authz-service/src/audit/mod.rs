@@ -147,9 +147,38 @@ impl AuditLog {
     }
 
     /// Appends records nobody waits on right now (the filter's response records): they may
-    /// wait up to [`writer::LINGER`] to share the next commit. Durable once this returns.
-    pub async fn append_lingering(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, AuditError> {
-        self.append_in(records, Lane::Linger).await
+    /// wait up to [`writer::LINGER`] to share a commit, in chunks of at most
+    /// [`writer::RIDE_ALONG`] so that none makes a waiting request pay for many inserts.
+    /// Durable once this returns, in this order; on an error, the chunks before it may be
+    /// stored (the ingest recognises them when the filter retries).
+    pub async fn append_lingering(&self, mut records: Vec<NewRecord>) -> Result<Vec<Record>, AuditError> {
+        let _room = self.room.acquire().await.map_err(|_| AuditError::WriterGone)?;
+        let mut chunks = Vec::new();
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(writer::RIDE_ALONG));
+            chunks.push(std::mem::replace(&mut records, rest));
+        }
+        let mut waits = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let (done, wait) = oneshot::channel();
+            self.jobs
+                .send(writer::Job::Append {
+                    records: chunk,
+                    lane: Lane::Linger,
+                    done,
+                })
+                .map_err(|_| AuditError::WriterGone)?;
+            waits.push(wait);
+        }
+        let mut written = Vec::new();
+        for wait in waits {
+            written.extend(
+                wait.await
+                    .map_err(|_| AuditError::WriterGone)?
+                    .map_err(AuditError::Invalid)?,
+            );
+        }
+        Ok(written)
     }
 
     async fn append_in(&self, records: Vec<NewRecord>, lane: Lane) -> Result<Vec<Record>, AuditError> {

@@ -23,9 +23,10 @@ use crate::metrics::Metrics;
 
 /// How long the ingest's records may wait for an urgent commit to ride along with.
 pub const LINGER: Duration = Duration::from_millis(10);
-/// The most lingering records one urgent commit takes along (the rest commit on their own),
-/// so a long stream's batch does not slow the request that happens to commit next.
-const RIDE_ALONG: usize = 64;
+/// The most lingering records one commit takes (along with urgent ones, or on their own), so
+/// an ingest batch never makes the request that commits next wait for many inserts. The
+/// async side splits a batch into jobs of at most this many ([`super::AuditLog::append_lingering`]).
+pub const RIDE_ALONG: usize = 16;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Which lane a job waits in.
@@ -127,14 +128,20 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => true,
                 Err(RecvTimeoutError::Disconnected) => false,
             };
-            let linger_due = self.linger_until.is_some_and(|at| at <= Instant::now());
-            while !self.now.is_empty() {
-                self.commit_urgent();
-            }
-            let lingering: usize = self.lingering.iter().map(|w| w.records.len()).sum();
-            if linger_due || lingering >= self.max_batch || !flushes.is_empty() || !open {
-                while !self.lingering.is_empty() {
+            // Urgent jobs first; lingering ones one chunk at a time once due, with whatever
+            // became urgent meanwhile going before the next chunk.
+            loop {
+                let lingering: usize = self.lingering.iter().map(|w| w.records.len()).sum();
+                let linger_due = self.linger_until.is_some_and(|at| at <= Instant::now());
+                if !self.now.is_empty() {
+                    self.commit_urgent();
+                } else if lingering > 0 && (linger_due || lingering >= self.max_batch || !flushes.is_empty() || !open) {
                     self.commit_lingering();
+                } else {
+                    break;
+                }
+                while let Ok(job) = jobs.try_recv() {
+                    self.take(job, &mut flushes);
                 }
             }
             if self.lingering.is_empty() {
@@ -187,7 +194,7 @@ impl Writer {
     }
 
     fn commit_lingering(&mut self) {
-        let batch = take_up_to(&mut self.lingering, self.max_batch);
+        let batch = take_up_to(&mut self.lingering, RIDE_ALONG);
         self.commit(batch);
     }
 

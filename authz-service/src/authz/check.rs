@@ -449,7 +449,10 @@ pub fn resource_metadata_url(public_url: &url::Url, path: &str) -> String {
 
 /// A request id for a Check that came without one (it is refused, and recorded under it).
 fn new_request_id() -> String {
-    wire::format_request_id(&rand::random())
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    wire::format_request_id(now_ms, &rand::random())
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ OUT = Path(os.environ.get("BENCH_OUT", ROOT / "BENCHMARKS.md"))
 # The heading each section's report starts with: a run keeps the sections it did not measure.
 SECTION_HEADINGS = {
     "latency": "## Latency at fixed rates",
-    "soak": "## Soak: memory and rate over 1 million calls",
+    "soak": "## Soak: memory and rate, batch by batch",
     "masking": "## Masking",
     "policy": "## Policy decision cost (1,000 rules)",
     "credentials": "## AWS SigV4 signing",
@@ -566,6 +566,7 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
             results["policy"]["end_to_end"] = policy_end_to_end(
                 {**targets, "policy": (with_policy["url"], with_policy["headers"])}, scenario["tool"], rest_ports, audit
             )
+            results["policy"]["trail"] = with_policy["trail"]
             audit.close()
         if "credentials" in SECTIONS:
             results["credentials"] = credentials_section(procs, work, up_port, targets)
@@ -575,6 +576,9 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
             gw["trail"]["verify"] = verify_trail(gw["config"])
         results["trail"] = gw["trail"]
         write_report(results, rss, disk)
+    except BaseException:
+        print(f"bench: logs and databases kept in {work}", file=sys.stderr)
+        raise
     finally:
         procs.stop_all()
     shutil.rmtree(work, ignore_errors=True)
@@ -652,13 +656,13 @@ def start_gateway(
     service.wait_http(health, ok=lambda r: r.status_code == 200)
     envoy = start_envoy(procs, f"envoy-{name}", gw_dir / "envoy.yaml", ports["admin_port"])
 
-    def token(sub: str, groups: str) -> str:
-        return gatehouse("dev-token", "--config", cfg, "--sub", sub, "--groups", groups).stdout.strip()
+    def token(sub: str, groups: str, *extra: str) -> str:
+        return gatehouse("dev-token", "--config", cfg, "--sub", sub, "--groups", groups, *extra).stdout.strip()
 
     return {
         "url": f"http://127.0.0.1:{ports['http_port']}/mcp",
         "headers": {"Authorization": f"Bearer {token(subject, ','.join(groups))}"},
-        "auditor_token": token("bench-auditor", "auditors"),
+        "auditor_token": token("bench-auditor", "auditors", "--auditor"),  # for the audit REST API
         "ports": ports,
         "service": service,
         "envoy": envoy,
@@ -887,7 +891,8 @@ def policy_report(p: dict) -> list[str]:
         f"The same open-loop tools/call (`{e2e['tool']}`, ~1 KB answer) through plain Envoy, the gateway without a",
         "policy and the gateway holding the rules (the last one allows the call; it also routes the rules' other",
         f"upstreams). The paths take turns; each figure is the median of {RUNS} runs of {SECONDS} s. Added: over plain",
-        "Envoy in the same run.",
+        "Envoy in the same run. Both gateways started with "
+        + (f"{p['trail']['records']:,} records in their stores." if p.get("trail") else "empty stores."),
         "",
         "| rate | path | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |",
         "|---|---|---|---|---|---|---|",

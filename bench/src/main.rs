@@ -653,3 +653,50 @@ async fn closed_loop(
         "max_ms": pct(1.0),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_addr() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_closed_loop_counts_every_call_and_every_failure() {
+        let addr = free_addr();
+        tokio::spawn(upstream(addr, 1024));
+        let url = format!("http://{addr}/mcp");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = closed_loop(&url, 4, Stop::After(200), Duration::ZERO, &[], "echo")
+            .await
+            .unwrap();
+        assert_eq!((r["ok"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)));
+        let timed = closed_loop(
+            &url,
+            2,
+            Stop::At(Duration::from_millis(200)),
+            Duration::ZERO,
+            &[],
+            "echo",
+        )
+        .await
+        .unwrap();
+        assert!(timed["ok"].as_u64().unwrap() > 0 && timed["achieved_rate"].as_f64().unwrap() > 0.0);
+
+        let nobody = format!("http://{}/mcp", free_addr());
+        let r = closed_loop(&nobody, 2, Stop::After(20), Duration::ZERO, &[], "echo")
+            .await
+            .unwrap();
+        assert_eq!(r["ok"].as_u64(), Some(0));
+        assert!(r["errors"].as_u64().unwrap() >= 20, "{r}");
+    }
+}

@@ -135,6 +135,31 @@ fn response_data(text: &str, unix_ms: u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_service::audit::{Store, verify::verify_store};
+
+    #[tokio::test]
+    async fn a_filled_trail_is_one_valid_chain_of_request_and_response_pairs_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let url = format!("sqlite://{}", db.display());
+        let store = Store::open(&url, std::time::Duration::from_secs(1)).await.unwrap();
+        let out = run(&db, "w1", 2 * BATCH + 3).unwrap();
+        assert_eq!(out["records"], 2 * BATCH + 3);
+        let verified = verify_store(&store, None).await.unwrap();
+        assert_eq!(verified.writers.len(), 1);
+        assert_eq!(verified.writers[0].records, 2 * BATCH + 3);
+        let records = store.chain_page("w1", 0, 10).await.unwrap();
+        assert_eq!(records[0].kind, "request");
+        assert_eq!(records[1].kind, "response");
+        assert_eq!(records[0].request_id, records[1].request_id);
+        assert!(records[0].request_id < records[2].request_id, "ids follow time");
+        // A second fill continues the chain.
+        run(&db, "w1", 10).unwrap();
+        assert_eq!(
+            verify_store(&store, None).await.unwrap().writers[0].records,
+            2 * BATCH + 13
+        );
+    }
 
     #[test]
     fn request_ids_start_with_the_big_endian_milliseconds() {

@@ -523,6 +523,10 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
         native_policy = policy_native(rules_file)
     native_ingest = ingest_native() if "ingest" in SECTIONS else None
     trail_records = TRAIL_RECORDS if "trail" in SECTIONS else 0
+    # ~1.6 KB a record with its indexes: the trail in one or two stores, two records a soak call.
+    need = 1600 * (trail_records * (1 + ("policy" in SECTIONS)) + 2 * SOAK_CALLS * ("soak" in SECTIONS))
+    if shutil.disk_usage(work).free < need:
+        print(f"bench: the audit stores need ~{need / 2**30:.1f} GiB under {work}; less is free", file=sys.stderr)
     try:
         up_port = free_port()
         upstream = procs.start("upstream", [BENCH, "upstream", "--listen", f"127.0.0.1:{up_port}"])

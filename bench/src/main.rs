@@ -5,18 +5,24 @@
 //!   the gateway, not the server.
 //! - `load`: an open-loop load generator. Requests are *scheduled* at a fixed rate and each
 //!   latency is measured from its scheduled start, so a stalled gateway shows up as latency
-//!   instead of silently lowering the offered rate (no coordinated omission).
+//!   instead of silently lowering the offered rate (no coordinated omission). With `--closed`,
+//!   a closed loop instead: `--connections` connections, each sending its next call as soon as
+//!   the previous answer arrives (the maximum rate).
 //! - `fetch`: sequential calls of one tool, for throughput of large answers.
 //! - `mask`: the masking engine's native throughput on the same mixed text the upstream
 //!   serves (see [`mixed`]).
 //! - `policy`: the policy engine's decision cost with 1,000 rules (see [`policy`]).
 //! - `sign`: SigV4 over a 1 KB call with a cached STS session (see [`sign`]).
 //! - `ingest-cpu`: the service's CPU per response record at ingest (see [`ingest`]).
+//! - `disk`: fsync, fdatasync and one SQLite commit on the disk under a directory (see [`disk`]).
+//! - `fill-trail`: an audit database filled with a long valid trail (see [`trail`]).
 
+mod disk;
 mod ingest;
 mod mixed;
 mod policy;
 mod sign;
+mod trail;
 
 use std::{
     net::SocketAddr,
@@ -51,9 +57,19 @@ enum Command {
     Load {
         #[arg(long)]
         url: String,
-        /// Requests per second.
+        /// Requests per second (open loop).
+        #[arg(long, required_unless_present = "closed")]
+        rate: Option<u32>,
+        /// A closed loop instead: each connection sends its next call when the previous answer
+        /// has arrived; latency from each call's send.
         #[arg(long)]
-        rate: u32,
+        closed: bool,
+        /// Connections of the closed loop.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Closed loop: stop after this many calls (after warm-up) instead of after `seconds`.
+        #[arg(long)]
+        requests: Option<u64>,
         /// Seconds of load (after warm-up).
         #[arg(long, default_value_t = 10)]
         seconds: u32,
@@ -107,6 +123,24 @@ enum Command {
         #[arg(long, default_value_t = 15)]
         runs: u32,
     },
+    /// fsync, fdatasync (4 KiB writes) and one SQLite commit (one ~1 KB row, WAL,
+    /// synchronous=FULL) in `dir`, each timed alone: p50/p99 as JSON.
+    Disk {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        writes: u32,
+    },
+    /// Append `records` request/response records to `writer`'s chain in an audit database the
+    /// service has created; prints what it wrote as JSON.
+    FillTrail {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        writer: String,
+        #[arg(long)]
+        records: u64,
+    },
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -127,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Load {
             url,
             rate,
+            closed,
+            connections,
+            requests,
             seconds,
             warmup_seconds,
             headers,
@@ -134,7 +171,18 @@ async fn main() -> anyhow::Result<()> {
             tool,
         } => {
             let headers = parse_headers(&headers)?;
-            let report = load(&url, rate, seconds, warmup_seconds, &headers, max_in_flight, &tool).await?;
+            let warmup = Duration::from_secs(u64::from(warmup_seconds));
+            let report = match rate {
+                _ if closed => {
+                    let stop = match requests {
+                        Some(n) => Stop::After(n),
+                        None => Stop::At(Duration::from_secs(u64::from(seconds))),
+                    };
+                    closed_loop(&url, connections, stop, warmup, &headers, &tool).await?
+                }
+                Some(rate) => load(&url, rate, seconds, warmup_seconds, &headers, max_in_flight, &tool).await?,
+                None => anyhow::bail!("--rate or --closed"),
+            };
             println!("{report}");
             Ok(())
         }
@@ -162,6 +210,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::IngestCpu { runs } => {
             println!("{}", ingest::run(runs));
+            Ok(())
+        }
+        Command::Disk { dir, writes } => {
+            println!("{}", disk::run(&dir, writes)?);
+            Ok(())
+        }
+        Command::FillTrail { db, writer, records } => {
+            println!("{}", trail::run(&db, &writer, records)?);
             Ok(())
         }
     }
@@ -430,6 +486,7 @@ async fn load(
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(u64::from(warmup_seconds));
     let mut overloaded = 0u64;
+    let mut sent = 0u64;
     for i in 0..total {
         let scheduled = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
@@ -446,6 +503,7 @@ async fn load(
             req = req.header(k, v);
         }
         let req = req.body(Full::new(body.clone()))?;
+        sent += 1;
         let (client, tx) = (client.clone(), tx.clone());
         tokio::spawn(async move {
             let ok = match client.request(req).await {
@@ -481,6 +539,7 @@ async fn load(
     let measured = (start.elapsed().as_secs_f64() - f64::from(warmup_seconds)).max(0.001);
     Ok(json!({
         "offered_rate": rate,
+        "sent": sent,
         "ok": latencies.len(),
         "errors": errors,
         "overloaded": overloaded,
@@ -490,4 +549,154 @@ async fn load(
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
     }))
+}
+
+/// When a closed loop ends.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// This long after the warm-up.
+    At(Duration),
+    /// Once this many calls have been sent after the warm-up.
+    After(u64),
+}
+
+/// `connections` connections, each sending its next tools/call when the previous answer has
+/// arrived, until `stop`. Calls sent during `warmup` are not counted; latency is from each
+/// call's send to its whole answer; a failed call (transport error or non-2xx) is an error.
+async fn closed_loop(
+    url: &str,
+    connections: usize,
+    stop: Stop,
+    warmup: Duration,
+    headers: &[(String, String)],
+    tool: &str,
+) -> anyhow::Result<Value> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let uri: hyper::Uri = url.parse()?;
+    let body = call_body(tool);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let counted = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (uri, body, headers) = (uri.clone(), body.clone(), headers.to_vec());
+        let (counted, sent) = (counted.clone(), sent.clone());
+        workers.spawn(async move {
+            // One client, one connection per worker: its calls never overlap.
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build_http();
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            loop {
+                let now = Instant::now();
+                let measured = now >= measure_from;
+                match stop {
+                    Stop::At(d) if now >= measure_from + d => break,
+                    Stop::After(n) if measured && counted.fetch_add(1, Ordering::Relaxed) >= n => break,
+                    _ => {}
+                }
+                let mut req = hyper::Request::post(uri.clone())
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream");
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                let Ok(req) = req.body(Full::new(body.clone())) else {
+                    errors += 1;
+                    break;
+                };
+                sent.fetch_add(1, Ordering::Relaxed);
+                let ok = match client.request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        resp.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if measured {
+                    if ok {
+                        latencies.push(now.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                if !ok {
+                    // A refused connection fails at once: do not spin.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+    while let Some(done) = workers.join_next().await {
+        let (l, e) = done?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let measured = start.elapsed().saturating_sub(warmup).as_secs_f64().max(0.001);
+    latencies.sort_unstable();
+    let pct = |p: f64| percentile(&latencies, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    Ok(json!({
+        "mode": "closed",
+        "connections": connections,
+        "sent": sent.load(Ordering::Relaxed),
+        "ok": latencies.len(),
+        "errors": errors,
+        "overloaded": 0,
+        "seconds": measured,
+        "achieved_rate": latencies.len() as f64 / measured,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_addr() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_closed_loop_counts_every_call_and_every_failure() {
+        let addr = free_addr();
+        tokio::spawn(upstream(addr, 1024));
+        let url = format!("http://{addr}/mcp");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = closed_loop(&url, 4, Stop::After(200), Duration::ZERO, &[], "echo")
+            .await
+            .unwrap();
+        assert_eq!((r["ok"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)));
+        let timed = closed_loop(
+            &url,
+            2,
+            Stop::At(Duration::from_millis(200)),
+            Duration::ZERO,
+            &[],
+            "echo",
+        )
+        .await
+        .unwrap();
+        assert!(timed["ok"].as_u64().unwrap() > 0 && timed["achieved_rate"].as_f64().unwrap() > 0.0);
+
+        let nobody = format!("http://{}/mcp", free_addr());
+        let r = closed_loop(&nobody, 2, Stop::After(20), Duration::ZERO, &[], "echo")
+            .await
+            .unwrap();
+        assert_eq!(r["ok"].as_u64(), Some(0));
+        assert!(r["errors"].as_u64().unwrap() >= 20, "{r}");
+    }
 }

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -109,6 +110,12 @@ def load(url: str, rate: int | None, seconds: int, headers: dict[str, str], tool
     return out
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (the load generator's runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -134,9 +141,12 @@ def rounds(
         for name, (url, headers) in targets.items():
             pids = (cpu or {}).get(name, {})
             before = {proc: cpu_seconds(pid) for proc, pid in pids.items()}
+            before_load = children_cpu_seconds()
             runs[name].append(load(url, rate, SECONDS, headers, tool=tool))
             for proc, pid in pids.items():
                 used[name][proc] = used[name].get(proc, 0.0) + cpu_seconds(pid) - before[proc]
+            if pids:
+                used[name]["load"] = used[name].get("load", 0.0) + children_cpu_seconds() - before_load
     out = {}
     for name, rs in runs.items():
         p50, p99, achieved = spread(rs, "p50_ms"), spread(rs, "p99_ms"), spread(rs, "achieved_rate")
@@ -290,7 +300,7 @@ def latency(targets: dict, results: dict, rest_port: int, pids: dict[str, int]) 
             results[name][rate] = summary
     results["service"] = service_metrics(rest_port, before)
     print(f"service: {results['service']}")
-    for name, summary in rounds(targets, None).items():
+    for name, summary in rounds(targets, None, cpu=cpu).items():
         results[name]["max"] = summary
     rss = {
         "envoy": rss_series(targets["envoy"][0], {}, {"Envoy": pids["envoy_plain"]}),
@@ -964,6 +974,51 @@ def credentials_report(c: dict) -> list[str]:
     return lines
 
 
+def limit_report(mx: dict) -> list[str]:
+    """What limits the closed-loop rate: every process's CPU per call over the closed-loop runs
+    (the load generator's too), and the rate at which they would fill the machine's cores."""
+    cores = os.cpu_count() or 1
+    lines = [
+        "#### What limits the rate",
+        "",
+        "CPU per call over the closed-loop runs, by process (user + system; the load generator is this run's",
+        f"`gatehouse-bench load`). All share the machine's {cores} cores, so {cores} s of CPU a second divided by",
+        "the sum is the rate at which the cores are full.",
+        "",
+        "| path | Envoy µs | service µs | upstream µs | load generator µs | sum µs | cores full at req/s"
+        " | measured req/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fill = {}
+    for label, name in (("plain Envoy", "envoy"), ("Gatehouse", "gateway")):
+        r = mx[name]
+        us = {proc: sec * 1e6 / max(r["calls"], 1) for proc, sec in r["cpu_s"].items()}
+        total = sum(us.values())
+        full = cores * 1e6 / total if total else float("nan")
+        fill[name] = r["rate"] / full if total else 0.0
+        service = f"{us['service']:.0f}" if "service" in us else "—"
+        lines.append(
+            f"| {label} | {us['Envoy']:.0f} | {service} | {us['upstream']:.0f} | {us['load']:.0f} | {total:.0f} |"
+            f" {full:,.0f} | {r['rate']:,.0f} |"
+        )
+    bound = (
+        f"The gateway's rate is bound by CPU: it ran at {fill['gateway']:.0%} of the rate that fills the cores."
+        if fill["gateway"] >= 0.85
+        else f"The gateway ran at {fill['gateway']:.0%} of the rate that fills the cores: not CPU alone but"
+        " waiting (the audit commit, one at a time) held it back too."
+    )
+    lines += [
+        "",
+        bound,
+        "What it spends beyond plain Envoy per call is the ext_authz round trip (Envoy's",
+        "gRPC client and the service's HTTP/2, TLS and Check), the request record's group commit (the",
+        "writer thread's WAL writes and fdatasync), the filter's request and response work, and the",
+        "response record's ingest (ARCHITECTURE.md, Performance notes, has a breakdown).",
+        "",
+    ]
+    return lines
+
+
 def ms_spread(r: dict, key: str) -> str:
     """`median (min–max)` of one figure over the rounds."""
     f = r["spread"][key]
@@ -1035,6 +1090,7 @@ def latency_report(results: dict, rss: dict[str, dict[str, list[int]]]) -> list[
         f"Gatehouse reaches {share:.0%} of plain Envoy's rate; target ≥ {TARGET_MAX_RATE:,} req/s or"
         f" ≥ {TARGET_MAX_SHARE:.0%} of plain Envoy's: {max_verdict}.",
         "",
+        *limit_report(mx),
     ]
 
     lines += [

@@ -168,9 +168,12 @@ fn admit(
     let lost_subject = matches!(&event, AuditEvent::RequestRejected(e) if e.subject.is_none());
     let record = encode(event)?;
     let stored = view.stored.entry((request_id.to_owned(), part)).or_default();
-    let canonical = unflagged(&record.data, lost_subject);
-    if stored.iter().any(|s| unflagged(s, lost_subject) == canonical) {
-        return None;
+    // Nothing stored for this part (the usual case): nothing to compare with.
+    if !stored.is_empty() {
+        let canonical = unflagged(&record.data, lost_subject);
+        if stored.iter().any(|s| unflagged(s, lost_subject) == canonical) {
+            return None;
+        }
     }
     let conflict = !stored.is_empty();
     stored.push(record.data.clone());

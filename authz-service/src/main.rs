@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: a Check allocates and frees many small buffers across
+/// threads (the gRPC codec, the record, the writer thread), where glibc spent ~15 % of the
+/// service's CPU consolidating free lists (BENCHMARKS.md, CPU per call).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

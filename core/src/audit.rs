@@ -90,28 +90,52 @@ pub fn record_hash(
     prev_hash: &str,
     data: &Value,
 ) -> String {
-    let mut hasher = Sha256::new();
-    // A fixed-order object: the field set is part of the format, so a version tag leads it.
-    let mut buf = Vec::with_capacity(256);
-    buf.extend_from_slice(b"{\"v\":1,\"seq\":");
-    buf.extend_from_slice(seq.to_string().as_bytes());
-    for (key, value) in [
-        ("writer", writer),
-        ("kind", kind),
-        ("request_id", request_id),
-        ("recorded_at", recorded_at),
-        ("prev_hash", prev_hash),
-    ] {
-        buf.extend_from_slice(b",\"");
-        buf.extend_from_slice(key.as_bytes());
-        buf.extend_from_slice(b"\":");
-        write_str(value, &mut buf);
+    let fields = RecordFields {
+        seq,
+        writer,
+        kind,
+        request_id,
+        recorded_at,
+        prev_hash,
+    };
+    fields.hash(&canonical_json(data))
+}
+
+/// A record's fields but its data: with the data's [`canonical_json`], what its hash covers.
+struct RecordFields<'a> {
+    seq: u64,
+    writer: &'a str,
+    kind: &'a str,
+    request_id: &'a str,
+    recorded_at: &'a str,
+    prev_hash: &'a str,
+}
+
+impl RecordFields<'_> {
+    fn hash(&self, canonical_data: &[u8]) -> String {
+        // A fixed-order object: the field set is part of the format, so a version tag leads it.
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(b"{\"v\":1,\"seq\":");
+        buf.extend_from_slice(self.seq.to_string().as_bytes());
+        for (key, value) in [
+            ("writer", self.writer),
+            ("kind", self.kind),
+            ("request_id", self.request_id),
+            ("recorded_at", self.recorded_at),
+            ("prev_hash", self.prev_hash),
+        ] {
+            buf.extend_from_slice(b",\"");
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(b"\":");
+            write_str(value, &mut buf);
+        }
+        buf.extend_from_slice(b",\"data\":");
+        let mut hasher = Sha256::new();
+        hasher.update(&buf);
+        hasher.update(canonical_data);
+        hasher.update(b"}");
+        hex::encode(hasher.finalize())
     }
-    buf.extend_from_slice(b",\"data\":");
-    write_canonical(data, &mut buf);
-    buf.push(b'}');
-    hasher.update(&buf);
-    hex::encode(hasher.finalize())
 }
 
 /// Canonical JSON: object keys sorted by their UTF-8 bytes, no insignificant white space,
@@ -354,8 +378,30 @@ impl ChainHead {
 
     /// Appends a record and advances the head.
     pub fn append(&mut self, kind: &str, request_id: &str, recorded_at: &str, data: Value) -> Record {
+        let canonical = canonical_json(&data);
+        self.append_encoded(kind, request_id, recorded_at, data, &canonical)
+    }
+
+    /// [`append`](Self::append) with the data's [`canonical_json`] already made (the audit
+    /// writer has it made before the record reaches the one thread that appends).
+    pub fn append_encoded(
+        &mut self,
+        kind: &str,
+        request_id: &str,
+        recorded_at: &str,
+        data: Value,
+        canonical_data: &[u8],
+    ) -> Record {
         let seq = self.seq + 1;
-        let hash = record_hash(seq, &self.writer, kind, request_id, recorded_at, &self.hash, &data);
+        let fields = RecordFields {
+            seq,
+            writer: &self.writer,
+            kind,
+            request_id,
+            recorded_at,
+            prev_hash: &self.hash,
+        };
+        let hash = fields.hash(canonical_data);
         let record = Record {
             seq,
             writer: self.writer.clone(),

@@ -163,7 +163,7 @@ impl AuditLog {
             let (done, wait) = oneshot::channel();
             self.jobs
                 .send(writer::Job::Append {
-                    records: chunk,
+                    records: chunk.into_iter().map(writer::Prepared::new).collect(),
                     lane: Lane::Linger,
                     done,
                 })
@@ -185,7 +185,11 @@ impl AuditLog {
         let _room = self.room.acquire().await.map_err(|_| AuditError::WriterGone)?;
         let (done, wait) = oneshot::channel();
         self.jobs
-            .send(writer::Job::Append { records, lane, done })
+            .send(writer::Job::Append {
+                records: records.into_iter().map(writer::Prepared::new).collect(),
+                lane,
+                done,
+            })
             .map_err(|_| AuditError::WriterGone)?;
         wait.await
             .map_err(|_| AuditError::WriterGone)?

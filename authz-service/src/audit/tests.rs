@@ -163,3 +163,56 @@ async fn a_tail_left_unsigned_by_a_crash_is_signed_on_restart() {
     }
     assert_eq!(signed.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3]);
 }
+
+/// An attacker (or a long stream) floods the ingest with response records: a request's record
+/// must still commit at once, with at most one chunk of them along, not after the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_ingested_records_does_not_hold_back_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let store = super::Store::open(&url, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let log = super::AuditLog::start(store, "w", 256, None, crate::metrics::Metrics::default())
+        .await
+        .unwrap();
+    let flood: usize = 500 * super::writer::RIDE_ALONG;
+    let response = |i: usize| super::NewRecord {
+        kind: RecordKind::Response,
+        request_id: format!("{i:032x}"),
+        data: json!({"part": 0, "message": "x".repeat(100)}),
+    };
+    let lingering = {
+        let log = log.clone();
+        tokio::spawn(async move { log.append_lingering((0..flood).map(response).collect()).await })
+    };
+    // The flood's jobs are queued (the writer has begun on them) before the request arrives.
+    let mut conn = raw(dir.path()).await;
+    let max_seq = async |conn: &mut sqlx::SqliteConnection| -> i64 {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_records")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    while max_seq(&mut conn).await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let request = log
+        .append_one(
+            RecordKind::Request,
+            &format!("{:032x}", flood + 1),
+            json!({"tool": "echo"}),
+        )
+        .await
+        .unwrap();
+    // Its commit carried at most one chunk of the flood along (a few more chunks may commit
+    // between its return and this look), not the whole queue.
+    let stored = max_seq(&mut conn).await as u64;
+    let chunk = super::writer::RIDE_ALONG as u64;
+    assert!(
+        request.seq < flood as u64 / 4 && stored - request.seq <= 4 * chunk,
+        "the request (seq {}) came back with {stored} of {flood} flooded records committed",
+        request.seq
+    );
+    assert_eq!(lingering.await.unwrap().unwrap().len(), flood);
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use gatehouse_core::audit::{ChainHead, Checkpoint, Record};
+use gatehouse_core::audit::{ChainHead, Checkpoint, Record, canonical_json};
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::oneshot;
 
@@ -38,10 +38,29 @@ pub enum Lane {
     Linger,
 }
 
+/// A record ready to append: its data's canonical encoding (what its hash covers) and its
+/// stored text are made by the task that sends it, so the one thread that appends only
+/// hashes and inserts.
+pub struct Prepared {
+    record: NewRecord,
+    canonical: Vec<u8>,
+    text: String,
+}
+
+impl Prepared {
+    pub fn new(record: NewRecord) -> Self {
+        Self {
+            canonical: canonical_json(&record.data),
+            text: serde_json::to_string(&record.data).unwrap_or_default(),
+            record,
+        }
+    }
+}
+
 /// What the async side asks of the writer.
 pub enum Job {
     Append {
-        records: Vec<NewRecord>,
+        records: Vec<Prepared>,
         lane: Lane,
         done: oneshot::Sender<Result<Vec<Record>, String>>,
     },
@@ -50,7 +69,7 @@ pub enum Job {
 }
 
 struct Waiting {
-    records: Vec<NewRecord>,
+    records: Vec<Prepared>,
     done: oneshot::Sender<Result<Vec<Record>, String>>,
 }
 
@@ -129,7 +148,8 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => false,
             };
             // Urgent jobs first; lingering ones one chunk at a time once due, with whatever
-            // became urgent meanwhile going before the next chunk.
+            // became urgent meanwhile going before the next chunk. Checkpoints fall due between
+            // commits: a writer that is never idle still signs every `every_records` and tick.
             loop {
                 let lingering: usize = self.lingering.iter().map(|w| w.records.len()).sum();
                 let linger_due = self.linger_until.is_some_and(|at| at <= Instant::now());
@@ -140,6 +160,7 @@ impl Writer {
                 } else {
                     break;
                 }
+                self.checkpoint_if_due(&mut next_tick, every, false);
                 while let Ok(job) = jobs.try_recv() {
                     self.take(job, &mut flushes);
                 }
@@ -147,23 +168,29 @@ impl Writer {
             if self.lingering.is_empty() {
                 self.linger_until = None;
             }
-            let tick_due = next_tick.is_some_and(|at| at <= Instant::now());
-            if tick_due {
-                next_tick = every.map(|e| Instant::now() + e);
-            }
-            let by_count = self
-                .checkpoints
-                .as_ref()
-                .is_some_and(|c| self.head.seq >= self.checkpointed + c.every_records);
-            if by_count || ((tick_due || !flushes.is_empty() || !open) && self.head.seq > self.checkpointed) {
-                self.checkpoint();
-            }
+            self.checkpoint_if_due(&mut next_tick, every, !flushes.is_empty() || !open);
             for done in flushes.drain(..) {
                 let _ = done.send(());
             }
             if !open {
                 return;
             }
+        }
+    }
+
+    /// Signs a checkpoint when `every_records` records, the tick (or `now`: a flush, the end)
+    /// has come and there is something new to vouch for.
+    fn checkpoint_if_due(&mut self, next_tick: &mut Option<Instant>, every: Option<Duration>, now: bool) {
+        let tick_due = next_tick.is_some_and(|at| at <= Instant::now());
+        if tick_due {
+            *next_tick = every.map(|e| Instant::now() + e);
+        }
+        let by_count = self
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| self.head.seq >= self.checkpointed + c.every_records);
+        if by_count || ((tick_due || now) && self.head.seq > self.checkpointed) {
+            self.checkpoint();
         }
     }
 
@@ -203,29 +230,36 @@ impl Writer {
         let started = Instant::now();
         let now = now_rfc3339();
         let mut next_head = self.head.clone();
-        let built: Vec<Vec<Record>> = batch
-            .iter()
-            .map(|w| {
-                w.records
-                    .iter()
-                    .map(|r| next_head.append(r.kind.as_str(), &r.request_id, &now, r.data.clone()))
-                    .collect()
-            })
-            .collect();
-        let result = insert_all(&mut self.conn, built.iter().flatten());
+        let mut texts = Vec::with_capacity(count);
+        let mut built = Vec::with_capacity(batch.len());
+        let mut senders = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            let records: Vec<Record> = waiting
+                .records
+                .into_iter()
+                .map(|p| {
+                    texts.push(p.text);
+                    let r = p.record;
+                    next_head.append_encoded(r.kind.as_str(), &r.request_id, &now, r.data, &p.canonical)
+                })
+                .collect();
+            built.push(records);
+            senders.push(waiting.done);
+        }
+        let result = insert_all(&mut self.conn, built.iter().flatten().zip(&texts));
         self.metrics.observe_commit(started.elapsed(), count);
         match result {
             Ok(()) => {
                 self.head = next_head;
-                for (waiting, records) in batch.into_iter().zip(built) {
-                    let _ = waiting.done.send(Ok(records));
+                for (done, records) in senders.into_iter().zip(built) {
+                    let _ = done.send(Ok(records));
                 }
             }
             Err(error) => {
                 self.metrics.audit_write_failures.inc();
                 tracing::error!(%error, records = count, "Could not commit audit records; the requests waiting on them are refused.");
-                for waiting in batch {
-                    let _ = waiting.done.send(Err(error.to_string()));
+                for done in senders {
+                    let _ = done.send(Err(error.to_string()));
                 }
                 // The commit may still have landed (an error after COMMIT reached disk), or
                 // another process wrote with this writer id: trust the store, not memory.
@@ -279,14 +313,18 @@ fn take_up_to(queue: &mut VecDeque<Waiting>, limit: usize) -> Vec<Waiting> {
     out
 }
 
-fn insert_all<'a>(conn: &mut Connection, records: impl Iterator<Item = &'a Record>) -> rusqlite::Result<()> {
+/// Inserts records with their data's stored text, in one transaction.
+fn insert_all<'a>(
+    conn: &mut Connection,
+    records: impl Iterator<Item = (&'a Record, &'a String)>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit_records (writer, seq, kind, request_id, recorded_at, prev_hash, hash, data)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )?;
-        for r in records {
+        for (r, text) in records {
             insert.execute(params![
                 r.writer,
                 r.seq as i64,
@@ -295,7 +333,7 @@ fn insert_all<'a>(conn: &mut Connection, records: impl Iterator<Item = &'a Recor
                 r.recorded_at,
                 r.prev_hash,
                 r.hash,
-                serde_json::to_string(&r.data).unwrap_or_default(),
+                text,
             ])?;
         }
     }

@@ -94,6 +94,8 @@ pub struct Store {
     /// The database file (`None` for an in-memory database, which has no writer thread).
     path: Option<std::path::PathBuf>,
     busy_timeout: Duration,
+    /// The ingest's own read-only connection, opened on first use ([`Store::ingest_view`]).
+    ingest_reader: std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
 }
 
 impl Store {
@@ -127,6 +129,7 @@ impl Store {
             pool,
             path,
             busy_timeout,
+            ingest_reader: std::sync::Arc::default(),
         })
     }
 
@@ -230,60 +233,69 @@ impl Store {
     /// What the store holds for the filter's records of these requests: which have a
     /// committed request record, and the data of each stored rejection and of each stored
     /// response part among `parts` (to compare a record that comes again).
-    pub async fn ingest_view(&self, request_ids: &[&str], parts: &[u64]) -> Result<IngestView, sqlx::Error> {
-        let mut view = IngestView::default();
+    ///
+    /// Read on the calling thread through a read-only connection of its own, not through the
+    /// pool: one short indexed look-up per ingest batch, where the pool's worker thread would
+    /// add two thread hand-offs and its own per-statement overhead.
+    pub fn ingest_view(&self, request_ids: &[&str], parts: &[u64]) -> rusqlite::Result<IngestView> {
+        let mut reader = self
+            .ingest_reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = match &mut *reader {
+            Some(conn) => conn,
+            closed @ None => {
+                let path = self.path.as_deref().ok_or_else(|| {
+                    rusqlite::Error::InvalidPath("the ingest needs the audit store in a database file".into())
+                })?;
+                let conn = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(self.busy_timeout)?;
+                closed.insert(conn)
+            }
+        };
         let mut unique: Vec<&str> = request_ids.to_vec();
         unique.sort_unstable();
         unique.dedup();
         let mut parts = parts.to_vec();
         parts.sort_unstable();
         parts.dedup();
-        let part_marks = vec!["?"; parts.len().max(1)].join(",");
-        for chunk in unique.chunks(400) {
-            let marks = vec!["?"; chunk.len()].join(",");
-            // Only placeholders are spliced in; every id and part is bound. A request's
-            // record is read for its existence only; a response's data only for the parts
-            // asked about (a long stream has many).
-            // Two halves so that each uses an index: a long stream has a response record
-            // per event, and its batches must not read all of them every time.
-            let sql = format!(
-                "SELECT request_id, kind, NULL, CASE WHEN kind = 'request' THEN NULL ELSE data END
-                 FROM audit_records
-                 WHERE request_id IN ({marks}) AND kind IN ('request', 'request_rejected')
-                 UNION ALL
-                 SELECT request_id, kind, json_extract(data, '$.part'), data
-                 FROM audit_records
-                 WHERE request_id IN ({marks}) AND json_extract(data, '$.part') IN ({part_marks})
-                   AND kind = 'response'"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            if parts.is_empty() {
-                query = query.bind(-1_i64);
-            }
-            for part in &parts {
-                query = query.bind(*part as i64);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                let id: String = row.try_get(0)?;
-                let kind: String = row.try_get(1)?;
-                let part = match kind.as_str() {
-                    "request" => {
-                        view.requested.insert(id);
-                        continue;
-                    }
-                    "response" => row.try_get::<Option<i64>, _>(2)?.map(|p| p as u64),
-                    _ => None,
-                };
-                let data: String = row.try_get::<Option<String>, _>(3)?.unwrap_or_default();
-                let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
-                view.stored.entry((id, part)).or_default().push(data);
-            }
+        // The ids and parts are bound as two JSON arrays, so the statement's text is always
+        // the same (prepared once) whatever the batch holds. A request's record is read for
+        // its existence only; a response's data only for the parts asked about (a long stream
+        // has many). Two halves so that each uses the index by request (and part): a long
+        // stream's batches must not read all its records every time.
+        let mut query = conn.prepare_cached(
+            "SELECT request_id, kind, NULL, CASE WHEN kind = 'request' THEN NULL ELSE data END
+             FROM audit_records
+             WHERE request_id IN (SELECT value FROM json_each(?1)) AND kind IN ('request', 'request_rejected')
+             UNION ALL
+             SELECT request_id, kind, json_extract(data, '$.part'), data
+             FROM audit_records
+             WHERE request_id IN (SELECT value FROM json_each(?1))
+               AND json_extract(data, '$.part') IN (SELECT value FROM json_each(?2))
+               AND kind = 'response'",
+        )?;
+        let ids = serde_json::to_string(&unique).unwrap_or_default();
+        let parts = serde_json::to_string(&parts).unwrap_or_default();
+        let mut rows = query.query(rusqlite::params![ids, parts])?;
+        let mut view = IngestView::default();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let kind: String = row.get(1)?;
+            let part = match kind.as_str() {
+                "request" => {
+                    view.requested.insert(id);
+                    continue;
+                }
+                "response" => row.get::<_, Option<i64>>(2)?.map(|p| p as u64),
+                _ => None,
+            };
+            let data: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
+            let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+            view.stored.entry((id, part)).or_default().push(data);
         }
         Ok(view)
     }

@@ -119,9 +119,9 @@ impl AuditLog {
                     }
                 };
                 let (stop_checkpoints, stop) = std::sync::mpsc::channel::<()>();
-                writer::spawn_wal_checkpointer(path, busy_timeout, stop);
+                let wal_frames = writer::spawn_wal_checkpointer(path, busy_timeout, stop);
                 let _ = ready.send(Ok(()));
-                writer::Writer::new(conn, head, checkpointed, max_batch, checkpoints, metrics).run(inbox);
+                writer::Writer::new(conn, head, checkpointed, max_batch, checkpoints, metrics, wal_frames).run(inbox);
                 drop(stop_checkpoints);
             })
             .map_err(|e| AuditError::Invalid(format!("cannot start the audit writer: {e}")))?;

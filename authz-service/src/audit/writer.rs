@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,23 @@ pub const LINGER: Duration = Duration::from_millis(10);
 /// async side splits a batch into jobs of at most this many ([`super::AuditLog::append_lingering`]).
 pub const RIDE_ALONG: usize = 16;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How large the WAL may grow before the checkpointer resets it, and what its file is cut back
+/// to when it is reset.
+#[derive(Debug, Clone, Copy)]
+pub struct WalLimits {
+    /// WAL frames (one per page written) past which a checkpoint also resets the WAL.
+    pub reset_frames: i64,
+    /// `journal_size_limit`: the WAL file's size after a reset, in bytes.
+    pub file_bytes: i64,
+    /// How long a resetting checkpoint may hold back the writer (and wait for readers).
+    pub reset_wait: Duration,
+}
+
+pub const WAL_LIMITS: WalLimits = WalLimits {
+    reset_frames: 16_384,
+    file_bytes: 64 << 20,
+    reset_wait: Duration::from_millis(10),
+};
 
 /// Which lane a job waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +104,18 @@ pub struct Writer {
     lingering: VecDeque<Waiting>,
     /// When the oldest lingering job must be committed.
     linger_until: Option<Instant>,
+    wal_frames: WalFrames,
+    wal_limits: WalLimits,
 }
 
 /// Opens the writer's own connection to the database at `path`: WAL, `synchronous=FULL` (a
-/// commit returns once it is on disk), no automatic checkpoint (see [`spawn_wal_checkpointer`]).
+/// commit returns once it is on disk), no automatic checkpoint (see [`spawn_wal_checkpointer`]),
+/// the WAL file cut back to [`WAL_LIMITS`]' size when it is reset.
 pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    open_with(path, busy_timeout, WAL_LIMITS)
+}
+
+fn open_with(path: &Path, busy_timeout: Duration, limits: WalLimits) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -98,6 +124,7 @@ pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection>
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", limits.file_bytes)?;
     Ok(conn)
 }
 
@@ -109,6 +136,7 @@ impl Writer {
         max_batch: usize,
         checkpoints: Option<Checkpointer>,
         metrics: Metrics,
+        wal_frames: WalFrames,
     ) -> Self {
         Self {
             conn,
@@ -120,6 +148,8 @@ impl Writer {
             now: VecDeque::new(),
             lingering: VecDeque::new(),
             linger_until: None,
+            wal_frames,
+            wal_limits: WAL_LIMITS,
         }
     }
 
@@ -161,6 +191,7 @@ impl Writer {
                     break;
                 }
                 self.checkpoint_if_due(&mut next_tick, every, false);
+                self.reset_wal_if_large();
                 while let Ok(job) = jobs.try_recv() {
                     self.take(job, &mut flushes);
                 }
@@ -175,6 +206,44 @@ impl Writer {
             if !open {
                 return;
             }
+        }
+    }
+
+    /// Starts the WAL over once the background checkpointer saw it hold
+    /// [`WalLimits::reset_frames`]: a `RESTART` checkpoint between two commits copies what its
+    /// last pass left (a few commits' worth) and lets the next commit write the WAL from its
+    /// start, its file cut back to [`WalLimits::file_bytes`]. It waits for readers at most
+    /// [`WalLimits::reset_wait`] (the requests waiting meanwhile wait as long) and otherwise
+    /// leaves it to a later commit.
+    fn reset_wal_if_large(&mut self) {
+        if self.wal_frames.load(Ordering::Relaxed) < self.wal_limits.reset_frames {
+            return;
+        }
+        self.wal_frames.store(0, Ordering::Relaxed);
+        let busy_ms = match self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |row| row.get::<_, i64>(0))
+        {
+            Ok(ms) => ms,
+            Err(error) => {
+                tracing::warn!(%error, "Could not read the audit writer's busy timeout; the WAL is not reset now.");
+                return;
+            }
+        };
+        let reset = self
+            .conn
+            .busy_timeout(self.wal_limits.reset_wait)
+            .and_then(|()| wal_checkpoint(&self.conn, "RESTART"));
+        if let Err(error) = self.conn.busy_timeout(Duration::from_millis(busy_ms.unsigned_abs())) {
+            tracing::error!(%error, "Could not restore the audit writer's busy timeout.");
+        }
+        match reset {
+            Ok((0, _, _)) => {}
+            Ok((_, frames, _)) => tracing::debug!(
+                frames,
+                "The audit store's WAL could not be reset yet (readers); will try again."
+            ),
+            Err(error) => tracing::warn!(%error, "A WAL reset of the audit store failed; will try again."),
         }
     }
 
@@ -375,9 +444,13 @@ pub fn last_checkpoint(conn: &Connection, writer: &str) -> rusqlite::Result<u64>
 }
 
 /// Copies the WAL into the database in the background, so no commit pays for it: a passive
-/// checkpoint (it never blocks the writer) every [`CHECKPOINT_EVERY`]. Ends when `stop`'s
-/// sender is dropped.
-pub fn spawn_wal_checkpointer(path: PathBuf, busy_timeout: Duration, stop: Receiver<()>) {
+/// checkpoint (it never blocks the writer) every [`CHECKPOINT_EVERY`]. It publishes how many
+/// frames the WAL held at its last pass: a passive checkpoint never starts the WAL over while
+/// writes go on, so the writer resets it itself once it is large ([`Writer`]). Ends when
+/// `stop`'s sender is dropped.
+pub fn spawn_wal_checkpointer(path: PathBuf, busy_timeout: Duration, stop: Receiver<()>) -> WalFrames {
+    let frames = WalFrames::default();
+    let published = frames.clone();
     let spawned = std::thread::Builder::new()
         .name("audit-wal-checkpoint".into())
         .spawn(move || {
@@ -389,12 +462,86 @@ pub fn spawn_wal_checkpointer(path: PathBuf, busy_timeout: Duration, stop: Recei
                 }
             };
             while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
-                    tracing::warn!(%error, "A WAL checkpoint of the audit store failed; will try again.");
+                match wal_checkpoint(&conn, "PASSIVE") {
+                    Ok((_, in_wal, _)) => published.store(in_wal, Ordering::Relaxed),
+                    Err(error) => tracing::warn!(%error, "A WAL checkpoint of the audit store failed; will try again."),
                 }
             }
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "Could not start the audit store's WAL checkpoint thread.");
+    }
+    frames
+}
+
+/// The WAL's size in frames at the background checkpointer's last pass.
+pub type WalFrames = Arc<AtomicI64>;
+
+/// `PRAGMA wal_checkpoint(mode)`: (busy, frames in the WAL, frames copied).
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_core::audit::RecordKind;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Commits that never pause (a busy gateway): a passive checkpoint alone never starts the
+    /// WAL over, so without the writer's reset its file grows by everything written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_commits_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let url = format!("sqlite://{}", path.display());
+        let _schema = super::super::Store::open(&url, Duration::from_secs(5)).await.unwrap();
+        let limits = WalLimits {
+            reset_frames: 200,
+            file_bytes: 1 << 20,
+            reset_wait: Duration::from_millis(10),
+        };
+        let conn = open_with(&path, Duration::from_secs(5), limits).unwrap();
+        let (stop_checkpoints, stop) = std::sync::mpsc::channel::<()>();
+        let frames = spawn_wal_checkpointer(path.clone(), Duration::from_secs(5), stop);
+        let mut writer = Writer::new(conn, ChainHead::genesis("w"), 0, 64, None, Metrics::default(), frames);
+        writer.wal_limits = limits;
+        let (jobs, inbox) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(inbox));
+        let wal = dir.path().join("audit.db-wal");
+        // A WAL that starts over is cut back to `file_bytes`: its file shrinks.
+        let (mut last, mut shrinks) = (0, 0);
+        let until = Instant::now() + Duration::from_secs(3);
+        for i in 0_u64.. {
+            if Instant::now() > until {
+                break;
+            }
+            let record = NewRecord {
+                kind: RecordKind::Request,
+                request_id: format!("{i:032x}"),
+                data: json!({"x": "x".repeat(2000)}),
+            };
+            let (done, wait) = oneshot::channel();
+            let job = Job::Append {
+                records: vec![Prepared::new(record)],
+                lane: Lane::Now,
+                done,
+            };
+            jobs.send(job).unwrap();
+            wait.await.unwrap().unwrap();
+            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            shrinks += usize::from(size < last);
+            last = size;
+        }
+        drop(jobs);
+        thread.join().unwrap();
+        drop(stop_checkpoints);
+        assert!(
+            shrinks >= 2,
+            "the WAL started over {shrinks} times in 3 s of commits; it is {last} bytes"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! response records linger up to [`LINGER`] and ride along with the next urgent commit, so
 //! they do not hold the disk while a request waits. Both are durable before their sender
 //! hears back. WAL checkpoints run on a thread of their own ([`spawn_wal_checkpointer`]), never
-//! inside a commit.
+//! inside a commit; only the WAL's reset, once it is large, runs here between two commits
+//! ([`Writer::reset_wal_if_large`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,8 @@ use clap::Parser;
 
 /// mimalloc rather than glibc's malloc: a Check allocates and frees many small buffers across
 /// threads (the gRPC codec, the record, the writer thread), where glibc spent ~15 % of the
-/// service's CPU consolidating free lists (BENCHMARKS.md, CPU per call).
+/// service's CPU consolidating free lists in a profile under load (ARCHITECTURE.md,
+/// Performance notes).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

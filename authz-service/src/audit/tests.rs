@@ -16,6 +16,14 @@ async fn append_n(server: &crate::server::Server, n: usize) {
     }
 }
 
+/// The store at `dir`/audit.db, with no service around it.
+async fn store_in(dir: &std::path::Path) -> super::Store {
+    let url = format!("sqlite://{}", dir.join("audit.db").display());
+    super::Store::open(&url, std::time::Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
 async fn raw(dir: &std::path::Path) -> sqlx::SqliteConnection {
     sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.join("audit.db").display()))
         .await
@@ -126,10 +134,7 @@ async fn the_store_and_checkpoint_log_are_private() {
 #[tokio::test]
 async fn a_tail_left_unsigned_by_a_crash_is_signed_on_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-    let store = super::Store::open(&url, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = store_in(dir.path()).await;
     // What a writer killed before its next checkpoint leaves: records, no checkpoint.
     let mut head = gatehouse_core::audit::ChainHead::genesis("w");
     let records: Vec<_> = (0..3)
@@ -169,10 +174,7 @@ async fn a_tail_left_unsigned_by_a_crash_is_signed_on_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_ingested_records_does_not_hold_back_a_request() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-    let store = super::Store::open(&url, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = store_in(dir.path()).await;
     let log = super::AuditLog::start(store, "w", 256, None, crate::metrics::Metrics::default())
         .await
         .unwrap();

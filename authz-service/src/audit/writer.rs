@@ -31,15 +31,16 @@ pub const LINGER: Duration = Duration::from_millis(10);
 /// async side splits a batch into jobs of at most this many ([`super::AuditLog::append_lingering`]).
 pub const RIDE_ALONG: usize = 16;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-/// How large the WAL may grow before the checkpointer resets it, and what its file is cut back
-/// to when it is reset.
+/// How large the WAL may grow before the writer resets it ([`Writer::reset_wal_if_large`]),
+/// and what its file is cut back to when it is reset.
 #[derive(Debug, Clone, Copy)]
 pub struct WalLimits {
-    /// WAL frames (one per page written) past which a checkpoint also resets the WAL.
+    /// WAL frames (one per page written), as the background checkpointer last saw them, past
+    /// which the writer resets the WAL.
     pub reset_frames: i64,
     /// `journal_size_limit`: the WAL file's size after a reset, in bytes.
     pub file_bytes: i64,
-    /// How long a resetting checkpoint may hold back the writer (and wait for readers).
+    /// How long the reset may wait for readers (the commits behind it wait as long).
     pub reset_wait: Duration,
 }
 

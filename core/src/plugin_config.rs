@@ -34,6 +34,11 @@ pub struct PluginConfig {
     /// Records in one ingest call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_max_records: Option<u64>,
+    /// Records waiting that make the next ingest call go as soon as the last one is
+    /// answered; fewer wait for the tick, so a light load ships a batch per tick, not a
+    /// call per record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_min_records: Option<u64>,
     /// Records the filter keeps queued for the ingest (per VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_max_records: Option<u64>,
@@ -111,6 +116,7 @@ pub mod bounds {
     pub const INGEST_TIMEOUT_MS: Bound = bound("ingest_timeout_ms", 5_000, 1, MAX_MS);
     pub const FLUSH_INTERVAL_MS: Bound = bound("flush_interval_ms", 100, 1, MAX_MS);
     pub const BATCH_MAX_RECORDS: Bound = bound("batch_max_records", 256, 1, 1 << 20);
+    pub const BATCH_MIN_RECORDS: Bound = bound("batch_min_records", 16, 1, 1 << 20);
     pub const QUEUE_MAX_RECORDS: Bound = bound("queue_max_records", 131_072, 1, 1 << 24);
     pub const RECORD_MESSAGE_MAX_BYTES: Bound = bound("record_message_max_bytes", 64 << 10, 0, MAX_BYTES);
     /// Well under tonic's default 4 MiB limit on a decoded message.
@@ -158,6 +164,7 @@ mod tests {
             bounds::INGEST_TIMEOUT_MS,
             bounds::FLUSH_INTERVAL_MS,
             bounds::BATCH_MAX_RECORDS,
+            bounds::BATCH_MIN_RECORDS,
             bounds::QUEUE_MAX_RECORDS,
             bounds::RECORD_MESSAGE_MAX_BYTES,
             bounds::BATCH_MAX_BYTES,

@@ -27,6 +27,7 @@ pub struct Config {
     /// How often queued records are flushed (the root context's tick).
     pub flush_interval: Duration,
     pub batch_max_records: usize,
+    pub batch_min_records: usize,
     pub batch_max_bytes: usize,
     pub queue_max_records: usize,
     pub queue_max_bytes: usize,
@@ -66,6 +67,7 @@ impl Default for Config {
             ingest_timeout: Duration::from_millis(bounds::INGEST_TIMEOUT_MS.default),
             flush_interval: Duration::from_millis(bounds::FLUSH_INTERVAL_MS.default),
             batch_max_records: number(bounds::BATCH_MAX_RECORDS),
+            batch_min_records: number(bounds::BATCH_MIN_RECORDS),
             batch_max_bytes: number(bounds::BATCH_MAX_BYTES),
             queue_max_records: number(bounds::QUEUE_MAX_RECORDS),
             queue_max_bytes: number(bounds::QUEUE_MAX_BYTES),
@@ -84,6 +86,7 @@ impl Config {
             queue_max_records: self.queue_max_records,
             queue_max_bytes: self.queue_max_bytes,
             batch_max_records: self.batch_max_records,
+            batch_min_records: self.batch_min_records,
             batch_max_bytes: self.batch_max_bytes,
             call_timeout_ms: u64::try_from(self.ingest_timeout.as_millis()).unwrap_or(u64::MAX),
         }
@@ -152,6 +155,7 @@ fn validate(raw: PluginConfig) -> Result<Config, ConfigError> {
     let ingest_timeout_ms = number(bounds::INGEST_TIMEOUT_MS, raw.ingest_timeout_ms);
     let flush_interval_ms = number(bounds::FLUSH_INTERVAL_MS, raw.flush_interval_ms);
     let batch_max_records = number(bounds::BATCH_MAX_RECORDS, raw.batch_max_records);
+    let batch_min_records = number(bounds::BATCH_MIN_RECORDS, raw.batch_min_records);
     let queue_max_records = number(bounds::QUEUE_MAX_RECORDS, raw.queue_max_records);
     let record_message_max_bytes = number(bounds::RECORD_MESSAGE_MAX_BYTES, raw.record_message_max_bytes);
     let batch_max_bytes = number(bounds::BATCH_MAX_BYTES, raw.batch_max_bytes);
@@ -202,6 +206,7 @@ fn validate(raw: PluginConfig) -> Result<Config, ConfigError> {
         ingest_timeout: Duration::from_millis(ingest_timeout_ms),
         flush_interval: Duration::from_millis(flush_interval_ms),
         batch_max_records: to_usize(batch_max_records),
+        batch_min_records: to_usize(batch_min_records),
         batch_max_bytes: to_usize(batch_max_bytes),
         queue_max_records: to_usize(queue_max_records),
         queue_max_bytes: to_usize(queue_max_bytes),
@@ -349,7 +354,7 @@ mod tests {
     fn the_queue_gets_its_bounds_from_the_configuration() {
         let c = parse(
             br#"{"queue_max_records": 5, "queue_max_bytes": 70000, "batch_max_records": 2,
-                            "batch_max_bytes": 600, "ingest_timeout_ms": 250}"#,
+                            "batch_min_records": 7, "batch_max_bytes": 600, "ingest_timeout_ms": 250}"#,
         )
         .unwrap();
         assert_eq!(
@@ -358,6 +363,7 @@ mod tests {
                 queue_max_records: 5,
                 queue_max_bytes: 70000,
                 batch_max_records: 2,
+                batch_min_records: 7,
                 batch_max_bytes: 600,
                 call_timeout_ms: 250,
             }

@@ -177,7 +177,7 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
         let metrics = self.shared.metrics();
         let now = host::now_ms();
-        let outcome = {
+        let (outcome, worth_a_call) = {
             let Some(mut shipper) = self.shared.shipper() else {
                 return;
             };
@@ -202,10 +202,11 @@ impl Context for Root {
                 _ => {}
             }
             self.report(outcome, &metrics, &shipper);
-            outcome
+            (outcome, shipper.worth_a_call())
         };
-        if matches!(outcome, Outcome::Sent { .. }) {
-            // Keep up under load: the next batch goes now, not at the next tick.
+        // Keep up under load, and free room for held answers: the next batch goes now, not
+        // at the next tick. A few records wait for the tick.
+        if matches!(outcome, Outcome::Sent { .. }) && (worth_a_call || self.shared.answers_held()) {
             self.ship_and_release();
         }
     }

@@ -47,6 +47,8 @@ pub struct Limits {
     pub queue_max_records: usize,
     pub queue_max_bytes: usize,
     pub batch_max_records: usize,
+    /// Records waiting that make a call worth sending before the tick.
+    pub batch_min_records: usize,
     pub batch_max_bytes: usize,
     pub call_timeout_ms: u64,
 }
@@ -163,6 +165,15 @@ impl Shipper {
                 }
             }
         }
+    }
+
+    /// Whether the records waiting are worth a call before the next tick: enough records, or
+    /// half a batch's bytes. A call costs both processes about as much CPU as a few records
+    /// do, so under a light load sending one as soon as the last is answered would make a
+    /// call per record; under a heavy one, waiting for the tick would make bursts.
+    pub fn worth_a_call(&self) -> bool {
+        self.queue.len() >= self.limits.batch_min_records
+            || self.queued_bytes.saturating_mul(2) >= self.limits.batch_max_bytes
     }
 
     /// If no call is in flight, it is time, and records wait: takes a batch and returns
@@ -300,6 +311,7 @@ mod tests {
             queue_max_records: 4,
             queue_max_bytes: 1 << 20,
             batch_max_records: 3,
+            batch_min_records: 2,
             batch_max_bytes: 1 << 20,
             call_timeout_ms: 1000,
         }
@@ -338,6 +350,24 @@ mod tests {
         let batch = IngestBatch::decode(s.begin("src", 0).unwrap().as_slice()).unwrap();
         assert_eq!(batch.dropped_total, 2);
         assert_eq!(batch.source, "src");
+    }
+
+    #[test]
+    fn a_call_is_worth_sending_early_for_enough_records_or_bytes() {
+        let mut s = Shipper::new(limits());
+        assert!(!s.worth_a_call(), "nothing waits");
+        s.push(response("a"));
+        assert!(!s.worth_a_call(), "one record waits for the tick");
+        s.push(response("b"));
+        assert!(s.worth_a_call(), "batch_min_records wait");
+        let mut s = Shipper::new(Limits {
+            batch_max_bytes: 60,
+            ..limits()
+        });
+        s.push(response("a"));
+        assert!(!s.worth_a_call());
+        s.push(response(&"x".repeat(40)));
+        assert!(s.worth_a_call(), "half a batch's bytes wait");
     }
 
     #[test]

@@ -157,6 +157,11 @@ impl Shared {
         }
     }
 
+    /// Some answer waits for room in the queue (or the stalls are busy, which they cannot be).
+    pub fn answers_held(&self) -> bool {
+        self.stalls.try_borrow().map_or(true, |s| !s.is_empty())
+    }
+
     /// Moves waiting records into the queue while they fit, oldest answer first, and
     /// returns the answers that are now fully queued and must be resumed.
     pub fn drain_stalled(&self) -> Vec<u32> {

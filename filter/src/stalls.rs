@@ -47,6 +47,11 @@ pub struct Drained {
 }
 
 impl Stalls {
+    /// No answer is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Queues a part of the answer of context `context_id`, unless earlier parts of it wait
     /// or it does not fit: then it waits, in order.
     pub fn push(&mut self, shipper: &mut Shipper, context_id: u32, part: ResponseObserved) -> Placed {
@@ -143,6 +148,7 @@ mod tests {
             queue_max_records: records,
             queue_max_bytes: 1 << 20,
             batch_max_records: 100,
+            batch_min_records: 1,
             batch_max_bytes: 1 << 20,
             call_timeout_ms: 1_000,
         })

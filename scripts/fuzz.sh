@@ -23,18 +23,19 @@ RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-
     cargo build --manifest-path "$ROOT/fuzz/Cargo.toml" --locked --release --bins \
     --target "$TRIPLE" --target-dir "$OUT"
 
-# Seeds: every input of the labeled masking corpus, behind each target's selector byte.
+# Seeds: every input of the labeled masking corpora, behind each target's selector byte.
 for target in mask_json sse_masker; do
     corpus="$OUT/corpus/$target"
     mkdir -p "$corpus" "$OUT/artifacts/$target"
-    python3 - "$ROOT/tests/corpus/masking.jsonl" "$corpus" "$target" <<'PY'
+    python3 - "$ROOT/tests/corpus" "$corpus" "$target" <<'PY'
 import json, pathlib, sys
-src, out, target = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+src, out, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
 prefix = b"\0" if target == "mask_json" else b"\0\0"
-for i, line in enumerate(open(src, encoding="utf-8")):
-    text = json.loads(line)["input"].encode()
-    body = text if target == "mask_json" else b"data: " + text.replace(b"\n", b"\ndata: ") + b"\n\n"
-    (out / f"seed{i}").write_bytes(prefix + body)
+for path in sorted(src.glob("*.jsonl")):
+    for i, line in enumerate(open(path, encoding="utf-8")):
+        text = json.loads(line)["input"].encode()
+        body = text if target == "mask_json" else b"data: " + text.replace(b"\n", b"\ndata: ") + b"\n\n"
+        (out / f"{path.stem}{i}").write_bytes(prefix + body)
 PY
     echo "[fuzz] $target for ${SECONDS_PER_TARGET}s"
     "$BIN/$target" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \

@@ -11,7 +11,7 @@ What a broken gateway would get wrong, and these tests catch:
 - styles (`last4`, `token`) and custom rules not applied;
 - hostile upstream bytes getting through unmasked: a compressed body, invalid UTF-8, a
   stream cut off mid-event, a JSON answer too large to hold whole.
-`gatehouse mask --jsonl` is measured on tests/corpus/masking.jsonl (recall, decoys kept).
+`gatehouse mask --jsonl` is measured on every tests/corpus/*.jsonl (recall, decoys kept).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import secrets
 import subprocess
 from collections import Counter, defaultdict
 
@@ -325,6 +326,85 @@ def test_custom_rule(make_stack):
     assert response_counts(audited)["employee_id"] >= 1
 
 
+# --- masking.gitleaks: rules imported from a gitleaks configuration ------------------------------
+
+GITLEAKS_RULES = paths.REPO / "tests" / "fixtures" / "gitleaks" / "rules.toml"
+ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def random_token(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def test_gitleaks_rules_mask_under_their_ids(make_stack):
+    """Rules from a gitleaks file mask through Envoy (filter) and in the request record
+    (service), each under its rule id; its secret group, keywords, entropy and allowlists
+    decide what is a secret."""
+    stack = make_stack(upstream="demo", masking={"gitleaks": str(GITLEAKS_RULES)})
+    openai = "sk-proj-" + random_token(ALNUM, 64)
+    gitlab = "glpat-" + random_token(ALNUM, 20)
+    widget = random_token(ALNUM[:26] + ALNUM[52:], 24)
+    fixture_widget = random_token(ALNUM[:26] + ALNUM[52:], 24)
+    # One select per line: an allowlist on the line must not reach the other values.
+    sql = (
+        f"SELECT '{openai}' AS a,\n'token {gitlab} here' AS b,\n'widget_account = {widget}' AS c,\n"
+        f"'widget_key = {fixture_widget}  # fixture' AS d,\n'glpat-aaaaaaaaaaaaaaaaaaaa' AS e,\n"
+        "'widget_key = exampleexampleexample123' AS f"
+    )
+
+    async def body(s, rec: Recorder):
+        return await s.call_tool("run_query", {"sql": sql})
+
+    result, rec = session(stack, body)
+    (row,) = json.loads(text_of(result))
+    assert row["a"] == "[MASKED:openai-project-key]", row
+    assert row["b"] == "token [MASKED:gitlab-pat] here", row
+    assert row["c"] == "widget_account = [MASKED:widget-api-key]", "only the secret group is masked"
+    assert row["d"] == f"widget_key = {fixture_widget}  # fixture", "the rule's line allowlist"
+    assert row["e"] == "glpat-aaaaaaaaaaaaaaaaaaaa", "below the rule's entropy"
+    assert row["f"] == "widget_key = exampleexampleexample123", "the global allowlist"
+    (request_id,) = request_ids(rec)
+    audited = stack.audit.wait_complete(request_id)
+    stored = json.dumps(audited)
+    for secret in (openai, gitlab, widget):
+        assert secret not in stored
+    assert audited["request"]["data"]["masked"] == {"openai-project-key": 1, "gitlab-pat": 1, "widget-api-key": 1}
+    counts = response_counts(audited)
+    assert counts["openai-project-key"] >= 1 and counts["widget-api-key"] >= 1, counts
+
+
+def check_config(path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(paths.gatehouse_bin()), "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_names_the_gitleaks_rules_it_cannot_use(tmp_path):
+    config = (paths.REPO / "gatehouse.yaml").read_text()
+    assert "\nmasking:" in config
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        "[[rules]]\nid = 'lookahead'\nregex = '''key(?=[0-9])'''\n"
+        "[[rules]]\nid = 'backref'\nregex = '''(a)\\1'''\n"
+        "[[rules]]\nid = 'fine'\nregex = '''fine_[a-z]{8}'''\n"
+    )
+    path = tmp_path / "gatehouse.yaml"
+    path.write_text(re.sub(r"\nmasking:[^\n]*\n", f"\nmasking:\n  gitleaks: {rules}\n", config, count=1))
+    result = check_config(path)
+    assert result.returncode == 1, result.stdout
+    assert "masking.gitleaks[lookahead].regex" in result.stderr, result.stderr
+    assert "masking.gitleaks[backref].regex" in result.stderr, result.stderr
+    assert "[fine]" not in result.stderr
+
+    # Disabled by id, a rule is not compiled; the fixture's path rules are left out with a note.
+    fixed = f"\nmasking:\n  gitleaks: {GITLEAKS_RULES}\n  disabled: [anthropic-api-key]\n"
+    path.write_text(re.sub(r"\nmasking:[^\n]*\n", fixed, config, count=1))
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert 'note: masking.gitleaks: rule "pkcs12-file" matches file paths only: left out' in result.stdout
+    assert result.stdout.strip().endswith("OK")
+
+
 # --- raw upstreams: bytes a real server would not send on purpose -------------------------------
 
 SSE_SECRETS = [
@@ -601,7 +681,7 @@ def test_sse_event_too_large_to_mask_is_withheld(make_stack):
 
 # --- gatehouse mask --jsonl ------------------------------------------------------------------------
 
-CORPUS = paths.REPO / "tests" / "corpus" / "masking.jsonl"
+CORPORA = sorted((paths.REPO / "tests" / "corpus").glob("*.jsonl"))
 
 
 def run_mask(lines: list[str]) -> subprocess.CompletedProcess[str]:
@@ -619,8 +699,9 @@ def escapes(value: str) -> set[str]:
     return {value, once, json.dumps(once)[1:-1]}
 
 
-def test_cli_mask_corpus_recall_and_decoys():
-    cases = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+@pytest.mark.parametrize("corpus", CORPORA, ids=lambda p: p.stem)
+def test_cli_mask_corpus_recall_and_decoys(corpus):
+    cases = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
     proc = run_mask([json.dumps({k: c[k] for k in ("id", "format", "input")}) for c in cases])
 
     assert proc.returncode == 0, proc.stderr

@@ -132,7 +132,12 @@ impl Cli {
                 }
             }
             Command::CheckConfig { file } => match Config::load(&file) {
-                Ok(_) => println!("{}: OK", file.display()),
+                Ok(config) => {
+                    for note in &config.masking.notes {
+                        println!("note: masking.gitleaks: {note}");
+                    }
+                    println!("{}: OK", file.display());
+                }
                 Err(errors) => {
                     eprint!("{}: {errors}", file.display());
                     return Ok(ExitCode::from(1));

@@ -25,6 +25,9 @@ pub struct MaskingPolicy {
     pub rules: MaskConfig,
     pub token_key_file: Option<PathBuf>,
     pub reveal: Vec<RevealRule>,
+    /// What was left out of an imported gitleaks file, and why (`check-config` prints these,
+    /// the service logs them when it starts).
+    pub notes: Vec<String>,
 }
 
 /// Members of `groups` see `kinds` in clear, on the listed upstreams and tools (all when

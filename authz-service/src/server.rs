@@ -74,6 +74,9 @@ impl Server {
         }
         let identity = Verifier::new(config.identity.clone());
         let masker = config.masking.masker()?;
+        for note in &config.masking.notes {
+            tracing::warn!(note = %note, "masking.gitleaks: part of the file is left out");
+        }
         // Approval keys are keyed hashes under the masking token key when there is one.
         let approval_key = config.masking.rules_with_key()?.token_key.map(String::into_bytes);
         let approvals = Arc::new(Approvals::new(

@@ -374,6 +374,16 @@ fn mask_throughput(bytes: usize, runs: u32) -> Value {
         std::hint::black_box(custom.mask_text(&text, &none, &mut c));
         c.total()
     });
+    let imported = Masker::new(&MaskConfig {
+        gitleaks: gitleaks_rules(150),
+        ..MaskConfig::default()
+    })
+    .expect("valid rules");
+    let (gitleaks_rate, gitleaks_found) = rate(text.len(), runs, || {
+        let mut c = MaskCounts::default();
+        std::hint::black_box(imported.mask_text(&text, &none, &mut c));
+        c.total()
+    });
     let small_runs = 2000;
     let start = Instant::now();
     for _ in 0..small_runs {
@@ -387,8 +397,43 @@ fn mask_throughput(bytes: usize, runs: u32) -> Value {
         "json_mb_per_s": json_rate, "json_masked": json_found,
         "sse_mb_per_s": sse_rate, "sse_masked": sse_found,
         "digits_mb_per_s": digits_rate, "at_sign_mb_per_s": ats_rate, "text_custom_rule_mb_per_s": custom_rate,
+        "text_gitleaks_rules": 150, "text_gitleaks_mb_per_s": gitleaks_rate, "text_gitleaks_masked": gitleaks_found,
         "answer_1kb_us": small_us,
     })
+}
+
+/// `n` rules in gitleaks' shapes, as a large imported file has them: most are vendor tokens
+/// with a fixed prefix (the prefix is the keyword), one in ten finds a key by the name it is
+/// assigned to and masks only its secret group, and every third has an entropy threshold.
+/// Their keywords are ones a gitleaks file uses and ordinary text holds now and then
+/// (`key`, `token`, `secret`, `api`), so some rules run on most texts.
+fn gitleaks_rules(n: usize) -> Vec<gatehouse_core::mask::GitleaksRule> {
+    use gatehouse_core::mask::{Entropy, GitleaksRule};
+    const NAMES: [&str; 6] = ["token", "secret", "key", "api", "auth", "access"];
+    (0..n)
+        .map(|i| {
+            let (regex, keywords, secret_group) = if i % 10 == 0 {
+                let name = NAMES[i / 10 % NAMES.len()];
+                (
+                    format!(
+                        r#"(?i)[\w.-]{{0,50}}?(?:vendor{i}[_-]?{name})(?:[ \t\w.-]{{0,20}})[\s'"]{{0,3}}(?:=|:|=>)[\x60'"\s=]{{0,5}}([a-z0-9]{{32}})(?:[\x60'"\s;]|$)"#
+                    ),
+                    vec![name.to_owned()],
+                    1,
+                )
+            } else {
+                (format!(r"\b(v{i}k_[A-Za-z0-9]{{32,40}})\b"), vec![format!("v{i}k_")], 0)
+            };
+            GitleaksRule {
+                id: format!("vendor-{i}"),
+                regex,
+                secret_group,
+                entropy: Entropy(if i % 3 == 0 { 3.0 } else { 0.0 }),
+                keywords,
+                allowlists: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 /// Pre-built large answers (tools `mixed_json`, `mixed_sse`, `mixed_1kb`).

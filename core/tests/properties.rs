@@ -30,9 +30,10 @@ impl Rng {
     }
 }
 
-/// Values from the corpus (secrets, decoys) plus hand-picked edge cases.
+/// Values from the corpora (secrets, decoys) plus hand-picked edge cases, among them the
+/// pieces every detector starts from.
 fn fragments() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/masking.jsonl");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
     let mut out: Vec<String> = [
         "a@example.com",
         "4111 1111 1111 1111",
@@ -58,11 +59,30 @@ fn fragments() -> Vec<String> {
         ":",
         "@",
         "://",
+        "curl -u ",
+        " --user ",
+        "u:p ",
+        "<secret>",
+        "</secret>",
+        "getenv(\"api_token\", \"",
+        "\")",
+        " := ",
+        " .= ",
+        " || \"",
+        "ZXlK",
+        "xoxe.xoxp-1-",
+        "hooks.slack.com/triggers/",
+        "AWS Secret Access Key [None]: ",
+        "xxxxxxxx",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    if let Ok(text) = std::fs::read_to_string(path) {
+    let corpora = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    for path in corpora.filter(|p| p.extension().is_some_and(|e| e == "jsonl")) {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;

@@ -3,6 +3,7 @@
 //! [`raw`] mirrors the file with `deny_unknown_fields`; [`Config::load`] turns it into the
 //! validated [`Config`], reporting every problem at once with the path of the bad field.
 
+mod gitleaks;
 mod raw;
 
 use std::{

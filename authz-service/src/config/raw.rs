@@ -126,6 +126,9 @@ pub struct Masking {
     pub sensitive_keys: Vec<String>,
     #[serde(default)]
     pub custom: Vec<CustomRule>,
+    /// A gitleaks configuration file whose rules are added (relative to this file).
+    #[serde(default)]
+    pub gitleaks: Option<String>,
     #[serde(default)]
     pub reveal: Vec<RevealRule>,
 }
@@ -1028,10 +1031,17 @@ fn validate_masking(
     base: &Path,
     p: &mut Problems,
 ) -> crate::masking::MaskingPolicy {
+    let imported = match &m.gitleaks {
+        Some(file) => super::gitleaks::load(&resolve(base, file), "masking.gitleaks", &mut |field, message| {
+            p.add(field, message)
+        }),
+        None => super::gitleaks::Loaded::default(),
+    };
     let rules = MaskConfig {
         disabled: m.disabled,
         sensitive_keys: m.sensitive_keys,
         custom: m.custom,
+        gitleaks: imported.rules,
         styles: m.styles,
         default_style: m.default_style,
         token_key: None,
@@ -1044,6 +1054,7 @@ fn validate_masking(
         .iter()
         .map(|k| (*k).to_owned())
         .chain(rules.custom.iter().map(|c| c.name.clone()))
+        .chain(rules.gitleaks.iter().map(|r| r.id.clone()))
         .collect();
     let check = MaskConfig {
         token_key: uses_token.then(|| PLACEHOLDER_TOKEN_KEY.to_owned()),
@@ -1051,7 +1062,8 @@ fn validate_masking(
     };
     if let Err(e) = Masker::new(&check) {
         for problem in e.problems {
-            // The engine names the rule field (`custom[0].pattern: …`) when it can.
+            // The engine names the rule field (`custom[0].pattern: …`,
+            // `gitleaks[aws-access-token].regex: …`) when it can.
             match problem.split_once(": ") {
                 Some((field, message)) if !field.contains(' ') => p.add(format!("masking.{field}"), message),
                 _ => p.add("masking", problem),
@@ -1088,5 +1100,6 @@ fn validate_masking(
         rules,
         token_key_file: m.token_key_file.map(|f| resolve(base, &f)),
         reveal,
+        notes: imported.notes,
     }
 }

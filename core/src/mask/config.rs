@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::gitleaks::GitleaksRule;
+
 /// How a masked value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,13 +35,17 @@ pub struct CustomRule {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaskConfig {
-    /// Built-in detectors to turn off, by kind name.
+    /// Built-in detectors (and imported gitleaks rules) to turn off, by kind name.
     pub disabled: Vec<String>,
     /// JSON keys whose values are masked whatever they look like, added to the built-in
     /// ones (`password`, `secret`, `token`, `api_key`, `authorization`, …).
     pub sensitive_keys: Vec<String>,
     /// Extra detectors.
     pub custom: Vec<CustomRule>,
+    /// Rules imported from a gitleaks configuration file (the service reads the file named
+    /// by `masking.gitleaks` in `gatehouse.yaml`); each is masked under its id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gitleaks: Vec<GitleaksRule>,
     /// Style per kind; kinds not listed use `default_style`.
     pub styles: BTreeMap<String, Style>,
     pub default_style: Style,

@@ -27,12 +27,13 @@
 
 use memchr::memmem;
 
-use super::keys::{NormalizedKey, SensitiveKeys};
+use super::keys::{NormalizedKey, Sensitive, SensitiveKeys};
 use super::kinds::{
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUILTIN_COUNT, CREDIT_CARD, EMAIL, GITHUB_TOKEN, GOOGLE_API_KEY, IBAN,
-    JWT, Kind, PASSWORD_IN_URL, PHONE, PRIVATE_KEY, SLACK_TOKEN, STRIPE_KEY, US_SSN,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUILTIN_COUNT, COMMAND_LINE_PASSWORD, CREDIT_CARD, EMAIL, GITHUB_TOKEN,
+    GOOGLE_API_KEY, IBAN, JWT, Kind, PASSWORD_IN_URL, PHONE, PRIVATE_KEY, SENSITIVE_FIELD, SLACK_TOKEN, STRIPE_KEY,
+    US_SSN,
 };
-use super::validate;
+use super::{shape, validate};
 
 /// One match: a byte range of the text (on char boundaries: it starts and ends at ASCII
 /// bytes or at the ends of the text) and its kind.
@@ -63,7 +64,7 @@ static CLASS: [u8; 256] = {
         if c.is_ascii_alphanumeric() || c == b'_' {
             table[b] = WORD;
         }
-        if matches!(c, b'@' | b'=' | b':' | b'-' | b'+' | b'(') {
+        if matches!(c, b'@' | b'=' | b':' | b'-' | b'+' | b'(' | b'>') {
             table[b] = PUNCT;
         }
         b += 1;
@@ -116,6 +117,16 @@ enum Step {
     Skip(usize),
 }
 
+impl Step {
+    /// This step, or when it found nothing, what `other` finds.
+    fn or_else(self, other: impl FnOnce() -> Option<Found>) -> Self {
+        match self {
+            Self::Skip(next) => other().map_or(Self::Skip(next), Self::Found),
+            found => found,
+        }
+    }
+}
+
 impl Detectors {
     fn on(&self, kind: Kind) -> bool {
         self.enabled.get(kind).copied().unwrap_or(false)
@@ -146,6 +157,7 @@ impl Detectors {
                         found => found,
                     }
                 }
+                .or_else(|| self.spaced_aws_secret(t, i, floor)),
                 PUNCT => self.punct(t, i, b, floor),
                 _ => Step::Skip(i + 1),
             };
@@ -173,8 +185,15 @@ impl Detectors {
             b'A' => hit(AWS_ACCESS_KEY_ID, aws_key_id(t, i))
                 .or_else(|| hit(GOOGLE_API_KEY, google_api_key(t, i)))
                 .or_else(|| hit(IBAN, iban(t, i))),
-            b'B'..=b'Z' => hit(IBAN, iban(t, i)),
+            b'Z' => hit(JWT, jwt_base64(t, i)).or_else(|| hit(IBAN, iban(t, i))),
+            b'B'..=b'Y' => hit(IBAN, iban(t, i)),
             b'g' => hit(GITHUB_TOKEN, github_token(t, i)),
+            // A webhook written without its scheme; with one, `url` finds it at the `:`.
+            b'h' if t.get(i..).is_some_and(|r| r.starts_with(b"hooks.slack.com/"))
+                && at(t, i.wrapping_sub(1)) != b'/' =>
+            {
+                hit(SLACK_TOKEN, slack_webhook_path(t, i + 15))
+            }
             b'x' if self.on(SLACK_TOKEN) => match slack_token(t, i) {
                 Ok(end) => hit(SLACK_TOKEN, Some(end)),
                 Err(skip) => return Step::Skip(word_end.max(skip)),
@@ -231,21 +250,36 @@ impl Detectors {
             b'@' if self.on(EMAIL) => email(t, i, floor),
             b':' if at(t, i + 1) == b'/' && at(t, i + 2) == b'/' => self.url(t, i, floor),
             b'=' | b':' => self.key_value(t, i, floor),
-            b'-' if at(t, i + 1) == b'-' && self.on(PRIVATE_KEY) => private_key(t, i).map(|end| Found {
-                start: i,
-                end,
-                kind: PRIVATE_KEY,
-            }),
+            b'-' => command_line_password(t, i, floor)
+                .filter(|_| self.on(COMMAND_LINE_PASSWORD))
+                .map(|(start, end)| Found {
+                    start,
+                    end,
+                    kind: COMMAND_LINE_PASSWORD,
+                })
+                .or_else(|| {
+                    (at(t, i + 1) == b'-' && self.on(PRIVATE_KEY))
+                        .then(|| private_key(t, i))
+                        .flatten()
+                        .map(|end| Found {
+                            start: i,
+                            end,
+                            kind: PRIVATE_KEY,
+                        })
+                }),
             b'+' if self.on(PHONE) => intl_phone(t, i).map(|end| Found {
                 start: i,
                 end,
                 kind: PHONE,
             }),
-            b'(' if self.on(PHONE) => paren_phone(t, i).map(|end| Found {
-                start: i,
-                end,
-                kind: PHONE,
+            b'(' => self.call_argument(t, i).or_else(|| {
+                paren_phone(t, i).filter(|_| self.on(PHONE)).map(|end| Found {
+                    start: i,
+                    end,
+                    kind: PHONE,
+                })
             }),
+            b'>' => self.xml_element(t, i, floor),
             _ => None,
         };
         found.map_or(Step::Skip(i + 1), Step::Found)
@@ -277,12 +311,8 @@ impl Detectors {
         let authority = t.get(host..authority_end)?;
         if self.on(SLACK_TOKEN)
             && authority.eq_ignore_ascii_case(b"hooks.slack.com")
-            && t.get(authority_end..).is_some_and(|r| r.starts_with(b"/services/"))
+            && let Some(end) = slack_webhook_path(t, authority_end)
         {
-            let end = run(t, authority_end, |b| is_b64url(b) || b == b'/');
-            if end - scheme > 256 {
-                return None; // A webhook URL is about 80 characters.
-            }
             return Some(Found {
                 start: scheme,
                 end,
@@ -297,54 +327,58 @@ impl Detectors {
         let userinfo = authority.get(..at_sign)?;
         let colon = memchr::memchr(b':', userinfo)?;
         let (start, end) = (host + colon + 1, host + at_sign);
-        (start < end).then_some(Found {
+        let password = t.get(start..end)?;
+        (start < end && !shape::is_placeholder(password)).then_some(Found {
             start,
             end,
             kind: PASSWORD_IN_URL,
         })
     }
 
-    /// `key=value`, `key: value`, `"key": "value"` (also with JSON-escaped quotes) where
+    /// `key=value`, `key: value`, `"key": "value"` (also with JSON-escaped quotes), `key :=
+    /// value`, `$key .= value`, and prompts like `AWS Secret Access Key [None]: value`, where
     /// the key is sensitive. `i` is the `=` or `:`.
     fn key_value(&self, t: &[u8], i: usize, floor: usize) -> Option<Found> {
-        if at(t, i) == b'=' && (matches!(at(t, i.wrapping_sub(1)), b'=' | b'!' | b'<' | b'>') || at(t, i + 1) == b'=') {
+        let sep = at(t, i);
+        if sep == b'=' && (matches!(at(t, i.wrapping_sub(1)), b'=' | b'!' | b'<' | b'>') || at(t, i + 1) == b'=') {
             return None; // A comparison, not an assignment.
         }
-        // The key, backwards: spaces, an optional (escaped) closing quote, the name.
-        let mut key_end = i;
-        while key_end > floor && i - key_end < 8 && matches!(at(t, key_end - 1), b' ' | b'\t') {
-            key_end -= 1;
+        if sep == b':' && at(t, i + 1) == b'=' {
+            return None; // `:=`: the `=` reads it.
         }
+        // The key, backwards: a compound assignment's operator (`:=`, `.=`, `+=`, `?=`,
+        // `||=`), spaces, a prompt's bracketed default, an optional (escaped) closing quote.
+        let mut key_end = i;
+        if sep == b'=' {
+            while key_end > floor && i - key_end < 3 && matches!(at(t, key_end - 1), b':' | b'.' | b'+' | b'?' | b'|') {
+                key_end -= 1;
+            }
+        }
+        key_end = skip_blanks_back(t, key_end, floor);
+        if sep == b':' && key_end > floor && at(t, key_end - 1) == b']' {
+            let open = t
+                .get(key_end.saturating_sub(48).max(floor)..key_end)
+                .and_then(|w| memchr::memrchr(b'[', w));
+            if let Some(open) = open {
+                key_end = skip_blanks_back(t, key_end.saturating_sub(48).max(floor) + open, floor);
+            }
+        }
+        let mut quoted_key = false;
         if key_end > floor && matches!(at(t, key_end - 1), b'"' | b'\'') {
             key_end -= 1;
+            quoted_key = true;
             if key_end > floor && at(t, key_end - 1) == b'\\' {
                 key_end -= 1;
             }
         }
-        let is_key_byte = |b: u8| is_word(b) || matches!(b, b'-' | b'.');
-        // Most `:` and `=` in text follow no sensitive key: rule them out on the key's
-        // last letter before reading it whole.
-        let last = t
-            .get(floor..key_end)
-            .and_then(|k| k.iter().rev().find(|&&b| !matches!(b, b'_' | b'-' | b'.')))
-            .copied()
-            .unwrap_or(0);
-        if !is_word(last) || !self.keys.may_end_with(last) {
-            return None;
-        }
-        let mut key_start = key_end;
-        while key_start > floor && key_end - key_start < 64 && is_key_byte(at(t, key_start - 1)) {
-            key_start -= 1;
-        }
-        if key_start == key_end || (key_start > floor && is_key_byte(at(t, key_start - 1))) {
-            return None;
-        }
+        let key_start = key_start(t, key_end, floor, !quoted_key)?;
         // Our own placeholders (`[MASKED:access_token:tok_…]`) look like `key:value`.
         if t.get(..key_start).is_some_and(|before| before.ends_with(b"[MASKED:")) {
             return None;
         }
-        let name = NormalizedKey::new(t.get(key_start..key_end)?);
-        let kind = self.keys.classify_normalized(&name)?;
+        let key = t.get(key_start..key_end)?;
+        let sensitive = self.keys.sensitivity(key)?;
+        let name = NormalizedKey::new(key);
 
         // The value: spaces, then quoted (up to its closing quote) or bare.
         let mut v = i + 1;
@@ -367,7 +401,7 @@ impl Detectors {
             return None;
         }
         // An AWS secret key is 40 characters: read no further than that.
-        let limit = if kind == AWS_SECRET_ACCESS_KEY {
+        let limit = if sensitive.kind == AWS_SECRET_ACCESS_KEY {
             41
         } else {
             VALUE_MAX_BYTES + 1
@@ -398,41 +432,36 @@ impl Detectors {
             }
             _ if line_valued => (v, header_value_end(t, v), false),
             _ => {
-                let rest = t.get(v..).unwrap_or_default();
-                let len = rest
-                    .iter()
-                    .take(limit)
-                    .position(|&b| {
-                        b.is_ascii_whitespace()
-                            || matches!(
-                                b,
-                                b';' | b'&' | b',' | b'"' | b'\'' | b'<' | b'>' | b'`' | b')' | b']' | b'}' | b'\\' | 0
-                            )
-                    })
-                    .unwrap_or(rest.len().min(limit));
-                (v, v + len, false)
+                let end = v + bare_value_len(t, v, limit);
+                if at(t, end) == b'(' {
+                    return None; // A call (`GetEnvOrDefault(…)`): code, not the secret.
+                }
+                match env_fallback(t, v, end) {
+                    Some((start, end)) => (start, end, true),
+                    None => (v, end, false),
+                }
             }
         };
         let value = t.get(start..end)?;
-        if (quoted && !quoted_value_ok(value)) || switches_context(value) {
+        if (quoted && !quoted_value_ok(value)) || switches_context(value) || end - start > VALUE_MAX_BYTES {
             return None;
         }
-        if end - start > VALUE_MAX_BYTES {
+        // A header value is a scheme and its credentials: `Bearer $TOKEN` (read up to the
+        // scheme) and `Basic ...` hold none.
+        if line_valued && !quoted && !value.contains(&b' ') && at(t, end) == b' ' {
             return None;
         }
-        if value.is_empty() || (!quoted && matches!(value, b"null" | b"true" | b"false")) {
-            return None;
-        }
-        let kind = if kind == AWS_SECRET_ACCESS_KEY {
-            let shaped = value.len() == 40
-                && value
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
-            if !shaped {
-                return None;
-            }
-            AWS_SECRET_ACCESS_KEY
-        } else if matches!(name.as_bytes(), b"password" | b"pwd" | b"passwd")
+        let credential = if line_valued && !quoted {
+            value
+                .iter()
+                .position(|&b| b == b' ')
+                .map_or(value, |p| value.get(p + 1..).unwrap_or_default())
+        } else {
+            value
+        };
+        let kind = self.value_kind(sensitive, credential)?;
+        let kind = if kind == SENSITIVE_FIELD
+            && matches!(name.as_bytes(), b"password" | b"pwd" | b"passwd")
             && (matches!(at(t, key_start.wrapping_sub(1)), b';' | b'?' | b'&') || matches!(at(t, end), b';' | b'&'))
             && self.on(PASSWORD_IN_URL)
         {
@@ -443,6 +472,192 @@ impl Detectors {
         };
         self.on(kind).then_some(Found { start, end, kind })
     }
+
+    /// The kind a value under a sensitive key is masked as, or `None` when it is no secret:
+    /// a placeholder (`$API_KEY`, `<token>`, `changeme`), for an AWS secret key anything but
+    /// 40 characters of its alphabet, and under a key that only sometimes holds a secret
+    /// (`credentials`), anything that does not look generated.
+    fn value_kind(&self, sensitive: Sensitive, value: &[u8]) -> Option<Kind> {
+        if shape::is_placeholder(value) || (!sensitive.always && !shape::looks_generated(value)) {
+            return None;
+        }
+        if sensitive.kind == AWS_SECRET_ACCESS_KEY {
+            let shaped = value.len() == 40
+                && value
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
+            return shaped.then_some(AWS_SECRET_ACCESS_KEY);
+        }
+        Some(sensitive.kind)
+    }
+
+    /// `<secret>value</secret>`, `<SecretAccessKey>…</SecretAccessKey>`: an XML element
+    /// whose name is a sensitive key, its text up to the matching end tag. `i` is the `>`.
+    fn xml_element(&self, t: &[u8], i: usize, floor: usize) -> Option<Found> {
+        let window = t.get(i.saturating_sub(64).max(floor)..i)?;
+        let open = memchr::memrchr(b'<', window)? + i.saturating_sub(64).max(floor);
+        let name = t.get(open + 1..i)?;
+        if name.is_empty()
+            || !name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return None;
+        }
+        // A namespace prefix (`<aws:secret>`) is not part of the name.
+        let local = name
+            .iter()
+            .rposition(|&b| b == b':')
+            .map_or(name, |p| name.get(p + 1..).unwrap_or_default());
+        let sensitive = self.keys.sensitivity(local)?;
+        let start = i + 1;
+        let close = start + memchr::memchr(b'<', bounded(t, start))?;
+        let rest = t.get(close..)?;
+        if !(rest.starts_with(b"</") && rest.get(2..)?.starts_with(name) && at(t, close + 2 + name.len()) == b'>') {
+            return None;
+        }
+        let value = t.get(start..close)?;
+        let lead = value.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let trail = value.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+        let (start, end) = (start + lead, close.saturating_sub(trail).max(start + lead));
+        let value = t.get(start..end)?;
+        if value.iter().any(|b| b.is_ascii_whitespace()) || switches_context(value) {
+            return None;
+        }
+        let kind = self.value_kind(sensitive, value)?;
+        self.on(kind).then_some(Found { start, end, kind })
+    }
+
+    /// `getenv("API_TOKEN", "value")`, `config.set('password', 'value')`: a call whose first
+    /// argument is a quoted sensitive key and whose second is a quoted value. `i` is the `(`.
+    fn call_argument(&self, t: &[u8], i: usize) -> Option<Found> {
+        let k = run(t, i + 1, |b| b == b' ');
+        let q = at(t, k);
+        if !matches!(q, b'"' | b'\'') {
+            return None;
+        }
+        let key_end = k + 1 + memchr::memchr(q, t.get(k + 1..t.len().min(k + 66))?)?;
+        let key = t.get(k + 1..key_end)?;
+        if key.is_empty() || !key.iter().all(|&b| is_word(b) || matches!(b, b'-' | b'.')) {
+            return None;
+        }
+        let sensitive = self.keys.sensitivity(key)?;
+        let comma = run(t, key_end + 1, |b| b == b' ');
+        let v = run(t, comma + 1, |b| b == b' ');
+        let vq = at(t, v);
+        if at(t, comma) != b',' || !matches!(vq, b'"' | b'\'') {
+            return None;
+        }
+        let start = v + 1;
+        let end = start + memchr::memchr(vq, bounded(t, start))?;
+        let after = run(t, end + 1, |b| b == b' ');
+        let value = t.get(start..end)?;
+        if !matches!(at(t, after), b')' | b',') || !quoted_value_ok(value) || switches_context(value) {
+            return None;
+        }
+        let kind = self.value_kind(sensitive, value)?;
+        self.on(kind).then_some(Found { start, end, kind })
+    }
+}
+
+impl Detectors {
+    /// An AWS secret key given as the argument after its name, with a blank between:
+    /// `aws configure set aws_secret_access_key …`, `--aws-secret-access-key …`. `i` starts a
+    /// word after a blank.
+    fn spaced_aws_secret(&self, t: &[u8], i: usize, floor: usize) -> Option<Found> {
+        if !self.on(AWS_SECRET_ACCESS_KEY) || i < floor + 2 || at(t, i - 1) != b' ' {
+            return None;
+        }
+        let end = run(t, i, |b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
+        if end - i != 40 || is_word(at(t, end)) {
+            return None;
+        }
+        let key_end = i - 1;
+        let key = t.get(key_start(t, key_end, floor, false)?..key_end)?;
+        let sensitive = self.keys.sensitivity(key)?;
+        (sensitive.kind == AWS_SECRET_ACCESS_KEY && self.value_kind(sensitive, t.get(i..end)?).is_some()).then_some(
+            Found {
+                start: i,
+                end,
+                kind: AWS_SECRET_ACCESS_KEY,
+            },
+        )
+    }
+}
+
+/// Past the blanks before `j` (at most 8), not before `floor`.
+fn skip_blanks_back(t: &[u8], mut j: usize, floor: usize) -> usize {
+    let from = j;
+    while j > floor && from - j < 8 && matches!(at(t, j - 1), b' ' | b'\t') {
+        j -= 1;
+    }
+    j
+}
+
+/// Where the key ending at `key_end` starts: a run of word bytes, `-` and `.` (at most 64),
+/// and with `words`, up to three more such runs before it separated by single spaces
+/// (`AWS Secret Access Key`). `None` when there is no key or it is longer than that.
+fn key_start(t: &[u8], key_end: usize, floor: usize, words: bool) -> Option<usize> {
+    let is_key_byte = |b: u8| is_word(b) || matches!(b, b'-' | b'.');
+    let mut start = key_end;
+    while start > floor && key_end - start < 64 && is_key_byte(at(t, start - 1)) {
+        start -= 1;
+    }
+    if start == key_end || (start > floor && is_key_byte(at(t, start - 1))) {
+        return None;
+    }
+    if words {
+        for _ in 0..3 {
+            if !(start > floor + 1 && at(t, start - 1) == b' ' && at(t, start - 2).is_ascii_alphanumeric()) {
+                break;
+            }
+            let mut word = start - 1;
+            while word > floor && start - word < 24 && at(t, word - 1).is_ascii_alphanumeric() {
+                word -= 1;
+            }
+            if (word > floor && is_key_byte(at(t, word - 1))) || key_end - word > 64 {
+                break;
+            }
+            start = word;
+        }
+    }
+    Some(start)
+}
+
+/// `process.env.API_TOKEN || "value"`, `os.environ.get(…) or 'value'`, `$X ?? "value"`:
+/// the quoted default after a lookup that starts at `v` and ends at `end` (a dotted name).
+/// The default is the value written in the code, so the secret.
+fn env_fallback(t: &[u8], v: usize, end: usize) -> Option<(usize, usize)> {
+    let lookup = t.get(v..end)?;
+    if !lookup.contains(&b'.') && lookup.first() != Some(&b'$') {
+        return None;
+    }
+    let op = run(t, end, |b| b == b' ');
+    let rest = t.get(op..)?;
+    let len = [&b"||"[..], b"??", b"or"].iter().find(|o| rest.starts_with(o))?.len();
+    let q = run(t, op + len, |b| b == b' ');
+    let quote = at(t, q);
+    if op == end || !matches!(quote, b'"' | b'\'') {
+        return None;
+    }
+    let start = q + 1;
+    let close = start + memchr::memchr(quote, bounded(t, start))?;
+    Some((start, close))
+}
+
+/// The length of a bare value at `v`: up to a blank or a delimiter, at most `limit`.
+fn bare_value_len(t: &[u8], v: usize, limit: usize) -> usize {
+    let rest = t.get(v..).unwrap_or_default();
+    rest.iter()
+        .take(limit)
+        .position(|&b| {
+            b.is_ascii_whitespace()
+                || matches!(
+                    b,
+                    b';' | b'&' | b',' | b'"' | b'\'' | b'<' | b'>' | b'`' | b'(' | b')' | b']' | b'}' | b'\\' | 0
+                )
+        })
+        .unwrap_or(rest.len().min(limit))
 }
 
 /// The longest value a `key=value` match masks (a cookie line, a long token).
@@ -516,35 +731,40 @@ fn header_value_end(t: &[u8], v: usize) -> usize {
     }
 }
 
-/// `AKIA…` and the other AWS key id prefixes, then 16 base32 characters.
+/// `AKIA…` and the other AWS key id prefixes (`ASIA` temporary, `ABIA` STS bearer, `ACCA`
+/// context credentials, `A3T…`), then 16 base32 characters that are not a fill
+/// (`AKIAXXXXXXXXXXXXXXXX`).
 fn aws_key_id(t: &[u8], i: usize) -> Option<usize> {
     let prefix = t.get(i..i + 4)?;
-    if !matches!(
+    let known = matches!(
         prefix,
-        b"AKIA" | b"ASIA" | b"AGPA" | b"AIDA" | b"AROA" | b"ANPA" | b"ANVA" | b"AIPA"
-    ) {
+        b"AKIA" | b"ASIA" | b"ABIA" | b"ACCA" | b"AGPA" | b"AIDA" | b"AROA" | b"ANPA" | b"ANVA" | b"AIPA"
+    ) || (prefix.starts_with(b"A3T")
+        && prefix
+            .get(3)
+            .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+    if !known {
         return None;
     }
     let end = i + 20;
-    let ok = t
-        .get(i + 4..end)?
-        .iter()
-        .all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7'));
+    let body = t.get(i + 4..end)?;
+    let ok = body.iter().all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7')) && !shape::looks_filled(body);
     (ok && !is_word(at(t, end))).then_some(end)
 }
 
-/// `AIza` and 35 characters of `[0-9A-Za-z_-]`.
+/// `AIza` and 35 characters of `[0-9A-Za-z_-]` that are not a fill.
 fn google_api_key(t: &[u8], i: usize) -> Option<usize> {
     if !t.get(i..)?.starts_with(b"AIza") {
         return None;
     }
     let end = i + 39;
-    let ok = t.get(i + 4..end)?.iter().all(|&b| is_b64url(b));
+    let body = t.get(i + 4..end)?;
+    let ok = body.iter().all(|&b| is_b64url(b)) && !shape::looks_filled(body);
     (ok && !is_b64url(at(t, end))).then_some(end)
 }
 
 /// `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 (or more) alphanumerics, or a fine-grained
-/// `github_pat_…`.
+/// `github_pat_…`; not a fill (`ghp_xxxx…`).
 fn github_token(t: &[u8], i: usize) -> Option<usize> {
     let rest = t.get(i..)?;
     let (body, min, pred): (usize, usize, fn(u8) -> bool) = if rest.starts_with(b"github_pat_") {
@@ -558,29 +778,75 @@ fn github_token(t: &[u8], i: usize) -> Option<usize> {
         return None;
     };
     let end = run(t, body, pred);
-    ((min..=255).contains(&(end - body)) && !is_word(at(t, end))).then_some(end)
+    let random = t.get(body..end).is_some_and(|b| !shape::looks_filled(b));
+    ((min..=255).contains(&(end - body)) && random && !is_word(at(t, end))).then_some(end)
 }
 
-/// `xoxb-…` and the other Slack token prefixes. `Err` says where to resume: after the
-/// last dash read, so that a long dashed run is not read again from each of its words.
+/// A Slack token: `xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxo-`, `xoxs-`, `xoxe-` (also
+/// `xoxe.xoxp-`/`xoxe.xoxb-` configuration tokens) and `xapp-` app tokens, then
+/// dash-separated segments that validate (see [`slack_segments_ok`]). `Err` says where to
+/// resume: after the last dash read, so that a long dashed run is not read again from each
+/// of its words.
 fn slack_token(t: &[u8], i: usize) -> Result<usize, usize> {
-    let prefixed = t.get(i..).is_some_and(|r| r.starts_with(b"xox"))
-        && matches!(at(t, i + 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r')
-        && at(t, i + 4) == b'-';
-    if !prefixed {
+    let rest = t.get(i..).unwrap_or_default();
+    let body = if rest.starts_with(b"xoxe.xox") && matches!(at(t, i + 8), b'b' | b'p') && at(t, i + 9) == b'-' {
+        i + 10
+    } else if (rest.starts_with(b"xox") && matches!(at(t, i + 3), b'a' | b'b' | b'p' | b'o' | b's' | b'r' | b'e')
+        || rest.starts_with(b"xapp"))
+        && at(t, i + 4) == b'-'
+    {
+        i + 5
+    } else {
         return Err(i + 1);
-    }
-    let body = i + 5;
+    };
     let mut end = run(t, body, |b| b.is_ascii_alphanumeric() || b == b'-');
     let resume = after_last_dash(t, body, end);
+    // Cut short by something tokens do not hold (`xoxp-…-####`): not a token.
+    if at(t, end.saturating_sub(1)) == b'-' && end > body {
+        return Err(resume);
+    }
     while end > body && at(t, end - 1) == b'-' {
         end -= 1;
     }
-    if (10..=255).contains(&(end - body)) && !is_word(at(t, end)) {
+    let segments_ok = t.get(body..end).is_some_and(slack_segments_ok);
+    if (10..=512).contains(&(end - body)) && !is_word(at(t, end)) && segments_ok {
         Ok(end)
     } else {
         Err(resume)
     }
+}
+
+/// The body of a Slack token: an optional one-digit version, then segments of digits (ids,
+/// at least five) and of letters and digits that are not fills, the last at least 8 long;
+/// either two segments or more, or one of at least 12 with letters and digits. Placeholders
+/// (`xoxb-xxxx-…`) and made-up ones (`xoxb-12345-abcd234`, `xoxp-1234567890`,
+/// `xoxp-1234-1234-1234-…`) fail.
+fn slack_segments_ok(body: &[u8]) -> bool {
+    let mut segments = body.split(|&b| b == b'-').peekable();
+    let mut count = 0;
+    let mut last: &[u8] = &[];
+    let mut first = true;
+    while let Some(seg) = segments.next() {
+        let numeric = seg.iter().all(u8::is_ascii_digit);
+        let version = first && numeric && seg.len() == 1 && segments.peek().is_some();
+        first = false;
+        if version {
+            continue;
+        }
+        let ok = !seg.is_empty()
+            && if numeric {
+                seg.len() >= 5
+            } else {
+                !shape::looks_filled(seg)
+            };
+        if !ok {
+            return false;
+        }
+        count += 1;
+        last = seg;
+    }
+    let mixed = last.iter().any(u8::is_ascii_alphabetic) && last.iter().any(u8::is_ascii_digit);
+    last.len() >= 8 && (count >= 2 || (last.len() >= 12 && mixed))
 }
 
 /// Just after the last `-` in `t[from..to]` (or `from`).
@@ -590,28 +856,148 @@ fn after_last_dash(t: &[u8], from: usize, to: usize) -> usize {
         .map_or(from, |p| from + p + 1)
 }
 
-/// `sk_live_…`, `rk_live_…`, `pk_live_…` and their `_test_` forms, 16+ alphanumerics.
+/// The path of a Slack webhook at `j` (just after `hooks.slack.com`): `/services/`,
+/// `/workflows/` or `/triggers/`, then at least 20 characters of ids and secret that are not
+/// a fill. Returns the URL's end.
+fn slack_webhook_path(t: &[u8], j: usize) -> Option<usize> {
+    let rest = t.get(j..)?;
+    let prefix = [&b"/services/"[..], b"/workflows/", b"/triggers/"]
+        .into_iter()
+        .find(|p| rest.starts_with(p))?;
+    let body = j + prefix.len();
+    let end = run(t, body, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'_' | b'-')
+    });
+    let path = t.get(body..end)?;
+    ((20..=200).contains(&path.len()) && !shape::looks_filled(path)).then_some(end)
+}
+
+/// The password of `curl -u user:password` / `curl --user 'user:password'` (also on a
+/// continuation line of the command, or the user alone when no password follows and it
+/// looks generated: `-u "$API_KEY:"` style keys). `i` is the option's first `-`. Returns the
+/// range to mask; placeholders (`$USER:$PASS`, `<user:password>`, `user:pass`) give none.
+fn command_line_password(t: &[u8], i: usize, floor: usize) -> Option<(usize, usize)> {
+    if i == 0 || !matches!(at(t, i - 1), b' ' | b'\t' | b'\n') {
+        return None;
+    }
+    let rest = t.get(i..)?;
+    let v = if rest.starts_with(b"--user") && matches!(at(t, i + 6), b' ' | b'=') {
+        run(t, i + 7, |b| b == b' ')
+    } else if rest.starts_with(b"-u") {
+        match at(t, i + 2) {
+            b' ' | b'=' => run(t, i + 3, |b| b == b' '),
+            // `-u"user:password"`, `-uuser:password`.
+            b'"' | b'\'' => i + 2,
+            b if b.is_ascii_alphanumeric() => i + 2,
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    if !in_curl_command(t, i, floor) {
+        return None;
+    }
+    // The user: quoted or bare, up to the `:`.
+    let (user_start, user_end, colon) = match at(t, v) {
+        q @ (b'"' | b'\'') => {
+            let close = v + 1 + memchr::memchr(q, t.get(v + 1..t.len().min(v + 258))?)?;
+            match memchr::memchr(b':', t.get(v + 1..close)?) {
+                // `"user:password"`: the password ends at the closing quote.
+                Some(p) => {
+                    let (user_end, pass_start) = (v + 1 + p, v + 2 + p);
+                    return curl_secret(t, (v + 1, user_end), (pass_start, close));
+                }
+                None => (v + 1, close, close + 1),
+            }
+        }
+        _ => {
+            let end = run(t, v, |b| {
+                !b.is_ascii_whitespace() && !matches!(b, b':' | b'"' | b'\'' | 0)
+            });
+            (v, end, end)
+        }
+    };
+    if at(t, colon) != b':' {
+        return None;
+    }
+    let p = colon + 1;
+    let (pass_start, pass_end) = match at(t, p) {
+        q @ (b'"' | b'\'') => (p + 1, p + 1 + memchr::memchr(q, t.get(p + 1..t.len().min(p + 258))?)?),
+        _ => (
+            p,
+            run(t, p, |b| !b.is_ascii_whitespace() && !matches!(b, b'"' | b'\'' | 0)),
+        ),
+    };
+    curl_secret(t, (user_start, user_end), (pass_start, pass_end))
+}
+
+/// What of a `user:password` pair is secret: the password unless it is a placeholder, or a
+/// generated-looking user when the password is empty.
+fn curl_secret(t: &[u8], user: (usize, usize), pass: (usize, usize)) -> Option<(usize, usize)> {
+    let user_bytes = t.get(user.0..user.1)?;
+    let pass_bytes = t.get(pass.0..pass.1)?;
+    if pass.1 - pass.0 > 256 || pass_bytes.iter().any(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    if pass_bytes.is_empty() {
+        return shape::looks_generated(user_bytes).then_some(user);
+    }
+    let placeholder =
+        shape::is_placeholder(pass_bytes) || switches_context(pass_bytes) || user_bytes.first() == Some(&b'<');
+    (!placeholder).then_some(pass)
+}
+
+/// Whether the option at `i` belongs to a `curl` command: the word `curl` comes before it
+/// in the same command (lines continued with `\\` count; a line break, `;`, `|` or `&`
+/// ends a command), at most 2 KiB back.
+fn in_curl_command(t: &[u8], i: usize, floor: usize) -> bool {
+    let from = i.saturating_sub(2048).max(floor);
+    let mut j = i;
+    while j > from {
+        let b = at(t, j - 1);
+        let continued =
+            j >= 2 && (at(t, j - 2) == b'\\' || (at(t, j - 2) == b'\r' && at(t, j.wrapping_sub(3)) == b'\\'));
+        if (b == b'\n' && !continued) || matches!(b, b';' | b'|' | b'&') {
+            break;
+        }
+        j -= 1;
+    }
+    let segment = t.get(j..i).unwrap_or_default();
+    memmem::find_iter(segment, b"curl").any(|p| {
+        let before = p.checked_sub(1).and_then(|k| segment.get(k)).copied().unwrap_or(b' ');
+        let after = segment.get(p + 4).copied().unwrap_or(b' ');
+        !is_word(before) && !is_word(after) && before != b'-'
+    })
+}
+
+/// `sk_live_…`, `rk_live_…`, `pk_live_…` and their `_test_` and `_prod_` forms, 16+
+/// alphanumerics that are not a fill.
 fn stripe_key(t: &[u8], i: usize) -> Option<usize> {
     let rest = t.get(i..)?;
     let head = rest.get(..8)?;
-    if !matches!(
-        head,
-        b"sk_live_" | b"rk_live_" | b"pk_live_" | b"sk_test_" | b"rk_test_" | b"pk_test_"
-    ) {
+    let known =
+        matches!(head.get(..3)?, b"sk_" | b"rk_" | b"pk_") && matches!(head.get(3..)?, b"live_" | b"test_" | b"prod_");
+    if !known {
         return None;
     }
     let body = i + 8;
     let end = run(t, body, |b| b.is_ascii_alphanumeric());
-    ((16..=255).contains(&(end - body)) && !is_word(at(t, end))).then_some(end)
+    let random = t.get(body..end).is_some_and(|b| !shape::looks_filled(b));
+    ((16..=255).contains(&(end - body)) && random && !is_word(at(t, end))).then_some(end)
 }
 
 /// Longer than any token an identity provider issues.
 const JWT_MAX_BYTES: usize = 16 * 1024;
+/// The shortest header and claims segments of a JWT-shaped token whose header does not
+/// decode (`{"alg":"none"}` alone is 20 characters).
+const JWT_SHAPED_MIN_SEGMENT: usize = 18;
 
 /// Three (up to five) base64url segments, the first starting `eyJ` and decoding to a JSON
-/// header with `alg`. `Err` says where to resume (see [`slack_token`]).
+/// header with `alg`, or both the first two starting `ey` and long enough to be a header
+/// and claims (a JWT whose header was mangled or is not JSON is still a bearer credential
+/// to whoever holds it). `Err` says where to resume (see [`slack_token`]).
 fn jwt(t: &[u8], i: usize) -> Result<usize, usize> {
-    if !t.get(i..).is_some_and(|r| r.starts_with(b"eyJ")) {
+    if !t.get(i..).is_some_and(|r| r.starts_with(b"ey")) {
         return Err(i + 1);
     }
     let header_end = run(t, i, is_b64url);
@@ -630,12 +1016,36 @@ fn jwt(t: &[u8], i: usize) -> Result<usize, usize> {
         end = run(t, end + 1, is_b64url);
         segments += 1;
     }
-    let header_ok = t.get(i..header_end).is_some_and(validate::jwt_header_ok);
-    if header_ok && end - i <= JWT_MAX_BYTES && !is_b64url(at(t, end)) {
+    let header = t.get(i..header_end).unwrap_or_default();
+    let header_ok = header.starts_with(b"eyJ") && validate::jwt_header_ok(header);
+    let shaped = header.len() >= JWT_SHAPED_MIN_SEGMENT
+        && payload_end - header_end > JWT_SHAPED_MIN_SEGMENT
+        && t.get(header_end + 1..).is_some_and(|p| p.starts_with(b"ey"))
+        && !shape::looks_filled(header);
+    if (header_ok || shaped) && end - i <= JWT_MAX_BYTES && !is_b64url(at(t, end)) {
         Ok(end)
     } else {
         Err(resume)
     }
+}
+
+/// A JWT encoded once more in base64 (`ZXlK…`, which decodes to `eyJ…`): the whole run of
+/// base64, when it decodes to a JWT.
+fn jwt_base64(t: &[u8], i: usize) -> Option<usize> {
+    if !t.get(i..)?.starts_with(b"ZXlK") {
+        return None;
+    }
+    let end = run(t, i, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-')
+    });
+    let end = run(t, end, |b| b == b'=');
+    if end - i > JWT_MAX_BYTES * 4 / 3 + 4 || end - i < 40 || is_word(at(t, end)) {
+        return None;
+    }
+    let unpadded = t.get(i..end)?;
+    let unpadded = unpadded.get(..unpadded.iter().rposition(|&b| b != b'=')? + 1)?;
+    let decoded = validate::base64url_decode(unpadded)?;
+    (jwt(&decoded, 0) == Ok(decoded.len())).then_some(end)
 }
 
 /// A country code, two check digits and the country's number of `[A-Z0-9]`, compact or
@@ -819,6 +1229,22 @@ fn email(t: &[u8], i: usize, floor: usize) -> Option<Found> {
     }
     if start == i || at(t, i - 1) == b'.' {
         return None;
+    }
+    // The user info of a URL (`scheme://user:pass@host`), not an address: the URL's
+    // password is the URL detector's to mask or to leave.
+    if start > 0 && matches!(at(t, start - 1), b':' | b'/') {
+        let from = start.saturating_sub(256).max(floor);
+        let before = t.get(from..start).unwrap_or_default();
+        let in_authority = memmem::rfind(before, b"://").is_some_and(|p| {
+            !before
+                .get(p + 3..)
+                .unwrap_or_default()
+                .iter()
+                .any(|&b| b.is_ascii_whitespace() || matches!(b, b'/' | b'"' | b'\''))
+        });
+        if in_authority {
+            return None;
+        }
     }
     // The domain: labels of `[A-Za-z0-9-]` joined by dots, the last one letters only.
     let mut end = i + 1;

@@ -16,11 +16,12 @@ use serde_json::{Map, Number, Value};
 use sha2::Sha256;
 
 use super::detect::{Detectors, Found};
+use super::gitleaks;
 use super::keys::{SensitiveKeys, normalize_config_key};
 use super::kinds::{BUILTIN_COUNT, BUILTIN_KINDS, CREDIT_CARD, Kind, builtin_kind};
 use super::strict::has_duplicate_keys;
-use super::validate;
 use super::{MaskConfig, MaskConfigError, MaskCounts, Reveal, RevealPlan, Style};
+use super::{shape, validate};
 
 /// What [`Masker::mask_json`] made of a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +118,9 @@ struct CustomRule {
 pub struct Masker {
     detectors: Detectors,
     custom: Vec<CustomRule>,
+    /// Imported gitleaks rules (kinds after the custom ones) and their ids.
+    gitleaks: gitleaks::Compiled,
+    gitleaks_ids: Vec<String>,
     /// The style of each kind, indexed by kind.
     styles: Vec<Style>,
     /// The keyed hash of the `token` style, `None` without a `token_key`.
@@ -143,6 +147,8 @@ impl Default for Masker {
                 keys: SensitiveKeys::default(),
             },
             custom: Vec::new(),
+            gitleaks: gitleaks::Compiled::new(&[], BUILTIN_COUNT, &mut Vec::new()),
+            gitleaks_ids: Vec::new(),
             styles: vec![Style::Redact; BUILTIN_COUNT],
             token: None,
         }
@@ -293,7 +299,10 @@ impl Masker {
         for (n, name) in config.disabled.iter().enumerate() {
             match builtin_kind(name).and_then(|k| enabled.get_mut(k)) {
                 Some(on) => *on = false,
-                None => problems.push(format!("disabled[{n}]: {name:?} is not a built-in kind")),
+                None if config.gitleaks.iter().any(|r| r.id == *name) => {}
+                None => problems.push(format!(
+                    "disabled[{n}]: {name:?} is not a built-in kind or an imported gitleaks rule"
+                )),
             }
         }
 
@@ -358,7 +367,34 @@ impl Masker {
             }
         }
 
-        let known = |kind: &str| builtin_kind(kind).is_some() || config.custom.iter().any(|r| r.name == kind);
+        // Imported rules, minus the disabled ones; their ids are kinds like custom names.
+        let imported: Vec<&gitleaks::GitleaksRule> = config
+            .gitleaks
+            .iter()
+            .filter(|r| !config.disabled.contains(&r.id))
+            .collect();
+        for (n, rule) in config.gitleaks.iter().enumerate() {
+            let id = rule.id.as_str();
+            if !valid_custom_name(id) || id.is_empty() {
+                problems.push(format!(
+                    "gitleaks[{n}].id: {id:?} must be 1 to 64 of A-Z, a-z, 0-9, `_`, `-`, `.`"
+                ));
+            } else if builtin_kind(id).is_some() || config.custom.iter().any(|r| r.name == id) {
+                problems.push(format!(
+                    "gitleaks[{id}].id: is also a built-in kind or a custom rule's name"
+                ));
+            } else if config.gitleaks.iter().take(n).any(|r| r.id == id) {
+                problems.push(format!("gitleaks[{id}].id: is used by an earlier rule"));
+            }
+        }
+        let gitleaks = gitleaks::Compiled::new(imported.iter().copied(), BUILTIN_COUNT + custom.len(), &mut problems);
+        let gitleaks_ids: Vec<String> = imported.iter().map(|r| r.id.clone()).collect();
+
+        let known = |kind: &str| {
+            builtin_kind(kind).is_some()
+                || config.custom.iter().any(|r| r.name == kind)
+                || config.gitleaks.iter().any(|r| r.id == kind)
+        };
         for kind in config.styles.keys() {
             if !known(kind) {
                 problems.push(format!("styles.{kind}: unknown kind"));
@@ -397,6 +433,7 @@ impl Masker {
             .iter()
             .copied()
             .chain(custom.iter().map(|r| r.name.as_str()))
+            .chain(gitleaks_ids.iter().map(String::as_str))
             .map(style_of)
             .collect();
         Ok(Self {
@@ -405,6 +442,8 @@ impl Masker {
                 keys: SensitiveKeys::with_extra(extra_keys),
             },
             custom,
+            gitleaks,
+            gitleaks_ids,
             styles,
             token,
         })
@@ -419,16 +458,21 @@ impl Masker {
             .filter(|(_, on)| *on)
             .map(|(k, _)| (*k).to_owned())
             .chain(self.custom.iter().map(|r| r.name.clone()))
+            .chain(self.gitleaks_ids.iter().cloned())
             .collect()
     }
 
     fn kind_name(&self, kind: Kind) -> &str {
-        match BUILTIN_KINDS.get(kind) {
-            Some(name) => name,
+        if let Some(name) = BUILTIN_KINDS.get(kind) {
+            return name;
+        }
+        let extra = kind - BUILTIN_COUNT;
+        match self.custom.get(extra) {
+            Some(rule) => rule.name.as_str(),
             None => self
-                .custom
-                .get(kind - BUILTIN_COUNT)
-                .map_or("masked", |r| r.name.as_str()),
+                .gitleaks_ids
+                .get(extra - self.custom.len())
+                .map_or("masked", String::as_str),
         }
     }
 
@@ -489,6 +533,9 @@ impl Masker {
                         kind: BUILTIN_COUNT + n,
                     }),
             );
+        }
+        if !self.gitleaks.is_empty() {
+            self.gitleaks.find(text, out);
         }
         if out.len() > before {
             resolve_overlaps(out);
@@ -677,9 +724,24 @@ impl Masker {
         nest: u8,
         clean: &mut CleanJson,
     ) -> bool {
-        match self.detectors.keys.classify(key.as_bytes()) {
-            Some(kind) if self.enabled(kind) && !reveal.contains(self.kind_name(kind)) => {
-                self.mask_all(value, kind, reveal, counts)
+        let Some(sensitive) = self.detectors.keys.sensitivity(key.as_bytes()) else {
+            return self.walk(value, reveal, counts, nest, clean);
+        };
+        let kind = sensitive.kind;
+        if !self.enabled(kind) || reveal.contains(self.kind_name(kind)) {
+            return self.walk(value, reveal, counts, nest, clean);
+        }
+        if sensitive.always {
+            return self.mask_all(value, kind, reveal, counts);
+        }
+        // A key that only sometimes holds a secret (`credentials`, `auth`): a string that
+        // looks generated is one; anything else is walked like any value.
+        match value {
+            Value::String(s) if !is_placeholder(s) && shape::looks_generated(s.as_bytes()) => {
+                let kind = self.whole_value_kind(s).unwrap_or(kind);
+                counts.add(self.kind_name(kind), 1);
+                *value = Value::String(self.replacement(kind, s));
+                true
             }
             _ => self.walk(value, reveal, counts, nest, clean),
         }

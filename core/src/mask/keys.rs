@@ -1,45 +1,344 @@
 //! Field rules: which keys (JSON object keys, and `key=value` / `key: value` in text)
-//! hold a secret whatever the value looks like.
+//! hold a secret.
 //!
-//! A key is compared lower-cased with `_`, `-` and `.` removed, and matches when it
-//! equals or ends with a listed key: `db_password`, `client_secret`, `apiKey` and
-//! `X-Api-Key` match; `max_tokens`, `token_type` and `password_hint` do not.
+//! A key is split into lower-cased words (at separators, case changes and digits) and its
+//! last term decides (see [`SensitiveKeys::sensitivity`]): `db_password`, `client_secret`,
+//! `apiKey`, `X-Api-Key` and `some_api_token_123` hold one; `max_tokens`, `token_type`,
+//! `password_hint`, `public_key` and `io.jsonwebtoken` do not. Configured keys match the
+//! old way: the key lower-cased without punctuation equals or ends with them.
 
 use super::kinds::{AWS_SECRET_ACCESS_KEY, Kind, SENSITIVE_FIELD};
 
-/// The built-in sensitive keys, normalized.
-pub(crate) const BUILTIN_SENSITIVE_KEYS: &[&str] = &[
-    "password",
-    "passwd",
-    "pwd",
-    "passphrase",
-    "secret",
-    "clientsecret",
-    "token",
-    "accesstoken",
-    "refreshtoken",
-    "idtoken",
-    "sessiontoken",
-    "apikey",
-    "authorization",
-    "cookie",
-    "setcookie",
-    "privatekey",
-    "connectionstring",
+/// A word (or words, joined and lower-cased: `API_KEY`, `apiKey` and `apikey` all join to
+/// `apikey`) that names a secret in a key. A term must start at one of the key's words and
+/// end at the end of one, so `jsonwebtoken` holds no `token` and `secretary` no `secret`.
+struct Term {
+    word: &'static str,
+    /// It may also end a longer word (`dbpassword`, `mysecret`; not `token`: glued to a word
+    /// it is too often part of a name like `jsonwebtoken`).
+    glued: bool,
+    /// It names a secret even with other words after it (`todo_secret_do_not_commit`,
+    /// `password_for_prod`); after the others such words leave only generated-looking
+    /// values secret (`token_bucket_size: 100` is no token, `apiTokenDoNotCommit = "x9…"`
+    /// is).
+    anywhere: bool,
+    /// Its values are only sometimes secrets (`"auth": "basic"`, `"credentials":
+    /// {"AccessKeyId": …}`): they are masked when they look generated.
+    loose: bool,
+}
+
+const fn term(word: &'static str, glued: bool, anywhere: bool, loose: bool) -> Term {
+    Term {
+        word,
+        glued,
+        anywhere,
+        loose,
+    }
+}
+
+/// The terms: word, glued, anywhere, loose.
+const TERMS: &[Term] = &[
+    term("password", true, true, false),
+    term("passwd", true, true, false),
+    term("pass", false, false, false),
+    term("pwd", false, false, false),
+    term("passphrase", true, true, false),
+    term("secret", true, true, false),
+    term("clientsecret", true, true, false),
+    term("token", false, false, false),
+    term("accesstoken", true, false, false),
+    term("refreshtoken", true, false, false),
+    term("idtoken", false, false, false),
+    term("sessiontoken", true, false, false),
+    term("authtoken", true, false, false),
+    term("apitoken", true, false, false),
+    term("bearertoken", true, false, false),
+    term("apikey", true, true, false),
+    term("secretkey", true, true, false),
+    term("privatekey", true, true, false),
+    term("signingkey", false, true, false),
+    term("encryptionkey", false, true, false),
+    term("masterkey", false, true, false),
+    term("authorization", false, false, false),
+    term("cookie", false, false, false),
+    term("setcookie", false, false, false),
+    term("connectionstring", false, false, false),
+    term("secretaccesskey", true, true, false),
+    term("auth", false, false, true),
+    term("creds", false, false, true),
+    term("credential", false, false, true),
+    term("credentials", false, false, true),
 ];
 
-/// Keys that end like a sensitive key but are protocol fields, not credentials: MCP's
-/// `progressToken` (the client needs it to match progress to its call) and pagination
-/// tokens (`pageToken`, `nextPageToken`), which clients must send back. Their values are
-/// still scanned by the detectors like any other text.
-pub(crate) const NOT_SENSITIVE_KEYS: &[&str] = &["progresstoken", "pagetoken", "nextpagetoken", "continuationtoken"];
+/// Words that, after a term, say the value describes the secret rather than being it:
+/// `password_hint`, `token_type`, `secret_name`, `api_key_id`, `access_token_url`.
+/// (A term with other words after it that are not descriptors holds a secret only when the
+/// value looks generated.)
+const DESCRIPTORS: &[&str] = &[
+    "id",
+    "ids",
+    "name",
+    "names",
+    "type",
+    "types",
+    "kind",
+    "length",
+    "len",
+    "size",
+    "count",
+    "hint",
+    "url",
+    "uri",
+    "urls",
+    "endpoint",
+    "host",
+    "file",
+    "filename",
+    "path",
+    "dir",
+    "version",
+    "format",
+    "prefix",
+    "suffix",
+    "header",
+    "field",
+    "param",
+    "variable",
+    "var",
+    "env",
+    "label",
+    "policy",
+    "expiry",
+    "expires",
+    "expiration",
+    "expire",
+    "ttl",
+    "lifetime",
+    "timeout",
+    "age",
+    "at",
+    "time",
+    "date",
+    "min",
+    "max",
+    "mode",
+    "method",
+    "scheme",
+    "scope",
+    "scopes",
+    "location",
+    "region",
+    "ref",
+    "source",
+    "provider",
+    "manager",
+    "enabled",
+    "required",
+    "exists",
+    "rotation",
+    "reset",
+    "strength",
+    "pattern",
+    "regex",
+    "rule",
+    "rules",
+    "limit",
+    "index",
+    "idx",
+    "usage",
+    "algorithm",
+    "alg",
+    "fingerprint",
+    "store",
+    "vault",
+    "arn",
+];
+
+/// Words before a term that make it something other than a credential: public keys and
+/// tokens, anti-forgery tokens, pagination and progress tokens clients must send back,
+/// counts of tokens.
+const QUALIFIERS: &[&str] = &[
+    "public",
+    "pub",
+    "csrf",
+    "xsrf",
+    "next",
+    "page",
+    "continuation",
+    "progress",
+    "cursor",
+    "max",
+    "min",
+    "num",
+    "total",
+];
+
+/// Words after a term that change nothing: `some_api_token_123`, `mySecretString`,
+/// `DB_API_TOKEN_OLD`, `$apiTokenV2`.
+fn neutral(word: &[u8]) -> bool {
+    word.len() == 1
+        || word.iter().all(u8::is_ascii_digit)
+        || matches!(
+            word,
+            b"value"
+                | b"val"
+                | b"string"
+                | b"str"
+                | b"text"
+                | b"data"
+                | b"raw"
+                | b"b64"
+                | b"base64"
+                | b"hex"
+                | b"old"
+                | b"new"
+                | b"prev"
+                | b"previous"
+                | b"current"
+                | b"backup"
+                | b"primary"
+                | b"secondary"
+                | b"prod"
+                | b"production"
+                | b"dev"
+                | b"staging"
+                | b"tmp"
+                | b"temp"
+        )
+}
 
 /// Normalized keys are compared on at most this many trailing bytes (ends-with needs no
 /// more); configured keys longer than this are refused.
 pub(crate) const MAX_KEY: usize = 64;
 
-/// A key normalized into a fixed buffer (its last [`MAX_KEY`] kept bytes), so that the
-/// check on every JSON key does not allocate.
+/// The most words of a key looked at: its last ones.
+const MAX_WORDS: usize = 16;
+
+/// A key split into lower-cased words (`X-Api-Key` → `x api key`, `mySecretString` → `my
+/// secret string`, `HTTPServerToken` → `http server token`, `token123` → `token 123`), its
+/// last [`MAX_KEY`] bytes and [`MAX_WORDS`] words, without allocating.
+pub(crate) struct Words {
+    joined: [u8; MAX_KEY],
+    len: usize,
+    /// Where each word starts in `joined`, and the end.
+    bounds: [u8; MAX_WORDS + 1],
+    count: usize,
+}
+
+impl Words {
+    pub(crate) fn new(key: &[u8]) -> Self {
+        let tail = key.get(key.len().saturating_sub(MAX_KEY)..).unwrap_or(key);
+        let mut w = Self {
+            joined: [0; MAX_KEY],
+            len: 0,
+            bounds: [0; MAX_WORDS + 1],
+            count: 0,
+        };
+        let mut prev = 0u8;
+        for (i, &b) in tail.iter().enumerate() {
+            if !b.is_ascii_alphanumeric() {
+                prev = 0;
+                continue;
+            }
+            let next = tail.get(i + 1).copied().unwrap_or(0);
+            let starts = prev == 0
+                || (prev.is_ascii_lowercase() && b.is_ascii_uppercase())
+                || (prev.is_ascii_uppercase() && b.is_ascii_uppercase() && next.is_ascii_lowercase())
+                || (prev.is_ascii_digit() != b.is_ascii_digit());
+            if starts {
+                if w.count == MAX_WORDS {
+                    // Keep the last words: drop the first.
+                    let cut = w.bound(1);
+                    w.joined.copy_within(usize::from(cut)..w.len, 0);
+                    w.len -= usize::from(cut);
+                    w.bounds.copy_within(1.., 0);
+                    for b in &mut w.bounds {
+                        *b = b.saturating_sub(cut);
+                    }
+                    w.count -= 1;
+                }
+                w.set_bound(w.count, w.len);
+                w.count += 1;
+            }
+            if let Some(slot) = w.joined.get_mut(w.len) {
+                *slot = b.to_ascii_lowercase();
+                w.len += 1;
+            }
+            prev = b;
+        }
+        w.set_bound(w.count, w.len);
+        w
+    }
+
+    /// Where word `k` starts in `joined` (`k == count`: the end).
+    fn bound(&self, k: usize) -> u8 {
+        self.bounds.get(k).copied().unwrap_or(0)
+    }
+
+    fn set_bound(&mut self, k: usize, at: usize) {
+        if let Some(slot) = self.bounds.get_mut(k) {
+            *slot = u8::try_from(at).unwrap_or(u8::MAX);
+        }
+    }
+
+    fn joined(&self) -> &[u8] {
+        self.joined.get(..self.len).unwrap_or_default()
+    }
+
+    fn word(&self, k: usize) -> &[u8] {
+        let (start, end) = (self.bound(k), self.bound(k + 1));
+        self.joined
+            .get(usize::from(start)..usize::from(end))
+            .unwrap_or_default()
+    }
+
+    /// The index of the word that starts at byte `at`, if one does.
+    fn word_starting(&self, at: usize) -> Option<usize> {
+        (0..self.count).find(|&k| usize::from(self.bound(k)) == at)
+    }
+
+    /// The last term of the key, as (term, first word, last word): the term ending last, the
+    /// longest of those.
+    fn last_term(&self) -> Option<(&'static Term, usize, usize)> {
+        let joined = self.joined();
+        for last in (0..self.count).rev() {
+            let end = usize::from(self.bound(last + 1));
+            let head = joined.get(..end).unwrap_or_default();
+            let mut best: Option<(&'static Term, usize)> = None;
+            for term in TERMS {
+                if !head.ends_with(term.word.as_bytes()) {
+                    continue;
+                }
+                let start = end - term.word.len();
+                let first = match self.word_starting(start) {
+                    Some(first) => first,
+                    // Glued: the term ends a longer word.
+                    None if term.glued => (0..=last).rev().find(|&k| usize::from(self.bound(k)) <= start)?,
+                    None => continue,
+                };
+                if best.is_none_or(|(b, _)| term.word.len() > b.word.len()) {
+                    best = Some((term, first));
+                }
+            }
+            if let Some((term, first)) = best {
+                return Some((term, first, last));
+            }
+        }
+        None
+    }
+}
+
+/// How a key holds a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sensitive {
+    pub(crate) kind: Kind,
+    /// Every value is a secret (`password`); otherwise only values that look generated
+    /// are (`credentials`, `auth`).
+    pub(crate) always: bool,
+}
+
+/// Normalizes a key the old way (lower-cased, `_`, `-` and `.` removed, its last
+/// [`MAX_KEY`] bytes), for configured keys, which match when the key ends with them.
 pub(crate) struct NormalizedKey {
     buf: [u8; MAX_KEY],
     /// Where the normalized key starts in `buf` (it is written from the end).
@@ -54,7 +353,7 @@ impl NormalizedKey {
         let mut start = MAX_KEY;
         let mut long = false;
         for &b in key.iter().rev() {
-            if matches!(b, b'_' | b'-' | b'.') {
+            if !b.is_ascii_alphanumeric() {
                 continue;
             }
             if start == 0 {
@@ -79,72 +378,100 @@ impl NormalizedKey {
     }
 }
 
-/// The sensitive keys of one masker: the built-in ones and the configured ones.
-#[derive(Debug, Clone)]
+/// The sensitive keys of one masker: the built-in terms and the configured keys.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct SensitiveKeys {
     extra: Vec<Vec<u8>>,
-    /// The last bytes (lower-cased) of every key: a key ending otherwise is not sensitive.
-    last: [bool; 256],
-}
-
-impl Default for SensitiveKeys {
-    fn default() -> Self {
-        Self::with_extra(Vec::new())
-    }
 }
 
 impl SensitiveKeys {
     /// Adds configured keys (already checked by [`normalize_config_key`]).
     pub(crate) fn with_extra(extra: Vec<Vec<u8>>) -> Self {
-        let mut last = [false; 256];
-        let keys = BUILTIN_SENSITIVE_KEYS
-            .iter()
-            .map(|k| k.as_bytes())
-            .chain([&b"secretaccesskey"[..]])
-            .chain(extra.iter().map(Vec::as_slice));
-        for key in keys {
-            if let Some(slot) = key.last().and_then(|&b| last.get_mut(usize::from(b))) {
-                *slot = true;
+        Self { extra }
+    }
+
+    /// The kind a value under `key` is masked as, if every value under it is a secret:
+    /// `aws_secret_access_key` for `…SecretAccessKey` keys, else `sensitive_field`.
+    #[cfg(test)]
+    pub(crate) fn classify(&self, key: &[u8]) -> Option<Kind> {
+        self.sensitivity(key).filter(|s| s.always).map(|s| s.kind)
+    }
+
+    /// Whether and how `key` holds a secret. Its last term decides, unless a qualifier
+    /// comes before it (`public_key`, `nextPageToken`), a descriptor after it
+    /// (`password_hint`, `token_type`, `credentialsId`), or other words after a term that
+    /// must end the key (`token_bucket`); a configured key matches when the key ends with it.
+    pub(crate) fn sensitivity(&self, key: &[u8]) -> Option<Sensitive> {
+        if !self.extra.is_empty() {
+            let n = NormalizedKey::new(key);
+            if !n.as_bytes().is_empty() && self.extra.iter().any(|k| n.matches(k)) {
+                return Some(Sensitive {
+                    kind: SENSITIVE_FIELD,
+                    always: true,
+                });
             }
         }
-        Self { extra, last }
-    }
-
-    /// Whether a key whose last kept byte is `b` can be sensitive.
-    #[inline]
-    pub(crate) fn may_end_with(&self, b: u8) -> bool {
-        self.last
-            .get(usize::from(b.to_ascii_lowercase()))
-            .copied()
-            .unwrap_or(false)
-    }
-
-    /// The kind a value under `key` is masked as, if the key is sensitive:
-    /// `aws_secret_access_key` for `…SecretAccessKey` keys, else `sensitive_field`.
-    pub(crate) fn classify(&self, key: &[u8]) -> Option<Kind> {
-        self.classify_normalized(&NormalizedKey::new(key))
-    }
-
-    /// [`classify`](Self::classify) for a key already normalized.
-    pub(crate) fn classify_normalized(&self, n: &NormalizedKey) -> Option<Kind> {
-        let bytes = n.as_bytes();
-        if bytes.is_empty() {
+        // Our own placeholders name kinds (`[MASKED:slack_token]`): only what follows the
+        // last one is the key's own.
+        let key = match memchr::memmem::rfind(key, b"[MASKED:") {
+            Some(p) => {
+                let rest = key.get(p..).unwrap_or_default();
+                rest.get(memchr::memchr(b']', rest)? + 1..).unwrap_or_default()
+            }
+            None => key,
+        };
+        // A cheap first test: most keys hold none of the terms' letters in a row.
+        if key.len() < 3 || !may_hold_term(key) {
             return None;
         }
-        if n.matches(b"secretaccesskey") {
-            return Some(AWS_SECRET_ACCESS_KEY);
-        }
-        if NOT_SENSITIVE_KEYS.iter().any(|k| bytes == k.as_bytes()) {
+        let words = Words::new(key);
+        let (term, first, last) = words.last_term()?;
+        if first > 0 && QUALIFIERS.iter().any(|q| words.word(first - 1) == q.as_bytes()) {
             return None;
         }
-        // A cheap first test, since most keys in real JSON are not sensitive.
-        if !self.may_end_with(bytes.last().copied().unwrap_or_default()) {
-            return None;
+        let after = (last + 1..words.count).find(|&k| !neutral(words.word(k)));
+        // Other words after a term that ends a key (`token_bucket`, `apiTokenDoNotCommit`):
+        // a secret only if its value looks generated.
+        let mut always = !term.loose;
+        if let Some(next) = after {
+            let word = words.word(next);
+            if DESCRIPTORS.iter().any(|d| word == d.as_bytes()) {
+                return None;
+            }
+            always &= term.anywhere;
         }
-        let sensitive =
-            BUILTIN_SENSITIVE_KEYS.iter().any(|k| n.matches(k.as_bytes())) || self.extra.iter().any(|k| n.matches(k));
-        sensitive.then_some(SENSITIVE_FIELD)
+        if term.word == "secretaccesskey" {
+            return Some(Sensitive {
+                kind: AWS_SECRET_ACCESS_KEY,
+                always: true,
+            });
+        }
+        Some(Sensitive {
+            kind: SENSITIVE_FIELD,
+            always,
+        })
     }
+}
+
+/// Whether `key` holds, case-insensitively, a pair of bytes every term has: `as`/`wd`
+/// (password, passwd, pwd), `ec` (secret), `ok` (token, cookie), `ke` (…key), `ut`
+/// (auth…), `re` (creds, credential…), `ti` (connectionstring).
+fn may_hold_term(key: &[u8]) -> bool {
+    key.windows(2).any(|p| {
+        let a = p.first().copied().unwrap_or(0).to_ascii_lowercase();
+        let b = p.get(1).copied().unwrap_or(0).to_ascii_lowercase();
+        matches!(
+            (a, b),
+            (b'a', b's')
+                | (b'w', b'd')
+                | (b'e', b'c')
+                | (b'o', b'k')
+                | (b'k', b'e')
+                | (b'u', b't')
+                | (b'r', b'e')
+                | (b't', b'i')
+        )
+    })
 }
 
 /// Normalizes a configured sensitive key, or says why it cannot be used.
@@ -183,6 +510,17 @@ mod tests {
             "private_key",
             "pwd",
             "ConnectionString",
+            "todo_secret_do_not_commit",
+            "mySecretString",
+            "some_api_token_123",
+            "dbpassword",
+            "API Key",
+            "ngrok_authtoken",
+            "$token",
+            "SECRET_KEY_BASE",
+            "USER_PASS",
+            "DB_API_TOKEN_OLD",
+            "$apiTokenV2",
         ] {
             assert_eq!(kind(key), Some(SENSITIVE_FIELD), "{key}");
         }
@@ -195,15 +533,62 @@ mod tests {
             "name",
             "",
             "_-.",
-            "credentials",
             "progressToken",
             "nextPageToken",
             "page_token",
+            "io.jsonwebtoken",
+            "publicToken",
+            "public_key",
+            "credentialsId",
+            "secret_length",
+            "LLM_SECRET_NAME",
+            "access_token_url",
+            "TokenFile",
+            "author",
+            "secretary",
+            "csrf-token",
+            "keyword",
+            "passwordVariable",
+            "bypass",
+            "pass_through",
         ] {
             assert_eq!(kind(key), None, "{key}");
         }
         assert_eq!(kind("aws_secret_access_key"), Some(AWS_SECRET_ACCESS_KEY));
         assert_eq!(kind("SecretAccessKey"), Some(AWS_SECRET_ACCESS_KEY));
+        assert_eq!(kind("AWS Secret Access Key"), Some(AWS_SECRET_ACCESS_KEY));
+    }
+
+    #[test]
+    fn loose_keys_hold_secrets_only_sometimes() {
+        let keys = SensitiveKeys::default();
+        for key in ["credentials", "creds", "user_auth", "Credential"] {
+            assert_eq!(
+                keys.sensitivity(key.as_bytes()),
+                Some(Sensitive {
+                    kind: SENSITIVE_FIELD,
+                    always: false
+                }),
+                "{key}"
+            );
+            assert_eq!(keys.classify(key.as_bytes()), None, "{key}");
+        }
+        assert_eq!(keys.sensitivity(b"auth_type"), None);
+        for key in ["token_bucket", "redisAuthTokenDoNotCommit"] {
+            assert_eq!(keys.classify(key.as_bytes()), None, "{key}");
+            assert!(keys.sensitivity(key.as_bytes()).is_some(), "{key}");
+        }
+        assert_eq!(keys.sensitivity(b"x [MASKED:slack_token]"), None);
+        assert_eq!(keys.classify(b"[MASKED:email] password"), Some(SENSITIVE_FIELD));
+    }
+
+    #[test]
+    fn words_split_at_case_digits_and_separators() {
+        let w = Words::new(b"HTTPServer_apiKey-2token");
+        let words: Vec<&[u8]> = (0..w.count).map(|k| w.word(k)).collect();
+        assert_eq!(words, [&b"http"[..], b"server", b"api", b"key", b"2", b"token"]);
+        let long = Words::new("a_".repeat(40).as_bytes());
+        assert_eq!(long.count, MAX_WORDS);
     }
 
     #[test]

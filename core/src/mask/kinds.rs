@@ -20,9 +20,10 @@ pub(crate) const US_SSN: Kind = 11;
 pub(crate) const IBAN: Kind = 12;
 pub(crate) const PHONE: Kind = 13;
 pub(crate) const SENSITIVE_FIELD: Kind = 14;
+pub(crate) const COMMAND_LINE_PASSWORD: Kind = 15;
 
 /// The built-in kinds, indexed by [`Kind`].
-pub(crate) const BUILTIN_KINDS: [&str; 15] = [
+pub(crate) const BUILTIN_KINDS: [&str; 16] = [
     "aws_access_key_id",
     "aws_secret_access_key",
     "github_token",
@@ -38,6 +39,7 @@ pub(crate) const BUILTIN_KINDS: [&str; 15] = [
     "iban",
     "phone",
     "sensitive_field",
+    "command_line_password",
 ];
 
 pub(crate) const BUILTIN_COUNT: usize = BUILTIN_KINDS.len();

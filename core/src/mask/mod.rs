@@ -22,8 +22,10 @@ mod config;
 mod counts;
 mod detect;
 mod engine;
+mod gitleaks;
 mod keys;
 mod kinds;
+mod shape;
 mod sse;
 mod strict;
 #[cfg(test)]
@@ -33,5 +35,6 @@ mod validate;
 pub use config::{CustomRule, MaskConfig, MaskConfigError, Style};
 pub use counts::{MaskCounts, Reveal, RevealPlan};
 pub use engine::{JsonMasked, Masker, builtin_kinds};
+pub use gitleaks::{AllowTarget, Entropy, GitleaksAllowlist, GitleaksRule};
 pub use sse::{MaskedEvent, SseMasker};
 pub use strict::has_duplicate_keys;

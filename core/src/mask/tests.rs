@@ -73,6 +73,202 @@ fn aws_secret_access_key_needs_its_key() {
 }
 
 #[test]
+fn aws_key_ids_of_every_prefix_and_no_fills() {
+    for key in ["ABIAQ7ZMB2LRX4T6PWKD", "ACCAQ7ZMB2LRX4T6PWKD", "A3T9Q7ZMB2LRX4T6PWKD"] {
+        caught("aws_access_key_id", &format!("id {key}"), key);
+    }
+    kept("key = AKIAXXXXXXXXXXXXXXXX");
+    kept("TODAYINASIAASACKOFRICEFELLOVER");
+}
+
+#[test]
+fn aws_secret_keys_in_prompts_and_xml() {
+    let secret = "Q7ZmB2lRx4T6pWkD+9sF0aLq3VnE8cY1uJ5hG/Ri";
+    caught(
+        "aws_secret_access_key",
+        &format!("AWS Secret Access Key [None]: {secret}\nDefault region name [None]:"),
+        secret,
+    );
+    caught(
+        "aws_secret_access_key",
+        &format!("AWS Secret Access Key [****************ABCD]: {secret}"),
+        secret,
+    );
+    caught(
+        "aws_secret_access_key",
+        &format!("<SecretAccessKey>{secret}</SecretAccessKey>"),
+        secret,
+    );
+    caught("sensitive_field", &format!("<secret>{secret}</secret>"), secret);
+    kept("<secret>$AWS_SECRET</secret> and <secretName>prod-db</secretName>");
+    kept("<secret>a</other>");
+}
+
+#[test]
+fn slack_tokens_of_every_family() {
+    for token in [
+        "xoxb-781236542736-2364535789652-GkwFDQoHqzXDVsC6GzqYUypD",
+        "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1",
+        "xoxp-41684372915-1320496754-45609968301-e708ba56e1517a99f6b5fb07349476ef",
+        "xapp-1-A052FGTS2DL-5171572773297-610b6a11f4b7eb819e87b767d80e6575a3634791acb9a9ead051da879eb5b55e",
+        "xoxe-1-My0xLTMxNzcwMjQ0MTcxMy01MTU4MTUyNjkxNzE0LTUxODE4NDI0MDY3MzYtMjA5MGFkOTFlZThkZWE2OGFlZDYw",
+        "xoxe.xoxp-1-Mi0yLTM0MTQwNDE0MDE3Ni0zNjU5NDY0Njg4MTctNTE4MjA3NTQ5NjA4MC01NDEyOTYyODY5NzUxLThh",
+        "xoxs-416843729158-132049654-5609968301-e708ba56e1",
+        "xoxa-2-511111111-31111111111-3111111111111-e039d02840a0b9379c",
+    ] {
+        caught("slack_token", &format!("t={token} end"), token);
+    }
+    let query = "https://files.slack.com/files-pri/T04MCQ-F04MAA/image.png?t=xoxe-4726837507825-4848681849303-4856614048758-e0b1f3d4cb371f92260edb0d9444d206";
+    caught("slack_token", query, "xoxe-4726837507825");
+    for hook in [
+        "https://hooks.slack.com/workflows/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",
+        "hooks.slack.com/triggers/Q7ZmB2lRx4T6pWkD9sF0aLq3VnE8cY1uJ5hGRiAbCdEfGhIjKlMnOpQr",
+        "hooks.slack.com/services/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",
+    ] {
+        caught("slack_token", &format!("url: {hook}"), "hooks.slack.com/");
+    }
+    for fake in [
+        "xoxb-xxxxxxxxx-xxxxxxxxxx-xxxxxxxxxxxx",
+        "xoxb-12345-abcd234",
+        "xoxb-abcdef-abcdef",
+        "xoxp-1234567890",
+        "xoxp-1234-1234-1234-4ddbc191d40ee098cbaae6f3523ada2d",
+        "xoxp-572370529330-573807301142-572331691188-####################",
+        "xoxb-Slack_BOT_TOKEN",
+        "xoxe-1-xxx",
+        "xoxe.xoxp-1-SlackAppConfigurationAccessTokenHere",
+        "xoxb-xoxb-my-bot-token",
+    ] {
+        kept(&format!("assert token != \"{fake}\""));
+    }
+}
+
+#[test]
+fn jwts_whose_header_does_not_decode_and_jwts_in_base64() {
+    let mangled = "eyJhbGciOieeeiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.a_5icKBDo-8EjUlrfvz2k2k-FYaindQ0DEYNrlsnRG0";
+    caught("jwt", &format!("JWT := {mangled}"), mangled);
+    let jwt =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+    let b64 = "ZXlKaGJHY2lPaUpJVXpJMU5pSXNJblI1Y0NJNklrcFhWQ0o5LmV5SnpkV0lpT2lJeE1qTTBOVFkzT0Rrd0lu\
+               MC5TZmxLeHdSSlNNZUtLRjJRVDRmd3BNZUpmMzZQT2s2eUpWX2FkUXNzdzVj"
+        .replace(' ', "");
+    assert!(b64.len() > 100, "{jwt}");
+    caught("jwt", &format!("sent {b64} (base64)"), &b64);
+    kept("ZXlKaGVsbG8gd29ybGQgdGhpcyBpcyBub3QgYSB0b2tlbiBhdCBhbGw=");
+    kept("eyJzaG9ydCI6MX0.eyJ4IjoxfQ.sig and eyesight.eyeball");
+}
+
+#[test]
+fn generic_assignments_under_secret_names() {
+    let v = "Zf3D0LXCM3EIMbgJpUNnkRtOfOueHznB";
+    for text in [
+        format!("todo_secret_do_not_commit = {v}"),
+        format!("mySecretString={v}"),
+        format!("some_api_token_123 = \"{v}\""),
+        format!("DB_PASSWORD := \"{v}\""),
+        format!("API_TOKEN := {v}"),
+        format!("SECRET ?= {v}"),
+        format!("$token .= \"{v}\";"),
+        format!("utils.GetEnvOrDefault(\"api_token\", \"{v}\")"),
+        format!("os.getenv('DB_PASSWORD', '{v}')"),
+        format!("creds = {v}"),
+        format!("\"user_auth\": \"{v}\""),
+        format!("\"credentials\" : \"{v}\""),
+        format!("API Key: {v}"),
+    ] {
+        caught("sensitive_field", &text, v);
+    }
+    for text in [
+        "publicToken = \"9Cnzj4p4WGeKLs1Pt8QuKUpRKfFLfRYC9AIKjbJTWit\"",
+        "public_key = \"9Cnzj4p4WGeKLs1Pt8QuKUpRKfFLfRYC9AIKjbJTWit\"",
+        "credentialsId: 'ff083f76-7804-4ef1-80e4-fe975bb9141b'",
+        "secret_length = 32",
+        "LLM_SECRET_NAME = \"NEXUS-GPT4-API-KEY\"",
+        "access_token_url='https://github.com/login/oauth/access_token'",
+        "notes = \"Maven - io.jsonwebtoken:jjwt-jackson-0.11.2\"",
+        "PuttyPassword=0",
+        "passwordVariable: 'PASSWORD'",
+        "creds = vault",
+        "\"auth\": \"basic\"",
+        "password = \"${DB_PASSWORD}\"",
+        "token: {{ .Values.token }}",
+        "api_key=%API_KEY%",
+        "password: <your password>",
+        "Authorization: Bearer XXXXXXXXXXXX",
+        "Authorization: Bearer $API_KEY",
+        "Authorization: Bearer <your token>",
+        "Authorization: Basic ...",
+        "Authorization: Token **********",
+        "mongodb://xxxx:xxxxx@db.internal:27017/app",
+        "x := y; count := 3",
+    ] {
+        kept(text);
+    }
+    // `:=` masks the value, never the `=`.
+    let out = masked(&format!("DB_PASSWORD := {v}"));
+    assert_eq!(out, "DB_PASSWORD := [MASKED:sensitive_field]");
+}
+
+#[test]
+fn curl_user_passwords() {
+    for (text, password) in [
+        (
+            "curl --cacert ca.crt -u elastic:P@ssw0rd$1 https://localhost:9200",
+            "P@ssw0rd$1",
+        ),
+        (
+            "curl -k -X POST https://h/x \\\n  -d 'world' \\\n  -u developer:yqDVtkqPECriaLRi",
+            "yqDVtkqPECriaLRi",
+        ),
+        ("curl -u \":d2LkV78zLx!t\" https://localhost:9200", "d2LkV78zLx!t"),
+        (
+            "curl -s --user 'api:d2LkV78zLx!t' https://api.example.net/v2",
+            "d2LkV78zLx!t",
+        ),
+        (
+            "curl -s -v --user \"j.smith:dB2yF6@qL9vZm1P#4J\" \"https://api.example.org\"",
+            "dB2yF6@qL9vZm1P#4J",
+        ),
+        ("curl --user kevin:'pRf7vG2h1L8nQkW9' -iX PATCH", "pRf7vG2h1L8nQkW9"),
+        (
+            "curl --user=roger23@gmail.com:pQ9wTxu4Fg https://www.example.com",
+            "pQ9wTxu4Fg",
+        ),
+    ] {
+        let text = text.replace("\\n", "\n");
+        caught("command_line_password", &text, password);
+    }
+    for text in [
+        "curl -i -u 'test:test'",
+        "curl -sL --user \"$1:$2\" \"$3\"",
+        "curl -u <user:password> https://test.com/endpoint",
+        "curl --user neo4j:[PASSWORD] http://[IP]:7474/db/data/",
+        "curl -u \"myusername\" http://localhost:15130/api/check_user/",
+        "curl -u username:token",
+        "curl -u \"${_username}:${_password}\"",
+        "curl --user \"xxx:yyy\"",
+        "curl -u \":\" https://localhost:9200",
+        "curl -X POST --user \"$(cat ./login.txt):$(cat ./password.txt)\"",
+        "docker run -u 1000:1000 image",
+        "git push -u origin main",
+    ] {
+        kept(text);
+    }
+}
+
+#[test]
+fn stripe_prod_keys_and_fills() {
+    for key in [
+        "sk_prod_51OuEMLAlTWGaDypq4P5cuDHbuKeG4tAG",
+        "rk_prod_51OuEMLAlTWGaDypquDn9aZigaJOsa9N",
+    ] {
+        caught("stripe_key", &format!("key {key}"), key);
+    }
+    kept("sk_live_xxxxxxxxxxxxxxxxxxxxxxxx and ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    kept("AIzaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+}
+
+#[test]
 fn tokens() {
     let ghp = "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
     caught("github_token", &format!("token {ghp}."), ghp);
@@ -83,8 +279,10 @@ fn tokens() {
 
     let slack = "xoxb-48244757710-46563414839-B0bobzjcU9kCTGRBI1oOZSHC";
     caught("slack_token", &format!("{slack} -- end"), slack);
-    let hook = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX";
-    caught("slack_token", &format!("post to {hook} now"), "T00000000/B00000000");
+    let hook = "https://hooks.slack.com/services/T024TTTTT/BBB72BBL/AZAAA9u0pA4ad666eMgbi555";
+    caught("slack_token", &format!("post to {hook} now"), "T024TTTTT/BBB72BBL");
+    // Slack's documentation example is a placeholder.
+    kept("post to https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX now");
     kept("xoxb- and xoxz-1234567890123");
 
     for key in [
@@ -573,8 +771,8 @@ fn custom_rules_and_disabled_kinds() {
     );
     assert!(m.kinds().contains(&"ticket".to_owned()));
     assert!(!m.kinds().contains(&"email".to_owned()));
-    assert_eq!(builtin_kinds().len(), 15);
-    assert_eq!(masker().kinds().len(), 15);
+    assert_eq!(builtin_kinds().len(), 16);
+    assert_eq!(masker().kinds().len(), 16);
 
     // Overlaps between custom and built-in matches: earliest wins, then longest.
     let m = with(MaskConfig {

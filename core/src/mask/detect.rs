@@ -27,7 +27,7 @@
 
 use memchr::memmem;
 
-use super::keys::{NormalizedKey, Sensitive, SensitiveKeys};
+use super::keys::{self, NormalizedKey, Sensitive, SensitiveKeys};
 use super::kinds::{
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUILTIN_COUNT, COMMAND_LINE_PASSWORD, CREDIT_CARD, EMAIL, GITHUB_TOKEN,
     GOOGLE_API_KEY, IBAN, JWT, Kind, PASSWORD_IN_URL, PHONE, PRIVATE_KEY, SENSITIVE_FIELD, SLACK_TOKEN, STRIPE_KEY,
@@ -140,7 +140,7 @@ impl Detectors {
             let step = match CLASS[usize::from(b)] {
                 WORD => {
                     let word_end = run(t, i, is_word);
-                    match self.word(t, i, word_end) {
+                    let step = match self.word(t, i, word_end) {
                         Step::Skip(next) => {
                             // `\n`, `\t` and `\r` escapes glue a letter to the next word in
                             // text that carries JSON-escaped content: look behind the escape.
@@ -155,9 +155,15 @@ impl Detectors {
                             }
                         }
                         found => found,
-                    }
+                    };
+                    // A 40-character AWS secret key after its name: a word that long, or one
+                    // cut by `/` or `+` (ruled out here on the word's end, for every word).
+                    step.or_else(|| {
+                        (word_end - i == 40 || matches!(at(t, word_end), b'/' | b'+'))
+                            .then(|| self.spaced_aws_secret(t, i, floor))
+                            .flatten()
+                    })
                 }
-                .or_else(|| self.spaced_aws_secret(t, i, floor)),
                 PUNCT => self.punct(t, i, b, floor),
                 _ => Step::Skip(i + 1),
             };
@@ -371,7 +377,15 @@ impl Detectors {
                 key_end -= 1;
             }
         }
-        let key_start = key_start(t, key_end, floor, !quoted_key)?;
+        let mut key_start = key_start(t, key_end, floor)?;
+        // Most `:` and `=` in text follow no sensitive key: rule them out on the key's last
+        // word before reading more.
+        if !self.keys.has_extra() && !keys::may_hold_term(t.get(key_start..key_end)?) {
+            return None;
+        }
+        if !quoted_key {
+            key_start = more_key_words(t, key_start, key_end, floor);
+        }
         // Our own placeholders (`[MASKED:access_token:tok_…]`) look like `key:value`.
         if t.get(..key_start).is_some_and(|before| before.ends_with(b"[MASKED:")) {
             return None;
@@ -568,12 +582,17 @@ impl Detectors {
         if !self.on(AWS_SECRET_ACCESS_KEY) || i < floor + 2 || at(t, i - 1) != b' ' {
             return None;
         }
-        let end = run(t, i, |b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
-        if end - i != 40 || is_word(at(t, end)) {
+        let secret_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'=');
+        // Ruled out on two bytes first: this runs at every word after a blank.
+        if !secret_byte(at(t, i + 39)) || secret_byte(at(t, i + 40)) || is_word(at(t, i + 40)) {
+            return None;
+        }
+        let end = run(t, i, secret_byte);
+        if end - i != 40 {
             return None;
         }
         let key_end = i - 1;
-        let key = t.get(key_start(t, key_end, floor, false)?..key_end)?;
+        let key = t.get(key_start(t, key_end, floor)?..key_end)?;
         let sensitive = self.keys.sensitivity(key)?;
         (sensitive.kind == AWS_SECRET_ACCESS_KEY && self.value_kind(sensitive, t.get(i..end)?).is_some()).then_some(
             Found {
@@ -594,11 +613,13 @@ fn skip_blanks_back(t: &[u8], mut j: usize, floor: usize) -> usize {
     j
 }
 
-/// Where the key ending at `key_end` starts: a run of word bytes, `-` and `.` (at most 64),
-/// and with `words`, up to three more such runs before it separated by single spaces
-/// (`AWS Secret Access Key`). `None` when there is no key or it is longer than that.
-fn key_start(t: &[u8], key_end: usize, floor: usize, words: bool) -> Option<usize> {
-    let is_key_byte = |b: u8| is_word(b) || matches!(b, b'-' | b'.');
+fn is_key_byte(b: u8) -> bool {
+    is_word(b) || matches!(b, b'-' | b'.')
+}
+
+/// Where the key ending at `key_end` starts: a run of word bytes, `-` and `.` (at most 64).
+/// `None` when there is no key or it is longer than that.
+fn key_start(t: &[u8], key_end: usize, floor: usize) -> Option<usize> {
     let mut start = key_end;
     while start > floor && key_end - start < 64 && is_key_byte(at(t, start - 1)) {
         start -= 1;
@@ -606,22 +627,26 @@ fn key_start(t: &[u8], key_end: usize, floor: usize, words: bool) -> Option<usiz
     if start == key_end || (start > floor && is_key_byte(at(t, start - 1))) {
         return None;
     }
-    if words {
-        for _ in 0..3 {
-            if !(start > floor + 1 && at(t, start - 1) == b' ' && at(t, start - 2).is_ascii_alphanumeric()) {
-                break;
-            }
-            let mut word = start - 1;
-            while word > floor && start - word < 24 && at(t, word - 1).is_ascii_alphanumeric() {
-                word -= 1;
-            }
-            if (word > floor && is_key_byte(at(t, word - 1))) || key_end - word > 64 {
-                break;
-            }
-            start = word;
-        }
-    }
     Some(start)
+}
+
+/// The start of a key of several words (`AWS Secret Access Key`): up to three more runs of
+/// letters and digits before the key at `start`, each after a single space, 64 bytes in all.
+fn more_key_words(t: &[u8], mut start: usize, key_end: usize, floor: usize) -> usize {
+    for _ in 0..3 {
+        if !(start > floor + 1 && at(t, start - 1) == b' ' && at(t, start - 2).is_ascii_alphanumeric()) {
+            break;
+        }
+        let mut word = start - 1;
+        while word > floor && start - word < 24 && at(t, word - 1).is_ascii_alphanumeric() {
+            word -= 1;
+        }
+        if (word > floor && is_key_byte(at(t, word - 1))) || key_end - word > 64 {
+            break;
+        }
+        start = word;
+    }
+    start
 }
 
 /// `process.env.API_TOKEN || "value"`, `os.environ.get(…) or 'value'`, `$X ?? "value"`:
@@ -1323,6 +1348,14 @@ fn private_key(t: &[u8], i: usize) -> Option<usize> {
         let chunk_end = run(t, j, |b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
         if chunk_end > limit {
             return None; // Longer than any key.
+        }
+        // An OpenPGP armor checksum (`=8xQN`) may close the body, right before the END line.
+        let checksum = at(t, j) == b'=' && chunk_end - j == 5 && shape.is_key();
+        if let Some(next) = pem_break(t, chunk_end).filter(|_| checksum)
+            && t.get(next..).is_some_and(|r| r.starts_with(&marker))
+        {
+            j = next;
+            continue;
         }
         if chunk_end == j || !shape.push(t.get(j..chunk_end).unwrap_or_default()) {
             break;

@@ -7,7 +7,8 @@
 //! the masking configuration); [`Compiled`] holds them ready to match. A text is first run
 //! through one Aho-Corasick automaton over every rule's keywords (case-insensitive, as
 //! gitleaks does), and only the rules whose keywords occur in it (and the rules without
-//! keywords) run their regexes: 200 rules cost little more than the few that apply.
+//! keywords) run their regexes: 200 rules cost little more than the few that apply. In a
+//! long text a rule runs on the lines around its keywords only ([`WINDOW_BYTES`]).
 //!
 //! What gitleaks does that has no meaning here is left out and said so by the service when
 //! it loads the file: rules on file paths, allowlists on paths or commits, rules that need
@@ -342,50 +343,113 @@ impl Compiled {
 
     /// Appends every finding in `text` (unsorted; they may overlap).
     pub(crate) fn find(&self, text: &str, out: &mut Vec<Found>) {
-        let mut run = vec![false; self.rules.len()];
+        // For each rule to run, the windows of `text` to run it on: all of a short text; in
+        // a long one, the lines around its keywords (see [`WINDOW_BYTES`]).
+        let mut windows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.rules.len()];
+        let whole = (0, text.len());
         for &r in &self.always {
-            if let Some(slot) = run.get_mut(r) {
-                *slot = true;
+            if let Some(w) = windows.get_mut(r) {
+                w.push(whole);
             }
         }
         if let Some(ac) = &self.keywords {
             // Overlapping: a keyword inside another must still wake its own rule.
             for m in ac.find_overlapping_iter(text) {
-                if let Some(slot) = self.owners.get(m.pattern().as_usize()).and_then(|&r| run.get_mut(r)) {
-                    *slot = true;
+                let Some(w) = self
+                    .owners
+                    .get(m.pattern().as_usize())
+                    .and_then(|&r| windows.get_mut(r))
+                else {
+                    continue;
+                };
+                let window = if text.len() <= 4 * WINDOW_BYTES {
+                    whole
+                } else {
+                    window_around(text, m.start(), m.end())
+                };
+                match w.last_mut() {
+                    // Hits come in order: a window that reaches the last one extends it.
+                    Some(last) if window.0 <= last.1 => last.1 = last.1.max(window.1),
+                    _ => w.push(window),
                 }
             }
         }
-        for (rule, _) in self.rules.iter().zip(&run).filter(|(_, on)| **on) {
-            for caps in rule.regex.captures_iter(text) {
-                let Some(whole) = caps.get(0) else { continue };
-                let secret = if rule.secret_group > 0 {
-                    caps.get(rule.secret_group)
-                } else {
-                    caps.iter().skip(1).flatten().find(|g| !g.is_empty()).or(Some(whole))
-                };
-                let Some(secret) = secret.filter(|s| !s.is_empty() && s.len() <= SECRET_MAX_BYTES) else {
-                    continue;
-                };
-                if rule.entropy > 0.0 && shape::entropy(secret.as_str().as_bytes()) <= rule.entropy {
-                    continue;
-                }
-                let line = line_around(text, whole.start(), whole.end());
-                if rule
-                    .allowlists
-                    .iter()
-                    .any(|a| a.allows(secret.as_str(), whole.as_str(), line))
-                {
-                    continue;
-                }
-                out.push(Found {
-                    start: secret.start(),
-                    end: secret.end(),
-                    kind: rule.kind,
-                });
+        for (rule, spans) in self.rules.iter().zip(&windows) {
+            for &(from, to) in spans {
+                let Some(part) = text.get(from..to) else { continue };
+                self.find_in(rule, text, part, from, out);
             }
         }
     }
+
+    /// The findings of `rule` in `part`, which starts at byte `offset` of `text`.
+    fn find_in(&self, rule: &Rule, text: &str, part: &str, offset: usize, out: &mut Vec<Found>) {
+        for caps in rule.regex.captures_iter(part) {
+            let Some(whole) = caps.get(0) else { continue };
+            let secret = if rule.secret_group > 0 {
+                caps.get(rule.secret_group)
+            } else {
+                caps.iter().skip(1).flatten().find(|g| !g.is_empty()).or(Some(whole))
+            };
+            let Some(secret) = secret.filter(|s| !s.is_empty() && s.len() <= SECRET_MAX_BYTES) else {
+                continue;
+            };
+            if rule.entropy > 0.0 && shape::entropy(secret.as_str().as_bytes()) <= rule.entropy {
+                continue;
+            }
+            let line = line_around(text, offset + whole.start(), offset + whole.end());
+            if rule
+                .allowlists
+                .iter()
+                .any(|a| a.allows(secret.as_str(), whole.as_str(), line))
+            {
+                continue;
+            }
+            out.push(Found {
+                start: offset + secret.start(),
+                end: offset + secret.end(),
+                kind: rule.kind,
+            });
+        }
+    }
+}
+
+/// In a long text a rule runs on the lines within this many bytes either side of each of
+/// its keywords, not on all of it: a rule's match holds or sits next to its keyword (a
+/// secret is at most [`SECRET_MAX_BYTES`]), and a 1 MB answer that says `token` once must
+/// not cost every `token` rule a pass over the whole megabyte. Windows start and end at
+/// line breaks, so `^`, `$` and `\b` see what they would in the whole text.
+const WINDOW_BYTES: usize = 4096;
+
+/// From the start of the line `WINDOW_BYTES` before `start` to the end of the line
+/// `WINDOW_BYTES` after `end` (on char boundaries).
+fn window_around(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let bytes = text.as_bytes();
+    let lo = start.saturating_sub(WINDOW_BYTES);
+    let hi = end.saturating_add(WINDOW_BYTES).min(text.len());
+    let from = bytes
+        .get(..lo)
+        .and_then(|b| memchr::memrchr(b'\n', b))
+        .map_or(0, |p| p + 1);
+    let to = bytes
+        .get(hi..)
+        .and_then(|b| memchr::memchr(b'\n', b))
+        .map_or(text.len(), |p| hi + p);
+    (floor_char(text, from), ceil_char(text, to))
+}
+
+fn floor_char(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_char(text: &str, mut i: usize) -> usize {
+    while i < text.len() && !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
 }
 
 /// The line(s) of `text` holding `start..end`.
@@ -443,6 +507,23 @@ mod tests {
         let c = Compiled::new(&rules, 7, &mut problems);
         assert!(found(&c, "deadbeef").is_empty(), "no keyword, no match");
         assert_eq!(found(&c, "HEXKEY deadbeef"), [(7, 15, 7)]);
+    }
+
+    #[test]
+    fn a_long_text_runs_a_rule_only_around_its_keywords() {
+        let mut problems = Vec::new();
+        let rules = [rule("kw", r"(?m)^secret=([a-z0-9]{12})$", &["secret="])];
+        let c = Compiled::new(&rules, 3, &mut problems);
+        let filler = "lorem ipsum dolor sit amet\n".repeat(2000);
+        let text = format!("{filler}secret=q7zm2lrx4t6p\n{filler}é\nsecret=a1b2c3d4e5f6\n{filler}");
+        let found = found(&c, &text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        for (start, end, _) in found {
+            assert!(text[start..end].len() == 12 && text[..start].ends_with("secret="));
+        }
+        let (from, to) = window_around(&text, filler.len(), filler.len() + 7);
+        assert!(from > 0 && to < text.len() && text[from..to].contains("secret=q7zm"));
+        assert!(text[..from].ends_with('\n') && text[to..].starts_with('\n'));
     }
 
     #[test]

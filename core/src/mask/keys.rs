@@ -390,6 +390,11 @@ impl SensitiveKeys {
         Self { extra }
     }
 
+    /// Keys were configured (they may hold none of the built-in terms' letters).
+    pub(crate) fn has_extra(&self) -> bool {
+        !self.extra.is_empty()
+    }
+
     /// The kind a value under `key` is masked as, if every value under it is a secret:
     /// `aws_secret_access_key` for `…SecretAccessKey` keys, else `sensitive_field`.
     #[cfg(test)]
@@ -413,7 +418,8 @@ impl SensitiveKeys {
         }
         // Our own placeholders name kinds (`[MASKED:slack_token]`): only what follows the
         // last one is the key's own.
-        let key = match memchr::memmem::rfind(key, b"[MASKED:") {
+        let placeholder = memchr::memchr(b'[', key).and_then(|_| memchr::memmem::rfind(key, b"[MASKED:"));
+        let key = match placeholder {
             Some(p) => {
                 let rest = key.get(p..).unwrap_or_default();
                 rest.get(memchr::memchr(b']', rest)? + 1..).unwrap_or_default()
@@ -453,25 +459,31 @@ impl SensitiveKeys {
     }
 }
 
-/// Whether `key` holds, case-insensitively, a pair of bytes every term has: `as`/`wd`
-/// (password, passwd, pwd), `ec` (secret), `ok` (token, cookie), `ke` (…key), `ut`
-/// (auth…), `re` (creds, credential…), `ti` (connectionstring).
-fn may_hold_term(key: &[u8]) -> bool {
-    key.windows(2).any(|p| {
-        let a = p.first().copied().unwrap_or(0).to_ascii_lowercase();
-        let b = p.get(1).copied().unwrap_or(0).to_ascii_lowercase();
-        matches!(
-            (a, b),
-            (b'a', b's')
-                | (b'w', b'd')
-                | (b'e', b'c')
-                | (b'o', b'k')
-                | (b'k', b'e')
-                | (b'u', b't')
-                | (b'r', b'e')
-                | (b't', b'i')
-        )
-    })
+/// Whether `key` holds, case-insensitively, three bytes one of the terms has: `ass`
+/// (pass…), `pwd`, `ecr` (secret), `oke` (token), `key`, `uth` (auth…), `red` (creds,
+/// credential…), `ook` (cookie), `ons` (connectionstring). A cheap first test: most keys
+/// hold none of them.
+pub(crate) fn may_hold_term(key: &[u8]) -> bool {
+    const fn tri(s: &[u8; 3]) -> u32 {
+        (s[0] as u32) << 16 | (s[1] as u32) << 8 | s[2] as u32
+    }
+    const ASS: u32 = tri(b"ass");
+    const PWD: u32 = tri(b"pwd");
+    const ECR: u32 = tri(b"ecr");
+    const OKE: u32 = tri(b"oke");
+    const KEY: u32 = tri(b"key");
+    const UTH: u32 = tri(b"uth");
+    const RED: u32 = tri(b"red");
+    const OOK: u32 = tri(b"ook");
+    const ONS: u32 = tri(b"ons");
+    let mut window = 0u32;
+    for &b in key {
+        window = (window << 8 | u32::from(b.to_ascii_lowercase())) & 0x00FF_FFFF;
+        if matches!(window, ASS | PWD | ECR | OKE | KEY | UTH | RED | OOK | ONS) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Normalizes a configured sensitive key, or says why it cannot be used.

@@ -73,6 +73,19 @@ fn aws_secret_access_key_needs_its_key() {
 }
 
 #[test]
+fn pgp_private_key_blocks_with_their_checksum() {
+    let block = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\
+                 lQWGBGSVV4YBDAClvRnxezIRy2Yv7SFlzC0iFiRF/O/jePSw+XYhvcrTaqSYTGic\n\
+                 =8xQN\n\
+                 -----END PGP PRIVATE KEY BLOCK-----";
+    let (out, counts) = run(&format!("key:\n{block}\nend"));
+    assert_eq!(out, "key:\n[MASKED:private_key]\nend");
+    assert_eq!(counts.total(), 1);
+    kept("-----BEGIN PRIVATE KEY-----\nanything\n-----END PRIVATE KEY-----");
+    kept("-----BEGIN OPENSSH PRIVATE KEY----------END OPENSSH PRIVATE KEY-----");
+}
+
+#[test]
 fn aws_key_ids_of_every_prefix_and_no_fills() {
     for key in ["ABIAQ7ZMB2LRX4T6PWKD", "ACCAQ7ZMB2LRX4T6PWKD", "A3T9Q7ZMB2LRX4T6PWKD"] {
         caught("aws_access_key_id", &format!("id {key}"), key);

@@ -820,7 +820,9 @@ def masking_report(m: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
-    for tool, label in (("mixed_json", "1 MB JSON"), ("mixed_sse", "1 MB SSE")):
+    # Issue 14's target for a JSON answer; an SSE stream keeps the earlier ≥ 50 MB/s (each
+    # event is masked and handed on as it comes, which costs more per byte).
+    for tool, label, target in (("mixed_json", "1 MB JSON", 100), ("mixed_sse", "1 MB SSE", 50)):
         e, g = m[f"envoy_{tool}"], m[f"gateway_{tool}"]
         added = g["ms"] - e["ms"]
         filter_ms = g["filter_us"] / 1000
@@ -831,8 +833,8 @@ def masking_report(m: dict) -> list[str]:
             f"| {label} | {e['ms']:.2f} | {g['ms']:.2f} | {added:+.2f} | {e2e:.0f} | {filter_ms:.2f} | {rate:.0f} |"
             f" {errors} |"
         )
-        verdict = errors_verdict(errors) or ("met" if e2e >= 100 else "MISSED")
-        verdicts.append(f"{label}: {e2e:.0f} MB/s end to end, target ≥ 100 MB/s: {verdict}.")
+        verdict = errors_verdict(errors) or ("met" if e2e >= target else "MISSED")
+        verdicts.append(f"{label}: {e2e:.0f} MB/s end to end, target ≥ {target} MB/s: {verdict}.")
     e1, g1 = m["envoy_1kb"], m["gateway_1kb"]
     per_ms = g1["filter_us"] / 1000
     lines += [

@@ -102,6 +102,8 @@ def test_a_policy_reload_under_load_decides_every_call_by_one_policy(make_stack)
         else:
             assert rule == DENY["id"], (request_id, rule)
             assert status == 403 and message["error"]["code"] == -32003, (request_id, status, message)
+            # The caller is told which rule, the one the record names.
+            assert message["error"]["data"]["rule"] == DENY["id"], message
     assert by_rule.get(ALLOW["id"], 0) > 10 and by_rule.get(DENY["id"], 0) > 10, by_rule
     assert len(seen) == len(decided), "a call went unrecorded or unanswered"
     assert reload_counts(stack) == {"ok": 4, "refused": 1}

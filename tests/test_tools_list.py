@@ -8,7 +8,8 @@ Check); the filter drops every other tool from the answer before it is masked an
 What a broken gateway would get wrong, and these tests catch:
 - a user seeing a tool no rule lets them call (another group's, or one a deny rule covers),
   in a JSON answer, an SSE event, a batch, or an SSE event split mid-name;
-- a denied call telling a hidden tool from one that does not exist;
+- a denied call telling a hidden tool from one that does not exist (a refusal names the
+  rule that decided, which matches names, not tools);
 - the response record listing tools the client did not see;
 - `x-gatehouse-tools` reaching the client.
 """
@@ -144,7 +145,18 @@ def test_a_hidden_tool_and_a_missing_one_get_the_same_refusal(make_stack):
         body["error"].get("data", {}).pop("request_id", None)  # differs per request, by design
         refusals[name] = (resp.status_code, resp.headers["content-type"], body)
 
-    assert len({json.dumps(r, sort_keys=True) for r in refusals.values()}) == 1, refusals
+    # A tool the caller may not see and tools that do not exist: one answer, the default deny.
+    unseen = [refusals[name] for name in ("run_query", "no_such_tool", "drop_everything")]
+    assert len({json.dumps(r, sort_keys=True) for r in unseen}) == 1, refusals
+    assert unseen[0][2]["error"]["data"]["rule"] is None
+    # A deny rule names itself; it matches the name whether or not such a tool exists.
+    status, _, denied = refusals["get_service_config"]
+    assert denied["error"]["data"].pop("rule") == "no-service-config"
+    denied["error"]["data"].pop("reason")
+    default = json.loads(json.dumps(unseen[0][2]))
+    default["error"]["data"].pop("rule")
+    default["error"]["data"].pop("reason")
+    assert (status, denied) == (unseen[0][0], default), refusals
     status, _, body = refusals["run_query"]
     assert status == 403
     assert body["id"] == 9

@@ -20,8 +20,19 @@ use crate::{
 #[derive(Parser)]
 #[command(name = "gatehouse", version, about = "Identity-aware audit gateway for MCP servers")]
 pub struct Cli {
+    /// How log lines are written to standard error: `text` (colours only on a terminal) or
+    /// `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The form of the service's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

@@ -1,8 +1,10 @@
 //! The `gatehouse` binary: parses arguments and hands over to the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gatehouse_service::cli::LogFormat;
 
 /// mimalloc rather than glibc's malloc: a Check allocates and frees many small buffers across
 /// threads (the gRPC codec, the record, the writer thread), where glibc spent ~15 % of the
@@ -13,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = gatehouse_service::cli::Cli::parse();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // The AWS SDK's debug and trace output shows HTTP exchanges with STS, whose answers hold
     // session credentials: never below info, whatever RUST_LOG asks.
@@ -29,11 +32,15 @@ async fn main() -> ExitCode {
             filter = filter.add_directive(d);
         }
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    match gatehouse_service::cli::Cli::parse().run().await {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Colour escapes only for a person at a terminal, never into a file or a pipe.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.run().await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("gatehouse: {error:#}");

@@ -137,6 +137,8 @@ class Stack:
     envoy: Proc | None = None
     # The service's RUST_LOG from its next (re)start.
     service_log: str = "info"
+    # Arguments before `serve` (`--log-format json`).
+    service_args: list[str] = field(default_factory=list)
     _audit: AuditClient | None = field(default=None, repr=False)
 
     # --- addresses ---------------------------------------------------------------
@@ -263,7 +265,7 @@ class Stack:
     def start_service(self) -> Proc:
         self.service = self.procs.start(
             "gatehouse-serve",
-            [paths.gatehouse_bin(), "serve", "--config", self.config_path],
+            [paths.gatehouse_bin(), *self.service_args, "serve", "--config", self.config_path],
             env={"RUST_LOG": self.service_log, "RUST_BACKTRACE": "1"},
         )
         self.service.wait_http(f"{self.rest_url}/healthz", ok=lambda r: r.status_code == 200)

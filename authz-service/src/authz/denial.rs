@@ -155,7 +155,11 @@ impl Denial {
                 jsonrpc_error::FORBIDDEN,
                 "You are not allowed to use this MCP server.",
                 format!("no group of the caller may use upstream {upstream:?}"),
-            ),
+            )
+            .with_data(json!({
+                "rule": null,
+                "reason": "None of your groups may use this MCP server (the upstream's allow_groups)."
+            })),
             // The same answer as an unknown session: the client starts a new one.
             Self::ForeignSession => Answer::new(
                 404,
@@ -173,7 +177,13 @@ impl Denial {
                     rule.as_deref()
                         .map_or("no rule matched (default deny)".to_owned(), rule_name)
                 ),
-            ),
+            )
+            // Which rule, so the caller can tell a policy from a group and ask about it: the
+            // same whether or not the tool exists (rules match names, not tools).
+            .with_data(match rule {
+                Some(rule) => json!({"rule": rule, "reason": format!("The policy rule {rule:?} denies this call.")}),
+                None => json!({"rule": null, "reason": "No policy rule allows this call; the policy denies by default."}),
+            }),
             Self::ApprovalWithoutRule => Answer::internal("an approval outcome without a rule"),
             Self::ApprovalNeedsSingleRequest { rule } => Answer::new(
                 403,
@@ -304,6 +314,29 @@ mod tests {
 
     fn w(status: u16, code: i64, message: &str, reason: &str) -> (u16, i64, String, String) {
         (status, code, message.into(), reason.into())
+    }
+
+    #[test]
+    fn denials_name_their_rule_for_the_caller() {
+        let by_rule = Denial::PolicyDenied {
+            rule: Some("no-destructive-sql".into()),
+        }
+        .answer();
+        assert_eq!(
+            by_rule.data,
+            Some(
+                json!({"rule": "no-destructive-sql", "reason": "The policy rule \"no-destructive-sql\" denies this call."})
+            )
+        );
+        let default = Denial::PolicyDenied { rule: None }.answer();
+        assert_eq!(default.data.as_ref().map(|d| &d["rule"]), Some(&Value::Null));
+        let group = Denial::UpstreamForbidden { upstream: "db".into() }.answer();
+        let reason = group
+            .data
+            .as_ref()
+            .and_then(|d| d["reason"].as_str())
+            .unwrap_or_default();
+        assert!(reason.contains("groups") && !reason.contains("db"), "{reason}");
     }
 
     #[test]
@@ -462,11 +495,16 @@ mod tests {
         for (denial, expected) in cases {
             assert_eq!(wire(&denial), expected, "{denial:?}");
             let answer = denial.answer();
-            let is_approval = matches!(
+            // Approvals carry the approval; refusals by rule or group say which and why.
+            let has_data = matches!(
                 denial,
-                Denial::ApprovalPending(_) | Denial::ApprovalDenied(_) | Denial::ApprovalExpired(_)
+                Denial::ApprovalPending(_)
+                    | Denial::ApprovalDenied(_)
+                    | Denial::ApprovalExpired(_)
+                    | Denial::PolicyDenied { .. }
+                    | Denial::UpstreamForbidden { .. }
             );
-            assert_eq!(answer.data.is_some(), is_approval, "{denial:?}");
+            assert_eq!(answer.data.is_some(), has_data, "{denial:?}");
             assert!(answer.headers.is_empty(), "{denial:?}");
         }
     }

@@ -47,3 +47,19 @@ def test_check_config_reports_every_problem_with_its_path(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "service.grpc_listen" in result.stderr
     assert "upstreams[0].url" in result.stderr
+
+
+def test_check_config_reports_every_problem_of_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "partial.yaml"
+    path.write_text("service:\n  rest_listen: 127.0.0.1:9090\n  bogus: 1\nupstreams: []\nextra: 1\n")
+    result = gatehouse("check-config", path, check=False)
+    assert result.returncode == 1
+    for problem in (
+        "service.bogus: unknown field",
+        "service.grpc_listen: missing",
+        "identity: missing: this section is required",
+        "audit: missing",
+        "envoy: missing",
+        "extra: unknown section",
+    ):
+        assert problem in result.stderr, result.stderr

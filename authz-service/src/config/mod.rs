@@ -273,7 +273,7 @@ impl Config {
 
     /// Validates config text; `path` names the file and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigErrors> {
-        let raw: raw::Config = serde_yaml::from_str(text).map_err(|e| {
+        let syntax = |e: serde_yaml::Error| {
             let at = e
                 .location()
                 .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
@@ -282,6 +282,16 @@ impl Config {
                 path: "$".into(),
                 message: format!("{e}{at}"),
             }])
+        };
+        let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(syntax)?;
+        // A document that is YAML but not a config: every structural problem, not the first.
+        let raw: raw::Config = serde_yaml::from_value(doc.clone()).map_err(|e| {
+            let problems = raw::structure_problems(&doc);
+            if problems.is_empty() {
+                syntax(e)
+            } else {
+                ConfigErrors(problems)
+            }
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         raw.validate(path, &base)

@@ -1103,3 +1103,230 @@ fn validate_masking(
         notes: imported.notes,
     }
 }
+
+/// Every structural problem of a document that does not deserialize as a whole (serde stops
+/// at the first): each section is read on its own, unknown fields and fields of the wrong
+/// type are taken out one by one and the section read again, and required sections that
+/// are missing are named. Paths are the config's (`service.rest_listen`, `upstreams[0].url`).
+pub fn structure_problems(doc: &serde_yaml::Value) -> Vec<super::ConfigError> {
+    use serde_yaml::Value;
+    const SECTIONS: [(&str, bool); 8] = [
+        ("service", true),
+        ("identity", true),
+        ("audit", true),
+        ("upstreams", true),
+        ("envoy", true),
+        ("masking", false),
+        ("policy", false),
+        ("approvals", false),
+    ];
+    let mut problems = Vec::new();
+    let problem = |path: String, message: String| super::ConfigError { path, message };
+    let Value::Mapping(map) = doc else {
+        return vec![problem("$".into(), "the file must be a mapping of sections".into())];
+    };
+    for key in map.keys() {
+        let name = key.as_str().unwrap_or_default();
+        if !SECTIONS.iter().any(|(s, _)| *s == name) {
+            let expected: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+            let shown = serde_yaml::to_string(key).unwrap_or_default();
+            problems.push(problem(
+                shown.trim().to_owned(),
+                format!("unknown section (expected one of {})", expected.join(", ")),
+            ));
+        }
+    }
+    for (name, required) in SECTIONS {
+        let Some(section) = map.get(name) else {
+            if required {
+                problems.push(problem(name.into(), "missing: this section is required".into()));
+            }
+            continue;
+        };
+        // Read from text, not from the value: only then do serde_yaml's errors carry the
+        // path inside the section (`grpc_tls.cert_file: …`).
+        let read = |v: &Value| -> Result<(), serde_yaml::Error> {
+            let text = serde_yaml::to_string(v)?;
+            match name {
+                "service" => serde_yaml::from_str::<Service>(&text).map(drop),
+                "identity" => serde_yaml::from_str::<Identity>(&text).map(drop),
+                "audit" => serde_yaml::from_str::<Audit>(&text).map(drop),
+                "upstreams" => serde_yaml::from_str::<Vec<Upstream>>(&text).map(drop),
+                "envoy" => serde_yaml::from_str::<Envoy>(&text).map(drop),
+                "masking" => serde_yaml::from_str::<Masking>(&text).map(drop),
+                "policy" => serde_yaml::from_str::<Option<Policy>>(&text).map(drop),
+                _ => serde_yaml::from_str::<Approvals>(&text).map(drop),
+            }
+        };
+        section_problems(name, section.clone(), read, &mut problems);
+    }
+    problems
+}
+
+/// Reads `section` again and again, taking out the field each error names, until it reads
+/// or an error names nothing that can be taken out (a missing field).
+fn section_problems(
+    name: &str,
+    mut section: serde_yaml::Value,
+    read: impl Fn(&serde_yaml::Value) -> Result<(), serde_yaml::Error>,
+    problems: &mut Vec<super::ConfigError>,
+) {
+    let mut reported: Vec<String> = Vec::new();
+    // Required fields found missing, and the stand-ins tried for each so far.
+    let mut missing: Vec<(String, usize)> = Vec::new();
+    for _ in 0..64 {
+        let Err(e) = read(&section) else { return };
+        let text = e.to_string();
+        // The location is in the section's text, not the file's: leave it out.
+        let text = text.split(" at line ").next().unwrap_or_default().to_owned();
+        // serde_yaml prefixes the path inside the section (`grpc_tls.cert_file: …`, `[0].url: …`).
+        let (inner, message) = match text.split_once(": ") {
+            Some((p, m)) if !p.is_empty() && !p.contains(' ') => {
+                // A list's items come as `.[0]`.
+                (Some(p.trim_start_matches('.').to_owned()), m.to_owned())
+            }
+            _ => (None, text.clone()),
+        };
+        let join = |field: &str| match &inner {
+            Some(p) if p.starts_with('[') => format!("{name}{p}.{field}"),
+            Some(p) => format!("{name}.{p}.{field}"),
+            None => format!("{name}.{field}"),
+        };
+        let at = match &inner {
+            Some(p) if p.starts_with('[') => format!("{name}{p}"),
+            Some(p) => format!("{name}.{p}"),
+            None => name.to_owned(),
+        };
+        if let Some(field) = quoted_field(&message, "unknown field `") {
+            problems.push(super::ConfigError {
+                path: join(&field),
+                message: message
+                    .split_once(", expected")
+                    .map_or(message.clone(), |(m, _)| m.to_owned()),
+            });
+            if !remove_path(&mut section, inner.as_deref(), Some(&field)) {
+                return;
+            }
+            continue;
+        }
+        if let Some(field) = quoted_field(&message, "missing field `") {
+            let path = join(&field);
+            // A field already reported for its type is missing now because it was taken out.
+            if !reported.contains(&path) {
+                problems.push(super::ConfigError {
+                    path: path.clone(),
+                    message: "missing: this field is required".into(),
+                });
+            }
+            // Put a stand-in there to read on: the next error is about something else.
+            missing.push((path, 0));
+            if !insert_stand_in(&mut section, inner.as_deref(), &field, 0) {
+                return;
+            }
+            continue;
+        }
+        // A stand-in of the wrong type: try the next kind of value.
+        if let Some((_, tries)) = missing.iter_mut().find(|(p, _)| *p == at) {
+            *tries += 1;
+            let (parent, field) = match at.rsplit_once('.') {
+                Some((parent, field)) => (parent.strip_prefix(name).map(|p| p.trim_start_matches('.')), field),
+                None => (None, at.as_str()),
+            };
+            let parent = parent.filter(|p| !p.is_empty());
+            if !insert_stand_in(&mut section, parent, field, *tries) {
+                return;
+            }
+            continue;
+        }
+        problems.push(super::ConfigError {
+            path: at.clone(),
+            message: message.clone(),
+        });
+        reported.push(at);
+        if inner.is_none() || !remove_path(&mut section, inner.as_deref(), None) {
+            return;
+        }
+    }
+}
+
+/// Sets member `field` of the mapping at `path` in `value` to the `kind`th stand-in (a
+/// string, a mapping, a list, a number, a boolean). `false` when there is none left or no
+/// such mapping.
+fn insert_stand_in(value: &mut serde_yaml::Value, path: Option<&str>, field: &str, kind: usize) -> bool {
+    use serde_yaml::Value;
+    let stand_in = match kind {
+        0 => Value::String("stand-in".into()),
+        1 => Value::Mapping(serde_yaml::Mapping::new()),
+        2 => Value::Sequence(Vec::new()),
+        3 => Value::Number(0.into()),
+        4 => Value::Bool(false),
+        _ => return false,
+    };
+    let mut node = value;
+    for step in path.unwrap_or_default().split('.').filter(|p| !p.is_empty()) {
+        let next = match step.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            Some(i) => i.parse::<usize>().ok().and_then(|i| node.get_mut(i)),
+            None => node.get_mut(step),
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    match node {
+        Value::Mapping(map) => {
+            map.insert(Value::String(field.to_owned()), stand_in);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The name in backquotes after `prefix` in `message`.
+fn quoted_field(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.split_once(prefix)?.1;
+    Some(rest.split_once('`')?.0.to_owned())
+}
+
+/// Takes out of `value` the node at `path` (serde_yaml's `a.b[0].c`), then its member
+/// `field` when given. `false` when there is no such node.
+fn remove_path(value: &mut serde_yaml::Value, path: Option<&str>, field: Option<&str>) -> bool {
+    let mut steps: Vec<String> = Vec::new();
+    for part in path.unwrap_or_default().split('.').filter(|p| !p.is_empty()) {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            if open > 0 {
+                steps.push(rest[..open].to_owned());
+            }
+            rest = &rest[open..];
+            while let Some(close) = rest.find(']') {
+                steps.push(rest[..=close].to_owned());
+                rest = &rest[close + 1..];
+            }
+        } else {
+            steps.push(rest.to_owned());
+        }
+    }
+    steps.extend(field.map(str::to_owned));
+    let Some((last, parents)) = steps.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for step in parents {
+        let next = match step.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            Some(i) => i.parse::<usize>().ok().and_then(|i| node.get_mut(i)),
+            None => node.get_mut(step.as_str()),
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    match (last.strip_prefix('[').and_then(|s| s.strip_suffix(']')), node) {
+        (Some(i), serde_yaml::Value::Sequence(items)) => match i.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        (None, serde_yaml::Value::Mapping(map)) => map.remove(last.as_str()).is_some(),
+        _ => false,
+    }
+}

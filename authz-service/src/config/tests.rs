@@ -114,6 +114,32 @@ fn unknown_fields_are_refused() {
 }
 
 #[test]
+fn a_partial_file_gets_every_structural_problem() {
+    let text = "service:\n  rest_listen: [1]\n  bogus: 1\nidentity:\n  issuer: https://idp.example\n\
+                upstreams:\n  - name: a\n    url: http://x\n    colour: blue\nextra: 1\n";
+    let errs = Config::parse(text, Path::new("g.yaml")).unwrap_err();
+    let got: Vec<(&str, &str)> = errs.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "extra",
+                "unknown section (expected one of service, identity, audit, upstreams, envoy, masking, policy, approvals)"
+            ),
+            ("service.rest_listen", "invalid type: sequence, expected a string"),
+            ("service.bogus", "unknown field `bogus`"),
+            ("service.grpc_listen", "missing: this field is required"),
+            ("service.public_url", "missing: this field is required"),
+            ("identity.audience", "missing: this field is required"),
+            ("audit", "missing: this section is required"),
+            ("upstreams[0].colour", "unknown field `colour`"),
+            ("envoy", "missing: this section is required"),
+        ],
+        "{errs}"
+    );
+}
+
+#[test]
 fn https_needs_a_certificate() {
     let bad = GOOD.replace("  http_listen: 127.0.0.1:8080", "  https_listen: 127.0.0.1:8443");
     let errs = Config::parse(&bad, Path::new("g.yaml")).unwrap_err();

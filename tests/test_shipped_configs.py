@@ -63,3 +63,16 @@ def test_check_config_reports_every_problem_of_a_partial_file(tmp_path: Path) ->
         "extra: unknown section",
     ):
         assert problem in result.stderr, result.stderr
+
+
+def test_explain_names_the_rule_that_decides_and_why_the_others_missed() -> None:
+    config = ROOT / "gatehouse.yaml"
+    args = ["explain", "--config", config, "--as", "alice", "--groups", "eng", "--upstream", "demo"]
+    drop = gatehouse(*args, "--tool", "run_query", "--args", '{"sql": "DROP TABLE customers"}').stdout
+    assert drop.strip().endswith('DENIED by rule "no-destructive-sql"'), drop
+    assert 'rule "mcp-protocol": no match: method "tools/call" is not one of' in drop, drop
+    select = gatehouse(*args, "--tool", "run_query", "--args", '{"sql": "SELECT 1"}').stdout
+    assert 'rule "no-destructive-sql": no match: argument condition 1' in select, select
+    assert 'by rule "sql-needs-approval"' in select.splitlines()[-1], select
+    outsider = gatehouse("explain", "--config", config, "--as", "eve", "--groups", "visitors").stdout
+    assert "DENIED before any rule" in outsider, outsider

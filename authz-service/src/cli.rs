@@ -44,6 +44,30 @@ enum Command {
     },
     /// Validate a config file and report every problem in it.
     CheckConfig { file: PathBuf },
+    /// Which policy rule decides a call and why the rules before it did not match (for
+    /// operators writing policy; nothing is sent anywhere).
+    Explain {
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
+        /// The caller's subject (`sub`).
+        #[arg(long = "as", value_name = "SUBJECT")]
+        subject: String,
+        /// The caller's groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The upstream's name (default: the first in the file).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// The MCP method (default: `tools/call` with `--tool`, else `tools/list`).
+        #[arg(long)]
+        method: Option<String>,
+        /// The tool of a `tools/call`.
+        #[arg(long)]
+        tool: Option<String>,
+        /// The call's arguments, as JSON.
+        #[arg(long)]
+        args: Option<String>,
+    },
     /// Render the Envoy bootstrap for a config file.
     EnvoyConfig {
         #[arg(long, default_value = "gatehouse.yaml")]
@@ -141,6 +165,30 @@ impl Cli {
                     eprintln!("{} of {} lines could not be read", summary.errors, summary.lines);
                     return Ok(ExitCode::from(1));
                 }
+            }
+            Command::Explain {
+                config,
+                subject,
+                groups,
+                upstream,
+                method,
+                tool,
+                args,
+            } => {
+                let config = load(&config)?;
+                let call = ExplainedCall {
+                    subject,
+                    groups: groups
+                        .into_iter()
+                        .map(|g| g.trim().to_owned())
+                        .filter(|g| !g.is_empty())
+                        .collect(),
+                    upstream,
+                    method,
+                    tool,
+                    args,
+                };
+                print!("{}", explain(&config, call)?);
             }
             Command::CheckConfig { file } => match Config::load(&file) {
                 Ok(config) => {
@@ -341,4 +389,111 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// A call as `gatehouse explain` is asked about it.
+pub struct ExplainedCall {
+    pub subject: String,
+    pub groups: BTreeSet<String>,
+    pub upstream: Option<String>,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub args: Option<String>,
+}
+
+/// What decides `call` under `config`, in lines: the upstream's groups, then each rule the
+/// call is looked at by (the same walk as the Check), then the outcome.
+pub fn explain(config: &Config, call: ExplainedCall) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+
+    use crate::policy::{Facts, Outcome};
+
+    let upstream = match &call.upstream {
+        Some(name) => config
+            .upstreams
+            .iter()
+            .find(|u| &u.name == name)
+            .with_context(|| format!("no upstream named {name:?}"))?,
+        None => config.upstreams.first().context("the config has no upstreams")?,
+    };
+    let method = call.method.clone().unwrap_or_else(|| {
+        if call.tool.is_some() {
+            "tools/call"
+        } else {
+            "tools/list"
+        }
+        .to_owned()
+    });
+    anyhow::ensure!(
+        call.tool.is_none() || method == "tools/call",
+        "--tool goes with a tools/call, not {method:?}"
+    );
+    let arguments: Option<serde_json::Value> = call
+        .args
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--args is not JSON")?;
+    let groups = call.groups.iter().cloned().collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    let what = call.tool.as_deref().map_or(method.clone(), |t| format!("{method} {t}"));
+    writeln!(
+        out,
+        "{} (groups: {}) calls {what} on upstream {:?}",
+        call.subject,
+        or_none(&groups),
+        upstream.name
+    )?;
+    let allowed: Vec<&str> = upstream.allow_groups.iter().map(String::as_str).collect();
+    if upstream.allow_groups.is_disjoint(&call.groups) {
+        writeln!(
+            out,
+            "DENIED before any rule: no group of the caller may use upstream {:?} (allow_groups: {})",
+            upstream.name,
+            or_none(&allowed.join(", "))
+        )?;
+        return Ok(out);
+    }
+    writeln!(
+        out,
+        "upstream {:?}: allowed (allow_groups: {})",
+        upstream.name,
+        allowed.join(", ")
+    )?;
+    let Some(policy) = &config.policy else {
+        writeln!(out, "ALLOWED: no policy, the upstream's allow_groups alone decide")?;
+        return Ok(out);
+    };
+    let facts = Facts {
+        subject: &call.subject,
+        groups: &call.groups,
+        upstream: &upstream.name,
+        method: Some(&method),
+        tool: call.tool.as_deref(),
+        arguments: arguments.as_ref(),
+    };
+    let (seen, verdict) = policy.explain(&facts);
+    for rule in &seen {
+        match &rule.mismatch {
+            Some(why) => writeln!(out, "  rule {:?}: no match: {why}", rule.rule_id)?,
+            None => writeln!(out, "  rule {:?}: matches", rule.rule_id)?,
+        }
+    }
+    let outcome = match verdict.outcome {
+        Outcome::Allow => "ALLOWED".to_owned(),
+        Outcome::Deny => "DENIED".to_owned(),
+        Outcome::RequireApproval(spec) => format!(
+            "NEEDS APPROVAL by a member of {:?} (the call is held {} s)",
+            spec.approver_group, spec.hold_seconds
+        ),
+    };
+    match verdict.rule_id {
+        Some(rule) => writeln!(out, "{outcome} by rule {rule:?}")?,
+        None => writeln!(out, "{outcome}: no rule matched (the policy denies by default)")?,
+    }
+    Ok(out)
+}
+
+fn or_none(list: &str) -> &str {
+    if list.is_empty() { "none" } else { list }
 }

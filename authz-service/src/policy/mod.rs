@@ -351,7 +351,91 @@ impl Policy {
     }
 }
 
+/// One rule as `explain` shows it: its id, and why it did not match (`None`: it matched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Considered<'p> {
+    pub rule_id: &'p str,
+    pub mismatch: Option<String>,
+}
+
+impl Policy {
+    /// Every rule the call is looked at by, in order, up to the one that decides (the same
+    /// walk as [`evaluate`](Self::evaluate)), and the verdict.
+    pub fn explain(&self, facts: &Facts<'_>) -> (Vec<Considered<'_>>, Verdict<'_>) {
+        let mut seen = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let for_upstream = rule.upstreams.as_ref().is_none_or(|u| u.contains(facts.upstream));
+            if !for_upstream {
+                continue;
+            }
+            let mismatch = rule.mismatch(facts);
+            let decides = mismatch.is_none();
+            seen.push(Considered {
+                rule_id: &rule.id,
+                mismatch,
+            });
+            if decides {
+                let verdict = Verdict {
+                    rule_id: Some(&self.rules[i].id),
+                    outcome: &self.rules[i].outcome,
+                };
+                return (seen, verdict);
+            }
+        }
+        (
+            seen,
+            Verdict {
+                rule_id: None,
+                outcome: &DENY,
+            },
+        )
+    }
+}
+
 impl Rule {
+    /// Why this rule does not match the call: its first condition that fails, in words.
+    fn mismatch(&self, f: &Facts<'_>) -> Option<String> {
+        let list = |items: &mut dyn Iterator<Item = &String>| items.map(String::as_str).collect::<Vec<_>>().join(", ");
+        if let Some(tools) = &self.tools
+            && !f.tool.is_some_and(|t| tools.iter().any(|g| glob_match(g, t)))
+        {
+            return Some(match f.tool {
+                Some(tool) => format!("tool {tool:?} is not one of {}", list(&mut tools.iter())),
+                None => format!("only for tools/call of {}", list(&mut tools.iter())),
+            });
+        }
+        if let Some(methods) = &self.methods
+            && !f.method.is_some_and(|m| methods.iter().any(|g| glob_match(g, m)))
+        {
+            return Some(format!(
+                "method {:?} is not one of {}",
+                f.method.unwrap_or("(none)"),
+                list(&mut methods.iter())
+            ));
+        }
+        if let Some(subjects) = &self.subjects
+            && !subjects.contains(f.subject)
+        {
+            return Some(format!(
+                "subject {:?} is not one of {}",
+                f.subject,
+                list(&mut subjects.iter())
+            ));
+        }
+        if let Some(groups) = &self.groups
+            && groups.is_disjoint(f.groups)
+        {
+            return Some(format!("no group of the caller is one of {}", list(&mut groups.iter())));
+        }
+        self.arguments.iter().position(|c| !c.holds(f.arguments)).map(|n| {
+            format!(
+                "argument condition {} ({}) does not hold",
+                n + 1,
+                self.arguments[n].describe()
+            )
+        })
+    }
+
     fn matches(&self, f: &Facts<'_>) -> bool {
         let in_set = |set: &Option<BTreeSet<String>>, value: &str| set.as_ref().is_none_or(|s| s.contains(value));
         let globs = |globs: &Option<Vec<String>>, value: Option<&str>| match globs {
@@ -369,6 +453,20 @@ impl Rule {
 }
 
 impl ArgumentCondition {
+    /// `/sql regex "…"`, `/force equals true`, `/n gt 10`, `/x present`.
+    fn describe(&self) -> String {
+        let pointer: String = self.tokens.iter().map(|t| format!("/{t}")).collect();
+        let test = match &self.test {
+            ArgumentTest::Equals(v) => format!("equals {v}"),
+            ArgumentTest::OneOf(vs) => format!("one of {}", Value::Array(vs.clone())),
+            ArgumentTest::Regex(re) => format!("matches {:?}", re.as_str()),
+            ArgumentTest::Compare { op, value } => format!("{op:?} {value}").to_lowercase(),
+            ArgumentTest::Present(true) => "present".to_owned(),
+            ArgumentTest::Present(false) => "absent".to_owned(),
+        };
+        format!("{pointer} {test}")
+    }
+
     fn holds(&self, arguments: Option<&Value>) -> bool {
         let value = arguments.and_then(|a| lookup(a, &self.tokens));
         match (&self.test, value) {

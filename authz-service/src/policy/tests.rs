@@ -308,3 +308,36 @@ fn conditions_match_what_a_lax_upstream_coerces_to_the_value() {
     let harmless = json!({"force": "no", "replicas": 1, "amount": "1_000"});
     assert_eq!(rule(harmless).as_deref(), Some("rest"));
 }
+
+#[test]
+fn explain_walks_the_rules_as_evaluate_does_and_says_why_each_missed() {
+    let policy = compile(RULES);
+    let eng = groups(&["eng"]);
+    let ops = groups(&["ops"]);
+    let drop = json!({"env": "prod", "sql": "DROP TABLE t"});
+    let select = json!({"env": "prod", "sql": "SELECT 1"});
+    let refund = json!({"amount": 5000});
+    let cases = [
+        facts(&eng, Some("run_sql"), Some(&drop)),
+        facts(&eng, Some("run_sql"), Some(&select)),
+        facts(&eng, Some("refund"), Some(&refund)),
+        facts(&ops, Some("run_sql"), Some(&drop)),
+        facts(&ops, None, None),
+    ];
+    for f in &cases {
+        let (seen, verdict) = policy.explain(f);
+        assert_eq!(verdict, policy.evaluate(f), "{f:?}");
+        // Every rule before the decider says why it missed; the decider matched.
+        let (last, before) = seen.split_last().expect("at least one rule looked at");
+        assert!(before.iter().all(|c| c.mismatch.is_some()), "{seen:?}");
+        assert_eq!(last.mismatch.is_none(), verdict.rule_id.is_some(), "{seen:?}");
+    }
+    let (seen, _) = policy.explain(&cases[1]);
+    let why = seen[0].mismatch.as_deref().unwrap_or_default();
+    assert!(why.starts_with("argument condition 2 (/sql matches"), "{why}");
+    let (seen, _) = policy.explain(&cases[3]);
+    assert_eq!(
+        seen[0].mismatch.as_deref(),
+        Some("no group of the caller is one of eng")
+    );
+}

@@ -24,7 +24,7 @@ die() { printf '\033[1;31m[demo] error:\033[0m %s\n' "$*" >&2; exit 1; }
 [ -f "$CONFIG" ] || die "no config file $CONFIG"
 
 if [ -z "${DEMO_SKIP_BUILD:-}" ]; then
-    bash scripts/setup.sh
+    bash scripts/setup.sh demo
     say "Building the service and the filter"
     cargo build -p gatehouse-service
     cargo build -p gatehouse-filter --target wasm32-wasip1 --release

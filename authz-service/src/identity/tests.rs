@@ -140,6 +140,17 @@ fn groups_claim_accepts_lists_and_strings() {
     assert!(groups_from_claim(Some(&json!({"a": 1}))).is_empty());
 }
 
+#[test]
+fn a_groups_claim_may_be_a_path_into_nested_claims() {
+    let claims = json!({"realm_access": {"roles": ["ops", "eng"]}, "a.b": ["flat"], "roles": "x"});
+    let claims = claims.as_object().unwrap();
+    let at = |name: &str| groups_from_claim(claim_at(claims, name));
+    assert_eq!(at("realm_access.roles"), ["eng".to_owned(), "ops".to_owned()].into());
+    assert_eq!(at("a.b"), ["flat".to_owned()].into(), "a claim named with a dot wins");
+    assert_eq!(at("roles"), ["x".to_owned()].into());
+    assert!(at("realm_access.missing").is_empty());
+}
+
 #[tokio::test]
 async fn a_cached_token_still_expires() {
     let dir = tempfile::tempdir().unwrap();

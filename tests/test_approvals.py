@@ -65,6 +65,9 @@ def test_held_call_completes_after_an_approval_over_rest(make_stack):
     )
     assert "arguments_clear" not in pending
     assert stack.upstream_requests() == before, "the held call reached the upstream before its approval"
+    # The caller is held right now: one call, waiting since about when it was asked.
+    assert pending["waiting"]["calls"] == 1, pending
+    assert pending["waiting"]["since"] >= pending["requested_at"][:19], pending
 
     decided = bob.approve(pending["id"], "ticket OPS-12")
     assert decided.status_code == 200, decided.text
@@ -105,6 +108,8 @@ def test_retry_mode_answers_with_the_approval_and_lets_the_same_call_through_onc
     other = pending_error(alice.call("echo", {"message": "two"}))
     assert other["id"] != first["id"]
     assert stack.upstream_requests() == before, "a call waiting for approval was forwarded"
+    # Retry mode holds nothing: no caller is waiting on the approval while it is pending.
+    assert bob.get(first["id"]).json()["waiting"] is None
 
     assert bob.approve(first["id"]).status_code == 200
     allowed = alice.call("echo", {"message": "one"})

@@ -88,6 +88,10 @@ def test_a_held_call_completes_after_approve_is_clicked(browser, make_stack):
     assert browser.text(in_row(pending["id"], "approval-rule")) == "echo-needs-approval"
     assert browser.text(in_row(pending["id"], "approval-request-id")) == pending["request_id"]
     assert browser.text(in_row(pending["id"], "approval-age")).endswith(("ago", "just now"))
+    # Alice's call is held in the gateway right now: the approver is told, with how long.
+    assert pending["waiting"]["calls"] == 1, pending
+    waiting = browser.text(in_row(pending["id"], "approval-waiting"))
+    assert waiting.startswith("alice is waiting (") and waiting.endswith(" s)"), waiting
     assert browser.text(in_row(pending["id"], "approval-expires")).startswith("expires in")
     shown = browser.text(in_row(pending["id"], "approval-arguments"))
     assert json.loads(shown) == pending["arguments"]

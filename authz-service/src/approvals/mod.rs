@@ -203,7 +203,7 @@ impl Approval {
     }
 }
 
-fn time_of(ms: i64) -> String {
+pub(crate) fn time_of(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map(format_time)
         .unwrap_or_default()
@@ -442,6 +442,8 @@ pub struct Approvals {
     changed: watch::Sender<u64>,
     /// Calls held in a Check now, per caller and in all.
     held: std::sync::Mutex<Held>,
+    /// Per approval, the held calls waiting on it now: when the first began and how many.
+    waiting: std::sync::Mutex<HashMap<String, (i64, u32)>>,
     /// The clear arguments of pending `show_clear` approvals, by approval id: in memory
     /// only, never in the table or the trail; gone with a restart (a caller's retry of the
     /// same call puts them back).
@@ -533,6 +535,44 @@ impl Drop for HeldSlot<'_> {
     }
 }
 
+/// A held call counted as waiting on one approval, until dropped (the gate returns, or
+/// Envoy gives up on the Check).
+struct Waiting<'a> {
+    approvals: &'a Approvals,
+    approval_id: String,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(approvals: &'a Approvals, approval_id: &str) -> Self {
+        let mut waiting = approvals
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = waiting.entry(approval_id.to_owned()).or_insert((now_ms(), 0));
+        entry.1 += 1;
+        Self {
+            approvals,
+            approval_id: approval_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .approvals
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = waiting.get_mut(&self.approval_id) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                waiting.remove(&self.approval_id);
+            }
+        }
+    }
+}
+
 /// Why a `show_clear` approval whose clear arguments are gone cannot be approved.
 const UNREADABLE: &str = "the arguments of this call were masked and this service no longer holds them in clear \
      (it restarted): it cannot be approved as is. Deny it, or wait for the caller to send the call again, which shows them.";
@@ -562,6 +602,7 @@ impl Approvals {
             transitions: Mutex::new(()),
             changed: watch::channel(0).0,
             held: std::sync::Mutex::default(),
+            waiting: std::sync::Mutex::default(),
             clear: std::sync::Mutex::default(),
         }
     }
@@ -569,6 +610,16 @@ impl Approvals {
     /// Where an approver decides on this approval.
     pub fn approver_url(&self, id: &str) -> String {
         self.notifier.approver_url(id)
+    }
+
+    /// The calls held on approval `id` now: since when (ms since the epoch) the first has
+    /// waited, and how many; `None` when no call waits (the caller gave up or retries later).
+    pub fn waiting(&self, id: &str) -> Option<(i64, u32)> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .copied()
     }
 
     /// A held slot for `subject`, or why there is none.
@@ -649,6 +700,8 @@ impl Approvals {
         let mut wake = self.changed.subscribe();
         let mut asked: Option<String> = None;
         let mut slot: Option<HeldSlot<'_>> = None;
+        // The approval this held call waits on, so approvers see that someone is waiting.
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             self.expire_due().await?;
             // The approval this call waits on ended without a grant for it.
@@ -714,6 +767,9 @@ impl Approvals {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(Gate::Stopped(approval));
+            }
+            if slot.is_some() && waiting.as_ref().is_none_or(|w| w.approval_id != approval.id) {
+                waiting = Some(Waiting::new(self, &approval.id));
             }
             asked = Some(approval.id);
             // Wait for a change (or the next poll).

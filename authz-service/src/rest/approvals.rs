@@ -81,6 +81,13 @@ fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
             obj.insert("arguments_clear".into(), clear);
         }
         obj.insert("approver_url".into(), json!(state.approvals.approver_url(&a.id)));
+        // A caller held on this approval right now: the page says "alice is waiting (12 s)".
+        let waiting = state
+            .approvals
+            .waiting(&a.id)
+            .filter(|_| a.status == Status::Pending)
+            .map(|(since_ms, calls)| json!({"since": crate::approvals::time_of(since_ms), "calls": calls}));
+        obj.insert("waiting".into(), waiting.unwrap_or(Value::Null));
     }
     v
 }

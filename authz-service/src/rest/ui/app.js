@@ -341,6 +341,7 @@
       subject: q("subject"),
       age: q("age"),
       expires: q("expires"),
+      waiting: q("waiting"),
       rule: q("rule"),
       group: q("group"),
       grant: q("grant"),
@@ -372,6 +373,14 @@
     row.age.title = text(a.requested_at);
     setText(row.expires, expiresIn(a.expires_at));
     row.expires.title = text(a.expires_at);
+    // The caller's call is held in the gateway right now, waiting for this decision.
+    const w = a.waiting && typeof a.waiting === "object" ? a.waiting : null;
+    const since = w ? Date.parse(w.since) : NaN;
+    row.waiting.hidden = Number.isNaN(since);
+    if (!Number.isNaN(since)) {
+      const calls = typeof w.calls === "number" && w.calls > 1 ? " (" + w.calls + " calls)" : "";
+      setText(row.waiting, text(a.subject) + " is waiting" + calls + " (" + duration(serverNow() - since) + ")");
+    }
   }
 
   function updateRow(row) {
@@ -452,7 +461,11 @@
   }
 
   function renderPending(list) {
-    const pending = list.filter((a) => a.status === "pending");
+    // What this approver can decide first, newest first within each part (the server's
+    // order; the sort is stable).
+    const pending = list
+      .filter((a) => a.status === "pending")
+      .sort((x, y) => Number(y.can_decide === true) - Number(x.can_decide === true));
     const seen = new Set();
     let prev = null;
     for (const a of pending) {
@@ -465,8 +478,8 @@
       }
       row.approval = a;
       updateRow(row);
-      // Server order (newest first); a row already in place is not moved (moving it would
-      // take the focus from its reason field).
+      // In that order; a row already in place is not moved (moving it would take the
+      // focus from its reason field).
       const slot = prev ? prev.nextSibling : ui.pendingList.firstChild;
       if (slot !== row.root) ui.pendingList.insertBefore(row.root, slot);
       prev = row.root;

@@ -131,9 +131,18 @@ def test_an_approver_cannot_decide_their_own_request(browser, make_stack):
 
     wait = dora.call_in_background("echo", {"message": "my own"})
     pending = bob.wait_pending(lambda a: a["subject"] == "dora")
+    # A newer request dora may decide: it is listed before her own.
+    alice = Caller(stack, "alice")
+    wait_alice = alice.call_in_background("echo", {"message": "for dora to decide"})
+    other = bob.wait_pending(lambda a: a["subject"] == "alice")
 
     browser.goto(f"{stack.rest_url}/ui#token={stack.approver_token('dora', ('eng', 'approvers'))}")
     browser.wait_for(row(pending["id"]))
+    browser.wait_for(row(other["id"]))
+    order = browser.evaluate(
+        "[...document.querySelectorAll('[data-testid=approval-row]')].map((e) => e.dataset.approvalId)"
+    )
+    assert order == [other["id"], pending["id"]], "what the approver can decide comes first"
     assert browser.attribute(row(pending["id"]), "data-can-decide") == "false"
     assert browser.is_disabled(in_row(pending["id"], "approve-button"))
     assert browser.is_disabled(in_row(pending["id"], "deny-button"))
@@ -150,6 +159,34 @@ def test_an_approver_cannot_decide_their_own_request(browser, make_stack):
     resp = wait(15)
     assert resp.status_code == 403, resp.text
     assert "not on a Friday" in answer(resp)["error"]["message"]
+    assert bob.deny(other["id"], "not needed").status_code == 200
+    assert wait_alice(15).status_code == 403
+    assert page_problems(browser) == []
+
+
+def test_the_page_fits_a_laptop_and_a_phone(browser, make_stack, tmp_path):
+    """At 1280×800 and at a phone's 390×844: nothing scrolls sideways, the call and the caller
+    lead each request, the buttons are on screen (screenshots kept with the test's files)."""
+    stack = approval_stack(make_stack)
+    alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
+    long_text = "SELECT " + ", ".join(f"column_number_{i}" for i in range(60)) + " FROM a_table_with_a_long_name"
+    wait = alice.call_in_background("echo", {"message": long_text})
+    pending = bob.wait_pending(lambda a: a["subject"] == "alice")
+    browser.goto(f"{stack.rest_url}/ui#token={stack.approver_token('bob')}")
+    browser.wait_for(row(pending["id"]))
+    for width, height in ((1280, 800), (390, 844)):
+        browser.set_viewport(width, height)
+        browser.screenshot(tmp_path / f"approvals-{width}x{height}.png")
+        fits = browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        assert fits, f"the page scrolls sideways at {width}px"
+        right = browser.evaluate(
+            f"document.querySelector('{in_row(pending['id'], 'approve-button')}').getBoundingClientRect().right"
+        )
+        assert right <= width, f"the approve button is off screen at {width}px"
+        first = browser.evaluate(f"document.querySelector('{row(pending['id'])}').innerText.trim().split('\\n')[0]")
+        assert first == "echo on everything", first
+    assert bob.approve(pending["id"]).status_code == 200
+    assert wait(15).status_code == 200
     assert page_problems(browser) == []
 
 

@@ -116,6 +116,10 @@ const ops = {
     await page.waitForFunction(a.expression, null, { timeout: a.timeout_ms, polling: 100 });
     return true;
   },
+  viewport: async (a) => {
+    await page.setViewportSize({ width: a.width, height: a.height });
+    return true;
+  },
   screenshot: async (a) => {
     await page.screenshot({ path: a.path, fullPage: true, timeout: a.timeout_ms });
     return a.path;
@@ -274,6 +278,10 @@ class Browser:
     def wait_until(self, expression: str, timeout: float | None = None) -> None:
         """Waits until a JavaScript expression in the page is truthy."""
         self._call("wait_function", timeout, expression=expression)
+
+    def set_viewport(self, width: int, height: int) -> None:
+        """Resizes the page's viewport (a desktop window, a phone)."""
+        self._call("viewport", None, width=width, height=height)
 
     def screenshot(self, path: Path) -> Path:
         return Path(self._call("screenshot", None, path=str(path)))

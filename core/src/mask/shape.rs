@@ -145,9 +145,10 @@ pub(crate) fn is_placeholder(value: &[u8]) -> bool {
     if names_a_secret(v) {
         return true;
     }
-    v.len() >= 5
+    // `YOUR_API_KEY`, `your-token-here`: `your` and a separator, not `yourmom123`.
+    v.len() >= 6
         && v.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"your"))
-        && !v.get(4).is_some_and(u8::is_ascii_digit)
+        && matches!(v.get(4), Some(b'_' | b'-' | b' ' | b'.'))
 }
 
 /// Whether `value` could be a generated secret rather than a word, a name or a number:
@@ -292,6 +293,7 @@ mod tests {
             "k1",
             "1234",
             "you2know",
+            "yourmom123",
             "Password1",
         ] {
             assert!(!is_placeholder(v.as_bytes()), "{v:?}");

@@ -299,29 +299,41 @@ impl Words {
 
     /// The last term of the key, as (term, first word, last word): the term ending last, the
     /// longest of those.
-    fn last_term(&self) -> Option<(&'static Term, usize, usize)> {
+    /// A term glued to the end of a longer word that it may not end (`vaulttoken`,
+    /// `jsonwebtoken`) is returned only when nothing better ends there, marked `loose`: its
+    /// value must look generated.
+    fn last_term(&self) -> Option<(&'static Term, usize, usize, bool)> {
         let joined = self.joined();
         for last in (0..self.count).rev() {
             let end = usize::from(self.bound(last + 1));
             let head = joined.get(..end).unwrap_or_default();
-            let mut best: Option<(&'static Term, usize)> = None;
+            // The longest term, those that may end here first.
+            let mut best: Option<(&'static Term, usize, bool)> = None;
             for term in TERMS {
                 if !head.ends_with(term.word.as_bytes()) {
                     continue;
                 }
                 let start = end - term.word.len();
-                let first = match self.word_starting(start) {
-                    Some(first) => first,
-                    // Glued: the term ends a longer word.
-                    None if term.glued => (0..=last).rev().find(|&k| usize::from(self.bound(k)) <= start)?,
-                    None => continue,
+                let (first, loose) = match self.word_starting(start) {
+                    Some(first) => (first, false),
+                    None => {
+                        // Glued: the term ends a longer word.
+                        let word = (0..=last).rev().find(|&k| usize::from(self.bound(k)) <= start)?;
+                        (word, !term.glued)
+                    }
                 };
-                if best.is_none_or(|(b, _)| term.word.len() > b.word.len()) {
-                    best = Some((term, first));
+                let better = match best {
+                    None => true,
+                    Some((b, _, b_loose)) => {
+                        (b_loose && !loose) || (b_loose == loose && term.word.len() > b.word.len())
+                    }
+                };
+                if better {
+                    best = Some((term, first, loose));
                 }
             }
-            if let Some((term, first)) = best {
-                return Some((term, first, last));
+            if let Some((term, first, loose)) = best {
+                return Some((term, first, last, loose));
             }
         }
         None
@@ -431,14 +443,14 @@ impl SensitiveKeys {
             return None;
         }
         let words = Words::new(key);
-        let (term, first, last) = words.last_term()?;
+        let (term, first, last, glued_loosely) = words.last_term()?;
         if first > 0 && QUALIFIERS.iter().any(|q| words.word(first - 1) == q.as_bytes()) {
             return None;
         }
         let after = (last + 1..words.count).find(|&k| !neutral(words.word(k)));
         // Other words after a term that ends a key (`token_bucket`, `apiTokenDoNotCommit`):
         // a secret only if its value looks generated.
-        let mut always = !term.loose;
+        let mut always = !term.loose && !glued_loosely;
         if let Some(next) = after {
             let word = words.word(next);
             if DESCRIPTORS.iter().any(|d| word == d.as_bytes()) {
@@ -586,7 +598,12 @@ mod tests {
             assert_eq!(keys.classify(key.as_bytes()), None, "{key}");
         }
         assert_eq!(keys.sensitivity(b"auth_type"), None);
-        for key in ["token_bucket", "redisAuthTokenDoNotCommit"] {
+        for key in [
+            "token_bucket",
+            "redisAuthTokenDoNotCommit",
+            "vaulttoken",
+            "io.jsonwebtoken",
+        ] {
             assert_eq!(keys.classify(key.as_bytes()), None, "{key}");
             assert!(keys.sensitivity(key.as_bytes()).is_some(), "{key}");
         }

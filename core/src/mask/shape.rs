@@ -158,6 +158,7 @@ pub(crate) fn is_placeholder(value: &[u8]) -> bool {
 pub(crate) fn looks_generated(value: &[u8]) -> bool {
     let v = trim_quotes(value);
     v.len() >= 8
+        && !names_a_version(v)
         && v.iter().any(u8::is_ascii_alphabetic)
         && v.iter().any(|&b| b.is_ascii_digit() || matches!(b, b'+' | b'/' | b'='))
         && !is_placeholder(v)
@@ -192,6 +193,17 @@ fn names_a_secret(v: &[u8]) -> bool {
         start = if next.is_ascii_alphabetic() { end } else { end + 1 };
     }
     named && words >= 2
+}
+
+/// Whether `v` is a name with a version (`jjwt-jackson-0.11.2`, `app@1.4.0`): it ends with
+/// dotted numbers right after `-`, `_`, `@`, `:` or `v`.
+fn names_a_version(v: &[u8]) -> bool {
+    let tail = v.iter().rev().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+    let version = v.get(v.len() - tail..).unwrap_or_default();
+    let before = v.len().checked_sub(tail + 1).and_then(|i| v.get(i)).copied();
+    version.contains(&b'.')
+        && version.first().is_some_and(u8::is_ascii_digit)
+        && matches!(before, Some(b'-' | b'_' | b'@' | b':' | b'v'))
 }
 
 /// A run of `n` or more of one fill byte (`x`, `X`, `*`, `#`).

@@ -188,6 +188,7 @@ fn generic_assignments_under_secret_names() {
         format!("\"user_auth\": \"{v}\""),
         format!("\"credentials\" : \"{v}\""),
         format!("API Key: {v}"),
+        format!("vaulttoken={v}"),
     ] {
         caught("sensitive_field", &text, v);
     }

@@ -1262,22 +1262,40 @@ fn insert_stand_in(value: &mut serde_yaml::Value, path: Option<&str>, field: &st
         4 => Value::Bool(false),
         _ => return false,
     };
-    let mut node = value;
-    for step in path.unwrap_or_default().split('.').filter(|p| !p.is_empty()) {
-        let next = match step.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            Some(i) => i.parse::<usize>().ok().and_then(|i| node.get_mut(i)),
-            None => node.get_mut(step),
-        };
-        let Some(next) = next else { return false };
-        node = next;
-    }
-    match node {
-        Value::Mapping(map) => {
+    match node_at(value, &path_steps(path)) {
+        Some(Value::Mapping(map)) => {
             map.insert(Value::String(field.to_owned()), stand_in);
             true
         }
         _ => false,
     }
+}
+
+/// serde_yaml's path (`a.b[0].c`) as steps: `a`, `b`, `[0]`, `c`.
+fn path_steps(path: Option<&str>) -> Vec<String> {
+    let mut steps = Vec::new();
+    for part in path.unwrap_or_default().split('.').filter(|p| !p.is_empty()) {
+        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !name.is_empty() {
+            steps.push(name.to_owned());
+        }
+        while let Some(close) = rest.find(']') {
+            let (index, after) = rest.split_at(close + 1);
+            steps.push(index.to_owned());
+            rest = after;
+        }
+    }
+    steps
+}
+
+/// The node `steps` lead to in `value`, if there is one.
+fn node_at<'v>(value: &'v mut serde_yaml::Value, steps: &[String]) -> Option<&'v mut serde_yaml::Value> {
+    steps.iter().try_fold(value, |node, step| {
+        match step.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            Some(i) => node.get_mut(i.parse::<usize>().ok()?),
+            None => node.get_mut(step.as_str()),
+        }
+    })
 }
 
 /// The name in backquotes after `prefix` in `message`.
@@ -1289,44 +1307,23 @@ fn quoted_field(message: &str, prefix: &str) -> Option<String> {
 /// Takes out of `value` the node at `path` (serde_yaml's `a.b[0].c`), then its member
 /// `field` when given. `false` when there is no such node.
 fn remove_path(value: &mut serde_yaml::Value, path: Option<&str>, field: Option<&str>) -> bool {
-    let mut steps: Vec<String> = Vec::new();
-    for part in path.unwrap_or_default().split('.').filter(|p| !p.is_empty()) {
-        let mut rest = part;
-        if let Some(open) = rest.find('[') {
-            if open > 0 {
-                steps.push(rest[..open].to_owned());
-            }
-            rest = &rest[open..];
-            while let Some(close) = rest.find(']') {
-                steps.push(rest[..=close].to_owned());
-                rest = &rest[close + 1..];
-            }
-        } else {
-            steps.push(rest.to_owned());
-        }
-    }
+    let mut steps = path_steps(path);
     steps.extend(field.map(str::to_owned));
     let Some((last, parents)) = steps.split_last() else {
         return false;
     };
-    let mut node = value;
-    for step in parents {
-        let next = match step.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            Some(i) => i.parse::<usize>().ok().and_then(|i| node.get_mut(i)),
-            None => node.get_mut(step.as_str()),
-        };
-        let Some(next) = next else { return false };
-        node = next;
-    }
-    match (last.strip_prefix('[').and_then(|s| s.strip_suffix(']')), node) {
-        (Some(i), serde_yaml::Value::Sequence(items)) => match i.parse::<usize>() {
+    match (
+        last.strip_prefix('[').and_then(|s| s.strip_suffix(']')),
+        node_at(value, parents),
+    ) {
+        (Some(i), Some(serde_yaml::Value::Sequence(items))) => match i.parse::<usize>() {
             Ok(i) if i < items.len() => {
                 items.remove(i);
                 true
             }
             _ => false,
         },
-        (None, serde_yaml::Value::Mapping(map)) => map.remove(last.as_str()).is_some(),
+        (None, Some(serde_yaml::Value::Mapping(map))) => map.remove(last.as_str()).is_some(),
         _ => false,
     }
 }

@@ -159,7 +159,7 @@ impl Detectors {
                     // A 40-character AWS secret key after its name: a word that long, or one
                     // cut by `/` or `+` (ruled out here on the word's end, for every word).
                     step.or_else(|| {
-                        (word_end - i == 40 || matches!(at(t, word_end), b'/' | b'+'))
+                        (word_end - i == AWS_SECRET_LEN || matches!(at(t, word_end), b'/' | b'+'))
                             .then(|| self.spaced_aws_secret(t, i, floor))
                             .flatten()
                     })
@@ -362,11 +362,9 @@ impl Detectors {
         }
         key_end = skip_blanks_back(t, key_end, floor);
         if sep == b':' && key_end > floor && at(t, key_end - 1) == b']' {
-            let open = t
-                .get(key_end.saturating_sub(48).max(floor)..key_end)
-                .and_then(|w| memchr::memrchr(b'[', w));
-            if let Some(open) = open {
-                key_end = skip_blanks_back(t, key_end.saturating_sub(48).max(floor) + open, floor);
+            let from = key_end.saturating_sub(48).max(floor);
+            if let Some(open) = t.get(from..key_end).and_then(|w| memchr::memrchr(b'[', w)) {
+                key_end = skip_blanks_back(t, from + open, floor);
             }
         }
         let mut quoted_key = false;
@@ -416,7 +414,7 @@ impl Detectors {
         }
         // An AWS secret key is 40 characters: read no further than that.
         let limit = if sensitive.kind == AWS_SECRET_ACCESS_KEY {
-            41
+            AWS_SECRET_LEN + 1
         } else {
             VALUE_MAX_BYTES + 1
         };
@@ -496,10 +494,7 @@ impl Detectors {
             return None;
         }
         if sensitive.kind == AWS_SECRET_ACCESS_KEY {
-            let shaped = value.len() == 40
-                && value
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'='));
+            let shaped = value.len() == AWS_SECRET_LEN && value.iter().all(|&b| is_aws_secret_byte(b));
             return shaped.then_some(AWS_SECRET_ACCESS_KEY);
         }
         Some(sensitive.kind)
@@ -508,8 +503,8 @@ impl Detectors {
     /// `<secret>value</secret>`, `<SecretAccessKey>…</SecretAccessKey>`: an XML element
     /// whose name is a sensitive key, its text up to the matching end tag. `i` is the `>`.
     fn xml_element(&self, t: &[u8], i: usize, floor: usize) -> Option<Found> {
-        let window = t.get(i.saturating_sub(64).max(floor)..i)?;
-        let open = memchr::memrchr(b'<', window)? + i.saturating_sub(64).max(floor);
+        let from = i.saturating_sub(64).max(floor);
+        let open = from + memchr::memrchr(b'<', t.get(from..i)?)?;
         let name = t.get(open + 1..i)?;
         if name.is_empty()
             || !name
@@ -572,9 +567,7 @@ impl Detectors {
         let kind = self.value_kind(sensitive, value)?;
         self.on(kind).then_some(Found { start, end, kind })
     }
-}
 
-impl Detectors {
     /// An AWS secret key given as the argument after its name, with a blank between:
     /// `aws configure set aws_secret_access_key …`, `--aws-secret-access-key …`. `i` starts a
     /// word after a blank.
@@ -582,13 +575,12 @@ impl Detectors {
         if !self.on(AWS_SECRET_ACCESS_KEY) || i < floor + 2 || at(t, i - 1) != b' ' {
             return None;
         }
-        let secret_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'=');
-        // Ruled out on two bytes first: this runs at every word after a blank.
-        if !secret_byte(at(t, i + 39)) || secret_byte(at(t, i + 40)) || is_word(at(t, i + 40)) {
+        // Ruled out on two bytes first.
+        let end = i + AWS_SECRET_LEN;
+        if !is_aws_secret_byte(at(t, end - 1)) || is_aws_secret_byte(at(t, end)) || is_word(at(t, end)) {
             return None;
         }
-        let end = run(t, i, secret_byte);
-        if end - i != 40 {
+        if run(t, i, is_aws_secret_byte) != end {
             return None;
         }
         let key_end = i - 1;
@@ -602,6 +594,13 @@ impl Detectors {
             },
         )
     }
+}
+
+/// An AWS secret access key is 40 characters of this alphabet.
+const AWS_SECRET_LEN: usize = 40;
+
+fn is_aws_secret_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'=')
 }
 
 /// Past the blanks before `j` (at most 8), not before `floor`.

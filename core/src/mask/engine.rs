@@ -737,12 +737,7 @@ impl Masker {
         // A key that only sometimes holds a secret (`credentials`, `auth`): a string that
         // looks generated is one; anything else is walked like any value.
         match value {
-            Value::String(s) if !is_placeholder(s) && shape::looks_generated(s.as_bytes()) => {
-                let kind = self.whole_value_kind(s).unwrap_or(kind);
-                counts.add(self.kind_name(kind), 1);
-                *value = Value::String(self.replacement(kind, s));
-                true
-            }
+            Value::String(s) if shape::looks_generated(s.as_bytes()) => self.mask_all(value, kind, reveal, counts),
             _ => self.walk(value, reveal, counts, nest, clean),
         }
     }

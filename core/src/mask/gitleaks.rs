@@ -377,28 +377,30 @@ impl Compiled {
         for (rule, spans) in self.rules.iter().zip(&windows) {
             for &(from, to) in spans {
                 let Some(part) = text.get(from..to) else { continue };
-                self.find_in(rule, text, part, from, out);
+                rule.find_in(text, part, from, out);
             }
         }
     }
+}
 
-    /// The findings of `rule` in `part`, which starts at byte `offset` of `text`.
-    fn find_in(&self, rule: &Rule, text: &str, part: &str, offset: usize, out: &mut Vec<Found>) {
-        for caps in rule.regex.captures_iter(part) {
+impl Rule {
+    /// This rule's findings in `part`, which starts at byte `offset` of `text`.
+    fn find_in(&self, text: &str, part: &str, offset: usize, out: &mut Vec<Found>) {
+        for caps in self.regex.captures_iter(part) {
             let Some(whole) = caps.get(0) else { continue };
-            let secret = if rule.secret_group > 0 {
-                caps.get(rule.secret_group)
+            let secret = if self.secret_group > 0 {
+                caps.get(self.secret_group)
             } else {
                 caps.iter().skip(1).flatten().find(|g| !g.is_empty()).or(Some(whole))
             };
             let Some(secret) = secret.filter(|s| !s.is_empty() && s.len() <= SECRET_MAX_BYTES) else {
                 continue;
             };
-            if rule.entropy > 0.0 && shape::entropy(secret.as_str().as_bytes()) <= rule.entropy {
+            if self.entropy > 0.0 && shape::entropy(secret.as_str().as_bytes()) <= self.entropy {
                 continue;
             }
             let line = line_around(text, offset + whole.start(), offset + whole.end());
-            if rule
+            if self
                 .allowlists
                 .iter()
                 .any(|a| a.allows(secret.as_str(), whole.as_str(), line))
@@ -408,7 +410,7 @@ impl Compiled {
             out.push(Found {
                 start: offset + secret.start(),
                 end: offset + secret.end(),
-                kind: rule.kind,
+                kind: self.kind,
             });
         }
     }
@@ -422,38 +424,21 @@ impl Compiled {
 const WINDOW_BYTES: usize = 4096;
 
 /// From the start of the line `WINDOW_BYTES` before `start` to the end of the line
-/// `WINDOW_BYTES` after `end` (on char boundaries).
+/// `WINDOW_BYTES` after `end`. (Line breaks are ASCII, so the ends are char boundaries.)
 fn window_around(text: &str, start: usize, end: usize) -> (usize, usize) {
-    let bytes = text.as_bytes();
     let lo = start.saturating_sub(WINDOW_BYTES);
     let hi = end.saturating_add(WINDOW_BYTES).min(text.len());
-    let from = bytes
-        .get(..lo)
-        .and_then(|b| memchr::memrchr(b'\n', b))
-        .map_or(0, |p| p + 1);
-    let to = bytes
-        .get(hi..)
-        .and_then(|b| memchr::memchr(b'\n', b))
-        .map_or(text.len(), |p| hi + p);
-    (floor_char(text, from), ceil_char(text, to))
-}
-
-fn floor_char(text: &str, mut i: usize) -> usize {
-    while i > 0 && !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn ceil_char(text: &str, mut i: usize) -> usize {
-    while i < text.len() && !text.is_char_boundary(i) {
-        i += 1;
-    }
-    i
+    line_bounds(text, lo, hi)
 }
 
 /// The line(s) of `text` holding `start..end`.
 fn line_around(text: &str, start: usize, end: usize) -> &str {
+    let (from, to) = line_bounds(text, start, end);
+    text.get(from..to).unwrap_or(text)
+}
+
+/// Where the line holding byte `start` begins and where the line holding `end` ends.
+fn line_bounds(text: &str, start: usize, end: usize) -> (usize, usize) {
     let bytes = text.as_bytes();
     let from = bytes
         .get(..start)
@@ -463,7 +448,7 @@ fn line_around(text: &str, start: usize, end: usize) -> &str {
         .get(end..)
         .and_then(|b| memchr::memchr(b'\n', b))
         .map_or(text.len(), |p| end + p);
-    text.get(from..to).unwrap_or(text)
+    (from, to)
 }
 
 #[cfg(test)]

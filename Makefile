@@ -39,7 +39,7 @@ clippy:
 lint: fmt-check clippy lint-py
 
 lint-py:
-	cd tests && ../$(VENV)/bin/ruff check . ../scripts ../demo && ../$(VENV)/bin/ruff format --check . ../scripts ../demo
+	cd tests && ../$(VENV)/bin/ruff check . ../scripts ../scripts/readme-check ../demo && ../$(VENV)/bin/ruff format --check . ../scripts ../scripts/readme-check ../demo
 
 test-e2e:
 	$(VENV)/bin/python -m pytest tests/ $(PYTEST_ARGS)

@@ -284,17 +284,30 @@ impl Config {
             }])
         };
         let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(syntax)?;
-        // A document that is YAML but not a config: every structural problem, not the first.
-        let raw: raw::Config = serde_yaml::from_value(doc.clone()).map_err(|e| {
-            let problems = raw::structure_problems(&doc);
-            if problems.is_empty() {
-                syntax(e)
-            } else {
-                ConfigErrors(problems)
-            }
-        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        raw.validate(path, &base)
+        match serde_yaml::from_value::<raw::Config>(doc.clone()) {
+            Ok(raw) => raw.validate(path, &base),
+            Err(e) => Err(Self::partial_file_problems(&doc, path, &base).unwrap_or_else(|| syntax(e))),
+        }
+    }
+
+    /// A document that is YAML but not a config: every structural problem, not the first, and
+    /// then the values' problems, checked on the file with stand-ins for what is missing.
+    /// `None` when the structural pass finds nothing to say.
+    fn partial_file_problems(doc: &serde_yaml::Value, path: &Path, base: &Path) -> Option<ConfigErrors> {
+        let structure = raw::structure_problems(doc);
+        if structure.problems.is_empty() {
+            return None;
+        }
+        let mut problems = structure.problems.clone();
+        let repaired = structure.repaired.as_ref();
+        if let Some(Err(ConfigErrors(values))) = repaired
+            .and_then(|r| serde_yaml::from_value::<raw::Config>(r.clone()).ok())
+            .map(|raw| raw.validate(path, base))
+        {
+            problems.extend(values.into_iter().filter(|p| !structure.stands_in(&p.path)));
+        }
+        Some(ConfigErrors(problems))
     }
 }
 

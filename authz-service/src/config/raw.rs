@@ -1108,7 +1108,7 @@ fn validate_masking(
 /// at the first): each section is read on its own, unknown fields and fields of the wrong
 /// type are taken out one by one and the section read again, and required sections that
 /// are missing are named. Paths are the config's (`service.rest_listen`, `upstreams[0].url`).
-pub fn structure_problems(doc: &serde_yaml::Value) -> Vec<super::ConfigError> {
+pub fn structure_problems(doc: &serde_yaml::Value) -> Structure {
     use serde_yaml::Value;
     const SECTIONS: [(&str, bool); 8] = [
         ("service", true),
@@ -1123,8 +1123,15 @@ pub fn structure_problems(doc: &serde_yaml::Value) -> Vec<super::ConfigError> {
     let mut problems = Vec::new();
     let problem = |path: String, message: String| super::ConfigError { path, message };
     let Value::Mapping(map) = doc else {
-        return vec![problem("$".into(), "the file must be a mapping of sections".into())];
+        return Structure {
+            problems: vec![problem("$".into(), "the file must be a mapping of sections".into())],
+            repaired: None,
+            stand_ins: Vec::new(),
+        };
     };
+    let mut repaired = serde_yaml::Mapping::new();
+    let mut stand_ins = Vec::new();
+    let mut every_section_reads = true;
     for key in map.keys() {
         let name = key.as_str().unwrap_or_default();
         if !SECTIONS.iter().any(|(s, _)| *s == name) {
@@ -1137,11 +1144,19 @@ pub fn structure_problems(doc: &serde_yaml::Value) -> Vec<super::ConfigError> {
         }
     }
     for (name, required) in SECTIONS {
-        let Some(section) = map.get(name) else {
-            if required {
+        let section = match map.get(name) {
+            Some(section) => section.clone(),
+            None if required => {
                 problems.push(problem(name.into(), "missing: this section is required".into()));
+                // Stand-ins of its own (not reported again) let the other sections' values be checked.
+                stand_ins.push(name.to_owned());
+                if name == "upstreams" {
+                    Value::Sequence(Vec::new())
+                } else {
+                    Value::Mapping(serde_yaml::Mapping::new())
+                }
             }
-            continue;
+            None => continue,
         };
         // Read from text, not from the value: only then do serde_yaml's errors carry the
         // path inside the section (`grpc_tls.cert_file: …`).
@@ -1158,24 +1173,64 @@ pub fn structure_problems(doc: &serde_yaml::Value) -> Vec<super::ConfigError> {
                 _ => serde_yaml::from_str::<Approvals>(&text).map(drop),
             }
         };
-        section_problems(name, section.clone(), read, &mut problems);
+        let mut own = Vec::new();
+        let read_as = section_problems(name, section, read, &mut own, &mut stand_ins);
+        if map.contains_key(name) {
+            problems.extend(own);
+        }
+        match read_as {
+            Some(section) => {
+                repaired.insert(Value::String(name.to_owned()), section);
+            }
+            None => every_section_reads = false,
+        }
     }
-    problems
+    Structure {
+        problems,
+        repaired: every_section_reads.then_some(Value::Mapping(repaired)),
+        stand_ins,
+    }
 }
 
-/// Reads `section` again and again, taking out the field each error names, until it reads
-/// or an error names nothing that can be taken out (a missing field).
+/// What the structural pass found in a file that does not read as a config.
+pub struct Structure {
+    /// Every structural problem: unknown sections and fields, missing ones, wrong types.
+    pub problems: Vec<super::ConfigError>,
+    /// The file with the unknown and mistyped fields taken out and stand-ins for the missing
+    /// ones, when that reads: its values can then be checked as a whole file's are.
+    pub repaired: Option<serde_yaml::Value>,
+    /// Paths that hold a stand-in in `repaired` (a problem about them is not the file's).
+    pub stand_ins: Vec<String>,
+}
+
+impl Structure {
+    /// Whether `path` is, or is inside, a stand-in.
+    pub fn stands_in(&self, path: &str) -> bool {
+        self.stand_ins.iter().any(|s| {
+            path.strip_prefix(s.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+        })
+    }
+}
+
+/// Reads `section` again and again, taking out the field each error names and standing in
+/// for each missing one, until it reads (then it is returned) or an error names nothing that
+/// can be taken out. The stand-ins' paths are added to `stand_ins`.
 fn section_problems(
     name: &str,
     mut section: serde_yaml::Value,
     read: impl Fn(&serde_yaml::Value) -> Result<(), serde_yaml::Error>,
     problems: &mut Vec<super::ConfigError>,
-) {
+    stand_ins: &mut Vec<String>,
+) -> Option<serde_yaml::Value> {
     let mut reported: Vec<String> = Vec::new();
     // Required fields found missing, and the stand-ins tried for each so far.
     let mut missing: Vec<(String, usize)> = Vec::new();
     for _ in 0..64 {
-        let Err(e) = read(&section) else { return };
+        let Err(e) = read(&section) else {
+            stand_ins.extend(missing.into_iter().map(|(path, _)| path));
+            return Some(section);
+        };
         let text = e.to_string();
         // The location is in the section's text, not the file's: leave it out.
         let text = text.split(" at line ").next().unwrap_or_default().to_owned();
@@ -1205,7 +1260,7 @@ fn section_problems(
                     .map_or(message.clone(), |(m, _)| m.to_owned()),
             });
             if !remove_path(&mut section, inner.as_deref(), Some(&field)) {
-                return;
+                return None;
             }
             continue;
         }
@@ -1221,7 +1276,7 @@ fn section_problems(
             // Put a stand-in there to read on: the next error is about something else.
             missing.push((path, 0));
             if !insert_stand_in(&mut section, inner.as_deref(), &field, 0) {
-                return;
+                return None;
             }
             continue;
         }
@@ -1234,7 +1289,7 @@ fn section_problems(
             };
             let parent = parent.filter(|p| !p.is_empty());
             if !insert_stand_in(&mut section, parent, field, *tries) {
-                return;
+                return None;
             }
             continue;
         }
@@ -1244,9 +1299,10 @@ fn section_problems(
         });
         reported.push(at);
         if inner.is_none() || !remove_path(&mut section, inner.as_deref(), None) {
-            return;
+            return None;
         }
     }
+    None
 }
 
 /// Sets member `field` of the mapping at `path` in `value` to the `kind`th stand-in (a

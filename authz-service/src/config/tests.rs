@@ -134,9 +134,41 @@ fn a_partial_file_gets_every_structural_problem() {
             ("audit", "missing: this section is required"),
             ("upstreams[0].colour", "unknown field `colour`"),
             ("envoy", "missing: this section is required"),
+            // Then the values, checked with stand-ins for what is missing.
+            (
+                "service.grpc_tls",
+                "required: Envoy must call the service over mTLS (or set grpc_plaintext: true on a loopback grpc_listen)"
+            ),
+            (
+                "upstreams[0].allow_groups",
+                "no group may use this upstream; list at least one"
+            ),
         ],
         "{errs}"
     );
+}
+
+#[test]
+fn a_partial_file_gets_its_value_problems_too_but_none_about_what_stands_in() {
+    let text = "service:\n  grpc_listen: nowhere\n  grpc_plaintext: true\n\
+                upstreams:\n  - {name: orders, url: 'ftp://x', allow_groups: [eng], path: [1]}\n";
+    let errs = Config::parse(text, Path::new("g.yaml")).unwrap_err();
+    let got: Vec<(&str, &str)> = errs.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("service.rest_listen", "missing: this field is required"),
+            ("service.public_url", "missing: this field is required"),
+            ("identity", "missing: this section is required"),
+            ("audit", "missing: this section is required"),
+            ("upstreams[0].path", "invalid type: sequence, expected a string"),
+            ("envoy", "missing: this section is required"),
+            ("service.grpc_listen", "\"nowhere\" is not an IP:port address"),
+            ("upstreams[0].url", "\"ftp://x\" must be an absolute http or https URL"),
+        ],
+        "{errs}"
+    );
+    assert!(!errs.to_string().contains("stand-in"), "{errs}");
 }
 
 #[test]

@@ -28,6 +28,7 @@ from . import paths
 from .envoy import EnvoyAdmin, start_envoy
 from .issuer import TestIssuer
 from .mcp_servers import EchoUpstream, start_conformance_server, start_demo_server, start_server_everything
+from .oidc_provider import AUDIT_RESOURCE, OidcProvider
 from .procs import Proc, ProcessSet, free_port
 from .raw_upstream import RawUpstream
 
@@ -128,7 +129,7 @@ class Stack:
     upstream_port: int
     upstream_name: str
     mcp_path: str
-    issuer: TestIssuer | None = None
+    issuer: TestIssuer | OidcProvider | None = None
     echo: EchoUpstream | None = None
     raw: RawUpstream | None = None
     sigv4: SigV4Upstream | None = None
@@ -175,6 +176,8 @@ class Stack:
     def token(
         self, sub: str = "alice", groups: Sequence[str] = ("eng",), ttl: int | None = None, aud: str | None = None
     ) -> str:
+        if isinstance(self.issuer, OidcProvider):
+            raise TypeError("a real provider's tokens come from its sign-in: stack.issuer.login(user)")
         if self.issuer:
             extra: dict[str, Any] = {}
             if ttl is not None:
@@ -199,6 +202,8 @@ class Stack:
 
     def auditor_token(self, sub: str = "auditor", groups: Sequence[str] = ("auditors",)) -> str:
         """A token for the audit REST API (`audit.audience`): it cannot call MCP."""
+        if isinstance(self.issuer, OidcProvider):
+            return self.issuer.login("auditor", resource=AUDIT_RESOURCE)
         return self.token(sub, groups, aud=AUDIT_AUDIENCE)
 
     def auth(self, sub: str = "alice", groups: Sequence[str] = ("eng",)) -> dict[str, str]:
@@ -378,7 +383,7 @@ def write_config(
     upstream_name: str = "everything",
     mcp_path: str = "/mcp",
     allow_groups: Sequence[str] = ("eng", "approvers"),
-    issuer: TestIssuer | None = None,
+    issuer: TestIssuer | OidcProvider | None = None,
     max_request_bytes: int = 1048576,
     max_response_bytes: int | None = None,
     masking: dict[str, Any] | None = None,
@@ -403,7 +408,7 @@ def write_config(
     identity: dict[str, Any] = {
         "issuer": issuer.issuer if issuer else f"http://127.0.0.1:{rest_port}/dev",
         "audience": issuer.audience if issuer else "gatehouse",
-        "groups_claim": "groups",
+        "groups_claim": issuer.groups_claim if isinstance(issuer, OidcProvider) else "groups",
         "leeway_seconds": 30,
         "dev_issuer": {"enabled": issuer is None, "key_file": "dev-issuer-key.pem"},
     }
@@ -482,7 +487,7 @@ def start_stack(
     stack_dir: Path,
     *,
     upstream: str = "everything",
-    issuer: TestIssuer | None = None,
+    issuer: TestIssuer | OidcProvider | None = None,
     allow_groups: Sequence[str] | None = None,
     max_request_bytes: int = 1048576,
     max_response_bytes: int | None = None,
@@ -508,7 +513,8 @@ def start_stack(
     `RawUpstream` the test scripts byte by byte, `stack.raw`) or "sigv4" (a `SigV4Upstream`
     that answers only requests signed with a session `aws_sts` issued, `stack.sigv4`; it
     expects the region and service of `upstream_credentials`).
-    `issuer`: identity comes from this test issuer instead of the service's dev issuer.
+    `issuer`: identity comes from this test issuer (or a real `OidcProvider`, with its
+    `groups_claim`) instead of the service's dev issuer.
     `masking`, `max_response_bytes`: the config's `masking:` section and `envoy.max_response_bytes`.
     `policy`, `approvals`, `ext_authz_timeout_ms`: `policy.rules`, `approvals:` and the Check's
     timeout (a held call waits inside the Check, so it must outlast the longest hold).

@@ -17,6 +17,7 @@ from harness import paths
 from harness.envoy import EnvoyAdmin, plain_envoy_config, start_envoy, write_config
 from harness.issuer import TestIssuer
 from harness.mcp_servers import EchoUpstream, start_conformance_server, start_json_server, start_server_everything
+from harness.postgres import Postgres, postgres_missing_reason
 from harness.procs import ProcessSet, free_port
 from harness.stack import Stack, gatehouse_missing_reason, start_stack
 
@@ -161,19 +162,57 @@ def test_issuer() -> Iterator[TestIssuer]:
     issuer.close()
 
 
+# --- the audit database: SQLite, or PostgreSQL --------------------------------------------
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked `both_backends` run once on each audit database: their stacks (and module
+    # stacks, grouped per backend) use a fresh PostgreSQL database in the second round.
+    if metafunc.definition.get_closest_marker("both_backends"):
+        if "audit_backend" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("audit_backend")
+        metafunc.parametrize("audit_backend", BACKENDS, scope="module")
+
+
+@pytest.fixture(scope="module")
+def audit_backend() -> str:
+    """The audit database of this test's stacks (only `both_backends` tests get both)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Postgres]:
+    """One PostgreSQL server for the run (Debian's package, a non-root user, a free port);
+    each stack on it gets a database of its own."""
+    reason = postgres_missing_reason()
+    if reason:
+        pytest.fail(reason)
+    server = Postgres(tmp_path_factory.mktemp("postgres")).start()
+    _diagnostics(request).append(server)
+    yield server
+    server.close()
+
+
 # --- the gateway stack ------------------------------------------------------------------
 
 
 class _Stacks:
-    """Starts stacks in numbered folders under `base`; shows their logs when a test fails."""
+    """Starts stacks in numbered folders under `base`; shows their logs when a test fails.
+    With `postgres`, each stack's audit database is a fresh database on that server."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, postgres: Postgres | None = None) -> None:
         self.base = base
+        self.postgres = postgres
         self.stacks: list[Stack] = []
 
     def __call__(self, **kwargs: Any) -> Stack:
+        audit = dict(kwargs.pop("audit", None) or {})
+        if self.postgres is not None and "database" not in audit:
+            audit["database"] = self.postgres.create_database()
         # A failed start raises with the failing process's log tail in the message.
-        stack = start_stack(self.base / f"stack{len(self.stacks)}", **kwargs)
+        stack = start_stack(self.base / f"stack{len(self.stacks)}", audit=audit or None, **kwargs)
         self.stacks.append(stack)
         return stack
 
@@ -185,12 +224,17 @@ class _Stacks:
             stack.close()
 
 
+def _postgres_for(backend: str, request: pytest.FixtureRequest) -> Postgres | None:
+    return request.getfixturevalue("postgres") if backend == "postgres" else None
+
+
 @pytest.fixture
-def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
+def make_stack(tmp_path: Path, request: pytest.FixtureRequest, audit_backend: str) -> Iterator[Callable[..., Stack]]:
     """Factory: make_stack(upstream="everything"|"conformance"|"echo"|"demo"|"raw"|"sigv4", issuer=None,
     allow_groups=..., max_request_bytes=..., max_response_bytes=..., masking=..., demo_json=False, ...):
-    the keyword arguments of `harness.stack.start_stack` (`aws_sts=` for "sigv4")."""
-    stacks = _Stacks(tmp_path)
+    the keyword arguments of `harness.stack.start_stack` (`aws_sts=` for "sigv4"). The audit
+    database is `audit_backend`'s."""
+    stacks = _Stacks(tmp_path, _postgres_for(audit_backend, request))
     _diagnostics(request).append(stacks)
     yield stacks
     stacks.close()
@@ -198,10 +242,10 @@ def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Calla
 
 @pytest.fixture(scope="module")
 def make_module_stack(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, audit_backend: str
 ) -> Iterator[Callable[..., Stack]]:
     """Like make_stack, for stacks shared by the tests of one module (read-only tests only)."""
-    stacks = _Stacks(tmp_path_factory.mktemp("stacks"))
+    stacks = _Stacks(tmp_path_factory.mktemp("stacks"), _postgres_for(audit_backend, request))
     _diagnostics(request).append(stacks)
     yield stacks
     stacks.close()

@@ -15,7 +15,7 @@ from harness.masking import sse_messages
 from harness.mcp_client import Recorder, run_session, sampling_answer, text_of, wait_for
 from harness.stack import LATEST_PROTOCOL, REQUEST_ID_RE, tools_call
 
-pytestmark = pytest.mark.gateway
+pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
 
 
 def test_sdk_session_through_gateway_is_fully_audited(stack):

@@ -44,6 +44,12 @@ enum Command {
     },
     /// Validate a config file and report every problem in it.
     CheckConfig { file: PathBuf },
+    /// Bring the audit database's schema up to date and exit (`serve` does it too at start;
+    /// on PostgreSQL one replica at a time). A database from a newer Gatehouse is refused.
+    Migrate {
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
+    },
     /// Which policy rule decides a call and why the rules before it did not match (for
     /// operators writing policy; nothing is sent anywhere).
     Explain {
@@ -190,6 +196,21 @@ impl Cli {
                 };
                 print!("{}", explain(&config, call)?);
             }
+            Command::Migrate { config } => {
+                let config = load(&config)?;
+                let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5))
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot open the audit database: {}", crate::db::redact(&e.to_string()))
+                    })?;
+                match crate::db::migrate(store.pool()).await {
+                    Ok(version) => println!("The audit database's schema is at version {version}."),
+                    Err(problem) => {
+                        eprintln!("error: {problem}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
             Command::CheckConfig { file } => match Config::load(&file) {
                 Ok(config) => {
                     for note in &config.masking.notes {
@@ -284,7 +305,8 @@ async fn audit_verify(
         Some(path) => Some(checkpoint::load_public_key(path)?),
         None => None,
     };
-    let store = Store::open(&config.audit.database, std::time::Duration::from_secs(5)).await?;
+    // Read only: verifying never migrates (or otherwise changes) the database.
+    let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5)).await?;
     let log = checkpoint_log.or_else(|| config.audit.checkpoint.as_ref().and_then(|c| c.log_file.clone()));
     let external = match &log {
         Some(path) if path.exists() => checkpoint::read_log(path)?,
@@ -363,7 +385,8 @@ fn print_conflicts(conflicts: &[crate::audit::Conflict]) {
 }
 
 async fn audit_conflicts(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.audit.database, std::time::Duration::from_secs(5)).await?;
+    // Read only: verifying never migrates (or otherwise changes) the database.
+    let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5)).await?;
     let conflicts = store.conflicts(CONFLICTS_SHOWN).await?;
     if conflicts.is_empty() {
         println!("No conflicting records.");

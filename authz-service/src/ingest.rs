@@ -68,7 +68,7 @@ impl AuditIngest for IngestService {
             .collect();
         let _claim = self.claims.claim(&ids).await;
         let parts: Vec<u64> = batch.responses.iter().map(|r| u64::from(r.part)).collect();
-        let mut view = match state.audit.store().ingest_view(&ids, &parts) {
+        let mut view = match state.audit.store().ingest_view(&ids, &parts).await {
             Ok(view) => view,
             Err(error) => {
                 tracing::error!(%error, "Could not read the audit store; the filter will retry.");

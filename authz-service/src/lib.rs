@@ -1,7 +1,7 @@
 //! The Gatehouse service: everything behind the `gatehouse` binary.
 //!
 //! Reading order: [`config`] (the one file), [`server`] (what starts), [`authz`] (the
-//! decision per request), [`identity`], [`audit`], [`ingest`] (records from the filter), [`masking`],
+//! decision per request), [`identity`], [`audit`] (on the [`db`]), [`ingest`] (records from the filter), [`masking`],
 //! [`policy`], [`approvals`], [`credentials`] (what goes upstream in place of the caller's
 //! token), [`aws`] (STS sessions per caller and SigV4),
 //! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
@@ -13,6 +13,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod db;
 pub mod envoy_config;
 pub mod identity;
 pub mod ingest;

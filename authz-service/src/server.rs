@@ -39,7 +39,12 @@ impl Server {
         let metrics = Metrics::default();
         let store = Store::open(&config.audit.database, STORE_BUSY_TIMEOUT)
             .await
-            .with_context(|| format!("cannot open the audit store {}", config.audit.database))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the audit store {}",
+                    crate::db::redact(&config.audit.database)
+                )
+            })?;
         let checkpoints = match &config.audit.checkpoint {
             Some(policy) => Some(Checkpointer {
                 signer: CheckpointSigner::load_or_create(&policy.key_file)?,
@@ -80,9 +85,7 @@ impl Server {
         // Approval keys are keyed hashes under the masking token key when there is one.
         let approval_key = config.masking.rules_with_key()?.token_key.map(String::into_bytes);
         let approvals = Arc::new(Approvals::new(
-            ApprovalStore::open(audit.store().pool().clone())
-                .await
-                .context("cannot open the approvals table")?,
+            ApprovalStore::new(audit.store().pool().clone()),
             CallKeys::new(approval_key),
             Limits::from(&config.approvals),
             audit.clone(),

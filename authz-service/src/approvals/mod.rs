@@ -249,7 +249,7 @@ pub enum Gate {
     /// A grant lets the call through; `used` is its record, to commit with the request's,
     /// and `hold` gives the use back unless kept.
     Granted {
-        approval: Approval,
+        approval: Box<Approval>,
         used: NewRecord,
         hold: GrantUse,
     },
@@ -737,7 +737,11 @@ impl Approvals {
                     returned: Some(Box::new(returned)),
                     audit: None,
                 };
-                return Ok(Gate::Granted { approval, used, hold });
+                return Ok(Gate::Granted {
+                    approval: Box::new(approval),
+                    used,
+                    hold,
+                });
             }
             if let Some(denial) = self.store.standing_denial(&key, now_ms()).await? {
                 return Ok(Gate::Stopped(denial));

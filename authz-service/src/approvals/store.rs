@@ -1,44 +1,16 @@
 //! The approvals table: the state of every approval, next to the audit trail in the same
-//! SQLite file. The trail is the evidence (each step is a record); this table is what the
-//! Check and the approvers' endpoints read and change.
+//! database (SQLite or PostgreSQL; made by the migrations in `migrations/`). The trail is the
+//! evidence (each step is a record); this table is what the Check and the approvers'
+//! endpoints read and change. Each change that must happen once (a decision, a grant's use,
+//! an expiry) is one conditional statement, so concurrent callers — on one service or on
+//! several replicas of one database — cannot both make it.
 
 use serde_json::Value;
-use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use sqlx::Row;
 
 use super::{Approval, Status};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS approvals (
-    id               TEXT    PRIMARY KEY,
-    key              TEXT    NOT NULL,
-    status           TEXT    NOT NULL,
-    subject          TEXT    NOT NULL,
-    upstream         TEXT    NOT NULL,
-    method           TEXT    NOT NULL,
-    tool             TEXT,
-    arguments        TEXT    NOT NULL,
-    rule             TEXT    NOT NULL,
-    approver_group   TEXT    NOT NULL,
-    single_use       INTEGER NOT NULL,
-    grant_ms         INTEGER NOT NULL,
-    request_id       TEXT    NOT NULL,
-    requested_ms     INTEGER NOT NULL,
-    expires_ms       INTEGER NOT NULL,
-    decided_ms       INTEGER,
-    decided_by       TEXT,
-    reason           TEXT,
-    grant_expires_ms INTEGER,
-    uses             INTEGER NOT NULL DEFAULT 0,
-    -- What masking changed in the arguments (kinds and places, never a value), as JSON.
-    masking          TEXT
-);
--- At most one pending approval per call: an identical call joins it.
-CREATE UNIQUE INDEX IF NOT EXISTS approvals_one_pending ON approvals (key) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS approvals_key ON approvals (key, status, decided_ms);
-CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_ms);
-CREATE INDEX IF NOT EXISTS approvals_requested ON approvals (requested_ms);
-CREATE INDEX IF NOT EXISTS approvals_subject ON approvals (subject, status);
-";
+use crate::db::Pool;
+use crate::on_pool;
 
 /// Most due approvals read (and recorded) at once.
 pub const DUE_BATCH: usize = 500;
@@ -48,40 +20,53 @@ const COLUMNS: &str = "id, status, subject, upstream, method, tool, arguments, r
 
 #[derive(Clone)]
 pub struct ApprovalStore {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// A value bound to a statement (the same statement runs on either backend).
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Text(&'a str),
+    MaybeText(Option<&'a str>),
+    Int(i64),
+    MaybeInt(Option<i64>),
+    Bool(bool),
+}
+
+/// `$query` with `$args` bound in order.
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match *arg {
+                Arg::Text(v) => query.bind(v),
+                Arg::MaybeText(v) => query.bind(v),
+                Arg::Int(v) => query.bind(v),
+                Arg::MaybeInt(v) => query.bind(v),
+                Arg::Bool(v) => query.bind(v),
+            };
+        }
+        query
+    }};
 }
 
 impl ApprovalStore {
-    pub async fn open(pool: SqlitePool) -> Result<Self, sqlx::Error> {
-        // A table made before `masking` existed gets the column (its rows: nothing masked).
-        let table: Option<(String,)> =
-            sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'approvals'")
-                .fetch_optional(&pool)
-                .await?;
-        if table.is_some_and(|(sql,)| !sql.contains("masking")) {
-            sqlx::query("ALTER TABLE approvals ADD COLUMN masking TEXT")
-                .execute(&pool)
-                .await?;
-        }
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Self { pool })
+    /// The approvals table of the store's database (its migrations made it).
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
     }
 
     /// How many approvals of this caller are pending.
     pub async fn pending_count(&self, subject: &str) -> Result<u64, sqlx::Error> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM approvals WHERE subject = ? AND status = 'pending'")
-            .bind(subject)
-            .fetch_one(&self.pool)
-            .await?;
+        let sql = "SELECT COUNT(*) FROM approvals WHERE subject = $1 AND status = 'pending'";
+        let n: i64 = on_pool!(&self.pool, pool => sqlx::query_scalar(sql).bind(subject).fetch_one(pool).await?);
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Approval>, sqlx::Error> {
         self.optional(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM approvals WHERE id = ?"
-            )))
-            .bind(id),
+            format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"),
+            &[Arg::Text(id)],
         )
         .await
     }
@@ -89,13 +74,12 @@ impl ApprovalStore {
     /// Newest first; `status` filters when given.
     pub async fn list(&self, status: Option<Status>, limit: u32) -> Result<Vec<Approval>, sqlx::Error> {
         let sql = match status {
-            Some(_) => format!("SELECT {COLUMNS} FROM approvals WHERE status = ? ORDER BY requested_ms DESC LIMIT ?"),
-            None => format!("SELECT {COLUMNS} FROM approvals WHERE ? IS NULL ORDER BY requested_ms DESC LIMIT ?"),
+            Some(_) => format!("SELECT {COLUMNS} FROM approvals WHERE status = $1 ORDER BY requested_ms DESC LIMIT $2"),
+            None => format!("SELECT {COLUMNS} FROM approvals WHERE $1 IS NULL ORDER BY requested_ms DESC LIMIT $2"),
         };
         self.all(
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(status.map(Status::as_str))
-                .bind(i64::from(limit)),
+            sql,
+            &[Arg::MaybeText(status.map(Status::as_str)), Arg::Int(i64::from(limit))],
         )
         .await
     }
@@ -103,10 +87,8 @@ impl ApprovalStore {
     /// The pending approval of this call, if any.
     pub async fn pending_for(&self, key: &str) -> Result<Option<Approval>, sqlx::Error> {
         self.optional(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM approvals WHERE key = ? AND status = 'pending'"
-            )))
-            .bind(key),
+            format!("SELECT {COLUMNS} FROM approvals WHERE key = $1 AND status = 'pending'"),
+            &[Arg::Text(key)],
         )
         .await
     }
@@ -114,12 +96,11 @@ impl ApprovalStore {
     /// A denial of this call that still stands (for the rule's grant time after it was made).
     pub async fn standing_denial(&self, key: &str, now_ms: i64) -> Result<Option<Approval>, sqlx::Error> {
         self.optional(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM approvals WHERE key = ? AND status = 'denied' AND decided_ms + grant_ms > ?
-             ORDER BY decided_ms DESC LIMIT 1"
-            )))
-            .bind(key)
-            .bind(now_ms),
+            format!(
+                "SELECT {COLUMNS} FROM approvals WHERE key = $1 AND status = 'denied' AND decided_ms + grant_ms > $2
+                 ORDER BY decided_ms DESC LIMIT 1"
+            ),
+            &[Arg::Text(key), Arg::Int(now_ms)],
         )
         .await
     }
@@ -128,130 +109,144 @@ impl ApprovalStore {
     /// single-use grant. Returns the grant as it is after the use.
     pub async fn use_grant(&self, key: &str, now_ms: i64) -> Result<Option<Approval>, sqlx::Error> {
         self.optional(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            format!(
                 "UPDATE approvals SET uses = uses + 1,
-                 status = CASE WHEN single_use = 1 THEN 'used' ELSE status END
-             WHERE id = (SELECT id FROM approvals WHERE key = ? AND status = 'approved' AND grant_expires_ms > ?
-                         ORDER BY decided_ms DESC LIMIT 1)
-               AND status = 'approved'
-             RETURNING {COLUMNS}"
-            )))
-            .bind(key)
-            .bind(now_ms),
+                     status = CASE WHEN single_use THEN 'used' ELSE status END
+                 WHERE id = (SELECT id FROM approvals WHERE key = $1 AND status = 'approved' AND grant_expires_ms > $2
+                             ORDER BY decided_ms DESC LIMIT 1)
+                   AND status = 'approved'
+                 RETURNING {COLUMNS}"
+            ),
+            &[Arg::Text(key), Arg::Int(now_ms)],
         )
         .await
     }
 
     /// Gives back a use whose call was not let through after all.
     pub async fn restore_use(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        self.execute(
             "UPDATE approvals SET uses = uses - 1, status = CASE WHEN status = 'used' THEN 'approved' ELSE status END
-             WHERE id = ? AND uses > 0",
+             WHERE id = $1 AND uses > 0",
+            &[Arg::Text(id)],
         )
-        .bind(id)
-        .execute(&self.pool)
         .await
-        .map(|_| ())
+        .map(drop)
     }
 
     pub async fn insert(&self, a: &Approval, key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let arguments = serde_json::to_string(&a.arguments).unwrap_or_default();
+        let masking = a.masking.as_ref().and_then(|m| serde_json::to_string(m).ok());
+        self.execute(
             "INSERT INTO approvals (id, key, status, subject, upstream, method, tool, arguments, rule, approver_group,
                  single_use, grant_ms, request_id, requested_ms, expires_ms, uses, masking)
-             VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)",
+            &[
+                Arg::Text(&a.id),
+                Arg::Text(key),
+                Arg::Text(&a.subject),
+                Arg::Text(&a.upstream),
+                Arg::Text(&a.method),
+                Arg::MaybeText(a.tool.as_deref()),
+                Arg::Text(&arguments),
+                Arg::Text(&a.rule),
+                Arg::Text(&a.approver_group),
+                Arg::Bool(a.single_use),
+                Arg::Int(a.grant_ms),
+                Arg::Text(&a.request_id),
+                Arg::Int(a.requested_ms),
+                Arg::Int(a.expires_ms),
+                Arg::MaybeText(masking.as_deref()),
+            ],
         )
-        .bind(&a.id)
-        .bind(key)
-        .bind(&a.subject)
-        .bind(&a.upstream)
-        .bind(&a.method)
-        .bind(&a.tool)
-        .bind(serde_json::to_string(&a.arguments).unwrap_or_default())
-        .bind(&a.rule)
-        .bind(&a.approver_group)
-        .bind(a.single_use)
-        .bind(a.grant_ms)
-        .bind(&a.request_id)
-        .bind(a.requested_ms)
-        .bind(a.expires_ms)
-        .bind(a.masking.as_ref().and_then(|m| serde_json::to_string(m).ok()))
-        .execute(&self.pool)
         .await
-        .map(|_| ())
+        .map(drop)
     }
 
     /// Records a decision on a pending approval; false when it was no longer pending.
     pub async fn decide(&self, a: &Approval) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE approvals SET status = ?, decided_ms = ?, decided_by = ?, reason = ?, grant_expires_ms = ?
-             WHERE id = ? AND status = 'pending'",
-        )
-        .bind(a.status.as_str())
-        .bind(a.decided_ms)
-        .bind(&a.decided_by)
-        .bind(&a.reason)
-        .bind(a.grant_expires_ms)
-        .bind(&a.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .execute(
+                "UPDATE approvals SET status = $1, decided_ms = $2, decided_by = $3, reason = $4, grant_expires_ms = $5
+                 WHERE id = $6 AND status = 'pending'",
+                &[
+                    Arg::Text(a.status.as_str()),
+                    Arg::MaybeInt(a.decided_ms),
+                    Arg::MaybeText(a.decided_by.as_deref()),
+                    Arg::MaybeText(a.reason.as_deref()),
+                    Arg::MaybeInt(a.grant_expires_ms),
+                    Arg::Text(&a.id),
+                ],
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     /// Pending approvals whose time is up, the earliest first, at most [`DUE_BATCH`].
     pub async fn due(&self, now_ms: i64) -> Result<Vec<Approval>, sqlx::Error> {
         self.all(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM approvals WHERE status = 'pending' AND expires_ms <= ? ORDER BY expires_ms LIMIT {DUE_BATCH}"
-            )))
-            .bind(now_ms),
+            format!(
+                "SELECT {COLUMNS} FROM approvals WHERE status = 'pending' AND expires_ms <= $1 ORDER BY expires_ms LIMIT {DUE_BATCH}"
+            ),
+            &[Arg::Int(now_ms)],
         )
         .await
     }
 
     /// Whether any pending approval is due at `now_ms` (without reading it).
     pub async fn any_due(&self, now_ms: i64) -> Result<bool, sqlx::Error> {
-        sqlx::query("SELECT 1 FROM approvals WHERE status = 'pending' AND expires_ms <= ? LIMIT 1")
-            .bind(now_ms)
-            .fetch_optional(&self.pool)
-            .await
-            .map(|row| row.is_some())
+        let sql = "SELECT EXISTS (SELECT 1 FROM approvals WHERE status = 'pending' AND expires_ms <= $1)";
+        on_pool!(&self.pool, pool => sqlx::query_scalar(sql).bind(now_ms).fetch_one(pool).await)
     }
 
     /// Expires these pending approvals (the ones just recorded), in one statement.
     pub async fn expire(&self, ids: &[&str]) -> Result<(), sqlx::Error> {
-        let marks = vec!["?"; ids.len()].join(", ");
-        let sql = format!("UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND id IN ({marks})");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in ids {
-            query = query.bind(*id);
-        }
-        query.execute(&self.pool).await.map(|_| ())
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND id IN ({})",
+            marks.join(", ")
+        );
+        let args: Vec<Arg> = ids.iter().map(|id| Arg::Text(id)).collect();
+        self.execute(&sql, &args).await.map(drop)
+    }
+
+    async fn optional(&self, sql: String, args: &[Arg<'_>]) -> Result<Option<Approval>, sqlx::Error> {
+        on_pool!(&self.pool, pool => {
+            bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(approval_from_row)
+                .transpose()
+        })
+    }
+
+    async fn all(&self, sql: String, args: &[Arg<'_>]) -> Result<Vec<Approval>, sqlx::Error> {
+        on_pool!(&self.pool, pool => {
+            bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(approval_from_row)
+                .collect()
+        })
+    }
+
+    /// Runs a statement; how many rows it changed.
+    async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
+        let sql = sql.to_owned();
+        on_pool!(&self.pool, pool => {
+            Ok(bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), args).execute(pool).await?.rows_affected())
+        })
     }
 }
 
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-impl ApprovalStore {
-    async fn optional(&self, query: Query<'_>) -> Result<Option<Approval>, sqlx::Error> {
-        query
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(approval_from_row)
-            .transpose()
-    }
-
-    async fn all(&self, query: Query<'_>) -> Result<Vec<Approval>, sqlx::Error> {
-        query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(approval_from_row)
-            .collect()
-    }
-}
-
-fn approval_from_row(row: &SqliteRow) -> Result<Approval, sqlx::Error> {
+fn approval_from_row<R: Row>(row: &R) -> Result<Approval, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let status: String = row.try_get(1)?;
     let arguments: String = row.try_get(6)?;
     let masking: Option<String> = row.try_get(19)?;

@@ -21,8 +21,9 @@ fn keys(key: Option<&[u8]>) -> CallKeys {
 
 /// An approvals table of its own, in memory.
 async fn table() -> ApprovalStore {
-    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
-    ApprovalStore::open(pool).await.unwrap()
+    let pool = crate::db::Pool::Sqlite(sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap());
+    crate::db::migrate(&pool).await.unwrap();
+    ApprovalStore::new(pool)
 }
 
 #[tokio::test]
@@ -191,11 +192,9 @@ async fn a_use_given_back_after_its_used_record_is_recorded_too() {
     c.request_id = "00000000000000000000000000000002";
     // Through the gate, so the use is taken as a Check takes it.
     let key = state.approvals.keys.of(&c);
-    sqlx::query("UPDATE approvals SET key = ? WHERE id = 'apr_back'")
-        .bind(&key)
-        .execute(state.audit.store().pool())
-        .await
-        .unwrap();
+    crate::on_pool!(state.audit.store().pool(), pool => {
+        sqlx::query("UPDATE approvals SET key = $1 WHERE id = 'apr_back'").bind(&key).execute(pool).await.unwrap().rows_affected()
+    });
     let Gate::Granted { used, mut hold, .. } = state.approvals.gate(&c, Duration::ZERO).await.unwrap() else {
         panic!("the grant should let the call through");
     };
@@ -345,7 +344,7 @@ async fn approvals_work_with_only_the_parts_they_are_given() {
         .await
         .unwrap();
     let approvals = Arc::new(Approvals::new(
-        ApprovalStore::open(store.pool().clone()).await.unwrap(),
+        ApprovalStore::new(store.pool().clone()),
         CallKeys::new(None),
         Limits::from(&config.approvals),
         audit.clone(),

@@ -8,6 +8,7 @@
 //! once its request record is durable.
 
 pub mod checkpoint;
+mod sink;
 mod store;
 pub mod verify;
 mod writer;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-pub use store::{Conflict, IngestView, RecordQuery, Store};
+pub use store::{Conflict, IngestView, OpenError, RecordQuery, Store};
 pub use writer::{LINGER, Lane};
 
 use crate::metrics::Metrics;
@@ -89,40 +90,48 @@ impl AuditLog {
         checkpoints: Option<Checkpointer>,
         metrics: Metrics,
     ) -> Result<Self, AuditError> {
-        let path = store
-            .path()
-            .ok_or_else(|| AuditError::Invalid("the audit store must be a database file".into()))?
-            .to_owned();
-        let busy_timeout = store.busy_timeout();
         let writer_id = writer_id.to_owned();
+        // What the writer thread needs to open its sink: a database file, or PostgreSQL.
+        let target = match store.backend() {
+            crate::db::Backend::Sqlite => SinkTarget::Sqlite(
+                store
+                    .path()
+                    .ok_or_else(|| AuditError::Invalid("the audit store must be a database file".into()))?
+                    .to_owned(),
+                store.busy_timeout(),
+            ),
+            crate::db::Backend::Postgres => SinkTarget::Postgres(
+                Box::new(crate::db::pg_options(store.url())?),
+                tokio::runtime::Handle::current(),
+            ),
+        };
         let (ready, started) = oneshot::channel();
         let (jobs, inbox) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let opened = writer::open(&path, busy_timeout).and_then(|conn| {
-                    let head = writer::read_head(&conn, &writer_id)?;
+                let (stop_housekeeping, stop) = std::sync::mpsc::channel::<()>();
+                let opened = target.open(&writer_id, stop).and_then(|mut sink| {
+                    let head = sink.read_head(&writer_id)?;
                     // After a crash the newest records have no checkpoint yet: count from the
                     // newest one stored, so the first tick signs them rather than a full
                     // interval later.
                     let checkpointed = match &checkpoints {
-                        Some(_) => writer::last_checkpoint(&conn, &writer_id)?,
+                        Some(_) => sink.last_checkpoint(&writer_id)?,
                         None => head.seq,
                     };
-                    Ok((conn, head, checkpointed))
+                    Ok((sink, head, checkpointed))
                 });
-                let (conn, head, checkpointed) = match opened {
+                let (sink, head, checkpointed) = match opened {
                     Ok(opened) => opened,
                     Err(error) => {
-                        let _ = ready.send(Err(error.to_string()));
+                        let _ = ready.send(Err(error));
                         return;
                     }
                 };
-                let (stop_checkpoints, stop) = std::sync::mpsc::channel::<()>();
-                let wal_frames = writer::spawn_wal_checkpointer(path, busy_timeout, stop);
                 let _ = ready.send(Ok(()));
-                writer::Writer::new(conn, head, checkpointed, max_batch, checkpoints, metrics, wal_frames).run(inbox);
-                drop(stop_checkpoints);
+                writer::Writer::new(sink, head, checkpointed, max_batch, checkpoints, metrics).run(inbox);
+                drop(stop_housekeeping);
             })
             .map_err(|e| AuditError::Invalid(format!("cannot start the audit writer: {e}")))?;
         started
@@ -220,6 +229,23 @@ impl AuditLog {
             }])
             .await?;
         out.pop().ok_or(AuditError::WriterGone)
+    }
+}
+
+/// Where the writer thread appends.
+enum SinkTarget {
+    Sqlite(std::path::PathBuf, Duration),
+    Postgres(Box<sqlx::postgres::PgConnectOptions>, tokio::runtime::Handle),
+}
+
+impl SinkTarget {
+    /// Opens the sink and takes the writer id's lease (`stop` ends SQLite's WAL checkpointer
+    /// when its sender is dropped).
+    fn open(self, writer_id: &str, stop: std::sync::mpsc::Receiver<()>) -> Result<Box<dyn sink::Sink>, String> {
+        Ok(match self {
+            Self::Sqlite(path, busy_timeout) => Box::new(sink::SqliteSink::open(&path, busy_timeout, writer_id, stop)?),
+            Self::Postgres(options, runtime) => Box::new(sink::PgSink::open(*options, runtime, writer_id)?),
+        })
     }
 }
 

@@ -1,4 +1,6 @@
-//! The SQLite store: one table of chained records, written in grouped transactions.
+//! The audit store: one table of chained records and one of checkpoints, on SQLite or
+//! PostgreSQL ([`crate::db`]). Appends go through the writer thread (`writer.rs`); this is
+//! what everything else reads.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,38 +11,12 @@ use std::{
 use gatehouse_core::audit::{Checkpoint, Record};
 use serde::Deserialize;
 use sqlx::{
-    Row, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    Row,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit_records (
-    writer      TEXT    NOT NULL,
-    seq         INTEGER NOT NULL,
-    kind        TEXT    NOT NULL,
-    request_id  TEXT    NOT NULL,
-    recorded_at TEXT    NOT NULL,
-    prev_hash   TEXT    NOT NULL,
-    hash        TEXT    NOT NULL,
-    data        TEXT    NOT NULL,
-    PRIMARY KEY (writer, seq)
-);
--- By request, and within it by response part (the ingest's look-up); its prefix serves every
--- query by request id.
-CREATE INDEX IF NOT EXISTS audit_records_part ON audit_records (request_id, json_extract(data, '$.part'));
-CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (recorded_at);
--- Searches read the hashed `data` itself (no copies in other columns that verify would
--- not cover): index the fields they filter on.
-CREATE INDEX IF NOT EXISTS audit_records_subject ON audit_records (json_extract(data, '$.subject'), recorded_at);
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-    writer    TEXT    NOT NULL,
-    seq       INTEGER NOT NULL,
-    hash      TEXT    NOT NULL,
-    signed_at TEXT    NOT NULL,
-    signature TEXT    NOT NULL,
-    PRIMARY KEY (writer, seq)
-);
-";
+use crate::db::{Backend, Pool};
+use crate::on_pool;
 
 /// A query for whole records: the columns `record_from_row` reads, then `$rest`.
 macro_rules! select_records {
@@ -90,18 +66,50 @@ pub struct Conflict {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    /// The database file (`None` for an in-memory database, which has no writer thread).
+    pool: Pool,
+    /// The database URL (for the writer's own connection to PostgreSQL).
+    url: String,
+    /// The database file (`None` for an in-memory database, which has no writer thread, and
+    /// for PostgreSQL).
     path: Option<std::path::PathBuf>,
     busy_timeout: Duration,
     /// The ingest's own read-only connection, opened on first use ([`Store::ingest_view`]).
     ingest_reader: std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
 }
 
+/// The store could not be opened: the database, or its schema.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Schema(String),
+}
+
 impl Store {
-    /// Opens (and creates) the database. Commits are synchronous (`synchronous=FULL`): a
-    /// record the service acknowledged survives a crash or power loss.
-    pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
+    /// Opens the database at `url` (`sqlite://…` or `postgres://…`) and brings its schema up
+    /// to date ([`crate::db::migrate`]). Commits are synchronous either way: a record the
+    /// service acknowledged survives a crash or power loss.
+    pub async fn open(url: &str, busy_timeout: Duration) -> Result<Self, OpenError> {
+        let store = Self::connect(url, busy_timeout).await?;
+        crate::db::migrate(&store.pool).await.map_err(OpenError::Schema)?;
+        if let Pool::Sqlite(pool) = &store.pool {
+            add_legacy_columns(pool).await?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the database without touching its schema (`gatehouse migrate` migrates it).
+    pub async fn connect(url: &str, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
+        if Backend::of(url) == Some(Backend::Postgres) {
+            return Ok(Self {
+                pool: Pool::Postgres(crate::db::connect_postgres(url).await?),
+                url: url.to_owned(),
+                path: None,
+                busy_timeout,
+                ingest_reader: std::sync::Arc::default(),
+            });
+        }
         // SQLite creates a database 0644 and gives its -wal and -shm the database's mode:
         // create the file 0600 first (its folder 0700) and all three stay private.
         let path = url
@@ -124,13 +132,22 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
         Ok(Self {
-            pool,
+            pool: Pool::Sqlite(pool),
+            url: url.to_owned(),
             path,
             busy_timeout,
             ingest_reader: std::sync::Arc::default(),
         })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.pool.backend()
+    }
+
+    /// The database URL this store was opened with (it may hold a password: never log it).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// How long a statement waits for another connection's write lock.
@@ -144,7 +161,7 @@ impl Store {
     }
 
     /// The connection pool, for state kept next to the trail (approvals).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
@@ -152,92 +169,110 @@ impl Store {
     /// appender in the service): for tests that lay down a trail as a crash left it.
     #[cfg(test)]
     pub async fn insert_all<'a>(&self, records: impl Iterator<Item = &'a Record>) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(
-                "INSERT INTO audit_records (writer, seq, kind, request_id, recorded_at, prev_hash, hash, data)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&r.writer)
-            .bind(r.seq as i64)
-            .bind(&r.kind)
-            .bind(&r.request_id)
-            .bind(&r.recorded_at)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .bind(serde_json::to_string(&r.data).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await
+        let records: Vec<&Record> = records.collect();
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await?;
+            for r in &records {
+                sqlx::query(
+                    "INSERT INTO audit_records (writer, seq, kind, request_id, recorded_at, prev_hash, hash, data)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&r.writer)
+                .bind(r.seq as i64)
+                .bind(&r.kind)
+                .bind(&r.request_id)
+                .bind(&r.recorded_at)
+                .bind(&r.prev_hash)
+                .bind(&r.hash)
+                .bind(serde_json::to_string(&r.data).unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })
     }
 
     /// Records matching a query, oldest first.
     pub async fn list(&self, q: &RecordQuery) -> Result<Vec<Record>, sqlx::Error> {
+        let backend = self.backend();
         let mut sql = String::from(select_records!("WHERE 1=1"));
         let mut args: Vec<&str> = Vec::new();
         for (column, op, value) in [
-            ("json_extract(data, '$.subject')", "=", &q.user),
-            ("json_extract(data, '$.upstream')", "=", &q.upstream),
-            ("json_extract(data, '$.tool')", "=", &q.tool),
+            (data_field(backend, "subject"), "=", &q.user),
+            (data_field(backend, "upstream"), "=", &q.upstream),
+            (data_field(backend, "tool"), "=", &q.tool),
             ("kind", "=", &q.kind),
             ("request_id", "=", &q.request_id),
             ("recorded_at", ">=", &q.since),
             ("recorded_at", "<", &q.until),
         ] {
             if let Some(v) = value {
-                sql.push_str(&format!(" AND {column} {op} ?"));
                 args.push(v);
+                sql.push_str(&format!(" AND {column} {op} ${}", args.len()));
             }
         }
-        sql.push_str(" ORDER BY recorded_at, writer, seq LIMIT ?");
-        // Only fixed column names and operators are spliced in; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in args {
-            query = query.bind(a);
-        }
+        sql.push_str(&format!(" ORDER BY recorded_at, writer, seq LIMIT ${}", args.len() + 1));
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        query
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(record_from_row)
-            .collect()
+        on_pool!(&self.pool, pool => {
+            // Only fixed column names and operators are spliced in; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for a in args {
+                query = query.bind(a);
+            }
+            query.bind(limit as i64).fetch_all(pool).await?.iter().map(record_from_row).collect()
+        })
     }
 
     /// All records of one request (request, rejections, response parts) in chain order, at
     /// most `limit`.
     pub async fn request_records(&self, request_id: &str, limit: u32) -> Result<Vec<Record>, sqlx::Error> {
-        sqlx::query(select_records!("WHERE request_id = ? ORDER BY writer, seq LIMIT ?"))
-            .bind(request_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(record_from_row)
-            .collect()
+        on_pool!(&self.pool, pool => {
+            sqlx::query(select_records!("WHERE request_id = $1 ORDER BY writer, seq LIMIT $2"))
+                .bind(request_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(record_from_row)
+                .collect()
+        })
     }
 
     /// Whether the final part of a request's response was recorded.
     pub async fn has_final_response(&self, request_id: &str) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM audit_records WHERE request_id = ? AND kind = 'response'
-             AND json_extract(data, '$.final') = 1)",
-        )
-        .bind(request_id)
-        .fetch_one(&self.pool)
-        .await
+        let is_final = match self.backend() {
+            Backend::Sqlite => "json_extract(data, '$.final') = 1",
+            Backend::Postgres => "(data::jsonb -> 'final') = 'true'::jsonb",
+        };
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM audit_records WHERE request_id = $1 AND kind = 'response' AND {is_final})"
+        );
+        on_pool!(&self.pool, pool => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(request_id).fetch_one(pool).await
+        })
     }
 
     /// What the store holds for the filter's records of these requests: which have a
     /// committed request record, and the data of each stored rejection and of each stored
     /// response part among `parts` (to compare a record that comes again).
     ///
-    /// Read on the calling thread through a read-only connection of its own, not through the
-    /// pool: one short indexed look-up per ingest batch, where the pool's worker thread would
-    /// add two thread hand-offs and its own per-statement overhead.
-    pub fn ingest_view(&self, request_ids: &[&str], parts: &[u64]) -> rusqlite::Result<IngestView> {
+    /// On SQLite, read on the calling thread through a read-only connection of its own, not
+    /// through the pool: one short indexed look-up per ingest batch, where the pool's worker
+    /// thread would add two thread hand-offs and its own per-statement overhead.
+    pub async fn ingest_view(&self, request_ids: &[&str], parts: &[u64]) -> Result<IngestView, super::AuditError> {
+        let mut unique: Vec<&str> = request_ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut parts = parts.to_vec();
+        parts.sort_unstable();
+        parts.dedup();
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(self.ingest_view_sqlite(&unique, &parts)?),
+            Pool::Postgres(pool) => Ok(ingest_view_postgres(pool, &unique, &parts).await?),
+        }
+    }
+
+    fn ingest_view_sqlite(&self, unique: &[&str], parts: &[u64]) -> rusqlite::Result<IngestView> {
         let mut reader = self
             .ingest_reader
             .lock()
@@ -256,12 +291,6 @@ impl Store {
                 closed.insert(conn)
             }
         };
-        let mut unique: Vec<&str> = request_ids.to_vec();
-        unique.sort_unstable();
-        unique.dedup();
-        let mut parts = parts.to_vec();
-        parts.sort_unstable();
-        parts.dedup();
         // The ids and parts are bound as two JSON arrays, so the statement's text is always
         // the same (prepared once) whatever the batch holds. A request's record is read for
         // its existence only; a response's data only for the parts asked about (a long stream
@@ -283,19 +312,7 @@ impl Store {
         let mut rows = query.query(rusqlite::params![ids, parts])?;
         let mut view = IngestView::default();
         while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            let kind: String = row.get(1)?;
-            let part = match kind.as_str() {
-                "request" => {
-                    view.requested.insert(id);
-                    continue;
-                }
-                "response" => row.get::<_, Option<i64>>(2)?.map(|p| p as u64),
-                _ => None,
-            };
-            let data: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
-            let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
-            view.stored.entry((id, part)).or_default().push(data);
+            view.add(row.get(0)?, &row.get::<_, String>(1)?, row.get(2)?, row.get(3)?);
         }
         Ok(view)
     }
@@ -303,80 +320,169 @@ impl Store {
     /// Filter records that share a request id and part with a different one (a rejection
     /// has no part): each group, oldest first, with the (writer, seq) of its records.
     pub async fn conflicts(&self, limit: u32) -> Result<Vec<Conflict>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT request_id, kind, json_extract(data, '$.part'),
-                    json_group_array(json_array(writer, seq))
-             FROM (SELECT * FROM audit_records WHERE kind IN ('response', 'request_rejected')
-                   ORDER BY recorded_at, writer, seq)
-             GROUP BY request_id, kind, json_extract(data, '$.part')
-             HAVING count(*) > 1
-             ORDER BY min(recorded_at)
-             LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let records: String = row.try_get(3)?;
-                Ok(Conflict {
-                    request_id: row.try_get(0)?,
-                    kind: row.try_get(1)?,
-                    part: row.try_get::<Option<i64>, _>(2)?.map(|p| p as u64),
-                    records: serde_json::from_str(&records).unwrap_or_default(),
-                })
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT request_id, kind, json_extract(data, '$.part'),
+                        json_group_array(json_array(writer, seq))
+                 FROM (SELECT * FROM audit_records WHERE kind IN ('response', 'request_rejected')
+                       ORDER BY recorded_at, writer, seq)
+                 GROUP BY request_id, kind, json_extract(data, '$.part')
+                 HAVING count(*) > 1
+                 ORDER BY min(recorded_at)
+                 LIMIT $1"
+            }
+            Backend::Postgres => {
+                "SELECT request_id, kind, (data::jsonb ->> 'part')::bigint,
+                        json_agg(json_build_array(writer, seq) ORDER BY recorded_at, writer, seq)::text
+                 FROM audit_records WHERE kind IN ('response', 'request_rejected')
+                 GROUP BY request_id, kind, (data::jsonb ->> 'part')::bigint
+                 HAVING count(*) > 1
+                 ORDER BY min(recorded_at)
+                 LIMIT $1"
+            }
+        };
+        let rows: Vec<(String, String, Option<i64>, String)> =
+            on_pool!(&self.pool, pool => sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(request_id, kind, part, records)| Conflict {
+                request_id,
+                kind,
+                part: part.map(|p| p as u64),
+                records: serde_json::from_str(&records).unwrap_or_default(),
             })
-            .collect()
+            .collect())
     }
 
     /// Every writer with records.
     pub async fn writers(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT DISTINCT writer FROM audit_records ORDER BY writer")
-            .fetch_all(&self.pool)
-            .await
+        on_pool!(&self.pool, pool => {
+            sqlx::query_scalar("SELECT DISTINCT writer FROM audit_records ORDER BY writer").fetch_all(pool).await
+        })
     }
 
     /// A writer's records in chain order, `page` at a time after `after_seq`.
     pub async fn chain_page(&self, writer: &str, after_seq: u64, page: u32) -> Result<Vec<Record>, sqlx::Error> {
-        sqlx::query(select_records!("WHERE writer = ? AND seq > ? ORDER BY seq LIMIT ?"))
-            .bind(writer)
-            .bind(after_seq as i64)
-            .bind(page as i64)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(record_from_row)
-            .collect()
+        on_pool!(&self.pool, pool => {
+            sqlx::query(select_records!("WHERE writer = $1 AND seq > $2 ORDER BY seq LIMIT $3"))
+                .bind(writer)
+                .bind(after_seq as i64)
+                .bind(page as i64)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(record_from_row)
+                .collect()
+        })
     }
 
     /// A writer's checkpoints, oldest first.
     pub async fn checkpoints(&self, writer: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT writer, seq, hash, signed_at, signature FROM audit_checkpoints WHERE writer = ? ORDER BY seq",
-        )
-        .bind(writer)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Checkpoint {
-                    writer: r.try_get(0)?,
-                    seq: r.try_get::<i64, _>(1)? as u64,
-                    hash: r.try_get(2)?,
-                    signed_at: r.try_get(3)?,
-                    signature: r.try_get(4)?,
-                })
+        let rows: Vec<(String, i64, String, String, String)> = on_pool!(&self.pool, pool => {
+            sqlx::query_as(
+                "SELECT writer, seq, hash, signed_at, signature FROM audit_checkpoints WHERE writer = $1 ORDER BY seq",
+            )
+            .bind(writer)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(writer, seq, hash, signed_at, signature)| Checkpoint {
+                writer,
+                seq: seq as u64,
+                hash,
+                signed_at,
+                signature,
             })
-            .collect()
+            .collect())
     }
 
     /// Cheap liveness probe for /healthz.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        on_pool!(&self.pool, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
     }
 }
 
-fn record_from_row(row: &SqliteRow) -> Result<Record, sqlx::Error> {
+impl IngestView {
+    /// One row of the look-up: a request's existence, or a stored filter record's data.
+    fn add(&mut self, id: String, kind: &str, part: Option<i64>, data: Option<String>) {
+        let part = match kind {
+            "request" => {
+                self.requested.insert(id);
+                return;
+            }
+            "response" => part.map(|p| p as u64),
+            _ => None,
+        };
+        let data = data.unwrap_or_default();
+        let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+        self.stored.entry((id, part)).or_default().push(data);
+    }
+}
+
+/// [`Store::ingest_view`] on PostgreSQL: the same two halves, each on the index by request
+/// (and part).
+async fn ingest_view_postgres(pool: &sqlx::PgPool, ids: &[&str], parts: &[u64]) -> Result<IngestView, sqlx::Error> {
+    let parts: Vec<i64> = parts.iter().map(|&p| p as i64).collect();
+    let rows = sqlx::query(
+        "SELECT request_id, kind, NULL::bigint, CASE WHEN kind = 'request' THEN NULL ELSE data END
+         FROM audit_records
+         WHERE request_id = ANY($1) AND kind IN ('request', 'request_rejected')
+         UNION ALL
+         SELECT request_id, kind, (data::jsonb ->> 'part')::bigint, data
+         FROM audit_records
+         WHERE request_id = ANY($1) AND (data::jsonb ->> 'part')::bigint = ANY($2) AND kind = 'response'",
+    )
+    .bind(ids)
+    .bind(&parts)
+    .fetch_all(pool)
+    .await?;
+    let mut view = IngestView::default();
+    for row in rows {
+        view.add(
+            row.try_get(0)?,
+            &row.try_get::<String, _>(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        );
+    }
+    Ok(view)
+}
+
+/// A field of the record's JSON `data` as text, in the backend's SQL.
+fn data_field(backend: Backend, name: &'static str) -> &'static str {
+    match (backend, name) {
+        (Backend::Sqlite, "subject") => "json_extract(data, '$.subject')",
+        (Backend::Sqlite, "upstream") => "json_extract(data, '$.upstream')",
+        (Backend::Sqlite, "tool") => "json_extract(data, '$.tool')",
+        (Backend::Postgres, "subject") => "(data::jsonb ->> 'subject')",
+        (Backend::Postgres, "upstream") => "(data::jsonb ->> 'upstream')",
+        (Backend::Postgres, "tool") => "(data::jsonb ->> 'tool')",
+        _ => "NULL",
+    }
+}
+
+/// A table made before migrations existed, missing a column a later version added.
+async fn add_legacy_columns(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
+    let table: Option<(String,)> =
+        sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'approvals'")
+            .fetch_optional(pool)
+            .await?;
+    if table.is_some_and(|(sql,)| !sql.contains("masking")) {
+        sqlx::query("ALTER TABLE approvals ADD COLUMN masking TEXT")
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+fn record_from_row<R: Row>(row: &R) -> Result<Record, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let data: String = row.try_get(7)?;
     Ok(Record {
         writer: row.try_get(0)?,

@@ -660,12 +660,28 @@ impl Config {
             _ => None,
         };
 
-        if !self.audit.database.starts_with("sqlite:") {
-            p.add(
+        match crate::db::Backend::of(&self.audit.database) {
+            Some(crate::db::Backend::Sqlite) => {}
+            Some(crate::db::Backend::Postgres) => {
+                if let Err(e) = crate::db::pg_options(&self.audit.database) {
+                    p.add(
+                        "audit.database",
+                        format!("not a PostgreSQL URL: {}", crate::db::redact(&e.to_string())),
+                    );
+                }
+            }
+            None => p.add(
                 "audit.database",
-                "only sqlite:// databases are supported in this version",
-            );
+                "must be sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+            ),
         }
+        let writer_id = match expand_env(&self.audit.writer_id) {
+            Ok(id) => id,
+            Err(message) => {
+                p.add("audit.writer_id", message);
+                String::new()
+            }
+        };
         p.non_empty("audit.writer_id", &self.audit.writer_id);
         p.non_empty("audit.auditor_group", &self.audit.auditor_group);
         p.non_empty("audit.audience", &self.audit.audience);
@@ -870,7 +886,7 @@ impl Config {
             },
             audit: super::Audit {
                 database,
-                writer_id: self.audit.writer_id,
+                writer_id,
                 auditor_group: self.audit.auditor_group,
                 audience: self.audit.audience,
                 max_batch: self.audit.max_batch,
@@ -1108,6 +1124,37 @@ fn validate_masking(
 /// at the first): each section is read on its own, unknown fields and fields of the wrong
 /// type are taken out one by one and the section read again, and required sections that
 /// are missing are named. Paths are the config's (`service.rest_listen`, `upstreams[0].url`).
+/// `text` with each `${NAME}` replaced by that environment variable (e.g. a writer id
+/// derived from the pod name: `gatehouse-${POD_NAME}`). An unset or empty one is an error.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{text:?}: `${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("{text:?}: ${{{name}}} is not an environment variable name"));
+        }
+        match std::env::var(name) {
+            Ok(value) if !value.is_empty() => out.push_str(&value),
+            _ => {
+                return Err(format!(
+                    "{text:?} names ${{{name}}}, which is not set in the environment"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 pub fn structure_problems(doc: &serde_yaml::Value) -> Structure {
     use serde_yaml::Value;
     const SECTIONS: [(&str, bool); 8] = [

@@ -13,7 +13,7 @@ import pytest
 
 from harness.approvals import SESSION_RULE, Approver, Caller, Webhook, answer, approval_rule, pending_error
 
-pytestmark = pytest.mark.gateway
+pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
 
 OTHER_TOOLS = {"id": "other-tools", "tools": ["*"], "outcome": "allow"}
 

@@ -17,7 +17,7 @@ import pytest
 from harness.approvals import SESSION_RULE, Approver, Caller, Webhook, answer, approval_rule, pending_error
 from harness.stack import tools_call
 
-pytestmark = pytest.mark.gateway
+pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
 
 APPROVAL_LIMIT = -32032
 FORBIDDEN = -32003

@@ -7,7 +7,7 @@ import pytest
 
 from harness.stack import tools_call
 
-pytestmark = pytest.mark.gateway
+pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
 
 
 def test_health_and_metrics_answer(stack):

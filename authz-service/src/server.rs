@@ -163,6 +163,13 @@ impl Server {
             shutdown.subscribe(),
         ));
         tokio::spawn(crate::approvals::sweep(state.approvals.clone(), shutdown.subscribe()));
+        if let crate::db::Pool::Postgres(pool) = state.audit.store().pool() {
+            tokio::spawn(crate::approvals::listen_for_changes(
+                state.approvals.clone(),
+                pool.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         // Listening already, so a dev issuer served by this very service answers.
         let identity = state.identity.clone();
         tokio::spawn(async move { identity.prefetch().await });

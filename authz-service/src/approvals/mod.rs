@@ -43,7 +43,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use thiserror::Error;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use crate::audit::{AuditError, AuditLog, NewRecord, format_time};
 use crate::metrics::Metrics;
@@ -436,8 +436,6 @@ pub struct Approvals {
     audit: AuditLog,
     metrics: Metrics,
     notifier: Notifier,
-    /// Serializes create, decide and expire (each writes its record, then changes state).
-    transitions: Mutex<()>,
     /// Bumped on every decision and expiry: held Checks wake and look again.
     changed: watch::Sender<u64>,
     /// Calls held in a Check now, per caller and in all.
@@ -599,7 +597,6 @@ impl Approvals {
             audit,
             metrics,
             notifier,
-            transitions: Mutex::new(()),
             changed: watch::channel(0).0,
             held: std::sync::Mutex::default(),
             waiting: std::sync::Mutex::default(),
@@ -820,11 +817,12 @@ impl Approvals {
 
     /// Joins the pending approval of `key`, or records `approval` as asked and stores it.
     async fn ask(&self, approval: Approval, key: &str) -> Result<Result<Approval, Refusal>, ApprovalError> {
-        let _turn = self.transitions.lock().await;
+        // Create, decide and expire take turns (each writes its record, then changes state).
+        let turn = self.store.turn().await?;
         if let Some(pending) = self.store.pending_for(key).await? {
             return Ok(Ok(pending));
         }
-        // Counted under the lock: concurrent asks of one caller cannot all pass the cap.
+        // Counted in the turn: concurrent asks of one caller cannot all pass the cap.
         let limit = self.limits.max_pending_per_caller;
         if self.store.pending_count(&approval.subject).await? >= u64::from(limit) {
             return Ok(Err(Refusal::TooManyPending { limit }));
@@ -840,6 +838,7 @@ impl Approvals {
         // The record first: the state never shows an approval the trail lacks.
         self.audit.append_event(&approval.request_id, requested).await?;
         self.store.insert(&approval, key).await?;
+        turn.end().await?;
         self.metrics.approvals_requested.inc();
         tracing::info!(approval_id = %approval.id, subject = %approval.subject, rule = %approval.rule, "Approval requested.");
         self.notifier.announce(&approval);
@@ -863,7 +862,7 @@ impl Approvals {
             return Err(DecideError::Invalid("the reason is longer than 1000 characters".into()));
         }
         self.expire_due().await?;
-        let _turn = self.transitions.lock().await;
+        let mut turn = self.store.turn().await.map_err(ApprovalError::from)?;
         let mut approval = self
             .store
             .get(id)
@@ -905,9 +904,11 @@ impl Approvals {
             .await
             .map_err(ApprovalError::from)?;
         if !self.store.decide(&approval).await.map_err(ApprovalError::from)? {
-            // Cannot happen while transitions are serialized; say so loudly if it does.
+            // Cannot happen while transitions take turns; say so loudly if it does.
             tracing::error!(approval_id = %approval.id, "A recorded decision found the approval no longer pending.");
         }
+        turn.changed();
+        turn.end().await.map_err(ApprovalError::from)?;
         if approve {
             self.metrics.approvals_approved.inc();
         } else {
@@ -925,11 +926,11 @@ impl Approvals {
         if !self.store.any_due(now).await? {
             return Ok(());
         }
-        let _turn = self.transitions.lock().await;
+        let mut turn = self.store.turn().await?;
         loop {
             let due = self.store.due(now).await?;
             if due.is_empty() {
-                return Ok(());
+                return Ok(turn.end().await?);
             }
             let records = due
                 .iter()
@@ -939,7 +940,7 @@ impl Approvals {
                 })
                 .collect::<Result<_, _>>()?;
             self.audit.append(records).await?;
-            // Exactly the rows just recorded (under the lock none of them can change).
+            // Exactly the rows just recorded (in the turn none of them can change).
             let ids: Vec<&str> = due.iter().map(|a| a.id.as_str()).collect();
             self.store.expire(&ids).await?;
             self.forget_clear(&ids);
@@ -948,8 +949,47 @@ impl Approvals {
             }
             self.metrics.approvals_expired.add(due.len() as u64);
             self.changed.send_modify(|n| *n += 1);
+            turn.changed();
             if due.len() < store::DUE_BATCH {
-                return Ok(());
+                return Ok(turn.end().await?);
+            }
+        }
+    }
+}
+
+/// Wakes the calls this replica holds when another replica announces a change (PostgreSQL
+/// `LISTEN`), until `stop`. Held calls also look every [`HOLD_POLL`], so a lost notification
+/// (the connection dropped and is being made again) delays a release, never loses it.
+pub async fn listen_for_changes(approvals: Arc<Approvals>, pool: sqlx::PgPool, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for approval changes of other replicas; will try again.");
+                tokio::select! {
+                    () = tokio::time::sleep(HOLD_POLL) => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        if let Err(error) = listener.listen(store::CHANGED_CHANNEL).await {
+            tracing::warn!(%error, "Cannot listen for approval changes of other replicas; will try again.");
+            tokio::time::sleep(HOLD_POLL).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => approvals.changed.send_modify(|n| *n += 1),
+                    // The connection was lost: a change may have been missed meanwhile.
+                    Ok(None) => approvals.changed.send_modify(|n| *n += 1),
+                    Err(error) => {
+                        tracing::warn!(%error, "Lost the approval change notifications; listening again.");
+                        approvals.changed.send_modify(|n| *n += 1);
+                        break;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }

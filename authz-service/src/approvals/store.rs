@@ -21,6 +21,45 @@ const COLUMNS: &str = "id, status, subject, upstream, method, tool, arguments, r
 #[derive(Clone)]
 pub struct ApprovalStore {
     pool: Pool,
+    /// Serializes this process's transitions (before it takes the database's lock).
+    local: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The PostgreSQL channel on which a replica announces that approvals changed (a decision,
+/// an expiry): the others wake the calls they hold and look again.
+pub const CHANGED_CHANNEL: &str = "gatehouse_approvals";
+/// The advisory lock key that serializes approval transitions across replicas.
+const TRANSITIONS_LOCK: i64 = 0x6761_7465_6170_7072; // "gateapr"
+
+/// One transition's turn: held from before it reads the state until its change is stored.
+/// On PostgreSQL a transaction on one pooled connection holds an advisory lock for it (a
+/// replica that dies mid-turn releases it with its connection); [`Turn::end`] commits, which
+/// also delivers the change's notification. Dropped without `end` (a cancelled request), the
+/// transaction rolls back and the lock is released all the same.
+pub struct Turn<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    changed: bool,
+}
+
+impl Turn<'_> {
+    /// Announces to the other replicas, when the turn ends, that approvals changed.
+    pub fn changed(&mut self) {
+        self.changed = true;
+    }
+
+    pub async fn end(self) -> Result<(), sqlx::Error> {
+        if let Some(mut tx) = self.shared {
+            if self.changed {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(CHANGED_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
 }
 
 /// A value bound to a statement (the same statement runs on either backend).
@@ -53,7 +92,33 @@ macro_rules! bind_all {
 impl ApprovalStore {
     /// The approvals table of the store's database (its migrations made it).
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            local: std::sync::Arc::default(),
+        }
+    }
+
+    /// Waits for this transition's turn: one at a time in this process, and on PostgreSQL
+    /// one at a time across every replica of the database. (A SQLite database has one
+    /// service.)
+    pub async fn turn(&self) -> Result<Turn<'_>, sqlx::Error> {
+        let local = self.local.lock().await;
+        let shared = match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(TRANSITIONS_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Some(tx)
+            }
+            Pool::Sqlite(_) => None,
+        };
+        Ok(Turn {
+            _local: local,
+            shared,
+            changed: false,
+        })
     }
 
     /// How many approvals of this caller are pending.

@@ -177,9 +177,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="module")
-def audit_backend() -> str:
-    """The audit database of this test's stacks (only `both_backends` tests get both)."""
-    return "sqlite"
+def audit_backend(request: pytest.FixtureRequest) -> str:
+    """The audit database of this test's stacks: SQLite, unless the test is parametrized
+    (`both_backends`, or `parametrize("audit_backend", ["postgres"], indirect=True)`)."""
+    return getattr(request, "param", "sqlite")
 
 
 @pytest.fixture(scope="session")

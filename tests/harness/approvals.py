@@ -36,10 +36,15 @@ def approval_rule(rule_id: str = "echo-needs-approval", tools: tuple[str, ...] =
 class Approver:
     """The approvals REST API with one user's approver token (the approvals audience)."""
 
-    def __init__(self, stack: Stack, sub: str, groups: tuple[str, ...] = ("approvers",)) -> None:
+    def __init__(
+        self, stack: Stack, sub: str, groups: tuple[str, ...] = ("approvers",), rest_url: str | None = None
+    ) -> None:
+        """`rest_url`: another replica's REST API instead of the stack's service."""
         self.sub = sub
         token = stack.approver_token(sub, groups)
-        self.http = httpx.Client(base_url=stack.rest_url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+        self.http = httpx.Client(
+            base_url=rest_url or stack.rest_url, headers={"authorization": f"Bearer {token}"}, timeout=10
+        )
 
     def list(self, status: str | None = None) -> list[dict[str, Any]]:
         resp = self.http.get("/v1/approvals", params={"status": status} if status else {})

@@ -117,6 +117,21 @@ TOKEN_KEY_ENV = "GATEHOUSE_MASK_TOKEN_KEY"
 
 
 @dataclass
+class Replica:
+    """Another `gatehouse serve` on a stack's database ([`Stack.start_replica`])."""
+
+    writer_id: str
+    config_path: Path
+    rest_port: int
+    grpc_port: int
+    proc: Proc
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+
+@dataclass
 class Stack:
     dir: Path
     config_path: Path
@@ -276,6 +291,31 @@ class Stack:
         self.service.wait_http(f"{self.rest_url}/healthz", ok=lambda r: r.status_code == 200)
         self.service.wait_tcp(self.grpc_port)
         return self.service
+
+    def replica_config(self, writer_id: str) -> tuple[Path, int, int]:
+        """This stack's config for another `gatehouse serve` on the same database: its own
+        REST and gRPC ports and `writer_id`, everything else (keys, issuer) shared. Returns
+        the file and its REST and gRPC ports."""
+        config = yaml.safe_load(self.config_path.read_text())
+        rest, grpc = free_port(), free_port()
+        config["service"]["rest_listen"] = f"127.0.0.1:{rest}"
+        config["service"]["grpc_listen"] = f"127.0.0.1:{grpc}"
+        config["audit"]["writer_id"] = writer_id
+        path = self.dir / f"gatehouse-{writer_id}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path, rest, grpc
+
+    def start_replica(self, writer_id: str) -> Replica:
+        """Another service on this stack's database (PostgreSQL: replicas share it), not
+        behind this stack's Envoy: reach it at `replica.rest_url`."""
+        path, rest, grpc = self.replica_config(writer_id)
+        proc = self.procs.start(
+            f"gatehouse-serve-{writer_id}",
+            [paths.gatehouse_bin(), "serve", "--config", path],
+            env={"RUST_LOG": self.service_log, "RUST_BACKTRACE": "1"},
+        )
+        proc.wait_http(f"http://127.0.0.1:{rest}/healthz", ok=lambda r: r.status_code == 200)
+        return Replica(writer_id, path, rest, grpc, proc)
 
     def restart_service(self) -> Proc:
         if self.service:

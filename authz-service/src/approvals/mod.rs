@@ -977,10 +977,17 @@ pub async fn listen_for_changes(approvals: Arc<Approvals>, pool: sqlx::PgPool, m
             tokio::time::sleep(HOLD_POLL).await;
             continue;
         }
+        tracing::debug!(
+            channel = store::CHANGED_CHANNEL,
+            "Listening for approval changes of other replicas."
+        );
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
-                    Ok(Some(_)) => approvals.changed.send_modify(|n| *n += 1),
+                    Ok(Some(_)) => {
+                        tracing::debug!("Another replica changed approvals.");
+                        approvals.changed.send_modify(|n| *n += 1);
+                    }
                     // The connection was lost: a change may have been missed meanwhile.
                     Ok(None) => approvals.changed.send_modify(|n| *n += 1),
                     Err(error) => {

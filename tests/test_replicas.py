@@ -1,0 +1,138 @@
+"""Several services on one database: what a caller or an approver may hit on any replica is
+shared through PostgreSQL, and no two live processes append to one chain.
+
+Replicas here are `gatehouse serve` processes on the stack's database with their own ports
+and writer ids (`Stack.start_replica`); the stack's Envoy calls the first one."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from harness import paths
+from harness.approvals import SESSION_RULE, Approver, Caller, answer, approval_rule, pending_error
+
+pytestmark = pytest.mark.gateway
+
+OTHER_TOOLS = {"id": "other-tools", "tools": ["*"], "outcome": "allow"}
+
+
+@pytest.mark.both_backends
+def test_a_second_process_with_a_live_writer_id_refuses_to_start(make_stack):
+    stack = make_stack(upstream="echo")
+    stack.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, token=stack.token())
+    # The same writer id, other ports: it must not start appending to the live chain.
+    path, _rest, _grpc = stack.replica_config("gatehouse-test")
+    second = subprocess.run(
+        [str(paths.gatehouse_bin()), "serve", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode != 0, second.stdout + second.stderr
+    assert "in use by another live process" in second.stderr, second.stderr
+    assert "gatehouse-test" in second.stderr
+
+    # Once the first one is gone the id is free again, and the chain goes on from its head.
+    stack.service.stop()
+    proc = stack.procs.start("gatehouse-serve-again", [paths.gatehouse_bin(), "serve", "--config", path])
+    proc.wait_tcp(_grpc)
+    proc.stop()
+    result = stack.verify()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def replicated_approvals(make_stack, **approval: Any):
+    """Envoy → replica A; `echo` needs an approval (held `hold_seconds`) by `approvers`."""
+    approval.setdefault("hold_seconds", 20)
+    return make_stack(
+        policy=[SESSION_RULE, approval_rule(**approval), OTHER_TOOLS],
+        ext_authz_timeout_ms=approval["hold_seconds"] * 1000 + 5000,
+    )
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_a_call_held_on_one_replica_is_released_by_a_decision_on_another(make_stack, audit_backend):
+    stack = replicated_approvals(make_stack)
+    b = stack.start_replica("gatehouse-b")
+    alice = Caller(stack, "alice")
+    bob_on_b = Approver(stack, "bob", rest_url=b.rest_url)
+
+    released = []
+    for i in range(50):
+        wait = alice.call_in_background("echo", {"message": f"held {i}"})
+        pending = bob_on_b.wait_pending(lambda a, i=i: a["arguments"] == {"message": f"held {i}"})
+        decided = time.monotonic()
+        assert bob_on_b.approve(pending["id"]).status_code == 200
+        resp = wait(15)
+        released.append(time.monotonic() - decided)
+        assert "result" in answer(resp), resp.text
+
+    released.sort()
+    p99 = released[int(len(released) * 0.99) - 1]
+    print(
+        f"released after a decision on another replica: p50 {statistics.median(released) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    )
+    assert p99 < 0.3, (
+        f"release after a decision on another replica: p50 {statistics.median(released):.3f} s, p99 {p99:.3f} s"
+    )
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_approvers_racing_on_two_replicas_one_wins(make_stack, audit_backend):
+    stack = replicated_approvals(make_stack, hold_seconds=0)
+    b = stack.start_replica("gatehouse-b")
+    alice = Caller(stack, "alice")
+    bob_on_a, carol_on_b = Approver(stack, "bob"), Approver(stack, "carol", rest_url=b.rest_url)
+    for round_ in range(5):
+        approval = pending_error(alice.call("echo", {"message": f"race {round_}"}))
+        barrier = threading.Barrier(2)
+        results: list[Any] = [None, None]
+
+        def decide(slot: int, approver: Approver, approve: bool, approval_id: str = approval["id"]) -> None:
+            barrier.wait()
+            results[slot] = approver.approve(approval_id, "go") if approve else approver.deny(approval_id, "stop")
+
+        threads = [
+            threading.Thread(target=decide, args=(0, bob_on_a, True)),
+            threading.Thread(target=decide, args=(1, carol_on_b, False)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(r.status_code for r in results) == [200, 409], [r.text for r in results]
+        winner = next(r for r in results if r.status_code == 200).json()["status"]
+        steps = [
+            r["data"]["event"]
+            for r in stack.audit.records(kind="approval", limit=1000)
+            if r["data"]["approval_id"] == approval["id"]
+        ]
+        assert steps == ["requested", winner], steps
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_approvals_expire_once_with_every_replica_sweeping(make_stack, audit_backend):
+    stack = replicated_approvals(make_stack, hold_seconds=0, expires_seconds=2)
+    for name in ("gatehouse-b", "gatehouse-c"):
+        stack.start_replica(name)
+    alice = Caller(stack, "alice")
+    ids = [pending_error(alice.call("echo", {"message": f"expire {i}"}))["id"] for i in range(10)]
+
+    deadline = time.monotonic() + 20
+    while True:
+        steps = [r["data"] for r in stack.audit.records(kind="approval", limit=1000)]
+        expired = [s["approval_id"] for s in steps if s["event"] == "expired"]
+        if set(expired) >= set(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    time.sleep(2)  # every replica has swept again meanwhile
+    expired = [r["data"]["approval_id"] for r in stack.audit.records(kind="approval", limit=1000)]
+    expired = [
+        r["data"]["approval_id"]
+        for r in stack.audit.records(kind="approval", limit=1000)
+        if r["data"]["event"] == "expired"
+    ]
+    assert sorted(expired) == sorted(ids), "each approval must expire exactly once"

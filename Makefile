@@ -6,7 +6,7 @@ VENV := .tools/venv
 PYTEST_ARGS ?=
 WASM_TARGET := wasm32-wasip1
 
-.PHONY: all setup build build-service build-filter demo test test-rust test-e2e fuzz fmt-check clippy lint lint-py bench clean-state
+.PHONY: all setup build build-service build-filter demo test test-rust test-e2e fuzz fmt-check clippy lint lint-py bench clean-state wasm-oci
 
 all: build
 
@@ -53,3 +53,9 @@ bench:
 
 clean-state:
 	rm -rf .gatehouse
+
+# The filter as an OCI image layout (target/oci/gatehouse-filter, tagged with the workspace
+# version) for Istio to pull; push it with oras, skopeo or crane (deploy/README.md).
+WASM_OCI_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+wasm-oci: build-filter
+	python3 deploy/wasm_oci.py --wasm target/$(WASM_TARGET)/release/gatehouse_filter.wasm --out target/oci/gatehouse-filter --tag $(WASM_OCI_TAG)

@@ -109,7 +109,7 @@ def envoy_filter(
         },
     }
     return {
-        "apiVersion": "networking.istio.io/v1alpha1",
+        "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
         "metadata": {
             "name": f"gatehouse-{upstream}",
@@ -197,11 +197,18 @@ HEADER = """\
 # commands are in deploy/README.md). One per MCP server behind Gatehouse.
 #
 # Puts Gatehouse on the sidecar's inbound port {port} of the pods labelled
-# app.kubernetes.io/name={workload} and {label}=true: the wasm filter (from the OCI image,
-# failure policy FAIL_CLOSED, allow_on_headers_stop_iteration), then ext_authz to the
+# app.kubernetes.io/name={workload} and {label}=true: the wasm filter
+# (from the OCI image, FAIL_CLOSED, allow_on_headers_stop_iteration), then ext_authz to the
 # service (failure_mode_allow false, the request body as bytes), just before the router;
 # the route names the upstream "{upstream}" for the Check.
 """
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes repeated values out in full: no YAML anchors in a manifest people read."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(
         HEADER.format(port=args.port, workload=args.workload, label=MCP_SERVER_LABEL, upstream=args.upstream)
     )
-    sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False, width=100))
+    sys.stdout.write(yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100))
     return 0
 
 

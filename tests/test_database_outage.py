@@ -71,9 +71,8 @@ def test_calls_during_a_database_outage_get_503_and_the_service_recovers(make_st
         assert during and set(during) == {503}, f"calls while the database was down: {sorted(set(during))}"
         recovered = min((t for t, s, _ in calls if t >= back_at and s == 200), default=None)
         assert recovered is not None, "no call succeeded after the database came back"
-        print(
-            f"{stop} stop: {len(during)} calls got 503 while it was down; the first 200 {recovered - back_at:.2f} s after it was back"
-        )
+        waited = recovered - back_at
+        print(f"{stop} stop: {len(during)} calls got 503 while it was down; the first 200 {waited:.2f} s after")
         assert recovered - back_at <= 5, f"the service took {recovered - back_at:.1f} s to recover"
 
         # Every call the upstream received has its request record, and every 200 too.

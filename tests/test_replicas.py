@@ -10,12 +10,16 @@ import statistics
 import subprocess
 import threading
 import time
+from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 from harness import paths
 from harness.approvals import SESSION_RULE, Approver, Caller, answer, approval_rule, pending_error
+from harness.stack import tools_call
 
 pytestmark = pytest.mark.gateway
 
@@ -132,10 +136,111 @@ def test_approvals_expire_once_with_every_replica_sweeping(make_stack, audit_bac
             break
         time.sleep(0.3)
     time.sleep(2)  # every replica has swept again meanwhile
-    expired = [r["data"]["approval_id"] for r in stack.audit.records(kind="approval", limit=1000)]
     expired = [
         r["data"]["approval_id"]
         for r in stack.audit.records(kind="approval", limit=1000)
         if r["data"]["event"] == "expired"
     ]
     assert sorted(expired) == sorted(ids), "each approval must expire exactly once"
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_three_replicas_lose_one_every_10_s_and_no_call_goes_unrecorded(make_stack, audit_backend, postgres):
+    """500 calls a second for 30 s through one Envoy to three replicas; every 10 s one of
+    them is killed (SIGKILL) and started again."""
+    stack = make_stack(upstream="echo", replicas=3)
+    token = stack.token()
+    session = stack.initialize(token)
+    answers: list[tuple[int | str, str]] = []  # status (or the error), request id
+    rate, seconds, workers = 500, 30, 24
+    started = time.monotonic()
+    end = started + seconds
+
+    def work(worker: int) -> None:
+        with httpx.Client(timeout=15) as client:
+            n = 0
+            while (now := time.monotonic()) < end:
+                # Paced: worker `worker` sends its n-th call at its slot of the overall rate.
+                due = started + (n * workers + worker) / rate
+                if due > now:
+                    time.sleep(due - now)
+                n += 1
+                body = tools_call("echo", {"message": f"w{worker}-{n}"}, request_id=n)
+                try:
+                    resp = client.post(
+                        stack.url,
+                        json=body,
+                        headers={
+                            "authorization": f"Bearer {token}",
+                            "mcp-session-id": session,
+                            "accept": "application/json, text/event-stream",
+                        },
+                    )
+                    answers.append((resp.status_code, resp.headers.get("x-gatehouse-request-id", "")))
+                except httpx.HTTPError as exc:
+                    answers.append((repr(exc), ""))
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
+    for t in threads:
+        t.start()
+    kills = []
+    for victim in range(seconds // 10):
+        time.sleep(max(0.0, started + 10 * victim + 5 - time.monotonic()))
+        if victim % 3 == 0:
+            stack.crash_service()
+            stack.start_service()
+        else:
+            replica = stack.replicas[victim % 3 - 1]
+            replica.proc.kill()
+            replica.start()
+        kills.append(victim)
+    for t in threads:
+        t.join(60)
+
+    statuses = Counter(s for s, _ in answers)
+    print(f"{len(answers)} calls in {seconds} s, {len(kills)} replicas killed: {dict(statuses)}")
+    assert set(statuses) <= {200, 503}, f"answers other than 200 and 503: {statuses}"
+    assert statuses[200] >= len(answers) * 0.8, statuses
+
+    database = stack_database(stack)
+    recorded = set(postgres.psql("SELECT request_id FROM audit_records WHERE kind = 'request'", db=database).split())
+    forwarded = {r.headers["x-gatehouse-request-id"][0] for r in stack.echo.received() if r.body}
+    answered = {rid for s, rid in answers if s == 200}
+    assert forwarded - recorded == set(), f"{len(forwarded - recorded)} calls reached the upstream unrecorded"
+    assert answered - recorded == set(), f"{len(answered - recorded)} calls got a 200 unrecorded"
+    writers = postgres.psql("SELECT DISTINCT writer FROM audit_records", db=database).split()
+    assert sorted(writers) == ["gatehouse-test", "gatehouse-test-2", "gatehouse-test-3"], writers
+    result = stack.verify()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def stack_database(stack) -> str:
+    """The PostgreSQL database name of a stack's audit store."""
+    url = yaml.safe_load(stack.config_path.read_text())["audit"]["database"]
+    return url.rsplit("/", 1)[1].split("?")[0]
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_a_single_use_grant_is_used_once_by_two_concurrent_calls_on_two_replicas(make_stack, audit_backend):
+    stack = make_stack(
+        policy=[SESSION_RULE, approval_rule(hold_seconds=0, single_use=True), OTHER_TOOLS],
+        replicas=2,
+    )
+    alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
+    for round_ in range(5):
+        arguments = {"message": f"once {round_}"}
+        approval = pending_error(alice.call("echo", arguments))
+        assert bob.approve(approval["id"]).status_code == 200
+        # Envoy sends the two Checks to the two replicas in turn.
+        call = lambda arguments=arguments: alice.call("echo", arguments)  # noqa: E731 -- the same call twice
+        results = race(call, call)
+        through = [r for r in results if "result" in answer(r)]
+        assert len(through) == 1, [r.text for r in results]
+        used = [
+            r["data"]["event"]
+            for r in stack.audit.records(kind="approval", limit=1000)
+            if r["data"]["approval_id"] == approval["id"] and r["data"]["event"] == "used"
+        ]
+        assert used == ["used"], used
+    writers = {r["writer"] for r in stack.audit.records(kind="request", limit=1000)}
+    assert writers == {"gatehouse-test", "gatehouse-test-2"}, f"Checks did not reach both replicas: {writers}"

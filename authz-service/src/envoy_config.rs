@@ -404,10 +404,41 @@ fn check_concurrency(config: &Config) -> u64 {
     u64::from(config.approvals.max_held) + CHECK_HEADROOM
 }
 
-/// A cluster of the service's gRPC listener: HTTP/2, mTLS when configured, and a circuit
-/// breaker of `max_requests` (Envoy's default of 1,024 applies to each limit otherwise).
+/// A cluster of the service's gRPC listeners (`service.grpc_endpoints`, or `grpc_listen`):
+/// HTTP/2, mTLS when configured, a circuit breaker of `max_requests` (Envoy's default of
+/// 1,024 applies to each limit otherwise), and a gRPC health check of each replica, so a
+/// replica that is gone or draining (NOT_SERVING) gets no new Checks or records. A DNS name
+/// (a headless Kubernetes Service) is resolved to every replica's address (`STRICT_DNS`).
 fn grpc_cluster(config: &Config, name: &str, max_requests: u64) -> Value {
-    let mut c = static_cluster(name, config.service.grpc_listen, true);
+    let endpoints = &config.service.grpc_endpoints;
+    let lb_endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|e| json!({"endpoint": {"address": {"socket_address": {"address": e.host, "port_value": e.port}}}}))
+        .collect();
+    let mut c = json!({
+        "name": name,
+        "type": if endpoints.iter().all(crate::config::Endpoint::is_ip) { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
+        "typed_extension_protocol_options": http2_options(),
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": "1s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "no_traffic_interval": "5s",
+            "grpc_health_check": {},
+        }],
+        // A replica that stops answering is set aside at once, not after Envoy's default 5.
+        "outlier_detection": {"consecutive_gateway_failure": 2, "consecutive_5xx": 5, "interval": "1s",
+            "base_ejection_time": "5s", "max_ejection_percent": 100},
+    });
+    if !endpoints.iter().all(crate::config::Endpoint::is_ip)
+        && let Some(obj) = c.as_object_mut()
+    {
+        obj.insert("dns_lookup_family".into(), json!("V4_PREFERRED"));
+        obj.insert("dns_refresh_rate".into(), json!("2s"));
+    }
     let Some(obj) = c.as_object_mut() else { return c };
     obj.insert(
         "circuit_breakers".into(),
@@ -620,6 +651,51 @@ mod tests {
         let log = &h["access_log"][0]["typed_config"]["log_format"];
         assert_eq!(log["json_format"]["path"], "%REQ_WITHOUT_QUERY(:PATH)%");
         assert!(!log.to_string().contains("%REQ(:PATH)%"));
+    }
+
+    /// The clusters that carry Checks and records to the service.
+    fn service_clusters(b: &Value) -> Vec<&Value> {
+        b["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| [GRPC_CLUSTER, INGEST_CLUSTER].contains(&c["name"].as_str().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn every_replica_is_an_endpoint_of_both_service_clusters_and_is_health_checked() {
+        let one = rendered();
+        for c in service_clusters(&one) {
+            assert_eq!(c["type"], "STATIC");
+            assert_eq!(
+                c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert!(c["health_checks"][0]["grpc_health_check"].is_object(), "{c}");
+        }
+        let text = crate::config::tests::GOOD.replace(
+            "  public_url:",
+            "  grpc_endpoints: [\"gatehouse.gatehouse.svc.cluster.local:9091\", \"10.0.0.7:9091\"]\n  public_url:",
+        );
+        let config = Config::parse(&text, Path::new("/etc/gh/gatehouse.yaml")).unwrap();
+        let many = bootstrap(&config, &config.masking.rules);
+        let clusters = service_clusters(&many);
+        assert_eq!(clusters.len(), 2);
+        for c in clusters {
+            assert_eq!(c["type"], "STRICT_DNS", "a DNS name resolves to every replica");
+            let hosts: Vec<_> = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["endpoint"]["address"]["socket_address"]["address"].as_str().unwrap())
+                .collect();
+            assert_eq!(hosts, ["gatehouse.gatehouse.svc.cluster.local", "10.0.0.7"]);
+            assert!(c["health_checks"][0]["grpc_health_check"].is_object(), "{c}");
+        }
     }
 
     #[test]

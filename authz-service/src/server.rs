@@ -27,6 +27,8 @@ pub struct Server {
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The gRPC health service's state: NOT_SERVING while draining.
+    health: tonic_health::server::HealthReporter,
 }
 
 /// How long a write may wait for SQLite's lock before the request is refused. Well under
@@ -128,8 +130,10 @@ impl Server {
                 "The gRPC listener has no TLS (service.grpc_plaintext): any local process can call the Check and write to the trail."
             );
         }
+        let (health, health_service) = tonic_health::server::health_reporter();
         let grpc = grpc
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
             // A Check carries the whole request body: allow the configured body size.
             .add_service(
                 AuthorizationServer::new(AuthzService::new(state.clone())).max_decoding_message_size(max_check_bytes),
@@ -180,6 +184,7 @@ impl Server {
             state,
             shutdown,
             tasks: vec![grpc_task, rest_task],
+            health,
         })
     }
 
@@ -190,10 +195,23 @@ impl Server {
         tokio::select! {
             result = &mut joined => result,
             () = stop => {
-                tracing::info!("Shutting down.");
+                let service = &self.state.config.service;
+                // Draining: Envoy's health checks see NOT_SERVING and send new Checks and
+                // records to the other replicas, while this one still answers what comes.
+                self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                if !service.drain.is_zero() {
+                    tracing::info!(drain = ?service.drain, "Draining: the health check says NOT_SERVING.");
+                    tokio::select! {
+                        () = tokio::time::sleep(service.drain) => {}
+                        result = &mut joined => return result,
+                    }
+                }
+                tracing::info!("Shutting down: no new connections; waiting for the Checks in flight.");
                 let _ = self.shutdown.send(true);
-                // Give in-flight requests a moment to finish; their records are already durable.
-                let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+                // Held calls may take a while; every record is durable before it is answered.
+                if tokio::time::timeout(service.shutdown_grace, joined).await.is_err() {
+                    tracing::warn!(grace = ?service.shutdown_grace, "Checks still in flight after the grace period; stopping.");
+                }
                 // Vouch for the last records before the process ends.
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.state.audit.checkpoint_now()).await;
                 Ok(())

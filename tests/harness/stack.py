@@ -124,11 +124,21 @@ class Replica:
     config_path: Path
     rest_port: int
     grpc_port: int
-    proc: Proc
+    procs: ProcessSet
+    proc: Proc | None = None
 
     @property
     def rest_url(self) -> str:
         return f"http://127.0.0.1:{self.rest_port}"
+
+    def start(self) -> None:
+        """Starts it (again, after `proc.kill()` or `proc.stop()`: same config and ports)."""
+        self.proc = self.procs.start(
+            f"gatehouse-serve-{self.writer_id}",
+            [paths.gatehouse_bin(), "serve", "--config", self.config_path],
+            env={"RUST_LOG": "info", "RUST_BACKTRACE": "1"},
+        )
+        self.proc.wait_http(f"{self.rest_url}/healthz", ok=lambda r: r.status_code == 200)
 
 
 @dataclass
@@ -155,6 +165,8 @@ class Stack:
     service_log: str = "info"
     # Arguments before `serve` (`--log-format json`).
     service_args: list[str] = field(default_factory=list)
+    # Services besides `service` on the same database (`start_replica`).
+    replicas: list[Replica] = field(default_factory=list)
     _audit: AuditClient | None = field(default=None, repr=False)
 
     # --- addresses ---------------------------------------------------------------
@@ -292,12 +304,14 @@ class Stack:
         self.service.wait_tcp(self.grpc_port)
         return self.service
 
-    def replica_config(self, writer_id: str) -> tuple[Path, int, int]:
+    def replica_config(
+        self, writer_id: str, rest: int | None = None, grpc: int | None = None
+    ) -> tuple[Path, int, int]:
         """This stack's config for another `gatehouse serve` on the same database: its own
         REST and gRPC ports and `writer_id`, everything else (keys, issuer) shared. Returns
         the file and its REST and gRPC ports."""
         config = yaml.safe_load(self.config_path.read_text())
-        rest, grpc = free_port(), free_port()
+        rest, grpc = rest or free_port(), grpc or free_port()
         config["service"]["rest_listen"] = f"127.0.0.1:{rest}"
         config["service"]["grpc_listen"] = f"127.0.0.1:{grpc}"
         config["audit"]["writer_id"] = writer_id
@@ -305,17 +319,15 @@ class Stack:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path, rest, grpc
 
-    def start_replica(self, writer_id: str) -> Replica:
-        """Another service on this stack's database (PostgreSQL: replicas share it), not
-        behind this stack's Envoy: reach it at `replica.rest_url`."""
-        path, rest, grpc = self.replica_config(writer_id)
-        proc = self.procs.start(
-            f"gatehouse-serve-{writer_id}",
-            [paths.gatehouse_bin(), "serve", "--config", path],
-            env={"RUST_LOG": self.service_log, "RUST_BACKTRACE": "1"},
-        )
-        proc.wait_http(f"http://127.0.0.1:{rest}/healthz", ok=lambda r: r.status_code == 200)
-        return Replica(writer_id, path, rest, grpc, proc)
+    def start_replica(self, writer_id: str, rest: int | None = None, grpc: int | None = None) -> Replica:
+        """Another service on this stack's database (PostgreSQL: replicas share it); behind
+        this stack's Envoy only if its gRPC port is one of `service.grpc_endpoints`
+        (`start_stack(replicas=N)`). Reach its REST API at `replica.rest_url`."""
+        path, rest, grpc = self.replica_config(writer_id, rest, grpc)
+        replica = Replica(writer_id, path, rest, grpc, self.procs)
+        replica.start()
+        self.replicas.append(replica)
+        return replica
 
     def restart_service(self) -> Proc:
         if self.service:
@@ -543,6 +555,7 @@ def start_stack(
     audit: dict[str, Any] | None = None,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    replicas: int = 1,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -564,6 +577,8 @@ def start_stack(
     `audit`: keys of the config's `audit:` section to set (see `write_config`).
     `allowed_hosts`, `allowed_origins`: more `Host`/`Origin` values the gateway answers to
     (`envoy.allowed_hosts`/`allowed_origins`; e.g. a hop in front of it).
+    `replicas`: this many services on the audit database behind Envoy (`service.grpc_endpoints`;
+    the others are `stack.replicas`, writer ids `gatehouse-test-2`, …): give a PostgreSQL one.
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -606,6 +621,9 @@ def start_stack(
         else:
             raise ValueError(f"unknown upstream {upstream!r}")
         ports = {k: free_port() for k in ("http_port", "https_port", "admin_port", "rest_port", "grpc_port")}
+        others = [(free_port(), free_port()) for _ in range(replicas - 1)]
+        if others:
+            endpoints = [ports["grpc_port"], *(grpc for _, grpc in others)]
         config_path = write_config(
             stack_dir,
             upstream_url=echo.url if echo else sigv4.url if sigv4 else f"http://127.0.0.1:{upstream_port}/mcp",
@@ -641,11 +659,17 @@ def start_stack(
             **ports,
         )
 
+        if others:
+            config = yaml.safe_load(config_path.read_text())
+            config["service"]["grpc_endpoints"] = [f"127.0.0.1:{port}" for port in endpoints]
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         gatehouse("check-config", config_path)
         envoy_yaml = stack_dir / "envoy.yaml"
         gatehouse("envoy-config", "--config", config_path, "--out", envoy_yaml)
 
         stack.start_service()
+        for i, (rest, grpc) in enumerate(others, start=2):
+            stack.start_replica(f"gatehouse-test-{i}", rest, grpc)
         stack.envoy = start_envoy(procs, "envoy-gateway", envoy_yaml, stack.admin_port, env=envoy_env(config_path))
         stack.envoy.wait_tcp(stack.http_port)
         stack.envoy.wait_tcp(stack.https_port)

@@ -101,6 +101,25 @@ pub struct Service {
     pub session_key_file: Option<PathBuf>,
     /// mTLS on the gRPC listener; `None` only for plain gRPC on loopback, said explicitly.
     pub grpc_tls: Option<GrpcTls>,
+    /// Where Envoy reaches the replicas (at least one: `grpc_listen` when none are given).
+    pub grpc_endpoints: Vec<Endpoint>,
+    /// On SIGTERM: how long to keep serving while the health check says NOT_SERVING.
+    pub drain: std::time::Duration,
+    /// On SIGTERM, after the drain: the longest wait for the Checks in flight.
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// A service replica as Envoy reaches it: an IP address, or a DNS name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
 }
 
 /// mTLS between Envoy and the service's gRPC listener (ext_authz and audit ingest). The

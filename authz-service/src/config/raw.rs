@@ -159,6 +159,22 @@ pub struct Service {
     /// Serve gRPC without TLS: only on a loopback address, and only when said here.
     #[serde(default)]
     pub grpc_plaintext: bool,
+    /// Where Envoy reaches the service's replicas (`host:port`; a DNS name lists every
+    /// address it resolves to). Default: `grpc_listen` alone.
+    #[serde(default)]
+    pub grpc_endpoints: Vec<String>,
+    /// On SIGTERM, how long the service keeps serving while its health check says
+    /// NOT_SERVING, so Envoy moves new Checks to other replicas first. Default: 5 with
+    /// `grpc_endpoints`, else 0.
+    #[serde(default)]
+    pub drain_seconds: Option<u64>,
+    /// On SIGTERM, how long it then waits for the Checks in flight (held ones too).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_shutdown_grace() -> u64 {
+    30
 }
 
 /// `service.grpc_tls`: one CA signs the service's certificate and Envoy's client certificate.
@@ -622,6 +638,42 @@ fn validate_grpc_tls(s: &Service, listen: Option<SocketAddr>, base: &Path, p: &m
     }
 }
 
+/// `service.grpc_endpoints` as (host, port); `grpc_listen` alone when there are none.
+fn validate_endpoints(endpoints: &[String], listen: Option<SocketAddr>, p: &mut Problems) -> Vec<super::Endpoint> {
+    if endpoints.is_empty() {
+        return listen
+            .map(|a| super::Endpoint {
+                host: a.ip().to_string(),
+                port: a.port(),
+            })
+            .into_iter()
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let at = format!("service.grpc_endpoints[{i}]");
+        let parsed = e.rsplit_once(':').and_then(|(host, port)| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+            let valid = !host.is_empty()
+                && (host.parse::<std::net::IpAddr>().is_ok()
+                    || host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+            valid.then(|| super::Endpoint {
+                host: host.to_owned(),
+                port,
+            })
+        });
+        match parsed {
+            Some(endpoint) => out.push(endpoint),
+            None => p.add(
+                &at,
+                format!("{e:?} is not host:port (an IP address or a DNS name, and a port)"),
+            ),
+        }
+    }
+    out
+}
+
 fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
@@ -635,6 +687,17 @@ impl Config {
         let grpc_listen = p.addr("service.grpc_listen", &self.service.grpc_listen);
         let public_url = p.url("service.public_url", &self.service.public_url, &["http", "https"]);
         let grpc_tls = validate_grpc_tls(&self.service, grpc_listen, base, &mut p);
+        let grpc_endpoints = validate_endpoints(&self.service.grpc_endpoints, grpc_listen, &mut p);
+        let drain_seconds = self
+            .service
+            .drain_seconds
+            .unwrap_or(if self.service.grpc_endpoints.is_empty() { 0 } else { 5 });
+        if drain_seconds > 300 {
+            p.add("service.drain_seconds", "must be at most 300");
+        }
+        if self.service.shutdown_grace_seconds > 3600 {
+            p.add("service.shutdown_grace_seconds", "must be at most 3600");
+        }
 
         p.non_empty("identity.issuer", &self.identity.issuer);
         p.non_empty("identity.audience", &self.identity.audience);
@@ -875,6 +938,9 @@ impl Config {
                 public_url: public_url.ok_or_else(missing)?,
                 grpc_tls,
                 session_key_file: self.service.session_key_file.map(|f| resolve(base, &f)),
+                grpc_endpoints,
+                drain: std::time::Duration::from_secs(drain_seconds),
+                shutdown_grace: std::time::Duration::from_secs(self.service.shutdown_grace_seconds),
             },
             identity: super::Identity {
                 issuer: self.identity.issuer,

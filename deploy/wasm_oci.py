@@ -118,9 +118,7 @@ def write_layout(wasm: bytes, out: Path, version: str) -> dict:
     for name, blob in blobs.items():
         (out / "blobs" / "sha256" / name.removeprefix("sha256:")).write_bytes(blob)
     (out / "oci-layout").write_bytes(canonical({"imageLayoutVersion": "1.0.0"}))
-    (out / "index.json").write_bytes(
-        canonical({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [ref]})
-    )
+    (out / "index.json").write_bytes(canonical({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [ref]}))
     return ref
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Writes the Istio EnvoyFilter that puts Gatehouse in front of one MCP server.
 
-Its filter and ext_authz settings are copied from what `gatehouse envoy-config` renders
-from gatehouse.yaml, so the mesh and a standalone Envoy run the same filter configuration,
-the same failure policy, body settings and timeouts. Only the cluster names change to Istio's
-outbound clusters of the service (see deploy/README.md).
+Everything in it is copied from what `gatehouse envoy-config` renders from gatehouse.yaml:
+the filter's configuration, ext_authz, and the two clusters that carry Checks and the
+filter's records to the service (mTLS with the service's own CA, circuit breakers, health
+checks). The sidecar then runs what a standalone Envoy runs; only the filter's code comes
+from the OCI image, and the filters sit in the sidecar's inbound chain (deploy/README.md).
 
     kubectl -n gatehouse exec deploy/gatehouse -- \\
         gatehouse envoy-config --config /etc/gatehouse/config/gatehouse.yaml > envoy.yaml
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ import yaml
 
 WASM_FILTER = "envoy.filters.http.wasm"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+# The clusters envoy-config renders for the service (gatehouse_grpc: Checks;
+# gatehouse_ingest: the filter's records).
+SERVICE_CLUSTERS = ("gatehouse_grpc", "gatehouse_ingest")
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -38,13 +41,8 @@ HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection
 # collide with an ext_authz filter Istio adds for an AuthorizationPolicy with action CUSTOM.
 FILTER_NAME = "gatehouse.wasm"
 AUTHZ_NAME = "gatehouse.ext_authz"
-# The label the EnvoyFilter, the DestinationRules and the NetworkPolicy select MCP servers by.
+# The label of MCP servers behind Gatehouse (the EnvoyFilter and the NetworkPolicy select it).
 MCP_SERVER_LABEL = "gatehouse.io/mcp-server"
-
-
-def outbound_cluster(host: str, port: int) -> str:
-    """Istio's name for the sidecar's cluster of a service port."""
-    return f"outbound|{port}||{host}"
 
 
 def rendered_parts(bootstrap: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +50,7 @@ def rendered_parts(bootstrap: dict[str, Any]) -> dict[str, Any]:
     wasm and ext_authz filters, its local reply mapper, its buffer limit, and the name of
     each upstream's route."""
     listener = bootstrap["static_resources"]["listeners"][0]
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     filters = {f["name"]: f for f in hcm["http_filters"]}
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
@@ -67,6 +66,7 @@ def rendered_parts(bootstrap: dict[str, Any]) -> dict[str, Any]:
         "local_reply_config": hcm["local_reply_config"],
         "buffer_limit": listener["per_connection_buffer_limit_bytes"],
         "upstreams": upstreams,
+        "clusters": [clusters[name] for name in SERVICE_CLUSTERS],
     }
 
 
@@ -78,28 +78,26 @@ def envoy_filter(
     workload: str,
     port: int,
     image: str,
-    grpc_host: str,
-    ingest_host: str,
-    grpc_port: int,
 ) -> dict[str, Any]:
     parts = rendered_parts(bootstrap)
     if upstream not in parts["upstreams"]:
         known = ", ".join(sorted(parts["upstreams"])) or "none"
         raise SystemExit(f"error: gatehouse.yaml has no upstream {upstream!r} (it has: {known})")
+    for cluster in parts["clusters"]:
+        for address in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+            host = address["endpoint"]["address"]["socket_address"]["address"]
+            if host in ("0.0.0.0", "::") or host.startswith("127."):
+                raise SystemExit(
+                    f"error: the service is reached at {host}: set service.grpc_endpoints in gatehouse.yaml "
+                    "to the service's headless Service (deploy/kubernetes/configmap.yaml)"
+                )
 
     wasm = copy.deepcopy(parts["wasm"])
-    config = wasm["config"]
-    plugin = json.loads(config["configuration"]["value"])
-    plugin["ingest_cluster"] = outbound_cluster(ingest_host, grpc_port)
-    config["configuration"]["value"] = json.dumps(plugin, sort_keys=True, separators=(",", ":"))
     # istio-agent fetches the OCI image and hands Envoy a local file (FAIL_CLOSED: if it
     # cannot, the agent puts a deny-all filter in its place). The cluster is never used.
-    config["vm_config"]["code"] = {
+    wasm["config"]["vm_config"]["code"] = {
         "remote": {"http_uri": {"uri": image, "cluster": "_", "timeout": "30s"}},
     }
-
-    authz = copy.deepcopy(parts["ext_authz"])
-    authz["grpc_service"]["envoy_grpc"]["cluster_name"] = outbound_cluster(grpc_host, grpc_port)
 
     inbound = {
         "context": "SIDECAR_INBOUND",
@@ -121,6 +119,15 @@ def envoy_filter(
                 "labels": {"app.kubernetes.io/name": workload, MCP_SERVER_LABEL: "true"},
             },
             "configPatches": [
+                # The service's two clusters, as rendered: Checks, and the filter's records.
+                *(
+                    {
+                        "applyTo": "CLUSTER",
+                        "match": {"context": "SIDECAR_OUTBOUND"},
+                        "patch": {"operation": "ADD", "value": cluster},
+                    }
+                    for cluster in parts["clusters"]
+                ),
                 # The filter's configuration, served to the sidecar over ECDS.
                 {
                     "applyTo": "EXTENSION_CONFIG",
@@ -144,7 +151,10 @@ def envoy_filter(
                 {
                     "applyTo": "HTTP_FILTER",
                     "match": inbound,
-                    "patch": {"operation": "INSERT_BEFORE", "value": {"name": AUTHZ_NAME, "typed_config": authz}},
+                    "patch": {
+                        "operation": "INSERT_BEFORE",
+                        "value": {"name": AUTHZ_NAME, "typed_config": parts["ext_authz"]},
+                    },
                 },
                 # Which upstream this port is, for the Check (a route's context extension).
                 {
@@ -200,7 +210,8 @@ HEADER = """\
 # app.kubernetes.io/name={workload} and {label}=true: the wasm filter
 # (from the OCI image, FAIL_CLOSED, allow_on_headers_stop_iteration), then ext_authz to the
 # service (failure_mode_allow false, the request body as bytes), just before the router;
-# the route names the upstream "{upstream}" for the Check.
+# the route names the upstream "{upstream}" for the Check. The two clusters to the service
+# present the client certificate the pod mounts into its sidecar (example-mcp-server.yaml).
 """
 
 
@@ -223,9 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         default="oci://registry.example.com/gatehouse/gatehouse-filter:0.1.0",
         help="the filter's OCI image (make wasm-oci; deploy/README.md)",
     )
-    parser.add_argument("--grpc-host", default="gatehouse.gatehouse.svc.cluster.local")
-    parser.add_argument("--ingest-host", default="gatehouse-ingest.gatehouse.svc.cluster.local")
-    parser.add_argument("--grpc-port", type=int, default=9091)
     args = parser.parse_args(argv)
 
     bootstrap = yaml.safe_load(args.envoy_config.read_text())
@@ -236,9 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         workload=args.workload,
         port=args.port,
         image=args.image,
-        grpc_host=args.grpc_host,
-        ingest_host=args.ingest_host,
-        grpc_port=args.grpc_port,
     )
     sys.stdout.write(
         HEADER.format(port=args.port, workload=args.workload, label=MCP_SERVER_LABEL, upstream=args.upstream)

@@ -304,9 +304,7 @@ class Stack:
         self.service.wait_tcp(self.grpc_port)
         return self.service
 
-    def replica_config(
-        self, writer_id: str, rest: int | None = None, grpc: int | None = None
-    ) -> tuple[Path, int, int]:
+    def replica_config(self, writer_id: str, rest: int | None = None, grpc: int | None = None) -> tuple[Path, int, int]:
         """This stack's config for another `gatehouse serve` on the same database: its own
         REST and gRPC ports and `writer_id`, everything else (keys, issuer) shared. Returns
         the file and its REST and gRPC ports."""

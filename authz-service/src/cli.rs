@@ -224,11 +224,11 @@ impl Cli {
                 }
             },
             Command::EnvoyConfig { config, out } => {
-                let yaml = envoy_config::render(&load(&config)?)?;
+                let config = load(&config)?;
                 match out {
-                    Some(path) => crate::private_file::write_private(&path, yaml.as_bytes())
-                        .with_context(|| format!("cannot write {}", path.display()))?,
-                    None => print!("{yaml}"),
+                    // With the SDS files its mTLS certificates are watched through.
+                    Some(path) => envoy_config::render_to(&config, &path)?,
+                    None => print!("{}", envoy_config::render(&config)?),
                 }
             }
             Command::DevToken {

@@ -7,6 +7,7 @@
 //! idle timeout instead, so long-lived SSE answers are not cut at 15 s.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use gatehouse_core::jsonrpc_error::{self, INTERNAL_ERROR, METHOD_NOT_FOUND};
 use gatehouse_core::mask::MaskConfig;
@@ -44,6 +45,102 @@ pub fn render(config: &Config) -> anyhow::Result<String> {
         "{header}{}",
         serde_yaml::to_string(&bootstrap(config, &config.masking.rules))?
     ))
+}
+
+/// Writes the bootstrap to `out` and, when the service's gRPC listener has mTLS, the two SDS
+/// files its clusters read their certificates from (next to it: `gatehouse-grpc-client.sds.yaml`
+/// and `gatehouse-grpc-ca.sds.yaml`). Envoy watches those and the certificate files they name,
+/// and takes new certificates in without a restart ([`use_sds_files`]).
+pub fn render_to(config: &Config, out: &Path) -> anyhow::Result<()> {
+    config.masking.rules_with_key()?;
+    let mut b = bootstrap(config, &config.masking.rules);
+    let dir = std::path::absolute(out.parent().unwrap_or(Path::new(".")))?;
+    for (path, text) in use_sds_files(&mut b, config, &dir) {
+        crate::private_file::write_private(&path, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    let header = "# Rendered by `gatehouse envoy-config` from gatehouse.yaml: edit that file, not this one.\n";
+    let text = format!("{header}{}", serde_yaml::to_string(&b)?);
+    crate::private_file::write_private(out, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))
+}
+
+/// The SDS secret names of the service clusters' client certificate and CA.
+const SDS_CLIENT: &str = "gatehouse_grpc_client";
+const SDS_CA: &str = "gatehouse_grpc_ca";
+
+/// Points the service clusters' TLS at SDS files in `dir` instead of inline certificate
+/// files, and returns those files. Envoy watches each SDS file and the files it names (and,
+/// when a secret's files share a folder, that folder for renames, as when Kubernetes swaps a
+/// mounted Secret), so rotated certificates are taken in without a restart.
+pub fn use_sds_files(b: &mut Value, config: &Config, dir: &Path) -> Vec<(PathBuf, String)> {
+    let Some(tls) = &config.service.grpc_tls else {
+        return Vec::new();
+    };
+    let sds = |name: &str, file: &Path, watched: Option<&Path>| {
+        let mut source = json!({"path": file.display().to_string()});
+        if let Some(folder) = watched {
+            source["watched_directory"] = json!({"path": folder.display().to_string()});
+        }
+        json!({"name": name, "sds_config": {"path_config_source": source, "resource_api_version": "V3"}})
+    };
+    let folder_of = |files: &[&PathBuf]| {
+        let first = files.first().and_then(|f| f.parent());
+        first
+            .filter(|d| files.iter().all(|f| f.parent() == Some(*d)))
+            .map(Path::to_path_buf)
+    };
+    let (client_file, ca_file) = (
+        dir.join("gatehouse-grpc-client.sds.yaml"),
+        dir.join("gatehouse-grpc-ca.sds.yaml"),
+    );
+    let client_folder = folder_of(&[&tls.client_cert_file, &tls.client_key_file]);
+    let ca_folder = folder_of(&[&tls.ca_file]);
+    let clusters = b["static_resources"]["clusters"].as_array_mut().into_iter().flatten();
+    for cluster in clusters.filter(|c| [GRPC_CLUSTER, INGEST_CLUSTER].contains(&c["name"].as_str().unwrap_or_default()))
+    {
+        let context = &mut cluster["transport_socket"]["typed_config"]["common_tls_context"];
+        if let Some(obj) = context.as_object_mut() {
+            obj.remove("tls_certificates");
+            obj.remove("validation_context");
+            obj.insert(
+                "tls_certificate_sds_secret_configs".into(),
+                json!([sds(SDS_CLIENT, &client_file, client_folder.as_deref())]),
+            );
+            obj.insert(
+                "validation_context_sds_secret_config".into(),
+                sds(SDS_CA, &ca_file, ca_folder.as_deref()),
+            );
+        }
+    }
+    let secret = |body: Value| {
+        let doc = json!({"resources": [body]});
+        format!(
+            "# Rendered by `gatehouse envoy-config`: the service's gRPC mTLS, watched by Envoy.\n{}",
+            serde_yaml::to_string(&doc).unwrap_or_default()
+        )
+    };
+    vec![
+        (
+            client_file,
+            secret(json!({
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": SDS_CLIENT,
+                "tls_certificate": {
+                    "certificate_chain": {"filename": tls.client_cert_file.display().to_string()},
+                    "private_key": {"filename": tls.client_key_file.display().to_string()},
+                },
+            })),
+        ),
+        (
+            ca_file,
+            secret(json!({
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": SDS_CA,
+                "validation_context": {"trusted_ca": {"filename": tls.ca_file.display().to_string()}},
+            })),
+        ),
+    ]
 }
 
 /// The bootstrap; `masking` is the filter's rule set, without its token key.

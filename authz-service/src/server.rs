@@ -119,12 +119,13 @@ impl Server {
         let (shutdown, watch_rx) = watch::channel(false);
 
         let max_check_bytes = state.config.envoy.max_request_bytes as usize + 256 * 1024;
-        let mut grpc = tonic::transport::Server::builder();
-        if let Some(tls) = &state.config.service.grpc_tls {
-            grpc = grpc
-                .tls_config(grpc_tls_config(tls)?)
-                .context("cannot use service.grpc_tls")?;
-        } else {
+        let grpc = tonic::transport::Server::builder();
+        // mTLS with certificates reread when their files change (rotation without a restart).
+        let tls = match &state.config.service.grpc_tls {
+            Some(files) => Some(crate::grpc_tls::Reloading::load(files).context("cannot use service.grpc_tls")?),
+            None => None,
+        };
+        if tls.is_none() {
             tracing::warn!(
                 grpc_listen = %grpc_addr,
                 "The gRPC listener has no TLS (service.grpc_plaintext): any local process can call the Check and write to the trail."
@@ -140,15 +141,28 @@ impl Server {
             )
             .add_service(AuditIngestServer::new(IngestService::new(state.clone())));
         let mut rx = watch_rx.clone();
-        let grpc_task = tokio::spawn(async move {
-            // TCP_NODELAY: without it small Check answers wait on delayed ACKs (~40 ms).
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-            grpc.serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-            .context("gRPC server failed")
-        });
+        let grpc_task = match tls {
+            Some(tls) => {
+                tokio::spawn(tls.clone().watch(watch_rx.clone()));
+                let incoming = tls.incoming(grpc_listener);
+                tokio::spawn(async move {
+                    grpc.serve_with_incoming_shutdown(incoming, async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await
+                    .context("gRPC server failed")
+                })
+            }
+            None => tokio::spawn(async move {
+                // TCP_NODELAY: without it small Check answers wait on delayed ACKs (~40 ms).
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                grpc.serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+                .context("gRPC server failed")
+            }),
+        };
         let app = rest::router(state.clone());
         let mut rx = watch_rx;
         let rest_task = tokio::spawn(async move {
@@ -223,18 +237,6 @@ impl Server {
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
     }
-}
-
-/// The listener's certificate, and the CA every client must present a certificate of.
-fn grpc_tls_config(tls: &crate::config::GrpcTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?))
-        .client_ca_root(Certificate::from_pem(read(&tls.ca_file)?))
-        .client_auth_optional(false)
-        // A client that connects and never finishes the handshake must not hold a slot.
-        .timeout(Duration::from_secs(5)))
 }
 
 async fn futures_select(tasks: Vec<JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {

@@ -122,9 +122,10 @@ def render_bootstrap(text: str, root: Path) -> dict[str, Any]:
     """What `gatehouse envoy-config` renders for gatehouse.yaml `text` in the pod (where the
     README renders it), its file paths as the pod sees them."""
     config = materialize(text, root)
-    out = root / "envoy.yaml"
-    gatehouse("envoy-config", "--config", config, "--out", out, env={"POD_NAME": POD_NAME})
-    return yaml.safe_load(out.read_text().replace(f"{root}{MOUNT_ROOT}", MOUNT_ROOT))
+    # On standard output, as the README renders it for the sidecar: the certificates inline
+    # (`--out` would point them at SDS files next to the output, for a standalone Envoy).
+    rendered = gatehouse("envoy-config", "--config", config, env={"POD_NAME": POD_NAME}).stdout
+    return yaml.safe_load(rendered.replace(f"{root}{MOUNT_ROOT}", MOUNT_ROOT))
 
 
 def rendered_listener(bootstrap: dict[str, Any]) -> dict[str, Any]:

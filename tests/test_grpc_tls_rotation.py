@@ -30,12 +30,11 @@ def handshake(port: int, ca: Path, cert: Path, key: Path) -> bool:
     context.check_hostname = False
     context.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with context.wrap_socket(raw) as tls:
-                # TLS 1.3: a refused client certificate shows on the first read, not in the handshake.
-                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                tls.settimeout(2)
-                return len(tls.recv(9)) > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            # TLS 1.3: a refused client certificate shows on the first read, not in the handshake.
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            tls.settimeout(2)
+            return len(tls.recv(9)) > 0
     except (ssl.SSLError, OSError):
         return False
 

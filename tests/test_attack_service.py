@@ -17,62 +17,15 @@ import grpc
 import httpx
 import pytest
 
+from harness.grpc_raw import CHECK, INGEST, call, field, rejection_batch
+from harness.grpc_raw import tls_channel as raw_tls_channel
 from harness.stack import Stack, tools_call
 
 pytestmark = pytest.mark.gateway
 
-CHECK = "/envoy.service.auth.v3.Authorization/Check"
-INGEST = "/gatehouse.audit.v1.AuditIngest/Ingest"
-
-
-# --- a hand-rolled protobuf writer: enough for an IngestBatch --------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, value: int | str | bytes) -> bytes:
-    if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def forged_rejection(request_id: str) -> bytes:
-    """An IngestBatch holding one RequestRejected record (proto/gatehouse/audit/v1/ingest.proto)."""
-    rejected = b"".join(
-        [
-            _field(1, request_id),
-            _field(2, 400),
-            _field(3, 32600),
-            _field(4, "forged_by_a_local_process"),
-            _field(5, "POST"),
-            _field(6, "/mcp"),
-        ]
-    )
-    return _field(1, "attacker") + _field(3, rejected)
-
-
-def call(channel: grpc.Channel, method: str, body: bytes) -> bytes:
-    stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-    return stub(body, timeout=5)
-
 
 def tls_channel(stack: Stack, *, client: tuple[Path, Path] | None) -> grpc.Channel:
-    tls = stack.dir / "tls"
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=(tls / "grpc-ca.crt").read_bytes(),
-        private_key=client[1].read_bytes() if client else None,
-        certificate_chain=client[0].read_bytes() if client else None,
-    )
-    target = f"127.0.0.1:{stack.grpc_port}"
-    return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    return raw_tls_channel(stack.grpc_port, stack.dir / "tls", client=client)
 
 
 def foreign_client_certificate(out: Path) -> tuple[Path, Path]:
@@ -106,7 +59,7 @@ def test_the_grpc_listener_takes_calls_only_from_envoys_certificate(stack: Stack
             for method in (CHECK, INGEST):
                 request_id = uuid.uuid4().hex
                 forged[what, method] = request_id
-                body = forged_rejection(request_id) if method == INGEST else b""
+                body = rejection_batch(request_id) if method == INGEST else b""
                 with pytest.raises(grpc.RpcError) as refused:
                     call(channel, method, body)
                 assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN), (what, method)
@@ -116,8 +69,8 @@ def test_the_grpc_listener_takes_calls_only_from_envoys_certificate(stack: Stack
     genuine = uuid.uuid4().hex
     with tls_channel(stack, client=envoys) as channel:
         call(channel, CHECK, b"")  # an empty Check is answered (with a denial), not refused
-        ack = call(channel, INGEST, forged_rejection(genuine))
-    assert ack == _field(1, 1), ack  # IngestAck{accepted: 1}
+        ack = call(channel, INGEST, rejection_batch(genuine))
+    assert ack == field(1, 1), ack  # IngestAck{accepted: 1}
     (stored,) = stack.audit.wait_records(bool, "the ingested record", request_id=genuine)
     assert stored["kind"] == "request_rejected" and stored["data"]["reason"] == "forged_by_a_local_process"
 

@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -19,6 +20,8 @@ import yaml
 
 from harness import paths
 from harness.approvals import SESSION_RULE, Approver, Caller, answer, approval_rule, pending_error
+from harness.grpc_raw import INGEST, rejection_batch, tls_channel
+from harness.grpc_raw import call as grpc_call
 from harness.stack import tools_call
 
 pytestmark = pytest.mark.gateway
@@ -280,3 +283,23 @@ def test_a_single_use_grant_is_used_once_by_two_concurrent_calls_on_two_replicas
         assert used == ["used"], used
     writers = {r["writer"] for r in stack.audit.records(kind="request", limit=1000)}
     assert writers == {"gatehouse-test", "gatehouse-test-2"}, f"Checks did not reach both replicas: {writers}"
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_a_record_delivered_to_two_replicas_at_once_is_stored_once(make_stack, audit_backend):
+    """The filter retries a batch whose answer it did not get; the retry may reach another
+    replica while the first delivery is still being stored. Each record must land once."""
+    stack = make_stack(upstream="echo")
+    b = stack.start_replica("gatehouse-b")
+    tls = stack.dir / "tls"
+    envoys = (tls / "grpc-client.crt", tls / "grpc-client.key")
+    ids = [uuid.uuid4().hex for _ in range(20)]
+    with tls_channel(stack.grpc_port, tls, client=envoys) as on_a, tls_channel(b.grpc_port, tls, client=envoys) as on_b:
+        for request_id in ids:
+            batch = rejection_batch(request_id, source="envoy")
+            race(
+                lambda batch=batch: grpc_call(on_a, INGEST, batch),
+                lambda batch=batch: grpc_call(on_b, INGEST, batch),
+            )
+    stored = Counter(r["request_id"] for r in stack.audit.records(kind="request_rejected", limit=1000))
+    assert {request_id: stored[request_id] for request_id in ids} == dict.fromkeys(ids, 1)

@@ -67,6 +67,14 @@ impl AuditIngest for IngestService {
             .chain(batch.rejections.iter().map(|r| r.request_id.as_str()))
             .collect();
         let _claim = self.claims.claim(&ids).await;
+        // And across replicas of one PostgreSQL database.
+        let _shared_claim = match state.audit.store().claim_requests(&ids).await {
+            Ok(claim) => claim,
+            Err(error) => {
+                tracing::error!(%error, "Could not claim the batch's requests in the audit store; the filter will retry.");
+                return Err(tonic::Status::unavailable("audit store unavailable"));
+            }
+        };
         let parts: Vec<u64> = batch.responses.iter().map(|r| u64::from(r.part)).collect();
         let mut view = match state.audit.store().ingest_view(&ids, &parts).await {
             Ok(view) => view,

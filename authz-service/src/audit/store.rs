@@ -317,6 +317,30 @@ impl Store {
         Ok(view)
     }
 
+    /// On PostgreSQL, waits until no other replica is storing filter records of `ids`, and
+    /// holds them until the returned transaction ends (dropped: rolled back, released all
+    /// the same). A batch retried while its first delivery is still being stored elsewhere
+    /// then finds that delivery's records, not nothing. One service per SQLite database
+    /// needs nothing more than its own claims (`None`).
+    pub async fn claim_requests(
+        &self,
+        ids: &[&str],
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let mut tx = pool.begin().await?;
+        // In one order everywhere, so two replicas claiming overlapping batches cannot deadlock.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('gatehouse ingest ' || id, 0))
+             FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS id ORDER BY id) AS ids",
+        )
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Some(tx))
+    }
+
     /// Filter records that share a request id and part with a different one (a rejection
     /// has no part): each group, oldest first, with the (writer, seq) of its records.
     pub async fn conflicts(&self, limit: u32) -> Result<Vec<Conflict>, sqlx::Error> {

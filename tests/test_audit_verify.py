@@ -1,7 +1,8 @@
 """`gatehouse audit verify` passes on an untouched store and names the record after any edit,
-deletion, insertion or reordering made directly in SQLite (guarantee 3).
+deletion, insertion or reordering made directly in the database (guarantee 3), on SQLite and
+on PostgreSQL.
 
-Table layout of the SQLite store (authz-service/src/audit/store.rs):
+Table layout of the store (authz-service/migrations/):
     audit_records(writer, seq, kind, request_id, recorded_at, prev_hash, hash, data),
     PRIMARY KEY (writer, seq): seq counts per writer.
     audit_checkpoints(writer, seq, hash, signed_at, signature)
@@ -13,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from harness.stack import Stack, tools_call
+from harness.store_sql import StoreConnection, open_store
 
-pytestmark = pytest.mark.gateway
+pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
 
 
 @pytest.fixture
@@ -39,16 +41,15 @@ def audited_stack(stack) -> Stack:
     return stack
 
 
-def rows(db) -> list[sqlite3.Row]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
+def rows(stack: Stack) -> list[Any]:
+    with open_store(stack) as conn:
         return conn.execute("SELECT * FROM audit_records ORDER BY writer, seq").fetchall()
 
 
-def middle_chain(db) -> list[sqlite3.Row]:
+def middle_chain(stack: Stack) -> list[Any]:
     """The rows of the writer with most records; the tampering happens in its middle."""
-    all_rows = rows(db)
-    writers: dict[str, list[sqlite3.Row]] = {}
+    all_rows = rows(stack)
+    writers: dict[str, list[Any]] = {}
     for r in all_rows:
         writers.setdefault(r["writer"], []).append(r)
     chain = max(writers.values(), key=len)
@@ -56,7 +57,7 @@ def middle_chain(db) -> list[sqlite3.Row]:
     return chain
 
 
-def edit(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def edit(conn: StoreConnection, chain: list[Any]) -> int:
     target = next(r for r in chain[2:] if "alice" in r["data"])
     conn.execute(
         "UPDATE audit_records SET data = replace(data, 'alice', 'mallory') WHERE writer = ? AND seq = ?",
@@ -65,7 +66,7 @@ def edit(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
     return target["seq"]
 
 
-def edit_kind(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def edit_kind(conn: StoreConnection, chain: list[Any]) -> int:
     target = chain[3]
     other = "response" if target["kind"] == "request" else "request"
     conn.execute(
@@ -74,32 +75,32 @@ def edit_kind(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
     return target["seq"]
 
 
-def delete(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def delete(conn: StoreConnection, chain: list[Any]) -> int:
     gone = chain[3]
     conn.execute("DELETE FROM audit_records WHERE writer = ? AND seq = ?", (gone["writer"], gone["seq"]))
     return gone["seq"]
 
 
-def delete_last(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def delete_last(conn: StoreConnection, chain: list[Any]) -> int:
     """Truncating the tail: the chain itself stays valid, only a signed checkpoint of the head shows it."""
     last = chain[-1]
     conn.execute("DELETE FROM audit_records WHERE writer = ? AND seq = ?", (last["writer"], last["seq"]))
     return last["seq"]
 
 
-def content_columns(conn: sqlite3.Connection) -> list[str]:
+def content_columns(conn: StoreConnection) -> list[str]:
     """Every column but the key (writer, seq)."""
-    return [r[1] for r in conn.execute("PRAGMA table_info(audit_records)") if r[1] not in ("writer", "seq")]
+    return [c for c in conn.columns("audit_records") if c not in ("writer", "seq")]
 
 
-def delete_last_and_its_checkpoints(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def delete_last_and_its_checkpoints(conn: StoreConnection, chain: list[Any]) -> int:
     """Someone with write access to the store also drops the checkpoints kept there: the
     checkpoint log outside the store still has the head."""
     conn.execute("DELETE FROM audit_checkpoints WHERE writer = ?", (chain[-1]["writer"],))
     return delete_last(conn, chain)
 
 
-def reorder(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def reorder(conn: StoreConnection, chain: list[Any]) -> int:
     """Two neighbouring records swap places (each keeps its own hashes)."""
     a, b = chain[2], chain[3]
     cols = content_columns(conn)
@@ -111,12 +112,13 @@ def reorder(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
     return a["seq"]
 
 
-def insert(conn: sqlite3.Connection, chain: list[sqlite3.Row]) -> int:
+def insert(conn: StoreConnection, chain: list[Any]) -> int:
     """A copy of a record slipped in right after it (the later seqs moved up by one)."""
     src = chain[2]
     writer = src["writer"]
     later = [
-        r[0] for r in conn.execute("SELECT seq FROM audit_records WHERE writer = ? AND seq > ?", (writer, src["seq"]))
+        r["seq"]
+        for r in conn.execute("SELECT seq FROM audit_records WHERE writer = ? AND seq > ?", (writer, src["seq"]))
     ]
     for seq in sorted(later, reverse=True):
         conn.execute("UPDATE audit_records SET seq = ? WHERE writer = ? AND seq = ?", (seq + 1, writer, seq))
@@ -138,10 +140,9 @@ def test_verify_passes_on_untouched_store(audited_stack):
 )
 def test_verify_fails_and_names_the_record(audited_stack, tamper: Callable[..., int]):
     assert audited_stack.verify().returncode == 0
-    chain = middle_chain(audited_stack.db_path)
+    chain = middle_chain(audited_stack)
 
-    with sqlite3.connect(audited_stack.db_path) as conn:
-        conn.row_factory = sqlite3.Row
+    with open_store(audited_stack) as conn:
         broken = tamper(conn, chain)
 
     result = audited_stack.verify()
@@ -168,14 +169,14 @@ def record_hash(seq: int, writer: str, kind: str, request_id: str, recorded_at: 
     return hashlib.sha256(f'{{"v":1,"seq":{seq},{head},"data":{body}}}'.encode()).hexdigest()
 
 
-def append_chained(db, writer: str, count: int) -> tuple[int, int]:
+def append_chained(stack: Stack, writer: str, count: int) -> tuple[int, int]:
     """Append `count` well-chained records to `writer`'s chain (a new chain if it has none);
     returns the first and last seq written."""
-    with sqlite3.connect(db) as conn:
+    with open_store(stack) as conn:
         last = conn.execute(
             "SELECT seq, hash FROM audit_records WHERE writer = ? ORDER BY seq DESC LIMIT 1", (writer,)
         ).fetchone()
-        seq, prev = last if last else (0, "0" * 64)
+        seq, prev = (last["seq"], last["hash"]) if last else (0, "0" * 64)
         first = seq + 1
         for _ in range(count):
             seq += 1
@@ -192,7 +193,7 @@ def append_chained(db, writer: str, count: int) -> tuple[int, int]:
 
 
 def test_a_writer_no_one_knows_is_not_trusted(audited_stack):
-    append_chained(audited_stack.db_path, "intruder", 3)
+    append_chained(audited_stack, "intruder", 3)
     result = audited_stack.verify()
     assert result.returncode == 1, result.stdout
     assert "SUSPECT at record 1: writer intruder: records 1 to 3 come from a writer" in result.stdout, result.stdout
@@ -229,8 +230,10 @@ def newest_checkpoint(stack: Stack) -> int:
 
 
 def head(stack: Stack) -> int:
-    with sqlite3.connect(stack.db_path) as conn:
-        return conn.execute("SELECT max(seq) FROM audit_records WHERE writer = 'gatehouse-test'").fetchone()[0]
+    with open_store(stack) as conn:
+        return conn.execute("SELECT max(seq) AS seq FROM audit_records WHERE writer = 'gatehouse-test'").fetchone()[
+            "seq"
+        ]
 
 
 def test_more_unvouched_records_than_the_bound_are_named(make_stack):
@@ -240,12 +243,12 @@ def test_more_unvouched_records_than_the_bound_are_named(make_stack):
     vouched = newest_checkpoint(stack)
     assert vouched == head(stack)
     # Within the bound: records the writer may not have signed yet (say, before a crash).
-    append_chained(stack.db_path, "gatehouse-test", 10)
+    append_chained(stack, "gatehouse-test", 10)
     ok = stack.verify()
     assert ok.returncode == 0, ok.stdout
     assert f"nothing after record {vouched} is vouched for by a checkpoint" in ok.stdout
     # One more than the writer can leave unsigned.
-    append_chained(stack.db_path, "gatehouse-test", 1)
+    append_chained(stack, "gatehouse-test", 1)
     result = stack.verify()
     assert result.returncode == 1, result.stdout
     expected = f"SUSPECT at record {vouched + 1}: writer gatehouse-test: records {vouched + 1} to {vouched + 11} follow"
@@ -262,7 +265,7 @@ def test_a_tail_deleted_after_a_crash(make_stack):
     assert 0 < vouched < last, f"want signed records and an unsigned tail: checkpoint {vouched}, head {last}"
     assert last - vouched <= 6 + 4, "more records unsigned than documented"
 
-    with sqlite3.connect(stack.db_path) as conn:
+    with open_store(stack) as conn:
         conn.execute("DELETE FROM audit_records WHERE writer = 'gatehouse-test' AND seq > ?", (vouched,))
     unseen = stack.verify()
     assert unseen.returncode == 0, unseen.stdout
@@ -270,7 +273,7 @@ def test_a_tail_deleted_after_a_crash(make_stack):
     assert f"nothing after record {vouched} is vouched for by a checkpoint" in unseen.stdout
 
     # One record further, with the store's own checkpoints gone too: the log outside has it.
-    with sqlite3.connect(stack.db_path) as conn:
+    with open_store(stack) as conn:
         conn.execute("DELETE FROM audit_records WHERE writer = 'gatehouse-test' AND seq = ?", (vouched,))
         conn.execute("DELETE FROM audit_checkpoints")
     caught = stack.verify()

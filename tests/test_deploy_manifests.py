@@ -1050,7 +1050,16 @@ def test_layout_checks_catch_a_bad_image(tmp_path: Path) -> None:
 
 
 def test_make_wasm_oci_writes_the_layout_the_docs_push() -> None:
-    dry = subprocess.run(["make", "-n", "wasm-oci"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # Alone, not as a sub-make of `make test` (whose flags would add "Entering directory" lines).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "wasm-oci"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
     assert "cargo build -p gatehouse-filter --target wasm32-wasip1 --release" in dry
     command = dry.splitlines()[-1]
     assert "deploy/wasm_oci.py" in command

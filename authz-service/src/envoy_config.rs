@@ -55,7 +55,10 @@ pub fn render_to(config: &Config, out: &Path) -> anyhow::Result<()> {
     config.masking.rules_with_key()?;
     let mut b = bootstrap(config, &config.masking.rules);
     // `--out envoy.yaml`: its folder is the current one.
-    let folder = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = std::path::absolute(folder)?;
     for (path, text) in use_sds_files(&mut b, config, &dir) {
         crate::private_file::write_private(&path, text.as_bytes())

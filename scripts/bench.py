@@ -21,7 +21,11 @@ and a fourth path, a gateway holding those rules, against plain Envoy and the ga
 them. The `credentials` section measures SigV4 signing: `gatehouse-bench sign` natively, and a
 gateway whose upstream has an `aws_sigv4` credential (STS: moto, in this process) against the
 gateway without one. The `ingest` section is the service's CPU per response record at ingest
-(`gatehouse-bench ingest-cpu`, native, no gateway needed). Figures go to BENCHMARKS.md
+(`gatehouse-bench ingest-cpu`, native, no gateway needed). The `postgres` section compares, in the
+same rounds, plain Envoy, a gateway on SQLite and gateways on PostgreSQL (tests/harness/postgres.py's
+server) with one service and with PG_REPLICAS replicas behind one Envoy, every store empty at the
+start: fixed-rate and closed-loop latency, CPU per call (PostgreSQL's whole process tree included)
+and PostgreSQL's own WAL counters. Figures go to BENCHMARKS.md
 (BENCH_OUT: elsewhere); sections not run (BENCH_SECTIONS) are kept from the file as it was.
 Release builds are used throughout. The databases live under BENCH_DIR (default target/bench-work,
 on the project's disk rather than a /tmp that may be memory); the work directory is removed after
@@ -30,6 +34,7 @@ a run that succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -41,6 +46,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +60,8 @@ os.environ.setdefault("GATEHOUSE_BIN", str(ROOT / "target" / "release" / "gateho
 
 from harness import paths  # noqa: E402
 from harness.envoy import plain_envoy_config, start_envoy, write_config  # noqa: E402
-from harness.procs import ProcessSet, free_port  # noqa: E402
+from harness.postgres import Postgres  # noqa: E402
+from harness.procs import Proc, ProcessSet, free_port  # noqa: E402
 from harness.stack import AuditClient, gatehouse, gen_tls  # noqa: E402
 from harness.stack import write_config as write_gatehouse_config  # noqa: E402
 
@@ -76,14 +85,21 @@ MASK_RSS_ANSWERS = 2_500  # wasm memory grows to its peak over the first ~1,000,
 POLICY_ITERATIONS = int(os.environ.get("BENCH_POLICY_ITERATIONS", "200000"))
 TARGET_POLICY_P99_US = 100  # issue 4: one evaluation of 1,000 rules
 TARGET_SIGN_ADDED_P50_MS = 0.2  # issue 5: signing a 1 KB call once the session is cached
+# "Production deployment": what PostgreSQL (one service) may add to SQLite's p50 at this rate.
+TARGET_PG_ADDED_P50_MS, TARGET_PG_RATE = 0.3, 200
+PG_REPLICAS = 3
+# PostgreSQL's backends report their counters when idle, at most once a second: read them this
+# long after a load ends.
+PG_STATS_DELAY_S = 1.5
 # Which parts run: "latency" (issue 13's figures), "trail" (the gateways start on a long trail),
 # "soak" (not by default), "masking", "policy" (issue 4's decision cost), "credentials" (issue 5's
-# signing cost) and "ingest" (issue 12's CPU per record).
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "latency,trail,masking,policy,credentials,ingest").split(","))
+# signing cost), "ingest" (issue 12's CPU per record) and "postgres" (the PostgreSQL store and replicas).
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "latency,trail,masking,policy,credentials,ingest,postgres").split(","))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "BENCHMARKS.md"))
 # The heading each section's report starts with: a run keeps the sections it did not measure.
 SECTION_HEADINGS = {
     "latency": "## Latency at fixed rates",
+    "postgres": "## PostgreSQL audit store and replicas",
     "soak": "## Soak: memory and rate, batch by batch",
     "masking": "## Masking",
     "policy": "## Policy decision cost (1,000 rules)",
@@ -122,29 +138,57 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time of a process and every process under it, with what the children
+    they have reaped had used (PostgreSQL: the postmaster, its background processes and backends,
+    and the backends that have already exited)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    ticks, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            ticks += sum(int(f) for f in stats[pid][11:15])  # utime, stime, cutime, cstime
+        todo += children.get(pid, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+CpuSource = int | Callable[[], float]  # a pid, or a function giving CPU seconds so far
+
+
+def cpu_now(source: CpuSource) -> float:
+    return source() if callable(source) else cpu_seconds(source)
+
+
 def spread(runs: list[dict], key: str) -> dict[str, float]:
     values = [r[key] for r in runs]
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def rounds(
-    targets: dict, rate: int | None, tool: str = "echo", cpu: dict[str, dict[str, int]] | None = None
+    targets: dict, rate: int | None, tool: str = "echo", cpu: dict[str, dict[str, CpuSource]] | None = None
 ) -> dict[str, dict]:
     """RUNS rounds in which every target takes its turn (so a slow spell on the shared cores does
     not fall on one path only): open loop at `rate`, or the closed loop (`rate` None). Per target:
     the median p50/p99 (and achieved rate) with their spread over the rounds, and every failed or
-    dropped call. `cpu`: per target, the processes (name → pid) whose CPU time its runs are
-    charged, with the calls sent."""
+    dropped call. `cpu`: per target, the processes (name → pid, or a function giving their CPU
+    seconds) whose CPU time its runs are charged, with the calls sent."""
     runs: dict[str, list[dict]] = {name: [] for name in targets}
     used: dict[str, dict[str, float]] = {name: {} for name in targets}
     for _ in range(RUNS):
         for name, (url, headers) in targets.items():
             pids = (cpu or {}).get(name, {})
-            before = {proc: cpu_seconds(pid) for proc, pid in pids.items()}
+            before = {proc: cpu_now(pid) for proc, pid in pids.items()}
             before_load = children_cpu_seconds()
             runs[name].append(load(url, rate, SECONDS, headers, tool=tool))
             for proc, pid in pids.items():
-                used[name][proc] = used[name].get(proc, 0.0) + cpu_seconds(pid) - before[proc]
+                used[name][proc] = used[name].get(proc, 0.0) + cpu_now(pid) - before[proc]
             if pids:
                 used[name]["load"] = used[name].get("load", 0.0) + children_cpu_seconds() - before_load
     out = {}
@@ -191,21 +235,23 @@ def rss_series(url: str, headers: dict[str, str], pids: dict[str, int]) -> dict[
     return series
 
 
-def metric_values(rest_port: int) -> dict[str, float]:
+def metric_values(rest_port: int | Sequence[int]) -> dict[str, float]:
+    """A service's /metrics, or the sum of several replicas' (the counters are what is read)."""
     import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{rest_port}/metrics", timeout=5).text
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
+    values: dict[str, float] = {}
+    for port in [rest_port] if isinstance(rest_port, int) else rest_port:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = values.get(name, 0.0) + float(value)
     return values
 
 
-def service_metrics(rest_port: int, since: dict[str, float] | None = None) -> dict[str, float]:
-    """Mean ext_authz Check and audit commit times inside the service, from /metrics (since the
-    `metric_values` snapshot `since`, if given)."""
+def service_metrics(rest_port: int | Sequence[int], since: dict[str, float] | None = None) -> dict[str, float]:
+    """Mean ext_authz Check and audit commit times inside the service (or over its replicas),
+    from /metrics (since the `metric_values` snapshot `since`, if given)."""
     now, before = metric_values(rest_port), since or {}
 
     def value(name: str) -> float:
@@ -219,6 +265,8 @@ def service_metrics(rest_port: int, since: dict[str, float] | None = None) -> di
         "check_mean_ms": mean("gatehouse_check_duration_ms"),
         "commit_mean_ms": mean("gatehouse_audit_commit_duration_ms"),
         "records_per_commit": value("gatehouse_audit_records_total") / max(value("gatehouse_audit_commits_total"), 1),
+        "checks": value("gatehouse_check_duration_ms_count"),
+        "commits": value("gatehouse_audit_commits_total"),
     }
 
 
@@ -398,6 +446,106 @@ def credentials_section(procs: ProcessSet, work: Path, up_port: int, targets: di
         sts.close()
 
 
+@contextlib.contextmanager
+def temp_root(where: Path) -> Iterator[None]:
+    """`tempfile`'s directory is `where` meanwhile: tests/harness/postgres.py makes its server's
+    data directory there."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(where)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
+def pg_counters(servers: dict[str, Postgres]) -> dict[str, dict[str, float]]:
+    """Each server's own counters, PG_STATS_DELAY_S after the last load (its backends report
+    them when idle): WAL writes and flushes and their times (pg_stat_wal, timed with
+    track_wal_io_timing), and the transactions committed in the gateway's database."""
+    time.sleep(PG_STATS_DELAY_S)
+    out = {}
+    for name, pg in servers.items():
+        wal, xacts = pg.psql(
+            "SELECT wal_write, wal_write_time, wal_sync, wal_sync_time FROM pg_stat_wal;\n"
+            f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{pg.database}';",
+            db="postgres",
+        ).splitlines()
+        keys = ("wal_writes", "wal_write_ms", "wal_syncs", "wal_sync_ms")
+        out[name] = {**dict(zip(keys, map(float, wal.split("|")), strict=True)), "xacts": float(xacts)}
+    return out
+
+
+def stop_together(procs: list[Proc]) -> None:
+    """Stops these processes at once: a replica on SIGTERM drains for `service.drain_seconds`
+    (5 with `grpc_endpoints`) before it stops, which one after another would add up."""
+    with ThreadPoolExecutor(max_workers=max(len(procs), 1)) as pool:
+        list(pool.map(Proc.stop, procs))
+
+
+def postgres_section(
+    procs: ProcessSet, work: Path, up_port: int, envoy: tuple[str, dict[str, str]], pids: dict[str, int]
+) -> dict:
+    """Plain Envoy (`envoy`, already running), a gateway on SQLite and gateways on PostgreSQL with
+    one service and with PG_REPLICAS replicas behind one Envoy, in the same rounds. The gateways
+    and servers are this section's own, started here on empty stores; each PostgreSQL gateway has
+    a server of its own (its CPU and WAL counters are its path's alone), whose data directory is
+    under BENCH_DIR. Everything the section starts is stopped before it returns, and the servers'
+    data directories are removed (their logs stay in the work directory's logs/)."""
+    servers: dict[str, Postgres] = {}
+    gws: dict[str, dict[str, Any]] = {}
+    try:
+        for name in ("pg1", "pg3"):
+            servers[name] = Postgres(procs, name=f"postgres-{name}", settings={"track_wal_io_timing": "on"})
+            with temp_root(WORK_ROOT):  # on the disk the header measures, not in a /tmp that may be memory
+                servers[name].start(timeout=60)
+        shown = servers["pg1"].psql("SHOW server_version; SHOW wal_sync_method; SHOW shared_buffers;").splitlines()
+        out: dict[str, Any] = dict(zip(("version", "wal_sync_method", "shared_buffers"), shown, strict=True))
+        gws["sqlite"] = start_gateway(procs, work / "pg-sqlite", "sqlite", up_port)
+        gws["pg1"] = start_gateway(procs, work / "pg-one", "pg1", up_port, audit={"database": servers["pg1"].url})
+        gws["pg3"] = start_gateway(
+            procs, work / "pg-three", "pg3", up_port, replicas=PG_REPLICAS, audit={"database": servers["pg3"].url}
+        )
+        targets = {"envoy": envoy, **{name: (gw["url"], gw["headers"]) for name, gw in gws.items()}}
+        cpu: dict[str, dict[str, CpuSource]] = {"envoy": {"Envoy": pids["envoy_plain"], "upstream": pids["upstream"]}}
+        for name, gw in gws.items():
+            services = [s.pid for s in gw["services"]]
+            cpu[name] = {
+                "Envoy": gw["envoy"].pid,
+                "service": lambda services=services: sum(cpu_seconds(pid) for pid in services),
+                "upstream": pids["upstream"],
+            }
+            if name in servers:
+                root = servers[name].pid
+                cpu[name]["PostgreSQL"] = lambda root=root: tree_cpu_seconds(root)
+        for url, headers in list(targets.values())[1:]:
+            load(url, 200, 2, headers)  # warm connections, caches, the services' database pools
+        replica_checks = [metric_values(port) for port in gws["pg3"]["rest_ports"]]
+        for rate in (*RATES, None):
+            before = {name: metric_values(gw["rest_ports"]) for name, gw in gws.items()}
+            before_pg = pg_counters(servers)
+            summary = rounds(targets, rate, cpu=cpu)
+            after_pg = pg_counters(servers)
+            out[rate or "max"] = {
+                "paths": summary,
+                "service": {name: service_metrics(gw["rest_ports"], before[name]) for name, gw in gws.items()},
+                "pg": {name: {k: after_pg[name][k] - before_pg[name][k] for k in after_pg[name]} for name in servers},
+            }
+            print(f"service: {out[rate or 'max']['service']}; PostgreSQL: {out[rate or 'max']['pg']}")
+        count = "gatehouse_check_duration_ms_count"
+        out["replica_checks"] = [
+            metric_values(port).get(count, 0) - first.get(count, 0)
+            for port, first in zip(gws["pg3"]["rest_ports"], replica_checks, strict=True)
+        ]
+        print(f"Checks per replica: {out['replica_checks']}")
+        return out
+    finally:
+        # Clients first: the Envoys, then the services, then the servers they are connected to.
+        stop_together([gw["envoy"] for gw in gws.values()])
+        stop_together([s for gw in gws.values() for s in gw["services"]])
+        for pg in servers.values():
+            pg.close()
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -533,8 +681,12 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
         native_policy = policy_native(rules_file)
     native_ingest = ingest_native() if "ingest" in SECTIONS else None
     trail_records = TRAIL_RECORDS if "trail" in SECTIONS else 0
-    # ~1.6 KB a record with its indexes: the trail in one or two stores, two records a soak call.
+    # ~1.6 KB a record with its indexes: the trail in one or two stores, two records a soak call;
+    # section postgres: three stores of two records a call at up to ~5,000 calls/s, and up to 1 GiB
+    # (max_wal_size) of WAL in each of its two servers.
+    pg_records = 3 * 2 * RUNS * (SECONDS + 1) * (sum(RATES) + TARGET_MAX_RATE)
     need = 1600 * (trail_records * (1 + ("policy" in SECTIONS)) + 2 * SOAK_CALLS * ("soak" in SECTIONS))
+    need += (1600 * pg_records + 2 * 2**30) * ("postgres" in SECTIONS)
     if shutil.disk_usage(work).free < need:
         print(f"bench: the audit stores need ~{need / 2**30:.1f} GiB under {work}; less is free", file=sys.stderr)
     try:
@@ -567,6 +719,8 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
         rss: dict[str, dict[str, list[int]]] = {}
         if "latency" in SECTIONS:
             rss = latency(targets, results, gw["ports"]["rest_port"], pids)
+        if "postgres" in SECTIONS:
+            results["postgres"] = postgres_section(procs, work, up_port, targets["envoy"], pids)
         if "soak" in SECTIONS:
             results["soak"] = soak(targets["gateway"], {"service": gw["service"].pid, "Envoy": gw["envoy"].pid})
         if "masking" in SECTIONS:
@@ -641,17 +795,36 @@ def start_gateway(
     subject: str = "bench",
     groups: list[str] | tuple[str, ...] = ("eng",),
     trail_records: int = 0,
+    replicas: int = 1,
     **config: Any,
 ) -> dict[str, Any]:
     """The service and its Envoy in front of the bench upstream; `config` goes to `write_config`.
     With `trail_records`, the service first starts once on its own (it creates its store's
     schema) and stops, and `gatehouse-bench fill-trail` appends that many records to its
-    writer's chain. Returns the MCP url, the caller's headers, an auditor's token, the ports, the
-    processes, the config and what the trail filler wrote (None without a trail)."""
+    writer's chain. With `replicas` > 1 (a PostgreSQL `audit.database`), that many services
+    behind the one Envoy: `service.grpc_endpoints` lists their gRPC listeners, and each other
+    replica's config differs only in its REST and gRPC listeners and `audit.writer_id` (as
+    tests/harness/stack.py's `replica_config`). Returns the MCP url, the caller's headers, an
+    auditor's token, the ports (`rest_ports`: every replica's), the processes (`services`: every
+    replica), the config and what the trail filler wrote (None without a trail)."""
     gw_dir.mkdir()
     gen_tls(gw_dir / "tls")
     ports = {k: free_port() for k in ("http_port", "https_port", "admin_port", "rest_port", "grpc_port")}
     cfg = write_gatehouse_config(gw_dir, upstream_url=f"http://127.0.0.1:{up_port}/mcp", **ports, **config)
+    configs, rest_ports = [cfg], [ports["rest_port"]]
+    others = [(free_port(), free_port()) for _ in range(replicas - 1)]
+    if others:
+        raw = yaml.safe_load(cfg.read_text())
+        grpc_ports = [ports["grpc_port"], *(grpc for _, grpc in others)]
+        raw["service"]["grpc_endpoints"] = [f"127.0.0.1:{port}" for port in grpc_ports]
+        cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+        writer = raw["audit"]["writer_id"]
+        for i, (rest, grpc) in enumerate(others, start=2):
+            raw["service"]["rest_listen"], raw["service"]["grpc_listen"] = f"127.0.0.1:{rest}", f"127.0.0.1:{grpc}"
+            raw["audit"]["writer_id"] = f"{writer}-{i}"
+            configs.append(gw_dir / f"gatehouse-{i}.yaml")
+            configs[-1].write_text(yaml.safe_dump(raw, sort_keys=False))
+            rest_ports.append(rest)
     gatehouse("envoy-config", "--config", cfg, "--out", gw_dir / "envoy.yaml")
     health = f"http://127.0.0.1:{ports['rest_port']}/healthz"
     trail = None
@@ -664,10 +837,12 @@ def start_gateway(
         argv += ["--records", str(trail_records)]
         trail = json.loads(subprocess.run(list(map(str, argv)), check=True, capture_output=True, text=True).stdout)
         print(f"{name}: trail {trail}")
-    service = procs.start(
-        f"gatehouse-{name}", [paths.gatehouse_bin(), "serve", "--config", cfg], env={"RUST_LOG": "warn"}
-    )
-    service.wait_http(health, ok=lambda r: r.status_code == 200)
+    services = []
+    for i, (path, rest) in enumerate(zip(configs, rest_ports, strict=True), start=1):
+        label = f"gatehouse-{name}" + (f"-{i}" if i > 1 else "")
+        argv = [paths.gatehouse_bin(), "serve", "--config", path]
+        services.append(procs.start(label, argv, env={"RUST_LOG": "warn"}))
+        services[-1].wait_http(f"http://127.0.0.1:{rest}/healthz", ok=lambda r: r.status_code == 200)
     envoy = start_envoy(procs, f"envoy-{name}", gw_dir / "envoy.yaml", ports["admin_port"])
 
     def token(sub: str, groups: str, *extra: str) -> str:
@@ -678,7 +853,9 @@ def start_gateway(
         "headers": {"Authorization": f"Bearer {token(subject, ','.join(groups))}"},
         "auditor_token": token("bench-auditor", "auditors", "--auditor"),  # for the audit REST API
         "ports": ports,
-        "service": service,
+        "rest_ports": rest_ports,
+        "service": services[0],
+        "services": services,
         "envoy": envoy,
         "config": cfg,
         "trail": trail,
@@ -693,6 +870,8 @@ def write_report(results: dict, rss: dict[str, dict[str, list[int]]], disk: dict
     sections = {}
     if rss:
         sections["latency"] = latency_report(results, rss)
+    if "postgres" in results:
+        sections["postgres"] = postgres_report(results["postgres"], disk)
     if "soak" in results:
         sections["soak"] = soak_report(results["soak"], results.get("trail"))
     if "masking" in results:
@@ -975,6 +1154,256 @@ def credentials_report(c: dict) -> list[str]:
         f"Signing adds {added50:+.3f} ms p50 and {added99:+.3f} ms p99 over the gateway without a credential:"
         f" target ≤ +{TARGET_SIGN_ADDED_P50_MS} ms p50: {sign_verdict}.",
         f"AssumeRole calls over the whole section (one caller): {c['assume_role_calls']}.",
+        "",
+    ]
+    return lines
+
+
+PG_LABELS = {
+    "envoy": "plain Envoy",
+    "sqlite": "Gatehouse, SQLite",
+    "pg1": "Gatehouse, PostgreSQL, 1 service",
+    "pg3": f"Gatehouse, PostgreSQL, {PG_REPLICAS} replicas",
+}
+
+
+def per_call_us(r: dict) -> dict[str, float]:
+    """CPU µs per call by process, over the calls the rounds sent."""
+    return {proc: sec * 1e6 / max(r["calls"], 1) for proc, sec in r["cpu_s"].items()}
+
+
+def wal_means(wal: dict[str, float]) -> tuple[float, float]:
+    """Mean WAL write and flush times (ms) PostgreSQL timed itself; NaN without any."""
+    nan = float("nan")
+    write = wal["wal_write_ms"] / wal["wal_writes"] if wal["wal_writes"] else nan
+    flush = wal["wal_sync_ms"] / wal["wal_syncs"] if wal["wal_syncs"] else nan
+    return write, flush
+
+
+def postgres_report(r: dict, disk: dict) -> list[str]:
+    """The `postgres` section: the four paths, PostgreSQL against SQLite (the target), what the
+    commits and the WAL did, CPU per call, and the closed-loop rate with what limits it."""
+    fd, sqlite_commit = disk["fdatasync"], disk["sqlite_commit"]
+    lines = [
+        SECTION_HEADINGS["postgres"],
+        "",
+        "How measured: plain Envoy, the gateway on SQLite (one service) and the gateway on PostgreSQL with one",
+        f"service and with {PG_REPLICAS} replicas behind one Envoy (`service.grpc_endpoints`; each replica its own",
+        "REST and gRPC listeners and `audit.writer_id`), in one run. Open-loop `gatehouse-bench load`, tools/call",
+        f"with a ~1 KB JSON answer from `gatehouse-bench upstream`; {RUNS} rounds of {SECONDS} s in which every path",
+        "takes its turn; each figure is the median over the rounds, with the spread (min–max) in brackets. Added:",
+        "over plain Envoy in the same rounds. Errors: failed and dropped (overloaded) calls over all rounds.",
+        "Every store started empty: these gateways are this section's own (the gateway on a 1,000,000-record trail",
+        f"is in “Latency at fixed rates”). Each PostgreSQL path has a server of its own, PostgreSQL {r['version']}",
+        "as tests/harness/postgres.py starts it (fsync and synchronous_commit on, wal_sync_method"
+        f" {r['wal_sync_method']}, shared_buffers",
+        f"{r['shared_buffers']}; track_wal_io_timing on here for the WAL figures below; the rest PostgreSQL's"
+        " defaults), its data",
+        "directory under BENCH_DIR next to the SQLite stores, on the disk of the header (this run: 4 KiB write +",
+        f"fdatasync p50 {fd['p50_ms']:.3f} ms, p99 {fd['p99_ms']:.3f} ms; one SQLite commit p50"
+        f" {sqlite_commit['p50_ms']:.3f} ms). The services reach it",
+        "over loopback TCP with a password; the writer inserts each batch of records in one statement (one round",
+        "trip, one synchronous commit). Load generator, upstream, the Envoys, the services and PostgreSQL share the",
+        "machine's cores.",
+        "",
+        "| path | rate | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rate in RATES:
+        e = r[rate]["paths"]["envoy"]
+        for name, label in PG_LABELS.items():
+            x = r[rate]["paths"][name]
+            added = ("—", "—") if name == "envoy" else (f"{x['p50'] - e['p50']:+.3f}", f"{x['p99'] - e['p99']:+.3f}")
+            lines.append(
+                f"| {label} | {rate}/s | {ms_spread(x, 'p50')} | {ms_spread(x, 'p99')} | {added[0]} | {added[1]} |"
+                f" {x['errors']:,} |"
+            )
+    lines += [
+        "",
+        "### PostgreSQL against SQLite",
+        "",
+        "| rate | path | p50 over SQLite ms | p99 over SQLite ms |",
+        "|---|---|---|---|",
+    ]
+    for rate in RATES:
+        s = r[rate]["paths"]["sqlite"]
+        for name in ("pg1", "pg3"):
+            x = r[rate]["paths"][name]
+            lines.append(f"| {rate}/s | {PG_LABELS[name]} | {x['p50'] - s['p50']:+.3f} | {x['p99'] - s['p99']:+.3f} |")
+    return [*lines, "", *pg_verdict(r, disk), *pg_inside(r), *pg_cpu(r), *pg_limit(r)]
+
+
+def pg_verdict(r: dict, disk: dict) -> list[str]:
+    """The target (PostgreSQL with one service against SQLite at TARGET_PG_RATE) and where the
+    difference is: the Check and its commit inside the services, the WAL inside PostgreSQL."""
+    rate = TARGET_PG_RATE
+    s, p = r[rate]["paths"]["sqlite"], r[rate]["paths"]["pg1"]
+    sv, pv = r[rate]["service"]["sqlite"], r[rate]["service"]["pg1"]
+    wal = r[rate]["pg"]["pg1"]
+    add50, add99 = p["p50"] - s["p50"], p["p99"] - s["p99"]
+    errors = s["errors"] + p["errors"]
+    met = not errors and add50 <= TARGET_PG_ADDED_P50_MS
+    if errors:
+        verdict = f"missed ({errors:,} errors on these two paths)"
+    else:
+        verdict = "met" if met else f"MISSED by {add50 - TARGET_PG_ADDED_P50_MS:.3f} ms"
+    check = pv["check_mean_ms"] - sv["check_mean_ms"]
+    commit = pv["commit_mean_ms"] - sv["commit_mean_ms"]
+    write, flush = wal_means(wal)
+    calls = max(p["calls"], 1)
+    lines = [
+        f"At {rate} req/s PostgreSQL with one service adds {add50:+.3f} ms p50 and {add99:+.3f} ms p99 to SQLite's"
+        f" (target ≤ +{TARGET_PG_ADDED_P50_MS:g} ms p50): {verdict}.",
+        "",
+        "Where the difference is, from the services' own metrics and PostgreSQL's own counters over the same runs:"
+        f" the ext_authz Check takes {check:+.3f} ms ({sv['check_mean_ms']:.3f} → {pv['check_mean_ms']:.3f} ms mean),"
+        f" the audit commit it waits for {commit:+.3f} ms ({sv['commit_mean_ms']:.3f} → {pv['commit_mean_ms']:.3f} ms"
+        f" mean; {sv['records_per_commit']:.2f} and {pv['records_per_commit']:.2f} records per commit).",
+        "SQLite's commit is a WAL write and an fdatasync inside the service's own process. PostgreSQL's is the"
+        " statement sent over loopback TCP to a backend process that wakes to run it, the insert, the WAL write"
+        f" ({write:.3f} ms mean) and flush ({r['wal_sync_method']}, {flush:.3f} ms mean, as PostgreSQL timed them;"
+        f" the disk's own 4 KiB fdatasync in this run: p50 {disk['fdatasync']['p50_ms']:.3f} ms), and the answer"
+        f" back; all but the WAL's share, {pv['commit_mean_ms'] - write - flush:.3f} ms of a commit, is the round"
+        " trip, the wake-ups and the insert."
+        f" Per call: {wal['xacts'] / calls:.2f} PostgreSQL transactions, {wal['wal_syncs'] / calls:.2f} WAL flushes;"
+        f" PostgreSQL's processes spent {per_call_us(p)['PostgreSQL']:.0f} µs of CPU per call on the shared cores.",
+    ]
+    if not met and not errors:
+        outside = add50 - check
+        lines.append(
+            f"The target is missed. Of the {add50:+.3f} ms p50 (medians end to end, means inside: a rough split),"
+            f" {commit:+.3f} ms is the longer commit, {check - commit:+.3f} ms the rest of the Check and"
+            f" {outside:+.3f} ms outside the Check, where the two paths run the same Envoy and filter and differ"
+            " only in what else runs on the shared cores."
+            + (
+                " The commit is most of it: every allowed call waits for one commit, and on PostgreSQL that commit"
+                " is a network round trip to another process plus a WAL flush on this disk, where SQLite's is a"
+                " flush inside the service."
+                if commit >= 0.5 * add50
+                else " The commit is not most of it: PostgreSQL's processes and their wake-ups take the same cores"
+                " the rest of the path runs on."
+            )
+        )
+    return [*lines, ""]
+
+
+def pg_inside(r: dict) -> list[str]:
+    """The services' Check and commit times, and PostgreSQL's transactions and WAL, per window."""
+    lines = [
+        "### Inside: the Check, the audit commit and PostgreSQL's WAL (shown, not judged)",
+        "",
+        "From the services' /metrics (summed over replicas) and each server's pg_stat_wal and pg_stat_database, over",
+        "each rate's rounds. Per call: over the calls the load generator sent.",
+        "",
+        "| path | load | Check mean ms | commit mean ms | records per commit | PostgreSQL transactions per call"
+        " | WAL flushes per call | WAL write mean ms | WAL flush mean ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in (*RATES, "max"):
+        what = f"{key}/s" if key != "max" else f"closed x{CONNECTIONS}"
+        for name in ("sqlite", "pg1", "pg3"):
+            svc, calls = r[key]["service"][name], max(r[key]["paths"][name]["calls"], 1)
+            pg = ["—"] * 4
+            if name in r[key]["pg"]:
+                wal = r[key]["pg"][name]
+                write, flush = wal_means(wal)
+                pg = [f"{wal['xacts'] / calls:.2f}", f"{wal['wal_syncs'] / calls:.2f}", f"{write:.3f}", f"{flush:.3f}"]
+            lines.append(
+                f"| {PG_LABELS[name]} | {what} | {svc['check_mean_ms']:.3f} | {svc['commit_mean_ms']:.3f} |"
+                f" {svc['records_per_commit']:.2f} | " + " | ".join(pg) + " |"
+            )
+    checks = r["replica_checks"]
+    lines += [
+        "",
+        "Checks per replica over all of the section's runs (Envoy's round robin):"
+        f" {', '.join(f'{c:,.0f}' for c in checks)}.",
+        "",
+    ]
+    return lines
+
+
+def pg_cpu(r: dict) -> list[str]:
+    lines = [
+        "### CPU per call",
+        "",
+        "User + system CPU time (/proc/PID/stat) of each process over each path's runs, divided by the calls the",
+        "load generator sent in them (warm-up included). PostgreSQL: its whole process tree (postmaster, background",
+        "processes, backends, and the backends that exited meanwhile); services: every replica's.",
+        "",
+        "| path | rate | Envoy µs | services µs | PostgreSQL µs | Envoy + services + PostgreSQL µs | upstream µs"
+        " | calls |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in RATES:
+        for name, label in PG_LABELS.items():
+            x = r[rate]["paths"][name]
+            us = per_call_us(x)
+            own = us["Envoy"] + us.get("service", 0) + us.get("PostgreSQL", 0)
+            service = f"{us['service']:.1f}" if "service" in us else "—"
+            pg = f"{us['PostgreSQL']:.1f}" if "PostgreSQL" in us else "—"
+            lines.append(
+                f"| {label} | {rate}/s | {us['Envoy']:.1f} | {service} | {pg} | {own:.1f} | {us['upstream']:.1f} |"
+                f" {x['calls']:,} |"
+            )
+    return [*lines, ""]
+
+
+def pg_limit(r: dict) -> list[str]:
+    """The closed-loop rate of each path and what limits it: every process's CPU per call (the
+    load generator's too) against the machine's cores, and the writers' commits."""
+    cores = os.cpu_count() or 1
+    mx = r["max"]["paths"]
+    lines = [
+        f"### Maximum rate (closed loop, {CONNECTIONS} connections) and what limits it",
+        "",
+        f"`gatehouse-bench load --closed --connections {CONNECTIONS}`, {SECONDS} s, {RUNS} rounds, every path in turn;",
+        "median (min–max); latency from each call's send. CPU per call by process over these runs (the load generator",
+        f"is this run's `gatehouse-bench load`): all share the machine's {cores} cores, so {cores} s of CPU a second",
+        "divided by the sum is the rate at which the cores are full.",
+        "",
+        "| path | req/s | p50 ms | p99 ms | errors | Envoy µs | services µs | PostgreSQL µs | upstream + load"
+        " generator µs | sum µs | cores full at req/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fill, total = {}, {}
+    for name, label in PG_LABELS.items():
+        x = mx[name]
+        us = per_call_us(x)
+        total[name] = sum(us.values())
+        full = cores * 1e6 / total[name] if total[name] else float("nan")
+        fill[name] = x["rate"] / full if total[name] else 0.0
+        rate = x["spread"]["rate"]
+        service = f"{us['service']:.0f}" if "service" in us else "—"
+        pg = f"{us['PostgreSQL']:.0f}" if "PostgreSQL" in us else "—"
+        lines.append(
+            f"| {label} | {rate['median']:,.0f} ({rate['min']:,.0f}–{rate['max']:,.0f}) | {ms_spread(x, 'p50')} |"
+            f" {ms_spread(x, 'p99')} | {x['errors']:,} | {us['Envoy']:.0f} | {service} | {pg} |"
+            f" {us['upstream'] + us['load']:.0f} | {total[name]:.0f} | {full:,.0f} |"
+        )
+    lines.append("")
+    for name in ("sqlite", "pg1", "pg3"):
+        bound = (
+            "bound by CPU"
+            if fill[name] >= 0.85
+            else "not CPU alone: waiting (each writer's commits, one at a time) held it back too"
+        )
+        lines.append(f"- {PG_LABELS[name]}: {fill[name]:.0%} of the rate that fills the cores, {bound}.")
+    s, p1, p3 = (mx[name]["rate"] for name in ("sqlite", "pg1", "pg3"))
+    svc1, svc3 = r["max"]["service"]["pg1"], r["max"]["service"]["pg3"]
+    calls1, calls3 = max(mx["pg1"]["calls"], 1), max(mx["pg3"]["calls"], 1)
+    flushes1, flushes3 = r["max"]["pg"]["pg1"]["wal_syncs"] / calls1, r["max"]["pg"]["pg3"]["wal_syncs"] / calls3
+    lines += [
+        "",
+        f"PostgreSQL with one service reaches {p1 / max(s, 1):.0%} of SQLite's rate, at"
+        f" {total['pg1'] - total['sqlite']:+.0f} µs of CPU per call against SQLite's (PostgreSQL's processes:"
+        f" {per_call_us(mx['pg1'])['PostgreSQL']:.0f} µs). With {PG_REPLICAS} replicas:"
+        f" {p3 / max(s, 1):.0%} of SQLite's rate, {p3 / max(p1, 1):.2f}× one service's."
+        " Each replica commits its own records:"
+        f" {svc1['records_per_commit']:.2f} records per commit with one service, {svc3['records_per_commit']:.2f} with"
+        f" {PG_REPLICAS} ({flushes1:.2f} and {flushes3:.2f} WAL flushes per call).",
+        f"Here the replicas share this machine's {cores} cores with the Envoys, the upstream, the load generator and",
+        "PostgreSQL: they add processes, not CPU, so they cannot raise a rate the cores bound; on machines of their",
+        "own each brings its cores, and the shared database's commits become the limit to measure.",
         "",
     ]
     return lines

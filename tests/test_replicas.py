@@ -6,6 +6,7 @@ and writer ids (`Stack.start_replica`); the stack's Envoy calls the first one.""
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 import threading
@@ -22,7 +23,8 @@ from harness import paths
 from harness.approvals import SESSION_RULE, Approver, Caller, answer, approval_rule, pending_error
 from harness.grpc_raw import INGEST, rejection_batch, tls_channel
 from harness.grpc_raw import call as grpc_call
-from harness.stack import tools_call
+from harness.stack import gatehouse, tools_call
+from harness.store_sql import open_store
 
 pytestmark = pytest.mark.gateway
 
@@ -51,13 +53,144 @@ def test_a_second_process_with_a_live_writer_id_refuses_to_start(make_stack):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def replicated_approvals(make_stack, **approval: Any):
-    """Envoy → replica A; `echo` needs an approval (held `hold_seconds`) by `approvers`."""
+@pytest.mark.both_backends
+def test_migrations_apply_alone_and_a_newer_schema_is_refused(make_stack):
+    stack = make_stack(upstream="echo")
+    stack.service.stop()
+    migrated = gatehouse("migrate", "--config", stack.config_path, check=False)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    (version,) = re.findall(r"schema is at version (\d+)", migrated.stdout)
+    # A migration this build does not know, as a newer Gatehouse would have applied it.
+    newer = int(version) + 1
+    with open_store(stack) as db:
+        db.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (newer, "from a newer gatehouse", True, b"\x00", 0),
+        )
+    for command in ("migrate", "serve"):
+        refused = subprocess.run(
+            [str(paths.gatehouse_bin()), command, "--config", str(stack.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert refused.returncode != 0, refused.stdout + refused.stderr
+        assert f"schema is at version {newer}, newer than this Gatehouse knows" in refused.stderr, refused.stderr
+
+
+def replicated_approvals(make_stack, approvals: dict[str, Any] | None = None, **approval: Any):
+    """Envoy → replica A; `echo` needs an approval (held `hold_seconds`) by `approvers`;
+    `approvals`: the config's `approvals:` section."""
     approval.setdefault("hold_seconds", 20)
     return make_stack(
         policy=[SESSION_RULE, approval_rule(**approval), OTHER_TOOLS],
         ext_authz_timeout_ms=approval["hold_seconds"] * 1000 + 5000,
+        approvals=approvals,
     )
+
+
+APPROVAL_LIMIT = -32032
+
+
+def held_on(approver: Approver, message: str) -> dict[str, Any]:
+    """The pending approval of the echo of `message`, once a call is held on it."""
+    return approver.wait_pending(lambda a: a["arguments"] == {"message": message} and a["waiting"] is not None)
+
+
+def assert_over_the_cap(resp: httpx.Response, cap: int) -> None:
+    error = answer(resp)["error"]
+    assert resp.status_code == 429 and error["code"] == APPROVAL_LIMIT, resp.text
+    assert f"already have {cap} calls waiting" in error["message"], error
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_a_callers_held_calls_are_capped_across_replicas(make_stack, audit_backend):
+    stack = replicated_approvals(make_stack, approvals={"max_held_per_caller": 2})
+    b = stack.start_replica("gatehouse-b")
+    via_b = stack.envoy_for(b)
+    alice, dora, bob = Caller(stack, "alice"), Caller(stack, "dora"), Approver(stack, "bob")
+    on_a = alice.call_in_background("echo", {"message": "held on A"})
+    on_b = alice.call_in_background("echo", {"message": "held on B"}, url=via_b)
+    held = {m: held_on(bob, m) for m in ("held on A", "held on B")}
+
+    # One call held on each replica: a third is over alice's cap on either (each replica
+    # alone holds only one of hers), and is refused without asking an approval.
+    for url in (None, via_b):
+        assert_over_the_cap(alice.call("echo", {"message": "one too many"}, url=url), 2)
+    assert not [a for a in bob.list("pending") if a["arguments"] == {"message": "one too many"}]
+    # Another caller is held as usual.
+    dora_on_b = dora.call_in_background("echo", {"message": "dora's"}, url=via_b)
+    doras = held_on(bob, "dora's")
+
+    # A decision on A releases the call held on B; alice may then hold another call there.
+    assert bob.approve(held["held on B"]["id"]).status_code == 200
+    assert "result" in answer(on_b(15))
+    again = alice.call_in_background("echo", {"message": "after one ended"}, url=via_b)
+    later = held_on(bob, "after one ended")
+    for approval in (held["held on A"], doras, later):
+        assert bob.approve(approval["id"]).status_code == 200
+    for wait in (on_a, dora_on_b, again):
+        assert "result" in answer(wait(15))
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_approvers_on_any_replica_see_who_waits_and_read_the_clear_arguments(make_stack, audit_backend):
+    stack = replicated_approvals(make_stack, masked_arguments="show_clear")
+    b = stack.start_replica("gatehouse-b")
+    via_b = stack.envoy_for(b)
+    alice, bob_on_a = Caller(stack, "alice"), Approver(stack, "bob")
+    secret = "AKIAIOSFODNN7EXAMPLE"
+    message = f"deploy with {secret}"
+    held = alice.call_in_background("echo", {"message": message}, url=via_b)
+
+    # Held on B, shown on A: who waits, and the clear text the approver approves.
+    shown = bob_on_a.wait_pending(lambda a: a["waiting"] is not None)
+    assert secret not in shown["arguments"]["message"], "the arguments are masked"
+    assert shown["arguments_clear"] == {"message": message}
+    assert shown["waiting"]["calls"] == 1 and shown["can_approve"] is True, shown
+    # The database holds them sealed, never in clear, and nothing else does.
+    with open_store(stack) as db:
+        sealed = [r["sealed"] for r in db.execute("SELECT sealed FROM approval_clear")]
+    assert len(sealed) == 1 and secret not in sealed[0] and "deploy" not in sealed[0]
+    for name, data in stack.trail_files().items():
+        assert secret.encode() not in data, f"the clear text is in {name}"
+
+    assert bob_on_a.approve(shown["id"]).status_code == 200
+    assert "result" in answer(held(15))
+    after = bob_on_a.get(shown["id"]).json()
+    assert "arguments_clear" not in after and after["waiting"] is None, after
+    with open_store(stack) as db:
+        assert not list(db.execute("SELECT approval_id FROM approval_clear")), "deleted once decided"
+
+
+@pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)
+def test_the_held_calls_of_a_killed_replica_stop_counting(make_stack, audit_backend):
+    stack = replicated_approvals(make_stack, approvals={"max_held_per_caller": 1})
+    b = stack.start_replica("gatehouse-b")
+    via_b = stack.envoy_for(b)
+    alice, bob = Caller(stack, "alice"), Approver(stack, "bob")
+    on_b = alice.call_in_background("echo", {"message": "held on B"}, url=via_b)
+    held_on(bob, "held on B")
+    assert_over_the_cap(alice.call("echo", {"message": "on A meanwhile"}), 1)
+
+    # B dies with the call held (its client sees Envoy's failure, nothing forwarded); its
+    # row is left in the database, but a replica not heard from stops counting within
+    # LIVE_FOR (10 s) plus a heartbeat.
+    assert b.proc is not None
+    b.proc.kill()
+    dead = on_b(15)
+    assert dead.status_code != 200 and "Echo:" not in dead.text, "nothing is forwarded: " + dead.text
+    killed = time.monotonic()
+    while True:
+        try:
+            resp = alice.call("echo", {"message": "on A after B died"}, timeout=3)
+        except httpx.ReadTimeout:
+            break  # held on A: no longer over the cap
+        assert_over_the_cap(resp, 1)
+        assert time.monotonic() - killed < 15, "a dead replica's held calls still count"
+        time.sleep(0.5)
+    print(f"a dead replica's held call stopped counting after {time.monotonic() - killed:.1f} s")
 
 
 @pytest.mark.parametrize("audit_backend", ["postgres"], indirect=True)

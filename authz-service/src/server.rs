@@ -10,7 +10,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     AppState,
-    approvals::{ApprovalStore, Approvals, CallKeys, Limits, Notifier},
+    approvals::{ApprovalStore, Approvals, CallKeys, Limits, Notifier, Replicas},
     audit::{AuditLog, Checkpointer, Store, checkpoint::CheckpointSigner},
     authz::AuthzService,
     config::Config,
@@ -86,6 +86,20 @@ impl Server {
         }
         // Approval keys are keyed hashes under the masking token key when there is one.
         let approval_key = config.masking.rules_with_key()?.token_key.map(String::into_bytes);
+        let sessions = crate::authz::SessionSecret::load(&config)?;
+        // The clear arguments of show_clear approvals are sealed for the replicas of a
+        // PostgreSQL database under a key from the session key file they share (a Secret, not
+        // on the database's disks); one SQLite service seals them under a key of this process
+        // only, never written anywhere, so its file, WAL and backups hold nothing readable.
+        let seal_key = match audit.store().pool() {
+            crate::db::Pool::Postgres(_) => sessions.derive(crate::approvals::replicas::SEAL_LABEL),
+            crate::db::Pool::Sqlite(_) => rand::random(),
+        };
+        let replicas = Replicas::new(audit.store().pool().clone(), &config.audit.writer_id, &seal_key);
+        replicas
+            .start()
+            .await
+            .context("cannot tell the other replicas this one is alive")?;
         let approvals = Arc::new(Approvals::new(
             ApprovalStore::new(audit.store().pool().clone()),
             CallKeys::new(approval_key),
@@ -93,10 +107,10 @@ impl Server {
             audit.clone(),
             metrics.clone(),
             Notifier::new(&config.approvals, audit.clone(), metrics.clone()),
+            replicas,
         ));
         let policy = crate::policy::InForce::new(config.policy.clone().map(Arc::new));
         let aws = crate::aws::AwsSessions::new(&config).await;
-        let sessions = crate::authz::SessionSecret::load(&config)?;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
             .with_context(|| format!("cannot listen on {} (service.rest_listen)", config.service.rest_listen))?;
@@ -181,6 +195,10 @@ impl Server {
             shutdown.subscribe(),
         ));
         tokio::spawn(crate::approvals::sweep(state.approvals.clone(), shutdown.subscribe()));
+        tokio::spawn(crate::approvals::replicas::heartbeat(
+            state.approvals.clone(),
+            shutdown.subscribe(),
+        ));
         if let crate::db::Pool::Postgres(pool) = state.audit.store().pool() {
             tokio::spawn(crate::approvals::listen_for_changes(
                 state.approvals.clone(),

@@ -82,21 +82,25 @@ class Caller:
         self.token = stack.token(sub, groups)
         self.session = stack.initialize(self.token)
 
-    def call(self, tool: str, arguments: dict[str, Any], timeout: float = 40) -> httpx.Response:
+    def call(self, tool: str, arguments: dict[str, Any], timeout: float = 40, url: str | None = None) -> httpx.Response:
+        """`url`: through another Envoy (`Stack.envoy_for`) instead of the stack's."""
         return self.stack.post(
             tools_call(tool, arguments, request_id=7),
             token=self.token,
             headers={"mcp-session-id": self.session},
             timeout=timeout,
+            url=url,
         )
 
-    def call_in_background(self, tool: str, arguments: dict[str, Any]) -> Callable[[float], httpx.Response]:
+    def call_in_background(
+        self, tool: str, arguments: dict[str, Any], url: str | None = None
+    ) -> Callable[[float], httpx.Response]:
         """Starts a call in a thread; the returned function waits for its answer."""
         out: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                out["resp"] = self.call(tool, arguments)
+                out["resp"] = self.call(tool, arguments, url=url)
             except Exception as exc:  # noqa: BLE001 -- handed to the waiting test
                 out["error"] = exc
 

@@ -327,6 +327,25 @@ class Stack:
         self.replicas.append(replica)
         return replica
 
+    def envoy_for(self, replica: Replica) -> str:
+        """Another Envoy, rendered from `replica`'s config, that sends its Checks and records
+        to that replica alone; its MCP URL. Calls through it are held on that replica."""
+        config = yaml.safe_load(replica.config_path.read_text())
+        http, https, admin = free_port(), free_port(), free_port()
+        envoy = config["envoy"]
+        envoy["http_listen"], envoy["https_listen"] = f"127.0.0.1:{http}", f"127.0.0.1:{https}"
+        envoy["admin_listen"] = f"127.0.0.1:{admin}"
+        envoy["allowed_hosts"] = [*envoy.get("allowed_hosts", []), f"127.0.0.1:{http}"]
+        config["service"].pop("grpc_endpoints", None)
+        path = self.dir / f"gatehouse-{replica.writer_id}-envoy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        out = self.dir / f"envoy-{replica.writer_id}"
+        out.mkdir(exist_ok=True)
+        gatehouse("envoy-config", "--config", path, "--out", out / "envoy.yaml")
+        proc = start_envoy(self.procs, f"envoy-{replica.writer_id}", out / "envoy.yaml", admin, env=envoy_env(path))
+        proc.wait_tcp(http)
+        return f"http://127.0.0.1:{http}{self.mcp_path}"
+
     def restart_service(self) -> Proc:
         if self.service:
             self.service.stop()

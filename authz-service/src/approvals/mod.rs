@@ -16,17 +16,20 @@
 //! Approvers never approve text they could not read: when masking changed a call's
 //! arguments, the approval says what was masked where (`masked.rs`), and the rule's
 //! `masked_arguments` decides: refuse the call (the default), show approvers the clear
-//! arguments (kept in memory only, while pending), or show them masked.
+//! arguments (sealed in the database while pending, never in the trail: `replicas.rs`), or
+//! show them masked.
 //!
 //! One caller cannot fill the gateway with waiting calls: held Checks and pending approvals
-//! are capped per caller (and held Checks in all); over a cap the call is refused, not held.
+//! are capped per caller across every replica of the database (and held Checks in all, per
+//! replica); over a cap the call is refused, not held.
 //!
-//! Transitions (create, decide, expire) are serialized in-process and write their record
-//! before the state changes, so exactly one decision wins and the trail never lacks a step
-//! that the state shows. One service owns a store: two services must not share one.
+//! Transitions (create, decide, expire) take turns — in-process, and on PostgreSQL under an
+//! advisory lock across replicas — and write their record before the state changes, so
+//! exactly one decision wins and the trail never lacks a step that the state shows.
 
 pub mod masked;
 pub mod notify;
+pub mod replicas;
 mod store;
 
 use std::collections::HashMap;
@@ -51,6 +54,7 @@ use crate::policy::{ApprovalSpec, MaskedArguments};
 
 pub use masked::MaskReport;
 pub use notify::Notifier;
+pub use replicas::Replicas;
 pub use store::ApprovalStore;
 
 /// Where an approval stands.
@@ -438,14 +442,11 @@ pub struct Approvals {
     notifier: Notifier,
     /// Bumped on every decision and expiry: held Checks wake and look again.
     changed: watch::Sender<u64>,
-    /// Calls held in a Check now, per caller and in all.
-    held: std::sync::Mutex<Held>,
-    /// Per approval, the held calls waiting on it now: when the first began and how many.
-    waiting: std::sync::Mutex<HashMap<String, (i64, u32)>>,
-    /// The clear arguments of pending `show_clear` approvals, by approval id: in memory
-    /// only, never in the table or the trail; gone with a restart (a caller's retry of the
-    /// same call puts them back).
-    clear: std::sync::Mutex<HashMap<String, Value>>,
+    /// Calls held in a Check by this replica now (`max_held`).
+    held: std::sync::Mutex<u32>,
+    /// What the replicas share about held calls: per caller, per approval, and the clear
+    /// arguments of pending `show_clear` approvals (sealed; never in the trail).
+    replicas: Arc<Replicas>,
 }
 
 /// Makes the key of a call.
@@ -504,16 +505,25 @@ impl From<&crate::config::Approvals> for Limits {
     }
 }
 
-#[derive(Debug, Default)]
-struct Held {
-    total: u32,
-    per_caller: HashMap<String, u32>,
-}
-
-/// One held call, counted until dropped (also when Envoy gives up on the Check).
+/// One held call: counted in this replica's `max_held`, and a row of `held_calls` (the
+/// caller's cap across replicas, "alice is waiting") until [`HeldSlot::end`] — or until
+/// dropped, when Envoy gives up on the Check.
 struct HeldSlot<'a> {
     approvals: &'a Approvals,
-    subject: String,
+    /// Its `held_calls` row, once taken.
+    row: Option<String>,
+    /// The approval its row says it waits on.
+    waits_on: Option<String>,
+}
+
+impl HeldSlot<'_> {
+    /// The call stops waiting: its row goes before the gate answers, so the caller's next
+    /// call finds its cap as it should.
+    async fn end(mut self) {
+        if let Some(row) = self.row.take() {
+            self.approvals.replicas.release(row).await;
+        }
+    }
 }
 
 impl Drop for HeldSlot<'_> {
@@ -523,57 +533,20 @@ impl Drop for HeldSlot<'_> {
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.total = held.total.saturating_sub(1);
-        if let Some(n) = held.per_caller.get_mut(&self.subject) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.per_caller.remove(&self.subject);
-            }
-        }
-    }
-}
-
-/// A held call counted as waiting on one approval, until dropped (the gate returns, or
-/// Envoy gives up on the Check).
-struct Waiting<'a> {
-    approvals: &'a Approvals,
-    approval_id: String,
-}
-
-impl<'a> Waiting<'a> {
-    fn new(approvals: &'a Approvals, approval_id: &str) -> Self {
-        let mut waiting = approvals
-            .waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = waiting.entry(approval_id.to_owned()).or_insert((now_ms(), 0));
-        entry.1 += 1;
-        Self {
-            approvals,
-            approval_id: approval_id.to_owned(),
-        }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut waiting = self
-            .approvals
-            .waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = waiting.get_mut(&self.approval_id) {
-            entry.1 = entry.1.saturating_sub(1);
-            if entry.1 == 0 {
-                waiting.remove(&self.approval_id);
-            }
+        *held = held.saturating_sub(1);
+        if let Some(row) = self.row.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let replicas = Arc::clone(&self.approvals.replicas);
+            runtime.spawn(async move { replicas.release(row).await });
         }
     }
 }
 
 /// Why a `show_clear` approval whose clear arguments are gone cannot be approved.
-const UNREADABLE: &str = "the arguments of this call were masked and this service no longer holds them in clear \
-     (it restarted): it cannot be approved as is. Deny it, or wait for the caller to send the call again, which shows them.";
+const UNREADABLE: &str = "the arguments of this call were masked and the gateway can no longer show them in clear \
+     (it restarted without a session key file, or replicas do not share one): it cannot be approved as is. \
+     Deny it, or wait for the caller to send the call again, which shows them.";
 
 /// How often a held Check looks at its approval even without a wake-up.
 const HOLD_POLL: Duration = Duration::from_secs(1);
@@ -589,6 +562,7 @@ impl Approvals {
         audit: AuditLog,
         metrics: Metrics,
         notifier: Notifier,
+        replicas: Replicas,
     ) -> Self {
         Self {
             store,
@@ -599,9 +573,13 @@ impl Approvals {
             notifier,
             changed: watch::channel(0).0,
             held: std::sync::Mutex::default(),
-            waiting: std::sync::Mutex::default(),
-            clear: std::sync::Mutex::default(),
+            replicas: Arc::new(replicas),
         }
+    }
+
+    /// What the replicas share about held calls.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
     }
 
     /// Where an approver decides on this approval.
@@ -609,64 +587,65 @@ impl Approvals {
         self.notifier.approver_url(id)
     }
 
-    /// The calls held on approval `id` now: since when (ms since the epoch) the first has
-    /// waited, and how many; `None` when no call waits (the caller gave up or retries later).
-    pub fn waiting(&self, id: &str) -> Option<(i64, u32)> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .copied()
+    /// Per approval, the calls held on it now by any live replica: since when (ms since the
+    /// epoch) the first has waited, and how many. An approval no call waits on (the caller
+    /// gave up or retries later) is absent.
+    pub async fn waiting(&self) -> Result<HashMap<String, (i64, u32)>, ApprovalError> {
+        Ok(self.replicas.waiting().await?)
     }
 
-    /// A held slot for `subject`, or why there is none.
-    fn hold_slot(&self, subject: &str) -> Result<HeldSlot<'_>, Refusal> {
+    /// A held slot for `subject`, or why there is none: this replica's `max_held` first,
+    /// then the caller's calls held on every live replica.
+    async fn hold_slot(&self, subject: &str) -> Result<Result<HeldSlot<'_>, Refusal>, ApprovalError> {
         let limits = &self.limits;
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mine = held.per_caller.get(subject).copied().unwrap_or(0);
-        if mine >= limits.max_held_per_caller {
-            return Err(Refusal::TooManyHeld {
-                limit: limits.max_held_per_caller,
-                total: false,
-            });
+        {
+            let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *held >= limits.max_held {
+                return Ok(Err(Refusal::TooManyHeld {
+                    limit: limits.max_held,
+                    total: true,
+                }));
+            }
+            *held += 1;
         }
-        if held.total >= limits.max_held {
-            return Err(Refusal::TooManyHeld {
-                limit: limits.max_held,
-                total: true,
-            });
-        }
-        held.total += 1;
-        held.per_caller.insert(subject.to_owned(), mine + 1);
-        Ok(HeldSlot {
+        // Counted from here: dropped on every way out below.
+        let mut slot = HeldSlot {
             approvals: self,
-            subject: subject.to_owned(),
-        })
+            row: None,
+            waits_on: None,
+        };
+        match self.replicas.hold(subject, limits.max_held_per_caller).await? {
+            Some(row) => slot.row = Some(row),
+            None => {
+                return Ok(Err(Refusal::TooManyHeld {
+                    limit: limits.max_held_per_caller,
+                    total: false,
+                }));
+            }
+        }
+        Ok(Ok(slot))
     }
 
-    /// The clear arguments of a pending approval, if this service holds them.
-    pub fn clear_arguments(&self, id: &str) -> Option<Value> {
-        self.clear
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned()
+    /// The clear arguments of a pending approval, if they are kept and readable here.
+    pub async fn clear_arguments(&self, id: &str) -> Result<Option<Value>, ApprovalError> {
+        Ok(self.replicas.clear(id).await?)
     }
 
-    fn forget_clear(&self, ids: &[&str]) {
-        let mut clear = self.clear.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for id in ids {
-            clear.remove(*id);
+    /// Drops the clear arguments of approvals no longer pending; a failure only delays it
+    /// (every heartbeat does it too).
+    async fn forget_settled_clear(&self) {
+        if let Err(error) = self.replicas.forget_settled_clear().await {
+            tracing::warn!(%error, "Could not delete the clear arguments of decided approvals yet.");
         }
     }
 
     /// Whether an approver can read what they would approve: the arguments were not
-    /// masked, the rule shows them masked, or the clear ones are here.
-    pub fn readable(&self, a: &Approval) -> bool {
-        match &a.masking {
+    /// masked, the rule shows them masked, or their clear form is kept and opens here.
+    pub async fn readable(&self, a: &Approval) -> Result<bool, ApprovalError> {
+        Ok(match &a.masking {
             None => true,
-            Some(m) => m.mode != MaskedArguments::ShowClear || self.clear_arguments(&a.id).is_some(),
-        }
+            Some(m) => m.mode != MaskedArguments::ShowClear || self.clear_arguments(&a.id).await?.is_some(),
+        })
     }
 
     pub fn store(&self) -> &ApprovalStore {
@@ -675,6 +654,21 @@ impl Approvals {
 
     /// Decides what happens to a call that needs approval, holding it up to `hold`.
     pub async fn gate(self: &Arc<Self>, call: &Call<'_>, hold: Duration) -> Result<Gate, ApprovalError> {
+        let mut slot = None;
+        let gate = self.gate_holding(call, hold, &mut slot).await;
+        if let Some(slot) = slot {
+            slot.end().await;
+        }
+        gate
+    }
+
+    /// [`Approvals::gate`], with the held slot it takes (if the call waits) left in `slot`.
+    async fn gate_holding<'a>(
+        self: &'a Arc<Self>,
+        call: &Call<'_>,
+        hold: Duration,
+        slot: &mut Option<HeldSlot<'a>>,
+    ) -> Result<Gate, ApprovalError> {
         let key = self.keys.of(call);
         let clear = call.clear_arguments();
         let report = MaskReport::of(&clear, call.masked_arguments);
@@ -696,9 +690,8 @@ impl Approvals {
         let deadline = tokio::time::Instant::now() + hold;
         let mut wake = self.changed.subscribe();
         let mut asked: Option<String> = None;
-        let mut slot: Option<HeldSlot<'_>> = None;
-        // The approval this held call waits on, so approvers see that someone is waiting.
-        let mut waiting: Option<Waiting<'_>> = None;
+        // The approval whose clear arguments this call has kept.
+        let mut kept_clear: Option<String> = None;
         loop {
             self.expire_due().await?;
             // The approval this call waits on ended without a grant for it.
@@ -745,8 +738,8 @@ impl Approvals {
             }
             // Only a call that will wait takes a held slot; one a grant lets through never does.
             if slot.is_none() && !hold.is_zero() {
-                match self.hold_slot(call.subject) {
-                    Ok(s) => slot = Some(s),
+                match self.hold_slot(call.subject).await? {
+                    Ok(s) => *slot = Some(s),
                     Err(refusal) => return Ok(Gate::Refused(refusal)),
                 }
             }
@@ -757,20 +750,23 @@ impl Approvals {
             };
             if let Some(clear) = &shown_clear
                 && approval.status == Status::Pending
+                && kept_clear.as_ref() != Some(&approval.id)
             {
                 // Also after a restart: the caller's retry makes the approval readable again.
-                self.clear
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(approval.id.clone())
-                    .or_insert_with(|| clear.clone());
+                self.replicas.keep_clear(&approval.id, clear).await?;
+                kept_clear = Some(approval.id.clone());
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(Gate::Stopped(approval));
             }
-            if slot.is_some() && waiting.as_ref().is_none_or(|w| w.approval_id != approval.id) {
-                waiting = Some(Waiting::new(self, &approval.id));
+            // Approvers see that someone is waiting on this approval (on any replica).
+            if let Some(held) = slot.as_mut()
+                && held.waits_on.as_ref() != Some(&approval.id)
+                && let Some(row) = &held.row
+            {
+                self.replicas.waits_on(row, &approval.id).await?;
+                held.waits_on = Some(approval.id.clone());
             }
             asked = Some(approval.id);
             // Wait for a change (or the next poll).
@@ -873,7 +869,7 @@ impl Approvals {
         if let Some(refusal) = approval.refusal_for(approver, now) {
             return Err(refusal);
         }
-        if approve && !self.readable(&approval) {
+        if approve && !self.readable(&approval).await? {
             return Err(DecideError::Unreadable(UNREADABLE.into()));
         }
         approval.status = if approve { Status::Approved } else { Status::Denied };
@@ -914,7 +910,7 @@ impl Approvals {
         } else {
             self.metrics.approvals_denied.inc();
         }
-        self.forget_clear(&[&approval.id]);
+        self.forget_settled_clear().await;
         tracing::info!(approval_id = %approval.id, approver = %approver.subject, decision = approval.status.as_str(), "Approval decided.");
         self.changed.send_modify(|n| *n += 1);
         Ok(approval)
@@ -943,7 +939,7 @@ impl Approvals {
             // Exactly the rows just recorded (in the turn none of them can change).
             let ids: Vec<&str> = due.iter().map(|a| a.id.as_str()).collect();
             self.store.expire(&ids).await?;
-            self.forget_clear(&ids);
+            self.forget_settled_clear().await;
             for a in &due {
                 tracing::info!(approval_id = %a.id, "Approval expired.");
             }

@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::AppState;
+use crate::on_pool;
 use crate::policy::{ApprovalSpec, MaskedArguments};
 
 fn spec() -> ApprovalSpec {
@@ -219,21 +220,32 @@ async fn held_calls_are_capped_per_caller_and_in_all() {
     let dir = tempfile::tempdir().unwrap();
     let server = service(dir.path(), "max_held_per_caller: 2, max_held: 3").await;
     let a = &server.state.approvals;
-    let first = a.hold_slot("alice").unwrap();
-    let _second = a.hold_slot("alice").unwrap();
+    let first = a.hold_slot("alice").await.unwrap().unwrap();
+    let _second = a.hold_slot("alice").await.unwrap().unwrap();
     assert!(matches!(
-        a.hold_slot("alice"),
+        a.hold_slot("alice").await.unwrap(),
         Err(Refusal::TooManyHeld { limit: 2, total: false })
     ));
     // Another caller is not held up by alice, until all slots are taken.
-    let _bob = a.hold_slot("bob").unwrap();
+    let bob = a.hold_slot("bob").await.unwrap().unwrap();
     assert!(matches!(
-        a.hold_slot("carol"),
+        a.hold_slot("carol").await.unwrap(),
         Err(Refusal::TooManyHeld { limit: 3, total: true })
     ));
-    // A slot comes back when its call ends (also when the Check is dropped).
-    drop(first);
-    assert!(a.hold_slot("alice").is_ok());
+    // A slot comes back when its call ends...
+    first.end().await;
+    let third = a.hold_slot("alice").await.unwrap().unwrap();
+    // ... and when the Check is dropped (its row goes in the background).
+    drop(third);
+    drop(bob);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.hold_slot("alice").await.unwrap().is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a dropped slot's row was never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop();
 }
 
@@ -268,7 +280,7 @@ async fn pending_approvals_are_capped_per_caller_but_joining_one_is_not() {
 }
 
 #[tokio::test]
-async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
+async fn masked_arguments_are_refused_or_shown_in_clear_sealed_outside_the_trail() {
     let dir = tempfile::tempdir().unwrap();
     let server = service(dir.path(), "").await;
     let state = server.state.clone();
@@ -290,7 +302,7 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     assert_eq!((report.spans[0].offset, report.spans[0].length), (Some(11), Some(21)));
     assert_eq!(state.approvals.store.pending_count("alice").await.unwrap(), 0);
 
-    // show_clear: asked, flagged, the clear text in memory only.
+    // show_clear: asked, flagged, the clear text sealed outside the trail and the table.
     spec.masked_arguments = MaskedArguments::ShowClear;
     let c = call("alice", &params, &masked, &spec);
     let Gate::Stopped(approval) = state.approvals.gate(&c, Duration::ZERO).await.unwrap() else {
@@ -299,10 +311,17 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     let masking = approval.masking.clone().expect("the approval says it was masked");
     assert_eq!(masking.mode, MaskedArguments::ShowClear);
     assert_eq!(
-        state.approvals.clear_arguments(&approval.id),
+        state.approvals.clear_arguments(&approval.id).await.unwrap(),
         Some(json!({"sql": secret}))
     );
-    assert!(state.approvals.readable(&approval));
+    assert!(state.approvals.readable(&approval).await.unwrap());
+    let sealed: String = on_pool!(state.audit.store().pool(), pool =>
+        sqlx::query_scalar("SELECT sealed FROM approval_clear WHERE approval_id = $1")
+            .bind(&approval.id).fetch_one(pool).await.unwrap());
+    assert!(
+        !sealed.contains("AKIA") && !sealed.contains("SELECT"),
+        "sealed, not stored in clear"
+    );
     let stored = state.approvals.store.get(&approval.id).await.unwrap().unwrap();
     assert_eq!(stored.masking, Some(masking));
     assert_eq!(stored.arguments, masked);
@@ -310,13 +329,20 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
     assert!(!serde_json::to_string(&requested).unwrap().contains("AKIA"));
     assert_eq!(requested[0]["masked"]["spans"][0]["kind"], "aws_access_key");
 
-    // Without the clear text (a restart), it cannot be approved; a denial still works.
+    // Without the clear text (sealed under another key: a restart without a session key
+    // file), it cannot be approved; a denial still works.
     let bob = crate::identity::Principal {
         subject: "bob".into(),
         groups: ["ops".to_owned()].into(),
     };
-    state.approvals.forget_clear(&[&approval.id]);
-    assert!(!state.approvals.readable(&approval));
+    let other_key = Replicas::new(state.audit.store().pool().clone(), "other", &[7; 32]);
+    other_key
+        .keep_clear(&approval.id, &json!({"sql": "other"}))
+        .await
+        .unwrap();
+    assert!(!state.approvals.readable(&approval).await.unwrap());
+    // A row moved to another approval does not open either (the id is bound in).
+    assert_eq!(state.approvals.clear_arguments("apr_other").await.unwrap(), None);
     assert!(matches!(
         state.approvals.decide(&approval.id, &bob, true, None).await,
         Err(DecideError::Unreadable(_))
@@ -326,9 +352,12 @@ async fn masked_arguments_are_refused_or_shown_in_clear_from_memory_only() {
         panic!("the retry joins the pending approval");
     };
     assert_eq!(again.id, approval.id);
-    assert!(state.approvals.readable(&approval));
+    assert!(state.approvals.readable(&approval).await.unwrap());
     state.approvals.decide(&approval.id, &bob, true, None).await.unwrap();
-    assert_eq!(state.approvals.clear_arguments(&approval.id), None);
+    assert_eq!(state.approvals.clear_arguments(&approval.id).await.unwrap(), None);
+    let left: i64 = on_pool!(state.audit.store().pool(), pool =>
+        sqlx::query_scalar("SELECT COUNT(*) FROM approval_clear").fetch_one(pool).await.unwrap());
+    assert_eq!(left, 0, "a decided approval's clear arguments are deleted");
     server.stop();
 }
 
@@ -350,6 +379,7 @@ async fn approvals_work_with_only_the_parts_they_are_given() {
         audit.clone(),
         metrics.clone(),
         Notifier::new(&config.approvals, audit, metrics.clone()),
+        Replicas::new(store.pool().clone(), "gh-parts", &[1; 32]),
     ));
     let (spec, params, shown) = (spec(), json!({"name": "run_query", "arguments": {}}), json!({}));
     let c = call("alice", &params, &shown, &spec);

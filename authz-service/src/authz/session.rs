@@ -52,6 +52,16 @@ impl SessionSecret {
         Self(bytes.to_vec())
     }
 
+    /// A key for another purpose, derived from the secret under `label` (HMAC-SHA-256): the
+    /// replicas share it as they share the secret.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The key that tags `subject`'s sessions on `upstream` (for the filter, hex).
     pub fn binding_key(&self, subject: &str, upstream: &str) -> Option<[u8; 32]> {
         session::binding_key(&self.0, subject, upstream)

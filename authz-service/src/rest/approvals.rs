@@ -5,6 +5,7 @@
 //! groups may decide on and their own requests (auditors see all); only a member of the
 //! rule's approver group who is not the requester may decide.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::{
@@ -58,12 +59,19 @@ fn may_see(state: &AppState, caller: &Principal, a: &Approval) -> bool {
         || caller.groups.contains(&state.config.audit.auditor_group)
 }
 
-/// The approval as this caller sees it.
-fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
+/// Per approval, the calls held on it now (on any replica): see [`crate::approvals::Approvals::waiting`].
+type Waiting = HashMap<String, (i64, u32)>;
+
+async fn waiting(state: &AppState) -> Result<Waiting, ApiError> {
+    state.approvals.waiting().await.map_err(unavailable)
+}
+
+/// The approval as this caller sees it; `waiting` from [`waiting`].
+async fn view(state: &AppState, caller: &Principal, a: &Approval, waiting: &Waiting) -> Result<Value, ApiError> {
     let mut v = a.to_json();
     if let Some(obj) = v.as_object_mut() {
         let can_decide = a.refusal_for(caller, crate::approvals::now_ms()).is_none();
-        let readable = state.approvals.readable(a);
+        let readable = state.approvals.readable(a).await.map_err(unavailable)?;
         obj.insert("can_decide".into(), json!(can_decide));
         // Approving needs arguments the approver can read; denying does not.
         obj.insert("can_approve".into(), json!(can_decide && readable));
@@ -73,23 +81,25 @@ fn view(state: &AppState, caller: &Principal, a: &Approval) -> Value {
             masked.insert("clear_available".into(), json!(readable));
         }
         // The clear arguments go to the approver group only (not the requester's other
-        // views, not auditors), and only while pending: they are never stored.
+        // views, not auditors), and only while pending: they are never in the trail.
         if caller.groups.contains(&a.approver_group)
             && a.status == Status::Pending
-            && let Some(clear) = state.approvals.clear_arguments(&a.id)
+            && readable
+            && a.masking.is_some()
+            && let Some(clear) = state.approvals.clear_arguments(&a.id).await.map_err(unavailable)?
         {
             obj.insert("arguments_clear".into(), clear);
         }
         obj.insert("approver_url".into(), json!(state.approvals.approver_url(&a.id)));
         // A caller held on this approval right now: the page says "alice is waiting (12 s)".
-        let waiting = state
-            .approvals
-            .waiting(&a.id)
+        let waiting = waiting
+            .get(&a.id)
+            .copied()
             .filter(|_| a.status == Status::Pending)
             .map(|(since_ms, calls)| json!({"since": crate::approvals::time_of(since_ms), "calls": calls}));
         obj.insert("waiting".into(), waiting.unwrap_or(Value::Null));
     }
-    v
+    Ok(v)
 }
 
 fn unavailable(error: impl std::fmt::Display) -> ApiError {
@@ -121,11 +131,11 @@ async fn list(
         .list(status, LIST_LIMIT)
         .await
         .map_err(unavailable)?;
-    let visible: Vec<Value> = approvals
-        .iter()
-        .filter(|a| may_see(&state, &caller, a))
-        .map(|a| view(&state, &caller, a))
-        .collect();
+    let held = waiting(&state).await?;
+    let mut visible = Vec::new();
+    for a in approvals.iter().filter(|a| may_see(&state, &caller, a)) {
+        visible.push(view(&state, &caller, a, &held).await?);
+    }
     Ok(Json(json!({ "approvals": visible })))
 }
 
@@ -138,7 +148,7 @@ async fn one(
     state.approvals.expire_due().await.map_err(unavailable)?;
     match state.approvals.store().get(&id).await.map_err(unavailable)? {
         // Someone else's approval is "not found" too: ids are not to be probed.
-        Some(a) if may_see(&state, &caller, &a) => Ok(Json(view(&state, &caller, &a))),
+        Some(a) if may_see(&state, &caller, &a) => Ok(Json(view(&state, &caller, &a, &waiting(&state).await?).await?)),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such approval")),
     }
 }
@@ -183,7 +193,7 @@ async fn decide(
             .map_err(unavailable)?
     };
     match decided {
-        Ok(a) => Ok(Json(view(&state, &caller, &a))),
+        Ok(a) => Ok(Json(view(&state, &caller, &a, &Waiting::new()).await?)),
         Err(DecideError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such approval")),
         Err(e @ DecideError::Forbidden(_)) => {
             tracing::info!(approval_id = %id, approver = %caller.subject, error = %e, "Approval decision refused.");
@@ -196,7 +206,7 @@ async fn decide(
                 StatusCode::CONFLICT,
                 format!("the approval is already {}", a.status.as_str()),
             );
-            e.body = Some(json!({"approval": view(&state, &caller, &a)}));
+            e.body = Some(json!({"approval": view(&state, &caller, &a, &waiting(&state).await?).await?}));
             Err(e)
         }
         Err(DecideError::Unavailable(error)) => Err(unavailable(error)),

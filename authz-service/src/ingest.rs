@@ -342,6 +342,7 @@ pub fn response_event(r: &ResponseObserved, source: &str, masker: &Masker) -> Au
         error_code: r.is_error.then_some(r.error_code),
         end_reason: non_empty(&r.end_reason),
         source: source.to_owned(),
+        session_id: non_empty(&r.session_id),
         conflict: false,
     }
     .into()
@@ -740,6 +741,8 @@ mod same_bytes {
                     },
                     revealed: if full { vec!["phone".into()] } else { Vec::new() },
                     withheld: if full { "too_large".into() } else { String::new() },
+                    // Absent from the record when empty (the filter sets it on an answer that opens a session).
+                    session_id: String::new(),
                 };
                 let legacy = serde_json::to_string(&legacy_response_data(&r, "src/1", &masker)).unwrap();
                 assert_eq!(
@@ -749,6 +752,20 @@ mod same_bytes {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_session_an_answer_opens_is_in_its_record() {
+        let masker = Masker::new(&MaskConfig::default()).unwrap();
+        let r = ResponseObserved {
+            request_id: "a".repeat(32),
+            r#final: true,
+            message: br#"{"jsonrpc":"2.0","id":1,"result":{}}"#.to_vec(),
+            session_id: "upstream-session-1".into(),
+            ..Default::default()
+        };
+        let data = response_event(&r, "src/1", &masker).to_data().unwrap();
+        assert_eq!(data["session_id"], "upstream-session-1");
     }
 
     #[test]

@@ -63,6 +63,8 @@ fn request(subject: Option<&str>, groups: &[&str], upstream: Option<&str>) -> Re
         policy_rule: None,
         approval: None,
         upstream_credential: None,
+        client: None,
+        user_agent: None,
     }
 }
 
@@ -95,6 +97,7 @@ fn response(part: u32, is_final: bool, message: Value) -> ResponsePartObserved {
         error_code: None,
         end_reason: None,
         source: "gatehouse/1/e9296d74".into(),
+        session_id: None,
         conflict: false,
     }
 }

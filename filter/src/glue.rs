@@ -699,6 +699,7 @@ impl HttpContext for Http {
         };
         let readable = head.is_some() && !header_stuck;
         let mut response = ResponseMasker::new(&request_id, head.unwrap_or_default(), self.reply_id.take(), limits);
+        response.set_session_id(session.upstream_id.take());
         if self.lists_tools {
             response.filter_tools();
         }

@@ -127,6 +127,8 @@ pub struct SessionHeaders {
     /// The upstream sent a session id and there was no usable key: it goes on untagged, and
     /// the Check refuses it when the client sends it back.
     pub untagged: bool,
+    /// The upstream's session id as it sent it (for the record).
+    pub upstream_id: Option<String>,
 }
 
 impl SessionHeaders {
@@ -146,6 +148,7 @@ impl SessionHeaders {
             key_present,
             untagged: id.is_some() && bound.is_none(),
             bound,
+            upstream_id: id.map(str::to_owned),
         }
     }
 }
@@ -498,6 +501,11 @@ mod tests {
         let read = |pairs: &[(&str, &str)]| SessionHeaders::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())));
         let s = read(&[("x-gatehouse-session-key", &hex), ("Mcp-Session-Id", "abc")]);
         assert!(s.key_present && !s.untagged);
+        assert_eq!(
+            s.upstream_id.as_deref(),
+            Some("abc"),
+            "the record says the upstream's own id"
+        );
         let bound = s.bound.unwrap();
         assert_eq!(session::unbind(&key, &bound), Some("abc"));
         // No session id: nothing to set, the key still goes.

@@ -3,8 +3,8 @@
 //! the typed event ([`RequestDecided`]) that the trail stores.
 
 use gatehouse_core::events::{
-    ApprovalRef, BatchMessage, FirstMessage, RequestAllowed, RequestDecided, RequestDenied, RequestFacts,
-    UpstreamCredentialPresented,
+    ApprovalRef, BatchMessage, ClientInfo, FirstMessage, RequestAllowed, RequestDecided, RequestDenied, RequestFacts,
+    USER_AGENT_MAX, UpstreamCredentialPresented,
 };
 use gatehouse_core::mask::{MaskCounts, Masker, Reveal, RevealPlan};
 use gatehouse_core::{mcp, session};
@@ -39,6 +39,8 @@ impl RequestRecord {
             policy_rule: None,
             approval: None,
             upstream_credential: None,
+            client: parsed.and_then(|env| client_of(env, masker)),
+            user_agent: view.header("user-agent").map(|ua| short_masked(ua, masker)),
         };
         if let Some(env) = parsed {
             describe_messages(&mut facts, env, masker);
@@ -98,6 +100,30 @@ impl RequestRecord {
             status: answer.http_status,
         })
     }
+}
+
+/// What an `initialize` (the first message) says about the client, masked.
+fn client_of(env: &mcp::Envelope, masker: &Masker) -> Option<ClientInfo> {
+    let first = env.first()?;
+    if first.method.as_deref() != Some("initialize") {
+        return None;
+    }
+    let params = first.params.as_ref();
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| short_masked(s, masker));
+    let info = params.and_then(|p| p.get("clientInfo"));
+    Some(ClientInfo {
+        name: text(info.and_then(|i| i.get("name"))),
+        version: text(info.and_then(|i| i.get("version"))),
+        protocol_version: text(params.and_then(|p| p.get("protocolVersion"))),
+    })
+}
+
+/// `text` masked (nothing revealed) and cut to [`USER_AGENT_MAX`] characters.
+fn short_masked(text: &str, masker: &Masker) -> String {
+    let cut: String = text.chars().take(USER_AGENT_MAX).collect();
+    masker
+        .mask_text(&cut, &Reveal::none(), &mut MaskCounts::default())
+        .into_owned()
 }
 
 /// The messages of the body, their arguments masked (nothing revealed: records never hold
@@ -200,6 +226,41 @@ mod tests {
                 "decision": "deny", "reason": "denied by no rule matched (default deny)", "status": 403,
             })
         );
+    }
+
+    #[test]
+    fn an_initialize_names_its_client_and_the_user_agent_is_kept_masked() {
+        let headers = HashMap::from([(
+            "user-agent".to_owned(),
+            format!("agent/1.0 key=AKIAIOSFODNN7EXAMPLE {}", "x".repeat(400)),
+        )]);
+        let body = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",
+            "capabilities":{},"clientInfo":{"name":"claude-code","version":"2.1.0"}}}"#;
+        let env = mcp::parse_body(body).unwrap();
+        let record = RequestRecord::new(&view(&headers, body), Some(&env), &Masker::default());
+        let data = data(record.allowed("ok", &RevealPlan::default()));
+        assert_eq!(
+            data["client"],
+            json!({"name": "claude-code", "version": "2.1.0", "protocol_version": "2025-11-25"})
+        );
+        let ua = data["user_agent"].as_str().unwrap();
+        assert!(ua.starts_with("agent/1.0 key=[MASKED:aws_access_key"), "{ua}");
+        assert!(
+            ua.chars().count() <= USER_AGENT_MAX + 40,
+            "cut before masking: {}",
+            ua.len()
+        );
+        // Other requests name no client.
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        let env = mcp::parse_body(call).unwrap();
+        let record = RequestRecord::new(&view(&headers, call), Some(&env), &Masker::default());
+        assert!(data_has_no_client(record));
+    }
+
+    fn data_has_no_client(record: RequestRecord) -> bool {
+        data(record.allowed("ok", &RevealPlan::default()))
+            .get("client")
+            .is_none()
     }
 
     #[test]

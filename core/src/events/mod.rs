@@ -20,8 +20,8 @@ pub use approval::{
     ApprovalUseReturned, ApprovalUsed, ApproverNotificationFailed, ApproversNotified, ArgumentsMasked, MaskedSpan,
 };
 pub use request::{
-    ApprovalRef, BatchMessage, Decision, FirstMessage, RequestAllowed, RequestDecided, RequestDenied, RequestFacts,
-    UpstreamCredentialPresented,
+    ApprovalRef, BatchMessage, ClientInfo, Decision, FirstMessage, RequestAllowed, RequestDecided, RequestDenied,
+    RequestFacts, USER_AGENT_MAX, UpstreamCredentialPresented,
 };
 pub use response::{EndReason, RequestRejected, ResponsePart, ResponsePartObserved, Withheld};
 

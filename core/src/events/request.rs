@@ -103,6 +103,24 @@ pub struct RequestFacts {
     /// upstream takes none or the decision came before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_credential: Option<UpstreamCredentialPresented>,
+    /// What an `initialize` says about the client (absent on other requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientInfo>,
+    /// The `User-Agent` header, masked and cut to [`USER_AGENT_MAX`] characters; it tells a
+    /// caller's clients apart when the upstream keeps no MCP sessions. Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// The longest `User-Agent` a record keeps (characters).
+pub const USER_AGENT_MAX: usize = 256;
+
+/// The client an `initialize` names: its `clientInfo` and the protocol revision it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub protocol_version: Option<String>,
 }
 
 /// The first (or only) JSON-RPC message of a request body.

@@ -51,6 +51,10 @@ pub struct ResponsePartObserved {
     pub end_reason: Option<String>,
     /// Which filter instance reported it (plugin name and VM/worker).
     pub source: String,
+    /// The upstream's `Mcp-Session-Id` the answer set (the session an `initialize` opened),
+    /// on the first part only; absent when it set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// Another, different record for the same request and part was stored first (absent:
     /// no conflict). Only the service sets it.
     #[serde(default, skip_serializing_if = "is_false")]

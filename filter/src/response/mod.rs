@@ -145,6 +145,11 @@ impl ResponseMasker {
         }
     }
 
+    /// The upstream's `Mcp-Session-Id` on this answer: its first record says it.
+    pub fn set_session_id(&mut self, id: Option<String>) {
+        self.parts.session_id = id;
+    }
+
     /// The request lists tools: its answer shows only those the service lets the caller
     /// see (`x-gatehouse-tools`), none if that could not be read, all if the service said
     /// nothing (no policy). Call before [`on_headers`](Self::on_headers).

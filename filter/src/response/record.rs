@@ -32,6 +32,8 @@ pub(super) struct Facts {
 pub(super) struct Parts {
     request_id: String,
     next: u32,
+    /// The upstream's session id the answer set, for the first part.
+    pub session_id: Option<String>,
     /// Largest message kept in one record (`truncated` beyond it).
     record_max: usize,
 }
@@ -41,6 +43,7 @@ impl Parts {
         Self {
             request_id: request_id.to_owned(),
             next: 0,
+            session_id: None,
             record_max,
         }
     }
@@ -61,6 +64,11 @@ impl Parts {
             observed_at_unix_ms: at.now_ms,
             withheld: at.withheld.map(Withheld::as_str).unwrap_or_default().to_owned(),
             revealed: at.revealed,
+            session_id: if part == 0 {
+                self.session_id.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
             ..Default::default()
         }
     }

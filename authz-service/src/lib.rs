@@ -24,6 +24,7 @@ pub mod policy;
 pub mod private_file;
 pub mod rest;
 pub mod server;
+pub mod sessions;
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -46,4 +47,6 @@ pub struct AppState {
     pub aws: aws::AwsSessions,
     /// The secret that binds MCP sessions to their caller.
     pub sessions: authz::SessionSecret,
+    /// The session index of the trail, for auditors.
+    pub session_index: sessions::Sessions,
 }

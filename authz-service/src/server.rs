@@ -109,6 +109,9 @@ impl Server {
             Notifier::new(&config.approvals, audit.clone(), metrics.clone()),
             replicas,
         ));
+        let session_index = crate::sessions::Sessions::of(audit.store(), config.audit.session_idle_seconds)
+            .await
+            .context("cannot open the session index")?;
         let policy = crate::policy::InForce::new(config.policy.clone().map(Arc::new));
         let aws = crate::aws::AwsSessions::new(&config).await;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
@@ -129,6 +132,7 @@ impl Server {
             approvals,
             aws,
             sessions,
+            session_index,
         });
         let (shutdown, watch_rx) = watch::channel(false);
 
@@ -195,6 +199,11 @@ impl Server {
             shutdown.subscribe(),
         ));
         tokio::spawn(crate::approvals::sweep(state.approvals.clone(), shutdown.subscribe()));
+        tokio::spawn(crate::sessions::index::run(
+            state.session_index.clone(),
+            state.audit.store().clone(),
+            shutdown.subscribe(),
+        ));
         tokio::spawn(crate::approvals::replicas::heartbeat(
             state.approvals.clone(),
             shutdown.subscribe(),

@@ -385,6 +385,14 @@ impl Store {
         })
     }
 
+    /// The seq of a writer's newest record (0: none).
+    pub async fn head_seq(&self, writer: &str) -> Result<u64, sqlx::Error> {
+        let seq: Option<i64> = on_pool!(&self.pool, pool => {
+            sqlx::query_scalar("SELECT MAX(seq) FROM audit_records WHERE writer = $1").bind(writer).fetch_one(pool).await?
+        });
+        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    }
+
     /// A writer's records in chain order, `page` at a time after `after_seq`.
     pub async fn chain_page(&self, writer: &str, after_seq: u64, page: u32) -> Result<Vec<Record>, sqlx::Error> {
         on_pool!(&self.pool, pool => {

@@ -162,6 +162,9 @@ pub struct Audit {
     /// How many records one commit may group.
     pub max_batch: usize,
     pub checkpoint: Option<CheckpointPolicy>,
+    /// A session of a server that keeps none ends after this long without a call (and any
+    /// session shows as idle after it).
+    pub session_idle_seconds: u64,
 }
 
 /// When the writer signs a checkpoint of its chain head.

@@ -224,6 +224,13 @@ pub struct Audit {
     pub max_batch: usize,
     #[serde(default)]
     pub checkpoint: Option<Checkpoint>,
+    /// Calls to a server that keeps no MCP sessions start a new session after this long.
+    #[serde(default = "default_session_idle_seconds")]
+    pub session_idle_seconds: u64,
+}
+
+fn default_session_idle_seconds() -> u64 {
+    600
 }
 
 #[derive(Debug, Deserialize)]
@@ -956,6 +963,7 @@ impl Config {
                 auditor_group: self.audit.auditor_group,
                 audience: self.audit.audience,
                 max_batch: self.audit.max_batch,
+                session_idle_seconds: self.audit.session_idle_seconds,
                 checkpoint,
             },
             upstreams,

@@ -14,6 +14,7 @@ use gatehouse_core::audit::{Record, RecordKind};
 use serde_json::{Value, json};
 
 mod approvals;
+mod sessions;
 mod ui;
 
 use crate::{
@@ -37,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     router
         .merge(approvals::routes())
+        .merge(sessions::routes())
         .merge(ui::routes())
         .fallback(not_found)
         .with_state(state)

@@ -1,0 +1,410 @@
+//! The session indexer: reads each writer's records in chain order after its cursor, files
+//! every request (exchange) under its session, and moves the cursor, one transaction per
+//! batch. Filing is the same whatever order writers are read in: an exchange's records may
+//! come from several writers (the Check's request record on one replica, the filter's
+//! response records ingested on another), so each record updates the exchange's row and the
+//! exchange is filed once it can be:
+//!
+//! - it presented an upstream session id, or its answer set one (an `initialize`): the session
+//!   of that id on that upstream, for that caller (another caller presenting the id gets a
+//!   session of their own: the attempt shows under the attacker, not the victim);
+//! - an allowed `initialize` waits for its answer's first record to know;
+//! - anything else: the caller's open session of that upstream and `User-Agent` with a call
+//!   within the idle gap, or a new one.
+//!
+//! On PostgreSQL one replica indexes at a time (a session-level advisory lock on a connection
+//! of its own; another takes over when its connection goes).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gatehouse_core::audit::Record;
+use serde_json::Value;
+use sha2::Digest;
+use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
+use tokio::sync::watch;
+
+use super::Sessions;
+use crate::audit::Store;
+use crate::db::Backend;
+
+/// Records read per transaction.
+pub const BATCH: u32 = 500;
+/// How often the indexer looks for new records.
+pub const PASS: Duration = Duration::from_millis(500);
+/// How often it looks for writers it does not know yet.
+const WRITERS_EVERY: Duration = Duration::from_secs(5);
+/// The most searchable text kept per exchange (masked arguments and answers).
+const TEXT_MAX: usize = 16 * 1024;
+/// The advisory lock one PostgreSQL replica holds while it indexes.
+const INDEXER_LOCK: i64 = 0x6761_7465_7365_7373; // "gatesess"
+
+/// One exchange's row as the indexer keeps it.
+#[derive(Debug, Default)]
+struct Exchange {
+    session_id: Option<String>,
+    at: String,
+    subject: Option<String>,
+    upstream: Option<String>,
+    user_agent: Option<String>,
+    http_method: Option<String>,
+    mcp_method: Option<String>,
+    tool: Option<String>,
+    decision: Option<String>,
+    approval: bool,
+    masked: BTreeMap<String, u64>,
+    text: String,
+    client: Option<Value>,
+    upstream_session: Option<String>,
+    answered: bool,
+    requested: bool,
+}
+
+const EXCHANGE_COLUMNS: &str = "session_id, at, subject, upstream, user_agent, http_method, mcp_method, tool, decision, \
+     approval, masked, text, client, upstream_session, answered, requested";
+
+impl Exchange {
+    async fn load(tx: &mut Transaction<'_, Any>, request_id: &str) -> Result<Option<Self>, sqlx::Error> {
+        let sql = format!("SELECT {EXCHANGE_COLUMNS} FROM session_exchanges WHERE request_id = $1");
+        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let text = |i: usize| r.try_get::<Option<String>, _>(i);
+        Ok(Some(Self {
+            session_id: text(0)?,
+            at: r.try_get(1)?,
+            subject: text(2)?,
+            upstream: text(3)?,
+            user_agent: text(4)?,
+            http_method: text(5)?,
+            mcp_method: text(6)?,
+            tool: text(7)?,
+            decision: text(8)?,
+            approval: r.try_get::<i64, _>(9)? != 0,
+            masked: serde_json::from_str(&r.try_get::<String, _>(10)?).unwrap_or_default(),
+            text: r.try_get(11)?,
+            client: text(12)?.and_then(|c| serde_json::from_str(&c).ok()),
+            upstream_session: text(13)?,
+            answered: r.try_get::<i64, _>(14)? != 0,
+            requested: r.try_get::<i64, _>(15)? != 0,
+        }))
+    }
+
+    async fn save(&self, tx: &mut Transaction<'_, Any>, request_id: &str) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO session_exchanges (request_id, {EXCHANGE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT (request_id) DO UPDATE SET session_id = excluded.session_id, at = excluded.at, \
+             subject = excluded.subject, upstream = excluded.upstream, user_agent = excluded.user_agent, \
+             http_method = excluded.http_method, mcp_method = excluded.mcp_method, tool = excluded.tool, \
+             decision = excluded.decision, approval = excluded.approval, masked = excluded.masked, \
+             text = excluded.text, client = excluded.client, upstream_session = excluded.upstream_session, \
+             answered = excluded.answered, requested = excluded.requested"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .bind(self.session_id.clone())
+            .bind(self.at.clone())
+            .bind(self.subject.clone())
+            .bind(self.upstream.clone())
+            .bind(self.user_agent.clone())
+            .bind(self.http_method.clone())
+            .bind(self.mcp_method.clone())
+            .bind(self.tool.clone())
+            .bind(self.decision.clone())
+            .bind(i64::from(self.approval))
+            .bind(serde_json::to_string(&self.masked).unwrap_or_else(|_| "{}".into()))
+            .bind(self.text.clone())
+            .bind(self.client.as_ref().map(Value::to_string))
+            .bind(self.upstream_session.clone())
+            .bind(i64::from(self.answered))
+            .bind(i64::from(self.requested))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    fn count_masked(&mut self, masked: Option<&Value>) {
+        for (kind, n) in masked.and_then(Value::as_object).into_iter().flatten() {
+            *self.masked.entry(kind.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+        }
+    }
+
+    /// Adds `value` (already masked) to what a search reads, up to [`TEXT_MAX`].
+    fn add_text(&mut self, value: &Value) {
+        let more = match value {
+            Value::Null => return,
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let room = TEXT_MAX.saturating_sub(self.text.len());
+        if room > 1 {
+            if !self.text.is_empty() {
+                self.text.push('\n');
+            }
+            self.text.extend(more.chars().take(room - 1));
+        }
+    }
+
+    /// What the record adds to its exchange; `false` for a record that is not about one.
+    fn learn(&mut self, r: &Record) -> bool {
+        let d = &r.data;
+        let text = |key: &str| d.get(key).and_then(Value::as_str).map(str::to_owned);
+        match r.kind.as_str() {
+            "request" | "request_rejected" => {
+                self.requested = true;
+                self.at = r.recorded_at.clone();
+                self.subject = text("subject");
+                self.upstream = text("upstream").or_else(|| self.upstream.take());
+                self.user_agent = text("user_agent");
+                self.http_method = text("http_method");
+                self.mcp_method = text("mcp_method");
+                self.tool = text("tool");
+                self.decision = text("decision");
+                self.approval |= d.get("approval").is_some_and(|a| !a.is_null());
+                if let Some(session) = text("session_id") {
+                    self.upstream_session = Some(session);
+                }
+                self.client = d.get("client").filter(|c| !c.is_null()).cloned();
+                self.count_masked(d.get("masked"));
+                if let Some(tool) = &self.tool.clone() {
+                    self.add_text(&Value::String(tool.clone()));
+                }
+                self.add_text(d.get("arguments").unwrap_or(&Value::Null));
+                if let Some(batch) = d.get("batch").and_then(Value::as_array) {
+                    for m in batch.iter().skip(1) {
+                        self.add_text(m.get("arguments").unwrap_or(&Value::Null));
+                    }
+                }
+            }
+            "response" => {
+                if !self.requested && self.at.is_empty() {
+                    self.at = r.recorded_at.clone();
+                }
+                self.answered = true;
+                if self.upstream_session.is_none() {
+                    self.upstream_session = text("session_id");
+                }
+                self.count_masked(d.get("masked"));
+                self.add_text(d.get("message").unwrap_or(&Value::Null));
+            }
+            "approval" => {
+                if self.at.is_empty() {
+                    self.at = r.recorded_at.clone();
+                }
+                self.approval = true;
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// A session id: a hash of what makes the session.
+fn session_id(parts: &[&str]) -> String {
+    let digest = sha2::Sha256::digest(parts.join("\0").as_bytes());
+    format!("s_{}", &hex::encode(digest)[..24])
+}
+
+/// `at` moved by `ms` milliseconds, in the record time format.
+fn shifted(at: &str, ms: i64) -> String {
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .map(|t| crate::audit::format_time(t + time::Duration::milliseconds(ms)))
+        .unwrap_or_else(|_| at.to_owned())
+}
+
+impl Sessions {
+    /// Files the next records of `writer` after its cursor; how many it read.
+    pub async fn index_writer(&self, store: &Store, writer: &str) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let after: Option<i64> = sqlx::query_scalar("SELECT seq FROM session_cursor WHERE writer = $1")
+            .bind(writer)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let after = after.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+        let records = store.chain_page(writer, after, BATCH).await?;
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(0);
+        };
+        for record in &records {
+            self.file(&mut tx, record).await?;
+        }
+        sqlx::query(
+            "INSERT INTO session_cursor (writer, seq) VALUES ($1, $2) \
+             ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(writer)
+        .bind(i64::try_from(last).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(records.len())
+    }
+
+    async fn file(&self, tx: &mut Transaction<'_, Any>, r: &Record) -> Result<(), sqlx::Error> {
+        if r.request_id.is_empty() {
+            return Ok(());
+        }
+        let mut e = Exchange::load(tx, &r.request_id).await?.unwrap_or_default();
+        if !e.learn(r) {
+            return Ok(());
+        }
+        if e.session_id.is_none() && e.requested {
+            e.session_id = self.assign(tx, &r.request_id, &e).await?;
+        }
+        if let Some(id) = &e.session_id {
+            let client = |key: &str| {
+                e.client
+                    .as_ref()
+                    .and_then(|c| c.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            let ended = (e.http_method.as_deref() == Some("DELETE")).then(|| e.at.clone());
+            sqlx::query(
+                "UPDATE sessions SET \
+                 started_at = CASE WHEN $2 < started_at THEN $2 ELSE started_at END, \
+                 last_at = CASE WHEN $2 > last_at THEN $2 ELSE last_at END, \
+                 ended_at = COALESCE(ended_at, $3), client_name = COALESCE(client_name, $4), \
+                 client_version = COALESCE(client_version, $5), protocol_version = COALESCE(protocol_version, $6) \
+                 WHERE id = $1",
+            )
+            .bind(id.clone())
+            .bind(e.at.clone())
+            .bind(ended)
+            .bind(client("name"))
+            .bind(client("version"))
+            .bind(client("protocol_version"))
+            .execute(&mut **tx)
+            .await?;
+        }
+        e.save(tx, &r.request_id).await
+    }
+
+    /// The session of an exchange whose request is known, creating it if new; `None` while
+    /// an allowed `initialize` waits for its answer.
+    async fn assign(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        request_id: &str,
+        e: &Exchange,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let subject = e.subject.clone().unwrap_or_default();
+        let upstream = e.upstream.clone().unwrap_or_default();
+        let agent = e.user_agent.clone().unwrap_or_default();
+        let (id, upstream_session) = match &e.upstream_session {
+            Some(session) => (session_id(&["u", &upstream, session, &subject]), Some(session.clone())),
+            None if e.mcp_method.as_deref() == Some("initialize")
+                && e.decision.as_deref() == Some("allow")
+                && !e.answered =>
+            {
+                return Ok(None);
+            }
+            None => {
+                let open: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM sessions WHERE upstream_session IS NULL AND subject = $1 AND upstream = $2 \
+                     AND user_agent = $3 AND last_at >= $4 AND started_at <= $5 ORDER BY last_at DESC LIMIT 1",
+                )
+                .bind(subject.clone())
+                .bind(upstream.clone())
+                .bind(agent.clone())
+                .bind(shifted(&e.at, -self.idle_ms))
+                .bind(shifted(&e.at, self.idle_ms))
+                .fetch_optional(&mut **tx)
+                .await?;
+                match open {
+                    Some(id) => return Ok(Some(id)),
+                    None => (session_id(&["g", &upstream, &subject, &agent, request_id]), None),
+                }
+            }
+        };
+        sqlx::query(
+            "INSERT INTO sessions (id, upstream, subject, upstream_session, user_agent, started_at, last_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.clone())
+        .bind(upstream)
+        .bind(subject)
+        .bind(upstream_session)
+        .bind(agent)
+        .bind(e.at.clone())
+        .execute(&mut **tx)
+        .await?;
+        Ok(Some(id))
+    }
+
+    /// Holds the indexer's lease on PostgreSQL (one replica indexes at a time); on SQLite
+    /// the one service always may.
+    async fn lease(&self, held: &mut Option<AnyConnection>) -> bool {
+        if self.backend != Backend::Postgres {
+            return true;
+        }
+        if let Some(conn) = held.as_mut() {
+            if conn.ping().await.is_ok() {
+                return true;
+            }
+            *held = None;
+        }
+        let Ok(mut conn) = self.connection().await else {
+            return false;
+        };
+        let got: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(INDEXER_LOCK)
+            .fetch_one(&mut conn)
+            .await;
+        if got.unwrap_or(false) {
+            tracing::info!("This replica indexes sessions.");
+            *held = Some(conn);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads every writer up to its head once (tests, and the indexer's pass).
+    pub async fn catch_up(&self, store: &Store, writers: &[String]) -> Result<usize, sqlx::Error> {
+        let mut total = 0;
+        for writer in writers {
+            loop {
+                let n = self.index_writer(store, writer).await?;
+                total += n;
+                if n < BATCH as usize {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Indexes new records every [`PASS`] until `stop`.
+pub async fn run(sessions: Sessions, store: Store, mut stop: watch::Receiver<bool>) {
+    let mut lease = None;
+    let mut writers: Vec<String> = Vec::new();
+    let mut writers_read: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PASS) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !sessions.lease(&mut lease).await {
+            continue;
+        }
+        if writers_read.is_none_or(|at| at.elapsed() >= WRITERS_EVERY) {
+            match store.writers().await {
+                Ok(found) => {
+                    writers = found;
+                    writers_read = Some(tokio::time::Instant::now());
+                }
+                Err(error) => tracing::warn!(%error, "Could not list the trail's writers for the session index."),
+            }
+        }
+        if let Err(error) = sessions.catch_up(&store, &writers).await {
+            tracing::warn!(%error, "Could not index sessions; will try again.");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+"""Sessions for auditors (`/v1/sessions`): the exchanges of one MCP session filed under it in
+order, calls to a server that keeps no sessions grouped by caller, client and idle gap, search
+over masked text only, and the same access rule as the audit records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.stack import Stack, tools_call
+
+pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
+
+SECRET = "AKIAIOSFODNN7EXAMPLE"
+
+
+def auditor(stack: Stack) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.rest_url, headers={"authorization": f"Bearer {stack.auditor_token()}"}, timeout=10
+    )
+
+
+def wait_sessions(client: httpx.Client, pred: Callable[[list[dict[str, Any]]], bool], **params: Any) -> list[dict]:
+    """The sessions `params` select, once `pred` holds for them (the index follows the trail)."""
+    deadline = time.monotonic() + 15
+    while True:
+        resp = client.get("/v1/sessions", params=params)
+        assert resp.status_code == 200, resp.text
+        sessions = resp.json()["sessions"]
+        if pred(sessions):
+            return sessions
+        assert time.monotonic() < deadline, f"sessions never matched: {sessions}"
+        time.sleep(0.2)
+
+
+def call(stack: Stack, token: str, session: str | None, arguments: dict[str, Any], ua: str = "agent/1") -> None:
+    headers = {"user-agent": ua, **({"mcp-session-id": session} if session else {})}
+    resp = stack.post(tools_call("echo", arguments, request_id=7), token=token, headers=headers)
+    assert resp.status_code == 200, resp.text
+
+
+def test_an_mcp_session_is_filed_in_order_from_its_initialize(make_stack):
+    stack = make_stack(upstream="echo")
+    token = stack.token("alice")
+    session = stack.initialize(token)
+    call(stack, token, session, {"message": "first"})
+    call(stack, token, session, {"message": f"deploy with {SECRET}"})
+    with auditor(stack) as audit:
+        (listed,) = wait_sessions(audit, lambda s: bool(s) and s[0]["calls"] == 2, user="alice")
+        assert listed["upstream"] == stack.upstream_name and listed["subject"] == "alice"
+        assert listed["client"] == {
+            "name": "gatehouse-e2e",
+            "version": "0",
+            "protocol_version": listed["client"]["protocol_version"],
+        }
+        assert listed["client"]["protocol_version"], listed
+        assert listed["upstream_session"], "the session the initialize's answer set"
+        assert listed["status"] == "open" and listed["denials"] == 0
+        assert listed["masked"].get("aws_access_key_id", 0) >= 1, listed
+
+        timeline = audit.get(f"/v1/sessions/{listed['id']}").json()
+        methods = [e["method"] for e in timeline["exchanges"]]
+        assert methods[:4] == ["initialize", "notifications/initialized", "tools/call", "tools/call"], methods
+        assert [e["n"] for e in timeline["exchanges"]] == list(range(len(methods)))
+        offsets = [e["offset_ms"] for e in timeline["exchanges"]]
+        assert offsets[0] == 0 and offsets == sorted(offsets), offsets
+        second = timeline["exchanges"][3]
+        assert SECRET not in str(timeline), "the timeline is read from masked records"
+        assert "[MASKED:aws_access_key" in second["arguments"]["message"], second
+        assert second["decision"] == "allow" and second["responses"] and second["latency_ms"] is not None
+        assert second["record"]["hash"] and second["responses"][0]["hash"]
+
+        # Search reads masked text: a word of the call finds it, the clear secret never does.
+        found = audit.get("/v1/sessions", params={"q": "deploy"}).json()["sessions"]
+        assert [s["id"] for s in found] == [listed["id"]]
+        assert audit.get("/v1/sessions", params={"q": SECRET}).json()["sessions"] == []
+        assert audit.get("/v1/sessions", params={"q": "100%_"}).json()["sessions"] == [], "wildcards are literal"
+        assert [s["id"] for s in audit.get("/v1/sessions", params={"tool": "echo"}).json()["sessions"]] == [
+            listed["id"]
+        ]
+        assert audit.get("/v1/sessions", params={"tool": "other"}).json()["sessions"] == []
+
+
+def test_another_caller_presenting_the_session_id_gets_a_session_of_their_own(make_stack):
+    stack = make_stack(upstream="echo")
+    alice, mallory = stack.token("alice"), stack.token("mallory")
+    session = stack.initialize(alice)
+    call(stack, alice, session, {"message": "mine"})
+    stolen = stack.post(
+        tools_call("echo", {"message": "theirs"}, request_id=7), token=mallory, headers={"mcp-session-id": session}
+    )
+    assert stolen.status_code != 200 or "error" in stolen.text
+    with auditor(stack) as audit:
+        (alices,) = wait_sessions(audit, lambda s: bool(s) and s[0]["calls"] == 1, user="alice")
+        (mallorys,) = wait_sessions(audit, lambda s: bool(s), user="mallory")
+        assert mallorys["id"] != alices["id"] and mallorys["denials"] >= 1
+        timeline = audit.get(f"/v1/sessions/{alices['id']}").json()
+        assert all(e["decision"] == "allow" for e in timeline["exchanges"]), "the attempt is not in alice's session"
+
+
+def test_calls_without_a_session_are_grouped_by_caller_client_and_idle_gap(make_stack):
+    stack = make_stack(upstream="echo", audit={"session_idle_seconds": 2})
+    token = stack.token("bob")
+    call(stack, token, None, {"message": "a1"}, ua="agent-a")
+    call(stack, token, None, {"message": "b1"}, ua="agent-b")
+    call(stack, token, None, {"message": "a2"}, ua="agent-a")
+    with auditor(stack) as audit:
+        sessions = wait_sessions(audit, lambda s: sum(x["calls"] for x in s) == 3, user="bob")
+        by_agent = {s["user_agent"]: s for s in sessions}
+        assert set(by_agent) == {"agent-a", "agent-b"} and by_agent["agent-a"]["calls"] == 2
+        assert all(s["upstream_session"] is None for s in sessions)
+        time.sleep(2.5)
+        # Past the idle gap: the first ones are idle (ended at their last call), a new call starts anew.
+        idle = audit.get("/v1/sessions", params={"user": "bob", "status": "idle"}).json()["sessions"]
+        assert {s["id"] for s in idle} == {s["id"] for s in sessions}
+        assert all(s["ended_at"] == s["last_at"] for s in idle)
+        call(stack, token, None, {"message": "a3"}, ua="agent-a")
+        wait_sessions(audit, lambda s: len(s) == 3, user="bob")
+        fresh = audit.get("/v1/sessions", params={"user": "bob", "status": "open"}).json()["sessions"]
+        assert len(fresh) == 1 and fresh[0]["calls"] == 1 and fresh[0]["user_agent"] == "agent-a"
+        # Paged: one at a time, newest first, no session twice.
+        seen, before = [], None
+        while True:
+            page = audit.get(
+                "/v1/sessions", params={"user": "bob", "limit": 1, **({"before": before} if before else {})}
+            ).json()
+            seen += [s["id"] for s in page["sessions"]]
+            before = page["next"]
+            if not before:
+                break
+        assert len(seen) == 3 and len(set(seen)) == 3 and seen[0] == fresh[0]["id"]
+
+
+def test_only_auditors_see_sessions_and_bad_queries_are_refused(make_stack):
+    stack = make_stack(upstream="echo")
+    token = stack.token("alice")
+    call(stack, token, stack.initialize(token), {"message": "x"})
+    with auditor(stack) as audit:
+        (session,) = wait_sessions(audit, lambda s: bool(s), user="alice")
+        assert audit.get("/v1/sessions/s_doesnotexist").status_code == 404
+        for params in ({"status": "maybe"}, {"since": "yesterday"}, {"before": "nonsense"}, {"limit": "x"}, {"x": 1}):
+            assert audit.get("/v1/sessions", params=params).status_code == 400, params
+        # Quotes and SQL in a search are only words.
+        assert audit.get("/v1/sessions", params={"q": "x' OR '1'='1"}).json()["sessions"] == []
+    for headers in (
+        {"authorization": f"Bearer {stack.token('alice')}"},  # an MCP token
+        {"authorization": f"Bearer {stack.auditor_token('eve', ('eng',))}"},  # not an auditor
+    ):
+        for path in ("/v1/sessions", f"/v1/sessions/{session['id']}", "/v1/sessions/s_doesnotexist"):
+            resp = httpx.get(stack.rest_url + path, headers=headers, timeout=10)
+            assert resp.status_code in (401, 403), (path, resp.status_code)
+            assert session["id"] not in resp.text

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.stack import Stack, tools_call
+from harness.stack import Stack, gatehouse, tools_call
 
 pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
 
@@ -83,6 +83,16 @@ def test_an_mcp_session_is_filed_in_order_from_its_initialize(make_stack):
             listed["id"]
         ]
         assert audit.get("/v1/sessions", params={"tool": "other"}).json()["sessions"] == []
+
+    # The same from the command line: a list, and the session as a transcript.
+    listed_cli = gatehouse("sessions", "list", "--config", stack.config_path, "--user", "alice").stdout
+    assert listed["id"] in listed_cli and "open" in listed_cli
+    shown = gatehouse("sessions", "show", listed["id"], "--config", stack.config_path).stdout
+    assert shown.startswith(f"Session {listed['id']} on {stack.upstream_name}: alice (gatehouse-e2e 0"), shown
+    assert shown.index("#0  initialize") < shown.index("#2  tools/call echo") < shown.index("#3  tools/call echo")
+    assert "[MASKED:aws_access_key_id" in shown and SECRET not in shown
+    missing = gatehouse("sessions", "show", "s_doesnotexist", "--config", stack.config_path, check=False)
+    assert missing.returncode == 1 and "no session s_doesnotexist" in missing.stderr
 
 
 def test_another_caller_presenting_the_session_id_gets_a_session_of_their_own(make_stack):

@@ -109,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// List and read sessions (the exchanges of one MCP session, masked) from the trail.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Mask secrets and personal data with the gateway's engine: reads JSON lines
     /// `{"id", "format": "text"|"mcp_json", "input"}` on stdin, writes `{"id", "output"}`.
     Mask {
@@ -144,6 +149,24 @@ enum AuditCommand {
     },
     /// Print the checkpoint public key (PEM) for auditors to keep apart from the store.
     PublicKey {
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Sessions, most recently active first.
+    List {
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
+        #[command(flatten)]
+        query: crate::sessions::SessionQuery,
+    },
+    /// A session as a transcript: time offsets, who, method and tool, arguments and answers
+    /// (masked), decisions and approvals.
+    Show {
+        id: String,
         #[arg(long, default_value = "gatehouse.yaml")]
         config: PathBuf,
     },
@@ -196,6 +219,12 @@ impl Cli {
                 };
                 print!("{}", explain(&config, call)?);
             }
+            Command::Sessions {
+                command: SessionsCommand::List { config, query },
+            } => return crate::sessions::cli::list(&load(&config)?, query).await,
+            Command::Sessions {
+                command: SessionsCommand::Show { id, config },
+            } => return crate::sessions::cli::show(&load(&config)?, &id).await,
             Command::Migrate { config } => {
                 let config = load(&config)?;
                 let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5))

@@ -408,3 +408,11 @@ pub async fn run(sessions: Sessions, store: Store, mut stop: watch::Receiver<boo
         }
     }
 }
+
+/// What the module's unit tests reach.
+#[cfg(test)]
+pub mod tests_support {
+    pub fn session_id(parts: &[&str]) -> String {
+        super::session_id(parts)
+    }
+}

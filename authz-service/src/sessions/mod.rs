@@ -11,6 +11,7 @@
 //! records, and an export carries the records with their chain links. The index can be
 //! dropped and rebuilt from the trail.
 
+pub mod cli;
 pub mod index;
 
 use std::collections::BTreeMap;
@@ -44,24 +45,35 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// Filters for listing sessions; all optional.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Filters for listing sessions; all optional (REST query parameters, CLI options).
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SessionQuery {
+    /// The caller (`sub`).
+    #[arg(long)]
     pub user: Option<String>,
+    #[arg(long)]
     pub upstream: Option<String>,
     /// Sessions with at least one call of this tool.
+    #[arg(long)]
     pub tool: Option<String>,
     /// RFC 3339: sessions active at or after it.
+    #[arg(long)]
     pub since: Option<String>,
     /// RFC 3339: sessions started before it.
+    #[arg(long)]
     pub until: Option<String>,
     /// `open`, `ended` (a DELETE) or `idle`.
+    #[arg(long)]
     pub status: Option<String>,
     /// Words searched in the masked arguments and answers (never a clear value).
+    #[arg(long)]
     pub q: Option<String>,
+    /// Sessions per page (at most 500; default 50).
+    #[arg(long)]
     pub limit: Option<u32>,
     /// The `next` of the previous page.
+    #[arg(long)]
     pub before: Option<String>,
 }
 

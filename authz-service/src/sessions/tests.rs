@@ -1,1 +1,63 @@
+use std::collections::BTreeMap;
 
+use serde_json::json;
+
+use super::*;
+
+#[test]
+fn a_search_word_is_taken_literally() {
+    assert_eq!(escape_like("100%_a\\b"), "100\\%\\_a\\\\b");
+    assert_eq!(escape_like("plain"), "plain");
+}
+
+#[test]
+fn session_ids_are_stable_and_tell_their_parts_apart() {
+    let a = index::tests_support::session_id(&["u", "db", "s-1", "alice"]);
+    assert_eq!(a, index::tests_support::session_id(&["u", "db", "s-1", "alice"]));
+    assert_ne!(a, index::tests_support::session_id(&["u", "db", "s-1", "mallory"]));
+    // Parts are separated: moving a character from one part to the next changes the id.
+    assert_ne!(index::tests_support::session_id(&["u", "db", "s-1a", "lice"]), a);
+    assert!(a.starts_with("s_") && a.len() == 26);
+}
+
+#[test]
+fn the_transcript_reads_in_order_with_offsets_and_masked_values() {
+    let session = Session {
+        id: "s_1".into(),
+        upstream: "demo".into(),
+        subject: Some("alice".into()),
+        upstream_session: Some("abc".into()),
+        user_agent: None,
+        client: json!({"name": "claude-code", "version": "2.1", "protocol_version": "2025-11-25"}),
+        started_at: "2026-12-03T10:00:00.000Z".into(),
+        last_at: "2026-12-03T10:00:01.500Z".into(),
+        ended_at: None,
+        status: "open",
+        exchanges: 2,
+        calls: 1,
+        denials: 1,
+        approvals: 0,
+        masked: BTreeMap::from([("email".to_owned(), 1)]),
+    };
+    let exchanges = [
+        json!({"n": 0, "offset_ms": 0, "method": "initialize", "tool": null, "decision": "allow",
+               "arguments": null, "approval": [], "responses": [], "latency_ms": 12}),
+        json!({"n": 1, "offset_ms": 1500, "method": "tools/call", "tool": "run_query", "decision": "deny",
+               "policy_rule": "no-destructive-sql", "reason": "denied by rule no-destructive-sql",
+               "arguments": {"sql": "DELETE FROM t WHERE mail = '[MASKED:email]'"}, "approval": [], "responses": []}),
+    ];
+    let text = cli::transcript(&session, &exchanges);
+    assert!(
+        text.starts_with("Session s_1 on demo: alice (claude-code 2.1, protocol 2025-11-25), open"),
+        "{text}"
+    );
+    let init = text
+        .find("+0.000s  #0  initialize  [allow, answered in 12 ms]")
+        .expect(&text);
+    let call = text
+        .find("+1.500s  #1  tools/call run_query  [deny by no-destructive-sql]")
+        .expect(&text);
+    assert!(init < call);
+    assert!(text.contains("[MASKED:email]") && text.contains("denied: denied by rule no-destructive-sql"));
+    assert!(text.contains("masked: email 1"));
+}

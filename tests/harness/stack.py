@@ -368,8 +368,12 @@ class Stack:
 
     # --- what the gateway wrote ----------------------------------------------------------
     def trail_files(self) -> dict[str, bytes]:
-        """The audit store as it is on disk now: the SQLite file, its -wal and -shm, the checkpoint log."""
-        files = [self.db_path, *(self.db_path.with_name(self.db_path.name + s) for s in ("-wal", "-shm"))]
+        """The audit store as it is on disk now: the SQLite file and its session index
+        (`audit.sessions.db`), their -wal and -shm, the checkpoint log."""
+        index = self.db_path.with_suffix(".sessions.db")
+        files = [
+            path.with_name(path.name + suffix) for path in (self.db_path, index) for suffix in ("", "-wal", "-shm")
+        ]
         files.append(self.dir / "checkpoints.log")
         return {p.name: p.read_bytes() for p in files if p.exists()}
 

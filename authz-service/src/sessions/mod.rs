@@ -117,27 +117,48 @@ pub enum QueryError {
     Store(#[from] sqlx::Error),
 }
 
+/// The session index of a SQLite trail: its own migrations, in its own file.
+static SQLITE_INDEX_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite-sessions");
+
 impl Sessions {
-    /// The session tables of the database at `url` (migrated already by the store).
-    pub async fn connect(url: &str, idle_seconds: u64) -> Result<Self, sqlx::Error> {
+    /// The session index of `store`'s trail: on PostgreSQL the tables of the same database
+    /// (migrated with it); on SQLite a database file of its own beside the audit database
+    /// (`audit.db` → `audit.sessions.db`, created 0600 and migrated here), so that indexing
+    /// never holds the audit database's write lock while a Check commits.
+    pub async fn of(store: &Store, idle_seconds: u64) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::of(url).unwrap_or(Backend::Sqlite);
+        let (url, backend) = match (store.backend(), store.path()) {
+            (Backend::Postgres, _) => (store.url().to_owned(), Backend::Postgres),
+            (Backend::Sqlite, Some(path)) => {
+                let index = path.with_extension("sessions.db");
+                crate::private_file::ensure_private_file(&index).map_err(sqlx::Error::Io)?;
+                (format!("sqlite://{}", index.display()), Backend::Sqlite)
+            }
+            // An in-memory trail (unit tests) gets an in-memory index.
+            (Backend::Sqlite, None) => ("sqlite::memory:".to_owned(), Backend::Sqlite),
+        };
         let pool = PoolOptions::<sqlx::Any>::new()
-            .max_connections(4)
+            // One connection for an in-memory database (each connection would be another one).
+            .max_connections(if store.path().is_none() && backend == Backend::Sqlite {
+                1
+            } else {
+                4
+            })
             .acquire_timeout(crate::db::PG_ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect(&url)
             .await?;
+        if backend == Backend::Sqlite {
+            SQLITE_INDEX_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| sqlx::Error::Protocol(format!("cannot migrate the session index: {e}")))?;
+        }
         Ok(Self {
             pool,
-            url: url.to_owned(),
+            url,
             backend,
             idle_ms: i64::try_from(idle_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         })
-    }
-
-    /// The sessions of `store`'s database.
-    pub async fn of(store: &Store, idle_seconds: u64) -> Result<Self, sqlx::Error> {
-        Self::connect(store.url(), idle_seconds).await
     }
 
     async fn connection(&self) -> Result<AnyConnection, sqlx::Error> {

@@ -1,5 +1,7 @@
--- The session index (sessions/): derived from the trail by the indexer, rebuildable from it,
--- never evidence itself (the records are). `at`, `started_at`, `last_at` are recorded_at
+-- The session index (sessions/) of a SQLite trail, in a database file of its own beside the
+-- audit database (so the indexer's writes never hold the audit database's write lock):
+-- derived from the trail by the indexer, rebuildable from it (delete the file), never
+-- evidence itself (the records are). `at`, `started_at`, `last_at` are recorded_at
 -- times (RFC 3339, UTC, as stored).
 CREATE TABLE session_cursor (
     writer TEXT   PRIMARY KEY,

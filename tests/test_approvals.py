@@ -51,7 +51,8 @@ def test_held_call_completes_after_an_approval_over_rest(make_stack):
 
     started = time.monotonic()
     wait = alice.call_in_background("echo", {"message": "drop table for alice@example.com"})
-    pending = bob.wait_pending()
+    # Once the held call says it waits on it (a moment after the approval is asked).
+    pending = bob.wait_pending(lambda a: a["waiting"] is not None)
     assert (pending["subject"], pending["upstream"], pending["tool"]) == ("alice", "everything", "echo")
     assert pending["rule"] == "echo-needs-approval"
     assert pending["can_decide"] is True

@@ -75,7 +75,7 @@ def test_a_held_call_completes_after_approve_is_clicked(browser, make_stack):
     bob_token = stack.approver_token("bob")
 
     wait = alice.call_in_background("echo", {"message": "approved on the page, mail ops@example.com"})
-    pending = bob.wait_pending(lambda a: (a["subject"], a["tool"]) == ("alice", "echo"))
+    pending = bob.wait_pending(lambda a: (a["subject"], a["tool"]) == ("alice", "echo") and a["waiting"] is not None)
     assert pending["can_decide"] is True
 
     browser.goto(f"{stack.rest_url}/ui#token={bob_token}")
@@ -271,7 +271,7 @@ def test_with_show_clear_the_approver_reads_the_clear_arguments_on_the_page(brow
     message = "send the report to ops@example.com"
 
     wait = alice.call_in_background("echo", {"message": message})
-    pending = bob.wait_pending(lambda a: (a["subject"], a["tool"]) == ("alice", "echo"))
+    pending = bob.wait_pending(lambda a: (a["subject"], a["tool"]) == ("alice", "echo") and a["waiting"] is not None)
     browser.goto(f"{stack.rest_url}/ui#token={stack.approver_token('bob')}")
     browser.wait_for(row(pending["id"]))
     assert "Read the clear arguments below" in browser.text(in_row(pending["id"], "approval-masked-summary"))

@@ -21,7 +21,8 @@ CREATE TABLE sessions (
     -- When the client ended it (DELETE); null while open or once idle.
     ended_at         TEXT
 );
-CREATE INDEX sessions_last ON sessions (last_at);
+-- Newest first, paged by (last_at, id).
+CREATE INDEX sessions_page ON sessions (last_at, id);
 CREATE INDEX sessions_subject ON sessions (subject, last_at);
 CREATE INDEX sessions_upstream ON sessions (upstream, last_at);
 CREATE INDEX sessions_stateless ON sessions (subject, upstream, user_agent, last_at) WHERE upstream_session IS NULL;

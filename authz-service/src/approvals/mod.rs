@@ -518,10 +518,11 @@ struct HeldSlot<'a> {
 
 impl HeldSlot<'_> {
     /// The call stops waiting: its row goes before the gate answers, so the caller's next
-    /// call finds its cap as it should.
+    /// call finds its cap as it should. Cancelled half-way, `Drop` deletes it (again).
     async fn end(mut self) {
-        if let Some(row) = self.row.take() {
+        if let Some(row) = self.row.clone() {
             self.approvals.replicas.release(row).await;
+            self.row = None;
         }
     }
 }
@@ -608,20 +609,20 @@ impl Approvals {
             }
             *held += 1;
         }
-        // Counted from here: dropped on every way out below.
+        // Counted from here, and its row deleted, on every way out below (also when the Check
+        // is cancelled while the row is being inserted).
         let mut slot = HeldSlot {
             approvals: self,
-            row: None,
+            row: Some(replicas::new_held_id()),
             waits_on: None,
         };
-        match self.replicas.hold(subject, limits.max_held_per_caller).await? {
-            Some(row) => slot.row = Some(row),
-            None => {
-                return Ok(Err(Refusal::TooManyHeld {
-                    limit: limits.max_held_per_caller,
-                    total: false,
-                }));
-            }
+        let row = slot.row.clone().unwrap_or_default();
+        if !self.replicas.hold(&row, subject, limits.max_held_per_caller).await? {
+            slot.row = None;
+            return Ok(Err(Refusal::TooManyHeld {
+                limit: limits.max_held_per_caller,
+                total: false,
+            }));
         }
         Ok(Ok(slot))
     }

@@ -78,16 +78,31 @@ impl Replicas {
     pub async fn start(&self) -> Result<(), sqlx::Error> {
         let sql = "DELETE FROM held_calls WHERE replica = $1";
         on_pool!(&self.pool, pool => { sqlx::query(sql).bind(&self.name).execute(pool).await?; });
+        let alive = "INSERT INTO replicas (replica, seen_ms) VALUES ($1, $2) \
+                     ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms";
+        let now = self.clock().await?;
+        on_pool!(&self.pool, pool => { sqlx::query(alive).bind(&self.name).bind(now).execute(pool).await?; });
         self.heartbeat().await
+    }
+
+    /// The time by the database's clock (ms since the epoch), so that replicas whose clocks
+    /// differ agree on who is alive; one SQLite service uses its own.
+    async fn clock(&self) -> Result<i64, sqlx::Error> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
+                    .fetch_one(pool)
+                    .await
+            }
+            Pool::Sqlite(_) => Ok(now_ms()),
+        }
     }
 
     /// Says this replica is alive, deletes the rows it owes, and clears away what replicas
     /// gone for [`GONE_AFTER`] left, and the clear arguments of approvals no longer pending.
+    /// One SQLite service writes only what it owes: its own rows always count, and a write
+    /// every heartbeat would take the audit database's write lock for nothing.
     pub async fn heartbeat(&self) -> Result<(), sqlx::Error> {
-        let now = now_ms();
-        let alive = "INSERT INTO replicas (replica, seen_ms) VALUES ($1, $2) \
-                     ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms";
-        on_pool!(&self.pool, pool => { sqlx::query(alive).bind(&self.name).bind(now).execute(pool).await?; });
         let owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for (i, id) in owed.iter().enumerate() {
             if let Err(error) = self.delete(id).await {
@@ -95,14 +110,31 @@ impl Replicas {
                 return Err(error);
             }
         }
+        let any_clear = "SELECT EXISTS (SELECT 1 FROM approval_clear)";
+        if on_pool!(&self.pool, pool => sqlx::query_scalar::<_, bool>(any_clear).fetch_one(pool).await?) {
+            on_pool!(&self.pool, pool => { sqlx::query(FORGET_SETTLED_CLEAR).execute(pool).await?; });
+        }
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(());
+        };
+        let now = self.clock().await?;
+        sqlx::query(
+            "INSERT INTO replicas (replica, seen_ms) VALUES ($1, $2) \
+             ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms",
+        )
+        .bind(&self.name)
+        .bind(now)
+        .execute(pool)
+        .await?;
         let gone = now - GONE_AFTER.as_millis() as i64;
-        let forget_calls = "DELETE FROM held_calls WHERE replica IN (SELECT replica FROM replicas WHERE seen_ms < $1)";
-        let forget_replicas = "DELETE FROM replicas WHERE seen_ms < $1";
-        on_pool!(&self.pool, pool => {
-            sqlx::query(forget_calls).bind(gone).execute(pool).await?;
-            sqlx::query(forget_replicas).bind(gone).execute(pool).await?;
-            sqlx::query(FORGET_SETTLED_CLEAR).execute(pool).await?;
-        });
+        sqlx::query("DELETE FROM held_calls WHERE replica IN (SELECT replica FROM replicas WHERE seen_ms < $1)")
+            .bind(gone)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM replicas WHERE seen_ms < $1")
+            .bind(gone)
+            .execute(pool)
+            .await?;
         Ok(())
     }
 
@@ -113,12 +145,13 @@ impl Replicas {
             .extend_from_slice(ids);
     }
 
-    /// Takes a held row for `subject` if the calls it holds on every live replica are fewer
-    /// than `limit`; its id, or `None` over the cap. Count and insert happen under a lock
-    /// per caller, so concurrent calls on several replicas cannot all pass the cap.
-    pub async fn hold(&self, subject: &str, limit: u32) -> Result<Option<String>, sqlx::Error> {
-        let id = new_held_id();
-        let now = now_ms();
+    /// Takes held row `id` (from [`new_held_id`]) for `subject` if the calls it holds on
+    /// every live replica are fewer than `limit`; `false` over the cap. Count and insert
+    /// happen under a lock per caller, so concurrent calls on several replicas cannot all
+    /// pass the cap. The caller keeps `id` before calling, so that a Check cancelled while
+    /// the insert commits still deletes the row.
+    pub async fn hold(&self, id: &str, subject: &str, limit: u32) -> Result<bool, sqlx::Error> {
+        let now = self.clock().await?;
         let live = now - LIVE_FOR.as_millis() as i64;
         let count = "SELECT COUNT(*) FROM held_calls h LEFT JOIN replicas r ON r.replica = h.replica \
                      WHERE h.subject = $1 AND (h.replica = $2 OR r.seen_ms >= $3)";
@@ -136,7 +169,7 @@ impl Replicas {
                 let fits = n < i64::from(limit);
                 if fits {
                     sqlx::query(insert)
-                        .bind(&id)
+                        .bind(id)
                         .bind(&self.name)
                         .bind(subject)
                         .bind(now)
@@ -146,7 +179,6 @@ impl Replicas {
                 fits
             }};
         }
-        let _local = self.local.lock().await;
         let taken = match &self.pool {
             Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -159,15 +191,19 @@ impl Replicas {
                 fits
             }
             // One service per SQLite database: the process's lock is enough.
-            Pool::Sqlite(pool) => count_then_insert!(pool),
+            Pool::Sqlite(pool) => {
+                let _local = self.local.lock().await;
+                count_then_insert!(pool)
+            }
         };
-        Ok(taken.then_some(id))
+        Ok(taken)
     }
 
     /// The held call `id` waits on `approval_id` from now.
     pub async fn waits_on(&self, id: &str, approval_id: &str) -> Result<(), sqlx::Error> {
         let sql = "UPDATE held_calls SET approval_id = $1, since_ms = $2 WHERE id = $3";
-        on_pool!(&self.pool, pool => { sqlx::query(sql).bind(approval_id).bind(now_ms()).bind(id).execute(pool).await?; });
+        let now = self.clock().await?;
+        on_pool!(&self.pool, pool => { sqlx::query(sql).bind(approval_id).bind(now).bind(id).execute(pool).await?; });
         Ok(())
     }
 
@@ -189,7 +225,7 @@ impl Replicas {
     /// Per approval, the calls waiting on it now on every live replica: since when (ms since
     /// the epoch) the first has waited, and how many.
     pub async fn waiting(&self) -> Result<HashMap<String, (i64, u32)>, sqlx::Error> {
-        let live = now_ms() - LIVE_FOR.as_millis() as i64;
+        let live = self.clock().await? - LIVE_FOR.as_millis() as i64;
         let sql = "SELECT h.approval_id, MIN(h.since_ms), COUNT(*) FROM held_calls h \
                    LEFT JOIN replicas r ON r.replica = h.replica \
                    WHERE h.approval_id IS NOT NULL AND (h.replica = $1 OR r.seen_ms >= $2) \
@@ -255,7 +291,8 @@ impl Replicas {
 const FORGET_SETTLED_CLEAR: &str =
     "DELETE FROM approval_clear WHERE approval_id NOT IN (SELECT id FROM approvals WHERE status = 'pending')";
 
-fn new_held_id() -> String {
+/// A new held row's id.
+pub fn new_held_id() -> String {
     format!("held_{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 

@@ -385,6 +385,13 @@ impl Store {
         })
     }
 
+    /// The writer ids of the replicas that said they are alive (`approvals/replicas.rs`).
+    pub async fn live_replicas(&self) -> Result<Vec<String>, sqlx::Error> {
+        on_pool!(&self.pool, pool => {
+            sqlx::query_scalar("SELECT replica FROM replicas").fetch_all(pool).await
+        })
+    }
+
     /// The seq of a writer's newest record (0: none).
     pub async fn head_seq(&self, writer: &str) -> Result<u64, sqlx::Error> {
         let seq: Option<i64> = on_pool!(&self.pool, pool => {

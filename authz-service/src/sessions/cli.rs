@@ -18,7 +18,7 @@ const LINE_MAX: usize = 160;
 async fn open(config: &Config) -> anyhow::Result<(Store, Sessions)> {
     // Read only: like `audit verify`, it never migrates the database.
     let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5)).await?;
-    let sessions = Sessions::of(&store, config.audit.session_idle_seconds).await?;
+    let sessions = Sessions::existing(&store, config.audit.session_idle_seconds).await?;
     match sessions.behind(&store).await {
         Ok(0) => {}
         Ok(n) => {
@@ -87,11 +87,11 @@ pub fn transcript(session: &Session, exchanges: &[Value]) -> String {
         out,
         "Session {} on {}: {} ({} {}, protocol {}), {}",
         session.id,
-        session.upstream,
-        session.subject.as_deref().unwrap_or("(no verified caller)"),
-        client["name"].as_str().unwrap_or("unknown client"),
-        client["version"].as_str().unwrap_or(""),
-        client["protocol_version"].as_str().unwrap_or("-"),
+        printable(&session.upstream),
+        printable(session.subject.as_deref().unwrap_or("(no verified caller)")),
+        printable(client["name"].as_str().unwrap_or("unknown client")),
+        printable(client["version"].as_str().unwrap_or("")),
+        printable(client["protocol_version"].as_str().unwrap_or("-")),
         session.status
     );
     let masked: Vec<String> = session.masked.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -124,6 +124,7 @@ pub fn transcript(session: &Session, exchanges: &[Value]) -> String {
         if let Some(ms) = e["latency_ms"].as_i64() {
             let _ = write!(decision, ", answered in {ms} ms");
         }
+        let (what, decision) = (printable(&what), printable(&decision));
         let _ = writeln!(
             out,
             "\n+{}.{:03}s  #{}  {what}  [{decision}]",
@@ -135,7 +136,7 @@ pub fn transcript(session: &Session, exchanges: &[Value]) -> String {
             let _ = writeln!(out, "    args:   {}", short(&e["arguments"]));
         }
         if e["decision"] == "deny" {
-            let _ = writeln!(out, "    denied: {}", e["reason"].as_str().unwrap_or(""));
+            let _ = writeln!(out, "    denied: {}", printable(e["reason"].as_str().unwrap_or("")));
         }
         for step in e["approval"].as_array().into_iter().flatten() {
             let by = step["approver"]
@@ -153,15 +154,29 @@ pub fn transcript(session: &Session, exchanges: &[Value]) -> String {
     out
 }
 
-/// `value` as one line of at most [`LINE_MAX`] characters.
+/// `value` as one line of at most [`LINE_MAX`] characters, control characters escaped (a
+/// caller's or upstream's text must not move the terminal's cursor or fake a line).
 fn short(value: &Value) -> String {
     let text = match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut line: String = text.chars().take(LINE_MAX).collect();
+    let mut line = printable(&text.chars().take(LINE_MAX).collect::<String>());
     if text.chars().count() > LINE_MAX {
         line.push('…');
     }
     line
+}
+
+/// `text` with control characters written as escapes.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use gatehouse_core::audit::Record;
 use serde_json::Value;
 use sha2::Digest;
-use sqlx::{Any, AnyConnection, Connection, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use tokio::sync::watch;
 
 use super::Sessions;
@@ -32,8 +32,9 @@ use crate::db::Backend;
 pub const BATCH: u32 = 500;
 /// How often the indexer looks for new records.
 pub const PASS: Duration = Duration::from_millis(500);
-/// How often it looks for writers it does not know yet.
-const WRITERS_EVERY: Duration = Duration::from_secs(5);
+/// How often it lists every writer of the trail (a scan); the live replicas' writer ids
+/// (`replicas`) and the writers it has a cursor for are read every pass.
+const WRITERS_EVERY: Duration = Duration::from_secs(60);
 /// The most searchable text kept per exchange (masked arguments and answers).
 const TEXT_MAX: usize = 16 * 1024;
 /// The advisory lock one PostgreSQL replica holds while it indexes.
@@ -146,7 +147,11 @@ impl Exchange {
             if !self.text.is_empty() {
                 self.text.push('\n');
             }
-            self.text.extend(more.chars().take(room - 1));
+            let mut end = (room - 1).min(more.len());
+            while !more.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.text.push_str(&more[..end]);
         }
     }
 
@@ -204,6 +209,36 @@ impl Exchange {
     }
 }
 
+/// Session `id` has exchange `e`: its times, its end (a DELETE), the client an `initialize`
+/// named.
+async fn touch(tx: &mut Transaction<'_, Any>, id: &str, e: &Exchange) -> Result<(), sqlx::Error> {
+    let client = |key: &str| {
+        e.client
+            .as_ref()
+            .and_then(|c| c.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let ended = (e.http_method.as_deref() == Some("DELETE")).then(|| e.at.clone());
+    sqlx::query(
+        "UPDATE sessions SET \
+         started_at = CASE WHEN $2 < started_at THEN $2 ELSE started_at END, \
+         last_at = CASE WHEN $2 > last_at THEN $2 ELSE last_at END, \
+         ended_at = COALESCE(ended_at, $3), client_name = COALESCE(client_name, $4), \
+         client_version = COALESCE(client_version, $5), protocol_version = COALESCE(protocol_version, $6) \
+         WHERE id = $1",
+    )
+    .bind(id.to_owned())
+    .bind(e.at.clone())
+    .bind(ended)
+    .bind(client("name"))
+    .bind(client("version"))
+    .bind(client("protocol_version"))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A session id: a hash of what makes the session.
 fn session_id(parts: &[&str]) -> String {
     let digest = sha2::Sha256::digest(parts.join("\0").as_bytes());
@@ -233,14 +268,28 @@ impl Sessions {
         for record in &records {
             self.file(&mut tx, record).await?;
         }
-        sqlx::query(
-            "INSERT INTO session_cursor (writer, seq) VALUES ($1, $2) \
-             ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq",
-        )
-        .bind(writer)
-        .bind(i64::try_from(last).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+        // The cursor moves only from where this batch read it: an indexer that took over
+        // meanwhile (a replica whose lease connection dropped) makes this batch roll back
+        // rather than count its records twice.
+        let last = i64::try_from(last).unwrap_or(i64::MAX);
+        let moved = if after == 0 {
+            sqlx::query("INSERT INTO session_cursor (writer, seq) VALUES ($1, $2) ON CONFLICT (writer) DO NOTHING")
+                .bind(writer)
+                .bind(last)
+                .execute(&mut *tx)
+                .await?
+        } else {
+            sqlx::query("UPDATE session_cursor SET seq = $2 WHERE writer = $1 AND seq = $3")
+                .bind(writer)
+                .bind(last)
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?
+        };
+        if moved.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
         tx.commit().await?;
         Ok(records.len())
     }
@@ -257,30 +306,7 @@ impl Sessions {
             e.session_id = self.assign(tx, &r.request_id, &e).await?;
         }
         if let Some(id) = &e.session_id {
-            let client = |key: &str| {
-                e.client
-                    .as_ref()
-                    .and_then(|c| c.get(key))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
-            let ended = (e.http_method.as_deref() == Some("DELETE")).then(|| e.at.clone());
-            sqlx::query(
-                "UPDATE sessions SET \
-                 started_at = CASE WHEN $2 < started_at THEN $2 ELSE started_at END, \
-                 last_at = CASE WHEN $2 > last_at THEN $2 ELSE last_at END, \
-                 ended_at = COALESCE(ended_at, $3), client_name = COALESCE(client_name, $4), \
-                 client_version = COALESCE(client_version, $5), protocol_version = COALESCE(protocol_version, $6) \
-                 WHERE id = $1",
-            )
-            .bind(id.clone())
-            .bind(e.at.clone())
-            .bind(ended)
-            .bind(client("name"))
-            .bind(client("version"))
-            .bind(client("protocol_version"))
-            .execute(&mut **tx)
-            .await?;
+            touch(tx, id, &e).await?;
         }
         e.save(tx, &r.request_id).await
     }
@@ -307,7 +333,8 @@ impl Sessions {
             None => {
                 let open: Option<String> = sqlx::query_scalar(
                     "SELECT id FROM sessions WHERE upstream_session IS NULL AND subject = $1 AND upstream = $2 \
-                     AND user_agent = $3 AND last_at >= $4 AND started_at <= $5 ORDER BY last_at DESC LIMIT 1",
+                     AND user_agent = $3 AND ended_at IS NULL AND last_at >= $4 AND started_at <= $5 \
+                     ORDER BY last_at DESC LIMIT 1",
                 )
                 .bind(subject.clone())
                 .bind(upstream.clone())
@@ -337,35 +364,44 @@ impl Sessions {
         Ok(Some(id))
     }
 
+    /// The writers the index has a cursor for, and the live replicas' writer ids.
+    async fn known_writers(&self, store: &Store) -> Result<Vec<String>, sqlx::Error> {
+        let mut writers: Vec<String> = sqlx::query_scalar("SELECT writer FROM session_cursor")
+            .fetch_all(&self.pool)
+            .await?;
+        writers.extend(store.live_replicas().await?);
+        Ok(writers)
+    }
+
     /// Holds the indexer's lease on PostgreSQL (one replica indexes at a time); on SQLite
     /// the one service always may.
     async fn lease(&self, held: &mut Option<AnyConnection>) -> bool {
         if self.backend != Backend::Postgres {
             return true;
         }
-        if let Some(conn) = held.as_mut() {
-            if conn.ping().await.is_ok() {
-                return true;
-            }
-            *held = None;
+        if held.is_none() {
+            *held = self.connection().await.ok();
         }
-        let Ok(mut conn) = self.connection().await else {
+        let Some(conn) = held.as_mut() else {
             return false;
         };
-        let got: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        // Taken again on the same connection: held already, it stays held (and is counted
+        // twice, which nothing minds); another replica's, it is not.
+        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
             .bind(INDEXER_LOCK)
-            .fetch_one(&mut conn)
-            .await;
-        if got.unwrap_or(false) {
-            tracing::info!("This replica indexes sessions.");
-            *held = Some(conn);
-            true
-        } else {
-            false
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(got) => got,
+            Err(_) => {
+                *held = None;
+                false
+            }
         }
     }
 
-    /// Reads every writer up to its head once (tests, and the indexer's pass).
+    /// Reads every writer up to its head once (tests, and the indexer's pass), then files
+    /// what waited too long to be filed.
     pub async fn catch_up(&self, store: &Store, writers: &[String]) -> Result<usize, sqlx::Error> {
         let mut total = 0;
         for writer in writers {
@@ -377,7 +413,38 @@ impl Sessions {
                 }
             }
         }
+        self.file_unanswered().await?;
         Ok(total)
+    }
+
+    /// An allowed `initialize` whose answer never came (the client went away, the record was
+    /// lost) waits to learn its session id; after the idle gap it is filed without one.
+    async fn file_unanswered(&self) -> Result<(), sqlx::Error> {
+        let cutoff = shifted(
+            &crate::audit::format_time(time::OffsetDateTime::now_utc()),
+            -self.idle_ms,
+        );
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT request_id FROM session_exchanges WHERE session_id IS NULL AND requested = 1 AND at < $1 LIMIT 100",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for request_id in waiting {
+            if let Some(mut e) = Exchange::load(&mut tx, &request_id).await? {
+                e.answered = true;
+                e.session_id = self.assign(&mut tx, &request_id, &e).await?;
+                if let Some(id) = &e.session_id {
+                    touch(&mut tx, id, &e).await?;
+                }
+                e.save(&mut tx, &request_id).await?;
+            }
+        }
+        tx.commit().await
     }
 }
 
@@ -403,7 +470,14 @@ pub async fn run(sessions: Sessions, store: Store, mut stop: watch::Receiver<boo
                 Err(error) => tracing::warn!(%error, "Could not list the trail's writers for the session index."),
             }
         }
-        if let Err(error) = sessions.catch_up(&store, &writers).await {
+        let mut all = writers.clone();
+        match sessions.known_writers(&store).await {
+            Ok(more) => all.extend(more),
+            Err(error) => tracing::warn!(%error, "Could not read the live replicas for the session index."),
+        }
+        all.sort();
+        all.dedup();
+        if let Err(error) = sessions.catch_up(&store, &all).await {
             tracing::warn!(%error, "Could not index sessions; will try again.");
         }
     }

@@ -126,12 +126,32 @@ impl Sessions {
     /// (`audit.db` → `audit.sessions.db`, created 0600 and migrated here), so that indexing
     /// never holds the audit database's write lock while a Check commits.
     pub async fn of(store: &Store, idle_seconds: u64) -> Result<Self, sqlx::Error> {
+        Self::open(store, idle_seconds, true).await
+    }
+
+    /// The index as it is, for reading (the CLI): a SQLite index file that does not exist
+    /// yet is not created (the service builds it).
+    pub async fn existing(store: &Store, idle_seconds: u64) -> Result<Self, sqlx::Error> {
+        Self::open(store, idle_seconds, false).await
+    }
+
+    async fn open(store: &Store, idle_seconds: u64, create: bool) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match (store.backend(), store.path()) {
             (Backend::Postgres, _) => (store.url().to_owned(), Backend::Postgres),
             (Backend::Sqlite, Some(path)) => {
                 let index = path.with_extension("sessions.db");
-                crate::private_file::ensure_private_file(&index).map_err(sqlx::Error::Io)?;
+                if create {
+                    crate::private_file::ensure_private_file(&index).map_err(sqlx::Error::Io)?;
+                } else if !index.exists() {
+                    return Err(sqlx::Error::Configuration(
+                        format!(
+                            "there is no session index at {} yet: a running service builds it",
+                            index.display()
+                        )
+                        .into(),
+                    ));
+                }
                 (format!("sqlite://{}", index.display()), Backend::Sqlite)
             }
             // An in-memory trail (unit tests) gets an in-memory index.
@@ -147,7 +167,7 @@ impl Sessions {
             .acquire_timeout(crate::db::PG_ACQUIRE_TIMEOUT)
             .connect(&url)
             .await?;
-        if backend == Backend::Sqlite {
+        if backend == Backend::Sqlite && create {
             SQLITE_INDEX_MIGRATIONS
                 .run(&pool)
                 .await
@@ -243,9 +263,8 @@ impl Sessions {
             let (last_at, id) = before
                 .split_once('|')
                 .ok_or_else(|| QueryError::Invalid("before must be the `next` of a previous page".into()))?;
-            arg(&mut sql, " AND (s.last_at < $?", last_at.to_owned());
-            arg(&mut sql, " OR (s.last_at = $?", last_at.to_owned());
-            arg(&mut sql, " AND s.id < $?))", id.to_owned());
+            arg(&mut sql, " AND (s.last_at, s.id) < ($?", last_at.to_owned());
+            arg(&mut sql, ", $?)", id.to_owned());
         }
         sql.push_str(&format!(" ORDER BY s.last_at DESC, s.id DESC LIMIT {}", limit + 1));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));

@@ -61,3 +61,40 @@ fn the_transcript_reads_in_order_with_offsets_and_masked_values() {
     assert!(text.contains("[MASKED:email]") && text.contains("denied: denied by rule no-destructive-sql"));
     assert!(text.contains("masked: email 1"));
 }
+
+#[test]
+fn the_transcript_escapes_control_characters_from_callers_and_upstreams() {
+    let session = Session {
+        id: "s_1".into(),
+        upstream: "demo".into(),
+        subject: Some("mallory\u{1b}[2J".into()),
+        upstream_session: None,
+        user_agent: None,
+        client: json!({"name": "evil\nSession s_2 on demo: alice", "version": null, "protocol_version": null}),
+        started_at: "2026-12-03T10:00:00.000Z".into(),
+        last_at: "2026-12-03T10:00:00.000Z".into(),
+        ended_at: None,
+        status: "open",
+        exchanges: 1,
+        calls: 1,
+        denials: 0,
+        approvals: 0,
+        masked: BTreeMap::new(),
+    };
+    let exchanges = [
+        json!({"n": 0, "offset_ms": 0, "method": "tools/call", "tool": "x\r\n+0.000s  #9  fake",
+        "decision": "allow", "arguments": {"a": "\u{7}"}, "approval": [],
+        "responses": [{"message": "ok\n    answer: forged"}]}),
+    ];
+    let text = cli::transcript(&session, &exchanges);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'),
+        "{text}"
+    );
+    assert_eq!(text.lines().filter(|l| l.starts_with("Session ")).count(), 1, "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("+0.000s  #9")), "{text}");
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("answer: forged")),
+        "{text}"
+    );
+}

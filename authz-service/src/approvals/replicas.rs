@@ -78,10 +78,8 @@ impl Replicas {
     pub async fn start(&self) -> Result<(), sqlx::Error> {
         let sql = "DELETE FROM held_calls WHERE replica = $1";
         on_pool!(&self.pool, pool => { sqlx::query(sql).bind(&self.name).execute(pool).await?; });
-        let alive = "INSERT INTO replicas (replica, seen_ms) VALUES ($1, $2) \
-                     ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms";
         let now = self.clock().await?;
-        on_pool!(&self.pool, pool => { sqlx::query(alive).bind(&self.name).bind(now).execute(pool).await?; });
+        on_pool!(&self.pool, pool => { sqlx::query(ALIVE).bind(&self.name).bind(now).execute(pool).await?; });
         self.heartbeat().await
     }
 
@@ -118,14 +116,7 @@ impl Replicas {
             return Ok(());
         };
         let now = self.clock().await?;
-        sqlx::query(
-            "INSERT INTO replicas (replica, seen_ms) VALUES ($1, $2) \
-             ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms",
-        )
-        .bind(&self.name)
-        .bind(now)
-        .execute(pool)
-        .await?;
+        sqlx::query(ALIVE).bind(&self.name).bind(now).execute(pool).await?;
         let gone = now - GONE_AFTER.as_millis() as i64;
         sqlx::query("DELETE FROM held_calls WHERE replica IN (SELECT replica FROM replicas WHERE seen_ms < $1)")
             .bind(gone)
@@ -286,6 +277,9 @@ impl Replicas {
         Ok(())
     }
 }
+
+/// A replica says it is alive at a time (ms, the database's clock).
+const ALIVE: &str = "INSERT INTO replicas (replica, seen_ms) VALUES ($1, $2) ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms";
 
 /// Clear arguments are kept only while their approval is pending.
 const FORGET_SETTLED_CLEAR: &str =

@@ -302,13 +302,23 @@ impl Sessions {
         if !e.learn(r) {
             return Ok(());
         }
+        self.settle(tx, &r.request_id, e).await
+    }
+
+    /// Files exchange `e` under its session if it can be filed now, and stores it.
+    async fn settle(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        request_id: &str,
+        mut e: Exchange,
+    ) -> Result<(), sqlx::Error> {
         if e.session_id.is_none() && e.requested {
-            e.session_id = self.assign(tx, &r.request_id, &e).await?;
+            e.session_id = self.assign(tx, request_id, &e).await?;
         }
         if let Some(id) = &e.session_id {
             touch(tx, id, &e).await?;
         }
-        e.save(tx, &r.request_id).await
+        e.save(tx, request_id).await
     }
 
     /// The session of an exchange whose request is known, creating it if new; `None` while
@@ -437,11 +447,7 @@ impl Sessions {
         for request_id in waiting {
             if let Some(mut e) = Exchange::load(&mut tx, &request_id).await? {
                 e.answered = true;
-                e.session_id = self.assign(&mut tx, &request_id, &e).await?;
-                if let Some(id) = &e.session_id {
-                    touch(&mut tx, id, &e).await?;
-                }
-                e.save(&mut tx, &request_id).await?;
+                self.settle(&mut tx, &request_id, e).await?;
             }
         }
         tx.commit().await

@@ -157,7 +157,8 @@ def test_verify_fails_and_names_the_record(audited_stack, tamper: Callable[..., 
 
 
 def record_hash(seq: int, writer: str, kind: str, request_id: str, recorded_at: str, prev: str, data: dict) -> str:
-    """core/src/audit.rs record_hash, for ASCII data: what a forger with write access computes."""
+    """core/src/audit.rs record_hash (version 2), for ASCII data: what a forger with write access
+    computes."""
     head = (
         json.dumps(
             {"writer": writer, "kind": kind, "request_id": request_id, "recorded_at": recorded_at, "prev_hash": prev}
@@ -166,7 +167,8 @@ def record_hash(seq: int, writer: str, kind: str, request_id: str, recorded_at: 
         .replace(", ", ",")
     )
     body = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f'{{"v":1,"seq":{seq},{head},"data":{body}}}'.encode()).hexdigest()
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return hashlib.sha256(f'{{"v":2,"seq":{seq},{head},"data_sha256":"{digest}"}}'.encode()).hexdigest()
 
 
 def append_chained(stack: Stack, writer: str, count: int) -> tuple[int, int]:

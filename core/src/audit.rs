@@ -4,6 +4,12 @@
 //! own hash covers its sequence number, writer, kind, request id, time, the previous hash
 //! and its data, over a canonical JSON encoding. [`verify_chain`] recomputes all of it, so
 //! an edit, a deletion, an insertion or a reordering of stored rows is found and named.
+//!
+//! Two encodings exist. Version 2 (written now) hashes the fields with the SHA-256 of the
+//! data's canonical JSON, so a record's place in the chain can be proved without its content
+//! (a [`Link`]: what a session export carries for the records of other sessions between its
+//! own and a signed checkpoint). Version 1 (written before) hashed the data itself; a
+//! record's hash holds if it is either, as each binds the same content.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -65,22 +71,79 @@ pub struct Record {
     pub data: Value,
 }
 
+/// The [`RecordFields`] of anything with the record's field names (a record, a link).
+macro_rules! fields_of {
+    ($r:expr) => {
+        RecordFields {
+            seq: $r.seq,
+            writer: &$r.writer,
+            kind: &$r.kind,
+            request_id: &$r.request_id,
+            recorded_at: &$r.recorded_at,
+            prev_hash: &$r.prev_hash,
+        }
+    };
+}
+
 impl Record {
-    /// The hash this record should carry, computed from everything but `hash`.
+    fn fields(&self) -> RecordFields<'_> {
+        fields_of!(self)
+    }
+
+    /// The hash this record should carry, computed from everything but `hash` (version 2).
     pub fn compute_hash(&self) -> String {
-        record_hash(
-            self.seq,
-            &self.writer,
-            &self.kind,
-            &self.request_id,
-            &self.recorded_at,
-            &self.prev_hash,
-            &self.data,
-        )
+        self.fields().hash(&canonical_json(&self.data))
+    }
+
+    /// Whether `hash` is this record's hash, in either encoding.
+    pub fn hash_holds(&self) -> bool {
+        let canonical = canonical_json(&self.data);
+        let fields = self.fields();
+        fields.hash(&canonical) == self.hash || fields.hash_v1(&canonical) == self.hash
+    }
+
+    /// This record's place in its chain without its content; `None` for a version 1 record,
+    /// whose hash cannot be checked without its data.
+    pub fn link(&self) -> Option<Link> {
+        let data_sha256 = data_digest(&canonical_json(&self.data));
+        let link = Link {
+            seq: self.seq,
+            writer: self.writer.clone(),
+            kind: self.kind.clone(),
+            request_id: self.request_id.clone(),
+            recorded_at: self.recorded_at.clone(),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+            data_sha256,
+        };
+        link.hash_holds().then_some(link)
     }
 }
 
-/// SHA-256, hex, over the canonical encoding of a record's fields.
+/// A record's place in its writer's chain without its data: everything its (version 2) hash
+/// covers, the data by its SHA-256. Proves a chain runs through records whose content is not
+/// shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub seq: u64,
+    pub writer: String,
+    pub kind: String,
+    pub request_id: String,
+    pub recorded_at: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub data_sha256: String,
+}
+
+impl Link {
+    /// Whether `hash` is the version 2 hash of these fields.
+    pub fn hash_holds(&self) -> bool {
+        fields_of!(self).hash_of_digest(&self.data_sha256) == self.hash
+    }
+}
+
+/// SHA-256, hex, over the canonical encoding of a record's fields (version 2: with the
+/// SHA-256 of the data's canonical JSON).
 pub fn record_hash(
     seq: u64,
     writer: &str,
@@ -101,6 +164,11 @@ pub fn record_hash(
     fields.hash(&canonical_json(data))
 }
 
+/// SHA-256, hex, of a record's canonical data: what a version 2 hash covers of it.
+pub fn data_digest(canonical_data: &[u8]) -> String {
+    hex::encode(Sha256::digest(canonical_data))
+}
+
 /// A record's fields but its data: with the data's [`canonical_json`], what its hash covers.
 struct RecordFields<'a> {
     seq: u64,
@@ -112,10 +180,37 @@ struct RecordFields<'a> {
 }
 
 impl RecordFields<'_> {
+    /// The hash written now (version 2).
     fn hash(&self, canonical_data: &[u8]) -> String {
+        self.hash_of_digest(&data_digest(canonical_data))
+    }
+
+    /// Version 2: the fields and the data's digest, one fixed-order object.
+    fn hash_of_digest(&self, data_sha256: &str) -> String {
+        let mut buf = self.prefix(2);
+        buf.extend_from_slice(b",\"data_sha256\":");
+        write_str(data_sha256, &mut buf);
+        buf.push(b'}');
+        hex::encode(Sha256::digest(&buf))
+    }
+
+    /// Version 1 (records written before version 2): the fields and the data itself.
+    fn hash_v1(&self, canonical_data: &[u8]) -> String {
+        let mut buf = self.prefix(1);
+        buf.extend_from_slice(b",\"data\":");
+        let mut hasher = Sha256::new();
+        hasher.update(&buf);
+        hasher.update(canonical_data);
+        hasher.update(b"}");
+        hex::encode(hasher.finalize())
+    }
+
+    fn prefix(&self, version: u8) -> Vec<u8> {
         // A fixed-order object: the field set is part of the format, so a version tag leads it.
         let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(b"{\"v\":1,\"seq\":");
+        buf.extend_from_slice(b"{\"v\":");
+        buf.extend_from_slice(version.to_string().as_bytes());
+        buf.extend_from_slice(b",\"seq\":");
         buf.extend_from_slice(self.seq.to_string().as_bytes());
         for (key, value) in [
             ("writer", self.writer),
@@ -129,12 +224,7 @@ impl RecordFields<'_> {
             buf.extend_from_slice(b"\":");
             write_str(value, &mut buf);
         }
-        buf.extend_from_slice(b",\"data\":");
-        let mut hasher = Sha256::new();
-        hasher.update(&buf);
-        hasher.update(canonical_data);
-        hasher.update(b"}");
-        hex::encode(hasher.finalize())
+        buf
     }
 }
 
@@ -261,43 +351,57 @@ impl ChainVerifier {
         self
     }
 
+    /// Starts from a record whose own predecessor is not shown (a segment of a chain, as in a
+    /// session export): the next record pushed must be `seq + 1` and follow `hash`.
+    pub fn starting_after(mut self, seq: u64, hash: impl Into<String>) -> Self {
+        self.last_seq = seq;
+        self.last_hash = hash.into();
+        self
+    }
+
     /// Checks the next record of the writer's chain.
     pub fn push(&mut self, record: &Record) -> Result<(), ChainBreak> {
+        self.push_entry(record.seq, &record.prev_hash, &record.hash, || record.hash_holds())
+    }
+
+    /// Checks the next link of the writer's chain (a record shown without its content).
+    pub fn push_link(&mut self, link: &Link) -> Result<(), ChainBreak> {
+        self.push_entry(link.seq, &link.prev_hash, &link.hash, || link.hash_holds())
+    }
+
+    fn push_entry(
+        &mut self,
+        seq: u64,
+        prev_hash: &str,
+        hash: &str,
+        holds: impl FnOnce() -> bool,
+    ) -> Result<(), ChainBreak> {
         let writer = self.writer.clone();
-        if record.seq == self.last_seq && self.last_seq > 0 {
-            return Err(ChainBreak::Duplicate {
-                writer,
-                seq: record.seq,
-            });
+        if seq == self.last_seq && self.last_seq > 0 {
+            return Err(ChainBreak::Duplicate { writer, seq });
         }
-        if record.seq != self.last_seq + 1 {
+        if seq != self.last_seq + 1 {
             return Err(ChainBreak::Missing {
                 writer,
                 expected: self.last_seq + 1,
-                found: record.seq,
+                found: seq,
             });
         }
-        if record.compute_hash() != record.hash {
-            return Err(ChainBreak::Edited {
-                writer,
-                seq: record.seq,
-            });
+        if !holds() {
+            return Err(ChainBreak::Edited { writer, seq });
         }
-        if record.prev_hash != self.last_hash {
+        if prev_hash != self.last_hash {
             return Err(ChainBreak::Unlinked {
                 writer,
-                seq: record.seq,
+                seq,
                 prev: self.last_seq,
             });
         }
-        if self.vouched.get(&record.seq).is_some_and(|h| *h != record.hash) {
-            return Err(ChainBreak::Rewritten {
-                writer,
-                seq: record.seq,
-            });
+        if self.vouched.get(&seq).is_some_and(|h| h != hash) {
+            return Err(ChainBreak::Rewritten { writer, seq });
         }
-        self.last_seq = record.seq;
-        self.last_hash.clone_from(&record.hash);
+        self.last_seq = seq;
+        self.last_hash = hash.to_owned();
         Ok(())
     }
 
@@ -478,8 +582,44 @@ mod tests {
             &json!({"a": 1}),
         );
         assert_eq!(h, PINNED_HASH);
+        // Records written before version 2 still verify.
+        let mut old = Record {
+            seq: 1,
+            writer: "w".into(),
+            kind: "request".into(),
+            request_id: "r1".into(),
+            recorded_at: "2026-01-01T00:00:00.000Z".into(),
+            prev_hash: GENESIS_HASH.into(),
+            hash: PINNED_V1_HASH.into(),
+            data: json!({"a": 1}),
+        };
+        assert!(old.hash_holds());
+        assert!(old.link().is_none(), "a version 1 record cannot be shown as a link");
+        old.data = json!({"a": 2});
+        assert!(!old.hash_holds());
     }
-    const PINNED_HASH: &str = "432a2b7748aef55b26e35ef21d0d0538a1ec97ce683bf495d3b929b4c22b0a97";
+    const PINNED_HASH: &str = "1dea6787038cb2a1a7e13ad11bf1220bd41c673195fcd6271b9f8c9549462996";
+    const PINNED_V1_HASH: &str = "432a2b7748aef55b26e35ef21d0d0538a1ec97ce683bf495d3b929b4c22b0a97";
+
+    #[test]
+    fn a_link_proves_its_place_without_the_content() {
+        let c = chain(3);
+        let mut link = c[1].link().expect("a version 2 record");
+        let mut v = ChainVerifier::new("w1");
+        v.push(&c[0]).unwrap();
+        v.push_link(&link).unwrap();
+        v.push(&c[2]).unwrap();
+        // A link whose digest or fields were changed no longer holds.
+        link.data_sha256 = data_digest(b"{}");
+        let mut v = ChainVerifier::new("w1");
+        v.push(&c[0]).unwrap();
+        assert_eq!(v.push_link(&link).unwrap_err().seq(), 2);
+        // A segment of the chain verifies from the hash before it.
+        let mut v = ChainVerifier::new("w1").starting_after(1, c[0].hash.clone());
+        v.push(&c[1]).unwrap();
+        v.push(&c[2]).unwrap();
+        assert_eq!(v.finish(), Ok(3));
+    }
 
     #[test]
     fn an_intact_chain_verifies() {

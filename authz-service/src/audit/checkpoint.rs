@@ -38,6 +38,22 @@ impl CheckpointSigner {
         }
     }
 
+    /// Loads an existing key; never creates one (what signs an export must be the key that
+    /// signs the trail's checkpoints).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the checkpoint key {}: {e}", path.display()))?;
+        Ok(Self {
+            key: SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display()))?,
+        })
+    }
+
+    /// Signs arbitrary bytes (a bundle's manifest).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(bytes).to_bytes()
+    }
+
     pub fn sign(&self, head: &ChainHead, signed_at: &str) -> Checkpoint {
         let bytes = Checkpoint::signed_bytes(&head.writer, head.seq, &head.hash, signed_at);
         Checkpoint {
@@ -71,14 +87,22 @@ pub fn load_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
 
 /// Whether a checkpoint's signature is valid under `key`.
 pub fn signature_valid(key: &VerifyingKey, c: &Checkpoint) -> bool {
-    let Ok(bytes) = hex::decode(&c.signature) else {
+    bytes_signed(
+        key,
+        &Checkpoint::signed_bytes(&c.writer, c.seq, &c.hash, &c.signed_at),
+        &c.signature,
+    )
+}
+
+/// Whether `signature` (hex) is `key`'s signature of `bytes`.
+pub fn bytes_signed(key: &VerifyingKey, bytes: &[u8], signature: &str) -> bool {
+    let Ok(sig) = hex::decode(signature) else {
         return false;
     };
-    let Ok(sig) = Signature::from_slice(&bytes) else {
+    let Ok(sig) = Signature::from_slice(&sig) else {
         return false;
     };
-    key.verify(&Checkpoint::signed_bytes(&c.writer, c.seq, &c.hash, &c.signed_at), &sig)
-        .is_ok()
+    key.verify(bytes, &sig).is_ok()
 }
 
 /// Appends a checkpoint as one JSON line and syncs it (a new log is created 0600).

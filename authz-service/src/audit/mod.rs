@@ -7,6 +7,7 @@
 //! gets its record back only after the commit: the ext_authz Check allows a request only
 //! once its request record is durable.
 
+pub mod bundle;
 pub mod checkpoint;
 mod sink;
 mod store;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Deserialize;
@@ -15,12 +16,14 @@ use serde_json::{Value, json};
 
 use super::{ApiError, require_auditor, store_error};
 use crate::AppState;
+use crate::sessions::export::ExportError;
 use crate::sessions::{QueryError, SessionQuery, exchange_view};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/sessions", get(list))
         .route("/v1/sessions/{id}", get(one))
+        .route("/v1/sessions/{id}/export", get(export))
 }
 
 /// The most exchanges one timeline page holds.
@@ -85,4 +88,62 @@ async fn one(
     Ok(Json(
         json!({"session": session, "exchanges": exchanges, "next_from": next_from}),
     ))
+}
+
+/// A session's verifiable export as a tar archive (`gatehouse audit verify-export` reads it
+/// as is). This service's own writer signs a checkpoint first, so its records are vouched for;
+/// another replica's newest records are vouched for once that replica signs its next one.
+async fn export(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_auditor(&state, &headers).await?;
+    let Some(policy) = &state.config.audit.checkpoint else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exports are signed with the checkpoint key, and audit.checkpoint is not configured",
+        ));
+    };
+    let unavailable = |error: anyhow::Error| {
+        tracing::error!(error = %error, "Cannot read the checkpoint key or log for an export.");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the export cannot be signed now")
+    };
+    let signer = crate::audit::checkpoint::CheckpointSigner::load(&policy.key_file).map_err(unavailable)?;
+    let external = match &policy.log_file {
+        Some(path) if path.exists() => crate::audit::checkpoint::read_log(path).map_err(unavailable)?,
+        _ => Vec::new(),
+    };
+    state.audit.checkpoint_now().await;
+    let made =
+        crate::sessions::export::export(state.audit.store(), &state.session_index, &id, &signer, &external).await;
+    let done = match made {
+        Ok(done) => done,
+        Err(ExportError::NotFound(_)) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
+        Err(ExportError::Refused(problem)) => {
+            tracing::error!(session = %id, %problem, "A session export was refused.");
+            return Err(ApiError::new(StatusCode::CONFLICT, problem));
+        }
+        Err(ExportError::Store(error)) => return Err(store_error(error)),
+        Err(ExportError::Other(error)) => return Err(unavailable(error)),
+    };
+    // The id came from the index; only its safe characters name the file.
+    let name: String = done
+        .session
+        .id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        .collect();
+    let top = format!("session-{name}");
+    let tar = done.bundle.tar(&top).map_err(unavailable)?;
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{top}.tar\""))
+        .map_err(|e| unavailable(anyhow::anyhow!(e)))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar")),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        tar,
+    )
+        .into_response())
 }

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use serde_json::Value;
 
 use super::{Session, SessionQuery, Sessions, exchange_view};
@@ -76,6 +77,48 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
     }
     print!("{}", transcript(&session, &exchanges));
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(config: &Config, id: &str, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let policy = config
+        .audit
+        .checkpoint
+        .as_ref()
+        .context("an export is signed with the checkpoint key: configure audit.checkpoint.key_file")?;
+    let signer = crate::audit::checkpoint::CheckpointSigner::load(&policy.key_file)?;
+    let external = match &policy.log_file {
+        Some(path) if path.exists() => crate::audit::checkpoint::read_log(path)?,
+        _ => Vec::new(),
+    };
+    let (store, sessions) = open(config).await?;
+    match super::export::export(&store, &sessions, id, &signer, &external).await {
+        Ok(done) => {
+            done.bundle.write_dir(out)?;
+            let about = &done.bundle.manifest.about;
+            println!(
+                "Exported session {} ({}): {} exchanges, {} records, {} chain links, to {}",
+                done.session.id,
+                done.session.status,
+                about["exchanges"],
+                about["records"],
+                about["links"],
+                out.display()
+            );
+            for note in &done.bundle.manifest.notes {
+                println!("note: {note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(super::export::ExportError::NotFound(id)) => {
+            eprintln!("error: no session {id}");
+            Ok(ExitCode::from(1))
+        }
+        Err(super::export::ExportError::Refused(problem)) => {
+            eprintln!("error: {problem}");
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => Err(anyhow::anyhow!(error)),
+    }
 }
 
 /// A session as a readable transcript: a heading, then one block per exchange with its time

@@ -12,6 +12,7 @@
 //! dropped and rebuilt from the trail.
 
 pub mod cli;
+pub mod export;
 pub mod index;
 
 use std::collections::BTreeMap;

@@ -92,7 +92,10 @@ impl AuditIngest for IngestService {
                 refused += 1;
                 continue;
             }
-            let event = response_event(r, &batch.source, &state.masker);
+            let mut event = response_event(r, &batch.source, &state.masker);
+            if view.metadata_only.contains(&r.request_id) {
+                keep_metadata_only(&mut event, r.message.len() as u64);
+            }
             if let Some(record) = admit(&mut view, &r.request_id, Some(u64::from(r.part)), event, state) {
                 records.push(record);
             }
@@ -206,7 +209,7 @@ fn admit(
             e.conflict = true;
             e.source.clone()
         }
-        AuditEvent::Request(_) | AuditEvent::Approval(_) => "-".to_owned(),
+        AuditEvent::Request(_) | AuditEvent::Approval(_) | AuditEvent::ConfigChanged(_) => "-".to_owned(),
     };
     tracing::warn!(
         request_id,
@@ -288,6 +291,17 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// Leaves an answer's content out under `metadata` recording: its message becomes `null`,
+/// and `content` holds its size and the SHA-256 of the masked message left out.
+fn keep_metadata_only(event: &mut AuditEvent, bytes: u64) {
+    if let AuditEvent::Response(part) = event {
+        let message = std::mem::take(&mut part.message);
+        if !message.is_null() {
+            part.content = Some(crate::recording::digest(bytes, &message));
+        }
+    }
+}
+
 /// The message as JSON when it parses, else as text (a truncated or non-JSON body).
 fn message_value(bytes: &[u8]) -> Value {
     if bytes.is_empty() {
@@ -343,6 +357,7 @@ pub fn response_event(r: &ResponseObserved, source: &str, masker: &Masker) -> Au
         end_reason: non_empty(&r.end_reason),
         source: source.to_owned(),
         session_id: non_empty(&r.session_id),
+        content: None,
         conflict: false,
     }
     .into()
@@ -433,7 +448,9 @@ mod tests {
     }
 
     fn filter_records(all: &[gatehouse_core::audit::Record]) -> Vec<&gatehouse_core::audit::Record> {
-        all.iter().filter(|r| r.kind != "request").collect()
+        all.iter()
+            .filter(|r| r.kind != "request" && r.kind != "config_changed")
+            .collect()
     }
 
     #[tokio::test]

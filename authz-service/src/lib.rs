@@ -22,6 +22,7 @@ pub mod masking;
 pub mod metrics;
 pub mod policy;
 pub mod private_file;
+pub mod recording;
 pub mod rest;
 pub mod server;
 pub mod sessions;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub masker: gatehouse_core::mask::Masker,
     /// The policy in force (`None`: no `policy` section); replaced when the file changes.
     pub policy: policy::InForce,
+    /// The recording rules in force; replaced with the policy when the file changes.
+    pub recording: policy::InForce<Arc<recording::Recording>>,
     pub approvals: Arc<approvals::Approvals>,
     /// STS sessions per caller for the `aws_sigv4` upstreams.
     pub aws: aws::AwsSessions,

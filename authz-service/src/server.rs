@@ -113,6 +113,28 @@ impl Server {
             .await
             .context("cannot open the session index")?;
         let policy = crate::policy::InForce::new(config.policy.clone().map(Arc::new));
+        let recording = crate::policy::InForce::new(Arc::new(config.recording.clone()));
+        // The configuration it starts with is a record, compared with the newest one: a file
+        // edited while the service was down shows what changed. No record, no start.
+        let previous = crate::config::changes::newest(audit.store())
+            .await
+            .context("cannot read the newest configuration record")?;
+        let loaded = crate::config::changes::event(
+            "loaded",
+            &config.source,
+            config.text.as_bytes(),
+            previous.as_ref(),
+            &[],
+            &masker,
+        );
+        let config_digests = loaded.digests.clone();
+        audit
+            .append_event(
+                &crate::authz::check::new_request_id(),
+                gatehouse_core::events::AuditEvent::ConfigChanged(loaded),
+            )
+            .await
+            .context("cannot record the configuration in the audit trail")?;
         let aws = crate::aws::AwsSessions::new(&config).await;
         let rest_listener = TcpListener::bind(config.service.rest_listen)
             .await
@@ -129,6 +151,7 @@ impl Server {
             dev_issuer,
             masker,
             policy,
+            recording,
             approvals,
             aws,
             sessions,
@@ -193,9 +216,15 @@ impl Server {
         });
         // Ends with the shutdown signal; a failure here must not stop serving.
         tokio::spawn(crate::policy::reload::watch(
-            state.policy.clone(),
-            state.metrics.clone(),
-            state.config.source.clone(),
+            crate::policy::reload::Watched {
+                policy: state.policy.clone(),
+                recording: state.recording.clone(),
+                audit: state.audit.clone(),
+                masker: state.masker.clone(),
+                metrics: state.metrics.clone(),
+                path: state.config.source.clone(),
+                digests: config_digests,
+            },
             shutdown.subscribe(),
         ));
         tokio::spawn(crate::approvals::sweep(state.approvals.clone(), shutdown.subscribe()));

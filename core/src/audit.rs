@@ -31,6 +31,8 @@ pub enum RecordKind {
     RequestRejected,
     /// A step of an approval: requested, notified, approved, denied, expired, used.
     Approval,
+    /// The service's configuration at start or at a reload, taken or refused.
+    ConfigChanged,
 }
 
 impl RecordKind {
@@ -40,6 +42,7 @@ impl RecordKind {
             Self::Response => "response",
             Self::RequestRejected => "request_rejected",
             Self::Approval => "approval",
+            Self::ConfigChanged => "config_changed",
         }
     }
 
@@ -49,6 +52,7 @@ impl RecordKind {
             "response" => Some(Self::Response),
             "request_rejected" => Some(Self::RequestRejected),
             "approval" => Some(Self::Approval),
+            "config_changed" => Some(Self::ConfigChanged),
             _ => None,
         }
     }

@@ -65,6 +65,8 @@ fn request(subject: Option<&str>, groups: &[&str], upstream: Option<&str>) -> Re
         upstream_credential: None,
         client: None,
         user_agent: None,
+        recording: None,
+        content: None,
     }
 }
 
@@ -98,6 +100,7 @@ fn response(part: u32, is_final: bool, message: Value) -> ResponsePartObserved {
         end_reason: None,
         source: "gatehouse/1/e9296d74".into(),
         session_id: None,
+        content: None,
         conflict: false,
     }
 }

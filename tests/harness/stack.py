@@ -462,6 +462,7 @@ def write_config(
     masking: dict[str, Any] | None = None,
     extra_upstreams: Sequence[dict[str, Any]] = (),
     policy: Sequence[dict[str, Any]] | None = None,
+    recording: Sequence[dict[str, Any]] | None = None,
     approvals: dict[str, Any] | None = None,
     ext_authz_timeout_ms: int = 2000,
     upstream_ca_file: Path | None = None,
@@ -477,7 +478,8 @@ def write_config(
     `grpc_plaintext`: the gRPC listener without mTLS (loopback only); by default Envoy and the
     service speak mTLS with the certificates of scripts/gen-tls.sh in `tls/`.
     `extra_upstreams`: more `upstreams:` entries, after the main one.
-    `policy`: the rules of `policy:` (absent when None); `approvals`: the `approvals:` section."""
+    `policy`: the rules of `policy:` (absent when None); `recording`: the `recording:` rules;
+    `approvals`: the `approvals:` section."""
     identity: dict[str, Any] = {
         "issuer": issuer.issuer if issuer else f"http://127.0.0.1:{rest_port}/dev",
         "audience": issuer.audience if issuer else "gatehouse",
@@ -540,6 +542,8 @@ def write_config(
         config["audit"].update(audit)
     if policy is not None:
         config["policy"] = {"rules": list(policy)}
+    if recording is not None:
+        config["recording"] = list(recording)
     if approvals is not None:
         config["approvals"] = approvals
     if max_response_bytes is not None:
@@ -567,6 +571,7 @@ def start_stack(
     masking: dict[str, Any] | None = None,
     demo_json: bool = False,
     policy: Sequence[dict[str, Any]] | None = None,
+    recording: Sequence[dict[str, Any]] | None = None,
     approvals: dict[str, Any] | None = None,
     ext_authz_timeout_ms: int = 2000,
     upstream_tls: Path | None = None,
@@ -590,7 +595,8 @@ def start_stack(
     `issuer`: identity comes from this test issuer (or a real `OidcProvider`, with its
     `groups_claim`) instead of the service's dev issuer.
     `masking`, `max_response_bytes`: the config's `masking:` section and `envoy.max_response_bytes`.
-    `policy`, `approvals`, `ext_authz_timeout_ms`: `policy.rules`, `approvals:` and the Check's
+    `policy`, `recording`, `approvals`, `ext_authz_timeout_ms`: `policy.rules`, `recording:`,
+    `approvals:` and the Check's
     timeout (a held call waits inside the Check, so it must outlast the longest hold).
     `upstream_tls`: the echo upstream serves HTTPS with this folder's server.crt/key;
     `upstream_ca_file`: the upstream's `ca_file` (the CAs its certificate must chain to).
@@ -656,6 +662,7 @@ def start_stack(
             max_response_bytes=max_response_bytes,
             masking=masking,
             policy=policy,
+            recording=recording,
             approvals=approvals,
             ext_authz_timeout_ms=ext_authz_timeout_ms,
             upstream_ca_file=upstream_ca_file,

@@ -49,6 +49,8 @@ pub struct RecordQuery {
 pub struct IngestView {
     /// Requests with a committed request record.
     pub requested: HashSet<String>,
+    /// Those of them recorded by metadata only (`recording:`): their answers keep no content.
+    pub metadata_only: HashSet<String>,
     /// Stored filter records by (request id, response part; `None` for a rejection): their
     /// data.
     pub stored: HashMap<(String, Option<u64>), Vec<serde_json::Value>>,
@@ -293,11 +295,11 @@ impl Store {
         };
         // The ids and parts are bound as two JSON arrays, so the statement's text is always
         // the same (prepared once) whatever the batch holds. A request's record is read for
-        // its existence only; a response's data only for the parts asked about (a long stream
+        // its existence and recording scope only; a response's data only for the parts asked about (a long stream
         // has many). Two halves so that each uses the index by request (and part): a long
         // stream's batches must not read all its records every time.
         let mut query = conn.prepare_cached(
-            "SELECT request_id, kind, NULL, CASE WHEN kind = 'request' THEN NULL ELSE data END
+            "SELECT request_id, kind, NULL, CASE WHEN kind = 'request' THEN json_extract(data, '$.recording') ELSE data END
              FROM audit_records
              WHERE request_id IN (SELECT value FROM json_each(?1)) AND kind IN ('request', 'request_rejected')
              UNION ALL
@@ -415,6 +417,22 @@ impl Store {
         })
     }
 
+    /// The newest `config_changed` records of any writer, newest first, at most `limit` (on
+    /// their own partial index).
+    pub async fn newest_configs(&self, limit: u32) -> Result<Vec<Record>, sqlx::Error> {
+        on_pool!(&self.pool, pool => {
+            sqlx::query(select_records!(
+                "WHERE kind = 'config_changed' ORDER BY recorded_at DESC, seq DESC LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
+        })
+    }
+
     /// A writer's checkpoints, oldest first.
     pub async fn checkpoints(&self, writer: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
         let rows: Vec<(String, i64, String, String, String)> = on_pool!(&self.pool, pool => {
@@ -448,6 +466,9 @@ impl IngestView {
     fn add(&mut self, id: String, kind: &str, part: Option<i64>, data: Option<String>) {
         let part = match kind {
             "request" => {
+                if data.as_deref() == Some("metadata") {
+                    self.metadata_only.insert(id.clone());
+                }
                 self.requested.insert(id);
                 return;
             }
@@ -465,7 +486,7 @@ impl IngestView {
 async fn ingest_view_postgres(pool: &sqlx::PgPool, ids: &[&str], parts: &[u64]) -> Result<IngestView, sqlx::Error> {
     let parts: Vec<i64> = parts.iter().map(|&p| p as i64).collect();
     let rows = sqlx::query(
-        "SELECT request_id, kind, NULL::bigint, CASE WHEN kind = 'request' THEN NULL ELSE data END
+        "SELECT request_id, kind, NULL::bigint, CASE WHEN kind = 'request' THEN data::jsonb ->> 'recording' ELSE data END
          FROM audit_records
          WHERE request_id = ANY($1) AND kind IN ('request', 'request_rejected')
          UNION ALL

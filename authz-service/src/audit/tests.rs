@@ -39,7 +39,8 @@ async fn checkpoints_are_signed_and_catch_a_deleted_tail() {
     let store = server.state.audit.store();
     // The writer checkpoints every 5 records.
     let report = verify_store(store, Some(&key)).await.unwrap();
-    assert_eq!(report.writers[0].records, 12);
+    // Its configuration's record, then the twelve.
+    assert_eq!(report.writers[0].records, 13);
     assert!(report.writers[0].checkpoints >= 2, "{report:?}");
 
     // Deleting the newest records leaves a valid chain, but not the checkpoint at 10.
@@ -96,10 +97,11 @@ async fn a_restarted_writer_continues_its_chain() {
         .append_one(RecordKind::Request, "r", json!({}))
         .await
         .unwrap();
-    assert_eq!(r.seq, 4);
+    // Each start records its configuration first: 1 + 3, then 5 and this one.
+    assert_eq!(r.seq, 6);
     assert_eq!(
         verify_store(second.state.audit.store(), None).await.unwrap().writers[0].records,
-        4
+        6
     );
     second.stop();
 }

@@ -94,6 +94,7 @@ pub async fn decide(state: &AppState, view: &HttpRequestView<'_>) -> Decision {
         }
         Err(denial) => (new_request_id(), Err(denial)),
     };
+    record.apply_recording(&state.recording.current(), view.body.len() as u64);
     let (record, extra, grant, outcome) = match passed {
         Ok(passed) => {
             let (principal, upstream) = (&passed.principal, &passed.upstream.name);
@@ -448,7 +449,7 @@ pub fn resource_metadata_url(public_url: &url::Url, path: &str) -> String {
 }
 
 /// A request id for a Check that came without one (it is refused, and recorded under it).
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

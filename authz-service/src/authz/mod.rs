@@ -14,7 +14,7 @@
 //! `answer.rs` (what goes back to Envoy).
 
 mod answer;
-mod check;
+pub mod check;
 mod denial;
 mod record;
 mod session;

@@ -41,6 +41,8 @@ impl RequestRecord {
             upstream_credential: None,
             client: parsed.and_then(|env| client_of(env, masker)),
             user_agent: view.header("user-agent").map(|ua| short_masked(ua, masker)),
+            recording: None,
+            content: None,
         };
         if let Some(env) = parsed {
             describe_messages(&mut facts, env, masker);
@@ -81,6 +83,14 @@ impl RequestRecord {
     /// The tool's arguments as recorded (masked).
     pub fn masked_arguments(&self) -> Value {
         self.0.message.as_ref().map_or(Value::Null, |m| m.arguments.clone())
+    }
+
+    /// Leaves the content out if a `recording:` rule says `metadata` for this call (by what
+    /// the record knows by now: caller, upstream, method, tool).
+    pub fn apply_recording(&mut self, recording: &crate::recording::Recording, body_bytes: u64) {
+        if recording.scope_of(&self.0).0 == crate::recording::Scope::Metadata {
+            crate::recording::keep_metadata_only(&mut self.0, body_bytes);
+        }
     }
 
     /// The call goes upstream.

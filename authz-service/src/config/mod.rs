@@ -3,6 +3,7 @@
 //! [`raw`] mirrors the file with `deny_unknown_fields`; [`Config::load`] turns it into the
 //! validated [`Config`], reporting every problem at once with the path of the bad field.
 
+pub mod changes;
 mod gitleaks;
 mod raw;
 
@@ -43,6 +44,8 @@ impl std::error::Error for ConfigErrors {}
 pub struct Config {
     /// Where the file was read from; relative paths were resolved against its folder.
     pub source: PathBuf,
+    /// The text it was read from (its SHA-256 and digests are recorded, `config_changed`).
+    pub text: String,
     pub service: Service,
     pub identity: Identity,
     pub audit: Audit,
@@ -51,6 +54,8 @@ pub struct Config {
     pub masking: crate::masking::MaskingPolicy,
     /// `None`: no `policy:` section; the upstreams' `allow_groups` alone decide.
     pub policy: Option<crate::policy::Policy>,
+    /// `recording:`: what the trail keeps of each call (empty: everything in full).
+    pub recording: crate::recording::Recording,
     pub approvals: Approvals,
 }
 
@@ -308,7 +313,10 @@ impl Config {
         let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(syntax)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         match serde_yaml::from_value::<raw::Config>(doc.clone()) {
-            Ok(raw) => raw.validate(path, &base),
+            Ok(raw) => raw.validate(path, &base).map(|mut config| {
+                config.text = text.to_owned();
+                config
+            }),
             Err(e) => Err(Self::partial_file_problems(&doc, path, &base).unwrap_or_else(|| syntax(e))),
         }
     }

@@ -26,6 +26,9 @@ pub struct Config {
     pub policy: Option<Policy>,
     #[serde(default)]
     pub approvals: Approvals,
+    /// What the trail keeps of each call (`full` unless a rule says `metadata`).
+    #[serde(default)]
+    pub recording: Vec<crate::recording::RawRecordingRule>,
 }
 
 /// `approvals:`: where approvers decide and whom to notify.
@@ -872,6 +875,23 @@ impl Config {
             }
         });
 
+        for (i, rule) in self.recording.iter().enumerate() {
+            for name in rule.upstreams.iter().flatten() {
+                if !upstreams.iter().any(|u| &u.name == name) {
+                    p.add(
+                        format!("recording[{i}].upstreams"),
+                        format!("{name:?} is not an upstream"),
+                    );
+                }
+            }
+        }
+        let recording = crate::recording::Recording::compile(&self.recording).unwrap_or_else(|problems| {
+            for (path, message) in problems {
+                p.add(path, message);
+            }
+            crate::recording::Recording::default()
+        });
+
         let e = self.envoy;
         if let Some(policy) = &policy {
             for (id, hold) in policy.holds() {
@@ -939,6 +959,7 @@ impl Config {
         };
         Ok(super::Config {
             source: source.to_path_buf(),
+            text: String::new(),
             service: super::Service {
                 rest_listen: rest_listen.ok_or_else(missing)?,
                 grpc_listen: grpc_listen.ok_or_else(missing)?,
@@ -983,6 +1004,7 @@ impl Config {
             },
             masking,
             policy,
+            recording,
             approvals: approvals.ok_or_else(missing)?,
         })
     }
@@ -1231,7 +1253,7 @@ pub fn expand_env(text: &str) -> Result<String, String> {
 
 pub fn structure_problems(doc: &serde_yaml::Value) -> Structure {
     use serde_yaml::Value;
-    const SECTIONS: [(&str, bool); 8] = [
+    const SECTIONS: [(&str, bool); 9] = [
         ("service", true),
         ("identity", true),
         ("audit", true),
@@ -1240,6 +1262,7 @@ pub fn structure_problems(doc: &serde_yaml::Value) -> Structure {
         ("masking", false),
         ("policy", false),
         ("approvals", false),
+        ("recording", false),
     ];
     let mut problems = Vec::new();
     let problem = |path: String, message: String| super::ConfigError { path, message };
@@ -1291,6 +1314,7 @@ pub fn structure_problems(doc: &serde_yaml::Value) -> Structure {
                 "envoy" => serde_yaml::from_str::<Envoy>(&text).map(drop),
                 "masking" => serde_yaml::from_str::<Masking>(&text).map(drop),
                 "policy" => serde_yaml::from_str::<Option<Policy>>(&text).map(drop),
+                "recording" => serde_yaml::from_str::<Vec<crate::recording::RawRecordingRule>>(&text).map(drop),
                 _ => serde_yaml::from_str::<Approvals>(&text).map(drop),
             }
         };

@@ -124,7 +124,7 @@ fn a_partial_file_gets_every_structural_problem() {
         [
             (
                 "extra",
-                "unknown section (expected one of service, identity, audit, upstreams, envoy, masking, policy, approvals)"
+                "unknown section (expected one of service, identity, audit, upstreams, envoy, masking, policy, approvals, recording)"
             ),
             ("service.rest_listen", "invalid type: sequence, expected a string"),
             ("service.bogus", "unknown field `bogus`"),

@@ -12,6 +12,7 @@
 //! `Option<T>` with `skip_serializing_if` (the field is absent unless it applies).
 
 mod approval;
+mod config;
 mod request;
 mod response;
 
@@ -19,9 +20,10 @@ pub use approval::{
     ApprovalDenied, ApprovalEvent, ApprovalExpired, ApprovalFacts, ApprovalGranted, ApprovalRequested,
     ApprovalUseReturned, ApprovalUsed, ApproverNotificationFailed, ApproversNotified, ArgumentsMasked, MaskedSpan,
 };
+pub use config::{ConfigChanged, ConfigChanges, ConfigDigests, Diff};
 pub use request::{
-    ApprovalRef, BatchMessage, ClientInfo, Decision, FirstMessage, RequestAllowed, RequestDecided, RequestDenied,
-    RequestFacts, USER_AGENT_MAX, UpstreamCredentialPresented,
+    ApprovalRef, BatchMessage, ClientInfo, ContentDigest, Decision, FirstMessage, RequestAllowed, RequestDecided,
+    RequestDenied, RequestFacts, USER_AGENT_MAX, UpstreamCredentialPresented,
 };
 pub use response::{EndReason, RequestRejected, ResponsePart, ResponsePartObserved, Withheld};
 
@@ -55,6 +57,8 @@ pub enum AuditEvent {
     RequestRejected(RequestRejected),
     /// A step of an approval (`approval`).
     Approval(ApprovalEvent),
+    /// The service's configuration at start or at a reload (`config_changed`).
+    ConfigChanged(ConfigChanged),
 }
 
 impl AuditEvent {
@@ -65,6 +69,7 @@ impl AuditEvent {
             Self::Response(_) => RecordKind::Response,
             Self::RequestRejected(_) => RecordKind::RequestRejected,
             Self::Approval(_) => RecordKind::Approval,
+            Self::ConfigChanged(_) => RecordKind::ConfigChanged,
         }
     }
 
@@ -77,6 +82,7 @@ impl AuditEvent {
             Self::Response(e) => serde_json::to_value(e),
             Self::RequestRejected(e) => serde_json::to_value(e),
             Self::Approval(e) => serde_json::to_value(e),
+            Self::ConfigChanged(e) => serde_json::to_value(e),
         };
         value.map_err(|source| EventError::Json { kind, source })
     }
@@ -112,6 +118,7 @@ impl AuditEvent {
             RecordKind::Response => Self::Response(ResponsePartObserved::deserialize(data).map_err(json)?),
             RecordKind::RequestRejected => Self::RequestRejected(RequestRejected::deserialize(data).map_err(json)?),
             RecordKind::Approval => Self::Approval(ApprovalEvent::deserialize(data).map_err(json)?),
+            RecordKind::ConfigChanged => Self::ConfigChanged(ConfigChanged::deserialize(data).map_err(json)?),
         })
     }
 }
@@ -136,6 +143,7 @@ event_from!(
     Response(ResponsePartObserved),
     RequestRejected(RequestRejected),
     Approval(ApprovalEvent),
+    ConfigChanged(ConfigChanged),
 );
 
 /// `skip_serializing_if` for flags written only when set.

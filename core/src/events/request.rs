@@ -110,6 +110,24 @@ pub struct RequestFacts {
     /// caller's clients apart when the upstream keeps no MCP sessions. Absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// `metadata` when a `recording:` rule chose to keep no content: the arguments are left
+    /// out (`null`) and [`content`](Self::content) says what they were. Absent: `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+    /// Under `metadata` recording, the size and SHA-256 of the content left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentDigest>,
+}
+
+/// What a record left out under `metadata` recording: the size of what was received, and
+/// the SHA-256 of the masked content a `full` record would have held (its canonical JSON):
+/// it proves what was sent to anyone holding it, and reveals no clear value to anyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentDigest {
+    /// Bytes received (the request body, or the answer's message).
+    pub bytes: u64,
+    /// SHA-256 (hex) of the masked content's canonical JSON.
+    pub sha256: String,
 }
 
 /// The longest `User-Agent` a record keeps (characters).

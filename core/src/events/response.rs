@@ -55,6 +55,10 @@ pub struct ResponsePartObserved {
     /// on the first part only; absent when it set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// Under `metadata` recording (the request's record says so), `message` is `null` and this
+    /// says what it held. Only the service sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<super::ContentDigest>,
     /// Another, different record for the same request and part was stored first (absent:
     /// no conflict). Only the service sets it.
     #[serde(default, skip_serializing_if = "is_false")]

@@ -109,6 +109,21 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write a SOC 2 evidence pack for a period: an HTML report and a CSV per table (CC6.1,
+    /// CC6.2/6.3, CC6.7, CC7.2, CC8.1), signed like a session export.
+    Evidence {
+        /// The period's start (RFC 3339, included).
+        #[arg(long)]
+        from: String,
+        /// The period's end (RFC 3339, excluded).
+        #[arg(long)]
+        to: String,
+        /// A new (or empty) directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "gatehouse.yaml")]
+        config: PathBuf,
+    },
     /// List and read sessions (the exchanges of one MCP session, masked) from the trail.
     Sessions {
         #[command(subcommand)]
@@ -252,6 +267,9 @@ impl Cli {
             Command::Audit {
                 command: AuditCommand::VerifyExport { dir, public_key },
             } => return verify_export(&dir, &public_key),
+            Command::Evidence { from, to, out, config } => {
+                return evidence(&load(&config)?, &from, &to, &out).await;
+            }
             Command::Migrate { config } => {
                 let config = load(&config)?;
                 let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5))
@@ -351,6 +369,53 @@ impl Cli {
     }
 }
 
+/// `gatehouse evidence`: the pack for a period, signed with the checkpoint key.
+async fn evidence(config: &Config, from: &str, to: &str, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (Some(from_n), Some(to_n)) = (crate::audit::normalize_time(from), crate::audit::normalize_time(to)) else {
+        eprintln!("error: --from and --to must be RFC 3339 times (2026-12-01T00:00:00Z)");
+        return Ok(ExitCode::from(2));
+    };
+    if from_n >= to_n {
+        eprintln!("error: --from must be before --to");
+        return Ok(ExitCode::from(2));
+    }
+    let policy = config
+        .audit
+        .checkpoint
+        .as_ref()
+        .context("an evidence pack is signed with the checkpoint key: configure audit.checkpoint.key_file")?;
+    let signer = CheckpointSigner::load(&policy.key_file)?;
+    let external = match &policy.log_file {
+        Some(path) if path.exists() => checkpoint::read_log(path)?,
+        _ => Vec::new(),
+    };
+    let store = Store::connect(&config.audit.database, std::time::Duration::from_secs(5)).await?;
+    let built = crate::evidence::build(config, &store, &from_n, &to_n, &signer, &external).await?;
+    built.write_dir(out)?;
+    let summary: serde_json::Value = built
+        .files
+        .iter()
+        .find(|(name, _)| name == "summary.json")
+        .and_then(|(_, bytes)| serde_json::from_slice(bytes).ok())
+        .unwrap_or_default();
+    let n = |v: &serde_json::Value, what: &str| counted(v.as_u64().unwrap_or(0) as usize, what);
+    println!(
+        "Evidence for {from_n} to {to_n}: {}, {} by {}, {}, {} masked, {}; chain verified: {}.",
+        n(&summary["records"], "record"),
+        n(&summary["cc6_1"]["calls"], "call"),
+        n(&summary["cc6_1"]["users"], "user"),
+        n(&summary["cc6_2"]["approvals"], "approval"),
+        n(&summary["cc6_7"]["masked"], "value"),
+        n(&summary["cc8_1"]["config_changed"], "configuration record"),
+        summary["cc7_2"]["chain"]["verified"],
+    );
+    println!("Wrote {} (open report.html).", out.display());
+    for note in &built.manifest.notes {
+        println!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// "1 record", "2 records".
 fn counted(n: usize, what: &str) -> String {
     if n == 1 {
@@ -407,6 +472,16 @@ fn verify_export(dir: &std::path::Path, public_key: &std::path::Path) -> anyhow:
                 return Ok(ExitCode::from(1));
             }
         }
+        crate::evidence::KIND => match crate::evidence::verify(&opened, &key) {
+            Ok(checkpoints) => println!(
+                "Evidence pack {} to {}: {} files, {}.",
+                opened.manifest.about["from"].as_str().unwrap_or("?"),
+                opened.manifest.about["to"].as_str().unwrap_or("?"),
+                opened.manifest.files.len(),
+                counted(checkpoints, "signed checkpoint"),
+            ),
+            Err(problem) => return broken(problem),
+        },
         other => return broken(format!("{}: unknown kind {other:?}", crate::audit::bundle::MANIFEST)),
     }
     println!("Export verified.");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod credentials;
 pub mod db;
 pub mod envoy_config;
+pub mod evidence;
 pub mod grpc_tls;
 pub mod identity;
 pub mod ingest;

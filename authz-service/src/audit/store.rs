@@ -433,6 +433,35 @@ impl Store {
         })
     }
 
+    /// Records with `from <= recorded_at < to` in (recorded_at, writer, seq) order, `limit` at a
+    /// time after `after` (the last of the previous page).
+    pub async fn records_between(
+        &self,
+        from: &str,
+        to: &str,
+        after: Option<(&str, &str, u64)>,
+        limit: u32,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        let (at, writer, seq) = after.unwrap_or(("", "", 0));
+        on_pool!(&self.pool, pool => {
+            sqlx::query(select_records!(
+                "WHERE recorded_at >= $1 AND recorded_at < $2 AND (recorded_at, writer, seq) > ($3, $4, $5) \
+                 ORDER BY recorded_at, writer, seq LIMIT $6"
+            ))
+            .bind(from)
+            .bind(to)
+            .bind(at)
+            .bind(writer)
+            .bind(seq as i64)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
+        })
+    }
+
     /// A writer's checkpoints, oldest first.
     pub async fn checkpoints(&self, writer: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
         let rows: Vec<(String, i64, String, String, String)> = on_pool!(&self.pool, pool => {

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from harness import paths
+from harness.browser import Browser, browser_missing_reason
 from harness.envoy import EnvoyAdmin, plain_envoy_config, start_envoy, write_config
 from harness.issuer import TestIssuer
 from harness.mcp_servers import EchoUpstream, start_conformance_server, start_json_server, start_server_everything
@@ -256,3 +257,14 @@ def make_module_stack(
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     """Gateway in front of server-everything; dev issuer; SQLite audit store in the tmp dir."""
     return make_stack()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """Debian's headless Chromium, one page. CI installs it: a missing one fails the test (with
+    the reason) rather than skipping it."""
+    reason = browser_missing_reason()
+    if reason:
+        pytest.fail(reason)
+    with Browser(artifacts=tmp_path / "browser") as b:
+        yield b

@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from harness.approvals import SESSION_RULE, Approver, Caller, answer, approval_rule
-from harness.browser import Browser, browser_missing_reason
+from harness.browser import Browser
 
 pytestmark = pytest.mark.gateway
 
 HOLD = 20
 TOKEN_KEY = "gatehouse.approver-token"  # the page's sessionStorage key (authz-service/src/rest/ui/app.js)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    reason = browser_missing_reason()
-    if reason:
-        pytest.fail(reason)
-    with Browser(artifacts=tmp_path / "browser") as b:
-        yield b
 
 
 def approval_stack(make_stack, masked_arguments: str = "show_masked"):

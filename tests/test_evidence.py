@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from harness.approvals import SESSION_RULE, Approver, Caller, approval_rule
-from harness.browser import Browser, browser_missing_reason
+from harness.browser import Browser
 from harness.stack import Stack, gatehouse
 
 pytestmark = [pytest.mark.gateway, pytest.mark.both_backends]
@@ -145,20 +145,16 @@ def test_the_pack_verifies_and_a_tampered_copy_does_not(pack, tmp_path: Path):
         assert bad.returncode == 1 and f"{name}: its SHA-256 is not the manifest's" in bad.stdout, bad.stdout
 
 
-def test_the_report_renders_in_chromium(pack, tmp_path: Path):
-    reason = browser_missing_reason()
-    if reason:
-        pytest.skip(reason)
+def test_the_report_renders_in_chromium(pack, browser: Browser):
     _, out, _, _ = pack
-    with Browser(artifacts=tmp_path / "browser") as b:
-        b.goto((out / "report.html").as_uri())
-        for section, title in (
-            ("cc6-1", "CC6.1 Logical access"),
-            ("cc6-2", "CC6.2 / CC6.3 Approvals"),
-            ("cc6-7", "CC6.7 Confidentiality"),
-            ("cc7-2", "CC7.2 Monitoring: trail completeness"),
-            ("cc8-1", "CC8.1 Change management"),
-        ):
-            assert b.text(f"#{section} h2") == title
-        assert "carol" in b.text("#cc6-2 table")
-        assert "ping-ok" in b.text("#cc8-1 table")
+    browser.goto((out / "report.html").as_uri())
+    for section, title in (
+        ("cc6-1", "CC6.1 Logical access"),
+        ("cc6-2", "CC6.2 / CC6.3 Approvals"),
+        ("cc6-7", "CC6.7 Confidentiality"),
+        ("cc7-2", "CC7.2 Monitoring: trail completeness"),
+        ("cc8-1", "CC8.1 Change management"),
+    ):
+        assert browser.text(f"#{section} h2") == title
+    assert "carol" in browser.text("#cc6-2 table")
+    assert "ping-ok" in browser.text("#cc8-1 table")

@@ -1,5 +1,7 @@
 //! The approvers' page (`/ui`): a static page whose script lists pending approvals and
 //! approves or denies them through `/v1/approvals` with the approver's own bearer token.
+//! The auditors' replay page (`/ui/sessions`, `/ui/sessions/{id}`): sessions and their
+//! timelines through `/v1/sessions` with the auditor's own bearer token.
 //!
 //! The page, its script and its style are compiled in and served as separate routes so the
 //! page can forbid inline script and style (CSP). The page itself needs no authentication:
@@ -19,6 +21,9 @@ use crate::AppState;
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
 const APP_CSS: &str = include_str!("ui/app.css");
+const SESSIONS_HTML: &str = include_str!("ui/sessions.html");
+const SESSIONS_JS: &str = include_str!("ui/sessions.js");
+const SESSIONS_CSS: &str = include_str!("ui/sessions.css");
 
 /// Same-origin script, style and API calls only; no frames, forms, plugins or base URL.
 /// Caller-supplied text (tool names, arguments) is rendered as text, and this is the net
@@ -32,6 +37,23 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/", get(index))
         .route("/ui/app.js", get(script))
         .route("/ui/app.css", get(style))
+        .route("/ui/sessions", get(sessions))
+        .route("/ui/sessions/{id}", get(sessions))
+        .route("/ui/sessions.js", get(sessions_script))
+        .route("/ui/sessions.css", get(sessions_style))
+}
+
+/// The replay page, for the list and for one session alike (its script reads the path).
+async fn sessions() -> impl IntoResponse {
+    served("text/html; charset=utf-8", SESSIONS_HTML)
+}
+
+async fn sessions_script() -> impl IntoResponse {
+    served("text/javascript; charset=utf-8", SESSIONS_JS)
+}
+
+async fn sessions_style() -> impl IntoResponse {
+    served("text/css; charset=utf-8", SESSIONS_CSS)
 }
 
 fn served(content_type: &'static str, body: &'static str) -> impl IntoResponse {
@@ -91,6 +113,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_replay_page_is_served_like_the_approvers_page() {
+        for path in ["/ui/sessions", "/ui/sessions/s_0123abcd"] {
+            let (status, headers, body) = get(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(header(&headers, "content-security-policy"), CSP, "{path}");
+            assert!(
+                body.contains(r#"<script src="/ui/sessions.js" defer></script>"#),
+                "{body}"
+            );
+            assert!(!body.contains("<script>") && !body.contains("<style") && !body.contains(" style="));
+        }
+        for path in ["/ui/sessions.js", "/ui/sessions.css"] {
+            let (status, headers, body) = get(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(header(&headers, "content-security-policy"), CSP, "{path}");
+            assert!(!body.is_empty());
+        }
+    }
+
+    #[tokio::test]
     async fn the_page_is_served_with_a_strict_policy() {
         let (status, headers, body) = get("/ui").await;
         assert_eq!(status, StatusCode::OK);
@@ -128,7 +170,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_script_renders_data_as_text_only() {
-        let (_, _, js) = get("/ui/app.js").await;
+        for script in ["/ui/app.js", "/ui/sessions.js"] {
+            let (_, _, js) = get(script).await;
+            no_markup_sinks(script, &js);
+        }
+    }
+
+    fn no_markup_sinks(script: &str, js: &str) {
         for sink in [
             "innerHTML",
             "outerHTML",
@@ -137,9 +185,9 @@ mod tests {
             "eval(",
             "new Function",
         ] {
-            assert!(!js.contains(sink), "app.js must not use {sink}");
+            assert!(!js.contains(sink), "{script} must not use {sink}");
         }
-        assert!(!js.contains("console."), "app.js must not log (tokens)");
+        assert!(!js.contains("console."), "{script} must not log (tokens)");
     }
 
     #[tokio::test]

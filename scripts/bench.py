@@ -93,8 +93,10 @@ PG_REPLICAS = 3
 PG_STATS_DELAY_S = 1.5
 # Which parts run: "latency" (issue 13's figures), "trail" (the gateways start on a long trail),
 # "soak" (not by default), "masking", "policy" (issue 4's decision cost), "credentials" (issue 5's
-# signing cost), "ingest" (issue 12's CPU per record) and "postgres" (the PostgreSQL store and replicas).
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "latency,trail,masking,policy,credentials,ingest,postgres").split(","))
+# signing cost), "ingest" (issue 12's CPU per record), "postgres" (the PostgreSQL store and replicas)
+# and "sessions" (the session index and its queries on a 1M-record trail, SQLite and PostgreSQL).
+DEFAULT_SECTIONS = "latency,trail,masking,policy,credentials,ingest,postgres,sessions"
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", DEFAULT_SECTIONS).split(","))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "BENCHMARKS.md"))
 # The heading each section's report starts with: a run keeps the sections it did not measure.
 SECTION_HEADINGS = {
@@ -105,7 +107,9 @@ SECTION_HEADINGS = {
     "policy": "## Policy decision cost (1,000 rules)",
     "credentials": "## AWS SigV4 signing",
     "ingest": "## Ingest CPU per record",
+    "sessions": "## Sessions on a 1,000,000-record trail",
 }
+SESSION_RECORDS = int(os.environ.get("BENCH_SESSION_RECORDS", "1000000"))
 INGEST_RUNS = 5
 # Issue 12: the figure before the ingest stopped re-doing work (commit ec703ae, measured the same way).
 INGEST_BEFORE_NS = 18_400
@@ -632,6 +636,63 @@ def ingest_native() -> dict:
     return {**runs[0], **{k: statistics.median(r[k] for r in runs) for k in keys}}
 
 
+def sessions_native(work: Path) -> dict:
+    """`gatehouse-bench sessions` on a new SQLite file and on a new PostgreSQL server (harness):
+    SESSION_RECORDS records of MCP sessions, indexed, then the auditors' queries timed."""
+    out = {}
+    db = work / "sessions-sqlite"
+    db.mkdir()
+    run = [str(BENCH), "sessions", "--records", str(SESSION_RECORDS), "--database"]
+    done = subprocess.run([*run, f"sqlite://{db}/audit.db"], check=True, capture_output=True, text=True)
+    out["sqlite"] = json.loads(done.stdout)
+    procs = ProcessSet(work / "logs-sessions")
+    try:
+        server = Postgres(procs, name="postgres-sessions")
+        with temp_root(WORK_ROOT):
+            server.start(timeout=60)
+        done = subprocess.run([*run, server.url], check=True, capture_output=True, text=True)
+        out["postgres"] = json.loads(done.stdout)
+    finally:
+        procs.stop_all()
+    print(f"sessions: {out}")
+    return out
+
+
+SESSION_QUERIES = {
+    "list_first_page": "list, first page (50)",
+    "list_by_user": "list by user",
+    "list_by_tool": "list by tool",
+    "list_by_time": "list by time range (last half)",
+    "search_one_session": "search a word one session holds",
+    "search_no_session": "search a word none holds",
+    "timeline_page_100": "timeline, a page of 100 exchanges",
+}
+
+
+def sessions_report(r: dict) -> list[str]:
+    backends = [b for b in ("sqlite", "postgres") if b in r]
+    first = r[backends[0]]
+    rate = " | ".join(f"{r[b]['index_records_per_second']:,.0f}" for b in backends)
+    lines = [
+        SECTION_HEADINGS["sessions"],
+        "",
+        f"`gatehouse-bench sessions`: {first['records']:,} records ({first['sessions']:,} MCP sessions of 100",
+        "exchanges, 50 interleaved at a time, 50 callers, 3 upstreams, ~300-byte answers), laid down on one chain,",
+        "then filed by the service's own indexer, then each query run 20 times through the service's code (what",
+        "the REST API runs). Milliseconds, median / 95th percentile. Search is a LIKE scan of the masked text",
+        "of the sessions the other filters leave (no full-text index): it grows with the trail.",
+        "",
+        "| | " + " | ".join(backends) + " |",
+        "|---|" + "---|" * len(backends),
+        f"| indexing (records/s) | {rate} |",
+    ]
+    for key, label in SESSION_QUERIES.items():
+        cells = [f"{r[b]['queries'][key]['p50_ms']:.1f} / {r[b]['queries'][key]['p95_ms']:.1f}" for b in backends]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Machine for this section: {machine()}; the figures depend on the disk.", ""]
+    return lines
+
+
 def ingest_report(i: dict) -> list[str]:
     now, parse, mask = i["median_ns_per_record"], i["parse_ns_per_record"], i["parse_and_full_mask_ns_per_record"]
     return [
@@ -662,7 +723,7 @@ def ingest_report(i: dict) -> list[str]:
 
 
 def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
-    native_only = {"ingest"} >= SECTIONS
+    native_only = {"ingest", "sessions"} >= SECTIONS
     needed = (BENCH,) if native_only else (BENCH, paths.gatehouse_bin(), paths.gatehouse_wasm(), paths.envoy_bin())
     for p in needed:
         if not p.exists():
@@ -672,7 +733,12 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
     work = Path(tempfile.mkdtemp(prefix="gatehouse-bench-", dir=WORK_ROOT))
     disk = disk_latency(work)  # first, while nothing else runs
     if native_only:  # no gateway to start
-        write_report({"ingest": ingest_native()}, {}, disk)
+        native: dict = {}
+        if "ingest" in SECTIONS:
+            native["ingest"] = ingest_native()
+        if "sessions" in SECTIONS:
+            native["sessions"] = sessions_native(work)
+        write_report(native, {}, disk)
         shutil.rmtree(work, ignore_errors=True)
         return 0
     procs = ProcessSet(work / "logs")
@@ -740,6 +806,8 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
             results["credentials"] = credentials_section(procs, work, up_port, targets)
         if native_ingest:
             results["ingest"] = native_ingest
+        if "sessions" in SECTIONS:
+            results["sessions"] = sessions_native(work)
         if gw["trail"]:
             gw["trail"]["verify"] = verify_trail(gw["config"])
         results["trail"] = gw["trail"]
@@ -882,6 +950,8 @@ def write_report(results: dict, rss: dict[str, dict[str, list[int]]], disk: dict
         sections["credentials"] = credentials_report(results["credentials"])
     if "ingest" in results:
         sections["ingest"] = ingest_report(results["ingest"])
+    if "sessions" in results:
+        sections["sessions"] = sessions_report(results["sessions"])
     dates.update(dict.fromkeys(sections, now))
     kept = {name: text.split("\n") for name, text in previous_sections(previous).items() if name not in sections}
     order = [name for name in SECTION_HEADINGS if name in sections or name in kept]

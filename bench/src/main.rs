@@ -21,6 +21,7 @@ mod disk;
 mod ingest;
 mod mixed;
 mod policy;
+mod sessions;
 mod sign;
 mod trail;
 
@@ -141,6 +142,14 @@ enum Command {
         #[arg(long)]
         records: u64,
     },
+    /// Fill a new audit database (`sqlite://FILE` or `postgres://…`) with `records` records of
+    /// MCP sessions, index them, and time the auditors' session queries; prints JSON.
+    Sessions {
+        #[arg(long)]
+        database: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+    },
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -218,6 +227,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::FillTrail { db, writer, records } => {
             println!("{}", trail::run(&db, &writer, records)?);
+            Ok(())
+        }
+        Command::Sessions { database, records } => {
+            println!("{}", sessions::run(&database, records).await?);
             Ok(())
         }
     }

@@ -168,8 +168,8 @@ impl Store {
     }
 
     /// Inserts records in one transaction, bypassing the writer thread (which is the only
-    /// appender in the service): for tests that lay down a trail as a crash left it.
-    #[cfg(test)]
+    /// appender in the service): for tests that lay down a trail as a crash left it, and the
+    /// benchmarks' trail fillers.
     pub async fn insert_all<'a>(&self, records: impl Iterator<Item = &'a Record>) -> Result<(), sqlx::Error> {
         let records: Vec<&Record> = records.collect();
         on_pool!(&self.pool, pool => {

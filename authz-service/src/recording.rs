@@ -61,8 +61,6 @@ pub struct Recording {
     /// The rules' conditions, compiled as the policy's are (each rule allows).
     matcher: Option<Policy>,
     scopes: HashMap<String, Scope>,
-    /// Rule ids in order with their scope, as configured.
-    pub rules: Vec<(String, Scope)>,
 }
 
 impl Recording {
@@ -94,7 +92,6 @@ impl Recording {
         Ok(Self {
             matcher: Some(matcher),
             scopes: raw.iter().map(|r| (r.id.clone(), r.record)).collect(),
-            rules: raw.iter().map(|r| (r.id.clone(), r.record)).collect(),
         })
     }
 

@@ -6,7 +6,7 @@
 //! chain, checkpoints) is checked on top by the kind's own verifier.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -140,20 +140,6 @@ impl Built {
     }
 }
 
-/// Writes `files` and their signed manifest into `dir` (see [`Built::write_dir`]).
-pub fn write(
-    dir: &Path,
-    kind: &str,
-    about: Value,
-    notes: Vec<String>,
-    files: Vec<(String, Vec<u8>)>,
-    signer: &CheckpointSigner,
-) -> anyhow::Result<Manifest> {
-    let built = build(kind, about, notes, files, signer)?;
-    built.write_dir(dir)?;
-    Ok(built.manifest)
-}
-
 trait PrivateDir {
     fn mode_private(&mut self) -> &mut Self;
 }
@@ -172,7 +158,6 @@ impl PrivateDir for std::fs::DirBuilder {
 /// A bundle whose signature and file hashes held: its manifest and each file's bytes.
 #[derive(Debug)]
 pub struct Opened {
-    pub dir: PathBuf,
     pub manifest: Manifest,
     pub files: BTreeMap<String, Vec<u8>>,
 }
@@ -271,11 +256,7 @@ pub fn open(path: &Path, key: &VerifyingKey) -> Result<Opened, String> {
     if let Some(name) = present.keys().next() {
         return Err(format!("{name}: not listed in the manifest (added after the export)"));
     }
-    Ok(Opened {
-        dir: path.to_owned(),
-        manifest,
-        files,
-    })
+    Ok(Opened { manifest, files })
 }
 
 /// Reads JSON lines, naming the file and line of the first that does not parse.
@@ -302,6 +283,19 @@ pub fn to_json_lines<T: Serialize>(values: &[T]) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::PathBuf;
+
+    /// Builds a bundle and writes it into `dir`, as the export commands do.
+    fn write(
+        dir: &Path,
+        kind: &str,
+        about: Value,
+        notes: Vec<String>,
+        files: Vec<(String, Vec<u8>)>,
+        signer: &CheckpointSigner,
+    ) -> anyhow::Result<()> {
+        build(kind, about, notes, files, signer)?.write_dir(dir)
+    }
 
     fn signer(dir: &Path) -> CheckpointSigner {
         CheckpointSigner::load_or_create(&dir.join("key.pem")).unwrap()

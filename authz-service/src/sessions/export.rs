@@ -138,18 +138,27 @@ pub async fn export(
                         .with_checkpoints(&signed)
                         .starting_after(r.seq - 1, r.prev_hash.clone())
                 });
-                v.push(&r).map_err(|b| {
+                let refused = |b: gatehouse_core::audit::ChainBreak| {
                     ExportError::Refused(format!(
                         "the trail does not verify: {b} (run `gatehouse audit verify`); nothing was exported"
                     ))
-                })?;
-                if records.contains_key(&r.seq) {
-                    continue;
+                };
+                // Another session's record goes in as its link, checked as one (the record's
+                // data is encoded and hashed once); a version 1 record, or one whose hash does
+                // not hold, as itself.
+                let link = (!records.contains_key(&r.seq)).then(|| r.link()).flatten();
+                match link {
+                    Some(link) => {
+                        v.push_link(&link).map_err(refused)?;
+                        chain.push(ChainEntry::Link(link));
+                    }
+                    None => {
+                        v.push(&r).map_err(refused)?;
+                        if !records.contains_key(&r.seq) {
+                            chain.push(ChainEntry::Record(r));
+                        }
+                    }
                 }
-                chain.push(match r.link() {
-                    Some(link) => ChainEntry::Link(link),
-                    None => ChainEntry::Record(r),
-                });
             }
         }
         if verifier.as_ref().map(|v| v.head().0) != Some(end) {

@@ -4,11 +4,13 @@ over masked text only, and the same access rule as the audit records."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from harness.sessions import auditor, wait_sessions
 from harness.stack import Stack, gatehouse, tools_call
@@ -74,6 +76,78 @@ def test_an_mcp_session_is_filed_in_order_from_its_initialize(make_stack):
     assert "[MASKED:aws_access_key_id" in shown and SECRET not in shown
     missing = gatehouse("sessions", "show", "s_doesnotexist", "--config", stack.config_path, check=False)
     assert missing.returncode == 1 and "no session s_doesnotexist" in missing.stderr
+
+
+def test_search_matches_words_of_masked_text_by_substring_in_any_case(make_stack):
+    """Search reads the full-text index (trigrams: FTS5 on SQLite, pg_trgm on PostgreSQL) and
+    means the same as a substring scan: any case, inside a word, every word somewhere in the
+    session, answers as well as calls, words shorter than a trigram, query syntax as text."""
+    stack = make_stack(upstream="echo")
+    token = stack.token("alice")
+    mine = stack.initialize(token)
+    call(stack, token, mine, {"message": "rotate Kubernetes credentials"})
+    call(stack, token, mine, {"message": 'say "hi" star* NEAR(a b) OR x: ü-Umlaut'})
+    other = stack.initialize(token)
+    call(stack, token, other, {"message": "deploy the kube cluster"})
+    with auditor(stack) as audit:
+        sessions = wait_sessions(audit, lambda s: sum(x["calls"] for x in s) == 3, user="alice")
+        by_calls = {s["calls"]: s["id"] for s in sessions}
+        assert set(by_calls) == {1, 2}, sessions
+        first, second = by_calls[2], by_calls[1]
+
+        def found(q: str) -> set[str]:
+            resp = audit.get("/v1/sessions", params={"q": q, "user": "alice"})
+            assert resp.status_code == 200, resp.text
+            return {s["id"] for s in resp.json()["sessions"]}
+
+        assert found("KUBERNETES") == {first}, "any case"
+        assert found("bernet") == {first}, "inside a word"
+        assert found("kube") == {first, second}
+        assert found("kube rotate") == {first}, "every word"
+        assert found("rotate star*") == {first}, "words of different calls of the session"
+        assert found("rotate deploy") == set()
+        assert found("CHO-UPSTR") == {first, second}, "the initialize's answer names the server"
+        assert found("ub") == {first, second} and found("zq") == set(), "shorter than a trigram"
+        for literal in ('"rotate', "star*", "NEAR(a", "OR", "x:", "ü-umlaut"):
+            assert found(literal) == {first}, literal
+        assert found("st*r") == set() and found("NEAR(a b)") == {first}
+
+
+def test_search_has_its_trigram_index_and_works_without_one(make_stack, audit_backend, request):
+    """SQLite: the session index file has the FTS5 trigram table a search reads. PostgreSQL:
+    the database's owner (not a superuser) creates pg_trgm and the index, which serves a
+    search; a role that may not create the extension gets a service that says so at start and
+    a search that still works (by scan)."""
+    stack = make_stack(upstream="echo")
+    if audit_backend == "sqlite":
+        with sqlite3.connect(stack.db_path.with_suffix(".sessions.db")) as db:
+            plan = db.execute(
+                "EXPLAIN QUERY PLAN SELECT rowid FROM session_text WHERE session_text MATCH '\"kubern\"'"
+            ).fetchall()
+        assert "VIRTUAL TABLE INDEX" in str(plan), plan
+        return
+    pg = request.getfixturevalue("postgres")
+    url = yaml.safe_load(stack.config_path.read_text())["audit"]["database"]
+    assert pg.psql("SELECT indexname FROM pg_indexes WHERE indexname = 'session_exchanges_text'", url=url)
+    plan = pg.psql(
+        "SET enable_seqscan = off; EXPLAIN SELECT session_id FROM session_exchanges WHERE text ILIKE '%kubern%'",
+        url=url,
+    )
+    assert "session_exchanges_text" in plan, plan
+
+    # A database the role does not own: it may create tables in it, not extensions.
+    pg.psql("CREATE DATABASE search_noext", db="postgres")
+    pg.psql("GRANT CREATE ON SCHEMA public TO gatehouse", db="search_noext")
+    noext = make_stack(upstream="echo", audit={"database": pg.url_for("search_noext")})
+    token = noext.token("alice")
+    call(noext, token, noext.initialize(token), {"message": "rotate Kubernetes credentials"})
+    with auditor(noext) as audit:
+        (session,) = wait_sessions(audit, lambda s: bool(s), user="alice")
+        assert [s["id"] for s in audit.get("/v1/sessions", params={"q": "kubern"}).json()["sessions"]] == [
+            session["id"]
+        ]
+    log = b"".join(noext.gateway_logs().values()).decode()
+    assert "session search has no index" in log and "CREATE EXTENSION pg_trgm" in log
 
 
 def test_another_caller_presenting_the_session_id_gets_a_session_of_their_own(make_stack):

@@ -112,6 +112,13 @@ impl Server {
         let session_index = crate::sessions::Sessions::of(audit.store(), config.audit.session_idle_seconds)
             .await
             .context("cannot open the session index")?;
+        if let Err(e) = session_index.ensure_search_index().await {
+            tracing::warn!(
+                error = %e,
+                "session search has no index, a search reads every exchange: as the database's \
+                 owner, CREATE EXTENSION pg_trgm; then restart the service (it creates the index)"
+            );
+        }
         let policy = crate::policy::InForce::new(config.policy.clone().map(Arc::new));
         let recording = crate::policy::InForce::new(Arc::new(config.recording.clone()));
         // The configuration it starts with is a record, compared with the newest one: a file

@@ -98,3 +98,59 @@ fn the_transcript_escapes_control_characters_from_callers_and_upstreams() {
         "{text}"
     );
 }
+
+/// An index file built before search had its full-text index (migration 0001 only) keeps its
+/// exchanges when 0002 rebuilds the table, and they are found through the new index, which
+/// follows later inserts, rewrites and deletes.
+#[tokio::test]
+async fn the_search_migration_indexes_what_was_there_and_follows_changes() {
+    use sqlx::Executor;
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    pool.execute(include_str!("../../migrations/sqlite-sessions/0001_sessions.sql"))
+        .await
+        .unwrap();
+    pool.execute(
+        "INSERT INTO session_exchanges (request_id, session_id, at, text) \
+         VALUES ('r1', 's_old', '2026-01-01T00:00:00Z', 'rotate Kubernetes credentials')",
+    )
+    .await
+    .unwrap();
+    pool.execute(include_str!("../../migrations/sqlite-sessions/0002_search.sql"))
+        .await
+        .unwrap();
+    let found = |word: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT w.session_id FROM session_text t JOIN session_exchanges w ON w.id = t.rowid \
+                 WHERE session_text MATCH $1 ORDER BY 1",
+            )
+            .bind(format!("\"{word}\""))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(found("KUBERN").await, ["s_old"]);
+    pool.execute(
+        "INSERT INTO session_exchanges (request_id, session_id, at, text) VALUES ('r2', 's_new', 'x', 'deploy'); \
+         UPDATE session_exchanges SET text = text || ' answered: done' WHERE request_id = 'r1'; \
+         UPDATE session_exchanges SET session_id = 's_moved' WHERE request_id = 'r2'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(found("deploy").await, ["s_moved"]);
+    assert_eq!(found("answered").await, ["s_old"]);
+    assert_eq!(
+        found("rotate").await,
+        ["s_old"],
+        "the rewritten text keeps its first words"
+    );
+    pool.execute("DELETE FROM session_exchanges WHERE request_id = 'r1'")
+        .await
+        .unwrap();
+    assert!(found("rotate").await.is_empty() && found("answered").await.is_empty());
+    // The table keeps its ids over a VACUUM (the index refers to them).
+    pool.execute("VACUUM").await.unwrap();
+    assert_eq!(found("deploy").await, ["s_moved"]);
+}

@@ -8,6 +8,8 @@
 #   chromium         Debian's package (apt-get, as root): the approvals page test drives it
 #                    headless through playwright-core (Playwright's own browser download is
 #                    not used). Not for `scripts/setup.sh demo`: the demo does not use it.
+#   rsyslog          Debian's rsyslog and rsyslog-openssl (apt-get, as root): the syslog
+#                    exporter's tests send to a real one over TLS. Not for the demo either.
 #   .tools/bin       envoy, node (22), mcp-server-everything, conformance
 #
 #   scripts/setup.sh          everything (make setup, make test)
@@ -56,6 +58,8 @@ if [ "$MODE" = all ]; then
         command -v chromium >/dev/null || apt_install chromium
     fi
     CHROMIUM="${CHROMIUM_BIN:-$(command -v chromium)}"
+    # A real syslog server (rsyslog, TLS through its OpenSSL driver) for the syslog exporter's tests.
+    dpkg -s rsyslog-openssl >/dev/null 2>&1 || apt_install rsyslog rsyslog-openssl
 fi
 
 # --- Rust wasm target ---------------------------------------------------------

@@ -146,6 +146,11 @@ enum AuditCommand {
     /// Recompute every writer's hash chain and check its signed checkpoints; exits 1 and
     /// names the first broken record, records of an unknown writer, an unvouched tail longer
     /// than `every_records + max_batch`, or conflicting filter records.
+    ///
+    /// With `--archive s3://bucket/prefix`, verifies the S3 archive alone instead (no config,
+    /// no database): every segment against its signed digest, the digests as one chain, and
+    /// each writer's hash chain across segments; exits 1 naming the first broken or missing
+    /// object per writer. AWS credentials come from the standard chain.
     Verify {
         #[arg(long, default_value = "gatehouse.yaml")]
         config: PathBuf,
@@ -153,8 +158,20 @@ enum AuditCommand {
         #[arg(long)]
         public_key: Option<PathBuf>,
         /// A checkpoint log kept outside the store. Defaults to audit.checkpoint.log_file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "archive")]
         checkpoints: Option<PathBuf>,
+        /// Verify the archive at s3://bucket/prefix rather than the database.
+        #[arg(long, value_name = "S3_URL", requires = "public_key")]
+        archive: Option<String>,
+        /// The archive bucket's region (default: the AWS environment's, else us-east-1).
+        #[arg(long, requires = "archive")]
+        region: Option<String>,
+        /// Another S3 endpoint than AWS's (an S3-compatible store), addressed path-style.
+        #[arg(long, value_name = "URL", requires = "archive")]
+        endpoint: Option<String>,
+        /// Trust only this CA (PEM) for the S3 endpoint rather than the system's roots.
+        #[arg(long, requires = "archive")]
+        ca_file: Option<PathBuf>,
     },
     /// List requests with conflicting filter records (several different answers recorded
     /// for one response part, or several rejections); exits 1 if there are any.
@@ -341,8 +358,20 @@ impl Cli {
                         config,
                         public_key,
                         checkpoints,
+                        archive,
+                        region,
+                        endpoint,
+                        ca_file,
                     },
             } => {
+                if let (Some(archive), Some(public_key)) = (&archive, &public_key) {
+                    let endpoint = crate::archive::s3::Endpoint {
+                        region: region.as_deref(),
+                        url: endpoint.as_deref(),
+                        ca_file: ca_file.as_deref(),
+                    };
+                    return verify_archive(archive, public_key, endpoint).await;
+                }
                 return audit_verify(&load(&config)?, public_key, checkpoints).await;
             }
             Command::Audit {
@@ -486,6 +515,62 @@ fn verify_export(dir: &std::path::Path, public_key: &std::path::Path) -> anyhow:
     }
     println!("Export verified.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `gatehouse audit verify --archive`: the S3 archive alone, with the public key.
+async fn verify_archive(
+    url: &str,
+    public_key: &std::path::Path,
+    endpoint: crate::archive::s3::Endpoint<'_>,
+) -> anyhow::Result<ExitCode> {
+    use crate::archive::{s3, verify};
+    let key = checkpoint::load_public_key(public_key)?;
+    let (bucket, prefix) = verify::parse_archive_url(url).map_err(anyhow::Error::msg)?;
+    let objects = verify::S3Objects {
+        bucket: s3::Bucket::new(&bucket, endpoint).await.map_err(anyhow::Error::msg)?,
+        prefix,
+    };
+    let report = verify::verify(&objects, &key)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the archive: {e}"))?;
+    let segments: u64 = report.writers.iter().map(|w| w.segments).sum();
+    let records: u64 = report.writers.iter().map(|w| w.records).sum();
+    println!(
+        "Archive s3://{bucket}/{}: {}, {}, {} verified.",
+        objects.prefix,
+        counted(report.writers.len(), "writer"),
+        counted(segments as usize, "segment"),
+        counted(records as usize, "record"),
+    );
+    for w in &report.writers {
+        match (&w.newest_digest, &w.newest_uploaded, &w.newest_record_at) {
+            (Some(digest), Some(uploaded), Some(recorded)) => println!(
+                "  writer {}: {}, records {} to {} in one chain; newest digest {digest} (uploaded {uploaded}, last record {recorded})",
+                w.writer,
+                counted(w.segments as usize, "segment"),
+                w.first_seq,
+                w.last_seq,
+            ),
+            _ => println!("  writer {}: no segment verified", w.writer),
+        }
+    }
+    for warning in &report.warnings {
+        println!("WARNING: {warning}");
+    }
+    if report.writers.is_empty() {
+        // Most likely a wrong bucket or prefix: nothing verified is not a verified archive.
+        println!("The archive holds no segment here: is the bucket or prefix right?");
+        return Ok(ExitCode::from(1));
+    }
+    if report.verified() {
+        println!("Archive verified.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &report.problems {
+        println!("BROKEN: writer {}: {problem}", problem.writer);
+    }
+    println!("The archive does NOT verify.");
+    Ok(ExitCode::from(1))
 }
 
 async fn audit_verify(

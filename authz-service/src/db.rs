@@ -141,6 +141,69 @@ pub async fn migrate(pool: &Pool) -> Result<i64, String> {
     }
 }
 
+/// A lease one replica holds at a time on a PostgreSQL database: a session-level advisory
+/// lock on a connection of its own, released by the server when that connection ends (the
+/// replica stopped, died or lost the network). On SQLite (one service per file) it is
+/// always held.
+pub struct Lease {
+    url: Option<String>,
+    key: i64,
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// The lease `name` on the database of `pool` (`url`: its URL).
+    pub fn new(pool: &Pool, url: &str, name: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("gatehouse-lease:{name}").as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest[..8]);
+        Self {
+            url: (pool.backend() == Backend::Postgres).then(|| url.to_owned()),
+            key: i64::from_be_bytes(key),
+            conn: None,
+        }
+    }
+
+    /// Whether this replica holds the lease now, taking it if it is free.
+    pub async fn hold(&mut self) -> bool {
+        use sqlx::Connection;
+        let Some(url) = &self.url else {
+            return true;
+        };
+        if self.conn.is_none() {
+            let Ok(options) = pg_options(url) else {
+                return false;
+            };
+            self.conn = tokio::time::timeout(PG_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        // Taken again on the same connection: held already, it stays held (counted twice,
+        // which nothing minds); another replica's, it is not.
+        let taken = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(self.key)
+            .fetch_one(&mut *conn);
+        match tokio::time::timeout(PG_CONNECT_TIMEOUT, taken).await {
+            Ok(Ok(got)) => got,
+            _ => {
+                self.conn = None;
+                false
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

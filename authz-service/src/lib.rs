@@ -7,6 +7,7 @@
 //! [`rest`], [`envoy_config`] (the rendered Envoy bootstrap), [`cli`].
 
 pub mod approvals;
+pub mod archive;
 pub mod audit;
 pub mod authz;
 pub mod aws;
@@ -16,6 +17,7 @@ pub mod credentials;
 pub mod db;
 pub mod envoy_config;
 pub mod evidence;
+pub mod export;
 pub mod grpc_tls;
 pub mod identity;
 pub mod ingest;
@@ -53,4 +55,6 @@ pub struct AppState {
     pub sessions: authz::SessionSecret,
     /// The session index of the trail, for auditors.
     pub session_index: sessions::Sessions,
+    /// What the exporters and the archive have done (`/metrics`, `/healthz`).
+    pub export: export::Statuses,
 }

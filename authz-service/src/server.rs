@@ -119,6 +119,14 @@ impl Server {
                  owner, CREATE EXTENSION pg_trgm; then restart the service (it creates the index)"
             );
         }
+        // Each exporter's sink, built before anything starts: one that cannot work (a CA file
+        // without a certificate) stops the start with its reason.
+        let mut sinks = std::collections::BTreeMap::new();
+        for exporter in &config.export {
+            let sink = crate::export::sinks::Sink::new(&exporter.sink)
+                .map_err(|e| anyhow::anyhow!("export {:?}: {e}", exporter.name))?;
+            sinks.insert(exporter.name.clone(), sink);
+        }
         let policy = crate::policy::InForce::new(config.policy.clone().map(Arc::new));
         let recording = crate::policy::InForce::new(Arc::new(config.recording.clone()));
         // The configuration it starts with is a record, compared with the newest one: a file
@@ -163,6 +171,7 @@ impl Server {
             aws,
             sessions,
             session_index,
+            export: crate::export::Statuses::default(),
         });
         let (shutdown, watch_rx) = watch::channel(false);
 
@@ -240,6 +249,32 @@ impl Server {
             state.audit.store().clone(),
             shutdown.subscribe(),
         ));
+        for exporter in &state.config.export {
+            tokio::spawn(crate::export::run(
+                exporter.clone(),
+                sinks.remove(&exporter.name).context("an exporter without its sink")?,
+                state.audit.store().clone(),
+                state.export.clone(),
+                shutdown.subscribe(),
+            ));
+        }
+        if let Some(archive) = &state.config.archive {
+            let key_file = &state
+                .config
+                .audit
+                .checkpoint
+                .as_ref()
+                .context("archive: no checkpoint key")?
+                .key_file;
+            tokio::spawn(crate::archive::run(
+                archive.clone(),
+                state.audit.store().clone(),
+                crate::audit::checkpoint::CheckpointSigner::load(key_file)
+                    .context("archive: cannot read the checkpoint key")?,
+                state.export.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         tokio::spawn(crate::approvals::replicas::heartbeat(
             state.approvals.clone(),
             shutdown.subscribe(),

@@ -471,6 +471,8 @@ def write_config(
     audit: dict[str, Any] | None = None,
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    export: Sequence[dict[str, Any]] | None = None,
+    archive: dict[str, Any] | None = None,
 ) -> Path:
     """`audit`: keys of the config's `audit:` section to set (a `checkpoint` given replaces
     the default one).
@@ -479,7 +481,8 @@ def write_config(
     service speak mTLS with the certificates of scripts/gen-tls.sh in `tls/`.
     `extra_upstreams`: more `upstreams:` entries, after the main one.
     `policy`: the rules of `policy:` (absent when None); `recording`: the `recording:` rules;
-    `approvals`: the `approvals:` section."""
+    `approvals`: the `approvals:` section; `export`: the exporters of `export:`; `archive`: the
+    `archive:` section."""
     identity: dict[str, Any] = {
         "issuer": issuer.issuer if issuer else f"http://127.0.0.1:{rest_port}/dev",
         "audience": issuer.audience if issuer else "gatehouse",
@@ -554,6 +557,10 @@ def write_config(
         config["envoy"]["allowed_origins"] = list(allowed_origins)
     if masking is not None:
         config["masking"] = masking
+    if export is not None:
+        config["export"] = list(export)
+    if archive is not None:
+        config["archive"] = archive
     (stack_dir / "audit").mkdir(parents=True, exist_ok=True)
     path = stack_dir / "gatehouse.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -582,6 +589,8 @@ def start_stack(
     allowed_hosts: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
     replicas: int = 1,
+    export: Sequence[dict[str, Any]] | None = None,
+    archive: dict[str, Any] | None = None,
 ) -> Stack:
     """Start upstream, service and Envoy; the caller must `close()` the stack.
 
@@ -606,6 +615,8 @@ def start_stack(
     (`envoy.allowed_hosts`/`allowed_origins`; e.g. a hop in front of it).
     `replicas`: this many services on the audit database behind Envoy (`service.grpc_endpoints`;
     the others are `stack.replicas`, writer ids `gatehouse-test-2`, …): give a PostgreSQL one.
+    `export`, `archive`: the config's `export:` exporters and `archive:` section (relative
+    paths are the stack folder's).
     """
     stack_dir.mkdir(parents=True, exist_ok=True)
     procs = ProcessSet(stack_dir / "logs")
@@ -670,6 +681,8 @@ def start_stack(
             audit=audit,
             allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins,
+            export=export,
+            archive=archive,
             **ports,
         )
         stack = Stack(

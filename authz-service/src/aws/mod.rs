@@ -27,6 +27,9 @@ use crate::identity::Principal;
 
 /// Most tags one session may carry (STS).
 const MAX_TAGS: usize = 50;
+/// How long a Check waits for a renewal when the current session still serves.
+const RENEWAL_WAIT: Duration = Duration::from_millis(500);
+
 /// A session is renewed when less than this much of it is left (or a quarter of its
 /// duration, if that is shorter), and never used with less than [`MIN_LEFT`].
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
@@ -219,7 +222,14 @@ impl AwsSessions {
             .cloned()
             .ok_or_else(|| AwsError::Unreachable(format!("no STS client for upstream {upstream:?}")))?;
         let renewal = tokio::spawn(renew(entry, client, aws.clone(), subject.clone(), tags, renew_before));
-        match tokio::time::timeout_at(deadline, renewal).await {
+        // With a session that still serves, the Check waits only briefly for its renewal (which
+        // goes on in the background): a slow STS or a loaded machine never makes it miss
+        // Envoy's deadline.
+        let wait_until = match &usable {
+            Some(_) => deadline.min(tokio::time::Instant::now() + RENEWAL_WAIT),
+            None => deadline,
+        };
+        match tokio::time::timeout_at(wait_until, renewal).await {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(AwsError::Unreachable(format!("the renewal task failed: {e}"))),
             Err(_) => match usable {

@@ -4,6 +4,7 @@
 //! validated [`Config`], reporting every problem at once with the path of the bad field.
 
 pub mod changes;
+pub mod export;
 mod gitleaks;
 mod raw;
 
@@ -57,6 +58,10 @@ pub struct Config {
     /// `recording:`: what the trail keeps of each call (empty: everything in full).
     pub recording: crate::recording::Recording,
     pub approvals: Approvals,
+    /// `export:`: the exporters sending the trail to SIEMs (none by default).
+    pub export: Vec<export::Exporter>,
+    /// `archive:`: S3 with Object Lock (none by default).
+    pub archive: Option<export::Archive>,
 }
 
 /// Where approvers decide and whom to tell about a new approval.

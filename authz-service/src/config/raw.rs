@@ -29,6 +29,12 @@ pub struct Config {
     /// What the trail keeps of each call (`full` unless a rule says `metadata`).
     #[serde(default)]
     pub recording: Vec<crate::recording::RawRecordingRule>,
+    /// Where the trail is sent (SIEMs), each exporter with its own cursor.
+    #[serde(default)]
+    pub export: Vec<super::export::RawExporter>,
+    /// Where the trail is sealed (S3 with Object Lock).
+    #[serde(default)]
+    pub archive: Option<super::export::RawArchive>,
 }
 
 /// `approvals:`: where approvers decide and whom to notify.
@@ -565,10 +571,10 @@ fn default_max_response_bytes() -> u64 {
 
 /// Collects problems so that every one is reported, not just the first.
 #[derive(Default)]
-struct Problems(Vec<ConfigError>);
+pub(super) struct Problems(Vec<ConfigError>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
@@ -585,7 +591,7 @@ impl Problems {
         }
     }
 
-    fn url(&mut self, path: &str, value: &str, schemes: &[&str]) -> Option<Url> {
+    pub(super) fn url(&mut self, path: &str, value: &str, schemes: &[&str]) -> Option<Url> {
         match Url::parse(value) {
             Ok(url) if schemes.contains(&url.scheme()) && url.host_str().is_some() => Some(url),
             Ok(_) => {
@@ -602,7 +608,7 @@ impl Problems {
         }
     }
 
-    fn non_empty(&mut self, path: &str, value: &str) {
+    pub(super) fn non_empty(&mut self, path: &str, value: &str) {
         if value.trim().is_empty() {
             self.add(path, "must not be empty");
         }
@@ -684,7 +690,7 @@ fn validate_endpoints(endpoints: &[String], listen: Option<SocketAddr>, p: &mut 
     out
 }
 
-fn resolve(base: &Path, value: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }
@@ -891,6 +897,14 @@ impl Config {
             }
             crate::recording::Recording::default()
         });
+        let export = super::export::validate_export(self.export, base, &mut p);
+        let archive = super::export::validate_archive(self.archive, base, &mut p);
+        if archive.is_some() && checkpoint.is_none() {
+            p.add(
+                "archive",
+                "each segment's digest is signed with the checkpoint key: configure audit.checkpoint",
+            );
+        }
 
         let e = self.envoy;
         if let Some(policy) = &policy {
@@ -1006,6 +1020,8 @@ impl Config {
             policy,
             recording,
             approvals: approvals.ok_or_else(missing)?,
+            export,
+            archive,
         })
     }
 }

@@ -85,7 +85,17 @@ async fn not_found() -> ApiError {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match state.audit.store().ping().await {
-        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Ok(()) => {
+            // Healthy whatever the exporters do (the trail keeps what they have not sent);
+            // it names those that are behind.
+            let (export, behind) = state.export.health();
+            let mut body = json!({"status": "ok"});
+            if !export.as_object().is_none_or(serde_json::Map::is_empty) {
+                body["export"] = export;
+                body["export_behind"] = json!(behind);
+            }
+            Json(body).into_response()
+        }
         Err(error) => {
             tracing::warn!(%error, "Health check failed: the audit store does not answer.");
             (
@@ -100,7 +110,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render() + &state.export.render(),
     )
         .into_response()
 }

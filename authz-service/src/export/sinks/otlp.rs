@@ -1,0 +1,812 @@
+//! OTLP/HTTP logs with a protobuf body (`POST` to the configured endpoint, e.g. an
+//! OpenTelemetry Collector's `/v1/logs`), one `LogRecord` per record.
+//!
+//! - Resource: `service.name` `gatehouse` and `service.instance.id` the record's writer (the
+//!   instance that wrote it, not the one exporting it); a batch with several writers is sent as
+//!   one `ResourceLogs` per run of records of one writer, in order.
+//! - Scope: `gatehouse.audit` with this build's version.
+//! - Record: `time_unix_nano` from `recorded_at`, `observed_time_unix_nano` now, severity
+//!   `INFO` (`WARN` for a denial), `event_name` `gatehouse.<kind>`, and the body the event as
+//!   one JSON string (the line the file sink writes): every collector and backend keeps a
+//!   string body as is, where a key-value body is flattened, renamed or cut differently by
+//!   each.
+//! - Attributes: the record's MCP facts under the OpenTelemetry MCP semantic conventions
+//!   (`mcp.method.name`, `mcp.session.id`, `mcp.protocol.version`, `mcp.resource.uri`,
+//!   `jsonrpc.request.id`, `gen_ai.tool.name`, `gen_ai.prompt.name`, `gen_ai.operation.name`,
+//!   `rpc.response.status_code`, `user.id`), each only where the record has the value, and
+//!   Gatehouse's own (`gatehouse.record.id` = `writer:seq`, `.kind`, `.hash`,
+//!   `gatehouse.request_id`, `gatehouse.upstream`, `gatehouse.decision`).
+//!
+//! Acknowledgement: an HTTP 2xx whose `ExportLogsServiceResponse` rejected nothing. A partial
+//! success that rejected records is an error, and the whole batch is sent again (the records
+//! the collector took arrive twice; `gatehouse.record.id` tells them apart): dropping what
+//! one collector refused would leave a hole in the trail. A 2xx body that is not an
+//! `ExportLogsServiceResponse` is still an acknowledgement (OTLP's ack is the status). Any
+//! other status is an error, retried by the exporter; a 4xx other than 429 says the collector
+//! refuses the batch (OTLP calls it not retryable), so the error says so, as it will not
+//! heal by itself. Redirects are not followed (the headers are credentials).
+//!
+//! The protobuf messages are written here by hand (the fields sent and read, with the field
+//! numbers of opentelemetry-proto's `logs/v1`, `common/v1`, `resource/v1`,
+//! `collector/logs/v1` and `google.rpc.Status`).
+//!
+//! Also here, shared by the HTTP sinks (`hec.rs`) and `syslog.rs`: the HTTP client with the
+//! sinks' TLS rules, error texts without secrets, a record's time and whether it is a denial.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gatehouse_core::audit::{Record, RecordKind};
+use gatehouse_core::events::{AuditEvent, Decision};
+use prost::Message;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use url::Url;
+
+use crate::config::export;
+
+use super::{super::Outgoing, SinkError};
+
+const SCOPE: &str = "gatehouse.audit";
+const PROTOBUF: &str = "application/x-protobuf";
+
+#[derive(Debug)]
+pub struct OtlpSink {
+    endpoint: Url,
+    /// The configured headers, marked sensitive.
+    headers: HeaderMap,
+    client: reqwest::Client,
+    /// Header values, scrubbed from any error text.
+    secrets: Vec<String>,
+}
+
+impl OtlpSink {
+    /// Fails on a header value that cannot be sent or a CA file without a certificate.
+    pub fn new(config: &export::OtlpSink) -> Result<Self, SinkError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| SinkError::new(format!("{name:?} is not an HTTP header name")))?;
+            let mut value = HeaderValue::from_str(&value.0)
+                .map_err(|_| SinkError::new(format!("the value of the header {name} cannot be sent in HTTP")))?;
+            value.set_sensitive(true);
+            headers.append(header, value);
+        }
+        Ok(Self {
+            endpoint: config.endpoint.clone(),
+            headers,
+            client: http_client(config.ca_file.as_deref(), config.timeout)?,
+            secrets: config.headers.iter().map(|(_, v)| v.0.clone()).collect(),
+        })
+    }
+
+    pub async fn send(&mut self, batch: &[Outgoing]) -> Result<(), SinkError> {
+        let body = export_request(batch, SystemTime::now()).encode_to_vec();
+        let result = self.post(body, batch.len()).await;
+        result.map_err(|message| SinkError::new(redact(&message, &self.secrets)))
+    }
+
+    async fn post(&self, body: Vec<u8>, records: usize) -> Result<(), String> {
+        let response = self
+            .client
+            .post(self.endpoint.clone())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, PROTOBUF)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the OTLP endpoint: {}", describe(e)))?;
+        let status = response.status();
+        let protobuf = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(PROTOBUF));
+        let answer = response
+            .bytes()
+            .await
+            .map_err(|e| format!("the OTLP endpoint's answer ({status}) was cut: {}", describe(e)))?;
+        if status.is_success() {
+            let rejected = protobuf
+                .then(|| proto::ExportLogsServiceResponse::decode(answer.as_ref()).ok())
+                .flatten()
+                .and_then(|r| r.partial_success);
+            return match rejected {
+                Some(p) if p.rejected_log_records > 0 => Err(format!(
+                    "the collector rejected {} of {records} log records ({}); the batch is sent again",
+                    p.rejected_log_records,
+                    clip(&p.error_message)
+                )),
+                Some(p) if !p.error_message.is_empty() => {
+                    let warning = redact(&clip(&p.error_message), &self.secrets);
+                    tracing::warn!(%warning, "The OTLP endpoint took the batch with a warning.");
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        let said = if protobuf {
+            proto::Status::decode(answer.as_ref())
+                .map(|s| s.message)
+                .unwrap_or_default()
+        } else {
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let why = if status.is_redirection() {
+            "the endpoint redirects elsewhere (not followed: configure the final URL)"
+        } else if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+            "the collector refuses the batch (not a transient failure: fix the receiver or its config)"
+        } else {
+            "the collector is unavailable"
+        };
+        Err(format!("{why}: HTTP {status}: {}", clip(&said)))
+    }
+}
+
+/// The request for `batch`: one `ResourceLogs` per run of records of one writer.
+fn export_request(batch: &[Outgoing], now: SystemTime) -> proto::ExportLogsServiceRequest {
+    let observed = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut resource_logs: Vec<proto::ResourceLogs> = Vec::new();
+    let mut writer: Option<&str> = None;
+    for o in batch {
+        if writer != Some(o.record.writer.as_str()) {
+            writer = Some(&o.record.writer);
+            resource_logs.push(resource_logs_of(&o.record.writer));
+        }
+        if let Some(scope) = resource_logs.last_mut().and_then(|r| r.scope_logs.first_mut()) {
+            scope.log_records.push(log_record(o, observed));
+        }
+    }
+    proto::ExportLogsServiceRequest { resource_logs }
+}
+
+fn resource_logs_of(writer: &str) -> proto::ResourceLogs {
+    proto::ResourceLogs {
+        resource: Some(proto::Resource {
+            attributes: vec![
+                proto::KeyValue::string("service.name", "gatehouse"),
+                proto::KeyValue::string("service.instance.id", writer),
+            ],
+        }),
+        scope_logs: vec![proto::ScopeLogs {
+            scope: Some(proto::InstrumentationScope {
+                name: SCOPE.to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+            log_records: Vec::new(),
+            schema_url: String::new(),
+        }],
+        schema_url: String::new(),
+    }
+}
+
+fn log_record(o: &Outgoing, observed: u64) -> proto::LogRecord {
+    let (severity, text) = if denied(&o.record) {
+        (proto::SeverityNumber::Warn, "WARN")
+    } else {
+        (proto::SeverityNumber::Info, "INFO")
+    };
+    proto::LogRecord {
+        time_unix_nano: recorded_at(&o.record).map_or(0, |t| t.unix_timestamp_nanos().max(0) as u64),
+        observed_time_unix_nano: observed,
+        severity_number: severity as i32,
+        severity_text: text.to_owned(),
+        body: Some(proto::AnyValue::string(o.line())),
+        attributes: attributes(o),
+        event_name: format!("gatehouse.{}", o.record.kind),
+    }
+}
+
+/// What a record says about the MCP call it is part of, from its typed event.
+#[derive(Debug, Default, PartialEq)]
+struct CallFacts {
+    subject: Option<String>,
+    upstream: Option<String>,
+    decision: Option<&'static str>,
+    method: Option<String>,
+    /// The tool, prompt or resource URI the call names.
+    target: Option<String>,
+    session_id: Option<String>,
+    protocol_version: Option<String>,
+    /// As OpenTelemetry writes it: a string id as is, a number as its digits.
+    jsonrpc_id: Option<String>,
+    error_code: Option<i64>,
+}
+
+impl CallFacts {
+    /// Empty for a record whose data does not read as its kind's event (a record of a newer
+    /// build): the record is still sent, with Gatehouse's attributes only.
+    fn of(record: &Record) -> Self {
+        let Ok(event) = AuditEvent::from_record(&record.kind, &record.data) else {
+            return Self::default();
+        };
+        match event {
+            AuditEvent::Request(decided) => {
+                let f = decided.facts();
+                let message = f.message.as_ref();
+                Self {
+                    subject: f.subject.clone(),
+                    upstream: f.upstream.clone(),
+                    decision: Some(decision_name(decided.decision())),
+                    method: message.and_then(|m| m.mcp_method.clone()),
+                    target: message.and_then(|m| m.tool.clone()),
+                    session_id: f.session_id.clone(),
+                    protocol_version: f.protocol_version.clone(),
+                    jsonrpc_id: message.and_then(|m| id_text(&m.jsonrpc_id)),
+                    error_code: None,
+                }
+            }
+            AuditEvent::Response(part) => Self {
+                session_id: part.session_id,
+                jsonrpc_id: part
+                    .jsonrpc_id
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .and_then(|id| id_text(&id)),
+                error_code: part.error_code,
+                ..Self::default()
+            },
+            AuditEvent::RequestRejected(r) => Self {
+                subject: r.subject,
+                decision: Some(decision_name(r.decision)),
+                method: r.mcp_method,
+                session_id: r.session_id,
+                protocol_version: r.protocol_version,
+                ..Self::default()
+            },
+            AuditEvent::Approval(step) => {
+                let a = step.approval().clone();
+                Self {
+                    subject: Some(a.subject),
+                    upstream: Some(a.upstream),
+                    method: Some(a.mcp_method),
+                    target: a.tool,
+                    ..Self::default()
+                }
+            }
+            AuditEvent::ConfigChanged(_) => Self::default(),
+        }
+    }
+}
+
+fn decision_name(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+    }
+}
+
+/// A JSON-RPC id as `jsonrpc.request.id` wants it; none for a notification (`null`).
+fn id_text(id: &serde_json::Value) -> Option<String> {
+    match id {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn attributes(o: &Outgoing) -> Vec<proto::KeyValue> {
+    let r = &o.record;
+    let facts = CallFacts::of(r);
+    let mut out = vec![
+        proto::KeyValue::string("gatehouse.record.id", &o.id),
+        proto::KeyValue::string("gatehouse.record.kind", &r.kind),
+        proto::KeyValue::string("gatehouse.record.hash", &r.hash),
+    ];
+    let mut add = |key: &str, value: Option<&str>| {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            out.push(proto::KeyValue::string(key, value));
+        }
+    };
+    add("gatehouse.request_id", Some(&r.request_id));
+    add("gatehouse.upstream", facts.upstream.as_deref());
+    add("gatehouse.decision", facts.decision);
+    add("user.id", facts.subject.as_deref());
+    add("mcp.method.name", facts.method.as_deref());
+    add("mcp.session.id", facts.session_id.as_deref());
+    add("mcp.protocol.version", facts.protocol_version.as_deref());
+    add("jsonrpc.request.id", facts.jsonrpc_id.as_deref());
+    let target = facts.target.as_deref();
+    match facts.method.as_deref() {
+        Some("tools/call") => {
+            add("gen_ai.tool.name", target);
+            add("gen_ai.operation.name", Some("execute_tool"));
+        }
+        Some("prompts/get") => add("gen_ai.prompt.name", target),
+        Some(m) if m.starts_with("resources/") => add("mcp.resource.uri", target),
+        _ => {}
+    }
+    add(
+        "rpc.response.status_code",
+        facts.error_code.map(|c| c.to_string()).as_deref(),
+    );
+    out
+}
+
+// Shared by the sinks.
+
+/// The service refused the call: a `request` record denying it, or a `request_rejected`.
+pub(super) fn denied(record: &Record) -> bool {
+    matches!(
+        RecordKind::parse(&record.kind),
+        Some(RecordKind::Request | RecordKind::RequestRejected)
+    ) && record.data.get("decision").and_then(serde_json::Value::as_str) == Some("deny")
+}
+
+/// The record's `recorded_at`; none if it does not parse.
+pub(super) fn recorded_at(record: &Record) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(&record.recorded_at, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// An HTTP client with the sinks' TLS rules: the certificates of `ca_file` as the only roots
+/// when given (a file with none is an error), the built-in webpki roots otherwise. No
+/// redirects: a sink's headers are credentials for its receiver only.
+pub(super) fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, SinkError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| SinkError::new(format!("{} is not PEM: {}", path.display(), describe(e))))?;
+        if roots.is_empty() {
+            return Err(SinkError::new(format!("{} holds no PEM certificate", path.display())));
+        }
+        builder = roots
+            .into_iter()
+            .fold(builder.tls_built_in_root_certs(false), |b, root| {
+                b.add_root_certificate(root)
+            });
+    }
+    builder
+        .build()
+        .map_err(|e| SinkError::new(format!("cannot build an HTTP client: {}", describe(e))))
+}
+
+/// A request error with its causes (the TLS or connection error is in the chain), without
+/// the URL.
+pub(super) fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `text` with every secret replaced: a receiver's answer may quote what it was sent.
+pub(super) fn redact(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), "<redacted>")
+        })
+}
+
+/// A receiver's text, on one line and at most 300 characters.
+pub(super) fn clip(text: &str) -> String {
+    let one_line: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    }
+}
+
+/// The OTLP messages this sink sends and reads, with opentelemetry-proto's field numbers.
+/// Fields it never sets are left out (a decoder reads them as their defaults).
+mod proto {
+    /// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportLogsServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_logs: Vec<ResourceLogs>,
+    }
+
+    /// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceResponse`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportLogsServiceResponse {
+        #[prost(message, optional, tag = "1")]
+        pub partial_success: Option<ExportLogsPartialSuccess>,
+    }
+
+    /// `opentelemetry.proto.collector.logs.v1.ExportLogsPartialSuccess`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportLogsPartialSuccess {
+        #[prost(int64, tag = "1")]
+        pub rejected_log_records: i64,
+        #[prost(string, tag = "2")]
+        pub error_message: String,
+    }
+
+    /// `google.rpc.Status`: what an OTLP/HTTP receiver answers with a failure.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(string, tag = "2")]
+        pub message: String,
+    }
+
+    /// `opentelemetry.proto.logs.v1.ResourceLogs`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceLogs {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_logs: Vec<ScopeLogs>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    /// `opentelemetry.proto.logs.v1.ScopeLogs`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeLogs {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub log_records: Vec<LogRecord>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    /// `opentelemetry.proto.logs.v1.LogRecord`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LogRecord {
+        #[prost(fixed64, tag = "1")]
+        pub time_unix_nano: u64,
+        #[prost(fixed64, tag = "11")]
+        pub observed_time_unix_nano: u64,
+        #[prost(enumeration = "SeverityNumber", tag = "2")]
+        pub severity_number: i32,
+        #[prost(string, tag = "3")]
+        pub severity_text: String,
+        #[prost(message, optional, tag = "5")]
+        pub body: Option<AnyValue>,
+        #[prost(message, repeated, tag = "6")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(string, tag = "12")]
+        pub event_name: String,
+    }
+
+    /// `opentelemetry.proto.logs.v1.SeverityNumber` (the values used).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum SeverityNumber {
+        Unspecified = 0,
+        Info = 9,
+        Warn = 13,
+    }
+
+    /// `opentelemetry.proto.resource.v1.Resource`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+    }
+
+    /// `opentelemetry.proto.common.v1.InstrumentationScope`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InstrumentationScope {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+
+    /// `opentelemetry.proto.common.v1.KeyValue`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+
+    impl KeyValue {
+        pub fn string(key: &str, value: impl Into<String>) -> Self {
+            Self {
+                key: key.to_owned(),
+                value: Some(AnyValue::string(value)),
+            }
+        }
+    }
+
+    /// `opentelemetry.proto.common.v1.AnyValue` (its string member: every value sent is one).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(oneof = "any_value::Value", tags = "1")]
+        pub value: Option<any_value::Value>,
+    }
+
+    impl AnyValue {
+        pub fn string(value: impl Into<String>) -> Self {
+            Self {
+                value: Some(any_value::Value::String(value.into())),
+            }
+        }
+    }
+
+    pub mod any_value {
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Value {
+            /// `string_value`
+            #[prost(string, tag = "1")]
+            String(String),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::Secret;
+    use crate::config::export::Format;
+
+    /// A record of `kind` with `data`, as the exporter hands it to a sink.
+    pub(in crate::export::sinks) fn outgoing(writer: &str, seq: u64, kind: &str, data: Value) -> Outgoing {
+        let record = Record {
+            seq,
+            writer: writer.to_owned(),
+            kind: kind.to_owned(),
+            request_id: format!("req-{seq}"),
+            recorded_at: "2026-03-04T05:06:07.089Z".to_owned(),
+            prev_hash: "0".repeat(64),
+            hash: format!("{seq:064x}"),
+            data,
+        };
+        Outgoing::new(record, Format::Gatehouse)
+    }
+
+    pub(in crate::export::sinks) fn tool_call(decision: &str) -> Value {
+        let mut data = json!({
+            "decision": decision, "reason": "rule r1", "subject": "alice", "groups": ["eng"],
+            "upstream": "github", "http_method": "POST", "path": "/mcp", "session_id": "s-1",
+            "protocol_version": "2025-06-18", "mcp_method": "tools/call", "tool": "search",
+            "arguments": {"q": "x"}, "jsonrpc_id": 7, "message_kind": "request",
+        });
+        if decision == "deny" {
+            data["status"] = json!(403);
+        }
+        data
+    }
+
+    fn flat(attributes: &[proto::KeyValue]) -> BTreeMap<String, String> {
+        attributes
+            .iter()
+            .map(|kv| {
+                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(proto::any_value::Value::String(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_protobuf_with_the_mcp_conventions() {
+        let batch = [
+            outgoing("w1", 1, "request", tool_call("allow")),
+            outgoing("w1", 2, "request", tool_call("deny")),
+            outgoing("w2", 1, "config_changed", json!({"anything": true})),
+        ];
+        let bytes = export_request(&batch, UNIX_EPOCH + Duration::from_secs(1_800_000_000)).encode_to_vec();
+        let decoded = proto::ExportLogsServiceRequest::decode(bytes.as_slice()).unwrap();
+
+        assert_eq!(decoded.resource_logs.len(), 2, "one ResourceLogs per writer run");
+        let resource = flat(&decoded.resource_logs[0].resource.as_ref().unwrap().attributes);
+        assert_eq!(resource["service.name"], "gatehouse");
+        assert_eq!(resource["service.instance.id"], "w1");
+        let scope = &decoded.resource_logs[0].scope_logs[0];
+        assert_eq!(scope.scope.as_ref().unwrap().name, "gatehouse.audit");
+        assert_eq!(scope.log_records.len(), 2);
+
+        let allowed = &scope.log_records[0];
+        assert_eq!(allowed.time_unix_nano, 1_772_600_767_089_000_000);
+        assert_eq!(allowed.observed_time_unix_nano, 1_800_000_000_000_000_000);
+        assert_eq!(allowed.severity_number, proto::SeverityNumber::Info as i32);
+        assert_eq!(allowed.event_name, "gatehouse.request");
+        let Some(proto::any_value::Value::String(body)) = allowed.body.as_ref().and_then(|b| b.value.clone()) else {
+            panic!("the body is a string");
+        };
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), batch[0].event);
+        let attributes = flat(&allowed.attributes);
+        let expected = [
+            ("gatehouse.record.id", "w1:1"),
+            ("gatehouse.record.kind", "request"),
+            ("gatehouse.record.hash", batch[0].record.hash.as_str()),
+            ("gatehouse.request_id", "req-1"),
+            ("gatehouse.upstream", "github"),
+            ("gatehouse.decision", "allow"),
+            ("user.id", "alice"),
+            ("mcp.method.name", "tools/call"),
+            ("mcp.session.id", "s-1"),
+            ("mcp.protocol.version", "2025-06-18"),
+            ("jsonrpc.request.id", "7"),
+            ("gen_ai.tool.name", "search"),
+            ("gen_ai.operation.name", "execute_tool"),
+        ];
+        let expected: BTreeMap<String, String> = expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(attributes, expected);
+
+        let denied = &scope.log_records[1];
+        assert_eq!(denied.severity_number, proto::SeverityNumber::Warn as i32);
+        assert_eq!(denied.severity_text, "WARN");
+        assert_eq!(flat(&denied.attributes)["gatehouse.decision"], "deny");
+
+        let config = &decoded.resource_logs[1].scope_logs[0].log_records[0];
+        assert_eq!(
+            flat(&config.attributes).keys().collect::<Vec<_>>(),
+            [
+                "gatehouse.record.hash",
+                "gatehouse.record.id",
+                "gatehouse.record.kind",
+                "gatehouse.request_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_response_names_its_string_id_unquoted_and_its_error_code() {
+        let data = json!({
+            "part": 0, "final": true, "http_status": 200, "content_type": "application/json",
+            "message": {"jsonrpc": "2.0", "id": "abc", "error": {"code": -32602, "message": "no"}},
+            "masked": {}, "revealed": [], "withheld": null, "truncated": false, "body_bytes": 10,
+            "observed_at_unix_ms": 1, "sse_event_id": null, "jsonrpc_id": "\"abc\"", "is_error": true,
+            "error_code": -32602, "end_reason": null, "source": "f", "session_id": "s-9",
+        });
+        let attributes = flat(&attributes(&outgoing("w", 3, "response", data)));
+        assert_eq!(attributes["jsonrpc.request.id"], "abc");
+        assert_eq!(attributes["rpc.response.status_code"], "-32602");
+        assert_eq!(attributes["mcp.session.id"], "s-9");
+        assert!(!attributes.contains_key("mcp.method.name"));
+    }
+
+    #[test]
+    fn a_prompt_or_a_resource_gets_its_own_attribute_and_no_tool_operation() {
+        let mut data = tool_call("allow");
+        data["mcp_method"] = json!("resources/read");
+        data["tool"] = json!("file:///etc/motd");
+        let attributes = flat(&attributes(&outgoing("w", 1, "request", data)));
+        assert_eq!(attributes["mcp.resource.uri"], "file:///etc/motd");
+        assert!(!attributes.contains_key("gen_ai.tool.name"));
+        assert!(!attributes.contains_key("gen_ai.operation.name"));
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let config = export::OtlpSink {
+            endpoint: "https://collector:4318/v1/logs".parse().unwrap(),
+            headers: vec![("api-key".into(), Secret("s3cr3t-value".into()))],
+            ca_file: Some(path),
+            timeout: Duration::from_secs(1),
+        };
+        let error = OtlpSink::new(&config).unwrap_err();
+        assert!(error.0.contains("holds no PEM certificate"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_status_and_never_a_header_value() {
+        let secret = "s3cr3t-value";
+        let (url, server) = answer_once(
+            "HTTP/1.1 401 Unauthorized",
+            "text/plain",
+            format!("bad api-key {secret}").into_bytes(),
+        )
+        .await;
+        let config = export::OtlpSink {
+            endpoint: url,
+            headers: vec![("api-key".into(), Secret(secret.into()))],
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let mut sink = OtlpSink::new(&config).unwrap();
+        let error = sink
+            .send(&[outgoing("w", 1, "request", tool_call("allow"))])
+            .await
+            .unwrap_err();
+        let request = server.await.unwrap();
+        assert!(request.contains(secret), "the header is sent");
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("content-type: application/x-protobuf")
+        );
+        assert!(error.0.contains("401") && error.0.contains("refuses"), "{error}");
+        assert!(!error.0.contains(secret), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_partial_success_that_rejected_records_is_not_an_ack() {
+        let answer = proto::ExportLogsServiceResponse {
+            partial_success: Some(proto::ExportLogsPartialSuccess {
+                rejected_log_records: 1,
+                error_message: "too old".into(),
+            }),
+        };
+        let (url, _server) = answer_once("HTTP/1.1 200 OK", PROTOBUF, answer.encode_to_vec()).await;
+        let config = export::OtlpSink {
+            endpoint: url,
+            headers: Vec::new(),
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let mut sink = OtlpSink::new(&config).unwrap();
+        let error = sink
+            .send(&[outgoing("w", 1, "request", tool_call("allow"))])
+            .await
+            .unwrap_err();
+        assert!(
+            error.0.contains("rejected 1 of 1") && error.0.contains("too old"),
+            "{error}"
+        );
+    }
+
+    /// A one-shot HTTP server on 127.0.0.1: answers `status` with `body`; yields the request
+    /// head and body as text.
+    pub(in crate::export::sinks) async fn answer_once(
+        status: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (Url, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/logs", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let head = format!(
+            "{status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Until the whole body is in (its length from content-length).
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&body).await.unwrap();
+            socket.shutdown().await.unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, server)
+    }
+}

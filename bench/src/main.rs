@@ -18,6 +18,7 @@
 //! - `fill-trail`: an audit database filled with a long valid trail (see [`trail`]).
 
 mod disk;
+mod export;
 mod ingest;
 mod mixed;
 mod policy;
@@ -150,6 +151,12 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         records: u64,
     },
+    /// Fill a new SQLite trail with `records` records and time one exporter draining it to
+    /// each sink (file, OTLP, Splunk HEC, syslog) on one core; prints JSON.
+    Export {
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+    },
 }
 
 fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -231,6 +238,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sessions { database, records } => {
             println!("{}", sessions::run(&database, records).await?);
+            Ok(())
+        }
+        Command::Export { records } => {
+            println!("{}", export::run(records).await?);
             Ok(())
         }
     }

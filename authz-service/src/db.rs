@@ -178,7 +178,15 @@ impl Lease {
             return true;
         };
         if self.conn.is_none() {
-            let Ok(options) = pg_options(url) else {
+            // Keepalives: the server notices a replica that died without closing its
+            // connection (a lost node) within about a minute and frees the lease.
+            let Ok(options) = pg_options(url).map(|o| {
+                o.options([
+                    ("tcp_keepalives_idle", "30"),
+                    ("tcp_keepalives_interval", "10"),
+                    ("tcp_keepalives_count", "3"),
+                ])
+            }) else {
                 return false;
             };
             self.conn = tokio::time::timeout(PG_CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&options))

@@ -347,8 +347,11 @@ pub async fn run(
             lag_seconds = lag_seconds.max(age_seconds(&first.recorded_at));
             let last = last.seq;
             let batch: Vec<Outgoing> = records.into_iter().map(|r| Outgoing::new(r, exporter.format)).collect();
-            if !send_until_acknowledged(&name, &mut sink, &batch, &statuses, &mut stop).await {
-                return;
+            match send_until_acknowledged(&name, &mut sink, &batch, &statuses, &mut lease, &mut stop).await {
+                Sent::Acknowledged => {}
+                Sent::Stopped => return,
+                // Another replica sends now: leave the batch (and the cursor) to it.
+                Sent::LeaseLost => break,
             }
             match cursors.advance(&writer, from, last).await {
                 Ok(true) => {
@@ -375,21 +378,31 @@ pub async fn run(
     }
 }
 
-/// Sends `batch` until the sink acknowledges it, backing off between attempts; false when
-/// the service stops first.
+/// How a send ended.
+enum Sent {
+    Acknowledged,
+    /// The service is stopping.
+    Stopped,
+    /// The lease went to another replica while the sink was failing.
+    LeaseLost,
+}
+
+/// Sends `batch` until the sink acknowledges it, backing off between attempts, as long as this
+/// replica holds the lease.
 async fn send_until_acknowledged(
     name: &str,
     sink: &mut sinks::Sink,
     batch: &[Outgoing],
     statuses: &Statuses,
+    lease: &mut Lease,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Sent {
     let mut wait = PASS;
     loop {
         match sink.send(batch).await {
             Ok(()) => {
                 statuses.update(name, |s| s.last_error = None);
-                return true;
+                return Sent::Acknowledged;
             }
             Err(error) => {
                 let message = error.to_string();
@@ -405,7 +418,11 @@ async fn send_until_acknowledged(
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return false,
+            _ = stop.wait_for(|s| *s) => return Sent::Stopped,
+        }
+        if !lease.hold().await {
+            statuses.update(name, |s| s.active = false);
+            return Sent::LeaseLost;
         }
         wait = (wait * 2).min(BACKOFF_MAX);
     }

@@ -66,15 +66,46 @@ fn append(config: &export::FileSink, started: Option<SystemTime>, bytes: &[u8]) 
     } else {
         started
     };
-    let mut file = open_append(path).map_err(|e| error("open", e))?;
-    file.write_all(bytes).map_err(|e| error("write", e))?;
-    file.sync_data().map_err(|e| error("sync", e))?;
+    let file = open_append(path).map_err(|e| error("open", e))?;
+    let size = whole_lines(&file).map_err(|e| error("read", e))?;
+    // A batch is written whole or not at all: a failed write (a full disk) is cut off again,
+    // so that the batch sent again starts on a line of its own.
+    let written = (&file).write_all(bytes).and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        let _ = file.set_len(size);
+        return Err(error("write", e));
+    }
     Ok(started)
+}
+
+/// Cuts a last line without its newline (what a crash in the middle of a write leaves: the
+/// batch is sent again whole) and returns the file's size.
+fn whole_lines(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = file.metadata()?.len();
+    if size == 0 {
+        return Ok(0);
+    }
+    let mut reader = file;
+    let mut tail = vec![0u8; size.min(1 << 20) as usize];
+    reader.seek(SeekFrom::Start(size - tail.len() as u64))?;
+    reader.read_exact(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(size);
+    }
+    // A line longer than what was read is cut whole.
+    let keep = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(at) => size - tail.len() as u64 + at as u64 + 1,
+        None if size <= tail.len() as u64 => 0,
+        None => size - tail.len() as u64,
+    };
+    file.set_len(keep)?;
+    Ok(keep)
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
+    options.create(true).append(true).read(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -135,6 +166,16 @@ mod tests {
         assert_eq!(read("trail.jsonl.1"), "d\ne\nf\n");
         assert_eq!(read("trail.jsonl.2"), "a\nb\nc\n");
         assert!(!dir.path().join("trail.jsonl.3").exists(), "keep: 2");
+    }
+
+    #[test]
+    fn a_line_cut_by_a_crash_is_removed_before_the_batch_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), 1 << 20, 3);
+        std::fs::write(&c.path, "{\"seq\":1}\n{\"seq\":2}\n{\"se").unwrap();
+        append(&c, None, b"{\"seq\":2}\n{\"seq\":3}\n").unwrap();
+        let text = std::fs::read_to_string(&c.path).unwrap();
+        assert_eq!(text, "{\"seq\":1}\n{\"seq\":2}\n{\"seq\":2}\n{\"seq\":3}\n");
     }
 
     #[test]

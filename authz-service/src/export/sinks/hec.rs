@@ -28,8 +28,8 @@ use url::Url;
 
 use crate::config::export;
 
-use super::otlp::{clip, describe, http_client, recorded_at, redact};
 use super::{super::Outgoing, SinkError};
+use super::{clip, describe, http_client, recorded_at, redact};
 
 #[derive(Debug)]
 pub struct HecSink {
@@ -42,7 +42,7 @@ pub struct HecSink {
     gzip: bool,
     client: reqwest::Client,
     /// The token, scrubbed from any error text.
-    secrets: Vec<String>,
+    secrets: super::Secrets,
 }
 
 impl HecSink {
@@ -59,7 +59,7 @@ impl HecSink {
             sourcetype: config.sourcetype.clone(),
             gzip: config.gzip,
             client: http_client(config.ca_file.as_deref(), config.timeout)?,
-            secrets: vec![config.token.0.clone()],
+            secrets: super::Secrets(vec![config.token.0.clone()]),
         })
     }
 
@@ -93,12 +93,12 @@ impl HecSink {
             Ok(Answer { code: Some(0), .. }) if status == reqwest::StatusCode::OK => Ok(()),
             Ok(Answer { text, code }) => Err(format!(
                 "Splunk HEC answered HTTP {status}: {} (code {})",
-                clip(text.as_deref().unwrap_or("no text")),
+                clip(&redact(text.as_deref().unwrap_or("no text"), &self.secrets)),
                 code.map_or("none".to_owned(), |c| c.to_string())
             )),
             Err(_) => Err(format!(
                 "Splunk HEC answered HTTP {status} without its JSON: {}",
-                clip(&String::from_utf8_lossy(&answer))
+                clip(&redact(&String::from_utf8_lossy(&answer), &self.secrets))
             )),
         }
     }

@@ -33,10 +33,9 @@
 //! Also here, shared by the HTTP sinks (`hec.rs`) and `syslog.rs`: the HTTP client with the
 //! sinks' TLS rules, error texts without secrets, a record's time and whether it is a denial.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use gatehouse_core::audit::{Record, RecordKind};
+use gatehouse_core::audit::Record;
 use gatehouse_core::events::{AuditEvent, Decision};
 use prost::Message;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -44,7 +43,7 @@ use url::Url;
 
 use crate::config::export;
 
-use super::{super::Outgoing, SinkError};
+use super::{super::Outgoing, SinkError, clip, denied, describe, http_client, recorded_at, redact};
 
 const SCOPE: &str = "gatehouse.audit";
 const PROTOBUF: &str = "application/x-protobuf";
@@ -56,7 +55,7 @@ pub struct OtlpSink {
     headers: HeaderMap,
     client: reqwest::Client,
     /// Header values, scrubbed from any error text.
-    secrets: Vec<String>,
+    secrets: super::Secrets,
 }
 
 impl OtlpSink {
@@ -75,7 +74,15 @@ impl OtlpSink {
             endpoint: config.endpoint.clone(),
             headers,
             client: http_client(config.ca_file.as_deref(), config.timeout)?,
-            secrets: config.headers.iter().map(|(_, v)| v.0.clone()).collect(),
+            // A header value, and what follows its scheme (`Bearer X`: X), which a receiver may echo alone.
+            secrets: super::Secrets(
+                config
+                    .headers
+                    .iter()
+                    .flat_map(|(_, v)| [Some(v.0.clone()), v.0.split_once(' ').map(|(_, rest)| rest.to_owned())])
+                    .flatten()
+                    .collect(),
+            ),
         })
     }
 
@@ -96,15 +103,26 @@ impl OtlpSink {
             .await
             .map_err(|e| format!("cannot reach the OTLP endpoint: {}", describe(e)))?;
         let status = response.status();
-        let protobuf = response
+        let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(PROTOBUF));
+            .map(str::to_owned);
+        let protobuf = content_type.as_deref().is_some_and(|v| v.starts_with(PROTOBUF));
         let answer = response
             .bytes()
             .await
             .map_err(|e| format!("the OTLP endpoint's answer ({status}) was cut: {}", describe(e)))?;
+        let json = content_type
+            .as_deref()
+            .is_some_and(|v| v.starts_with("application/json"));
+        if status.is_success() && !protobuf && !json {
+            // A proxy's page or a server on the wrong path answering 200 is no acknowledgement.
+            return Err(format!(
+                "the endpoint answered HTTP {status} with {}, not an OTLP answer: is the URL the collector's /v1/logs?",
+                content_type.as_deref().map_or("no content type".to_owned(), clip)
+            ));
+        }
         if status.is_success() {
             let rejected = protobuf
                 .then(|| proto::ExportLogsServiceResponse::decode(answer.as_ref()).ok())
@@ -114,10 +132,10 @@ impl OtlpSink {
                 Some(p) if p.rejected_log_records > 0 => Err(format!(
                     "the collector rejected {} of {records} log records ({}); the batch is sent again",
                     p.rejected_log_records,
-                    clip(&p.error_message)
+                    clip(&redact(&p.error_message, &self.secrets))
                 )),
                 Some(p) if !p.error_message.is_empty() => {
-                    let warning = redact(&clip(&p.error_message), &self.secrets);
+                    let warning = clip(&redact(&p.error_message, &self.secrets));
                     tracing::warn!(%warning, "The OTLP endpoint took the batch with a warning.");
                     Ok(())
                 }
@@ -138,7 +156,7 @@ impl OtlpSink {
         } else {
             "the collector is unavailable"
         };
-        Err(format!("{why}: HTTP {status}: {}", clip(&said)))
+        Err(format!("{why}: HTTP {status}: {}", clip(&redact(&said, &self.secrets))))
     }
 }
 
@@ -321,91 +339,6 @@ fn attributes(o: &Outgoing) -> Vec<proto::KeyValue> {
     out
 }
 
-// Shared by the sinks.
-
-/// The service refused the call: a `request` record denying it, or a `request_rejected`.
-pub(super) fn denied(record: &Record) -> bool {
-    matches!(
-        RecordKind::parse(&record.kind),
-        Some(RecordKind::Request | RecordKind::RequestRejected)
-    ) && record.data.get("decision").and_then(serde_json::Value::as_str) == Some("deny")
-}
-
-/// The record's `recorded_at`; none if it does not parse.
-pub(super) fn recorded_at(record: &Record) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(&record.recorded_at, &time::format_description::well_known::Rfc3339).ok()
-}
-
-/// An HTTP client with the sinks' TLS rules: the certificates of `ca_file` as the only roots
-/// when given (a file with none is an error), the built-in webpki roots otherwise. No
-/// redirects: a sink's headers are credentials for its receiver only.
-pub(super) fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, SinkError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
-        let roots = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| SinkError::new(format!("{} is not PEM: {}", path.display(), describe(e))))?;
-        if roots.is_empty() {
-            return Err(SinkError::new(format!("{} holds no PEM certificate", path.display())));
-        }
-        builder = roots
-            .into_iter()
-            .fold(builder.tls_built_in_root_certs(false), |b, root| {
-                b.add_root_certificate(root)
-            });
-    }
-    builder
-        .build()
-        .map_err(|e| SinkError::new(format!("cannot build an HTTP client: {}", describe(e))))
-}
-
-/// A request error with its causes (the TLS or connection error is in the chain), without
-/// the URL.
-pub(super) fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".to_owned();
-    }
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// `text` with every secret replaced: a receiver's answer may quote what it was sent.
-pub(super) fn redact(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .filter(|s| !s.is_empty())
-        .fold(text.to_owned(), |text, secret| {
-            text.replace(secret.as_str(), "<redacted>")
-        })
-}
-
-/// A receiver's text, on one line and at most 300 characters.
-pub(super) fn clip(text: &str) -> String {
-    let one_line: String = text
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    match one_line.char_indices().nth(300) {
-        Some((at, _)) => format!("{}…", &one_line[..at]),
-        None => one_line,
-    }
-}
-
 /// The OTLP messages this sink sends and reads, with opentelemetry-proto's field numbers.
 /// Fields it never sets are left out (a decoder reads them as their defaults).
 mod proto {
@@ -553,6 +486,7 @@ mod proto {
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use serde_json::{Value, json};
 
@@ -761,6 +695,31 @@ pub(super) mod tests {
             error.0.contains("rejected 1 of 1") && error.0.contains("too old"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_200_that_is_no_otlp_answer_is_not_an_ack_and_an_echoed_token_is_scrubbed() {
+        let secret = "Bearer tok-3c9e";
+        // A proxy's login page, quoting the token alone.
+        let (url, _server) = answer_once(
+            "HTTP/1.1 200 OK",
+            "text/html",
+            b"<html>sign in (tok-3c9e)</html>".to_vec(),
+        )
+        .await;
+        let config = export::OtlpSink {
+            endpoint: url,
+            headers: vec![("authorization".into(), Secret(secret.into()))],
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let mut sink = OtlpSink::new(&config).unwrap();
+        let error = sink
+            .send(&[outgoing("w", 1, "request", tool_call("allow"))])
+            .await
+            .unwrap_err();
+        assert!(error.0.contains("not an OTLP answer"), "{error}");
+        assert!(!format!("{sink:?}").contains("tok-3c9e"));
     }
 
     /// A one-shot HTTP server on 127.0.0.1: answers `status` with `body`; yields the request

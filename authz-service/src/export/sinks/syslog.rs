@@ -41,7 +41,7 @@ use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::ServerNam
 use crate::config::export;
 use gatehouse_core::audit::Record;
 
-use super::otlp::denied;
+use super::denied;
 use super::{super::Outgoing, SinkError};
 
 /// The structured data element's id (see the module's note on the number).

@@ -272,35 +272,22 @@ impl Sealer {
         }
     }
 
-    /// Seals what is due for every writer, then reports the lag.
+    /// Seals what is due for every writer, then reports the lag. A writer whose seal fails
+    /// does not hold the others back; the first failure is the pass's.
     async fn pass(&mut self, writers: &mut Writers) -> Result<(), SealError> {
         let states = self.states.all().await?;
         let (mut lag_records, mut overdue) = (0u64, 0f64);
+        let mut failed = None;
         for writer in writers.current(&self.store, states.keys().cloned()).await {
-            let mut state = states.get(&writer).cloned().unwrap_or_default();
-            self.show_waiting(&writer, &state).await?;
-            // A writer far behind seals segment after segment in one pass.
-            loop {
-                if *self.stop.borrow() {
-                    return Err(SealError::Stopped);
+            let state = states.get(&writer).cloned().unwrap_or_default();
+            match self.writer_pass(&writer, state).await {
+                Ok((lag, late)) => {
+                    lag_records += lag;
+                    overdue = overdue.max(late);
                 }
-                let head = self.store.head_seq(&writer).await?;
-                let due = match state.pending_last {
-                    Some(last) => Some(last),
-                    None => self.due(&writer, &state, head).await?,
-                };
-                let Some(last) = due else {
-                    let waiting = head.saturating_sub(state.sealed_seq);
-                    lag_records += waiting;
-                    if waiting > 0 {
-                        overdue = overdue.max(self.overdue(&writer, state.sealed_seq).await?);
-                    }
-                    break;
-                };
-                match self.seal(&writer, &state, last).await? {
-                    Some(sealed) => state = sealed,
-                    // Another replica moved the state: read it again next pass.
-                    None => break,
+                Err(SealError::Stopped) => return Err(SealError::Stopped),
+                Err(error) => {
+                    failed.get_or_insert(error);
                 }
             }
         }
@@ -308,7 +295,38 @@ impl Sealer {
             s.lag_records = lag_records;
             s.lag_seconds = overdue;
         });
-        Ok(())
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Seals what is due for `writer`; what it leaves waiting (records, seconds overdue).
+    async fn writer_pass(&mut self, writer: &str, mut state: State) -> Result<(u64, f64), SealError> {
+        let (mut lag_records, mut overdue) = (0u64, 0f64);
+        self.show_waiting(writer, &state).await?;
+        // A writer far behind seals segment after segment in one pass.
+        loop {
+            if *self.stop.borrow() {
+                return Err(SealError::Stopped);
+            }
+            let head = self.store.head_seq(writer).await?;
+            let due = match state.pending_last {
+                Some(last) => Some(last),
+                None => self.due(writer, &state, head).await?,
+            };
+            let Some(last) = due else {
+                let waiting = head.saturating_sub(state.sealed_seq);
+                lag_records = waiting;
+                if waiting > 0 {
+                    overdue = self.overdue(writer, state.sealed_seq).await?;
+                }
+                break;
+            };
+            match self.seal(writer, &state, last).await? {
+                Some(sealed) => state = sealed,
+                // Another replica moved the state: read it again next pass.
+                None => break,
+            }
+        }
+        Ok((lag_records, overdue))
     }
 
     /// Shows this writer's waiting records at once (at least), before a seal that may wait

@@ -21,12 +21,11 @@ use std::time::Duration;
 use gatehouse_core::audit::Record;
 use serde_json::Value;
 use sha2::Digest;
-use sqlx::{Any, AnyConnection, Row, Transaction};
+use sqlx::{Any, Row, Transaction};
 use tokio::sync::watch;
 
 use super::Sessions;
 use crate::audit::Store;
-use crate::db::Backend;
 
 /// Records read per transaction.
 pub const BATCH: u32 = 500;
@@ -37,8 +36,6 @@ pub const PASS: Duration = Duration::from_millis(500);
 const WRITERS_EVERY: Duration = Duration::from_secs(60);
 /// The most searchable text kept per exchange (masked arguments and answers).
 const TEXT_MAX: usize = 16 * 1024;
-/// The advisory lock one PostgreSQL replica holds while it indexes.
-const INDEXER_LOCK: i64 = 0x6761_7465_7365_7373; // "gatesess"
 
 /// One exchange's row as the indexer keeps it.
 #[derive(Debug, Default)]
@@ -383,33 +380,6 @@ impl Sessions {
         Ok(writers)
     }
 
-    /// Holds the indexer's lease on PostgreSQL (one replica indexes at a time); on SQLite
-    /// the one service always may.
-    async fn lease(&self, held: &mut Option<AnyConnection>) -> bool {
-        if self.backend != Backend::Postgres {
-            return true;
-        }
-        if held.is_none() {
-            *held = self.connection().await.ok();
-        }
-        let Some(conn) = held.as_mut() else {
-            return false;
-        };
-        // Taken again on the same connection: held already, it stays held (and is counted
-        // twice, which nothing minds); another replica's, it is not.
-        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-            .bind(INDEXER_LOCK)
-            .fetch_one(&mut *conn)
-            .await
-        {
-            Ok(got) => got,
-            Err(_) => {
-                *held = None;
-                false
-            }
-        }
-    }
-
     /// Reads every writer up to its head once (tests, and the indexer's pass), then files
     /// what waited too long to be filed.
     pub async fn catch_up(&self, store: &Store, writers: &[String]) -> Result<usize, sqlx::Error> {
@@ -456,7 +426,7 @@ impl Sessions {
 
 /// Indexes new records every [`PASS`] until `stop`.
 pub async fn run(sessions: Sessions, store: Store, mut stop: watch::Receiver<bool>) {
-    let mut lease = None;
+    let mut lease = crate::db::Lease::new(store.pool(), store.url(), "sessions-indexer");
     let mut writers: Vec<String> = Vec::new();
     let mut writers_read: Option<tokio::time::Instant> = None;
     loop {
@@ -464,7 +434,7 @@ pub async fn run(sessions: Sessions, store: Store, mut stop: watch::Receiver<boo
             () = tokio::time::sleep(PASS) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if !sessions.lease(&mut lease).await {
+        if !lease.hold().await {
             continue;
         }
         if writers_read.is_none_or(|at| at.elapsed() >= WRITERS_EVERY) {

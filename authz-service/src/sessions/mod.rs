@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
+use sqlx::Row;
 use sqlx::pool::PoolOptions;
-use sqlx::{AnyConnection, Connection, Row};
 
 use crate::audit::{Store, normalize_time};
 use crate::db::Backend;
@@ -31,7 +31,6 @@ use crate::db::Backend;
 #[derive(Clone)]
 pub struct Sessions {
     pool: AnyPool,
-    url: String,
     backend: Backend,
     /// A session of a server that keeps none ends after this long without a call; any session
     /// shows as `idle` (no longer `open`) after it.
@@ -176,14 +175,9 @@ impl Sessions {
         }
         Ok(Self {
             pool,
-            url,
             backend,
             idle_ms: i64::try_from(idle_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
         })
-    }
-
-    async fn connection(&self) -> Result<AnyConnection, sqlx::Error> {
-        AnyConnection::connect(&self.url).await
     }
 
     /// Fills in the exchange, call, denial and approval counts and the masked kinds of

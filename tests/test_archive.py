@@ -312,8 +312,9 @@ def test_a_seal_cut_short_is_sealed_again_to_the_same_bytes_and_a_restart_contin
         before = hashlib.sha256(s3.get(bucket, dig_key(a, b))).hexdigest()
         with open_store(stack) as db:
             db.execute(
-                "UPDATE archive_state SET sealed_seq = ?, digest_sha256 = ?, pending_last = ? WHERE writer = ?",
-                (b, before, d, WRITER),
+                "UPDATE archive_state SET sealed_seq = ?, digest_sha256 = ?, digest_key = ?, pending_last = ? "
+                "WHERE writer = ?",
+                (b, before, dig_key(a, b), d, WRITER),
             )
         return c, d
 
@@ -368,6 +369,32 @@ def test_a_seal_cut_short_is_sealed_again_to_the_same_bytes_and_a_restart_contin
     verified = verify_archive(s3, bucket, public_key(stack))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"records 1 to {head} in one chain" in verified.stdout, verified.stdout
+
+
+def test_a_delete_marker_on_the_newest_digest_neither_stalls_the_archive_nor_hides(make_stack, s3):
+    """An administrator "deletes" the newest digest while the service is down (a delete marker:
+    the version stays under its retention). After the restart the archive links the next digest
+    to the one it uploaded, as archive_state names it, and goes on sealing; verify names the
+    delete marker, and nothing else."""
+    bucket = s3.create_locked_bucket()
+    stack = make_stack(upstream="echo", archive=archive_config(s3, bucket))
+    calls(stack, 6)
+    wait_archived(stack, s3, bucket)
+    newest = ranges(s3, bucket, "digests")[WRITER][-1]
+    stack.service.stop()
+    assert s3.delete(bucket, dig_key(*newest)), "a delete marker"
+    stack.start_service()
+    calls(stack, 6, start=100)
+    expected = wait_archived(stack, s3, bucket)
+    head = max(seq for w, seq in expected if w == WRITER)
+    after = [r for r in ranges(s3, bucket, "digests")[WRITER] if r[0] > newest[1]]
+    assert after and after[0][0] == newest[1] + 1 and after[-1][1] == head, after
+    linked = json.loads(s3.get(bucket, dig_key(*after[0])))["digest"]["previous"]
+    assert linked["key"] == dig_key(*newest), linked
+    found = verify_archive(s3, bucket, public_key(stack))
+    assert found.returncode == 1, found.stdout + found.stderr
+    broken = [line for line in found.stdout.splitlines() if line.startswith("BROKEN:")]
+    assert broken == [line for line in broken if f"DELETED: {dig_key(*newest)}" in line] and len(broken) == 1, broken
 
 
 def test_s3_down_never_blocks_a_call_and_the_archive_catches_up(make_stack, s3):

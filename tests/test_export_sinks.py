@@ -8,7 +8,10 @@ and no token is in any error, log or answer."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
 import time
 from collections import Counter
 
@@ -20,6 +23,7 @@ from harness.load import Load
 from harness.ocsf import validate
 from harness.siem import HecReceiver, OtlpReceiver, Rsyslog
 from harness.stack import Stack, gen_tls, tools_call
+from harness.store_sql import open_store
 
 pytestmark = [pytest.mark.gateway]
 
@@ -172,6 +176,84 @@ def test_a_refused_token_is_reported_without_the_token_and_calls_go_on(make_stac
         assert 'gatehouse_export_failures_total{exporter="splunk",sink="splunk_hec"}' in metrics
         assert TOKEN not in metrics
         assert TOKEN not in "".join(s.decode(errors="replace") for s in stack.gateway_logs().values())
+
+
+def test_what_a_receiver_refuses_is_split_and_a_record_refused_alone_arrives_as_a_stub(make_stack, tls_dir, tmp_path):
+    """A Splunk HEC that takes at most 64 KiB a request (413 above, as its max_content_length)
+    and an OTLP collector that rejects log records over 32 KiB (a partial success, keeping
+    the rest): batches are halved until they pass, a record refused even alone arrives as a
+    stub naming what it left out, and every record of the trail arrives in order — none held
+    back behind the big one."""
+    token_file = tmp_path / "hec-token"
+    token_file.write_text(TOKEN)
+    with HecReceiver(tls_dir, TOKEN) as hec, OtlpReceiver(tls_dir) as otlp:
+        hec.max_body = 64 * 1024
+        otlp.reject_when = lambda r: len(r["body"]) > 32 * 1024
+        ca = str(tls_dir / "ca.crt")
+        stack = make_stack(
+            upstream="echo",
+            export=[
+                {
+                    "name": "splunk",
+                    "format": "ocsf",
+                    "splunk_hec": {"url": hec.url, "token_file": str(token_file), "ca_file": ca},
+                },
+                {"name": "otel", "otlp": {"endpoint": otlp.url, "ca_file": ca}},
+            ],
+        )
+        token = stack.token("alice")
+        session = stack.initialize(token)
+        # Random bytes in base64: gzip leaves them over 64 KiB.
+        big = base64.b64encode(os.urandom(90_000)).decode()
+        for i, message in enumerate([*(f"small {i}" for i in range(10)), big, *(f"after {i}" for i in range(10))]):
+            resp = stack.post(
+                tools_call("echo", {"message": message}, request_id=i + 1),
+                token=token,
+                headers={"mcp-session-id": session},
+            )
+            assert resp.status_code == 200, resp.text[:300]
+        hec_ids, expected = wait_delivered(stack, lambda: [e["fields"]["gatehouse_id"] for e in hec.events])
+        check_delivery(hec_ids, expected)
+        otlp_ids, _ = wait_delivered(stack, lambda: [r["attributes"]["gatehouse.record.id"] for r in otlp.records])
+        # The collector kept the rest of each batch it rejected a record of (OTLP does not say
+        # which): later records arrived before that record's stub, and again after it.
+        check_delivery(otlp_ids, expected, by_last_copy=True)
+        with open_store(stack) as db:
+            rows = db.execute("SELECT writer, seq, length(data) AS size FROM audit_records").fetchall()
+        size = {f"{r['writer']}:{r['seq']}": r["size"] for r in rows}
+        request = {i for i, n in size.items() if n > 100_000}
+        assert len(request) == 1, "the big call's request is in the trail whole"
+
+        def stubs(events: list[tuple[str, dict]], limit: int, reason: str) -> set[str]:
+            """The ids sent as stubs; each one a record over `limit` refused for `reason`, and
+            carrying the record's hash but not its big text."""
+            out = set()
+            for event_id, event in events:
+                omitted = event.get("export_omitted")
+                if omitted is None:
+                    continue
+                out.add(event_id)
+                assert size[event_id] > limit and omitted["fields"] and reason in omitted["reason"], omitted
+                assert omitted["event_bytes"] > limit and big[:1000] not in json.dumps(event)
+                assert event["hash"] == expected[tuple_id(event_id)]
+            return out
+
+        for e in hec.events:
+            validate(e["event"])
+        splunk = stubs([(e["fields"]["gatehouse_id"], e["event"]["unmapped"]) for e in hec.events], 64 * 1024, "413")
+        otel = stubs(
+            [(r["attributes"]["gatehouse.record.id"], json.loads(r["body"])) for r in otlp.records],
+            32 * 1024,
+            "rejected",
+        )
+        assert request <= splunk and request <= otel, (request, splunk, otel)
+        assert max(r["events"] for r in hec.requests if r["status"] == 200) > 5, "the small ones still go in batches"
+        metrics = httpx.get(f"{stack.rest_url}/metrics").text
+        for name, sent in (("splunk", splunk), ("otel", otel)):
+            found = re.search(rf'gatehouse_export_stubs_total\{{exporter="{name}",sink="[a-z_]+"\}} (\d+)', metrics)
+            assert found and int(found.group(1)) == len(sent), metrics
+        logs = "".join(s.decode(errors="replace") for s in stack.gateway_logs().values())
+        assert "sending a stub that names it" in logs and big[:1000] not in logs
 
 
 def test_a_sink_whose_certificate_does_not_verify_is_never_sent_to(make_stack, tls_dir, tmp_path):

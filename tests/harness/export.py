@@ -27,12 +27,16 @@ def parse_id(event_id: str) -> tuple[str, int]:
     return writer, int(seq)
 
 
-def check_delivery(ids: Iterable[str], expected: dict[tuple[str, int], str]) -> int:
-    """Asserts the delivery; returns how many events were duplicates."""
+def check_delivery(ids: Iterable[str], expected: dict[tuple[str, int], str], by_last_copy: bool = False) -> int:
+    """Asserts the delivery: every record of `expected` arrived, nothing else did, and per
+    writer in order without a gap, by each record's first copy (`by_last_copy`: by its last
+    one, for a receiver that kept part of a batch it answered with a partial rejection).
+    Returns how many events were duplicates."""
     seen: set[tuple[str, int]] = set()
     firsts: dict[str, list[int]] = defaultdict(list)
     duplicates = 0
-    for event_id in ids:
+    ids = list(ids)
+    for event_id in reversed(ids) if by_last_copy else ids:
         key = parse_id(event_id)
         if key in seen:
             duplicates += 1
@@ -44,6 +48,7 @@ def check_delivery(ids: Iterable[str], expected: dict[tuple[str, int], str]) -> 
     assert not missing, f"{len(missing)} records never arrived, first {missing[:5]}"
     assert not extra, f"{len(extra)} events are no record of the trail, first {extra[:5]}"
     for writer, seqs in firsts.items():
+        seqs = seqs[::-1] if by_last_copy else seqs
         assert seqs == list(range(1, len(seqs) + 1)), f"{writer}: out of order or with a gap: {seqs[:50]}"
     return duplicates
 

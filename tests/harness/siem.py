@@ -86,6 +86,9 @@ class _HttpReceiver:
         self.port = free_port()
         self._lock = threading.Lock()
         self._fail = 0
+        # Bodies longer than this (as sent, compressed or not) are answered 413, as a
+        # collector's max_request_body_size or HEC's max_content_length would.
+        self.max_body: int | None = None
         self._server: ThreadingHTTPServer | None = None
         self.up()
 
@@ -117,6 +120,9 @@ class _HttpReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _too_large(self, body: bytes) -> bool:
+        return self.max_body is not None and len(body) > self.max_body
 
     def _failing(self) -> bool:
         with self._lock:
@@ -175,6 +181,9 @@ class OtlpReceiver(_HttpReceiver):
         self._records: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
         self._reject = 0
+        # Records this says yes to (given the record as `records` lists it) are rejected
+        # in a partial success, the others kept, as a collector's own limits or filters do.
+        self.reject_when: Callable[[dict[str, Any]], bool] | None = None
         super().__init__(tls_dir)
 
     @property
@@ -214,6 +223,8 @@ class OtlpReceiver(_HttpReceiver):
             return answer(404, "text/plain", b"not found")
         if self._failing():
             return answer(503, "text/plain", b"unavailable (fail_next)")
+        if self._too_large(body):
+            return answer(413, "text/plain", b"request body too large")
         if not headers.get("content-type", "").startswith("application/x-protobuf"):
             return answer(415, "text/plain", b"only application/x-protobuf")
         try:
@@ -241,15 +252,19 @@ class OtlpReceiver(_HttpReceiver):
                     )
         request["records"] = len(records)
         response = ExportLogsServiceResponse()
+        refused = [r for r in records if self.reject_when and self.reject_when(r)]
         with self._lock:
             rejecting = self._reject > 0
             if rejecting:
                 self._reject -= 1
             else:
-                self._records.extend(records)
+                self._records.extend(r for r in records if r not in refused)
         if rejecting:
             response.partial_success.rejected_log_records = len(records)
             response.partial_success.error_message = "rejected on purpose (reject_next)"
+        elif refused:
+            response.partial_success.rejected_log_records = len(refused)
+            response.partial_success.error_message = "rejected on purpose (reject_when)"
         return answer(200, "application/x-protobuf", response.SerializeToString())
 
 
@@ -310,6 +325,8 @@ class HecReceiver(_HttpReceiver):
             return answer(_hec_answer(403, "Invalid token", 4))
         if self._failing():
             return answer(_hec_answer(503, "Server is busy", 9))
+        if self._too_large(body):
+            return answer(_hec_answer(413, "Content length too large", 27))
         try:
             text = (gzip.decompress(body) if zipped else body).decode()
             events = _concatenated_json(text)

@@ -52,6 +52,8 @@ pub struct State {
     pub sealed_seq: u64,
     /// That digest's SHA-256.
     pub digest_sha256: Option<String>,
+    /// That digest's key (`None` in rows sealed before the column existed).
+    pub digest_key: Option<String>,
     /// A range `sealed_seq + 1 ..= pending_last` planned and perhaps partly uploaded.
     pub pending_last: Option<u64>,
 }
@@ -68,17 +70,19 @@ impl States {
     }
 
     pub async fn all(&self) -> Result<BTreeMap<String, State>, sqlx::Error> {
-        let rows: Vec<(String, i64, Option<String>, Option<i64>)> = on_pool!(self.store.pool(), pool => {
-            sqlx::query_as("SELECT writer, sealed_seq, digest_sha256, pending_last FROM archive_state")
+        type Row = (String, i64, Option<String>, Option<String>, Option<i64>);
+        let rows: Vec<Row> = on_pool!(self.store.pool(), pool => {
+            sqlx::query_as("SELECT writer, sealed_seq, digest_sha256, digest_key, pending_last FROM archive_state")
                 .fetch_all(pool)
                 .await?
         });
         Ok(rows
             .into_iter()
-            .map(|(writer, sealed, sha, pending)| {
+            .map(|(writer, sealed, sha, key, pending)| {
                 let state = State {
                     sealed_seq: u64::try_from(sealed).unwrap_or(0),
                     digest_sha256: sha,
+                    digest_key: key,
                     pending_last: pending.and_then(|p| u64::try_from(p).ok()),
                 };
                 (writer, state)
@@ -122,15 +126,22 @@ impl States {
         Ok(moved == 1)
     }
 
-    /// Records that the digest of `sealed + 1 ..= last` is in the bucket; false when the
-    /// state had moved.
-    pub async fn sealed(&self, writer: &str, sealed: u64, last: u64, digest_sha256: &str) -> Result<bool, sqlx::Error> {
+    /// Records that the digest of `sealed + 1 ..= last` is in the bucket at `digest_key`;
+    /// false when the state had moved.
+    pub async fn sealed(
+        &self,
+        writer: &str,
+        sealed: u64,
+        last: u64,
+        digest_key: &str,
+        digest_sha256: &str,
+    ) -> Result<bool, sqlx::Error> {
         let now = crate::audit::now_rfc3339();
         let (sealed, last) = (to_i64(sealed), to_i64(last));
         let moved = on_pool!(self.store.pool(), pool => {
             sqlx::query(
-                "UPDATE archive_state SET sealed_seq = $1, digest_sha256 = $2, pending_last = NULL, updated_at = $3 \
-                 WHERE writer = $4 AND sealed_seq = $5 AND pending_last = $6",
+                "UPDATE archive_state SET sealed_seq = $1, digest_sha256 = $2, digest_key = $7, pending_last = NULL, \
+                 updated_at = $3 WHERE writer = $4 AND sealed_seq = $5 AND pending_last = $6",
             )
             .bind(last)
             .bind(digest_sha256)
@@ -138,6 +149,7 @@ impl States {
             .bind(writer)
             .bind(sealed)
             .bind(last)
+            .bind(digest_key)
             .execute(pool)
             .await?
             .rows_affected()
@@ -431,7 +443,7 @@ impl Sealer {
             }
         };
         let sha256 = digest::sha256_hex(&digest_bytes);
-        if !self.states.sealed(writer, sealed, last, &sha256).await? {
+        if !self.states.sealed(writer, sealed, last, &digest_key, &sha256).await? {
             tracing::info!(writer, "The archive state was moved by another replica.");
             return Ok(None);
         }
@@ -441,13 +453,14 @@ impl Sealer {
             writer.to_owned(),
             Tail {
                 last_seq: last,
-                key: digest_key,
+                key: digest_key.clone(),
                 sha256: sha256.clone(),
             },
         );
         Ok(Some(State {
             sealed_seq: last,
             digest_sha256: Some(sha256),
+            digest_key: Some(digest_key),
             pending_last: None,
         }))
     }
@@ -505,8 +518,10 @@ impl Sealer {
         Ok(same.then_some(theirs))
     }
 
-    /// The digest the next one of `writer` links to: known, or found in the bucket by the
-    /// seq it ends at.
+    /// The digest the next one of `writer` links to: the one `archive_state` names (the key
+    /// and SHA-256 this archive uploaded, whatever the bucket shows now: a delete marker on it
+    /// is verify's to name, not a reason to stop sealing), or for a row from before
+    /// `digest_key` existed, found in the bucket by the seq it ends at.
     async fn tail(&mut self, writer: &str, state: &State) -> Result<Option<Tail>, SealError> {
         let sealed = state.sealed_seq;
         if sealed == 0 {
@@ -515,8 +530,19 @@ impl Sealer {
         if let Some(tail) = self.tails.get(writer).filter(|t| t.last_seq == sealed) {
             return Ok(Some(tail.clone()));
         }
-        let folder = format!("{}{}/digests/", self.archive.prefix, digest::writer_folder(writer));
         let ending = format!("-{sealed:020}.json");
+        if let (Some(key), Some(sha256)) = (&state.digest_key, &state.digest_sha256)
+            && key.ends_with(&ending)
+        {
+            let tail = Tail {
+                last_seq: sealed,
+                key: key.clone(),
+                sha256: sha256.clone(),
+            };
+            self.tails.insert(writer.to_owned(), tail.clone());
+            return Ok(Some(tail));
+        }
+        let folder = format!("{}{}/digests/", self.archive.prefix, digest::writer_folder(writer));
         // Segments hold at most segment_records records: the digest starts no earlier than
         // this, unless the setting was larger then (the whole folder is listed).
         let lowest = sealed.saturating_sub(u64::from(self.archive.segment_records));

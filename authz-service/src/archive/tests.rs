@@ -610,23 +610,25 @@ async fn the_archive_state_moves_only_from_where_it_was_read() {
     let planned = super::State {
         sealed_seq: 0,
         digest_sha256: None,
+        digest_key: None,
         pending_last: Some(5),
     };
     assert_eq!(states.all().await.unwrap()["w"], planned);
     // Sealed only as planned.
-    assert!(!states.sealed("w", 0, 6, "x").await.unwrap());
-    assert!(states.sealed("w", 0, 5, "aa").await.unwrap());
-    assert!(!states.sealed("w", 0, 5, "aa").await.unwrap(), "not twice");
+    assert!(!states.sealed("w", 0, 6, "k6", "x").await.unwrap());
+    assert!(states.sealed("w", 0, 5, "k5", "aa").await.unwrap());
+    assert!(!states.sealed("w", 0, 5, "k5", "aa").await.unwrap(), "not twice");
     assert_eq!(
         states.all().await.unwrap()["w"],
         super::State {
             sealed_seq: 5,
             digest_sha256: Some("aa".into()),
+            digest_key: Some("k5".into()),
             pending_last: None,
         }
     );
     assert!(!states.plan("w", 0, 9).await.unwrap(), "not from an old start");
     assert!(states.plan("w", 5, 9).await.unwrap());
-    assert!(states.sealed("w", 5, 9, "bb").await.unwrap());
+    assert!(states.sealed("w", 5, 9, "k9", "bb").await.unwrap());
     assert_eq!(states.all().await.unwrap()["w"].sealed_seq, 9);
 }

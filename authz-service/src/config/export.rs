@@ -23,6 +23,10 @@ pub struct RawExporter {
     /// Records per send (default 500).
     #[serde(default = "default_batch")]
     pub batch: u32,
+    /// Bytes of events per send (default 1 MiB): a batch ends before the record that would
+    /// take it over; a record bigger than this goes alone.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: u64,
     #[serde(default)]
     pub file: Option<RawFile>,
     #[serde(default)]
@@ -35,6 +39,10 @@ pub struct RawExporter {
 
 fn default_batch() -> u32 {
     500
+}
+
+fn default_batch_bytes() -> u64 {
+    1 << 20
 }
 
 /// What an exporter sends of each record.
@@ -235,6 +243,7 @@ pub struct Exporter {
     pub name: String,
     pub format: Format,
     pub batch: u32,
+    pub batch_bytes: u64,
     pub sink: SinkConfig,
 }
 
@@ -419,6 +428,12 @@ pub(super) fn validate_export(raw: Vec<RawExporter>, base: &Path, p: &mut Proble
         if !(1..=5000).contains(&e.batch) {
             p.add(format!("{at}.batch"), "must be between 1 and 5000");
         }
+        if !(4096..=(64 << 20)).contains(&e.batch_bytes) {
+            p.add(
+                format!("{at}.batch_bytes"),
+                "must be between 4096 and 67108864 (64 MiB)",
+            );
+        }
         let given = [
             e.file.is_some(),
             e.otlp.is_some(),
@@ -530,6 +545,7 @@ pub(super) fn validate_export(raw: Vec<RawExporter>, base: &Path, p: &mut Proble
                 name: e.name,
                 format: e.format,
                 batch: e.batch,
+                batch_bytes: e.batch_bytes,
                 sink,
             });
         }

@@ -9,6 +9,13 @@
 //! and not yet acknowledged when the service stops is sent again: every event carries its
 //! `writer:seq` id so that a sink can drop the duplicate.
 //!
+//! A batch holds at most `batch` records and `batch_bytes` bytes of events (a bigger record
+//! goes alone). When the receiver refuses the events themselves (HTTP 413, records an OTLP
+//! collector rejects) the batch is halved until it passes; a record refused alone is sent as
+//! a stub ([`Outgoing::stub`]): its id, chain position and hash with its large fields left out
+//! and named, so the sink still holds every record in order and the whole one is read from
+//! the trail or the archive.
+//!
 //! The export reads the store; it never takes part in a Check. With several replicas on one
 //! PostgreSQL database each exporter runs on the replica holding its lease
 //! ([`crate::db::Lease`]); another takes over when that one dies. The cursor moves only from
@@ -40,6 +47,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const WRITERS_EVERY: Duration = Duration::from_secs(30);
 /// An exporter this far behind (or failing) is named by `/healthz`.
 pub const BEHIND_SECONDS: f64 = 60.0;
+/// A stub keeps the fields of a record's data no longer than this (as JSON).
+const STUB_FIELD_BYTES: usize = 1024;
 
 /// One record as a sink sends it: the record, its id, and its formatted event.
 #[derive(Debug, Clone)]
@@ -49,6 +58,11 @@ pub struct Outgoing {
     pub record: Record,
     /// The event: the record as stored, or its OCSF form.
     pub event: Value,
+    /// The event as one line of JSON.
+    line: String,
+    format: Format,
+    /// A stand-in for a record the sink refused ([`Outgoing::stub`]).
+    pub stub: bool,
 }
 
 impl Outgoing {
@@ -59,15 +73,66 @@ impl Outgoing {
         };
         Self {
             id: format!("{}:{}", record.writer, record.seq),
+            line: event.to_string(),
             record,
             event,
+            format,
+            stub: false,
         }
     }
 
     /// The event as one line of JSON.
-    pub fn line(&self) -> String {
-        self.event.to_string()
+    pub fn line(&self) -> &str {
+        &self.line
     }
+
+    /// What is sent in place of this record when the sink refuses it even alone (`why`): its
+    /// event with every member longer than [`STUB_FIELD_BYTES`] as JSON left out (an object
+    /// that long is entered, the rest is cut), and `export_omitted` (at the top of a gatehouse
+    /// event, in `unmapped` of an OCSF one) naming them as JSON pointers, with the event's
+    /// size and the receiver's reason. Its id, chain position and hash stay: the whole record
+    /// is read from the trail or the archive.
+    pub fn stub(&self, why: &str) -> Self {
+        let mut event = self.event.clone();
+        let mut omitted = Vec::new();
+        prune(&mut event, "", &mut omitted);
+        let marker = json!({"fields": omitted, "event_bytes": self.line.len(), "reason": why});
+        let holder = match self.format {
+            Format::Gatehouse => Some(&mut event),
+            Format::Ocsf => event.get_mut("unmapped"),
+        };
+        if let Some(Value::Object(holder)) = holder {
+            holder.insert("export_omitted".to_owned(), marker);
+        }
+        Self {
+            id: self.id.clone(),
+            record: self.record.clone(),
+            line: event.to_string(),
+            event,
+            format: self.format,
+            stub: true,
+        }
+    }
+}
+
+/// Removes from the object `value` every member longer than [`STUB_FIELD_BYTES`] as JSON,
+/// entering those that are objects; the JSON pointer of each removed one goes to `omitted`.
+fn prune(value: &mut Value, at: &str, omitted: &mut Vec<String>) {
+    let Value::Object(members) = value else {
+        return;
+    };
+    members.retain(|name, member| {
+        if serde_json::to_string(member).map_or(0, |t| t.len()) <= STUB_FIELD_BYTES {
+            return true;
+        }
+        let path = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
+        if member.is_object() {
+            prune(member, &path, omitted);
+            return true;
+        }
+        omitted.push(path);
+        false
+    });
 }
 
 /// What an exporter (or the archive) has done, for `/metrics` and `/healthz`.
@@ -83,6 +148,8 @@ pub struct ExporterStatus {
     pub lag_seconds: f64,
     pub sent: u64,
     pub failures: u64,
+    /// Records the sink refused even alone, sent as stubs.
+    pub stubs: u64,
     /// The last failure, as safe to show (never a token).
     pub last_error: Option<String>,
 }
@@ -137,7 +204,7 @@ impl Statuses {
             return out;
         }
         type Read = fn(&ExporterStatus) -> f64;
-        let metrics: [(&str, &str, &str, Read); 5] = [
+        let metrics: [(&str, &str, &str, Read); 6] = [
             (
                 "gatehouse_export_lag_records",
                 "gauge",
@@ -161,6 +228,12 @@ impl Statuses {
                 "counter",
                 "Failed sends (each is retried).",
                 |s| s.failures as f64,
+            ),
+            (
+                "gatehouse_export_stubs_total",
+                "counter",
+                "Records the sink refused even alone (too large, rejected), sent as a stub naming them.",
+                |s| s.stubs as f64,
             ),
             (
                 "gatehouse_export_active",
@@ -345,14 +418,17 @@ pub async fn run(
             let head = store.head_seq(&writer).await.unwrap_or(last.seq);
             lag_records += head.saturating_sub(from);
             lag_seconds = lag_seconds.max(age_seconds(&first.recorded_at));
-            let last = last.seq;
-            let batch: Vec<Outgoing> = records.into_iter().map(|r| Outgoing::new(r, exporter.format)).collect();
-            match send_until_acknowledged(&name, &mut sink, &batch, &statuses, &mut lease, &mut stop).await {
+            let read = records.len();
+            let mut batch = bounded(records, exporter.format, exporter.batch_bytes);
+            match send_until_acknowledged(&name, &mut sink, &mut batch, &statuses, &mut lease, &mut stop).await {
                 Sent::Acknowledged => {}
                 Sent::Stopped => return,
                 // Another replica sends now: leave the batch (and the cursor) to it.
                 Sent::LeaseLost => break,
             }
+            let Some(last) = batch.last().map(|o| o.record.seq) else {
+                continue;
+            };
             match cursors.advance(&writer, from, last).await {
                 Ok(true) => {
                     sent += batch.len() as u64;
@@ -365,8 +441,8 @@ pub async fn run(
                     tracing::warn!(exporter = %name, %error, "Could not move the export's cursor; the batch will be sent again.")
                 }
             }
-            // A full batch: there may be more now, no pause.
-            if batch.len() as u32 == exporter.batch {
+            // A full page, or one cut short: there may be more now, no pause.
+            if read as u32 == exporter.batch || batch.len() < read {
                 idle = false;
             }
         }
@@ -376,6 +452,21 @@ pub async fn run(
             s.lag_seconds = if left > 0 { lag_seconds } else { 0.0 };
         });
     }
+}
+
+/// `records` as events, up to `max_bytes` of them (the first one whatever its size).
+fn bounded(records: Vec<Record>, format: Format, max_bytes: u64) -> Vec<Outgoing> {
+    let mut out: Vec<Outgoing> = Vec::with_capacity(records.len());
+    let mut bytes = 0u64;
+    for record in records {
+        let o = Outgoing::new(record, format);
+        bytes += o.line().len() as u64 + 1;
+        if bytes > max_bytes && !out.is_empty() {
+            break;
+        }
+        out.push(o);
+    }
+    out
 }
 
 /// How a send ended.
@@ -388,34 +479,51 @@ enum Sent {
 }
 
 /// Sends `batch` until the sink acknowledges it, backing off between attempts, as long as this
-/// replica holds the lease.
+/// replica holds the lease. When the sink refuses the events themselves, the batch is halved
+/// (the rest is read again by the next pass) and sent at once; a record refused alone is
+/// replaced by its stub. So what is acknowledged may be the first part of `batch` only.
 async fn send_until_acknowledged(
     name: &str,
     sink: &mut sinks::Sink,
-    batch: &[Outgoing],
+    batch: &mut Vec<Outgoing>,
     statuses: &Statuses,
     lease: &mut Lease,
     stop: &mut watch::Receiver<bool>,
 ) -> Sent {
     let mut wait = PASS;
     loop {
-        match sink.send(batch).await {
+        let error = match sink.send(batch).await {
             Ok(()) => {
                 statuses.update(name, |s| s.last_error = None);
                 return Sent::Acknowledged;
             }
-            Err(error) => {
-                let message = error.to_string();
-                let oldest = batch.first().map_or(0.0, |o| age_seconds(&o.record.recorded_at));
-                tracing::warn!(exporter = %name, error = %message, retry_in_ms = wait.as_millis() as u64, "Export failed; will send the batch again.");
-                statuses.update(name, |s| {
-                    s.failures += 1;
-                    s.last_error = Some(message);
-                    s.lag_seconds = s.lag_seconds.max(oldest);
-                    s.lag_records = s.lag_records.max(batch.len() as u64);
-                });
+            Err(error) => error,
+        };
+        statuses.update(name, |s| s.failures += 1);
+        let alone_as_stub = batch.len() == 1 && batch[0].stub;
+        if error.refused && !alone_as_stub {
+            if batch.len() > 1 {
+                tracing::info!(exporter = %name, records = batch.len(), error = %error, "The sink refused the batch; sending it in halves.");
+                batch.truncate(batch.len() / 2);
+            } else {
+                let stub = batch[0].stub(&sinks::clip(&error.message));
+                tracing::error!(
+                    exporter = %name, id = %stub.id, bytes = batch[0].line().len(), error = %error,
+                    "The sink refused a record even alone; sending a stub that names it (the whole record is in the trail)."
+                );
+                statuses.update(name, |s| s.stubs += 1);
+                batch[0] = stub;
             }
+            continue;
         }
+        let message = error.to_string();
+        let oldest = batch.first().map_or(0.0, |o| age_seconds(&o.record.recorded_at));
+        tracing::warn!(exporter = %name, error = %message, retry_in_ms = wait.as_millis() as u64, "Export failed; will send the batch again.");
+        statuses.update(name, |s| {
+            s.last_error = Some(message);
+            s.lag_seconds = s.lag_seconds.max(oldest);
+            s.lag_records = s.lag_records.max(batch.len() as u64);
+        });
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return Sent::Stopped,
@@ -425,5 +533,79 @@ async fn send_until_acknowledged(
             return Sent::LeaseLost;
         }
         wait = (wait * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::sinks::otlp::tests::{outgoing, tool_call};
+    use super::*;
+
+    #[test]
+    fn a_batch_ends_before_the_record_that_takes_it_over_its_bytes_and_a_big_one_goes_alone() {
+        let small = || outgoing("w", 1, "request", tool_call("allow")).record;
+        let big = || {
+            let mut data = tool_call("allow");
+            data["arguments"] = json!({"text": "x".repeat(10_000)});
+            outgoing("w", 2, "request", data).record
+        };
+        let one = Outgoing::new(small(), Format::Gatehouse).line().len() as u64 + 1;
+        let cut = bounded(vec![small(), small(), small()], Format::Gatehouse, 2 * one + 1);
+        assert_eq!(cut.len(), 2);
+        assert_eq!(
+            bounded(vec![small(), small()], Format::Gatehouse, 2 * one).len(),
+            2,
+            "exactly full"
+        );
+        assert_eq!(bounded(vec![big(), small()], Format::Gatehouse, 4096).len(), 1, "alone");
+        assert_eq!(bounded(vec![small(), big()], Format::Ocsf, 4096).len(), 1);
+    }
+
+    #[test]
+    fn a_stub_keeps_the_records_identity_and_small_fields_and_names_what_it_left_out() {
+        let mut data = tool_call("allow");
+        data["arguments"] = json!({"text": "x".repeat(10_000), "n": 1});
+        data["a/b"] = json!("y".repeat(2_000));
+        for format in [Format::Gatehouse, Format::Ocsf] {
+            let whole = Outgoing::new(outgoing("w", 7, "request", data.clone()).record, format);
+            let stub = whole.stub("HTTP 413: too large");
+            assert!(stub.stub && !whole.stub);
+            assert_eq!((stub.id.as_str(), &stub.record), ("w:7", &whole.record));
+            assert!(stub.line().len() < 3_000, "{}", stub.line());
+            assert!(!stub.line().contains("xxxx") && !stub.line().contains("yyyy"));
+            let event: Value = serde_json::from_str(stub.line()).unwrap();
+            assert_eq!(event, stub.event);
+            let omitted = match format {
+                Format::Gatehouse => {
+                    assert_eq!(event["data"]["tool"], json!("search"), "small fields stay");
+                    assert_eq!(event["data"]["arguments"]["n"], json!(1), "a long object is entered");
+                    assert_eq!(event["hash"], json!(whole.record.hash));
+                    &event["export_omitted"]
+                }
+                Format::Ocsf => {
+                    assert_eq!(event["metadata"]["uid"], json!("w:7"));
+                    assert_eq!(event["unmapped"]["hash"], json!(whole.record.hash));
+                    assert_eq!(event["class_uid"], whole.event["class_uid"]);
+                    &event["unmapped"]["export_omitted"]
+                }
+            };
+            let fields: Vec<&str> = omitted["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            if format == Format::Gatehouse {
+                assert_eq!(fields, ["/data/a~1b", "/data/arguments/text"]);
+            }
+            assert!(
+                !fields.is_empty() && fields.iter().all(|f| f.starts_with('/')),
+                "{fields:?}"
+            );
+            assert_eq!(omitted["event_bytes"], json!(whole.line().len()));
+            assert_eq!(omitted["reason"], json!("HTTP 413: too large"));
+        }
     }
 }

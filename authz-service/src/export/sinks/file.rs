@@ -30,7 +30,7 @@ impl FileSink {
     pub async fn send(&mut self, batch: &[Outgoing]) -> Result<(), SinkError> {
         let mut text = String::new();
         for o in batch {
-            text.push_str(&o.line());
+            text.push_str(o.line());
             text.push('\n');
         }
         let config = self.config.clone();

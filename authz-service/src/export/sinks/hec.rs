@@ -65,10 +65,13 @@ impl HecSink {
 
     pub async fn send(&mut self, batch: &[Outgoing]) -> Result<(), SinkError> {
         let result = self.post(batch).await;
-        result.map_err(|message| SinkError::new(redact(&message, &self.secrets)))
+        result.map_err(|e| SinkError {
+            message: redact(&e.message, &self.secrets),
+            ..e
+        })
     }
 
-    async fn post(&self, batch: &[Outgoing]) -> Result<(), String> {
+    async fn post(&self, batch: &[Outgoing]) -> Result<(), SinkError> {
         let body = self.body(batch);
         let mut request = self
             .client
@@ -76,30 +79,37 @@ impl HecSink {
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, "application/json");
         request = if self.gzip {
-            request.header(CONTENT_ENCODING, "gzip").body(gzip(&body)?)
+            request
+                .header(CONTENT_ENCODING, "gzip")
+                .body(gzip(&body).map_err(SinkError::new)?)
         } else {
             request.body(body)
         };
         let response = request
             .send()
             .await
-            .map_err(|e| format!("cannot reach Splunk HEC: {}", describe(e)))?;
+            .map_err(|e| SinkError::new(format!("cannot reach Splunk HEC: {}", describe(e))))?;
         let status = response.status();
         let answer = response
             .bytes()
             .await
-            .map_err(|e| format!("Splunk HEC's answer ({status}) was cut: {}", describe(e)))?;
+            .map_err(|e| SinkError::new(format!("Splunk HEC's answer ({status}) was cut: {}", describe(e))))?;
+        // Too large for HEC's max_content_length: the events themselves, every time.
+        let error = match status {
+            reqwest::StatusCode::PAYLOAD_TOO_LARGE => SinkError::refused,
+            _ => SinkError::new,
+        };
         match serde_json::from_slice::<Answer>(&answer) {
             Ok(Answer { code: Some(0), .. }) if status == reqwest::StatusCode::OK => Ok(()),
-            Ok(Answer { text, code }) => Err(format!(
+            Ok(Answer { text, code }) => Err(error(format!(
                 "Splunk HEC answered HTTP {status}: {} (code {})",
                 clip(&redact(text.as_deref().unwrap_or("no text"), &self.secrets)),
                 code.map_or("none".to_owned(), |c| c.to_string())
-            )),
-            Err(_) => Err(format!(
+            ))),
+            Err(_) => Err(error(format!(
                 "Splunk HEC answered HTTP {status} without its JSON: {}",
                 clip(&redact(&String::from_utf8_lossy(&answer), &self.secrets))
-            )),
+            ))),
         }
     }
 
@@ -248,7 +258,7 @@ mod tests {
             .send(&[outgoing("w", 1, "request", tool_call("allow"))])
             .await
             .unwrap_err();
-        assert!(error.0.contains("without its JSON"), "{error}");
+        assert!(error.message.contains("without its JSON"), "{error}");
     }
 
     #[tokio::test]
@@ -263,9 +273,24 @@ mod tests {
         let request = server.await.unwrap();
         assert!(request.contains("content-encoding: gzip"), "{request}");
         assert!(
-            error.0.contains("403") && error.0.contains("Invalid token") && error.0.contains("code 4"),
+            error.message.contains("403")
+                && error.message.contains("Invalid token")
+                && error.message.contains("code 4"),
             "{error}"
         );
-        assert!(!error.0.contains(TOKEN), "{error}");
+        assert!(!error.message.contains(TOKEN), "{error}");
+        assert!(!error.refused, "a refused token is retried, never split or stubbed");
+    }
+
+    #[tokio::test]
+    async fn a_413_refuses_the_events_themselves() {
+        let answer = r#"{"text":"Content length too large","code":27}"#.as_bytes().to_vec();
+        let (url, _server) = answer_once("HTTP/1.1 413 Payload Too Large", "application/json", answer).await;
+        let mut sink = HecSink::new(&config(url, true)).unwrap();
+        let error = sink
+            .send(&[outgoing("w", 1, "request", tool_call("allow"))])
+            .await
+            .unwrap_err();
+        assert!(error.refused && error.message.contains("413"), "{error:?}");
     }
 }

@@ -19,12 +19,29 @@ use super::Outgoing;
 /// A failed send or a sink that cannot be built, as safe to log and show (no token, no
 /// header value).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    /// The receiver refused these events themselves (too large, or records it rejected) and
+    /// would again: the exporter splits the batch, and replaces a record refused alone by a
+    /// stub naming it ([`super::Outgoing::stub`]).
+    pub refused: bool,
+}
 
 impl SinkError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self {
+            message: message.into(),
+            refused: false,
+        }
+    }
+
+    /// The receiver refused the events themselves (see `refused`).
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            refused: true,
+        }
     }
 }
 

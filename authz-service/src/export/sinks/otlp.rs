@@ -89,10 +89,13 @@ impl OtlpSink {
     pub async fn send(&mut self, batch: &[Outgoing]) -> Result<(), SinkError> {
         let body = export_request(batch, SystemTime::now()).encode_to_vec();
         let result = self.post(body, batch.len()).await;
-        result.map_err(|message| SinkError::new(redact(&message, &self.secrets)))
+        result.map_err(|e| SinkError {
+            message: redact(&e.message, &self.secrets),
+            ..e
+        })
     }
 
-    async fn post(&self, body: Vec<u8>, records: usize) -> Result<(), String> {
+    async fn post(&self, body: Vec<u8>, records: usize) -> Result<(), SinkError> {
         let response = self
             .client
             .post(self.endpoint.clone())
@@ -101,7 +104,7 @@ impl OtlpSink {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("cannot reach the OTLP endpoint: {}", describe(e)))?;
+            .map_err(|e| SinkError::new(format!("cannot reach the OTLP endpoint: {}", describe(e))))?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -109,19 +112,21 @@ impl OtlpSink {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let protobuf = content_type.as_deref().is_some_and(|v| v.starts_with(PROTOBUF));
-        let answer = response
-            .bytes()
-            .await
-            .map_err(|e| format!("the OTLP endpoint's answer ({status}) was cut: {}", describe(e)))?;
+        let answer = response.bytes().await.map_err(|e| {
+            SinkError::new(format!(
+                "the OTLP endpoint's answer ({status}) was cut: {}",
+                describe(e)
+            ))
+        })?;
         let json = content_type
             .as_deref()
             .is_some_and(|v| v.starts_with("application/json"));
         if status.is_success() && !protobuf && !json {
             // A proxy's page or a server on the wrong path answering 200 is no acknowledgement.
-            return Err(format!(
+            return Err(SinkError::new(format!(
                 "the endpoint answered HTTP {status} with {}, not an OTLP answer: is the URL the collector's /v1/logs?",
                 content_type.as_deref().map_or("no content type".to_owned(), clip)
-            ));
+            )));
         }
         if status.is_success() {
             let rejected = protobuf
@@ -129,11 +134,11 @@ impl OtlpSink {
                 .flatten()
                 .and_then(|r| r.partial_success);
             return match rejected {
-                Some(p) if p.rejected_log_records > 0 => Err(format!(
-                    "the collector rejected {} of {records} log records ({}); the batch is sent again",
+                Some(p) if p.rejected_log_records > 0 => Err(SinkError::refused(format!(
+                    "the collector rejected {} of {records} log records ({})",
                     p.rejected_log_records,
                     clip(&redact(&p.error_message, &self.secrets))
-                )),
+                ))),
                 Some(p) if !p.error_message.is_empty() => {
                     let warning = clip(&redact(&p.error_message, &self.secrets));
                     tracing::warn!(%warning, "The OTLP endpoint took the batch with a warning.");
@@ -149,6 +154,10 @@ impl OtlpSink {
         } else {
             String::from_utf8_lossy(&answer).into_owned()
         };
+        let message = |why: &str| format!("{why}: HTTP {status}: {}", clip(&redact(&said, &self.secrets)));
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(SinkError::refused(message("the collector refuses a batch this large")));
+        }
         let why = if status.is_redirection() {
             "the endpoint redirects elsewhere (not followed: configure the final URL)"
         } else if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -156,7 +165,7 @@ impl OtlpSink {
         } else {
             "the collector is unavailable"
         };
-        Err(format!("{why}: HTTP {status}: {}", clip(&redact(&said, &self.secrets))))
+        Err(SinkError::new(message(why)))
     }
 }
 
@@ -484,7 +493,7 @@ mod proto {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::export) mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -495,7 +504,7 @@ pub(super) mod tests {
     use crate::config::export::Format;
 
     /// A record of `kind` with `data`, as the exporter hands it to a sink.
-    pub(in crate::export::sinks) fn outgoing(writer: &str, seq: u64, kind: &str, data: Value) -> Outgoing {
+    pub(in crate::export) fn outgoing(writer: &str, seq: u64, kind: &str, data: Value) -> Outgoing {
         let record = Record {
             seq,
             writer: writer.to_owned(),
@@ -509,7 +518,7 @@ pub(super) mod tests {
         Outgoing::new(record, Format::Gatehouse)
     }
 
-    pub(in crate::export::sinks) fn tool_call(decision: &str) -> Value {
+    pub(in crate::export) fn tool_call(decision: &str) -> Value {
         let mut data = json!({
             "decision": decision, "reason": "rule r1", "subject": "alice", "groups": ["eng"],
             "upstream": "github", "http_method": "POST", "path": "/mcp", "session_id": "s-1",
@@ -637,7 +646,7 @@ pub(super) mod tests {
             timeout: Duration::from_secs(1),
         };
         let error = OtlpSink::new(&config).unwrap_err();
-        assert!(error.0.contains("holds no PEM certificate"), "{error}");
+        assert!(error.message.contains("holds no PEM certificate"), "{error}");
     }
 
     #[tokio::test]
@@ -667,8 +676,36 @@ pub(super) mod tests {
                 .to_ascii_lowercase()
                 .contains("content-type: application/x-protobuf")
         );
-        assert!(error.0.contains("401") && error.0.contains("refuses"), "{error}");
-        assert!(!error.0.contains(secret), "{error}");
+        assert!(
+            error.message.contains("401") && error.message.contains("refuses"),
+            "{error}"
+        );
+        assert!(!error.message.contains(secret), "{error}");
+        assert!(
+            !error.refused,
+            "a refused credential is retried, never split or stubbed"
+        );
+    }
+
+    /// The error of sending one record to an endpoint that answers once, so.
+    async fn refusal(status_line: &'static str, content_type: &'static str, body: Vec<u8>) -> SinkError {
+        let (url, _server) = answer_once(status_line, content_type, body).await;
+        let config = export::OtlpSink {
+            endpoint: url,
+            headers: Vec::new(),
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let mut sink = OtlpSink::new(&config).unwrap();
+        sink.send(&[outgoing("w", 1, "request", tool_call("allow"))])
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_413_refuses_the_events_themselves() {
+        let error = refusal("HTTP/1.1 413 Payload Too Large", "text/plain", b"too big".to_vec()).await;
+        assert!(error.refused && error.message.contains("413"), "{error:?}");
     }
 
     #[tokio::test]
@@ -679,21 +716,14 @@ pub(super) mod tests {
                 error_message: "too old".into(),
             }),
         };
-        let (url, _server) = answer_once("HTTP/1.1 200 OK", PROTOBUF, answer.encode_to_vec()).await;
-        let config = export::OtlpSink {
-            endpoint: url,
-            headers: Vec::new(),
-            ca_file: None,
-            timeout: Duration::from_secs(5),
-        };
-        let mut sink = OtlpSink::new(&config).unwrap();
-        let error = sink
-            .send(&[outgoing("w", 1, "request", tool_call("allow"))])
-            .await
-            .unwrap_err();
+        let error = refusal("HTTP/1.1 200 OK", PROTOBUF, answer.encode_to_vec()).await;
         assert!(
-            error.0.contains("rejected 1 of 1") && error.0.contains("too old"),
+            error.message.contains("rejected 1 of 1") && error.message.contains("too old"),
             "{error}"
+        );
+        assert!(
+            error.refused,
+            "records a collector rejects are split out, not resent whole forever"
         );
     }
 
@@ -718,7 +748,7 @@ pub(super) mod tests {
             .send(&[outgoing("w", 1, "request", tool_call("allow"))])
             .await
             .unwrap_err();
-        assert!(error.0.contains("not an OTLP answer"), "{error}");
+        assert!(error.message.contains("not an OTLP answer"), "{error}");
         assert!(!format!("{sink:?}").contains("tok-3c9e"));
     }
 

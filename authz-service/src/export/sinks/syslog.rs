@@ -339,7 +339,7 @@ mod tests {
         let mut c = config(6514, true);
         c.ca_file = Some(path);
         let error = SyslogSink::new(&c).unwrap_err();
-        assert!(error.0.contains("holds no PEM certificate"), "{error}");
+        assert!(error.message.contains("holds no PEM certificate"), "{error}");
     }
 
     #[tokio::test]
@@ -370,7 +370,7 @@ mod tests {
         drop(listener);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let error = sink.send(&batch[..1]).await.unwrap_err();
-        assert!(error.0.contains(&format!("127.0.0.1:{port}")), "{error}");
+        assert!(error.message.contains(&format!("127.0.0.1:{port}")), "{error}");
     }
 
     /// Reads `n` octet-counted frames.

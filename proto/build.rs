@@ -4,7 +4,7 @@
 
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["gatehouse/audit/v1/ingest.proto"];
+const PROTOS: &[&str] = &["gatehouse/audit/v1/ingest.proto", "gatehouse/otlp/v1/logs.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .out_dir(&grpc)
         .extern_path(".gatehouse.audit.v1", "crate::audit::v1")
+        .extern_path(".gatehouse.otlp.v1", "crate::otlp::v1")
         .compile_fds(fds)?;
     Ok(())
 }

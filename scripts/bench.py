@@ -25,7 +25,10 @@ gateway without one. The `ingest` section is the service's CPU per response reco
 same rounds, plain Envoy, a gateway on SQLite and gateways on PostgreSQL (tests/harness/postgres.py's
 server) with one service and with PG_REPLICAS replicas behind one Envoy, every store empty at the
 start: fixed-rate and closed-loop latency, CPU per call (PostgreSQL's whole process tree included)
-and PostgreSQL's own WAL counters. Figures go to BENCHMARKS.md
+and PostgreSQL's own WAL counters. The `export` section times one exporter per SIEM sink natively
+(`gatehouse-bench export`), then compares plain Envoy, a gateway without export and one with two
+exporters (to the bench upstream's OTLP and HEC receivers) in the same rounds: the Check's latency
+and the service's CPU. Figures go to BENCHMARKS.md
 (BENCH_OUT: elsewhere); sections not run (BENCH_SECTIONS) are kept from the file as it was.
 Release builds are used throughout. The databases live under BENCH_DIR (default target/bench-work,
 on the project's disk rather than a /tmp that may be memory); the work directory is removed after
@@ -95,7 +98,8 @@ PG_STATS_DELAY_S = 1.5
 # "soak" (not by default), "masking", "policy" (issue 4's decision cost), "credentials" (issue 5's
 # signing cost), "ingest" (issue 12's CPU per record), "postgres" (the PostgreSQL store and replicas)
 # "sessions" (the session index and its queries on a 1M-record trail, SQLite and PostgreSQL) and
-# "export" (one exporter's throughput per SIEM sink, on one core).
+# "export" (one exporter's throughput per SIEM sink, on one core; then a gateway with two
+# exporters against one without, under load).
 DEFAULT_SECTIONS = "latency,trail,masking,policy,credentials,ingest,postgres,sessions,export"
 SECTIONS = set(os.environ.get("BENCH_SECTIONS", DEFAULT_SECTIONS).split(","))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "BENCHMARKS.md"))
@@ -714,6 +718,63 @@ def export_native() -> dict:
     return out
 
 
+EXPORT_DRAIN_S = 60  # how long the exporters may take to catch up after the last round
+
+
+def export_metrics(rest_port: int) -> dict[str, dict[str, float]]:
+    """Per exporter: its `gatehouse_export_*` figures from the service's /metrics."""
+    out: dict[str, dict[str, float]] = {}
+    for name, value in metric_values(rest_port).items():
+        m = re.fullmatch(r'gatehouse_export_(\w+)\{exporter="([^"]+)"[^}]*\}', name)
+        if m:
+            out.setdefault(m[2], {})[m[1]] = value
+    return out
+
+
+def export_gateways(procs: ProcessSet, work: Path, up_port: int, envoy: tuple[str, dict[str, str]]) -> dict:
+    """Plain Envoy, a gateway without export and the same gateway with two exporters on (OTLP
+    in the gatehouse format, Splunk HEC in OCSF, gzip'd; both to the bench upstream's receivers,
+    which answer success), in the same rounds at 200 and 1,000 calls/s: the Check's latency
+    with and without export, and the service's CPU over the 1,000 calls/s rounds. Then the
+    exporters' lag, and the CPU the service spends until they have caught up."""
+    token = work / "hec-token"
+    token.write_text("bench-token\n")
+    exporters = [
+        {"name": "otlp", "otlp": {"endpoint": f"http://127.0.0.1:{up_port}/v1/logs"}},
+        {
+            "name": "hec",
+            "format": "ocsf",
+            "splunk_hec": {"url": f"http://127.0.0.1:{up_port}/services/collector/event", "token_file": str(token)},
+        },
+    ]
+    gws = {
+        "off": start_gateway(procs, work / "export-off", "export-off", up_port),
+        "on": start_gateway(procs, work / "export-on", "export-on", up_port, export=exporters),
+    }
+    try:
+        targets = {"envoy": envoy, **{name: (gw["url"], gw["headers"]) for name, gw in gws.items()}}
+        cpu: dict[str, dict[str, CpuSource]] = {name: {"service": gw["service"].pid} for name, gw in gws.items()}
+        for url, headers in list(targets.values())[1:]:
+            load(url, 200, 2, headers)  # warm connections and caches
+        out: dict[str, Any] = {rate: rounds(targets, rate, cpu=cpu) for rate in RATES}
+        rest = gws["on"]["ports"]["rest_port"]
+        out["lag_after_load"] = export_metrics(rest)
+        before, started = cpu_seconds(gws["on"]["service"].pid), time.monotonic()
+        while time.monotonic() - started < EXPORT_DRAIN_S:
+            status = export_metrics(rest)
+            if all(s.get("lag_records", 1) == 0 for s in status.values()):
+                break
+            time.sleep(0.2)
+        out["drain_s"] = time.monotonic() - started
+        out["drain_cpu_s"] = cpu_seconds(gws["on"]["service"].pid) - before
+        out["exporters"] = export_metrics(rest)
+        print(f"export on/off: lag after the load {out['lag_after_load']}, then {out['exporters']}")
+        return out
+    finally:
+        stop_together([gw["envoy"] for gw in gws.values()])
+        stop_together([gw["service"] for gw in gws.values()])
+
+
 def export_report(r: dict) -> list[str]:
     lines = [
         SECTION_HEADINGS["export"],
@@ -730,12 +791,42 @@ def export_report(r: dict) -> list[str]:
     for name, rates in r["rates"].items():
         rates = sorted(rates)
         lines.append(f"| {name} | {statistics.median(rates):,.0f} ({rates[0]:,.0f}-{rates[-1]:,.0f}) |")
+    lines += ["", *export_gateway_report(r["gateway"]), f"Machine for this section: {machine()}.", ""]
+    return lines
+
+
+def export_gateway_report(g: dict) -> list[str]:
+    on, off = g[CPU_RATE]["on"], g[CPU_RATE]["off"]
+    cpu_on, cpu_off = on["cpu_s"]["service"], off["cpu_s"]["service"]
+    per_call_on, per_call_off = 1e6 * cpu_on / on["calls"], 1e6 * cpu_off / off["calls"]
+    # Records the load left to send: their CPU is spent after the rounds (`drain_cpu_s`).
+    left = sum(s.get("lag_records", 0) for s in g["lag_after_load"].values())
+    seconds = RUNS * SECONDS
+    lines = [
+        "With two exporters on a gateway under load: plain Envoy, the gateway without export and the same",
+        "gateway with an OTLP exporter (gatehouse format) and a Splunk HEC exporter (OCSF, gzip'd), both",
+        "to receivers in the bench upstream, in the same rounds (SQLite store, empty at the start).",
+        f"{RUNS} rounds of {SECONDS} s at each rate; p50/p99 ms, median (min-max) over the rounds.",
+        "",
+        "| rate | plain Envoy p50 / p99 | gateway, no export | gateway, two exporters |",
+        "|---|---|---|---|",
+    ]
+    for rate in RATES:
+        row = [f"{rate:,}/s"]
+        for name in ("envoy", "off", "on"):
+            r = g[rate][name]
+            errors = f", {r['errors']} failed" if r["errors"] else ""
+            row.append(f"{ms_spread(r, 'p50')} / {ms_spread(r, 'p99')}{errors}")
+        lines.append("| " + " | ".join(row) + " |")
+    sent = {name: int(s.get("sent_total", 0)) for name, s in g["exporters"].items()}
     lines += [
         "",
-        "Not measured yet: the service's added CPU at 1,000 calls/s with two exporters on, and the Check's",
-        "latency with and without export (the exporter reads the store and never takes part in a Check).",
-        "",
-        f"Machine for this section: {machine()}.",
+        f"The service's CPU over the {CPU_RATE:,} calls/s rounds ({seconds} s, two records a call): "
+        f"{cpu_off:.1f} s without export, {cpu_on:.1f} s with the two exporters",
+        f"({per_call_off:.0f} and {per_call_on:.0f} µs a call; added: {cpu_on - cpu_off:+.1f} s, "
+        f"{100 * (cpu_on - cpu_off) / seconds:+.1f}% of a core). The exporters had {left:,} records left at the end "
+        f"of the load; they caught up in {g['drain_s']:.1f} s using {g['drain_cpu_s']:.1f} s of CPU more.",
+        f"Records the sinks acknowledged: {', '.join(f'{k} {v:,}' for k, v in sent.items())}.",
         "",
     ]
     return lines
@@ -771,7 +862,7 @@ def ingest_report(i: dict) -> list[str]:
 
 
 def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
-    native_only = {"ingest", "sessions", "export"} >= SECTIONS
+    native_only = {"ingest", "sessions"} >= SECTIONS
     needed = (BENCH,) if native_only else (BENCH, paths.gatehouse_bin(), paths.gatehouse_wasm(), paths.envoy_bin())
     for p in needed:
         if not p.exists():
@@ -786,8 +877,6 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
             native["ingest"] = ingest_native()
         if "sessions" in SECTIONS:
             native["sessions"] = sessions_native(work)
-        if "export" in SECTIONS:
-            native["export"] = export_native()
         write_report(native, {}, disk)
         shutil.rmtree(work, ignore_errors=True)
         return 0
@@ -860,6 +949,7 @@ def main() -> int:  # noqa: PLR0915 - the run's sequence, section by section
             results["sessions"] = sessions_native(work)
         if "export" in SECTIONS:
             results["export"] = export_native()
+            results["export"]["gateway"] = export_gateways(procs, work, up_port, targets["envoy"])
         if gw["trail"]:
             gw["trail"]["verify"] = verify_trail(gw["config"])
         results["trail"] = gw["trail"]

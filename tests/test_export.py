@@ -195,3 +195,23 @@ def test_one_replica_exports_and_another_takes_over_when_it_is_killed(make_stack
     ids, expected = wait_delivered(stack, lambda: gatehouse_ids(out))
     check_delivery(ids, expected)
     assert active(survivor)
+
+
+def test_the_exporters_and_the_indexer_run_on_a_thread_of_lower_priority(make_stack, tmp_path):
+    """The export's, archive's and session indexer's work is on one thread at nice 10, so its
+    bursts of formatting and compressing are preempted by the kernel instead of holding a
+    runtime worker a Check is queued on; the Checks' threads keep the service's priority."""
+    stack = make_stack(upstream="echo", export=[{"name": "siem", "file": {"path": str(tmp_path / "trail.jsonl")}}])
+    calls(stack, 3)
+    nice: dict[str, list[int]] = {}
+    for task in Path(f"/proc/{stack.service.pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        # Field 19 of stat, the 17th after the name.
+        nice.setdefault(name, []).append(int(stat.rsplit(")", 1)[1].split()[16]))
+    assert nice.get("gh-background") == [10], nice
+    # The service's runtime workers (the background's blocking threads share the name, at 10),
+    # the audit writer, and SQLite's connection threads of the Checks' pools (the background's
+    # own pools' at 10).
+    assert nice["tokio-rt-worker"].count(0) >= 1 and nice["audit-writer"] == [0], nice
+    assert {0, 10} <= set(nice["sqlx-sqlite-wor"]), nice

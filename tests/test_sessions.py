@@ -142,7 +142,8 @@ def test_search_has_its_trigram_index_and_works_without_one(make_stack, audit_ba
     token = noext.token("alice")
     call(noext, token, noext.initialize(token), {"message": "rotate Kubernetes credentials"})
     with auditor(noext) as audit:
-        (session,) = wait_sessions(audit, lambda s: bool(s), user="alice")
+        # Once the call is indexed (the session may be listed from its initialize before).
+        (session,) = wait_sessions(audit, lambda s: bool(s) and s[0]["calls"] == 1, user="alice")
         assert [s["id"] for s in audit.get("/v1/sessions", params={"q": "kubern"}).json()["sessions"]] == [
             session["id"]
         ]

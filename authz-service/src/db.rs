@@ -110,9 +110,14 @@ pub fn redact(text: &str) -> String {
 
 /// A pool to the PostgreSQL database at `url`; fails if it cannot be reached now.
 pub async fn connect_postgres(url: &str) -> Result<PgPool, sqlx::Error> {
+    connect_postgres_sized(url, 16).await
+}
+
+/// [`connect_postgres`] with at most `max` connections.
+pub async fn connect_postgres_sized(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
     let options = pg_options(url)?;
     PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(max)
         .acquire_timeout(PG_ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await

@@ -11,6 +11,7 @@ pub mod archive;
 pub mod audit;
 pub mod authz;
 pub mod aws;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -29,6 +29,8 @@ pub struct Server {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     /// The gRPC health service's state: NOT_SERVING while draining.
     health: tonic_health::server::HealthReporter,
+    /// The indexer's, exporters' and archive's thread ([`crate::background`]).
+    _background: crate::background::Background,
 }
 
 /// How long a write may wait for SQLite's lock before the request is refused. Well under
@@ -244,16 +246,22 @@ impl Server {
             shutdown.subscribe(),
         ));
         tokio::spawn(crate::approvals::sweep(state.approvals.clone(), shutdown.subscribe()));
-        tokio::spawn(crate::sessions::index::run(
-            state.session_index.clone(),
-            state.audit.store().clone(),
-            shutdown.subscribe(),
-        ));
+        let background = crate::background::Background::start().context("cannot start the background thread")?;
+        let (main_store, main_index) = (state.audit.store().clone(), state.session_index.clone());
+        let (store, index) = background
+            .run(async move {
+                let store = main_store.background_pool().await?;
+                let index = main_index.background(&store).await?;
+                Ok::<_, sqlx::Error>((store, index))
+            })
+            .await?
+            .context("cannot open the audit database for the background work")?;
+        background.spawn(crate::sessions::index::run(index, store.clone(), shutdown.subscribe()));
         for exporter in &state.config.export {
-            tokio::spawn(crate::export::run(
+            background.spawn(crate::export::run(
                 exporter.clone(),
                 sinks.remove(&exporter.name).context("an exporter without its sink")?,
-                state.audit.store().clone(),
+                store.clone(),
                 state.export.clone(),
                 shutdown.subscribe(),
             ));
@@ -266,9 +274,9 @@ impl Server {
                 .as_ref()
                 .context("archive: no checkpoint key")?
                 .key_file;
-            tokio::spawn(crate::archive::run(
+            background.spawn(crate::archive::run(
                 archive.clone(),
-                state.audit.store().clone(),
+                store.clone(),
                 crate::audit::checkpoint::CheckpointSigner::load(key_file)
                     .context("archive: cannot read the checkpoint key")?,
                 state.export.clone(),
@@ -297,6 +305,7 @@ impl Server {
             shutdown,
             tasks: vec![grpc_task, rest_task],
             health,
+            _background: background,
         })
     }
 

@@ -6,7 +6,8 @@
 //! from an empty cursor until every record is acknowledged: a JSON-lines file (synced per
 //! batch), OTLP/HTTP and Splunk HEC to receivers in this process (on the other threads; they
 //! read each body whole and answer success), and syslog over plain TCP to a listener that reads
-//! and discards. Prints JSON: records/s per sink and format.
+//! and discards. Prints JSON: records/s per sink and format. The bench upstream serves the same
+//! OTLP and HEC receivers (`receiver_routes`).
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,7 @@ async fn measure(dir: &std::path::Path, records: u64) -> anyhow::Result<Value> {
             name: format!("bench-{i}"),
             format,
             batch: 500,
+            batch_bytes: 1 << 20,
             sink,
         };
         let seconds = drain(&url, exporter, records)?;
@@ -152,10 +154,20 @@ fn drain(url: &str, exporter: Exporter, records: u64) -> anyhow::Result<f64> {
     .map_err(|_| anyhow::anyhow!("the exporter's thread panicked"))?
 }
 
-/// An OTLP and HEC receiver on a free port: each body read whole, success answered.
+/// An OTLP and HEC receiver on a free port (`receiver_routes`).
 async fn receivers() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, receiver_routes()).await });
+    Ok(addr)
+}
+
+/// OTLP/HTTP logs (`/v1/logs`) and Splunk HEC (`/services/collector/event`) receivers: each
+/// body read whole, success answered. The bench upstream serves them too, for a gateway's
+/// exporters under load.
+pub fn receiver_routes() -> axum::Router {
     use axum::{Router, body::Bytes, routing::post};
-    let app = Router::new()
+    Router::new()
         .route(
             "/v1/logs",
             post(|_body: Bytes| async { ([("content-type", "application/x-protobuf")], Vec::new()) }),
@@ -163,11 +175,7 @@ async fn receivers() -> anyhow::Result<std::net::SocketAddr> {
         .route(
             "/services/collector/event",
             post(|_body: Bytes| async { ([("content-type", "application/json")], r#"{"text":"Success","code":0}"#) }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
+        )
 }
 
 /// A TCP listener that reads and discards whatever each connection sends.

@@ -47,7 +47,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a fast MCP server on `listen` at path /mcp.
+    /// Serve a fast MCP server on `listen` at path /mcp, and OTLP/HEC receivers that answer
+    /// success (`/v1/logs`, `/services/collector/event`).
     Upstream {
         #[arg(long)]
         listen: SocketAddr,
@@ -477,13 +478,15 @@ async fn upstream(listen: SocketAddr, answer_bytes: usize) -> anyhow::Result<()>
         sse: mixed::sse_answer(&placeholder, 1 << 20, 16 * 1024),
         small: mixed::tools_call_answer(&placeholder, 1024).to_string(),
     });
-    let app = Router::new().route(
-        "/mcp",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let answers = answers.clone();
-            async move { answer(&headers, &body, &answers) }
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/mcp",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let answers = answers.clone();
+                async move { answer(&headers, &body, &answers) }
+            }),
+        )
+        .merge(export::receiver_routes());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())

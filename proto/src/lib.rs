@@ -14,3 +14,13 @@ pub mod audit {
         include!(concat!(env!("OUT_DIR"), "/grpc/gatehouse.audit.v1.rs"));
     }
 }
+
+/// The part of OTLP/HTTP logs the service's SIEM export sends and reads (`otlp` sink),
+/// wire-compatible with opentelemetry-proto.
+pub mod otlp {
+    /// OTLP logs, as `proto/gatehouse/otlp/v1/logs.proto` has them.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        include!(concat!(env!("OUT_DIR"), "/messages/gatehouse.otlp.v1.rs"));
+    }
+}

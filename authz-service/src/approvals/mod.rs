@@ -442,8 +442,8 @@ pub struct Approvals {
     notifier: Notifier,
     /// Bumped on every decision and expiry: held Checks wake and look again.
     changed: watch::Sender<u64>,
-    /// Calls held in a Check by this replica now (`max_held`).
-    held: std::sync::Mutex<u32>,
+    /// Calls held in a Check by this replica now (`max_held`), and per caller.
+    held: std::sync::Mutex<Held>,
     /// What the replicas share about held calls: per caller, per approval, and the clear
     /// arguments of pending `show_clear` approvals (sealed; never in the trail).
     replicas: Arc<Replicas>,
@@ -510,6 +510,7 @@ impl From<&crate::config::Approvals> for Limits {
 /// dropped, when Envoy gives up on the Check.
 struct HeldSlot<'a> {
     approvals: &'a Approvals,
+    subject: String,
     /// Its `held_calls` row, once taken.
     row: Option<String>,
     /// The approval its row says it waits on.
@@ -529,17 +530,35 @@ impl HeldSlot<'_> {
 
 impl Drop for HeldSlot<'_> {
     fn drop(&mut self) {
-        let mut held = self
-            .approvals
+        self.approvals
             .held
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *held = held.saturating_sub(1);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .release(&self.subject);
         if let Some(row) = self.row.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let replicas = Arc::clone(&self.approvals.replicas);
             runtime.spawn(async move { replicas.release(row).await });
+        }
+    }
+}
+
+/// The calls this replica holds in a Check now, in all and per caller.
+#[derive(Default)]
+struct Held {
+    total: u32,
+    by_subject: HashMap<String, u32>,
+}
+
+impl Held {
+    fn release(&mut self, subject: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_subject.get_mut(subject) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_subject.remove(subject);
+            }
         }
     }
 }
@@ -601,18 +620,30 @@ impl Approvals {
         let limits = &self.limits;
         {
             let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *held >= limits.max_held {
+            if held.total >= limits.max_held {
                 return Ok(Err(Refusal::TooManyHeld {
                     limit: limits.max_held,
                     total: true,
                 }));
             }
-            *held += 1;
+            // This replica alone holds (or is taking) the caller's whole share: refused
+            // without a database round trip, so a flood of one caller's calls never queues
+            // on the database in front of other callers.
+            let mine = held.by_subject.entry(subject.to_owned()).or_default();
+            if *mine >= limits.max_held_per_caller {
+                return Ok(Err(Refusal::TooManyHeld {
+                    limit: limits.max_held_per_caller,
+                    total: false,
+                }));
+            }
+            *mine += 1;
+            held.total += 1;
         }
         // Counted from here, and its row deleted, on every way out below (also when the Check
         // is cancelled while the row is being inserted).
         let mut slot = HeldSlot {
             approvals: self,
+            subject: subject.to_owned(),
             row: Some(replicas::new_held_id()),
             waits_on: None,
         };

@@ -143,6 +143,23 @@ impl Store {
         })
     }
 
+    /// Another pool on this store's database, for the background work (the export, the
+    /// archive, the session indexer; [`crate::background`]): on SQLite, connections of its
+    /// own, whose threads start at the priority of the thread that opens them; on PostgreSQL
+    /// at most 4 connections, beside the Checks' pool rather than taken from it.
+    pub async fn background_pool(&self) -> Result<Self, sqlx::Error> {
+        if self.backend() == Backend::Postgres {
+            return Ok(Self {
+                pool: Pool::Postgres(crate::db::connect_postgres_sized(&self.url, 4).await?),
+                url: self.url.clone(),
+                path: None,
+                busy_timeout: self.busy_timeout,
+                ingest_reader: std::sync::Arc::default(),
+            });
+        }
+        Self::connect(&self.url, self.busy_timeout).await
+    }
+
     pub fn backend(&self) -> Backend {
         self.pool.backend()
     }

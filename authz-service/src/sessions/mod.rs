@@ -135,6 +135,18 @@ impl Sessions {
         Self::open(store, idle_seconds, false).await
     }
 
+    /// This index for the indexer on the background thread ([`crate::background`]), given
+    /// the background's `store`: on a SQLite file, connections of its own opened by the
+    /// calling thread (SQLite's connection threads inherit its priority); otherwise this one.
+    pub async fn background(&self, store: &Store) -> Result<Self, sqlx::Error> {
+        if self.backend != Backend::Sqlite || store.path().is_none() {
+            return Ok(self.clone());
+        }
+        let mut index = Self::open(store, 0, false).await?;
+        index.idle_ms = self.idle_ms;
+        Ok(index)
+    }
+
     async fn open(store: &Store, idle_seconds: u64, create: bool) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match (store.backend(), store.path()) {

@@ -26,9 +26,10 @@
 //! refuses the batch (OTLP calls it not retryable), so the error says so, as it will not
 //! heal by itself. Redirects are not followed (the headers are credentials).
 //!
-//! The protobuf messages are written here by hand (the fields sent and read, with the field
-//! numbers of opentelemetry-proto's `logs/v1`, `common/v1`, `resource/v1`,
-//! `collector/logs/v1` and `google.rpc.Status`).
+//! The protobuf messages are `gatehouse_proto::otlp::v1`, generated from
+//! `proto/gatehouse/otlp/v1/logs.proto`: the fields sent and read, with the field numbers of
+//! opentelemetry-proto's `logs/v1`, `common/v1`, `resource/v1`, `collector/logs/v1` and
+//! `google.rpc.Status`.
 //!
 //! Also here, shared by the HTTP sinks (`hec.rs`) and `syslog.rs`: the HTTP client with the
 //! sinks' TLS rules, error texts without secrets, a record's time and whether it is a denial.
@@ -40,6 +41,8 @@ use gatehouse_core::events::{AuditEvent, Decision};
 use prost::Message;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use url::Url;
+
+use gatehouse_proto::otlp::v1 as proto;
 
 use crate::config::export;
 
@@ -190,8 +193,8 @@ fn resource_logs_of(writer: &str) -> proto::ResourceLogs {
     proto::ResourceLogs {
         resource: Some(proto::Resource {
             attributes: vec![
-                proto::KeyValue::string("service.name", "gatehouse"),
-                proto::KeyValue::string("service.instance.id", writer),
+                key_value("service.name", "gatehouse"),
+                key_value("service.instance.id", writer),
             ],
         }),
         scope_logs: vec![proto::ScopeLogs {
@@ -217,7 +220,7 @@ fn log_record(o: &Outgoing, observed: u64) -> proto::LogRecord {
         observed_time_unix_nano: observed,
         severity_number: severity as i32,
         severity_text: text.to_owned(),
-        body: Some(proto::AnyValue::string(o.line())),
+        body: Some(string_value(o.line())),
         attributes: attributes(o),
         event_name: format!("gatehouse.{}", o.record.kind),
     }
@@ -310,17 +313,30 @@ fn id_text(id: &serde_json::Value) -> Option<String> {
     }
 }
 
+fn key_value(key: &str, value: impl Into<String>) -> proto::KeyValue {
+    proto::KeyValue {
+        key: key.to_owned(),
+        value: Some(string_value(value)),
+    }
+}
+
+fn string_value(value: impl Into<String>) -> proto::AnyValue {
+    proto::AnyValue {
+        value: Some(proto::any_value::Value::StringValue(value.into())),
+    }
+}
+
 fn attributes(o: &Outgoing) -> Vec<proto::KeyValue> {
     let r = &o.record;
     let facts = CallFacts::of(r);
     let mut out = vec![
-        proto::KeyValue::string("gatehouse.record.id", &o.id),
-        proto::KeyValue::string("gatehouse.record.kind", &r.kind),
-        proto::KeyValue::string("gatehouse.record.hash", &r.hash),
+        key_value("gatehouse.record.id", &o.id),
+        key_value("gatehouse.record.kind", &r.kind),
+        key_value("gatehouse.record.hash", &r.hash),
     ];
     let mut add = |key: &str, value: Option<&str>| {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
-            out.push(proto::KeyValue::string(key, value));
+            out.push(key_value(key, value));
         }
     };
     add("gatehouse.request_id", Some(&r.request_id));
@@ -346,150 +362,6 @@ fn attributes(o: &Outgoing) -> Vec<proto::KeyValue> {
         facts.error_code.map(|c| c.to_string()).as_deref(),
     );
     out
-}
-
-/// The OTLP messages this sink sends and reads, with opentelemetry-proto's field numbers.
-/// Fields it never sets are left out (a decoder reads them as their defaults).
-mod proto {
-    /// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportLogsServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_logs: Vec<ResourceLogs>,
-    }
-
-    /// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceResponse`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportLogsServiceResponse {
-        #[prost(message, optional, tag = "1")]
-        pub partial_success: Option<ExportLogsPartialSuccess>,
-    }
-
-    /// `opentelemetry.proto.collector.logs.v1.ExportLogsPartialSuccess`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportLogsPartialSuccess {
-        #[prost(int64, tag = "1")]
-        pub rejected_log_records: i64,
-        #[prost(string, tag = "2")]
-        pub error_message: String,
-    }
-
-    /// `google.rpc.Status`: what an OTLP/HTTP receiver answers with a failure.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(int32, tag = "1")]
-        pub code: i32,
-        #[prost(string, tag = "2")]
-        pub message: String,
-    }
-
-    /// `opentelemetry.proto.logs.v1.ResourceLogs`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceLogs {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_logs: Vec<ScopeLogs>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    /// `opentelemetry.proto.logs.v1.ScopeLogs`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeLogs {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub log_records: Vec<LogRecord>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    /// `opentelemetry.proto.logs.v1.LogRecord`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LogRecord {
-        #[prost(fixed64, tag = "1")]
-        pub time_unix_nano: u64,
-        #[prost(fixed64, tag = "11")]
-        pub observed_time_unix_nano: u64,
-        #[prost(enumeration = "SeverityNumber", tag = "2")]
-        pub severity_number: i32,
-        #[prost(string, tag = "3")]
-        pub severity_text: String,
-        #[prost(message, optional, tag = "5")]
-        pub body: Option<AnyValue>,
-        #[prost(message, repeated, tag = "6")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(string, tag = "12")]
-        pub event_name: String,
-    }
-
-    /// `opentelemetry.proto.logs.v1.SeverityNumber` (the values used).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-    #[repr(i32)]
-    pub enum SeverityNumber {
-        Unspecified = 0,
-        Info = 9,
-        Warn = 13,
-    }
-
-    /// `opentelemetry.proto.resource.v1.Resource`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-
-    /// `opentelemetry.proto.common.v1.InstrumentationScope`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
-    }
-
-    /// `opentelemetry.proto.common.v1.KeyValue`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-
-    impl KeyValue {
-        pub fn string(key: &str, value: impl Into<String>) -> Self {
-            Self {
-                key: key.to_owned(),
-                value: Some(AnyValue::string(value)),
-            }
-        }
-    }
-
-    /// `opentelemetry.proto.common.v1.AnyValue` (its string member: every value sent is one).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "any_value::Value", tags = "1")]
-        pub value: Option<any_value::Value>,
-    }
-
-    impl AnyValue {
-        pub fn string(value: impl Into<String>) -> Self {
-            Self {
-                value: Some(any_value::Value::String(value.into())),
-            }
-        }
-    }
-
-    pub mod any_value {
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            /// `string_value`
-            #[prost(string, tag = "1")]
-            String(String),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -536,7 +408,7 @@ pub(in crate::export) mod tests {
             .iter()
             .map(|kv| {
                 let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(proto::any_value::Value::String(s)) => s.clone(),
+                    Some(proto::any_value::Value::StringValue(s)) => s.clone(),
                     other => format!("{other:?}"),
                 };
                 (kv.key.clone(), value)
@@ -567,7 +439,8 @@ pub(in crate::export) mod tests {
         assert_eq!(allowed.observed_time_unix_nano, 1_800_000_000_000_000_000);
         assert_eq!(allowed.severity_number, proto::SeverityNumber::Info as i32);
         assert_eq!(allowed.event_name, "gatehouse.request");
-        let Some(proto::any_value::Value::String(body)) = allowed.body.as_ref().and_then(|b| b.value.clone()) else {
+        let Some(proto::any_value::Value::StringValue(body)) = allowed.body.as_ref().and_then(|b| b.value.clone())
+        else {
             panic!("the body is a string");
         };
         assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), batch[0].event);

@@ -157,6 +157,10 @@ impl Store {
                 ingest_reader: std::sync::Arc::default(),
             });
         }
+        if self.path.is_none() {
+            // An in-memory database (unit tests): another connection would be another database.
+            return Ok(self.clone());
+        }
         Self::connect(&self.url, self.busy_timeout).await
     }
 

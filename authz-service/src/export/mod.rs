@@ -47,8 +47,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const WRITERS_EVERY: Duration = Duration::from_secs(30);
 /// An exporter this far behind (or failing) is named by `/healthz`.
 pub const BEHIND_SECONDS: f64 = 60.0;
-/// A stub keeps the fields of a record's data no longer than this (as JSON).
+/// A stub keeps the members of an event no longer than this (as JSON, name included).
 const STUB_FIELD_BYTES: usize = 1024;
+/// A stub longer than this keeps the record's identity only.
+const STUB_MAX_BYTES: usize = 16 * 1024;
+/// A stub names at most this many of the members it left out.
+const STUB_MAX_NAMED: usize = 32;
 
 /// One record as a sink sends it: the record, its id, and its formatted event.
 #[derive(Debug, Clone)]
@@ -87,16 +91,38 @@ impl Outgoing {
     }
 
     /// What is sent in place of this record when the sink refuses it even alone (`why`): its
-    /// event with every member longer than [`STUB_FIELD_BYTES`] as JSON left out (an object
-    /// that long is entered, the rest is cut), and `export_omitted` (at the top of a gatehouse
-    /// event, in `unmapped` of an OCSF one) naming them as JSON pointers, with the event's
-    /// size and the receiver's reason. Its id, chain position and hash stay: the whole record
-    /// is read from the trail or the archive.
+    /// event with every member longer than [`STUB_FIELD_BYTES`] as JSON (name included) left
+    /// out (an object that long is entered, the rest is cut), and `export_omitted` (at the top
+    /// of a gatehouse event, in `unmapped` of an OCSF one) naming them as JSON pointers, with
+    /// the event's size and the receiver's reason. Still over [`STUB_MAX_BYTES`] (many small
+    /// members), it is the event of the record without its data (`identity_only`). Its id,
+    /// chain position and hash stay: the whole record is read from the trail or the archive.
     pub fn stub(&self, why: &str) -> Self {
         let mut event = self.event.clone();
         let mut omitted = Vec::new();
         prune(&mut event, "", &mut omitted);
-        let marker = json!({"fields": omitted, "event_bytes": self.line.len(), "reason": why});
+        let stub = self.marked(event, &omitted, why, false);
+        if stub.line.len() <= STUB_MAX_BYTES {
+            return stub;
+        }
+        let mut record = self.record.clone();
+        record.data = json!({});
+        let bare = Self::new(record, self.format).event;
+        self.marked(bare, &[], why, true)
+    }
+
+    /// A stub of this record with `event` as its event, `export_omitted` added.
+    fn marked(&self, mut event: Value, omitted: &[String], why: &str, identity_only: bool) -> Self {
+        let named: Vec<String> = omitted.iter().take(STUB_MAX_NAMED).map(|p| sinks::clip(p)).collect();
+        let mut marker = json!({
+            "fields": named, "event_bytes": self.line.len(), "reason": sinks::clip(why),
+        });
+        if omitted.len() > STUB_MAX_NAMED {
+            marker["fields_not_named"] = json!(omitted.len() - STUB_MAX_NAMED);
+        }
+        if identity_only {
+            marker["identity_only"] = json!(true);
+        }
         let holder = match self.format {
             Format::Gatehouse => Some(&mut event),
             Format::Ocsf => event.get_mut("unmapped"),
@@ -115,18 +141,19 @@ impl Outgoing {
     }
 }
 
-/// Removes from the object `value` every member longer than [`STUB_FIELD_BYTES`] as JSON,
-/// entering those that are objects; the JSON pointer of each removed one goes to `omitted`.
+/// Removes from the object `value` every member longer than [`STUB_FIELD_BYTES`] as JSON
+/// (its name included), entering those that are objects; the JSON pointer of each removed one
+/// goes to `omitted`.
 fn prune(value: &mut Value, at: &str, omitted: &mut Vec<String>) {
     let Value::Object(members) = value else {
         return;
     };
     members.retain(|name, member| {
-        if serde_json::to_string(member).map_or(0, |t| t.len()) <= STUB_FIELD_BYTES {
+        if name.len() + serde_json::to_string(member).map_or(0, |t| t.len()) <= STUB_FIELD_BYTES {
             return true;
         }
         let path = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
-        if member.is_object() {
+        if member.is_object() && name.len() <= STUB_FIELD_BYTES {
             prune(member, &path, omitted);
             return true;
         }
@@ -502,6 +529,9 @@ async fn send_until_acknowledged(
         statuses.update(name, |s| s.failures += 1);
         let alone_as_stub = batch.len() == 1 && batch[0].stub;
         if error.refused && !alone_as_stub {
+            if *stop.borrow() {
+                return Sent::Stopped;
+            }
             if batch.len() > 1 {
                 tracing::info!(exporter = %name, records = batch.len(), error = %error, "The sink refused the batch; sending it in halves.");
                 batch.truncate(batch.len() / 2);
@@ -607,5 +637,36 @@ mod tests {
             assert_eq!(omitted["event_bytes"], json!(whole.line().len()));
             assert_eq!(omitted["reason"], json!("HTTP 413: too large"));
         }
+    }
+
+    #[test]
+    fn a_stub_stays_small_whatever_the_arguments_are_made_of() {
+        // Thousands of small members, and a member whose name alone is long.
+        let mut data = tool_call("allow");
+        data["arguments"] = (0..5_000)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        data["k".repeat(5_000)] = json!(1);
+        for format in [Format::Gatehouse, Format::Ocsf] {
+            let whole = Outgoing::new(outgoing("w", 9, "request", data.clone()).record, format);
+            let stub = whole.stub("rejected");
+            assert!(stub.line().len() <= STUB_MAX_BYTES, "{} bytes", stub.line().len());
+            assert!(!stub.line().contains("kkkkkkkk") && !stub.line().contains("\"k4999\""));
+            let omitted = match format {
+                Format::Gatehouse => &stub.event["export_omitted"],
+                Format::Ocsf => &stub.event["unmapped"]["export_omitted"],
+            };
+            assert_eq!(omitted["identity_only"], json!(true), "{omitted}");
+            assert_eq!(stub.id, "w:9");
+        }
+        // A long name with a small value is left out and named (clipped).
+        let mut data = tool_call("allow");
+        data["k".repeat(2_000)] = json!(1);
+        let stub = Outgoing::new(outgoing("w", 1, "request", data).record, Format::Gatehouse).stub("x");
+        let fields = stub.event["export_omitted"]["fields"].as_array().unwrap();
+        assert_eq!(fields.len(), 1);
+        assert!(fields[0].as_str().unwrap().starts_with("/data/kkk") && fields[0].as_str().unwrap().len() < 400);
+        assert!(stub.event["export_omitted"].get("identity_only").is_none());
     }
 }

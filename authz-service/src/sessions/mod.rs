@@ -136,10 +136,11 @@ impl Sessions {
     }
 
     /// This index for the indexer on the background thread ([`crate::background`]), given
-    /// the background's `store`: on a SQLite file, connections of its own opened by the
-    /// calling thread (SQLite's connection threads inherit its priority); otherwise this one.
+    /// the background's `store`: a pool of its own, opened by the calling thread (SQLite's
+    /// connection threads inherit its priority; PostgreSQL connections belong to its
+    /// runtime); the same for an in-memory index (unit tests).
     pub async fn background(&self, store: &Store) -> Result<Self, sqlx::Error> {
-        if self.backend != Backend::Sqlite || store.path().is_none() {
+        if self.backend == Backend::Sqlite && store.path().is_none() {
             return Ok(self.clone());
         }
         let mut index = Self::open(store, 0, false).await?;

@@ -18,9 +18,11 @@
 //!   `gatehouse.request_id`, `gatehouse.upstream`, `gatehouse.decision`).
 //!
 //! Acknowledgement: an HTTP 2xx whose `ExportLogsServiceResponse` rejected nothing. A partial
-//! success that rejected records is an error, and the whole batch is sent again (the records
-//! the collector took arrive twice; `gatehouse.record.id` tells them apart): dropping what
-//! one collector refused would leave a hole in the trail. A 2xx body that is not an
+//! success that rejected records is a refusal of the events themselves, as is a body too
+//! large (413, or the Collector's 400 saying "too large"): the exporter halves the batch and
+//! sends a record refused alone as a stub (`export::Outgoing::stub`); the records the
+//! collector took arrive again (`gatehouse.record.id` tells them apart). Dropping what one
+//! collector refused would leave a hole in the trail. A 2xx body that is not an
 //! `ExportLogsServiceResponse` is still an acknowledgement (OTLP's ack is the status). Any
 //! other status is an error, retried by the exporter; a 4xx other than 429 says the collector
 //! refuses the batch (OTLP calls it not retryable), so the error says so, as it will not
@@ -158,7 +160,11 @@ impl OtlpSink {
             String::from_utf8_lossy(&answer).into_owned()
         };
         let message = |why: &str| format!("{why}: HTTP {status}: {}", clip(&redact(&said, &self.secrets)));
-        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+        // The OpenTelemetry Collector answers a body over its max_request_body_size 400 with
+        // Go's "http: request body too large".
+        let too_large = status == reqwest::StatusCode::PAYLOAD_TOO_LARGE
+            || (status == reqwest::StatusCode::BAD_REQUEST && said.to_ascii_lowercase().contains("too large"));
+        if too_large {
             return Err(SinkError::refused(message("the collector refuses a batch this large")));
         }
         let why = if status.is_redirection() {
@@ -313,6 +319,15 @@ fn id_text(id: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The first `max` bytes of `value` at most, cut at a character boundary.
+fn at_most(value: &str, max: usize) -> &str {
+    let mut end = value.len().min(max);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 fn key_value(key: &str, value: impl Into<String>) -> proto::KeyValue {
     proto::KeyValue {
         key: key.to_owned(),
@@ -334,9 +349,11 @@ fn attributes(o: &Outgoing) -> Vec<proto::KeyValue> {
         key_value("gatehouse.record.kind", &r.kind),
         key_value("gatehouse.record.hash", &r.hash),
     ];
+    // A stub's attributes are as bounded as its body: a caller chooses tool names and ids.
+    let most = if o.stub { 1024 } else { usize::MAX };
     let mut add = |key: &str, value: Option<&str>| {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
-            out.push(key_value(key, value));
+            out.push(key_value(key, at_most(value, most)));
         }
     };
     add("gatehouse.request_id", Some(&r.request_id));
@@ -579,6 +596,24 @@ pub(in crate::export) mod tests {
     async fn a_413_refuses_the_events_themselves() {
         let error = refusal("HTTP/1.1 413 Payload Too Large", "text/plain", b"too big".to_vec()).await;
         assert!(error.refused && error.message.contains("413"), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn the_collectors_400_for_a_body_too_large_refuses_them_and_another_400_does_not() {
+        let error = refusal(
+            "HTTP/1.1 400 Bad Request",
+            "text/plain",
+            b"http: request body too large".to_vec(),
+        )
+        .await;
+        assert!(error.refused, "{error:?}");
+        let error = refusal(
+            "HTTP/1.1 400 Bad Request",
+            "text/plain",
+            b"proto: cannot parse".to_vec(),
+        )
+        .await;
+        assert!(!error.refused, "{error:?}");
     }
 
     #[tokio::test]

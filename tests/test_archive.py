@@ -199,6 +199,44 @@ def test_the_trail_is_sealed_under_object_lock_and_verifies_from_the_bucket_alon
     assert sent and int(sent.group(1)) >= head, metrics
 
 
+def test_a_segment_ends_at_the_record_that_brings_it_to_segment_bytes(make_stack, s3):
+    """Large records: a due range is sealed as several segments, each going on only while
+    under `segment_bytes` (before gzip), in one chain that verifies."""
+    bucket = s3.create_locked_bucket()
+    most = 8192
+    config = archive_config(s3, bucket, segment_records=20, segment_seconds=3600, segment_bytes=most)
+    stack = make_stack(upstream="echo", archive=config)
+    token = stack.token("alice")
+    for i in range(20):
+        message = f"call {i} " + "x" * 3000
+        resp = stack.post(tools_call("echo", {"message": message}, request_id=i + 1), token=token)
+        assert resp.status_code == 200, resp.text
+
+    # Sealed while 20 records wait: until fewer than 20 are left.
+    deadline = time.monotonic() + 30
+    while True:
+        head = max(seq for w, seq in trail(stack) if w == WRITER)
+        segments = ranges(s3, bucket, "segments").get(WRITER, [])
+        if segments and segments[-1][1] > head - 20:
+            break
+        assert time.monotonic() < deadline, (segments, head)
+        time.sleep(0.3)
+    assert ranges(s3, bucket, "digests")[WRITER] == segments
+    assert segments[0][0] == 1 and len(segments) >= 3, segments
+    for (_, last), (first, _) in zip(segments, segments[1:], strict=False):
+        assert first == last + 1, segments
+    for first, last in segments:
+        lines = gzip.decompress(s3.get(bucket, seg_key(first, last))).splitlines(keepends=True)
+        assert len(lines) == last - first + 1, (first, last)
+        sizes = [len(line) for line in lines]
+        assert sum(sizes[:-1]) < most <= sum(sizes), (first, last, sizes)
+
+    sealed = segments[-1][1]
+    verified = verify_archive(s3, bucket, public_key(stack))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"writer {WRITER}: {len(segments)} segments, records 1 to {sealed} in one chain" in verified.stdout
+
+
 def test_each_tampering_with_the_bucket_is_named(make_stack, s3):
     bucket = s3.create_locked_bucket()
     stack = make_stack(upstream="echo", archive=archive_config(s3, bucket))

@@ -144,15 +144,18 @@ def test_configuration_mistakes_are_refused_with_the_field_named_and_no_secret(t
             {"name": "hec", "splunk_hec": {"url": f"ftp://{secret}@h/", "token_file": str(tmp_path / "token")}}
         ],
         "archive": None,
+        "archive.s3.segment_bytes": None,
     }
     for field, export in cases.items():
         config = dict(base)
         if export is None:
             config.pop("export", None)
-            config["audit"] = {k: v for k, v in base["audit"].items() if k != "checkpoint"}
-            config["archive"] = {
-                "s3": {"bucket": "trail", "region": "us-east-1", "object_lock": {"mode": "COMPLIANCE", "days": 1}}
-            }
+            s3 = {"bucket": "trail", "region": "us-east-1", "object_lock": {"mode": "COMPLIANCE", "days": 1}}
+            if field == "archive":
+                config["audit"] = {k: v for k, v in base["audit"].items() if k != "checkpoint"}
+            else:
+                s3["segment_bytes"] = 10
+            config["archive"] = {"s3": s3}
         else:
             config["export"] = export
         path = tmp_path / "bad.yaml"

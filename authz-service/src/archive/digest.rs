@@ -122,6 +122,8 @@ pub struct SegmentWriter {
     first: Option<Record>,
     last: Option<Record>,
     records: u64,
+    /// The bytes of the lines written, before gzip.
+    raw_bytes: u64,
 }
 
 /// A written segment: the gzip object's bytes, and the records it holds (by count, and its
@@ -149,13 +151,20 @@ impl SegmentWriter {
             first: None,
             last: None,
             records: 0,
+            raw_bytes: 0,
         }
+    }
+
+    /// The bytes of the records pushed so far, as lines before gzip.
+    pub fn raw_bytes(&self) -> u64 {
+        self.raw_bytes
     }
 
     pub fn push(&mut self, record: Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.gz.write_all(&line)?;
+        self.raw_bytes += line.len() as u64;
         self.records += 1;
         if self.first.is_none() {
             self.first = Some(record.clone());

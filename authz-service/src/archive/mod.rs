@@ -2,7 +2,8 @@
 //! the bucket alone (`gatehouse audit verify --archive`, [`verify`]).
 //!
 //! Per writer, records are sealed in segments: when `segment_records` of them wait, or when
-//! the oldest waiting one is `segment_seconds` old. A segment is the records as stored, one
+//! the oldest waiting one is `segment_seconds` old; a segment ends early at the record that
+//! brings it to `segment_bytes` (before gzip), the rest waiting for the next. A segment is the records as stored, one
 //! JSON line each, gzip'd; it is followed by a digest signed with the checkpoint key that
 //! names the segment's SHA-256, its seq range and hashes, and the writer's previous digest
 //! (its key and SHA-256), like CloudTrail's digest files. Both objects carry Object Lock
@@ -16,7 +17,8 @@
 //! the same records is kept as it is. So the bucket never holds two differing versions of a
 //! key, and ranges neither overlap nor leave gaps.
 //!
-//! S3 failures are retried with backoff, forever; memory holds one segment. The archive reads
+//! S3 failures are retried with backoff, forever; memory holds one segment (at most
+//! `segment_bytes` and a record, gzip'd) and a page of records. The archive reads
 //! the store and never takes part in a Check. On PostgreSQL one replica archives every writer
 //! at a time (lease `archive`, [`crate::db::Lease`]); state moves only from where its holder
 //! read it.
@@ -382,7 +384,8 @@ impl Sealer {
         }))
     }
 
-    /// Seals `state.sealed_seq + 1 ..= last`: plans it (unless it was planned), uploads the
+    /// Seals `state.sealed_seq + 1 ..= last`, or the start of it that holds `segment_bytes`:
+    /// plans it (unless it was planned: then all of it, whatever its size), uploads the
     /// segment, then the digest, then records it. The new state, or `None` when another
     /// replica moved it.
     async fn seal(&mut self, writer: &str, state: &State, last: u64) -> Result<Option<State>, SealError> {
@@ -390,13 +393,18 @@ impl Sealer {
         let first = sealed + 1;
         let again = state.pending_last.is_some();
         let previous = self.tail(writer, state).await?;
-        let Some(mut segment) = self.read_segment(writer, sealed, last).await? else {
+        let most_bytes = (!again).then_some(self.archive.segment_bytes);
+        let Some(mut segment) = self.read_segment(writer, sealed, last, most_bytes).await? else {
             // Records that are not in the trail any more: nothing to seal honestly.
             return Err(SealError::Vanished {
                 writer: writer.to_owned(),
                 first,
                 last,
             });
+        };
+        let last = match again {
+            true => last,
+            false => segment.last.seq,
         };
         if !again && !self.states.plan(writer, sealed, last).await? {
             tracing::info!(writer, "The archive state was moved by another replica.");
@@ -465,8 +473,15 @@ impl Sealer {
         }))
     }
 
-    /// The records `sealed < seq <= last` as a segment, read a page at a time (`None`: none).
-    async fn read_segment(&self, writer: &str, sealed: u64, last: u64) -> Result<Option<Segment>, SealError> {
+    /// The records `sealed < seq <= last` as a segment, read a page at a time (`None`: none);
+    /// with `most_bytes`, only up to the record that brings it to that many bytes.
+    async fn read_segment(
+        &self,
+        writer: &str,
+        sealed: u64,
+        last: u64,
+        most_bytes: Option<u64>,
+    ) -> Result<Option<Segment>, SealError> {
         let mut out = SegmentWriter::new();
         let mut after = sealed;
         'pages: loop {
@@ -478,6 +493,9 @@ impl Sealer {
                 }
                 after = record.seq;
                 out.push(record)?;
+                if most_bytes.is_some_and(|most| out.raw_bytes() >= most) {
+                    break 'pages;
+                }
             }
             if !full || after >= last {
                 break;

@@ -198,6 +198,10 @@ pub struct RawS3 {
     /// ...or when its first record is this old (default 300).
     #[serde(default = "default_segment_seconds")]
     pub segment_seconds: u64,
+    /// A segment holds at most this many bytes of records before gzip (default 64 MiB):
+    /// the record that reaches it is the segment's last.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
     #[serde(default)]
     pub ca_file: Option<String>,
 }
@@ -207,6 +211,9 @@ fn default_segment_records() -> u32 {
 }
 fn default_segment_seconds() -> u64 {
     300
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +328,8 @@ pub struct Archive {
     pub lock_days: u32,
     pub segment_records: u32,
     pub segment_age: Duration,
+    /// The most bytes of records (before gzip) a new segment holds, past its last record.
+    pub segment_bytes: u64,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -587,6 +596,9 @@ pub(super) fn validate_archive(raw: Option<RawArchive>, base: &Path, p: &mut Pro
     if s3.segment_seconds == 0 || s3.segment_seconds > 86_400 {
         p.add(format!("{at}.segment_seconds"), "must be between 1 and 86400");
     }
+    if !(1024..=1 << 30).contains(&s3.segment_bytes) {
+        p.add(format!("{at}.segment_bytes"), "must be between 1 KiB and 1 GiB");
+    }
     let ca_file = ca_file(at, s3.ca_file.as_deref(), base, p);
     Some(Archive {
         bucket: s3.bucket,
@@ -597,6 +609,7 @@ pub(super) fn validate_archive(raw: Option<RawArchive>, base: &Path, p: &mut Pro
         lock_days: s3.object_lock.days,
         segment_records: s3.segment_records,
         segment_age: Duration::from_secs(s3.segment_seconds),
+        segment_bytes: s3.segment_bytes,
         ca_file,
     })
 }

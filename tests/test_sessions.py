@@ -33,7 +33,11 @@ def test_an_mcp_session_is_filed_in_order_from_its_initialize(make_stack):
     call(stack, token, session, {"message": "first"})
     call(stack, token, session, {"message": f"deploy with {SECRET}"})
     with auditor(stack) as audit:
-        (listed,) = wait_sessions(audit, lambda s: bool(s) and s[0]["calls"] == 2, user="alice")
+        # The initialize's answer is ingested from the filter, and may be filed after the calls
+        # that presented its session id: wait for it (the client it named) as well.
+        (listed,) = wait_sessions(
+            audit, lambda s: bool(s) and s[0]["calls"] == 2 and s[0]["client"]["name"] is not None, user="alice"
+        )
         assert listed["upstream"] == stack.upstream_name and listed["subject"] == "alice"
         assert listed["client"] == {
             "name": "gatehouse-e2e",
@@ -45,7 +49,14 @@ def test_an_mcp_session_is_filed_in_order_from_its_initialize(make_stack):
         assert listed["status"] == "open" and listed["denials"] == 0
         assert listed["masked"].get("aws_access_key_id", 0) >= 1, listed
 
-        timeline = audit.get(f"/v1/sessions/{listed['id']}").json()
+        # The calls' answers are ingested from the filter after the client read them.
+        deadline = time.monotonic() + 15
+        while True:
+            timeline = audit.get(f"/v1/sessions/{listed['id']}").json()
+            if len(timeline["exchanges"]) >= 4 and timeline["exchanges"][3]["responses"]:
+                break
+            assert time.monotonic() < deadline, timeline
+            time.sleep(0.2)
         methods = [e["method"] for e in timeline["exchanges"]]
         assert methods[:4] == ["initialize", "notifications/initialized", "tools/call", "tools/call"], methods
         assert [e["n"] for e in timeline["exchanges"]] == list(range(len(methods)))

@@ -558,15 +558,22 @@ async fn a_check_envoy_abandons_after_its_used_record_gives_the_use_back_and_say
         }
         panic!("no Check was caught between its commit and its answer");
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let after = state.approvals.store().get(&pending.id).await.unwrap().unwrap();
+    // The use is given back by a task of its own: wait for it (a loaded machine is slow).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (after, events) = loop {
+        let after = state.approvals.store().get(&pending.id).await.unwrap().unwrap();
+        let events: Vec<Value> = records(&server, &abandoned)
+            .await
+            .into_iter()
+            .filter(|r| r.data.get("event").is_some())
+            .map(|r| r.data["event"].clone())
+            .collect();
+        if (after.uses == delivered && events.len() > 1) || tokio::time::Instant::now() > deadline {
+            break (after, events);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(after.uses, delivered, "the abandoned call's use was given back");
-    let events: Vec<Value> = records(&server, &abandoned)
-        .await
-        .into_iter()
-        .filter(|r| r.data.get("event").is_some())
-        .map(|r| r.data["event"].clone())
-        .collect();
     assert_eq!(events, [json!("used"), json!("use_returned")]);
     server.stop();
 }

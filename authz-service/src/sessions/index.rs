@@ -12,6 +12,10 @@
 //! - anything else: the caller's open session of that upstream and `User-Agent` with a call
 //!   within the idle gap, or a new one.
 //!
+//! Within a batch each exchange is read once and written once, at the batch's end, so the
+//! search index takes its text once for a request and its answer read together, rather than
+//! at each part of the answer.
+//!
 //! On PostgreSQL one replica indexes at a time (a session-level advisory lock on a connection
 //! of its own; another takes over when its connection goes).
 
@@ -152,8 +156,16 @@ impl Exchange {
         }
     }
 
-    /// What the record adds to its exchange; `false` for a record that is not about one.
-    fn learn(&mut self, r: &Record) -> bool {
+    /// Whether a record of this kind is about an exchange.
+    fn learns_from(r: &Record) -> bool {
+        matches!(
+            r.kind.as_str(),
+            "request" | "request_rejected" | "response" | "approval"
+        )
+    }
+
+    /// What the record adds to its exchange (one [`Self::learns_from`]).
+    fn learn(&mut self, r: &Record) {
         let d = &r.data;
         let text = |key: &str| d.get(key).and_then(Value::as_str).map(str::to_owned);
         match r.kind.as_str() {
@@ -200,9 +212,43 @@ impl Exchange {
                 }
                 self.approval = true;
             }
-            _ => return false,
+            _ => {}
         }
-        true
+    }
+}
+
+/// The exchanges one batch learned about, in the order it met them, each written once when
+/// the batch ends.
+#[derive(Default)]
+struct Batch {
+    exchanges: std::collections::HashMap<String, Exchange>,
+    order: Vec<String>,
+}
+
+impl Batch {
+    /// Exchange `request_id` as the batch knows it, read from the index the first time.
+    async fn exchange(
+        &mut self,
+        tx: &mut Transaction<'_, Any>,
+        request_id: &str,
+    ) -> Result<&mut Exchange, sqlx::Error> {
+        use std::collections::hash_map::Entry;
+        Ok(match self.exchanges.entry(request_id.to_owned()) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => {
+                self.order.push(request_id.to_owned());
+                new.insert(Exchange::load(tx, request_id).await?.unwrap_or_default())
+            }
+        })
+    }
+
+    async fn save(self, tx: &mut Transaction<'_, Any>) -> Result<(), sqlx::Error> {
+        for request_id in &self.order {
+            if let Some(e) = self.exchanges.get(request_id) {
+                e.save(tx, request_id).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -262,9 +308,11 @@ impl Sessions {
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(0);
         };
+        let mut batch = Batch::default();
         for record in &records {
-            self.file(&mut tx, record).await?;
+            self.file(&mut tx, &mut batch, record).await?;
         }
+        batch.save(&mut tx).await?;
         // The cursor moves only from where this batch read it: an indexer that took over
         // meanwhile (a replica whose lease connection dropped) makes this batch roll back
         // rather than count its records twice.
@@ -291,31 +339,31 @@ impl Sessions {
         Ok(records.len())
     }
 
-    async fn file(&self, tx: &mut Transaction<'_, Any>, r: &Record) -> Result<(), sqlx::Error> {
-        if r.request_id.is_empty() {
+    /// What record `r` tells of its exchange, filed at once (sessions are found and touched
+    /// in record order); the exchange itself is written with `batch`.
+    async fn file(&self, tx: &mut Transaction<'_, Any>, batch: &mut Batch, r: &Record) -> Result<(), sqlx::Error> {
+        if r.request_id.is_empty() || !Exchange::learns_from(r) {
             return Ok(());
         }
-        let mut e = Exchange::load(tx, &r.request_id).await?.unwrap_or_default();
-        if !e.learn(r) {
-            return Ok(());
-        }
+        let e = batch.exchange(tx, &r.request_id).await?;
+        e.learn(r);
         self.settle(tx, &r.request_id, e).await
     }
 
-    /// Files exchange `e` under its session if it can be filed now, and stores it.
+    /// Files exchange `e` under its session if it can be filed now.
     async fn settle(
         &self,
         tx: &mut Transaction<'_, Any>,
         request_id: &str,
-        mut e: Exchange,
+        e: &mut Exchange,
     ) -> Result<(), sqlx::Error> {
         if e.session_id.is_none() && e.requested {
-            e.session_id = self.assign(tx, request_id, &e).await?;
+            e.session_id = self.assign(tx, request_id, e).await?;
         }
         if let Some(id) = &e.session_id {
-            touch(tx, id, &e).await?;
+            touch(tx, id, e).await?;
         }
-        e.save(tx, request_id).await
+        Ok(())
     }
 
     /// The session of an exchange whose request is known, creating it if new; `None` while
@@ -417,7 +465,8 @@ impl Sessions {
         for request_id in waiting {
             if let Some(mut e) = Exchange::load(&mut tx, &request_id).await? {
                 e.answered = true;
-                self.settle(&mut tx, &request_id, e).await?;
+                self.settle(&mut tx, &request_id, &mut e).await?;
+                e.save(&mut tx, &request_id).await?;
             }
         }
         tx.commit().await

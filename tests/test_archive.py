@@ -212,16 +212,19 @@ def test_a_segment_ends_at_the_record_that_brings_it_to_segment_bytes(make_stack
         resp = stack.post(tools_call("echo", {"message": message}, request_id=i + 1), token=token)
         assert resp.status_code == 200, resp.text
 
-    # Sealed while 20 records wait: until fewer than 20 are left.
-    deadline = time.monotonic() + 30
+    # Sealed while 20 records wait: until fewer than 20 are left, the trail (answers are
+    # ingested after the calls return) and the bucket unchanged over a poll.
+    deadline, previous = time.monotonic() + 30, None
     while True:
         head = max(seq for w, seq in trail(stack) if w == WRITER)
         segments = ranges(s3, bucket, "segments").get(WRITER, [])
-        if segments and segments[-1][1] > head - 20:
+        digests = ranges(s3, bucket, "digests").get(WRITER, [])
+        now = (head, segments, digests)
+        if segments and segments == digests and segments[-1][1] > head - 20 and now == previous:
             break
-        assert time.monotonic() < deadline, (segments, head)
-        time.sleep(0.3)
-    assert ranges(s3, bucket, "digests")[WRITER] == segments
+        previous = now
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
     assert segments[0][0] == 1 and len(segments) >= 3, segments
     for (_, last), (first, _) in zip(segments, segments[1:], strict=False):
         assert first == last + 1, segments

@@ -104,13 +104,11 @@ impl Store {
     /// Opens the database without touching its schema (`gatehouse migrate` migrates it).
     pub async fn connect(url: &str, busy_timeout: Duration) -> Result<Self, sqlx::Error> {
         if Backend::of(url) == Some(Backend::Postgres) {
-            return Ok(Self {
-                pool: Pool::Postgres(crate::db::connect_postgres(url).await?),
-                url: url.to_owned(),
-                path: None,
+            return Ok(Self::on_postgres(
+                crate::db::connect_postgres(url).await?,
+                url,
                 busy_timeout,
-                ingest_reader: std::sync::Arc::default(),
-            });
+            ));
         }
         // SQLite creates a database 0644 and gives its -wal and -shm the database's mode:
         // create the file 0600 first (its folder 0700) and all three stay private.
@@ -149,19 +147,24 @@ impl Store {
     /// at most 4 connections, beside the Checks' pool rather than taken from it.
     pub async fn background_pool(&self) -> Result<Self, sqlx::Error> {
         if self.backend() == Backend::Postgres {
-            return Ok(Self {
-                pool: Pool::Postgres(crate::db::connect_postgres_sized(&self.url, 4).await?),
-                url: self.url.clone(),
-                path: None,
-                busy_timeout: self.busy_timeout,
-                ingest_reader: std::sync::Arc::default(),
-            });
+            let pool = crate::db::connect_postgres_sized(&self.url, 4).await?;
+            return Ok(Self::on_postgres(pool, &self.url, self.busy_timeout));
         }
         if self.path.is_none() {
             // An in-memory database (unit tests): another connection would be another database.
             return Ok(self.clone());
         }
         Self::connect(&self.url, self.busy_timeout).await
+    }
+
+    fn on_postgres(pool: sqlx::PgPool, url: &str, busy_timeout: Duration) -> Self {
+        Self {
+            pool: Pool::Postgres(pool),
+            url: url.to_owned(),
+            path: None,
+            busy_timeout,
+            ingest_reader: std::sync::Arc::default(),
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -217,12 +217,11 @@ impl Exchange {
     }
 }
 
-/// The exchanges one batch learned about, in the order it met them, each written once when
-/// the batch ends.
+/// The exchanges one batch learned about, by request id, each written once when the batch
+/// ends (the index orders exchanges by time, not by when they were written).
 #[derive(Default)]
 struct Batch {
-    exchanges: std::collections::HashMap<String, Exchange>,
-    order: Vec<String>,
+    exchanges: BTreeMap<String, Exchange>,
 }
 
 impl Batch {
@@ -232,21 +231,16 @@ impl Batch {
         tx: &mut Transaction<'_, Any>,
         request_id: &str,
     ) -> Result<&mut Exchange, sqlx::Error> {
-        use std::collections::hash_map::Entry;
+        use std::collections::btree_map::Entry;
         Ok(match self.exchanges.entry(request_id.to_owned()) {
             Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(new) => {
-                self.order.push(request_id.to_owned());
-                new.insert(Exchange::load(tx, request_id).await?.unwrap_or_default())
-            }
+            Entry::Vacant(new) => new.insert(Exchange::load(tx, request_id).await?.unwrap_or_default()),
         })
     }
 
     async fn save(self, tx: &mut Transaction<'_, Any>) -> Result<(), sqlx::Error> {
-        for request_id in &self.order {
-            if let Some(e) = self.exchanges.get(request_id) {
-                e.save(tx, request_id).await?;
-            }
+        for (request_id, e) in &self.exchanges {
+            e.save(tx, request_id).await?;
         }
         Ok(())
     }
